@@ -1,0 +1,235 @@
+//! The actor trait and the adapter that runs it on ractor.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures::FutureExt;
+use ractor::{ActorProcessingErr, ActorRef};
+
+use crate::error::ActorError;
+use crate::exit::{ExitReason, ExitSignal};
+use crate::handle::{ActorHandle, Envelope};
+use crate::message::Message;
+use crate::system::ActorSystem;
+
+/// A Manta actor: its state is `self`, its messages are `Self::Msg`.
+///
+/// ```
+/// use manta_actors::{Actor, ActorError, Context, Message};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, Serialize, Deserialize)]
+/// enum CounterMsg { Add(i64), Get }
+/// impl Message for CounterMsg { type Reply = i64; }
+///
+/// struct Counter(i64);
+///
+/// impl Actor for Counter {
+///     type Msg = CounterMsg;
+///     async fn handle(&mut self, msg: CounterMsg, _ctx: &mut Context<CounterMsg>) -> Result<i64, ActorError> {
+///         if let CounterMsg::Add(n) = msg { self.0 += n; }
+///         Ok(self.0)
+///     }
+/// }
+/// ```
+pub trait Actor: Send + Sized + 'static {
+    /// The messages this actor takes.
+    type Msg: Message;
+
+    /// Runs once before the first message. An error here fails the spawn.
+    fn started(
+        &mut self,
+        ctx: &mut Context<Self::Msg>,
+    ) -> impl Future<Output = Result<(), ActorError>> + Send {
+        let _ = ctx;
+        async { Ok(()) }
+    }
+
+    /// Handles one message. The returned value answers an `ask` (and is
+    /// dropped for a `tell`). An error or a panic stops the actor with
+    /// [`ExitReason::Failed`] or [`ExitReason::Panicked`]; its supervisor
+    /// decides what happens next.
+    fn handle(
+        &mut self,
+        msg: Self::Msg,
+        ctx: &mut Context<Self::Msg>,
+    ) -> impl Future<Output = Result<<Self::Msg as Message>::Reply, ActorError>> + Send;
+
+    /// Runs after a graceful stop (not after a failure or a kill).
+    fn stopped(
+        &mut self,
+        reason: &ExitReason,
+        ctx: &mut Context<Self::Msg>,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = (reason, ctx);
+        async {}
+    }
+}
+
+/// What a running actor can reach: its own handle, its system, and a way to
+/// stop itself.
+pub struct Context<M: Message> {
+    myself: ActorHandle<M>,
+    system: ActorSystem,
+    stop: Option<ExitReason>,
+}
+
+impl<M: Message> Context<M> {
+    /// This actor's own handle.
+    pub fn myself(&self) -> &ActorHandle<M> {
+        &self.myself
+    }
+
+    /// The actor system the actor runs in.
+    pub fn system(&self) -> &ActorSystem {
+        &self.system
+    }
+
+    /// Stops this actor with `reason` once the current message is handled
+    /// (its reply, if any, is still sent).
+    pub fn stop(&mut self, reason: ExitReason) {
+        self.stop = Some(reason);
+    }
+}
+
+/// Runs a Manta [`Actor`] as a ractor actor.
+pub(crate) struct Adapter<A>(PhantomData<fn() -> A>);
+
+impl<A> Adapter<A> {
+    pub(crate) fn new() -> Self {
+        Self(PhantomData)
+    }
+}
+
+pub(crate) struct Running<A: Actor> {
+    actor: A,
+    ctx: Context<A::Msg>,
+    guard: ExitGuard,
+}
+
+/// Publishes the exit when the actor's state goes away, whatever the path:
+/// after `stopped`, after a failure, or when a kill drops the task.
+pub(crate) struct ExitGuard {
+    exit: Arc<ExitSignal>,
+    system: ActorSystem,
+    name: Option<String>,
+}
+
+impl ExitGuard {
+    pub(crate) fn new(exit: Arc<ExitSignal>, system: ActorSystem, name: Option<String>) -> Self {
+        Self { exit, system, name }
+    }
+
+    fn finish(&mut self, reason: ExitReason) {
+        if let Some(name) = self.name.take() {
+            self.system.unregister_exited(&name);
+        }
+        self.exit.set(reason);
+    }
+}
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        // Without an earlier `finish` we get here only when the task was
+        // killed or cancelled; after one, `set` keeps the first reason.
+        self.finish(ExitReason::Killed);
+    }
+}
+
+pub(crate) struct StartArgs<A: Actor> {
+    pub(crate) actor: A,
+    pub(crate) system: ActorSystem,
+    pub(crate) exit: Arc<ExitSignal>,
+    pub(crate) name: Option<String>,
+}
+
+fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_owned()
+    }
+}
+
+impl<A: Actor> ractor::Actor for Adapter<A> {
+    type Msg = Envelope<A::Msg>;
+    type State = Running<A>;
+    type Arguments = StartArgs<A>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: StartArgs<A>,
+    ) -> Result<Running<A>, ActorProcessingErr> {
+        let StartArgs {
+            mut actor,
+            system,
+            exit,
+            name,
+        } = args;
+        let mut ctx = Context {
+            myself: ActorHandle::local(myself, Arc::clone(&exit)),
+            system: system.clone(),
+            stop: None,
+        };
+        let guard = ExitGuard::new(exit, system, name);
+        match AssertUnwindSafe(actor.started(&mut ctx)).catch_unwind().await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Box::new(ExitReason::Failed(e.to_string()))),
+            Err(p) => return Err(Box::new(ExitReason::Panicked(panic_text(p)))),
+        }
+        if let Some(reason) = ctx.stop.take() {
+            ctx.myself.stop(reason);
+        }
+        Ok(Running { actor, ctx, guard })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        env: Self::Msg,
+        st: &mut Running<A>,
+    ) -> Result<(), ActorProcessingErr> {
+        let (msg, reply) = match env {
+            Envelope::Tell(m) => (m, None),
+            Envelope::Ask(m, tx) => (m, Some(tx)),
+        };
+        let outcome = AssertUnwindSafe(st.actor.handle(msg, &mut st.ctx))
+            .catch_unwind()
+            .await;
+        let reason = match outcome {
+            Ok(Ok(r)) => {
+                if let Some(tx) = reply {
+                    // The asker may have given up (timeout); that is its business.
+                    let _ = tx.send(r);
+                }
+                if let Some(reason) = st.ctx.stop.take() {
+                    st.ctx.myself.stop(reason);
+                }
+                return Ok(());
+            }
+            Ok(Err(e)) => ExitReason::Failed(e.to_string()),
+            Err(p) => ExitReason::Panicked(panic_text(p)),
+        };
+        tracing::debug!(actor = %st.ctx.myself.id(), %reason, "actor failed");
+        st.guard.finish(reason.clone());
+        Err(Box::new(reason))
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        st: &mut Running<A>,
+    ) -> Result<(), ActorProcessingErr> {
+        let reason = st.guard.exit.take_pending().unwrap_or(ExitReason::Normal);
+        let _ = AssertUnwindSafe(st.actor.stopped(&reason, &mut st.ctx))
+            .catch_unwind()
+            .await;
+        st.guard.finish(reason);
+        Ok(())
+    }
+}

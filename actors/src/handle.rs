@@ -1,0 +1,334 @@
+//! Handles: the one way to address an actor, wherever it runs.
+
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use ractor::{ActorCell, ActorRef, MessagingErr};
+use tokio::sync::oneshot;
+
+use crate::error::{AskError, SendError, SendFailure};
+use crate::exit::{ExitReason, ExitSignal, Monitor};
+use crate::message::{Message, message_type_name};
+
+/// Identifies an actor: a process-local id, or a node and an id there.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ActorId {
+    /// An actor in this process.
+    Local(u64),
+    /// An actor on another node.
+    Remote {
+        /// The node's id.
+        node: String,
+        /// The actor's id on that node.
+        pid: u64,
+    },
+}
+
+impl fmt::Display for ActorId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ActorId::Local(pid) => write!(f, "<{pid}>"),
+            ActorId::Remote { node, pid } => write!(f, "<{node}.{pid}>"),
+        }
+    }
+}
+
+/// The envelope Manta puts around a user message on ractor's mailbox.
+pub(crate) enum Envelope<M: Message> {
+    Tell(M),
+    Ask(M, oneshot::Sender<M::Reply>),
+}
+
+impl<M: Message> Envelope<M> {
+    fn into_message(self) -> M {
+        match self {
+            Envelope::Tell(m) | Envelope::Ask(m, _) => m,
+        }
+    }
+}
+
+/// What a transport must provide so that an [`ActorHandle`] can address an
+/// actor on another node. The cluster crate implements it; local code never
+/// sees the difference.
+pub trait RemoteActor<M: Message>: Send + Sync + 'static {
+    /// The remote actor's id.
+    fn id(&self) -> ActorId;
+    /// Fire-and-forget delivery; the message comes back on failure.
+    fn tell(&self, msg: M) -> Result<(), SendError<M>>;
+    /// Request/reply with a timeout.
+    fn ask(&self, msg: M, timeout: Duration) -> BoxFuture<'static, Result<M::Reply, AskError<M>>>;
+    /// Asks the remote actor to stop.
+    fn stop(&self, reason: ExitReason);
+    /// Kills the remote actor.
+    fn kill(&self);
+    /// Resolves when the remote actor (or its node) is gone.
+    fn monitor(&self) -> Monitor;
+}
+
+pub(crate) struct LocalRef<M: Message> {
+    pub(crate) actor: ActorRef<Envelope<M>>,
+    pub(crate) exit: Arc<ExitSignal>,
+}
+
+enum Inner<M: Message> {
+    Local(LocalRef<M>),
+    Remote(Arc<dyn RemoteActor<M>>),
+}
+
+/// A typed handle to an actor that takes messages of type `M`.
+///
+/// The same type addresses an actor in this process or on another node:
+/// `tell`, `ask`, `stop` and `monitor` behave the same and fail with the same
+/// errors. Handles are cheap to clone.
+pub struct ActorHandle<M: Message> {
+    inner: Arc<Inner<M>>,
+}
+
+impl<M: Message> Clone for ActorHandle<M> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<M: Message> fmt::Debug for ActorHandle<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ActorHandle")
+            .field("id", &self.id())
+            .field("message", &message_type_name::<M>())
+            .finish()
+    }
+}
+
+impl<M: Message> ActorHandle<M> {
+    pub(crate) fn local(actor: ActorRef<Envelope<M>>, exit: Arc<ExitSignal>) -> Self {
+        Self {
+            inner: Arc::new(Inner::Local(LocalRef { actor, exit })),
+        }
+    }
+
+    /// A handle for an actor on another node, backed by a transport.
+    pub fn remote(remote: Arc<dyn RemoteActor<M>>) -> Self {
+        Self {
+            inner: Arc::new(Inner::Remote(remote)),
+        }
+    }
+
+    /// The actor's id.
+    pub fn id(&self) -> ActorId {
+        match &*self.inner {
+            Inner::Local(l) => ActorId::Local(l.actor.get_id().pid()),
+            Inner::Remote(r) => r.id(),
+        }
+    }
+
+    /// Whether the actor lives in this process.
+    pub fn is_local(&self) -> bool {
+        matches!(&*self.inner, Inner::Local(_))
+    }
+
+    /// The ractor cell of a local actor (for linking); `None` for remote ones.
+    pub fn cell(&self) -> Option<ActorCell> {
+        match &*self.inner {
+            Inner::Local(l) => Some(l.actor.get_cell()),
+            Inner::Remote(_) => None,
+        }
+    }
+
+    /// Sends a message without waiting for it to be handled. On failure the
+    /// message comes back inside the error.
+    pub fn tell(&self, msg: M) -> Result<(), SendError<M>> {
+        match &*self.inner {
+            Inner::Local(l) => l.actor.cast(Envelope::Tell(msg)).map_err(|e| l.send_error(e)),
+            Inner::Remote(r) => r.tell(msg),
+        }
+    }
+
+    /// Sends a message and waits up to `timeout` for the reply.
+    pub async fn ask(&self, msg: M, timeout: Duration) -> Result<M::Reply, AskError<M>> {
+        match &*self.inner {
+            Inner::Local(l) => {
+                let (tx, rx) = oneshot::channel();
+                l.actor
+                    .cast(Envelope::Ask(msg, tx))
+                    .map_err(|e| AskError::Send(l.send_error(e)))?;
+                match tokio::time::timeout(timeout, rx).await {
+                    Ok(Ok(reply)) => Ok(reply),
+                    Ok(Err(_)) => Err(AskError::NoReply(l.exit.reason())),
+                    Err(_) => Err(AskError::Timeout(timeout)),
+                }
+            }
+            Inner::Remote(r) => r.ask(msg, timeout).await,
+        }
+    }
+
+    /// Asks the actor to stop after the message it is handling, with `reason`.
+    pub fn stop(&self, reason: ExitReason) {
+        match &*self.inner {
+            Inner::Local(l) => {
+                l.exit.set_pending(reason.clone());
+                l.actor.stop(Some(reason.to_stop_string()));
+            }
+            Inner::Remote(r) => r.stop(reason),
+        }
+    }
+
+    /// Kills the actor at once: its current handler is dropped and its
+    /// `stopped` hook does not run.
+    pub fn kill(&self) {
+        match &*self.inner {
+            Inner::Local(l) => l.actor.kill(),
+            Inner::Remote(r) => r.kill(),
+        }
+    }
+
+    /// Watches the actor: the returned future resolves to its exit reason.
+    pub fn monitor(&self) -> Monitor {
+        match &*self.inner {
+            Inner::Local(l) => l.exit.monitor(),
+            Inner::Remote(r) => r.monitor(),
+        }
+    }
+
+    /// The exit reason, once the actor has stopped.
+    pub fn exit_reason(&self) -> Option<ExitReason> {
+        self.monitor().try_get()
+    }
+
+    /// Whether the actor is still running (as far as this node knows).
+    pub fn is_alive(&self) -> bool {
+        self.exit_reason().is_none()
+    }
+
+    /// Erases the message type, e.g. to keep handles of different actors in
+    /// one collection; [`AnyHandle::downcast`] gets it back.
+    pub fn into_any(self) -> AnyHandle {
+        AnyHandle(Arc::new(self))
+    }
+}
+
+impl<M: Message> LocalRef<M> {
+    fn send_error(&self, e: MessagingErr<Envelope<M>>) -> SendError<M> {
+        let failure = SendFailure::ActorGone(self.exit.reason());
+        match e {
+            MessagingErr::SendErr(env) => SendError {
+                message: env.into_message(),
+                failure,
+            },
+            // `cast` only ever hands back SendErr with the message; the other
+            // variants cannot carry it, and ractor does not produce them for
+            // a typed local cast.
+            other => unreachable_send_error(other),
+        }
+    }
+}
+
+#[allow(clippy::panic)]
+fn unreachable_send_error<T>(e: MessagingErr<T>) -> ! {
+    // ractor's `cast` on a typed ActorRef only fails with `SendErr(msg)`:
+    // `ChannelClosed` and `InvalidActorType` come from untyped cells and
+    // `call`. Reaching this is a ractor contract change we want to see.
+    panic!("ractor cast failed without returning the message: {e}")
+}
+
+/// Operations every handle supports without knowing its message type; what a
+/// supervisor needs to manage a child.
+pub trait ErasedHandle: Send + Sync + 'static {
+    /// The actor's id.
+    fn id(&self) -> ActorId;
+    /// The ractor cell of a local actor.
+    fn cell(&self) -> Option<ActorCell>;
+    /// The message type the actor takes.
+    fn message_type(&self) -> &'static str;
+    /// Asks the actor to stop.
+    fn stop(&self, reason: ExitReason);
+    /// Kills the actor.
+    fn kill(&self);
+    /// Watches the actor.
+    fn monitor(&self) -> Monitor;
+    /// The typed handle, for downcasting.
+    fn as_any(&self) -> &dyn Any;
+}
+
+impl<M: Message> ErasedHandle for ActorHandle<M> {
+    fn id(&self) -> ActorId {
+        ActorHandle::id(self)
+    }
+    fn cell(&self) -> Option<ActorCell> {
+        ActorHandle::cell(self)
+    }
+    fn message_type(&self) -> &'static str {
+        message_type_name::<M>()
+    }
+    fn stop(&self, reason: ExitReason) {
+        ActorHandle::stop(self, reason)
+    }
+    fn kill(&self) {
+        ActorHandle::kill(self)
+    }
+    fn monitor(&self) -> Monitor {
+        ActorHandle::monitor(self)
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// A handle whose message type has been erased.
+#[derive(Clone)]
+pub struct AnyHandle(Arc<dyn ErasedHandle>);
+
+impl fmt::Debug for AnyHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AnyHandle")
+            .field("id", &self.0.id())
+            .field("message", &self.0.message_type())
+            .finish()
+    }
+}
+
+impl AnyHandle {
+    /// Wraps any erased handle (a supervisor's, a remote stub's...).
+    pub fn new(h: Arc<dyn ErasedHandle>) -> Self {
+        Self(h)
+    }
+
+    /// The typed handle, if the actor takes messages of type `M`.
+    pub fn downcast<M: Message>(&self) -> Option<ActorHandle<M>> {
+        self.0.as_any().downcast_ref::<ActorHandle<M>>().cloned()
+    }
+
+    /// The inner handle, to reach a non-actor handle type (e.g. a supervisor's).
+    pub fn downcast_ref<T: 'static>(&self) -> Option<&T> {
+        self.0.as_any().downcast_ref::<T>()
+    }
+
+    /// The actor's id.
+    pub fn id(&self) -> ActorId {
+        self.0.id()
+    }
+    /// The ractor cell of a local actor.
+    pub fn cell(&self) -> Option<ActorCell> {
+        self.0.cell()
+    }
+    /// The message type the actor takes.
+    pub fn message_type(&self) -> &'static str {
+        self.0.message_type()
+    }
+    /// Asks the actor to stop.
+    pub fn stop(&self, reason: ExitReason) {
+        self.0.stop(reason)
+    }
+    /// Kills the actor.
+    pub fn kill(&self) {
+        self.0.kill()
+    }
+    /// Watches the actor.
+    pub fn monitor(&self) -> Monitor {
+        self.0.monitor()
+    }
+}

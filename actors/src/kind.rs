@@ -1,0 +1,295 @@
+//! Actor kinds: a name mapped to a factory that decodes the kind's arguments
+//! and spawns the actor. Tree files use kinds today; remote spawn uses the
+//! same registry.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::{Arc, RwLock};
+
+use futures::future::BoxFuture;
+use ractor::ActorCell;
+use serde::de::DeserializeOwned;
+
+use crate::actor::Actor;
+use crate::error::SpawnError;
+use crate::handle::AnyHandle;
+use crate::message::message_type_name;
+use crate::system::{ActorSystem, SpawnOptions};
+
+/// Where and how a child is being started.
+#[derive(Debug, Clone)]
+pub struct StartContext {
+    /// The system to spawn into.
+    pub system: ActorSystem,
+    /// The supervisor to link the child to.
+    pub link: Option<ActorCell>,
+    /// A name to register the child under.
+    pub name: Option<String>,
+}
+
+/// Starts one child: the spawner interface supervisors use. The cluster
+/// crate implements it to start a child on another node.
+pub trait ChildFactory: Send + Sync + 'static {
+    /// Starts a fresh instance.
+    fn start(&self, ctx: StartContext) -> BoxFuture<'static, Result<AnyHandle, SpawnError>>;
+    /// A short description for logs and introspection (e.g. the kind name).
+    fn describe(&self) -> String;
+}
+
+/// A [`ChildFactory`] from a closure that builds the actor.
+pub fn factory<A, F>(describe: impl Into<String>, make: F) -> Arc<dyn ChildFactory>
+where
+    A: Actor,
+    F: Fn() -> A + Send + Sync + 'static,
+{
+    Arc::new(FnFactory {
+        describe: describe.into(),
+        make,
+        _a: PhantomData,
+    })
+}
+
+struct FnFactory<A, F> {
+    describe: String,
+    make: F,
+    _a: PhantomData<fn() -> A>,
+}
+
+impl<A: Actor, F: Fn() -> A + Send + Sync + 'static> ChildFactory for FnFactory<A, F> {
+    fn start(&self, ctx: StartContext) -> BoxFuture<'static, Result<AnyHandle, SpawnError>> {
+        let actor = (self.make)();
+        Box::pin(spawn_child(actor, ctx))
+    }
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+}
+
+async fn spawn_child<A: Actor>(actor: A, ctx: StartContext) -> Result<AnyHandle, SpawnError> {
+    let opts = SpawnOptions {
+        name: ctx.name,
+        link: ctx.link,
+    };
+    let h = ctx.system.spawn_with(actor, opts).await?;
+    Ok(h.into_any())
+}
+
+/// Decodes a kind's arguments; the error type of the decoder.
+pub type ArgsError = toml::de::Error;
+
+trait ErasedKind: Send + Sync + 'static {
+    fn message_type(&self) -> &'static str;
+    fn args_type(&self) -> &'static str;
+    fn from_toml(
+        &self,
+        args: toml::Spanned<toml::de::DeValue<'_>>,
+    ) -> Result<Arc<dyn ChildFactory>, ArgsError>;
+    fn from_value(&self, args: toml::Value) -> Result<Arc<dyn ChildFactory>, String>;
+}
+
+struct Kind<A, Args, F> {
+    name: String,
+    make: Arc<F>,
+    _p: PhantomData<fn(Args) -> A>,
+}
+
+struct KindFactory<A, Args, F> {
+    kind: String,
+    args: Args,
+    make: Arc<F>,
+    _a: PhantomData<fn() -> A>,
+}
+
+impl<A, Args, F> ChildFactory for KindFactory<A, Args, F>
+where
+    A: Actor,
+    Args: Clone + Send + Sync + 'static,
+    F: Fn(Args) -> A + Send + Sync + 'static,
+{
+    fn start(&self, ctx: StartContext) -> BoxFuture<'static, Result<AnyHandle, SpawnError>> {
+        let actor = (self.make)(self.args.clone());
+        Box::pin(spawn_child(actor, ctx))
+    }
+    fn describe(&self) -> String {
+        self.kind.clone()
+    }
+}
+
+impl<A, Args, F> Kind<A, Args, F>
+where
+    A: Actor,
+    Args: DeserializeOwned + Clone + Send + Sync + 'static,
+    F: Fn(Args) -> A + Send + Sync + 'static,
+{
+    fn prepared(&self, args: Args) -> Arc<dyn ChildFactory> {
+        Arc::new(KindFactory {
+            kind: self.name.clone(),
+            args,
+            make: Arc::clone(&self.make),
+            _a: PhantomData,
+        })
+    }
+}
+
+impl<A, Args, F> ErasedKind for Kind<A, Args, F>
+where
+    A: Actor,
+    Args: DeserializeOwned + Clone + Send + Sync + 'static,
+    F: Fn(Args) -> A + Send + Sync + 'static,
+{
+    fn message_type(&self) -> &'static str {
+        message_type_name::<A::Msg>()
+    }
+    fn args_type(&self) -> &'static str {
+        std::any::type_name::<Args>()
+    }
+    fn from_toml(
+        &self,
+        args: toml::Spanned<toml::de::DeValue<'_>>,
+    ) -> Result<Arc<dyn ChildFactory>, ArgsError> {
+        let de = toml::de::ValueDeserializer::from(args);
+        let args = Args::deserialize(de)?;
+        Ok(self.prepared(args))
+    }
+    fn from_value(&self, args: toml::Value) -> Result<Arc<dyn ChildFactory>, String> {
+        let args: Args = args.try_into().map_err(|e: toml::de::Error| e.message().to_owned())?;
+        Ok(self.prepared(args))
+    }
+}
+
+/// The registry of actor kinds: kind name -> factory from arguments.
+///
+/// ```
+/// # use manta_actors::{Actor, ActorError, Context, KindRegistry, Message};
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Debug, Serialize, Deserialize)] struct Ping;
+/// # impl Message for Ping { type Reply = (); }
+/// # struct Greeter { greeting: String }
+/// # impl Actor for Greeter { type Msg = Ping;
+/// #   async fn handle(&mut self, _: Ping, _: &mut Context<Ping>) -> Result<(), ActorError> { Ok(()) } }
+/// #[derive(Clone, Deserialize)]
+/// struct GreeterArgs { greeting: String }
+///
+/// let kinds = KindRegistry::new();
+/// kinds.register("greeter", |a: GreeterArgs| Greeter { greeting: a.greeting });
+/// assert!(kinds.contains("greeter"));
+/// ```
+#[derive(Clone, Default)]
+pub struct KindRegistry {
+    kinds: Arc<RwLock<BTreeMap<String, Arc<dyn ErasedKind>>>>,
+}
+
+impl fmt::Debug for KindRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KindRegistry")
+            .field("kinds", &self.names())
+            .finish()
+    }
+}
+
+impl KindRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn get(&self, kind: &str) -> Option<Arc<dyn ErasedKind>> {
+        // Every critical section is one map operation: a poisoned lock is
+        // still consistent.
+        let kinds = self.kinds.read().unwrap_or_else(|e| e.into_inner());
+        kinds.get(kind).cloned()
+    }
+
+    /// Registers (or replaces) a kind: `make` builds the actor from its
+    /// decoded arguments.
+    pub fn register<A, Args, F>(&self, kind: impl Into<String>, make: F)
+    where
+        A: Actor,
+        Args: DeserializeOwned + Clone + Send + Sync + 'static,
+        F: Fn(Args) -> A + Send + Sync + 'static,
+    {
+        let name = kind.into();
+        let entry = Arc::new(Kind {
+            name: name.clone(),
+            make: Arc::new(make),
+            _p: PhantomData,
+        });
+        let mut kinds = self.kinds.write().unwrap_or_else(|e| e.into_inner());
+        kinds.insert(name, entry);
+    }
+
+    /// Whether `kind` is registered.
+    pub fn contains(&self, kind: &str) -> bool {
+        self.get(kind).is_some()
+    }
+
+    /// The registered kind names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let kinds = self.kinds.read().unwrap_or_else(|e| e.into_inner());
+        kinds.keys().cloned().collect()
+    }
+
+    /// The message type an actor of `kind` takes.
+    pub fn message_type(&self, kind: &str) -> Option<&'static str> {
+        self.get(kind).map(|k| k.message_type())
+    }
+
+    /// The argument type of `kind`.
+    pub fn args_type(&self, kind: &str) -> Option<&'static str> {
+        self.get(kind).map(|k| k.args_type())
+    }
+
+    /// Decodes `kind`'s arguments from a spanned TOML value (errors carry the
+    /// span of the offending value) into a factory.
+    pub fn prepare_toml(
+        &self,
+        kind: &str,
+        args: toml::Spanned<toml::de::DeValue<'_>>,
+    ) -> Result<Arc<dyn ChildFactory>, KindError> {
+        let k = self
+            .get(kind)
+            .ok_or_else(|| KindError::Unknown(kind.to_owned()))?;
+        k.from_toml(args).map_err(KindError::Args)
+    }
+
+    /// Decodes `kind`'s arguments from a value built in code (or received
+    /// from another node) into a factory.
+    pub fn prepare(&self, kind: &str, args: toml::Value) -> Result<Arc<dyn ChildFactory>, SpawnError> {
+        let k = self
+            .get(kind)
+            .ok_or_else(|| SpawnError::UnknownKind(kind.to_owned()))?;
+        k.from_value(args).map_err(|message| SpawnError::BadArgs {
+            kind: kind.to_owned(),
+            message,
+        })
+    }
+
+    /// Spawns an actor of `kind` with `args`.
+    pub async fn spawn(
+        &self,
+        system: &ActorSystem,
+        kind: &str,
+        args: toml::Value,
+        name: Option<String>,
+    ) -> Result<AnyHandle, SpawnError> {
+        let f = self.prepare(kind, args)?;
+        f.start(StartContext {
+            system: system.clone(),
+            link: None,
+            name,
+        })
+        .await
+    }
+}
+
+/// Preparing a kind from TOML failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KindError {
+    /// No such kind.
+    #[error("unknown actor kind `{0}`")]
+    Unknown(String),
+    /// The arguments do not fit the kind's argument type.
+    #[error("{0}")]
+    Args(ArgsError),
+}

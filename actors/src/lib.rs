@@ -1,0 +1,79 @@
+//! # manta-actors: Manta's actor core
+//!
+//! Typed actors on [ractor] whose messages are plain serde types.
+//!
+//! - [`Actor`] — implement `handle` (and optionally `started` / `stopped`);
+//!   the actor's state is `self`.
+//! - [`ActorHandle`] — the one handle type for an actor, local or on another
+//!   node: [`tell`](ActorHandle::tell), [`ask`](ActorHandle::ask) with a
+//!   timeout, [`stop`](ActorHandle::stop), [`kill`](ActorHandle::kill),
+//!   [`monitor`](ActorHandle::monitor). A failed send gives the message back
+//!   ([`SendError`]). Remote actors plug in through [`RemoteActor`].
+//! - [`ActorSystem`] — an explicit handle (no globals): spawning, named
+//!   registration and type-checked lookup.
+//! - [`KindRegistry`] — actor kinds: a kind name mapped to a factory that
+//!   decodes the kind's arguments and spawns it. Tree files and remote spawn
+//!   go through it; [`ChildFactory`] is the spawner interface supervisors use.
+//! - [`ExitReason`] / [`Monitor`] — why an actor stopped, and a future that
+//!   resolves to it.
+//!
+//! ## Modules
+//! `message` (the [`Message`] trait), `actor` (trait, context, ractor
+//! adapter), `handle` (handles), `system` (system and names), `kind` (kinds),
+//! `exit` (exit reasons and monitors), `error` (error types).
+//!
+//! ## Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use manta_actors::{Actor, ActorError, ActorSystem, Context, Message};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Debug, Serialize, Deserialize)]
+//! enum CounterMsg { Add(i64), Get }
+//! impl Message for CounterMsg { type Reply = i64; }
+//!
+//! struct Counter(i64);
+//! impl Actor for Counter {
+//!     type Msg = CounterMsg;
+//!     async fn handle(&mut self, msg: CounterMsg, _: &mut Context<CounterMsg>) -> Result<i64, ActorError> {
+//!         if let CounterMsg::Add(n) = msg { self.0 += n; }
+//!         Ok(self.0)
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let system = ActorSystem::new();
+//! let counter = system.spawn_named("counter", Counter(0)).await?;
+//! counter.tell(CounterMsg::Add(2))?;
+//! let same = system.lookup::<CounterMsg>("counter")?;
+//! assert_eq!(same.ask(CounterMsg::Get, Duration::from_secs(1)).await?, 2);
+//! # Ok(()) }
+//! ```
+
+mod actor;
+mod error;
+mod exit;
+mod handle;
+mod kind;
+mod message;
+mod system;
+
+pub use actor::{Actor, Context};
+pub use error::{ActorError, AskError, LookupError, SendError, SendFailure, SpawnError};
+pub use exit::{ExitReason, ExitSignal, Monitor};
+pub use handle::{ActorHandle, ActorId, AnyHandle, ErasedHandle, RemoteActor};
+pub use kind::{ArgsError, ChildFactory, KindError, KindRegistry, StartContext, factory};
+pub use message::{Message, message_type_name};
+pub use system::{ActorSystem, SpawnOptions};
+
+/// The ractor version Manta runs on, for code that needs its cells.
+pub use ractor;
+
+/// Everything most actor code needs.
+pub mod prelude {
+    pub use crate::{
+        Actor, ActorError, ActorHandle, ActorSystem, AskError, Context, ExitReason, Message,
+        SendError,
+    };
+}

@@ -1,0 +1,31 @@
+//! The message contract: plain serde types with a typed reply.
+
+use serde::{Serialize, de::DeserializeOwned};
+
+/// A message an actor accepts.
+///
+/// Messages are plain serde types so that the very same value can be handed
+/// to a local actor in memory or serialised for an actor on another node.
+/// Each message type names the type its actor answers an `ask` with; actors
+/// that are only ever told use `()`.
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, Serialize, Deserialize)]
+/// enum CounterMsg { Add(i64), Get }
+///
+/// impl manta_actors::Message for CounterMsg {
+///     type Reply = i64;
+/// }
+/// ```
+pub trait Message: Serialize + DeserializeOwned + Send + 'static {
+    /// What the actor answers to an `ask` with this message type.
+    type Reply: Serialize + DeserializeOwned + Send + 'static;
+}
+
+/// The type name used to check that a handle looked up by name (locally or
+/// on another node) really speaks the message type the caller expects.
+pub fn message_type_name<M: Message>() -> &'static str {
+    std::any::type_name::<M>()
+}
