@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::FutureExt;
 use ractor::{ActorProcessingErr, ActorRef};
@@ -95,38 +95,53 @@ impl<M: Message> Context<M> {
 }
 
 /// Runs a Manta [`Actor`] as a ractor actor.
-pub(crate) struct Adapter<A>(PhantomData<fn() -> A>);
+///
+/// The exit guard lives in the handler, not in the state: ractor moves the
+/// state of a stopped actor into the supervision event it sends the parent,
+/// but drops the handler with the actor's task, so a kill is published even
+/// while the parent is busy (e.g. waiting for this very exit).
+pub(crate) struct Adapter<A> {
+    guard: ExitGuard,
+    _a: PhantomData<fn() -> A>,
+}
 
 impl<A> Adapter<A> {
-    pub(crate) fn new() -> Self {
-        Self(PhantomData)
+    pub(crate) fn new(guard: ExitGuard) -> Self {
+        Self {
+            guard,
+            _a: PhantomData,
+        }
     }
 }
 
 pub(crate) struct Running<A: Actor> {
     actor: A,
     ctx: Context<A::Msg>,
-    guard: ExitGuard,
 }
 
-/// Publishes the exit when the actor's state goes away, whatever the path:
-/// after `stopped`, after a failure, or when a kill drops the task.
+/// Publishes the exit once, whatever the path: after `stopped`, after a
+/// failure, or when a kill drops the actor's task.
 pub(crate) struct ExitGuard {
     exit: Arc<ExitSignal>,
     system: ActorSystem,
-    name: Option<String>,
+    name: Mutex<Option<String>>,
 }
 
 impl ExitGuard {
     pub(crate) fn new(exit: Arc<ExitSignal>, system: ActorSystem, name: Option<String>) -> Self {
-        Self { exit, system, name }
+        Self {
+            exit,
+            system,
+            name: Mutex::new(name),
+        }
     }
 
-    fn finish(&mut self, reason: ExitReason) {
-        if let Some(name) = self.name.take() {
+    fn finish(&self, reason: ExitReason) {
+        self.exit.set(reason);
+        let name = self.name.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(name) = name {
             self.system.unregister_exited(&name);
         }
-        self.exit.set(reason);
     }
 }
 
@@ -141,8 +156,6 @@ impl Drop for ExitGuard {
 pub(crate) struct StartArgs<A: Actor> {
     pub(crate) actor: A,
     pub(crate) system: ActorSystem,
-    pub(crate) exit: Arc<ExitSignal>,
-    pub(crate) name: Option<String>,
 }
 
 fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
@@ -165,27 +178,25 @@ impl<A: Actor> ractor::Actor for Adapter<A> {
         myself: ActorRef<Self::Msg>,
         args: StartArgs<A>,
     ) -> Result<Running<A>, ActorProcessingErr> {
-        let StartArgs {
-            mut actor,
-            system,
-            exit,
-            name,
-        } = args;
+        let StartArgs { mut actor, system } = args;
         let mut ctx = Context {
-            myself: ActorHandle::local(myself, Arc::clone(&exit)),
-            system: system.clone(),
+            myself: ActorHandle::local(myself, Arc::clone(&self.guard.exit)),
+            system,
             stop: None,
         };
-        let guard = ExitGuard::new(exit, system, name);
-        match AssertUnwindSafe(actor.started(&mut ctx)).catch_unwind().await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Box::new(ExitReason::Failed(e.to_string()))),
-            Err(p) => return Err(Box::new(ExitReason::Panicked(panic_text(p)))),
+        let failure = match AssertUnwindSafe(actor.started(&mut ctx)).catch_unwind().await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(ExitReason::Failed(e.to_string())),
+            Err(p) => Some(ExitReason::Panicked(panic_text(p))),
+        };
+        if let Some(reason) = failure {
+            self.guard.finish(reason.clone());
+            return Err(Box::new(reason));
         }
         if let Some(reason) = ctx.stop.take() {
             ctx.myself.stop(reason);
         }
-        Ok(Running { actor, ctx, guard })
+        Ok(Running { actor, ctx })
     }
 
     async fn handle(
@@ -216,7 +227,7 @@ impl<A: Actor> ractor::Actor for Adapter<A> {
             Err(p) => ExitReason::Panicked(panic_text(p)),
         };
         tracing::debug!(actor = %st.ctx.myself.id(), %reason, "actor failed");
-        st.guard.finish(reason.clone());
+        self.guard.finish(reason.clone());
         Err(Box::new(reason))
     }
 
@@ -225,11 +236,11 @@ impl<A: Actor> ractor::Actor for Adapter<A> {
         _myself: ActorRef<Self::Msg>,
         st: &mut Running<A>,
     ) -> Result<(), ActorProcessingErr> {
-        let reason = st.guard.exit.take_pending().unwrap_or(ExitReason::Normal);
+        let reason = self.guard.exit.take_pending().unwrap_or(ExitReason::Normal);
         let _ = AssertUnwindSafe(st.actor.stopped(&reason, &mut st.ctx))
             .catch_unwind()
             .await;
-        st.guard.finish(reason);
+        self.guard.finish(reason);
         Ok(())
     }
 }

@@ -42,7 +42,7 @@ impl ExitReason {
     }
 
     /// Encodes the reason into ractor's stop-reason string.
-    pub(crate) fn to_stop_string(&self) -> String {
+    pub fn to_stop_string(&self) -> String {
         match self {
             ExitReason::Normal => "normal".to_owned(),
             ExitReason::Shutdown(None) => "shutdown".to_owned(),

@@ -81,11 +81,11 @@ pub type ArgsError = toml::de::Error;
 trait ErasedKind: Send + Sync + 'static {
     fn message_type(&self) -> &'static str;
     fn args_type(&self) -> &'static str;
-    fn from_toml(
+    fn prepare_toml(
         &self,
         args: toml::Spanned<toml::de::DeValue<'_>>,
     ) -> Result<Arc<dyn ChildFactory>, ArgsError>;
-    fn from_value(&self, args: toml::Value) -> Result<Arc<dyn ChildFactory>, String>;
+    fn prepare_value(&self, args: toml::Value) -> Result<Arc<dyn ChildFactory>, String>;
 }
 
 struct Kind<A, Args, F> {
@@ -144,7 +144,7 @@ where
     fn args_type(&self) -> &'static str {
         std::any::type_name::<Args>()
     }
-    fn from_toml(
+    fn prepare_toml(
         &self,
         args: toml::Spanned<toml::de::DeValue<'_>>,
     ) -> Result<Arc<dyn ChildFactory>, ArgsError> {
@@ -152,7 +152,7 @@ where
         let args = Args::deserialize(de)?;
         Ok(self.prepared(args))
     }
-    fn from_value(&self, args: toml::Value) -> Result<Arc<dyn ChildFactory>, String> {
+    fn prepare_value(&self, args: toml::Value) -> Result<Arc<dyn ChildFactory>, String> {
         let args: Args = args.try_into().map_err(|e: toml::de::Error| e.message().to_owned())?;
         Ok(self.prepared(args))
     }
@@ -250,7 +250,7 @@ impl KindRegistry {
         let k = self
             .get(kind)
             .ok_or_else(|| KindError::Unknown(kind.to_owned()))?;
-        k.from_toml(args).map_err(KindError::Args)
+        k.prepare_toml(args).map_err(KindError::Args)
     }
 
     /// Decodes `kind`'s arguments from a value built in code (or received
@@ -259,7 +259,7 @@ impl KindRegistry {
         let k = self
             .get(kind)
             .ok_or_else(|| SpawnError::UnknownKind(kind.to_owned()))?;
-        k.from_value(args).map_err(|message| SpawnError::BadArgs {
+        k.prepare_value(args).map_err(|message| SpawnError::BadArgs {
             kind: kind.to_owned(),
             message,
         })

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use ractor::ActorCell;
 
-use crate::actor::{Actor, Adapter, StartArgs};
+use crate::actor::{Actor, Adapter, ExitGuard, StartArgs};
 use crate::error::{LookupError, SpawnError};
 use crate::exit::{ExitReason, ExitSignal};
 use crate::handle::{ActorHandle, AnyHandle};
@@ -113,12 +113,15 @@ impl ActorSystem {
         let args = StartArgs {
             actor,
             system: self.clone(),
-            exit: Arc::clone(&exit),
-            name: opts.name.clone(),
         };
+        let adapter = Adapter::<A>::new(ExitGuard::new(
+            Arc::clone(&exit),
+            self.clone(),
+            opts.name.clone(),
+        ));
         let spawned = match opts.link {
-            Some(sup) => ractor::Actor::spawn_linked(None, Adapter::<A>::new(), args, sup).await,
-            None => ractor::Actor::spawn(None, Adapter::<A>::new(), args).await,
+            Some(sup) => ractor::Actor::spawn_linked(None, adapter, args, sup).await,
+            None => ractor::Actor::spawn(None, adapter, args).await,
         };
         let (actor_ref, _join) = spawned.map_err(|e| SpawnError::Startup(startup_text(e)))?;
         let handle = ActorHandle::local(actor_ref, exit);

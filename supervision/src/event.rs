@@ -1,0 +1,205 @@
+//! Supervisor lifecycle events: every start, exit, restart and escalation.
+
+use std::fmt;
+use std::time::Duration;
+
+use manta_actors::{ActorId, ExitReason};
+use tokio::sync::broadcast;
+
+/// What a supervisor did about a child's exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitAction {
+    /// The child (and, by strategy, siblings) will be restarted.
+    Restart,
+    /// Not restarted; the spec is kept (a transient child's normal exit).
+    Keep,
+    /// Not restarted; the child is removed (temporary, or dynamic).
+    Remove,
+    /// Restart intensity exceeded: the supervisor gives up and fails.
+    Escalate,
+}
+
+impl fmt::Display for ExitAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ExitAction::Restart => "restart",
+            ExitAction::Keep => "keep",
+            ExitAction::Remove => "remove",
+            ExitAction::Escalate => "escalate",
+        })
+    }
+}
+
+/// One supervisor decision. Each is also logged as a tracing event with the
+/// same fields (target `manta::supervisor`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SupervisorEvent {
+    /// A child started (`restarts` > 0 for a restart).
+    ChildStarted {
+        /// Supervisor name.
+        supervisor: String,
+        /// Child id.
+        child: String,
+        /// The new actor.
+        actor: ActorId,
+        /// How often this child has been restarted.
+        restarts: u32,
+    },
+    /// A child exited on its own (not stopped by its supervisor).
+    ChildExited {
+        /// Supervisor name.
+        supervisor: String,
+        /// Child id.
+        child: String,
+        /// Why it exited.
+        reason: ExitReason,
+        /// What the supervisor does about it.
+        action: ExitAction,
+    },
+    /// The supervisor stopped a child (shutdown, strategy, terminate_child).
+    ChildTerminated {
+        /// Supervisor name.
+        supervisor: String,
+        /// Child id.
+        child: String,
+        /// The exit observed.
+        reason: ExitReason,
+        /// The graceful stop timed out and the child was killed.
+        forced: bool,
+    },
+    /// Restarting a child failed (counts against the intensity; retried).
+    StartFailed {
+        /// Supervisor name.
+        supervisor: String,
+        /// Child id.
+        child: String,
+        /// The error.
+        error: String,
+    },
+    /// Restarts are delayed by backoff.
+    RestartScheduled {
+        /// Supervisor name.
+        supervisor: String,
+        /// The children to restart, in order.
+        children: Vec<String>,
+        /// The delay.
+        delay: Duration,
+    },
+    /// The restart intensity was exceeded: the supervisor terminated its
+    /// children and fails, escalating to its parent.
+    Escalated {
+        /// Supervisor name.
+        supervisor: String,
+        /// The child whose exit exceeded the intensity.
+        child: String,
+        /// That child's exit reason.
+        reason: ExitReason,
+    },
+    /// The supervisor stopped (after shutting its children down).
+    SupervisorStopped {
+        /// Supervisor name.
+        supervisor: String,
+        /// Why.
+        reason: ExitReason,
+    },
+}
+
+impl SupervisorEvent {
+    /// The supervisor the event is about.
+    pub fn supervisor(&self) -> &str {
+        match self {
+            SupervisorEvent::ChildStarted { supervisor, .. }
+            | SupervisorEvent::ChildExited { supervisor, .. }
+            | SupervisorEvent::ChildTerminated { supervisor, .. }
+            | SupervisorEvent::StartFailed { supervisor, .. }
+            | SupervisorEvent::RestartScheduled { supervisor, .. }
+            | SupervisorEvent::Escalated { supervisor, .. }
+            | SupervisorEvent::SupervisorStopped { supervisor, .. } => supervisor,
+        }
+    }
+}
+
+impl fmt::Display for SupervisorEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SupervisorEvent::ChildStarted {
+                supervisor,
+                child,
+                actor,
+                restarts,
+            } => {
+                if *restarts == 0 {
+                    write!(f, "[{supervisor}] started {child} as {actor}")
+                } else {
+                    write!(f, "[{supervisor}] restarted {child} as {actor} (restart #{restarts})")
+                }
+            }
+            SupervisorEvent::ChildExited {
+                supervisor,
+                child,
+                reason,
+                action,
+            } => write!(f, "[{supervisor}] {child} exited ({reason}) -> {action}"),
+            SupervisorEvent::ChildTerminated {
+                supervisor,
+                child,
+                reason,
+                forced,
+            } => {
+                let how = if *forced { ", killed after shutdown timeout" } else { "" };
+                write!(f, "[{supervisor}] terminated {child} ({reason}{how})")
+            }
+            SupervisorEvent::StartFailed {
+                supervisor,
+                child,
+                error,
+            } => write!(f, "[{supervisor}] failed to start {child}: {error}"),
+            SupervisorEvent::RestartScheduled {
+                supervisor,
+                children,
+                delay,
+            } => write!(f, "[{supervisor}] restarting {} in {delay:?} (backoff)", children.join(", ")),
+            SupervisorEvent::Escalated {
+                supervisor,
+                child,
+                reason,
+            } => write!(
+                f,
+                "[{supervisor}] ESCALATING: restart intensity exceeded by {child} ({reason}); terminating children and failing"
+            ),
+            SupervisorEvent::SupervisorStopped { supervisor, reason } => {
+                write!(f, "[{supervisor}] stopped ({reason})")
+            }
+        }
+    }
+}
+
+/// A broadcast bus of [`SupervisorEvent`]s shared by a supervision tree.
+#[derive(Debug, Clone)]
+pub struct EventBus {
+    tx: broadcast::Sender<SupervisorEvent>,
+}
+
+impl Default for EventBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EventBus {
+    /// A bus keeping up to 4096 events for slow subscribers.
+    pub fn new() -> Self {
+        let (tx, _) = broadcast::channel(4096);
+        Self { tx }
+    }
+
+    /// A new subscriber, seeing events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<SupervisorEvent> {
+        self.tx.subscribe()
+    }
+
+    pub(crate) fn emit(&self, ev: SupervisorEvent) {
+        // No subscriber is fine: events are also traced.
+        let _ = self.tx.send(ev);
+    }
+}

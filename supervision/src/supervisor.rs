@@ -1,0 +1,748 @@
+//! The supervisor actor: OTP's supervisor behaviour on ractor.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use manta_actors::ractor::{self, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
+use manta_actors::{
+    ActorSystem, AnyHandle, ChildFactory, ExitReason, ExitSignal, SpawnError, StartContext,
+};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::event::{EventBus, ExitAction, SupervisorEvent};
+use crate::handle::{ChildCounts, ChildInfo, ChildState, SupervisorError, SupervisorHandle};
+use crate::spec::{Backoff, ChildSpec, ChildStart, ChildType, Restart, Shutdown, Strategy, SupervisorSpec};
+
+type Reply<T> = oneshot::Sender<Result<T, SupervisorError>>;
+
+/// Messages a supervisor handles (its handle sends them).
+pub(crate) enum SupMsg {
+    WhichChildren(oneshot::Sender<Vec<ChildInfo>>),
+    CountChildren(oneshot::Sender<ChildCounts>),
+    StartChild(Box<ChildSpec>, Reply<AnyHandle>),
+    StartDynamic(Option<Arc<dyn ChildFactory>>, Reply<(String, AnyHandle)>),
+    TerminateChild(String, Reply<()>),
+    RestartChild(String, Reply<AnyHandle>),
+    DeleteChild(String, Reply<()>),
+    /// Restart these children now (after a backoff delay or a failed start).
+    Restart(Vec<String>),
+}
+
+/// Starts supervisors.
+#[derive(Debug, Clone, Copy)]
+pub struct Supervisor;
+
+impl Supervisor {
+    /// Validates `spec`, starts the supervisor and its children in order.
+    /// Fails (having stopped what it started) if a child fails to start.
+    pub async fn start(
+        system: &ActorSystem,
+        spec: SupervisorSpec,
+    ) -> Result<SupervisorHandle, SupervisorError> {
+        spawn_supervisor(system.clone(), spec, None).await
+    }
+
+    /// Like [`Supervisor::start`], linked to a parent supervisor's cell.
+    pub async fn start_linked(
+        system: &ActorSystem,
+        spec: SupervisorSpec,
+        parent: ActorCell,
+    ) -> Result<SupervisorHandle, SupervisorError> {
+        spawn_supervisor(system.clone(), spec, Some(parent)).await
+    }
+}
+
+/// Boxed so that supervisors starting supervisors do not make an infinitely
+/// large future type.
+fn spawn_supervisor(
+    system: ActorSystem,
+    spec: SupervisorSpec,
+    link: Option<ActorCell>,
+) -> BoxFuture<'static, Result<SupervisorHandle, SupervisorError>> {
+    Box::pin(async move {
+        spec.validate().map_err(SupervisorError::InvalidSpec)?;
+        let exit = Arc::new(ExitSignal::new());
+        let events = spec.events.clone().unwrap_or_default();
+        let name = spec.name.clone();
+        let actor = SupActor {
+            exit: Arc::clone(&exit),
+            events: events.clone(),
+            name: name.clone(),
+        };
+        let args = SupArgs {
+            spec,
+            system,
+            events,
+        };
+        let spawned = match link {
+            Some(parent) => ractor::Actor::spawn_linked(None, actor, args, parent).await,
+            None => ractor::Actor::spawn(None, actor, args).await,
+        };
+        match spawned {
+            Ok((actor, _join)) => Ok(SupervisorHandle { actor, exit, name }),
+            Err(ractor::SpawnErr::StartupFailed(err)) => Err(match err.downcast::<SupervisorError>() {
+                Ok(e) => *e,
+                Err(other) => SupervisorError::StartFailed {
+                    child: name,
+                    error: SpawnError::Startup(other.to_string()),
+                },
+            }),
+            Err(other) => Err(SupervisorError::StartFailed {
+                child: name,
+                error: SpawnError::Startup(other.to_string()),
+            }),
+        }
+    })
+}
+
+/// The ractor handler. It owns the exit signal so that the supervisor's exit
+/// is published even when it is killed (the handler is dropped with the task).
+struct SupActor {
+    exit: Arc<ExitSignal>,
+    events: EventBus,
+    name: String,
+}
+
+impl Drop for SupActor {
+    fn drop(&mut self) {
+        if self.exit.set(ExitReason::Killed) {
+            tracing::warn!(target: "manta::supervisor", supervisor = %self.name, "supervisor killed");
+            self.events.emit(SupervisorEvent::SupervisorStopped {
+                supervisor: self.name.clone(),
+                reason: ExitReason::Killed,
+            });
+        }
+    }
+}
+
+struct SupArgs {
+    spec: SupervisorSpec,
+    system: ActorSystem,
+    events: EventBus,
+}
+
+struct Child {
+    spec: ChildSpec,
+    handle: Option<AnyHandle>,
+    state: ChildState,
+    restarts: u32,
+}
+
+pub(crate) struct SupState {
+    name: String,
+    strategy: Strategy,
+    intensity: u32,
+    period: Duration,
+    backoff: Option<Backoff>,
+    template: Option<ChildSpec>,
+    children: Vec<Child>,
+    restarts: VecDeque<Instant>,
+    system: ActorSystem,
+    events: EventBus,
+    myself: ActorRef<SupMsg>,
+    seq: u64,
+}
+
+/// Stops one child with its shutdown mode; returns the observed exit and
+/// whether the graceful stop timed out and the child was killed.
+async fn shutdown_child(handle: &AnyHandle, mode: Shutdown) -> (ExitReason, bool) {
+    let mon = handle.monitor();
+    match mode {
+        Shutdown::BrutalKill => {
+            handle.kill();
+            (mon.wait().await, false)
+        }
+        Shutdown::Infinity => {
+            handle.stop(ExitReason::Shutdown(None));
+            (mon.wait().await, false)
+        }
+        Shutdown::Timeout(limit) => {
+            handle.stop(ExitReason::Shutdown(None));
+            match tokio::time::timeout(limit, mon.clone().wait()).await {
+                Ok(reason) => (reason, false),
+                Err(_) => {
+                    handle.kill();
+                    (mon.wait().await, true)
+                }
+            }
+        }
+    }
+}
+
+impl SupState {
+    fn is_dynamic(&self) -> bool {
+        self.strategy == Strategy::SimpleOneForOne
+    }
+
+    fn index_of(&self, id: &str) -> Option<usize> {
+        self.children.iter().position(|c| c.spec.id == id)
+    }
+
+    fn emit(&self, ev: SupervisorEvent) {
+        match &ev {
+            SupervisorEvent::ChildStarted { child, actor, restarts, .. } => {
+                tracing::info!(target: "manta::supervisor", supervisor = %self.name, %child, %actor, restarts, "child started")
+            }
+            SupervisorEvent::ChildExited { child, reason, action, .. } => {
+                if reason.is_normal() {
+                    tracing::info!(target: "manta::supervisor", supervisor = %self.name, %child, %reason, %action, "child exited")
+                } else {
+                    tracing::warn!(target: "manta::supervisor", supervisor = %self.name, %child, %reason, %action, "child exited")
+                }
+            }
+            SupervisorEvent::ChildTerminated { child, reason, forced, .. } => {
+                tracing::info!(target: "manta::supervisor", supervisor = %self.name, %child, %reason, forced, "child terminated")
+            }
+            SupervisorEvent::StartFailed { child, error, .. } => {
+                tracing::error!(target: "manta::supervisor", supervisor = %self.name, %child, %error, "child failed to start")
+            }
+            SupervisorEvent::RestartScheduled { children, delay, .. } => {
+                tracing::info!(target: "manta::supervisor", supervisor = %self.name, children = %children.join(","), ?delay, "restart scheduled")
+            }
+            SupervisorEvent::Escalated { child, reason, .. } => {
+                tracing::error!(target: "manta::supervisor", supervisor = %self.name, %child, %reason, intensity = self.intensity, period = ?self.period, "restart intensity exceeded, escalating")
+            }
+            SupervisorEvent::SupervisorStopped { reason, .. } => {
+                tracing::info!(target: "manta::supervisor", supervisor = %self.name, %reason, "supervisor stopped")
+            }
+        }
+        self.events.emit(ev);
+    }
+
+    /// Starts one instance of `spec`, linked to this supervisor.
+    fn start_one(&self, spec: &ChildSpec) -> BoxFuture<'static, Result<AnyHandle, SpawnError>> {
+        let system = self.system.clone();
+        let link = self.myself.get_cell();
+        let register = spec.register.clone();
+        match &spec.start {
+            ChildStart::Factory(f) => f.start(StartContext {
+                system,
+                link: Some(link),
+                name: register,
+            }),
+            ChildStart::Supervisor(s) => {
+                let mut s = (**s).clone();
+                if s.events.is_none() {
+                    s.events = Some(self.events.clone());
+                }
+                Box::pin(async move {
+                    let h = spawn_supervisor(system.clone(), s, Some(link))
+                        .await
+                        .map_err(|e| SpawnError::Startup(e.to_string()))?;
+                    let any = h.into_any();
+                    if let Some(name) = register {
+                        if let Err(e) = system.register_any(name, any.clone()) {
+                            any.kill();
+                            return Err(e);
+                        }
+                    }
+                    Ok(any)
+                })
+            }
+        }
+    }
+
+    fn info(&self) -> Vec<ChildInfo> {
+        self.children
+            .iter()
+            .map(|c| ChildInfo {
+                id: c.spec.id.clone(),
+                handle: c.handle.clone(),
+                state: c.state,
+                child_type: c.spec.child_type(),
+                restart: c.spec.restart,
+                restarts: c.restarts,
+            })
+            .collect()
+    }
+
+    fn counts(&self) -> ChildCounts {
+        let mut n = ChildCounts {
+            specs: self.children.len(),
+            ..ChildCounts::default()
+        };
+        for c in &self.children {
+            if c.handle.is_some() {
+                n.active += 1;
+            }
+            match c.spec.child_type() {
+                ChildType::Worker => n.workers += 1,
+                ChildType::Supervisor => n.supervisors += 1,
+            }
+        }
+        n
+    }
+
+    /// Starts the child at `idx` (must not be running), counting a restart
+    /// if `restart` is set.
+    async fn start_at(&mut self, idx: usize, restart: bool) -> Result<AnyHandle, SpawnError> {
+        let fut = self.start_one(&self.children[idx].spec);
+        let handle = fut.await?;
+        let child = &mut self.children[idx];
+        if restart {
+            child.restarts += 1;
+        }
+        child.handle = Some(handle.clone());
+        child.state = ChildState::Running;
+        let ev = SupervisorEvent::ChildStarted {
+            supervisor: self.name.clone(),
+            child: child.spec.id.clone(),
+            actor: handle.id(),
+            restarts: child.restarts,
+        };
+        self.emit(ev);
+        Ok(handle)
+    }
+
+    /// Stops the running child at `idx` with its shutdown mode.
+    async fn terminate_at(&mut self, idx: usize) {
+        let child = &mut self.children[idx];
+        child.state = ChildState::Terminated;
+        let Some(handle) = child.handle.take() else {
+            return;
+        };
+        let mode = child.spec.shutdown;
+        let id = child.spec.id.clone();
+        let (reason, forced) = shutdown_child(&handle, mode).await;
+        self.emit(SupervisorEvent::ChildTerminated {
+            supervisor: self.name.clone(),
+            child: id,
+            reason,
+            forced,
+        });
+    }
+
+    /// Stops every running child, last started first.
+    async fn terminate_all(&mut self) {
+        for idx in (0..self.children.len()).rev() {
+            self.terminate_at(idx).await;
+        }
+    }
+
+    /// Records a restart in the sliding window; false when it exceeds the
+    /// intensity.
+    fn add_restart(&mut self) -> bool {
+        let now = Instant::now();
+        self.restarts.push_back(now);
+        while let Some(&t) = self.restarts.front() {
+            if now.duration_since(t) > self.period {
+                self.restarts.pop_front();
+            } else {
+                break;
+            }
+        }
+        self.restarts.len() <= self.intensity as usize
+    }
+
+    /// Gives up: stops all children and returns the error the supervisor
+    /// fails with.
+    async fn escalate(&mut self, child: String, reason: ExitReason) -> ActorProcessingErr {
+        self.emit(SupervisorEvent::Escalated {
+            supervisor: self.name.clone(),
+            child: child.clone(),
+            reason: reason.clone(),
+        });
+        self.terminate_all().await;
+        Box::new(ExitReason::Failed(format!(
+            "supervisor `{}` exceeded its restart intensity ({} in {:?}); last exit: `{child}` {reason}",
+            self.name, self.intensity, self.period
+        )))
+    }
+
+    /// Handles the exit of the child at `idx`, per its restart type and the
+    /// strategy.
+    async fn child_exited(&mut self, idx: usize, reason: ExitReason) -> Result<(), ActorProcessingErr> {
+        let (id, restart_type) = {
+            let c = &mut self.children[idx];
+            c.handle = None;
+            c.state = ChildState::Terminated;
+            (c.spec.id.clone(), c.spec.restart)
+        };
+        let restart = match restart_type {
+            Restart::Permanent => true,
+            Restart::Transient => !reason.is_normal(),
+            Restart::Temporary => false,
+        };
+        if !restart {
+            let remove = restart_type == Restart::Temporary || self.is_dynamic();
+            self.emit(SupervisorEvent::ChildExited {
+                supervisor: self.name.clone(),
+                child: id,
+                reason,
+                action: if remove { ExitAction::Remove } else { ExitAction::Keep },
+            });
+            if remove {
+                self.children.remove(idx);
+            }
+            return Ok(());
+        }
+        if !self.add_restart() {
+            self.emit(SupervisorEvent::ChildExited {
+                supervisor: self.name.clone(),
+                child: id.clone(),
+                reason: reason.clone(),
+                action: ExitAction::Escalate,
+            });
+            return Err(self.escalate(id, reason).await);
+        }
+        self.emit(SupervisorEvent::ChildExited {
+            supervisor: self.name.clone(),
+            child: id.clone(),
+            reason,
+            action: ExitAction::Restart,
+        });
+        // The group to restart, in start order.
+        let first = match self.strategy {
+            Strategy::OneForOne | Strategy::SimpleOneForOne => {
+                self.schedule_restart(vec![id]).await;
+                return Ok(());
+            }
+            Strategy::OneForAll => 0,
+            Strategy::RestForOne => idx,
+        };
+        for j in (first..self.children.len()).rev() {
+            if j != idx {
+                self.terminate_at(j).await;
+            }
+        }
+        // Temporary children stopped by the strategy are not restarted.
+        let mut j = first;
+        while j < self.children.len() {
+            if j != idx && self.children[j].spec.restart == Restart::Temporary {
+                self.children.remove(j);
+            } else {
+                j += 1;
+            }
+        }
+        let group = self.children[first..]
+            .iter()
+            .map(|c| c.spec.id.clone())
+            .collect();
+        self.schedule_restart(group).await;
+        Ok(())
+    }
+
+    /// Restarts `ids` now, or after the backoff delay.
+    async fn schedule_restart(&mut self, ids: Vec<String>) {
+        for id in &ids {
+            if let Some(i) = self.index_of(id) {
+                self.children[i].state = ChildState::Restarting;
+            }
+        }
+        let delay = self.backoff.map(|b| {
+            let n = ids
+                .first()
+                .and_then(|id| self.index_of(id))
+                .map(|i| self.children[i].restarts)
+                .unwrap_or(0);
+            b.delay(n)
+        });
+        match delay {
+            Some(delay) if !delay.is_zero() => {
+                self.emit(SupervisorEvent::RestartScheduled {
+                    supervisor: self.name.clone(),
+                    children: ids.clone(),
+                    delay,
+                });
+                let me = self.myself.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    // The supervisor may be gone by then; nothing to restart.
+                    let _ = me.cast(SupMsg::Restart(ids));
+                });
+            }
+            _ => {
+                // Restart in this very handler; a failed start is retried
+                // through the mailbox (and counted) by `restart_now`.
+                let _ = self.restart_now(ids).await;
+            }
+        }
+    }
+
+    /// Starts the children in `ids` that still wait for a restart, in order.
+    /// A failed start counts as a restart and is retried; exceeding the
+    /// intensity escalates.
+    async fn restart_now(&mut self, ids: Vec<String>) -> Result<(), ActorProcessingErr> {
+        let mut pending: VecDeque<String> = ids.into();
+        while let Some(id) = pending.pop_front() {
+            let Some(idx) = self.index_of(&id) else { continue };
+            if self.children[idx].state != ChildState::Restarting {
+                continue;
+            }
+            if let Err(e) = self.start_at(idx, true).await {
+                self.emit(SupervisorEvent::StartFailed {
+                    supervisor: self.name.clone(),
+                    child: id.clone(),
+                    error: e.to_string(),
+                });
+                if !self.add_restart() {
+                    return Err(self.escalate(id, ExitReason::Failed(e.to_string())).await);
+                }
+                let mut retry = vec![id];
+                retry.extend(pending);
+                // Through the mailbox, so requests are served in between.
+                let _ = self.myself.cast(SupMsg::Restart(retry));
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    async fn start_dynamic(
+        &mut self,
+        factory: Option<Arc<dyn ChildFactory>>,
+    ) -> Result<(String, AnyHandle), SupervisorError> {
+        let Some(template) = &self.template else {
+            return Err(SupervisorError::WrongKind(
+                "start_dynamic needs a simple_one_for_one supervisor",
+            ));
+        };
+        self.seq += 1;
+        let mut spec = template.clone();
+        spec.id = format!("{}-{}", template.id, self.seq);
+        if let Some(f) = factory {
+            spec.start = ChildStart::Factory(f);
+        }
+        let id = spec.id.clone();
+        self.children.push(Child {
+            spec,
+            handle: None,
+            state: ChildState::Restarting,
+            restarts: 0,
+        });
+        let idx = self.children.len() - 1;
+        match self.start_at(idx, false).await {
+            Ok(h) => Ok((id, h)),
+            Err(error) => {
+                self.children.remove(idx);
+                Err(SupervisorError::StartFailed { child: id, error })
+            }
+        }
+    }
+
+    async fn request(&mut self, msg: SupMsg) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupMsg::WhichChildren(tx) => {
+                let _ = tx.send(self.info());
+            }
+            SupMsg::CountChildren(tx) => {
+                let _ = tx.send(self.counts());
+            }
+            SupMsg::StartChild(spec, tx) => {
+                let r = self.add_child(*spec).await;
+                let _ = tx.send(r);
+            }
+            SupMsg::StartDynamic(factory, tx) => {
+                let r = self.start_dynamic(factory).await;
+                let _ = tx.send(r);
+            }
+            SupMsg::TerminateChild(id, tx) => {
+                let r = match self.index_of(&id) {
+                    None => Err(SupervisorError::NotFound(id)),
+                    Some(idx) => {
+                        self.terminate_at(idx).await;
+                        if self.is_dynamic() {
+                            self.children.remove(idx);
+                        }
+                        Ok(())
+                    }
+                };
+                let _ = tx.send(r);
+            }
+            SupMsg::RestartChild(id, tx) => {
+                let r = self.restart_child(id).await;
+                let _ = tx.send(r);
+            }
+            SupMsg::DeleteChild(id, tx) => {
+                let r = if self.is_dynamic() {
+                    Err(SupervisorError::WrongKind("delete_child is not for simple_one_for_one supervisors"))
+                } else {
+                    match self.index_of(&id) {
+                        None => Err(SupervisorError::NotFound(id)),
+                        Some(idx) if self.children[idx].state != ChildState::Terminated => {
+                            Err(SupervisorError::Running(id))
+                        }
+                        Some(idx) => {
+                            self.children.remove(idx);
+                            Ok(())
+                        }
+                    }
+                };
+                let _ = tx.send(r);
+            }
+            SupMsg::Restart(ids) => return self.restart_now(ids).await,
+        }
+        Ok(())
+    }
+
+    async fn add_child(&mut self, spec: ChildSpec) -> Result<AnyHandle, SupervisorError> {
+        if self.is_dynamic() {
+            return Err(SupervisorError::WrongKind(
+                "start_child(spec) is not for simple_one_for_one supervisors; use start_dynamic",
+            ));
+        }
+        if self.index_of(&spec.id).is_some() {
+            return Err(SupervisorError::AlreadyPresent(spec.id));
+        }
+        let id = spec.id.clone();
+        self.children.push(Child {
+            spec,
+            handle: None,
+            state: ChildState::Terminated,
+            restarts: 0,
+        });
+        let idx = self.children.len() - 1;
+        self.start_at(idx, false).await.map_err(|error| {
+            self.children.remove(idx);
+            SupervisorError::StartFailed { child: id, error }
+        })
+    }
+
+    async fn restart_child(&mut self, id: String) -> Result<AnyHandle, SupervisorError> {
+        if self.is_dynamic() {
+            return Err(SupervisorError::WrongKind(
+                "restart_child is not for simple_one_for_one supervisors",
+            ));
+        }
+        let idx = self.index_of(&id).ok_or_else(|| SupervisorError::NotFound(id.clone()))?;
+        if self.children[idx].state != ChildState::Terminated {
+            return Err(SupervisorError::Running(id));
+        }
+        self.start_at(idx, false)
+            .await
+            .map_err(|error| SupervisorError::StartFailed { child: id, error })
+    }
+}
+
+impl ractor::Actor for SupActor {
+    type Msg = SupMsg;
+    type State = SupState;
+    type Arguments = SupArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SupMsg>,
+        args: SupArgs,
+    ) -> Result<SupState, ActorProcessingErr> {
+        let SupArgs {
+            mut spec,
+            system,
+            events,
+        } = args;
+        let template = if spec.strategy == Strategy::SimpleOneForOne {
+            spec.children.pop()
+        } else {
+            None
+        };
+        let mut st = SupState {
+            name: spec.name.clone(),
+            strategy: spec.strategy,
+            intensity: spec.intensity,
+            period: spec.period,
+            backoff: spec.backoff,
+            template,
+            children: Vec::new(),
+            restarts: VecDeque::new(),
+            system,
+            events,
+            myself,
+            seq: 0,
+        };
+        let mut failure = None;
+        if st.is_dynamic() {
+            for _ in 0..spec.instances {
+                if let Err(e) = st.start_dynamic(None).await {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        } else {
+            for child in spec.children {
+                let id = child.id.clone();
+                st.children.push(Child {
+                    spec: child,
+                    handle: None,
+                    state: ChildState::Terminated,
+                    restarts: 0,
+                });
+                let idx = st.children.len() - 1;
+                if let Err(error) = st.start_at(idx, false).await {
+                    st.emit(SupervisorEvent::StartFailed {
+                        supervisor: st.name.clone(),
+                        child: id.clone(),
+                        error: error.to_string(),
+                    });
+                    failure = Some(SupervisorError::StartFailed { child: id, error });
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failure {
+            st.terminate_all().await;
+            self.exit.set(ExitReason::Failed(e.to_string()));
+            return Err(Box::new(e));
+        }
+        Ok(st)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<SupMsg>,
+        msg: SupMsg,
+        st: &mut SupState,
+    ) -> Result<(), ActorProcessingErr> {
+        let r = st.request(msg).await;
+        if let Err(e) = &r {
+            self.exit.set(ExitReason::from_failure(e.as_ref()));
+        }
+        r
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<SupMsg>,
+        evt: SupervisionEvent,
+        st: &mut SupState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, reason) = match evt {
+            SupervisionEvent::ActorTerminated(cell, _state, reason) => {
+                (cell, ExitReason::from_stop_string(reason.as_deref()))
+            }
+            SupervisionEvent::ActorFailed(cell, err) => (cell, ExitReason::from_failure(err.as_ref())),
+            _ => return Ok(()),
+        };
+        let id = cell.get_id();
+        let Some(idx) = st.children.iter().position(|c| {
+            c.handle
+                .as_ref()
+                .and_then(|h| h.cell())
+                .is_some_and(|cc| cc.get_id() == id)
+        }) else {
+            // Not a current child: one this supervisor already stopped.
+            return Ok(());
+        };
+        let r = st.child_exited(idx, reason).await;
+        if let Err(e) = &r {
+            self.exit.set(ExitReason::from_failure(e.as_ref()));
+        }
+        r
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<SupMsg>,
+        st: &mut SupState,
+    ) -> Result<(), ActorProcessingErr> {
+        st.terminate_all().await;
+        let reason = self.exit.take_pending().unwrap_or(ExitReason::Normal);
+        st.emit(SupervisorEvent::SupervisorStopped {
+            supervisor: st.name.clone(),
+            reason: reason.clone(),
+        });
+        self.exit.set(reason);
+        Ok(())
+    }
+}

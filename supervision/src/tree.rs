@@ -1,0 +1,532 @@
+//! Supervision trees in TOML files.
+//!
+//! The top level of a file is the root supervisor; `[[children]]` entries are
+//! its children, in start order. A child with `kind` is a worker (an actor
+//! kind from the [`KindRegistry`]); a child with `strategy` or `children` is
+//! a nested supervisor. See the README for the full format.
+//!
+//! ```toml
+//! name = "root"                 # default: the file name
+//! strategy = "one_for_one"      # one_for_one | one_for_all | rest_for_one | simple_one_for_one
+//! intensity = 3                 # at most 3 restarts...
+//! period = "10s"                # ...in 10 s (defaults: 1 in "5s")
+//! backoff = { min = "10ms", max = "1s", random_factor = 0.2 }   # optional
+//!
+//! [[children]]
+//! id = "ticker"                 # unique among its siblings
+//! kind = "ticker"               # a registered actor kind
+//! restart = "permanent"         # permanent | transient | temporary
+//! shutdown = "2s"               # a duration | "brutal_kill" | "infinity"
+//! register = "ticker"           # optional: register under this name
+//! args = { interval = "500ms" } # the kind's arguments
+//!
+//! [[children]]
+//! id = "workers"
+//! strategy = "one_for_all"
+//!
+//!   [[children.children]]
+//!   id = "w1"
+//!   kind = "ticker"
+//!   args = { interval = "1s" }
+//! ```
+//!
+//! [`load_str`] checks the whole file before anything starts and returns
+//! every problem, each with file, line, column and the offending value.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use manta_actors::{KindError, KindRegistry};
+use serde::de::DeserializeOwned;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::duration::parse_duration;
+use crate::spec::{Backoff, ChildSpec, Restart, Shutdown, Strategy, SupervisorSpec};
+
+/// One problem in a tree file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeError {
+    /// The file (as given to the loader).
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column (in characters).
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+    /// The offending text from the file, if any (shortened when long).
+    pub value: Option<String>,
+}
+
+impl fmt::Display for TreeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)?;
+        if let Some(v) = &self.value {
+            write!(f, " (found `{v}`)")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every problem found in a tree file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct TreeErrors(pub Vec<TreeError>);
+
+impl fmt::Display for TreeErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads and checks a tree file. The root supervisor's default name is the
+/// file's stem.
+pub fn load_file(path: &Path, kinds: &KindRegistry) -> Result<SupervisorSpec, TreeErrors> {
+    let file = path.display().to_string();
+    let src = std::fs::read_to_string(path).map_err(|e| {
+        TreeErrors(vec![TreeError {
+            file: file.clone(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read file: {e}"),
+            value: None,
+        }])
+    })?;
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "root".to_owned());
+    load_str_named(&src, &file, &stem, kinds)
+}
+
+/// Checks a tree given as text; `file` is used in error positions.
+pub fn load_str(src: &str, file: &str, kinds: &KindRegistry) -> Result<SupervisorSpec, TreeErrors> {
+    load_str_named(src, file, "root", kinds)
+}
+
+fn load_str_named(
+    src: &str,
+    file: &str,
+    default_name: &str,
+    kinds: &KindRegistry,
+) -> Result<SupervisorSpec, TreeErrors> {
+    let mut cx = Checker {
+        src,
+        file,
+        kinds,
+        errors: Vec::new(),
+    };
+    let (root, parse_errors) = DeTable::parse_recoverable(src);
+    if !parse_errors.is_empty() {
+        for e in parse_errors {
+            let span = e.span().unwrap_or(0..0);
+            cx.error(span, format!("TOML syntax error: {}", e.message().trim()));
+        }
+        return Err(TreeErrors(cx.errors));
+    }
+    let span = root.span();
+    let spec = cx.supervisor(root.get_ref(), span, None, default_name);
+    match spec {
+        Some(spec) if cx.errors.is_empty() => Ok(spec),
+        _ => {
+            if cx.errors.is_empty() {
+                cx.error(0..0, "the tree could not be built".to_owned());
+            }
+            cx.errors.sort_by_key(|e| (e.line, e.column));
+            Err(TreeErrors(cx.errors))
+        }
+    }
+}
+
+type Entry<'a, 'i> = (&'a Spanned<std::borrow::Cow<'i, str>>, &'a Spanned<DeValue<'i>>);
+
+struct Checker<'s> {
+    src: &'s str,
+    file: &'s str,
+    kinds: &'s KindRegistry,
+    errors: Vec<TreeError>,
+}
+
+const WORKER_KEYS: &[&str] = &["id", "kind", "args", "restart", "shutdown", "register"];
+const SUPERVISOR_KEYS: &[&str] = &[
+    "id", "name", "strategy", "intensity", "period", "backoff", "instances", "children", "restart",
+    "shutdown", "register",
+];
+const BACKOFF_KEYS: &[&str] = &["min", "max", "random_factor"];
+
+impl<'s> Checker<'s> {
+    fn position(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.src.len());
+        let before = &self.src[..offset];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let column = before[line_start..].chars().count() + 1;
+        (line, column)
+    }
+
+    fn snippet(&self, span: &Range<usize>) -> Option<String> {
+        let text = self.src.get(span.clone())?.trim();
+        if text.is_empty() {
+            return None;
+        }
+        let first_line = text.lines().next().unwrap_or(text);
+        let mut s: String = first_line.chars().take(60).collect();
+        if s.len() < text.len() {
+            s.push('…');
+        }
+        Some(s)
+    }
+
+    fn error(&mut self, span: Range<usize>, message: String) {
+        let (line, column) = self.position(span.start);
+        let value = self.snippet(&span);
+        self.errors.push(TreeError {
+            file: self.file.to_owned(),
+            line,
+            column,
+            message,
+            value,
+        });
+    }
+
+    fn error_no_value(&mut self, span: Range<usize>, message: String) {
+        let (line, column) = self.position(span.start);
+        self.errors.push(TreeError {
+            file: self.file.to_owned(),
+            line,
+            column,
+            message,
+            value: None,
+        });
+    }
+
+    /// Deserialises one value, recording a positioned error on failure.
+    fn de<T: DeserializeOwned>(&mut self, v: &Spanned<DeValue<'_>>, what: &str) -> Option<T> {
+        match T::deserialize(toml::de::ValueDeserializer::from(v.clone())) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let span = e.span().unwrap_or_else(|| v.span());
+                self.error(span, format!("{what}: {}", e.message().trim()));
+                None
+            }
+        }
+    }
+
+    fn string(&mut self, v: &Spanned<DeValue<'_>>, what: &str) -> Option<String> {
+        match v.get_ref() {
+            DeValue::String(s) => Some(s.to_string()),
+            other => {
+                self.error(v.span(), format!("{what} must be a string, not {}", other.type_str()));
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, v: &Spanned<DeValue<'_>>, what: &str) -> Option<Duration> {
+        let s = self.string(v, what)?;
+        match parse_duration(&s) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.error(v.span(), format!("bad {what}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn parse_name<T: std::str::FromStr<Err = String>>(
+        &mut self,
+        v: &Spanned<DeValue<'_>>,
+        what: &str,
+    ) -> Option<T> {
+        let s = self.string(v, what)?;
+        match s.parse() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.error(v.span(), e);
+                None
+            }
+        }
+    }
+
+    fn shutdown(&mut self, v: &Spanned<DeValue<'_>>) -> Option<Shutdown> {
+        let s = self.string(v, "shutdown")?;
+        match s.as_str() {
+            "brutal_kill" => Some(Shutdown::BrutalKill),
+            "infinity" => Some(Shutdown::Infinity),
+            other => match parse_duration(other) {
+                Ok(d) => Some(Shutdown::Timeout(d)),
+                Err(e) => {
+                    self.error(
+                        v.span(),
+                        format!("unknown shutdown `{other}`: expected \"brutal_kill\", \"infinity\" or a duration ({e})"),
+                    );
+                    None
+                }
+            },
+        }
+    }
+
+    fn check_keys(&mut self, entries: &[Entry<'_, '_>], allowed: &[&str], what: &str) {
+        for (k, _) in entries {
+            if !allowed.contains(&k.get_ref().as_ref()) {
+                self.error(
+                    k.span(),
+                    format!(
+                        "unknown field `{}` in {what} (expected one of: {})",
+                        k.get_ref(),
+                        allowed.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+
+    fn backoff(&mut self, v: &Spanned<DeValue<'_>>) -> Option<Backoff> {
+        let DeValue::Table(t) = v.get_ref() else {
+            self.error(v.span(), "backoff must be a table { min, max, random_factor }".to_owned());
+            return None;
+        };
+        let entries: Vec<Entry<'_, '_>> = t.iter().collect();
+        self.check_keys(&entries, BACKOFF_KEYS, "backoff");
+        let get = |name: &str| entries.iter().find(|(k, _)| k.get_ref() == name).map(|(_, v)| *v);
+        let min = match get("min") {
+            Some(v) => self.duration(v, "backoff min")?,
+            None => {
+                self.error_no_value(v.span(), "backoff is missing `min`".to_owned());
+                return None;
+            }
+        };
+        let max = match get("max") {
+            Some(v) => self.duration(v, "backoff max")?,
+            None => min.saturating_mul(64),
+        };
+        let random_factor = match get("random_factor") {
+            Some(v) => {
+                let f: f64 = self.de(v, "backoff random_factor")?;
+                if !(0.0..=10.0).contains(&f) {
+                    self.error(v.span(), "backoff random_factor must be between 0 and 10".to_owned());
+                    return None;
+                }
+                f
+            }
+            None => 0.0,
+        };
+        if max < min {
+            self.error(v.span(), "backoff max is shorter than min".to_owned());
+            return None;
+        }
+        Some(Backoff {
+            min,
+            max,
+            random_factor,
+        })
+    }
+
+    fn children(&mut self, v: &Spanned<DeValue<'_>>, sup_name: &str) -> Vec<ChildSpec> {
+        let DeValue::Array(items) = v.get_ref() else {
+            self.error(
+                v.span(),
+                format!("`children` of supervisor `{sup_name}` must be an array of tables ([[children]])"),
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut seen: Vec<(String, usize)> = Vec::new();
+        for item in items.iter() {
+            let DeValue::Table(t) = item.get_ref() else {
+                self.error(item.span(), format!("a child of supervisor `{sup_name}` must be a table"));
+                continue;
+            };
+            // Duplicate ids are checked here, where siblings are known.
+            let id_entry = t.iter().find(|(k, _)| k.get_ref() == "id");
+            if let Some((_, idv)) = id_entry {
+                if let DeValue::String(id) = idv.get_ref() {
+                    let (line, _) = self.position(idv.span().start);
+                    if let Some((_, first)) = seen.iter().find(|(s, _)| s == id.as_ref()) {
+                        let first = *first;
+                        self.error(
+                            idv.span(),
+                            format!("duplicate child id `{id}` in supervisor `{sup_name}` (first used on line {first})"),
+                        );
+                    } else {
+                        seen.push((id.to_string(), line));
+                    }
+                }
+            }
+            if let Some(c) = self.child(t, item.span(), sup_name) {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    fn child(&mut self, t: &DeTable<'_>, span: Range<usize>, sup_name: &str) -> Option<ChildSpec> {
+        let entries: Vec<Entry<'_, '_>> = t.iter().collect();
+        let get = |name: &str| entries.iter().find(|(k, _)| k.get_ref() == name).map(|(_, v)| *v);
+        let id = match get("id") {
+            Some(v) => self.string(v, "child id"),
+            None => {
+                self.error_no_value(span.clone(), format!("a child of supervisor `{sup_name}` is missing `id`"));
+                None
+            }
+        };
+        let is_worker = get("kind").is_some();
+        let is_sup = get("strategy").is_some() || get("children").is_some();
+        let label = id.clone().unwrap_or_else(|| "?".to_owned());
+        if is_worker && is_sup {
+            self.error_no_value(
+                span,
+                format!("child `{label}` has both `kind` (a worker) and `strategy`/`children` (a supervisor)"),
+            );
+            return None;
+        }
+        if !is_worker && !is_sup {
+            self.error_no_value(
+                span,
+                format!("child `{label}` needs `kind` (a worker) or `strategy`/`children` (a supervisor)"),
+            );
+            return None;
+        }
+        let restart = get("restart").and_then(|v| self.parse_name::<Restart>(v, "restart"));
+        let restart_bad = get("restart").is_some() && restart.is_none();
+        let shutdown = get("shutdown").and_then(|v| self.shutdown(v));
+        let shutdown_bad = get("shutdown").is_some() && shutdown.is_none();
+        let register = get("register").and_then(|v| self.string(v, "register"));
+        let mut spec = if is_worker {
+            self.check_keys(&entries, WORKER_KEYS, &format!("worker `{label}`"));
+            let kind_v = get("kind")?;
+            let kind = self.string(kind_v, "kind")?;
+            let empty;
+            let args = match get("args") {
+                Some(a) => a,
+                None => {
+                    empty = Spanned::new(span.clone(), DeValue::Table(DeTable::new()));
+                    &empty
+                }
+            };
+            let factory = match self.kinds.prepare_toml(&kind, args.clone()) {
+                Ok(f) => Some(f),
+                Err(KindError::Unknown(k)) => {
+                    let known = self.kinds.names();
+                    self.error(
+                        kind_v.span(),
+                        format!("unknown actor kind `{k}` (registered kinds: {})", known.join(", ")),
+                    );
+                    None
+                }
+                Err(KindError::Args(e)) => {
+                    let at = e.span().unwrap_or_else(|| args.span());
+                    let ty = self.kinds.args_type(&kind).unwrap_or("?");
+                    self.error(
+                        at,
+                        format!("args of worker `{label}` do not fit kind `{kind}` ({ty}): {}", e.message().trim()),
+                    );
+                    None
+                }
+            };
+            ChildSpec::worker(id.clone()?, factory?)
+        } else {
+            let sup = self.supervisor(t, span, id.clone(), &label)?;
+            ChildSpec::supervisor(sup)
+        };
+        if restart_bad || shutdown_bad || id.is_none() {
+            return None;
+        }
+        if let Some(r) = restart {
+            spec.restart = r;
+        }
+        if let Some(s) = shutdown {
+            spec.shutdown = s;
+        }
+        spec.register = register;
+        Some(spec)
+    }
+
+    fn supervisor(
+        &mut self,
+        t: &DeTable<'_>,
+        span: Range<usize>,
+        id: Option<String>,
+        default_name: &str,
+    ) -> Option<SupervisorSpec> {
+        let entries: Vec<Entry<'_, '_>> = t.iter().collect();
+        let get = |name: &str| entries.iter().find(|(k, _)| k.get_ref() == name).map(|(_, v)| *v);
+        let name = match (&id, get("name")) {
+            (Some(id), _) => id.clone(),
+            (None, Some(v)) => self.string(v, "name")?,
+            (None, None) => default_name.to_owned(),
+        };
+        let what = format!("supervisor `{name}`");
+        self.check_keys(&entries, SUPERVISOR_KEYS, &what);
+        let mut spec = SupervisorSpec::new(name.clone());
+        let before = self.errors.len();
+        if let Some(v) = get("strategy") {
+            if let Some(s) = self.parse_name::<Strategy>(v, "strategy") {
+                spec.strategy = s;
+            }
+        }
+        if let Some(v) = get("intensity") {
+            if let Some(n) = self.de::<u32>(v, "intensity (a non-negative integer)") {
+                spec.intensity = n;
+            }
+        }
+        if let Some(v) = get("period") {
+            if let Some(d) = self.duration(v, "period") {
+                if d.is_zero() {
+                    self.error(v.span(), "period must be longer than zero".to_owned());
+                }
+                spec.period = d;
+            }
+        }
+        if let Some(v) = get("backoff") {
+            spec.backoff = self.backoff(v);
+        }
+        if let Some(v) = get("instances") {
+            if let Some(n) = self.de::<u32>(v, "instances (a non-negative integer)") {
+                if spec.strategy != Strategy::SimpleOneForOne && n > 0 {
+                    self.error(v.span(), format!("`instances` is only for simple_one_for_one supervisors ({what})"));
+                }
+                spec.instances = n;
+            }
+        }
+        if let Some(v) = get("children") {
+            spec.children = self.children(v, &name);
+        }
+        if spec.strategy == Strategy::SimpleOneForOne {
+            let n = get("children").map(|v| match v.get_ref() {
+                DeValue::Array(a) => a.len(),
+                _ => 0,
+            });
+            if n != Some(1) {
+                self.error_no_value(
+                    get("strategy").map(|v| v.span()).unwrap_or(span),
+                    format!("{what} is simple_one_for_one and needs exactly one child template, found {}", n.unwrap_or(0)),
+                );
+            }
+        }
+        if self.errors.len() > before {
+            return None;
+        }
+        // Children that failed to check were reported; keep the spec only
+        // if everything below is sound.
+        let all_children_ok = match get("children") {
+            Some(v) => match v.get_ref() {
+                DeValue::Array(a) => a.len() == spec.children.len(),
+                _ => false,
+            },
+            None => true,
+        };
+        if !all_children_ok {
+            return None;
+        }
+        Some(spec)
+    }
+}
