@@ -1,0 +1,90 @@
+use std::time::Duration;
+
+use manta_actors::{ActorHandle, ActorSystem, AskError, ExitReason, SendFailure};
+
+use crate::{Cmd, Counter, T};
+
+#[tokio::test]
+async fn tell_then_ask_sees_messages_in_order() {
+    let sys = ActorSystem::new();
+    let h = sys.spawn(Counter::default()).await.unwrap();
+    for i in 1..=100 {
+        h.tell(Cmd::Add(i)).unwrap();
+    }
+    assert_eq!(h.ask(Cmd::Get, T).await.unwrap(), 5050);
+}
+
+#[tokio::test]
+async fn ask_times_out_when_actor_is_busy() {
+    let sys = ActorSystem::new();
+    let h = sys.spawn(Counter::default()).await.unwrap();
+    h.tell(Cmd::Hang).unwrap();
+    let err = h.ask(Cmd::Get, Duration::from_millis(50)).await.unwrap_err();
+    assert!(matches!(err, AskError::Timeout(d) if d == Duration::from_millis(50)), "{err:?}");
+    h.kill();
+    assert_eq!(h.monitor().wait().await, ExitReason::Killed);
+}
+
+#[tokio::test]
+async fn failed_tell_gives_the_message_back() {
+    let sys = ActorSystem::new();
+    let h = sys.spawn(Counter::default()).await.unwrap();
+    h.stop(ExitReason::Normal);
+    assert_eq!(h.monitor().wait().await, ExitReason::Normal);
+    let err = h.tell(Cmd::Add(7)).unwrap_err();
+    assert_eq!(err.failure, SendFailure::ActorGone(Some(ExitReason::Normal)));
+    assert_eq!(err.into_message(), Cmd::Add(7));
+}
+
+#[tokio::test]
+async fn failed_ask_gives_the_message_back() {
+    let sys = ActorSystem::new();
+    let h = sys.spawn(Counter::default()).await.unwrap();
+    h.kill();
+    h.monitor().wait().await;
+    match h.ask(Cmd::Add(3), T).await {
+        Err(AskError::Send(e)) => assert_eq!(e.message, Cmd::Add(3)),
+        other => panic!("expected a send error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn ask_to_an_actor_that_fails_while_handling_it_reports_no_reply() {
+    let sys = ActorSystem::new();
+    let h = sys.spawn(Counter::default()).await.unwrap();
+    let err = h.ask(Cmd::Fail("boom".into()), T).await.unwrap_err();
+    match err {
+        AskError::NoReply(Some(ExitReason::Failed(m))) => assert_eq!(m, "boom"),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_panic_in_a_handler_stops_only_that_actor() {
+    let sys = ActorSystem::new();
+    let bad = sys.spawn(Counter::default()).await.unwrap();
+    let good = sys.spawn(Counter::default()).await.unwrap();
+    bad.tell(Cmd::Panic("kaboom".into())).unwrap();
+    assert_eq!(bad.monitor().wait().await, ExitReason::Panicked("kaboom".into()));
+    assert_eq!(good.ask(Cmd::Add(1), T).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn handles_are_cheap_clones_of_the_same_actor() {
+    let sys = ActorSystem::new();
+    let h = sys.spawn(Counter::default()).await.unwrap();
+    let h2 = h.clone();
+    h2.tell(Cmd::Add(2)).unwrap();
+    assert_eq!(h.ask(Cmd::Get, T).await.unwrap(), 2);
+    assert_eq!(h.id(), h2.id());
+    assert!(h.is_local());
+}
+
+#[test]
+fn public_handles_are_send_and_sync() {
+    fn is_send_sync<T: Send + Sync>() {}
+    is_send_sync::<ActorHandle<Cmd>>();
+    is_send_sync::<ActorSystem>();
+    is_send_sync::<manta_actors::AnyHandle>();
+    is_send_sync::<manta_actors::KindRegistry>();
+}
