@@ -184,7 +184,10 @@ impl<A: Actor> ractor::Actor for Adapter<A> {
             system,
             stop: None,
         };
-        let failure = match AssertUnwindSafe(actor.started(&mut ctx)).catch_unwind().await {
+        let failure = match AssertUnwindSafe(actor.started(&mut ctx))
+            .catch_unwind()
+            .await
+        {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(ExitReason::Failed(e.to_string())),
             Err(p) => Some(ExitReason::Panicked(panic_text(p))),

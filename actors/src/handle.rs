@@ -143,7 +143,10 @@ impl<M: Message> ActorHandle<M> {
     /// message comes back inside the error.
     pub fn tell(&self, msg: M) -> Result<(), SendError<M>> {
         match &*self.inner {
-            Inner::Local(l) => l.actor.cast(Envelope::Tell(msg)).map_err(|e| l.send_error(e)),
+            Inner::Local(l) => l
+                .actor
+                .cast(Envelope::Tell(msg))
+                .map_err(|e| l.send_error(e)),
             Inner::Remote(r) => r.tell(msg),
         }
     }

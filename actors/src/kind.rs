@@ -153,7 +153,9 @@ where
         Ok(self.prepared(args))
     }
     fn prepare_value(&self, args: toml::Value) -> Result<Arc<dyn ChildFactory>, String> {
-        let args: Args = args.try_into().map_err(|e: toml::de::Error| e.message().to_owned())?;
+        let args: Args = args
+            .try_into()
+            .map_err(|e: toml::de::Error| e.message().to_owned())?;
         Ok(self.prepared(args))
     }
 }
@@ -255,14 +257,19 @@ impl KindRegistry {
 
     /// Decodes `kind`'s arguments from a value built in code (or received
     /// from another node) into a factory.
-    pub fn prepare(&self, kind: &str, args: toml::Value) -> Result<Arc<dyn ChildFactory>, SpawnError> {
+    pub fn prepare(
+        &self,
+        kind: &str,
+        args: toml::Value,
+    ) -> Result<Arc<dyn ChildFactory>, SpawnError> {
         let k = self
             .get(kind)
             .ok_or_else(|| SpawnError::UnknownKind(kind.to_owned()))?;
-        k.prepare_value(args).map_err(|message| SpawnError::BadArgs {
-            kind: kind.to_owned(),
-            message,
-        })
+        k.prepare_value(args)
+            .map_err(|message| SpawnError::BadArgs {
+                kind: kind.to_owned(),
+                message,
+            })
     }
 
     /// Spawns an actor of `kind` with `args`.

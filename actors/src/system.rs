@@ -145,7 +145,11 @@ impl ActorSystem {
     }
 
     /// Registers an erased handle under `name`.
-    pub fn register_any(&self, name: impl Into<String>, handle: AnyHandle) -> Result<(), SpawnError> {
+    pub fn register_any(
+        &self,
+        name: impl Into<String>,
+        handle: AnyHandle,
+    ) -> Result<(), SpawnError> {
         let name = name.into();
         let mut names = self.names();
         if let Some(old) = names.get(&name) {
@@ -166,7 +170,10 @@ impl ActorSystem {
     /// actor has taken it since.
     pub(crate) fn unregister_exited(&self, name: &str) {
         let mut names = self.names();
-        if names.get(name).is_some_and(|h| h.monitor().try_get().is_some()) {
+        if names
+            .get(name)
+            .is_some_and(|h| h.monitor().try_get().is_some())
+        {
             names.remove(name);
         }
     }

@@ -54,7 +54,11 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("100us"), Ok(Duration::from_micros(100)));
         assert!(parse_duration("5").unwrap_err().contains("no unit"));
-        assert!(parse_duration("5 parsecs").unwrap_err().contains("unknown unit"));
+        assert!(
+            parse_duration("5 parsecs")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
         assert!(parse_duration("s").unwrap_err().contains("does not start"));
         assert!(parse_duration("1.2.3s").unwrap_err().contains("malformed"));
     }

@@ -131,7 +131,10 @@ impl fmt::Display for SupervisorEvent {
                 if *restarts == 0 {
                     write!(f, "[{supervisor}] started {child} as {actor}")
                 } else {
-                    write!(f, "[{supervisor}] restarted {child} as {actor} (restart #{restarts})")
+                    write!(
+                        f,
+                        "[{supervisor}] restarted {child} as {actor} (restart #{restarts})"
+                    )
                 }
             }
             SupervisorEvent::ChildExited {
@@ -146,7 +149,11 @@ impl fmt::Display for SupervisorEvent {
                 reason,
                 forced,
             } => {
-                let how = if *forced { ", killed after shutdown timeout" } else { "" };
+                let how = if *forced {
+                    ", killed after shutdown timeout"
+                } else {
+                    ""
+                };
                 write!(f, "[{supervisor}] terminated {child} ({reason}{how})")
             }
             SupervisorEvent::StartFailed {
@@ -158,7 +165,11 @@ impl fmt::Display for SupervisorEvent {
                 supervisor,
                 children,
                 delay,
-            } => write!(f, "[{supervisor}] restarting {} in {delay:?} (backoff)", children.join(", ")),
+            } => write!(
+                f,
+                "[{supervisor}] restarting {} in {delay:?} (backoff)",
+                children.join(", ")
+            ),
             SupervisorEvent::Escalated {
                 supervisor,
                 child,

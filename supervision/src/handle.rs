@@ -125,7 +125,10 @@ impl SupervisorHandle {
         self.actor.get_cell()
     }
 
-    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> SupMsg) -> Result<T, SupervisorError> {
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> SupMsg,
+    ) -> Result<T, SupervisorError> {
         let (tx, rx) = oneshot::channel();
         self.actor
             .cast(make(tx))
@@ -146,7 +149,8 @@ impl SupervisorHandle {
 
     /// Adds and starts a child (static supervisors).
     pub async fn start_child(&self, spec: ChildSpec) -> Result<AnyHandle, SupervisorError> {
-        self.call(|tx| SupMsg::StartChild(Box::new(spec), tx)).await?
+        self.call(|tx| SupMsg::StartChild(Box::new(spec), tx))
+            .await?
     }
 
     /// Starts a child from the template (dynamic supervisors). Returns its
@@ -161,23 +165,27 @@ impl SupervisorHandle {
         &self,
         factory: Arc<dyn ChildFactory>,
     ) -> Result<(String, AnyHandle), SupervisorError> {
-        self.call(|tx| SupMsg::StartDynamic(Some(factory), tx)).await?
+        self.call(|tx| SupMsg::StartDynamic(Some(factory), tx))
+            .await?
     }
 
     /// Stops a child with its shutdown mode. A static child's spec is kept
     /// (restart it with `restart_child`); a dynamic child is removed.
     pub async fn terminate_child(&self, id: &str) -> Result<(), SupervisorError> {
-        self.call(|tx| SupMsg::TerminateChild(id.to_owned(), tx)).await?
+        self.call(|tx| SupMsg::TerminateChild(id.to_owned(), tx))
+            .await?
     }
 
     /// Starts a terminated child again.
     pub async fn restart_child(&self, id: &str) -> Result<AnyHandle, SupervisorError> {
-        self.call(|tx| SupMsg::RestartChild(id.to_owned(), tx)).await?
+        self.call(|tx| SupMsg::RestartChild(id.to_owned(), tx))
+            .await?
     }
 
     /// Removes a terminated child's spec.
     pub async fn delete_child(&self, id: &str) -> Result<(), SupervisorError> {
-        self.call(|tx| SupMsg::DeleteChild(id.to_owned(), tx)).await?
+        self.call(|tx| SupMsg::DeleteChild(id.to_owned(), tx))
+            .await?
     }
 
     /// Asks the supervisor to stop: it stops its children in reverse order,

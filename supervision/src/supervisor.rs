@@ -14,7 +14,9 @@ use tokio::time::Instant;
 
 use crate::event::{EventBus, ExitAction, SupervisorEvent};
 use crate::handle::{ChildCounts, ChildInfo, ChildState, SupervisorError, SupervisorHandle};
-use crate::spec::{Backoff, ChildSpec, ChildStart, ChildType, Restart, Shutdown, Strategy, SupervisorSpec};
+use crate::spec::{
+    Backoff, ChildSpec, ChildStart, ChildType, Restart, Shutdown, Strategy, SupervisorSpec,
+};
 
 type Reply<T> = oneshot::Sender<Result<T, SupervisorError>>;
 
@@ -83,13 +85,15 @@ fn spawn_supervisor(
         };
         match spawned {
             Ok((actor, _join)) => Ok(SupervisorHandle { actor, exit, name }),
-            Err(ractor::SpawnErr::StartupFailed(err)) => Err(match err.downcast::<SupervisorError>() {
-                Ok(e) => *e,
-                Err(other) => SupervisorError::StartFailed {
-                    child: name,
-                    error: SpawnError::Startup(other.to_string()),
-                },
-            }),
+            Err(ractor::SpawnErr::StartupFailed(err)) => {
+                Err(match err.downcast::<SupervisorError>() {
+                    Ok(e) => *e,
+                    Err(other) => SupervisorError::StartFailed {
+                        child: name,
+                        error: SpawnError::Startup(other.to_string()),
+                    },
+                })
+            }
             Err(other) => Err(SupervisorError::StartFailed {
                 child: name,
                 error: SpawnError::Startup(other.to_string()),
@@ -183,23 +187,40 @@ impl SupState {
 
     fn emit(&self, ev: SupervisorEvent) {
         match &ev {
-            SupervisorEvent::ChildStarted { child, actor, restarts, .. } => {
+            SupervisorEvent::ChildStarted {
+                child,
+                actor,
+                restarts,
+                ..
+            } => {
                 tracing::info!(target: "manta::supervisor", supervisor = %self.name, %child, %actor, restarts, "child started")
             }
-            SupervisorEvent::ChildExited { child, reason, action, .. } => {
+            SupervisorEvent::ChildExited {
+                child,
+                reason,
+                action,
+                ..
+            } => {
                 if reason.is_normal() {
                     tracing::info!(target: "manta::supervisor", supervisor = %self.name, %child, %reason, %action, "child exited")
                 } else {
                     tracing::warn!(target: "manta::supervisor", supervisor = %self.name, %child, %reason, %action, "child exited")
                 }
             }
-            SupervisorEvent::ChildTerminated { child, reason, forced, .. } => {
+            SupervisorEvent::ChildTerminated {
+                child,
+                reason,
+                forced,
+                ..
+            } => {
                 tracing::info!(target: "manta::supervisor", supervisor = %self.name, %child, %reason, forced, "child terminated")
             }
             SupervisorEvent::StartFailed { child, error, .. } => {
                 tracing::error!(target: "manta::supervisor", supervisor = %self.name, %child, %error, "child failed to start")
             }
-            SupervisorEvent::RestartScheduled { children, delay, .. } => {
+            SupervisorEvent::RestartScheduled {
+                children, delay, ..
+            } => {
                 tracing::info!(target: "manta::supervisor", supervisor = %self.name, children = %children.join(","), ?delay, "restart scheduled")
             }
             SupervisorEvent::Escalated { child, reason, .. } => {
@@ -354,7 +375,11 @@ impl SupState {
 
     /// Handles the exit of the child at `idx`, per its restart type and the
     /// strategy.
-    async fn child_exited(&mut self, idx: usize, reason: ExitReason) -> Result<(), ActorProcessingErr> {
+    async fn child_exited(
+        &mut self,
+        idx: usize,
+        reason: ExitReason,
+    ) -> Result<(), ActorProcessingErr> {
         let (id, restart_type) = {
             let c = &mut self.children[idx];
             c.handle = None;
@@ -372,7 +397,11 @@ impl SupState {
                 supervisor: self.name.clone(),
                 child: id,
                 reason,
-                action: if remove { ExitAction::Remove } else { ExitAction::Keep },
+                action: if remove {
+                    ExitAction::Remove
+                } else {
+                    ExitAction::Keep
+                },
             });
             if remove {
                 self.children.remove(idx);
@@ -468,7 +497,9 @@ impl SupState {
     async fn restart_now(&mut self, ids: Vec<String>) -> Result<(), ActorProcessingErr> {
         let mut pending: VecDeque<String> = ids.into();
         while let Some(id) = pending.pop_front() {
-            let Some(idx) = self.index_of(&id) else { continue };
+            let Some(idx) = self.index_of(&id) else {
+                continue;
+            };
             if self.children[idx].state != ChildState::Restarting {
                 continue;
             }
@@ -558,7 +589,9 @@ impl SupState {
             }
             SupMsg::DeleteChild(id, tx) => {
                 let r = if self.is_dynamic() {
-                    Err(SupervisorError::WrongKind("delete_child is not for simple_one_for_one supervisors"))
+                    Err(SupervisorError::WrongKind(
+                        "delete_child is not for simple_one_for_one supervisors",
+                    ))
                 } else {
                     match self.index_of(&id) {
                         None => Err(SupervisorError::NotFound(id)),
@@ -607,7 +640,9 @@ impl SupState {
                 "restart_child is not for simple_one_for_one supervisors",
             ));
         }
-        let idx = self.index_of(&id).ok_or_else(|| SupervisorError::NotFound(id.clone()))?;
+        let idx = self
+            .index_of(&id)
+            .ok_or_else(|| SupervisorError::NotFound(id.clone()))?;
         if self.children[idx].state != ChildState::Terminated {
             return Err(SupervisorError::Running(id));
         }
@@ -711,7 +746,9 @@ impl ractor::Actor for SupActor {
             SupervisionEvent::ActorTerminated(cell, _state, reason) => {
                 (cell, ExitReason::from_stop_string(reason.as_deref()))
             }
-            SupervisionEvent::ActorFailed(cell, err) => (cell, ExitReason::from_failure(err.as_ref())),
+            SupervisionEvent::ActorFailed(cell, err) => {
+                (cell, ExitReason::from_failure(err.as_ref()))
+            }
             _ => return Ok(()),
         };
         let id = cell.get_id();

@@ -63,7 +63,11 @@ pub struct TreeError {
 
 impl fmt::Display for TreeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)?;
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )?;
         if let Some(v) = &self.value {
             write!(f, " (found `{v}`)")?;
         }
@@ -146,7 +150,10 @@ fn load_str_named(
     }
 }
 
-type Entry<'a, 'i> = (&'a Spanned<std::borrow::Cow<'i, str>>, &'a Spanned<DeValue<'i>>);
+type Entry<'a, 'i> = (
+    &'a Spanned<std::borrow::Cow<'i, str>>,
+    &'a Spanned<DeValue<'i>>,
+);
 
 struct Checker<'s> {
     src: &'s str,
@@ -157,8 +164,17 @@ struct Checker<'s> {
 
 const WORKER_KEYS: &[&str] = &["id", "kind", "args", "restart", "shutdown", "register"];
 const SUPERVISOR_KEYS: &[&str] = &[
-    "id", "name", "strategy", "intensity", "period", "backoff", "instances", "children", "restart",
-    "shutdown", "register",
+    "id",
+    "name",
+    "strategy",
+    "intensity",
+    "period",
+    "backoff",
+    "instances",
+    "children",
+    "restart",
+    "shutdown",
+    "register",
 ];
 const BACKOFF_KEYS: &[&str] = &["min", "max", "random_factor"];
 
@@ -224,7 +240,10 @@ impl<'s> Checker<'s> {
         match v.get_ref() {
             DeValue::String(s) => Some(s.to_string()),
             other => {
-                self.error(v.span(), format!("{what} must be a string, not {}", other.type_str()));
+                self.error(
+                    v.span(),
+                    format!("{what} must be a string, not {}", other.type_str()),
+                );
                 None
             }
         }
@@ -291,12 +310,20 @@ impl<'s> Checker<'s> {
 
     fn backoff(&mut self, v: &Spanned<DeValue<'_>>) -> Option<Backoff> {
         let DeValue::Table(t) = v.get_ref() else {
-            self.error(v.span(), "backoff must be a table { min, max, random_factor }".to_owned());
+            self.error(
+                v.span(),
+                "backoff must be a table { min, max, random_factor }".to_owned(),
+            );
             return None;
         };
         let entries: Vec<Entry<'_, '_>> = t.iter().collect();
         self.check_keys(&entries, BACKOFF_KEYS, "backoff");
-        let get = |name: &str| entries.iter().find(|(k, _)| k.get_ref() == name).map(|(_, v)| *v);
+        let get = |name: &str| {
+            entries
+                .iter()
+                .find(|(k, _)| k.get_ref() == name)
+                .map(|(_, v)| *v)
+        };
         let min = match get("min") {
             Some(v) => self.duration(v, "backoff min")?,
             None => {
@@ -312,7 +339,10 @@ impl<'s> Checker<'s> {
             Some(v) => {
                 let f: f64 = self.de(v, "backoff random_factor")?;
                 if !(0.0..=10.0).contains(&f) {
-                    self.error(v.span(), "backoff random_factor must be between 0 and 10".to_owned());
+                    self.error(
+                        v.span(),
+                        "backoff random_factor must be between 0 and 10".to_owned(),
+                    );
                     return None;
                 }
                 f
@@ -342,7 +372,10 @@ impl<'s> Checker<'s> {
         let mut seen: Vec<(String, usize)> = Vec::new();
         for item in items.iter() {
             let DeValue::Table(t) = item.get_ref() else {
-                self.error(item.span(), format!("a child of supervisor `{sup_name}` must be a table"));
+                self.error(
+                    item.span(),
+                    format!("a child of supervisor `{sup_name}` must be a table"),
+                );
                 continue;
             };
             // Duplicate ids are checked here, where siblings are known.
@@ -370,11 +403,19 @@ impl<'s> Checker<'s> {
 
     fn child(&mut self, t: &DeTable<'_>, span: Range<usize>, sup_name: &str) -> Option<ChildSpec> {
         let entries: Vec<Entry<'_, '_>> = t.iter().collect();
-        let get = |name: &str| entries.iter().find(|(k, _)| k.get_ref() == name).map(|(_, v)| *v);
+        let get = |name: &str| {
+            entries
+                .iter()
+                .find(|(k, _)| k.get_ref() == name)
+                .map(|(_, v)| *v)
+        };
         let id = match get("id") {
             Some(v) => self.string(v, "child id"),
             None => {
-                self.error_no_value(span.clone(), format!("a child of supervisor `{sup_name}` is missing `id`"));
+                self.error_no_value(
+                    span.clone(),
+                    format!("a child of supervisor `{sup_name}` is missing `id`"),
+                );
                 None
             }
         };
@@ -418,7 +459,10 @@ impl<'s> Checker<'s> {
                     let known = self.kinds.names();
                     self.error(
                         kind_v.span(),
-                        format!("unknown actor kind `{k}` (registered kinds: {})", known.join(", ")),
+                        format!(
+                            "unknown actor kind `{k}` (registered kinds: {})",
+                            known.join(", ")
+                        ),
                     );
                     None
                 }
@@ -427,7 +471,10 @@ impl<'s> Checker<'s> {
                     let ty = self.kinds.args_type(&kind).unwrap_or("?");
                     self.error(
                         at,
-                        format!("args of worker `{label}` do not fit kind `{kind}` ({ty}): {}", e.message().trim()),
+                        format!(
+                            "args of worker `{label}` do not fit kind `{kind}` ({ty}): {}",
+                            e.message().trim()
+                        ),
                     );
                     None
                 }
@@ -458,7 +505,12 @@ impl<'s> Checker<'s> {
         default_name: &str,
     ) -> Option<SupervisorSpec> {
         let entries: Vec<Entry<'_, '_>> = t.iter().collect();
-        let get = |name: &str| entries.iter().find(|(k, _)| k.get_ref() == name).map(|(_, v)| *v);
+        let get = |name: &str| {
+            entries
+                .iter()
+                .find(|(k, _)| k.get_ref() == name)
+                .map(|(_, v)| *v)
+        };
         let name = match (&id, get("name")) {
             (Some(id), _) => id.clone(),
             (None, Some(v)) => self.string(v, "name")?,
@@ -492,7 +544,10 @@ impl<'s> Checker<'s> {
         if let Some(v) = get("instances") {
             if let Some(n) = self.de::<u32>(v, "instances (a non-negative integer)") {
                 if spec.strategy != Strategy::SimpleOneForOne && n > 0 {
-                    self.error(v.span(), format!("`instances` is only for simple_one_for_one supervisors ({what})"));
+                    self.error(
+                        v.span(),
+                        format!("`instances` is only for simple_one_for_one supervisors ({what})"),
+                    );
                 }
                 spec.instances = n;
             }

@@ -19,8 +19,14 @@ async fn ask_times_out_when_actor_is_busy() {
     let sys = ActorSystem::new();
     let h = sys.spawn(Counter::default()).await.unwrap();
     h.tell(Cmd::Hang).unwrap();
-    let err = h.ask(Cmd::Get, Duration::from_millis(50)).await.unwrap_err();
-    assert!(matches!(err, AskError::Timeout(d) if d == Duration::from_millis(50)), "{err:?}");
+    let err = h
+        .ask(Cmd::Get, Duration::from_millis(50))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AskError::Timeout(d) if d == Duration::from_millis(50)),
+        "{err:?}"
+    );
     h.kill();
     assert_eq!(h.monitor().wait().await, ExitReason::Killed);
 }
@@ -32,7 +38,10 @@ async fn failed_tell_gives_the_message_back() {
     h.stop(ExitReason::Normal);
     assert_eq!(h.monitor().wait().await, ExitReason::Normal);
     let err = h.tell(Cmd::Add(7)).unwrap_err();
-    assert_eq!(err.failure, SendFailure::ActorGone(Some(ExitReason::Normal)));
+    assert_eq!(
+        err.failure,
+        SendFailure::ActorGone(Some(ExitReason::Normal))
+    );
     assert_eq!(err.into_message(), Cmd::Add(7));
 }
 
@@ -65,7 +74,10 @@ async fn a_panic_in_a_handler_stops_only_that_actor() {
     let bad = sys.spawn(Counter::default()).await.unwrap();
     let good = sys.spawn(Counter::default()).await.unwrap();
     bad.tell(Cmd::Panic("kaboom".into())).unwrap();
-    assert_eq!(bad.monitor().wait().await, ExitReason::Panicked("kaboom".into()));
+    assert_eq!(
+        bad.monitor().wait().await,
+        ExitReason::Panicked("kaboom".into())
+    );
     assert_eq!(good.ask(Cmd::Add(1), T).await.unwrap(), 1);
 }
 

@@ -11,7 +11,10 @@ struct CounterArgs {
 
 fn registry() -> KindRegistry {
     let k = KindRegistry::new();
-    k.register("counter", |a: CounterArgs| Counter { value: a.start, ..Counter::default() });
+    k.register("counter", |a: CounterArgs| Counter {
+        value: a.start,
+        ..Counter::default()
+    });
     k
 }
 
@@ -34,7 +37,11 @@ async fn a_kind_spawns_from_its_args() {
 #[tokio::test]
 async fn unknown_kinds_and_bad_args_are_errors() {
     let sys = ActorSystem::with_kinds(registry());
-    let err = sys.kinds().prepare("nope", toml::Value::Table(Default::default())).err().unwrap();
+    let err = sys
+        .kinds()
+        .prepare("nope", toml::Value::Table(Default::default()))
+        .err()
+        .unwrap();
     assert!(matches!(err, SpawnError::UnknownKind(ref k) if k == "nope"));
     let args: toml::Value = toml::from_str("start = \"ten\"").unwrap();
     match sys.kinds().prepare("counter", args) {
@@ -52,7 +59,13 @@ fn toml_args_errors_carry_the_span_of_the_bad_value() {
     let kinds = registry();
     let src = "args = { start = \"ten\" }";
     let table = toml::de::DeTable::parse(src).unwrap();
-    let args = table.get_ref().iter().find(|(k, _)| k.get_ref() == "args").unwrap().1.clone();
+    let args = table
+        .get_ref()
+        .iter()
+        .find(|(k, _)| k.get_ref() == "args")
+        .unwrap()
+        .1
+        .clone();
     match kinds.prepare_toml("counter", args) {
         Err(KindError::Args(e)) => {
             let span = e.span().unwrap();

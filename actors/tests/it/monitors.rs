@@ -7,9 +7,15 @@ async fn monitor_reports_each_exit_kind() {
     let sys = ActorSystem::new();
     let cases = [
         (Cmd::Stop(ExitReason::Normal), ExitReason::Normal),
-        (Cmd::Stop(ExitReason::Shutdown(Some("bye".into()))), ExitReason::Shutdown(Some("bye".into()))),
+        (
+            Cmd::Stop(ExitReason::Shutdown(Some("bye".into()))),
+            ExitReason::Shutdown(Some("bye".into())),
+        ),
         (Cmd::Fail("bad".into()), ExitReason::Failed("bad".into())),
-        (Cmd::Panic("worse".into()), ExitReason::Panicked("worse".into())),
+        (
+            Cmd::Panic("worse".into()),
+            ExitReason::Panicked("worse".into()),
+        ),
     ];
     for (cmd, expected) in cases {
         let h = sys.spawn(Counter::default()).await.unwrap();
@@ -41,10 +47,14 @@ async fn kill_interrupts_a_hanging_handler() {
     tokio::time::timeout(T, hanging.notified()).await.unwrap();
     // A graceful stop waits for the handler, which never returns.
     h.stop(ExitReason::Shutdown(None));
-    let pending = tokio::time::timeout(std::time::Duration::from_millis(50), h.monitor().wait()).await;
+    let pending =
+        tokio::time::timeout(std::time::Duration::from_millis(50), h.monitor().wait()).await;
     assert!(pending.is_err(), "a hanging actor must not have stopped");
     h.kill();
-    assert_eq!(tokio::time::timeout(T, h.monitor().wait()).await.unwrap(), ExitReason::Killed);
+    assert_eq!(
+        tokio::time::timeout(T, h.monitor().wait()).await.unwrap(),
+        ExitReason::Killed
+    );
 }
 
 #[tokio::test]
@@ -66,7 +76,10 @@ async fn a_monitor_can_feed_another_actor() {
         if watcher.ask(Cmd::Get, T).await.unwrap() == 100 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "watcher never heard of the exit");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "watcher never heard of the exit"
+        );
         tokio::task::yield_now().await;
     }
 }

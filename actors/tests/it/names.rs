@@ -5,7 +5,10 @@ use crate::{Cmd, Counter, Other, T};
 #[tokio::test]
 async fn lookup_by_name_finds_the_actor() {
     let sys = ActorSystem::new();
-    let h = sys.spawn_named("counter", Counter::default()).await.unwrap();
+    let h = sys
+        .spawn_named("counter", Counter::default())
+        .await
+        .unwrap();
     let found = sys.lookup::<Cmd>("counter").unwrap();
     assert_eq!(found.id(), h.id());
     found.tell(Cmd::Add(5)).unwrap();
@@ -16,24 +19,39 @@ async fn lookup_by_name_finds_the_actor() {
 #[tokio::test]
 async fn lookup_with_the_wrong_message_type_is_refused() {
     let sys = ActorSystem::new();
-    sys.spawn_named("counter", Counter::default()).await.unwrap();
+    sys.spawn_named("counter", Counter::default())
+        .await
+        .unwrap();
     match sys.lookup::<Other>("counter") {
-        Err(LookupError::WrongType { name, expected, actual }) => {
+        Err(LookupError::WrongType {
+            name,
+            expected,
+            actual,
+        }) => {
             assert_eq!(name, "counter");
             assert!(expected.ends_with("Other"), "{expected}");
             assert!(actual.ends_with("Cmd"), "{actual}");
         }
         other => panic!("expected WrongType, got {other:?}"),
     }
-    assert_eq!(sys.lookup::<Cmd>("nobody").unwrap_err(), LookupError::NotFound("nobody".into()));
+    assert_eq!(
+        sys.lookup::<Cmd>("nobody").unwrap_err(),
+        LookupError::NotFound("nobody".into())
+    );
 }
 
 #[tokio::test]
 async fn names_are_unique_and_freed_on_exit() {
     let sys = ActorSystem::new();
     let first = sys.spawn_named("solo", Counter::default()).await.unwrap();
-    let err = sys.spawn_named("solo", Counter::default()).await.unwrap_err();
-    assert!(matches!(err, SpawnError::NameTaken(ref n) if n == "solo"), "{err:?}");
+    let err = sys
+        .spawn_named("solo", Counter::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, SpawnError::NameTaken(ref n) if n == "solo"),
+        "{err:?}"
+    );
     first.tell(Cmd::Fail("bye".into())).unwrap();
     first.monitor().wait().await;
     assert!(sys.lookup::<Cmd>("solo").is_err());
@@ -51,5 +69,8 @@ async fn systems_do_not_share_names() {
     let b = ActorSystem::new();
     a.spawn_named("x", Counter::default()).await.unwrap();
     b.spawn_named("x", Counter::default()).await.unwrap();
-    assert_ne!(a.lookup::<Cmd>("x").unwrap().id(), b.lookup::<Cmd>("x").unwrap().id());
+    assert_ne!(
+        a.lookup::<Cmd>("x").unwrap().id(),
+        b.lookup::<Cmd>("x").unwrap().id()
+    );
 }

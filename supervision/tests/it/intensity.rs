@@ -1,0 +1,208 @@
+//! Restart intensity as a sliding window, escalation, backoff. These run on
+//! tokio's paused clock: time only moves when the test says so (or when
+//! everything is idle).
+
+use std::time::Duration;
+
+use manta_actors::{ActorSystem, ExitReason};
+use manta_supervision::{
+    Backoff, ChildSpec, EventBus, Strategy, Supervisor, SupervisorEvent, SupervisorHandle,
+    SupervisorSpec,
+};
+use tokio::sync::broadcast;
+
+use crate::{ExitKind, ProbeMsg, probe, short, shorts, until};
+
+async fn fail_child(sup: &SupervisorHandle, id: &str) {
+    let kids = sup.which_children().await.unwrap();
+    let child = kids.iter().find(|c| c.id == id).unwrap();
+    let h = child
+        .handle
+        .clone()
+        .unwrap()
+        .downcast::<ProbeMsg>()
+        .unwrap();
+    h.tell(ProbeMsg::Exit(ExitKind::Failure)).unwrap();
+}
+
+async fn started(rx: &mut broadcast::Receiver<SupervisorEvent>, id: &str, n: u32) {
+    let want = format!("start {id} #{n}");
+    until(rx, |e| short(e) == want).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn escalates_exactly_when_the_window_is_exceeded() {
+    let system = ActorSystem::new();
+    let bus = EventBus::new();
+    let mut rx = bus.subscribe();
+    let spec = SupervisorSpec::new("sup")
+        .intensity(2, Duration::from_secs(5))
+        .events(bus.clone())
+        .child(ChildSpec::worker("w", probe()));
+    let sup = Supervisor::start(&system, spec).await.unwrap();
+    started(&mut rx, "w", 0).await;
+    for n in 1..=2 {
+        fail_child(&sup, "w").await;
+        started(&mut rx, "w", n).await;
+        tokio::time::advance(Duration::from_secs(1)).await;
+    }
+    // Third restart within 5 s: 3 > 2.
+    fail_child(&sup, "w").await;
+    let got = until(&mut rx, |e| matches!(e, SupervisorEvent::Escalated { .. })).await;
+    assert_eq!(shorts(&got), ["exit w escalate", "escalate sup by w"]);
+    match sup.monitor().wait().await {
+        ExitReason::Failed(msg) => assert!(
+            msg.contains("exceeded its restart intensity (2 in 5s)"),
+            "{msg}"
+        ),
+        other => panic!("supervisor exited with {other:?}"),
+    }
+    assert!(sup.which_children().await.is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn restarts_spread_out_over_the_period_do_not_escalate() {
+    let system = ActorSystem::new();
+    let bus = EventBus::new();
+    let mut rx = bus.subscribe();
+    let spec = SupervisorSpec::new("sup")
+        .intensity(1, Duration::from_secs(5))
+        .events(bus.clone())
+        .child(ChildSpec::worker("w", probe()));
+    let sup = Supervisor::start(&system, spec).await.unwrap();
+    started(&mut rx, "w", 0).await;
+    for n in 1..=5 {
+        fail_child(&sup, "w").await;
+        started(&mut rx, "w", n).await;
+        // Just over the period: the previous restart has left the window.
+        tokio::time::advance(Duration::from_millis(5_001)).await;
+    }
+    assert!(sup.monitor().try_get().is_none());
+    assert_eq!(sup.which_children().await.unwrap()[0].restarts, 5);
+    // Two inside one period is one too many.
+    fail_child(&sup, "w").await;
+    started(&mut rx, "w", 6).await;
+    fail_child(&sup, "w").await;
+    until(&mut rx, |e| matches!(e, SupervisorEvent::Escalated { .. })).await;
+    assert!(matches!(sup.monitor().wait().await, ExitReason::Failed(_)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn nested_escalation_reaches_the_root() {
+    let system = ActorSystem::new();
+    let bus = EventBus::new();
+    let mut rx = bus.subscribe();
+    let leaf_sup = SupervisorSpec::new("mid")
+        .intensity(1, Duration::from_secs(5))
+        .child(ChildSpec::worker("leaf", probe()));
+    let root = SupervisorSpec::new("root")
+        .intensity(1, Duration::from_secs(5))
+        .events(bus.clone())
+        .child(ChildSpec::worker("sibling", probe()))
+        .child(ChildSpec::supervisor(leaf_sup));
+    let sup = Supervisor::start(&system, root).await.unwrap();
+    started(&mut rx, "mid", 0).await;
+    let mid = sup.which_children().await.unwrap()[1]
+        .handle
+        .clone()
+        .unwrap()
+        .downcast_ref::<SupervisorHandle>()
+        .cloned()
+        .unwrap();
+    // leaf: 1 restart allowed by mid, the 2nd escalates to root, which
+    // restarts mid (root's 1 allowed restart)...
+    fail_child(&mid, "leaf").await;
+    started(&mut rx, "leaf", 1).await;
+    fail_child(&mid, "leaf").await;
+    let got = until(&mut rx, |e| short(e) == "start mid #1").await;
+    assert_eq!(
+        shorts(&got),
+        [
+            "exit leaf escalate",
+            "escalate mid by leaf",
+            "exit mid restart",
+            "start leaf #0",
+            "start mid #1"
+        ]
+    );
+    // ...and the same again exceeds root's intensity: root fails too.
+    let mid = sup.which_children().await.unwrap()[1]
+        .handle
+        .clone()
+        .unwrap()
+        .downcast_ref::<SupervisorHandle>()
+        .cloned()
+        .unwrap();
+    started_leaf_and_fail_twice(&mid, &mut rx).await;
+    let got = until(&mut rx, |e| short(e) == "term sibling").await;
+    assert_eq!(
+        shorts(&got),
+        [
+            "exit leaf escalate",
+            "escalate mid by leaf",
+            "exit mid escalate",
+            "escalate root by mid",
+            "term sibling"
+        ]
+    );
+    match sup.monitor().wait().await {
+        ExitReason::Failed(msg) => {
+            assert!(msg.contains("`root`") && msg.contains("`mid`"), "{msg}")
+        }
+        other => panic!("root exited with {other:?}"),
+    }
+}
+
+async fn started_leaf_and_fail_twice(
+    mid: &SupervisorHandle,
+    rx: &mut broadcast::Receiver<SupervisorEvent>,
+) {
+    fail_child(mid, "leaf").await;
+    started(rx, "leaf", 1).await;
+    fail_child(mid, "leaf").await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn backoff_delays_grow_and_cap() {
+    let system = ActorSystem::new();
+    let bus = EventBus::new();
+    let mut rx = bus.subscribe();
+    let spec = SupervisorSpec::new("sup")
+        .strategy(Strategy::OneForOne)
+        .intensity(100, Duration::from_secs(60))
+        .backoff(Backoff {
+            min: Duration::from_millis(100),
+            max: Duration::from_millis(300),
+            random_factor: 0.0,
+        })
+        .events(bus.clone())
+        .child(ChildSpec::worker("w", probe()));
+    let sup = Supervisor::start(&system, spec).await.unwrap();
+    started(&mut rx, "w", 0).await;
+    let mut delays = Vec::new();
+    for n in 1..=4 {
+        fail_child(&sup, "w").await;
+        let evs = until(&mut rx, |e| {
+            matches!(e, SupervisorEvent::RestartScheduled { .. })
+        })
+        .await;
+        let Some(SupervisorEvent::RestartScheduled { delay, .. }) = evs.last() else {
+            unreachable!()
+        };
+        let t0 = tokio::time::Instant::now();
+        started(&mut rx, "w", n).await;
+        assert!(
+            t0.elapsed() >= *delay,
+            "restarted after {:?}, before its {:?} backoff",
+            t0.elapsed(),
+            delay
+        );
+        delays.push(*delay);
+    }
+    assert_eq!(
+        delays,
+        [100, 200, 300, 300].map(Duration::from_millis),
+        "doubling from min, capped at max"
+    );
+    sup.shutdown().await;
+}
