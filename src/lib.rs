@@ -1,1 +1,69 @@
-//! Manta.
+//! # Manta
+//!
+//! Distributed actor programs in the Erlang/Akka tradition, for Rust.
+//!
+//! This crate is the facade: it re-exports the actor core
+//! ([`manta_actors`]) and OTP supervision ([`manta_supervision`]), adds the
+//! built-in actor kinds the `manta` command knows ([`builtin`]), and holds
+//! the command's library side ([`cli`]).
+//!
+//! ```
+//! use std::time::Duration;
+//! use manta::prelude::*;
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Debug, Serialize, Deserialize)]
+//! enum Greet { Hello(String) }
+//! impl Message for Greet { type Reply = String; }
+//!
+//! struct Greeter;
+//! impl Actor for Greeter {
+//!     type Msg = Greet;
+//!     async fn handle(&mut self, msg: Greet, _: &mut Context<Greet>) -> Result<String, ActorError> {
+//!         let Greet::Hello(name) = msg;
+//!         Ok(format!("hello, {name}"))
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let system = ActorSystem::new();
+//! let sup = Supervisor::start(
+//!     &system,
+//!     SupervisorSpec::new("root").child(
+//!         ChildSpec::worker("greeter", manta::factory("greeter", || Greeter)).register("greeter"),
+//!     ),
+//! )
+//! .await?;
+//! let greeter = system.lookup::<Greet>("greeter")?;
+//! let reply = greeter.ask(Greet::Hello("Ada".into()), Duration::from_secs(1)).await?;
+//! assert_eq!(reply, "hello, Ada");
+//! sup.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod builtin;
+pub mod cli;
+
+pub use manta_actors::{
+    Actor, ActorError, ActorHandle, ActorId, ActorSystem, AnyHandle, AskError, ChildFactory,
+    Context, ErasedHandle, ExitReason, KindRegistry, LookupError, Message, Monitor, RemoteActor,
+    SendError, SendFailure, SpawnError, SpawnOptions, StartContext, factory,
+};
+pub use manta_supervision::{
+    Backoff, ChildCounts, ChildInfo, ChildSpec, ChildStart, ChildState, ChildType, EventBus,
+    ExitAction, Restart, Shutdown, Strategy, Supervisor, SupervisorError, SupervisorEvent,
+    SupervisorHandle, SupervisorSpec, tree,
+};
+
+/// The actor core crate.
+pub use manta_actors as actors;
+/// The supervision crate.
+pub use manta_supervision as supervision;
+
+/// Everything most Manta programs need.
+pub mod prelude {
+    pub use manta_actors::prelude::*;
+    pub use manta_supervision::{
+        ChildSpec, Restart, Shutdown, Strategy, Supervisor, SupervisorHandle, SupervisorSpec,
+    };
+}

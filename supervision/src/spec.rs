@@ -55,8 +55,10 @@ pub enum ChildType {
     Supervisor,
 }
 
-/// Akka-style restart backoff: the n-th consecutive restart of a child waits
-/// `min * 2^n`, capped at `max`, stretched by up to `random_factor`.
+/// Akka-style restart backoff: a child's n-th restart within the
+/// supervisor's period waits `min * 2^n`, capped at `max`, stretched by up to
+/// `random_factor`. Once a child has run for a whole period, it starts over
+/// at `min`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backoff {
     /// Delay before the first restart.

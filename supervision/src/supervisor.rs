@@ -133,6 +133,21 @@ struct Child {
     handle: Option<AnyHandle>,
     state: ChildState,
     restarts: u32,
+    /// When this child's own exits caused restarts, within the last period:
+    /// the backoff exponent (it resets once the child has run a period).
+    recent: VecDeque<Instant>,
+}
+
+impl Child {
+    fn new(spec: ChildSpec, state: ChildState) -> Self {
+        Self {
+            spec,
+            handle: None,
+            state,
+            restarts: 0,
+            recent: VecDeque::new(),
+        }
+    }
 }
 
 pub(crate) struct SupState {
@@ -426,7 +441,7 @@ impl SupState {
         // The group to restart, in start order.
         let first = match self.strategy {
             Strategy::OneForOne | Strategy::SimpleOneForOne => {
-                self.schedule_restart(vec![id]).await;
+                self.schedule_restart(vec![id.clone()], &id).await;
                 return Ok(());
             }
             Strategy::OneForAll => 0,
@@ -450,25 +465,33 @@ impl SupState {
             .iter()
             .map(|c| c.spec.id.clone())
             .collect();
-        self.schedule_restart(group).await;
+        self.schedule_restart(group, &id).await;
         Ok(())
     }
 
-    /// Restarts `ids` now, or after the backoff delay.
-    async fn schedule_restart(&mut self, ids: Vec<String>) {
+    /// Restarts `ids` now, or after the backoff delay, which grows with
+    /// the number of restarts `failed` caused within the last period.
+    async fn schedule_restart(&mut self, ids: Vec<String>, failed: &str) {
         for id in &ids {
             if let Some(i) = self.index_of(id) {
                 self.children[i].state = ChildState::Restarting;
             }
         }
-        let delay = self.backoff.map(|b| {
-            let n = ids
-                .first()
-                .and_then(|id| self.index_of(id))
-                .map(|i| self.children[i].restarts)
-                .unwrap_or(0);
-            b.delay(n)
-        });
+        let now = Instant::now();
+        let period = self.period;
+        let n = match self.index_of(failed) {
+            Some(i) => {
+                let recent = &mut self.children[i].recent;
+                while recent.front().is_some_and(|t| now.duration_since(*t) > period) {
+                    recent.pop_front();
+                }
+                let n = recent.len() as u32;
+                recent.push_back(now);
+                n
+            }
+            None => 0,
+        };
+        let delay = self.backoff.map(|b| b.delay(n));
         match delay {
             Some(delay) if !delay.is_zero() => {
                 self.emit(SupervisorEvent::RestartScheduled {
@@ -538,12 +561,7 @@ impl SupState {
             spec.start = ChildStart::Factory(f);
         }
         let id = spec.id.clone();
-        self.children.push(Child {
-            spec,
-            handle: None,
-            state: ChildState::Restarting,
-            restarts: 0,
-        });
+        self.children.push(Child::new(spec, ChildState::Restarting));
         let idx = self.children.len() - 1;
         match self.start_at(idx, false).await {
             Ok(h) => Ok((id, h)),
@@ -621,12 +639,7 @@ impl SupState {
             return Err(SupervisorError::AlreadyPresent(spec.id));
         }
         let id = spec.id.clone();
-        self.children.push(Child {
-            spec,
-            handle: None,
-            state: ChildState::Terminated,
-            restarts: 0,
-        });
+        self.children.push(Child::new(spec, ChildState::Terminated));
         let idx = self.children.len() - 1;
         self.start_at(idx, false).await.map_err(|error| {
             self.children.remove(idx);
@@ -697,12 +710,7 @@ impl ractor::Actor for SupActor {
         } else {
             for child in spec.children {
                 let id = child.id.clone();
-                st.children.push(Child {
-                    spec: child,
-                    handle: None,
-                    state: ChildState::Terminated,
-                    restarts: 0,
-                });
+                st.children.push(Child::new(child, ChildState::Terminated));
                 let idx = st.children.len() - 1;
                 if let Err(error) = st.start_at(idx, false).await {
                     st.emit(SupervisorEvent::StartFailed {

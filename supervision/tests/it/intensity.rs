@@ -204,5 +204,11 @@ async fn backoff_delays_grow_and_cap() {
         [100, 200, 300, 300].map(Duration::from_millis),
         "doubling from min, capped at max"
     );
+    // After running for a whole period the child starts over at `min`.
+    tokio::time::advance(Duration::from_secs(61)).await;
+    fail_child(&sup, "w").await;
+    let evs = until(&mut rx, |e| matches!(e, SupervisorEvent::RestartScheduled { .. })).await;
+    let Some(SupervisorEvent::RestartScheduled { delay, .. }) = evs.last() else { unreachable!() };
+    assert_eq!(*delay, Duration::from_millis(100));
     sup.shutdown().await;
 }

@@ -1,0 +1,202 @@
+//! Actor kinds built into the `manta` command, usable from tree files:
+//!
+//! | kind | args | what it does |
+//! |---|---|---|
+//! | `ticker` | `interval` (duration, default `"1s"`), `message` (default `"tick"`) | logs `message` every `interval` |
+//! | `flaky` | `fail_after` (duration), `mode` (`"error"`, `"panic"`, `"normal"`, `"shutdown"`) | exits that way `fail_after` after each start |
+//! | `counter` | `start` (integer, default 0) | answers [`CounterMsg`] |
+
+use std::time::Duration;
+
+use manta_actors::{Actor, ActorError, Context, ExitReason, KindRegistry, Message};
+use manta_supervision::parse_duration;
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Registers the built-in kinds into `kinds`.
+pub fn register(kinds: &KindRegistry) {
+    kinds.register("ticker", Ticker::new);
+    kinds.register("flaky", Flaky::new);
+    kinds.register("counter", |a: CounterArgs| Counter { value: a.start });
+}
+
+/// A registry holding just the built-in kinds.
+pub fn kinds() -> KindRegistry {
+    let k = KindRegistry::new();
+    register(&k);
+    k
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+fn one_second() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn tick() -> String {
+    "tick".to_owned()
+}
+
+/// Arguments of the `ticker` kind.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TickerArgs {
+    /// How often to tick.
+    #[serde(default = "one_second", deserialize_with = "de_duration")]
+    pub interval: Duration,
+    /// What to log.
+    #[serde(default = "tick")]
+    pub message: String,
+}
+
+/// Messages of timer-driven built-in kinds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum TimerMsg {
+    /// The timer fired.
+    Tick,
+}
+
+impl Message for TimerMsg {
+    type Reply = u64;
+}
+
+/// Sends `msg` to the actor after `every`, repeatedly while it lives.
+fn start_timer(ctx: &Context<TimerMsg>, every: Duration, repeat: bool) {
+    let me = ctx.myself().clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            if me.tell(TimerMsg::Tick).is_err() || !repeat {
+                break;
+            }
+        }
+    });
+}
+
+/// Logs a message every interval; answers with its tick count.
+#[derive(Debug)]
+pub struct Ticker {
+    args: TickerArgs,
+    ticks: u64,
+}
+
+impl Ticker {
+    /// A ticker from its args.
+    pub fn new(args: TickerArgs) -> Self {
+        Self { args, ticks: 0 }
+    }
+}
+
+impl Actor for Ticker {
+    type Msg = TimerMsg;
+
+    async fn started(&mut self, ctx: &mut Context<TimerMsg>) -> Result<(), ActorError> {
+        start_timer(ctx, self.args.interval, true);
+        Ok(())
+    }
+
+    async fn handle(&mut self, _msg: TimerMsg, ctx: &mut Context<TimerMsg>) -> Result<u64, ActorError> {
+        self.ticks += 1;
+        tracing::info!(actor = %ctx.myself().id(), ticks = self.ticks, "{}", self.args.message);
+        Ok(self.ticks)
+    }
+}
+
+/// How a `flaky` worker exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlakyMode {
+    /// Its handler returns an error.
+    Error,
+    /// Its handler panics.
+    Panic,
+    /// It stops normally.
+    Normal,
+    /// It stops with `shutdown`.
+    Shutdown,
+}
+
+/// Arguments of the `flaky` kind.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlakyArgs {
+    /// How long after each start it exits.
+    #[serde(deserialize_with = "de_duration")]
+    pub fail_after: Duration,
+    /// How it exits.
+    pub mode: FlakyMode,
+}
+
+/// Exits on schedule: `fail_after` after each start.
+#[derive(Debug)]
+pub struct Flaky {
+    args: FlakyArgs,
+}
+
+impl Flaky {
+    /// A flaky worker from its args.
+    pub fn new(args: FlakyArgs) -> Self {
+        Self { args }
+    }
+}
+
+impl Actor for Flaky {
+    type Msg = TimerMsg;
+
+    async fn started(&mut self, ctx: &mut Context<TimerMsg>) -> Result<(), ActorError> {
+        start_timer(ctx, self.args.fail_after, false);
+        Ok(())
+    }
+
+    async fn handle(&mut self, _msg: TimerMsg, ctx: &mut Context<TimerMsg>) -> Result<u64, ActorError> {
+        let after = manta_supervision::format_duration(self.args.fail_after);
+        match self.args.mode {
+            FlakyMode::Error => return Err(format!("scheduled failure after {after}").into()),
+            FlakyMode::Panic => panic!("scheduled panic after {after}"),
+            FlakyMode::Normal => ctx.stop(ExitReason::Normal),
+            FlakyMode::Shutdown => ctx.stop(ExitReason::Shutdown(Some(format!("scheduled after {after}")))),
+        }
+        Ok(0)
+    }
+}
+
+/// Arguments of the `counter` kind.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CounterArgs {
+    /// Initial value.
+    #[serde(default)]
+    pub start: i64,
+}
+
+/// Messages of the `counter` kind.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum CounterMsg {
+    /// Add to the value.
+    Add(i64),
+    /// Read the value.
+    Get,
+}
+
+impl Message for CounterMsg {
+    type Reply = i64;
+}
+
+/// A counter.
+#[derive(Debug)]
+pub struct Counter {
+    value: i64,
+}
+
+impl Actor for Counter {
+    type Msg = CounterMsg;
+
+    async fn handle(&mut self, msg: CounterMsg, _: &mut Context<CounterMsg>) -> Result<i64, ActorError> {
+        if let CounterMsg::Add(n) = msg {
+            self.value += n;
+        }
+        Ok(self.value)
+    }
+}

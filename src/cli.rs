@@ -1,0 +1,206 @@
+//! The library side of the `manta` command: `check`, `run` and `demo` take
+//! plain arguments and writers; only `src/main.rs` parses command lines.
+
+use std::future::Future;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use manta_actors::{ActorSystem, ExitReason, KindRegistry};
+use manta_supervision::tree::{self, TreeErrors};
+use manta_supervision::{
+    ChildStart, EventBus, Supervisor, SupervisorError, SupervisorEvent, SupervisorSpec,
+};
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+/// The tree `manta demo` runs (`examples/demo.toml`), built in.
+pub const DEMO_TREE: &str = include_str!("../examples/demo.toml");
+
+/// Errors of the `manta` command.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A tree file is invalid.
+    #[error("{0}")]
+    Tree(#[from] TreeErrors),
+    /// The tree failed to start.
+    #[error("the supervision tree failed to start: {0}")]
+    Start(#[from] SupervisorError),
+    /// The root supervisor stopped on its own (escalation).
+    #[error("the root supervisor exited: {0}")]
+    RootExited(ExitReason),
+    /// Writing output failed.
+    #[error("cannot write output: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn count(spec: &SupervisorSpec) -> (usize, usize) {
+    let mut sups = 1;
+    let mut workers = 0;
+    for c in &spec.children {
+        match &c.start {
+            ChildStart::Supervisor(s) => {
+                let (a, b) = count(s);
+                sups += a;
+                workers += b;
+            }
+            ChildStart::Factory(_) => workers += 1,
+        }
+    }
+    (sups, workers)
+}
+
+/// Checks tree files; writes one line per valid file to `out` and every
+/// problem to `err`. Returns whether all files are valid.
+pub fn check(files: &[PathBuf], kinds: &KindRegistry, out: &mut dyn Write, err: &mut dyn Write) -> std::io::Result<bool> {
+    let mut ok = true;
+    for f in files {
+        match tree::load_file(f, kinds) {
+            Ok(spec) => {
+                let (s, w) = count(&spec);
+                writeln!(out, "{}: ok (root `{}`, {s} supervisors, {w} workers)", f.display(), spec.name)?;
+            }
+            Err(e) => {
+                ok = false;
+                writeln!(err, "{e}")?;
+                writeln!(err, "{}: {} problem(s)", f.display(), e.0.len())?;
+            }
+        }
+    }
+    Ok(ok)
+}
+
+/// Starts the tree in `path` and runs it until `stop` resolves (then shuts
+/// it down in order) or the root supervisor exits on its own (an error).
+pub async fn run(path: &Path, kinds: KindRegistry, stop: impl Future<Output = ()>) -> Result<(), CliError> {
+    let spec = tree::load_file(path, &kinds)?;
+    let system = ActorSystem::with_kinds(kinds);
+    let sup = Supervisor::start(&system, spec).await?;
+    tracing::info!(tree = %path.display(), supervisor = sup.name(), "tree running; Ctrl-C stops it");
+    tokio::select! {
+        _ = stop => {
+            tracing::info!("stopping the tree");
+            let reason = sup.shutdown().await;
+            tracing::info!(%reason, "tree stopped");
+            Ok(())
+        }
+        reason = sup.monitor().wait() => Err(CliError::RootExited(reason)),
+    }
+}
+
+/// Options of `manta demo`.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// How long the tree runs before the demo stops it.
+    pub duration: Duration,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        Self {
+            duration: Duration::from_secs(8),
+        }
+    }
+}
+
+/// What the demo saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DemoSummary {
+    /// Restarts performed.
+    pub restarts: usize,
+    /// Escalations.
+    pub escalations: usize,
+    /// Panics contained.
+    pub panics: usize,
+}
+
+/// Runs the built-in demo tree for `opts.duration`, printing every
+/// supervisor decision as it happens, then stops the tree.
+pub async fn demo(opts: DemoOptions, out: &mut dyn Write) -> Result<DemoSummary, CliError> {
+    let kinds = crate::builtin::kinds();
+    let bus = EventBus::new();
+    let mut rx = bus.subscribe();
+    let spec = tree::load_str(DEMO_TREE, "examples/demo.toml", &kinds)?.events(bus);
+    writeln!(
+        out,
+        "Manta demo: supervision tree `{}` from examples/demo.toml, running for {:?}.",
+        spec.name, opts.duration
+    )?;
+    writeln!(
+        out,
+        "`flaky` panics 1.5 s after each start; `payments/gateway` fails every 600 ms until\n\
+         `payments` exceeds its intensity (2 restarts in 5 s) and escalates to the root.\n"
+    )?;
+    let system = ActorSystem::with_kinds(kinds);
+    let t0 = Instant::now();
+    let sup = Supervisor::start(&system, spec).await?;
+    let mut summary = DemoSummary::default();
+    let deadline = tokio::time::sleep(opts.duration);
+    tokio::pin!(deadline);
+    let root_exit = sup.monitor();
+    let root_exited = tokio::select! {
+        _ = &mut deadline => None,
+        r = root_exit.wait() => Some(r),
+        _ = print_events(&mut rx, t0, &mut summary, out) => None,
+    };
+    if let Some(reason) = root_exited {
+        drain(&mut rx, t0, &mut summary, out)?;
+        return Err(CliError::RootExited(reason));
+    }
+    drain(&mut rx, t0, &mut summary, out)?;
+    writeln!(out, "\nTime is up: stopping the tree (children stop in reverse start order).")?;
+    let reason = sup.shutdown().await;
+    drain(&mut rx, t0, &mut summary, out)?;
+    writeln!(
+        out,
+        "\nSummary: {} restarts, {} escalations, {} panics contained; the root stopped with `{reason}`.",
+        summary.restarts, summary.escalations, summary.panics
+    )?;
+    Ok(summary)
+}
+
+fn note(ev: &SupervisorEvent, t0: Instant, summary: &mut DemoSummary, out: &mut dyn Write) -> std::io::Result<()> {
+    match ev {
+        SupervisorEvent::ChildStarted { restarts, .. } if *restarts > 0 => summary.restarts += 1,
+        SupervisorEvent::Escalated { .. } => summary.escalations += 1,
+        SupervisorEvent::ChildExited {
+            reason: ExitReason::Panicked(_),
+            ..
+        } => summary.panics += 1,
+        _ => {}
+    }
+    writeln!(out, "{:>8.3}s  {ev}", t0.elapsed().as_secs_f64())
+}
+
+async fn print_events(
+    rx: &mut broadcast::Receiver<SupervisorEvent>,
+    t0: Instant,
+    summary: &mut DemoSummary,
+    out: &mut dyn Write,
+) {
+    loop {
+        match rx.recv().await {
+            Ok(ev) => {
+                if note(&ev, t0, summary, out).is_err() {
+                    return;
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                let _ = writeln!(out, "({n} events skipped)");
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+fn drain(
+    rx: &mut broadcast::Receiver<SupervisorEvent>,
+    t0: Instant,
+    summary: &mut DemoSummary,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    while let Ok(ev) = rx.try_recv() {
+        note(&ev, t0, summary, out)?;
+    }
+    Ok(())
+}
