@@ -16,7 +16,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 pub fn register(kinds: &KindRegistry) {
     kinds.register("ticker", Ticker::new);
     kinds.register("flaky", Flaky::new);
-    kinds.register("counter", |a: CounterArgs| Counter { value: a.start });
+    kinds.register("counter", Counter::new);
 }
 
 /// A registry holding just the built-in kinds.
@@ -97,7 +97,11 @@ impl Actor for Ticker {
         Ok(())
     }
 
-    async fn handle(&mut self, _msg: TimerMsg, ctx: &mut Context<TimerMsg>) -> Result<u64, ActorError> {
+    async fn handle(
+        &mut self,
+        _msg: TimerMsg,
+        ctx: &mut Context<TimerMsg>,
+    ) -> Result<u64, ActorError> {
         self.ticks += 1;
         tracing::info!(actor = %ctx.myself().id(), ticks = self.ticks, "{}", self.args.message);
         Ok(self.ticks)
@@ -150,13 +154,19 @@ impl Actor for Flaky {
         Ok(())
     }
 
-    async fn handle(&mut self, _msg: TimerMsg, ctx: &mut Context<TimerMsg>) -> Result<u64, ActorError> {
+    async fn handle(
+        &mut self,
+        _msg: TimerMsg,
+        ctx: &mut Context<TimerMsg>,
+    ) -> Result<u64, ActorError> {
         let after = manta_supervision::format_duration(self.args.fail_after);
         match self.args.mode {
             FlakyMode::Error => return Err(format!("scheduled failure after {after}").into()),
             FlakyMode::Panic => panic!("scheduled panic after {after}"),
             FlakyMode::Normal => ctx.stop(ExitReason::Normal),
-            FlakyMode::Shutdown => ctx.stop(ExitReason::Shutdown(Some(format!("scheduled after {after}")))),
+            FlakyMode::Shutdown => ctx.stop(ExitReason::Shutdown(Some(format!(
+                "scheduled after {after}"
+            )))),
         }
         Ok(0)
     }
@@ -190,10 +200,21 @@ pub struct Counter {
     value: i64,
 }
 
+impl Counter {
+    /// A counter from its args.
+    pub fn new(args: CounterArgs) -> Self {
+        Self { value: args.start }
+    }
+}
+
 impl Actor for Counter {
     type Msg = CounterMsg;
 
-    async fn handle(&mut self, msg: CounterMsg, _: &mut Context<CounterMsg>) -> Result<i64, ActorError> {
+    async fn handle(
+        &mut self,
+        msg: CounterMsg,
+        _: &mut Context<CounterMsg>,
+    ) -> Result<i64, ActorError> {
         if let CounterMsg::Add(n) = msg {
             self.value += n;
         }

@@ -52,13 +52,23 @@ fn count(spec: &SupervisorSpec) -> (usize, usize) {
 
 /// Checks tree files; writes one line per valid file to `out` and every
 /// problem to `err`. Returns whether all files are valid.
-pub fn check(files: &[PathBuf], kinds: &KindRegistry, out: &mut dyn Write, err: &mut dyn Write) -> std::io::Result<bool> {
+pub fn check(
+    files: &[PathBuf],
+    kinds: &KindRegistry,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> std::io::Result<bool> {
     let mut ok = true;
     for f in files {
         match tree::load_file(f, kinds) {
             Ok(spec) => {
                 let (s, w) = count(&spec);
-                writeln!(out, "{}: ok (root `{}`, {s} supervisors, {w} workers)", f.display(), spec.name)?;
+                writeln!(
+                    out,
+                    "{}: ok (root `{}`, {s} supervisors, {w} workers)",
+                    f.display(),
+                    spec.name
+                )?;
             }
             Err(e) => {
                 ok = false;
@@ -72,7 +82,11 @@ pub fn check(files: &[PathBuf], kinds: &KindRegistry, out: &mut dyn Write, err: 
 
 /// Starts the tree in `path` and runs it until `stop` resolves (then shuts
 /// it down in order) or the root supervisor exits on its own (an error).
-pub async fn run(path: &Path, kinds: KindRegistry, stop: impl Future<Output = ()>) -> Result<(), CliError> {
+pub async fn run(
+    path: &Path,
+    kinds: KindRegistry,
+    stop: impl Future<Output = ()>,
+) -> Result<(), CliError> {
     let spec = tree::load_file(path, &kinds)?;
     let system = ActorSystem::with_kinds(kinds);
     let sup = Supervisor::start(&system, spec).await?;
@@ -148,7 +162,10 @@ pub async fn demo(opts: DemoOptions, out: &mut dyn Write) -> Result<DemoSummary,
         return Err(CliError::RootExited(reason));
     }
     drain(&mut rx, t0, &mut summary, out)?;
-    writeln!(out, "\nTime is up: stopping the tree (children stop in reverse start order).")?;
+    writeln!(
+        out,
+        "\nTime is up: stopping the tree (children stop in reverse start order)."
+    )?;
     let reason = sup.shutdown().await;
     drain(&mut rx, t0, &mut summary, out)?;
     writeln!(
@@ -159,7 +176,12 @@ pub async fn demo(opts: DemoOptions, out: &mut dyn Write) -> Result<DemoSummary,
     Ok(summary)
 }
 
-fn note(ev: &SupervisorEvent, t0: Instant, summary: &mut DemoSummary, out: &mut dyn Write) -> std::io::Result<()> {
+fn note(
+    ev: &SupervisorEvent,
+    t0: Instant,
+    summary: &mut DemoSummary,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
     match ev {
         SupervisorEvent::ChildStarted { restarts, .. } if *restarts > 0 => summary.restarts += 1,
         SupervisorEvent::Escalated { .. } => summary.escalations += 1,

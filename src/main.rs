@@ -48,7 +48,12 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn init_logging(default: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
     // A panic inside an actor is that actor's failure, reported by its
     // supervisor; log it (target manta::panic) instead of printing to stderr.
     std::panic::set_hook(Box::new(|info| {
@@ -59,7 +64,7 @@ fn init_logging(default: &str) {
 async fn stop_signal() {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{signal, SignalKind};
+        use tokio::signal::unix::{SignalKind, signal};
         match signal(SignalKind::terminate()) {
             Ok(mut term) => {
                 tokio::select! {

@@ -105,7 +105,9 @@ impl ActorSystem {
         opts: SpawnOptions,
     ) -> Result<ActorHandle<A::Msg>, SpawnError> {
         if let Some(name) = &opts.name {
-            if self.names().contains_key(name) {
+            // A dead actor's entry may linger for a moment after its exit is
+            // published; it does not hold the name.
+            if self.lookup_any(name).is_some() {
                 return Err(SpawnError::NameTaken(name.clone()));
             }
         }

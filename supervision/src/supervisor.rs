@@ -482,7 +482,10 @@ impl SupState {
         let n = match self.index_of(failed) {
             Some(i) => {
                 let recent = &mut self.children[i].recent;
-                while recent.front().is_some_and(|t| now.duration_since(*t) > period) {
+                while recent
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) > period)
+                {
                     recent.pop_front();
                 }
                 let n = recent.len() as u32;

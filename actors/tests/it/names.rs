@@ -74,3 +74,19 @@ async fn systems_do_not_share_names() {
         b.lookup::<Cmd>("x").unwrap().id()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_is_free_as_soon_as_its_actor_has_exited() {
+    // Regression: a supervisor restarting a registered child right after its
+    // exit found the name still taken (the exit is published a moment
+    // before the name is dropped).
+    let sys = ActorSystem::new();
+    for _ in 0..2000 {
+        let h = sys.spawn_named("ledger", Counter::default()).await.unwrap();
+        h.stop(ExitReason::Shutdown(None));
+        h.monitor().wait().await;
+        let again = sys.spawn_named("ledger", Counter::default()).await.unwrap();
+        again.kill();
+        again.monitor().wait().await;
+    }
+}

@@ -207,8 +207,13 @@ async fn backoff_delays_grow_and_cap() {
     // After running for a whole period the child starts over at `min`.
     tokio::time::advance(Duration::from_secs(61)).await;
     fail_child(&sup, "w").await;
-    let evs = until(&mut rx, |e| matches!(e, SupervisorEvent::RestartScheduled { .. })).await;
-    let Some(SupervisorEvent::RestartScheduled { delay, .. }) = evs.last() else { unreachable!() };
+    let evs = until(&mut rx, |e| {
+        matches!(e, SupervisorEvent::RestartScheduled { .. })
+    })
+    .await;
+    let Some(SupervisorEvent::RestartScheduled { delay, .. }) = evs.last() else {
+        unreachable!()
+    };
     assert_eq!(*delay, Duration::from_millis(100));
     sup.shutdown().await;
 }
