@@ -44,6 +44,11 @@
 pub mod builtin;
 pub mod cli;
 
+/// The README's Rust examples, compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 pub use manta_actors::{
     Actor, ActorError, ActorHandle, ActorId, ActorSystem, AnyHandle, AskError, ChildFactory,
     Context, ErasedHandle, ExitReason, KindRegistry, LookupError, Message, Monitor, RemoteActor,

@@ -1,5 +1,6 @@
 //! End-to-end tests of the `manta` command: real processes, real files.
 #![allow(missing_docs)]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail the test by panicking
 
 mod cli;
 

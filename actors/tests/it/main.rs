@@ -1,5 +1,6 @@
 //! Integration tests of manta-actors through its public API.
 #![allow(missing_docs)]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail the test by panicking
 
 mod basics;
 mod kinds;

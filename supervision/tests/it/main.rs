@@ -1,5 +1,6 @@
 //! Integration tests of manta-supervision through its public API.
 #![allow(missing_docs)]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail the test by panicking
 
 mod dynamic;
 mod intensity;

@@ -10,8 +10,11 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 
 use crate::{ExitKind, ProbeMsg, probe, short, until};
 
+/// One event's fields as (name, value) pairs.
+type FieldList = Vec<(String, String)>;
+
 #[derive(Default, Clone)]
-struct Captured(Arc<Mutex<Vec<Vec<(String, String)>>>>);
+struct Captured(Arc<Mutex<Vec<FieldList>>>);
 
 struct Fields(Vec<(String, String)>);
 
