@@ -155,6 +155,14 @@ type Entry<'a, 'i> = (
     &'a Spanned<DeValue<'i>>,
 );
 
+/// The value of field `name` among a table's entries.
+fn field<'a, 'i>(entries: &[Entry<'a, 'i>], name: &str) -> Option<&'a Spanned<DeValue<'i>>> {
+    entries
+        .iter()
+        .find(|(k, _)| k.get_ref() == name)
+        .map(|(_, v)| *v)
+}
+
 struct Checker<'s> {
     src: &'s str,
     file: &'s str,
@@ -318,12 +326,7 @@ impl<'s> Checker<'s> {
         };
         let entries: Vec<Entry<'_, '_>> = t.iter().collect();
         self.check_keys(&entries, BACKOFF_KEYS, "backoff");
-        let get = |name: &str| {
-            entries
-                .iter()
-                .find(|(k, _)| k.get_ref() == name)
-                .map(|(_, v)| *v)
-        };
+        let get = |name: &str| field(&entries, name);
         let min = match get("min") {
             Some(v) => self.duration(v, "backoff min")?,
             None => {
@@ -403,12 +406,7 @@ impl<'s> Checker<'s> {
 
     fn child(&mut self, t: &DeTable<'_>, span: Range<usize>, sup_name: &str) -> Option<ChildSpec> {
         let entries: Vec<Entry<'_, '_>> = t.iter().collect();
-        let get = |name: &str| {
-            entries
-                .iter()
-                .find(|(k, _)| k.get_ref() == name)
-                .map(|(_, v)| *v)
-        };
+        let get = |name: &str| field(&entries, name);
         let id = match get("id") {
             Some(v) => self.string(v, "child id"),
             None => {
@@ -505,12 +503,7 @@ impl<'s> Checker<'s> {
         default_name: &str,
     ) -> Option<SupervisorSpec> {
         let entries: Vec<Entry<'_, '_>> = t.iter().collect();
-        let get = |name: &str| {
-            entries
-                .iter()
-                .find(|(k, _)| k.get_ref() == name)
-                .map(|(_, v)| *v)
-        };
+        let get = |name: &str| field(&entries, name);
         let name = match (&id, get("name")) {
             (Some(id), _) => id.clone(),
             (None, Some(v)) => self.string(v, "name")?,

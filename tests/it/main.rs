@@ -84,29 +84,27 @@ impl Running {
         }
     }
 
-    /// Waits (bounded) for the process to exit, collecting the rest of its output.
+    /// Waits (bounded) for the process to exit: its output pipes close when
+    /// it does, which ends the reader threads and disconnects the channel.
     pub fn wait_exit(&mut self) -> ExitStatus {
         let end = Instant::now() + DEADLINE;
         loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                // The reader threads end with the pipes; collect what is left.
-                while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
-                    self.seen.push(line);
+            match self
+                .lines
+                .recv_timeout(end.saturating_duration_since(Instant::now()))
+            {
+                Ok(line) => self.seen.push(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = self.child.kill();
+                    panic!(
+                        "manta did not exit within {DEADLINE:?}; saw:\n{}",
+                        self.seen.join("\n")
+                    );
                 }
-                return status;
-            }
-            if Instant::now() > end {
-                let _ = self.child.kill();
-                panic!(
-                    "manta did not exit within {DEADLINE:?}; saw:\n{}",
-                    self.seen.join("\n")
-                );
-            }
-            // Wait for output or a short tick; either way re-check the exit.
-            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(20)) {
-                self.seen.push(line);
             }
         }
+        self.child.wait().expect("wait for manta")
     }
 
     pub fn output(&self) -> String {

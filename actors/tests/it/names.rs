@@ -76,7 +76,7 @@ async fn systems_do_not_share_names() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_name_is_free_as_soon_as_its_actor_has_exited() {
+async fn issue_2_a_name_is_free_as_soon_as_its_actor_has_exited() {
     // Regression: a supervisor restarting a registered child right after its
     // exit found the name still taken (the exit is published a moment
     // before the name is dropped).

@@ -5,22 +5,18 @@ use std::time::Duration;
 
 use manta_actors::ActorSystem;
 use manta_supervision::{
-    ChildSpec, ChildState, EventBus, Restart, Strategy, Supervisor, SupervisorError, SupervisorSpec,
+    ChildSpec, ChildState, Restart, Strategy, Supervisor, SupervisorError, SupervisorSpec,
 };
 
 use crate::{ExitKind, ProbeMsg, next, probe, short, until};
 
 #[tokio::test]
 async fn dynamic_children_start_restart_and_terminate() {
-    let system = ActorSystem::new();
-    let bus = EventBus::new();
-    let mut rx = bus.subscribe();
     let spec = SupervisorSpec::new("pool")
         .strategy(Strategy::SimpleOneForOne)
         .intensity(5, Duration::from_secs(5))
-        .events(bus.clone())
         .child(ChildSpec::worker("conn", probe()).restart(Restart::Transient));
-    let sup = Supervisor::start(&system, spec).await.unwrap();
+    let (sup, mut rx) = crate::start(spec).await;
     assert_eq!(sup.count_children().await.unwrap().specs, 0);
 
     let mut handles = Vec::new();

@@ -4,10 +4,9 @@
 
 use std::time::Duration;
 
-use manta_actors::{ActorSystem, ExitReason};
+use manta_actors::ExitReason;
 use manta_supervision::{
-    Backoff, ChildSpec, EventBus, Strategy, Supervisor, SupervisorEvent, SupervisorHandle,
-    SupervisorSpec,
+    Backoff, ChildSpec, Strategy, SupervisorEvent, SupervisorHandle, SupervisorSpec,
 };
 use tokio::sync::broadcast;
 
@@ -32,14 +31,10 @@ async fn started(rx: &mut broadcast::Receiver<SupervisorEvent>, id: &str, n: u32
 
 #[tokio::test(start_paused = true)]
 async fn escalates_exactly_when_the_window_is_exceeded() {
-    let system = ActorSystem::new();
-    let bus = EventBus::new();
-    let mut rx = bus.subscribe();
     let spec = SupervisorSpec::new("sup")
         .intensity(2, Duration::from_secs(5))
-        .events(bus.clone())
         .child(ChildSpec::worker("w", probe()));
-    let sup = Supervisor::start(&system, spec).await.unwrap();
+    let (sup, mut rx) = crate::start(spec).await;
     started(&mut rx, "w", 0).await;
     for n in 1..=2 {
         fail_child(&sup, "w").await;
@@ -62,14 +57,10 @@ async fn escalates_exactly_when_the_window_is_exceeded() {
 
 #[tokio::test(start_paused = true)]
 async fn restarts_spread_out_over_the_period_do_not_escalate() {
-    let system = ActorSystem::new();
-    let bus = EventBus::new();
-    let mut rx = bus.subscribe();
     let spec = SupervisorSpec::new("sup")
         .intensity(1, Duration::from_secs(5))
-        .events(bus.clone())
         .child(ChildSpec::worker("w", probe()));
-    let sup = Supervisor::start(&system, spec).await.unwrap();
+    let (sup, mut rx) = crate::start(spec).await;
     started(&mut rx, "w", 0).await;
     for n in 1..=5 {
         fail_child(&sup, "w").await;
@@ -89,18 +80,14 @@ async fn restarts_spread_out_over_the_period_do_not_escalate() {
 
 #[tokio::test(start_paused = true)]
 async fn nested_escalation_reaches_the_root() {
-    let system = ActorSystem::new();
-    let bus = EventBus::new();
-    let mut rx = bus.subscribe();
     let leaf_sup = SupervisorSpec::new("mid")
         .intensity(1, Duration::from_secs(5))
         .child(ChildSpec::worker("leaf", probe()));
     let root = SupervisorSpec::new("root")
         .intensity(1, Duration::from_secs(5))
-        .events(bus.clone())
         .child(ChildSpec::worker("sibling", probe()))
         .child(ChildSpec::supervisor(leaf_sup));
-    let sup = Supervisor::start(&system, root).await.unwrap();
+    let (sup, mut rx) = crate::start(root).await;
     started(&mut rx, "mid", 0).await;
     let mid = sup.which_children().await.unwrap()[1]
         .handle
@@ -164,9 +151,6 @@ async fn started_leaf_and_fail_twice(
 
 #[tokio::test(start_paused = true)]
 async fn backoff_delays_grow_and_cap() {
-    let system = ActorSystem::new();
-    let bus = EventBus::new();
-    let mut rx = bus.subscribe();
     let spec = SupervisorSpec::new("sup")
         .strategy(Strategy::OneForOne)
         .intensity(100, Duration::from_secs(60))
@@ -175,9 +159,8 @@ async fn backoff_delays_grow_and_cap() {
             max: Duration::from_millis(300),
             random_factor: 0.0,
         })
-        .events(bus.clone())
         .child(ChildSpec::worker("w", probe()));
-    let sup = Supervisor::start(&system, spec).await.unwrap();
+    let (sup, mut rx) = crate::start(spec).await;
     started(&mut rx, "w", 0).await;
     let mut delays = Vec::new();
     for n in 1..=4 {

@@ -105,6 +105,23 @@ pub fn stuck_probe() -> Arc<dyn ChildFactory> {
 
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
+/// Starts `spec` in a fresh system with a fresh event bus; returns the
+/// supervisor and a subscription that saw every event from the start.
+pub async fn start(
+    spec: manta_supervision::SupervisorSpec,
+) -> (
+    manta_supervision::SupervisorHandle,
+    broadcast::Receiver<SupervisorEvent>,
+) {
+    let bus = manta_supervision::EventBus::new();
+    let rx = bus.subscribe();
+    let system = manta_actors::ActorSystem::new();
+    let sup = manta_supervision::Supervisor::start(&system, spec.events(bus))
+        .await
+        .unwrap();
+    (sup, rx)
+}
+
 /// Receives the next event, failing the test after the deadline.
 pub async fn next(rx: &mut broadcast::Receiver<SupervisorEvent>) -> SupervisorEvent {
     match tokio::time::timeout(DEADLINE, rx.recv()).await {

@@ -11,15 +11,12 @@ use crate::{probe, short, shorts, stuck_probe, until};
 
 #[tokio::test]
 async fn children_start_in_order_and_stop_in_reverse() {
-    let system = ActorSystem::new();
-    let bus = EventBus::new();
-    let mut rx = bus.subscribe();
     let spec = ["one", "two", "three", "four"]
         .iter()
-        .fold(SupervisorSpec::new("sup").events(bus.clone()), |s, id| {
+        .fold(SupervisorSpec::new("sup"), |s, id| {
             s.child(ChildSpec::worker(*id, probe()))
         });
-    let sup = Supervisor::start(&system, spec).await.unwrap();
+    let (sup, mut rx) = crate::start(spec).await;
     let up = until(&mut rx, |e| short(e) == "start four #0").await;
     assert_eq!(
         shorts(&up),
@@ -59,11 +56,7 @@ async fn children_start_in_order_and_stop_in_reverse() {
 
 #[tokio::test(start_paused = true)]
 async fn a_child_that_ignores_the_graceful_stop_is_killed_after_its_timeout() {
-    let system = ActorSystem::new();
-    let bus = EventBus::new();
-    let mut rx = bus.subscribe();
     let spec = SupervisorSpec::new("sup")
-        .events(bus.clone())
         .child(
             ChildSpec::worker("polite", probe())
                 .shutdown(Shutdown::Timeout(Duration::from_secs(2))),
@@ -72,7 +65,7 @@ async fn a_child_that_ignores_the_graceful_stop_is_killed_after_its_timeout() {
             ChildSpec::worker("stubborn", stuck_probe())
                 .shutdown(Shutdown::Timeout(Duration::from_secs(3))),
         );
-    let sup = Supervisor::start(&system, spec).await.unwrap();
+    let (sup, mut rx) = crate::start(spec).await;
     until(&mut rx, |e| short(e) == "start stubborn #0").await;
     let t0 = tokio::time::Instant::now();
     sup.shutdown().await;
@@ -107,13 +100,9 @@ async fn a_child_that_ignores_the_graceful_stop_is_killed_after_its_timeout() {
 
 #[tokio::test]
 async fn brutal_kill_does_not_wait_for_a_graceful_stop() {
-    let system = ActorSystem::new();
-    let bus = EventBus::new();
-    let mut rx = bus.subscribe();
     let spec = SupervisorSpec::new("sup")
-        .events(bus.clone())
         .child(ChildSpec::worker("stubborn", stuck_probe()).shutdown(Shutdown::BrutalKill));
-    let sup = Supervisor::start(&system, spec).await.unwrap();
+    let (sup, mut rx) = crate::start(spec).await;
     until(&mut rx, |e| short(e) == "start stubborn #0").await;
     sup.shutdown().await;
     let down = until(&mut rx, |e| {
@@ -137,18 +126,14 @@ async fn brutal_kill_does_not_wait_for_a_graceful_stop() {
 
 #[tokio::test]
 async fn infinity_waits_for_a_whole_subtree_in_order() {
-    let system = ActorSystem::new();
-    let bus = EventBus::new();
-    let mut rx = bus.subscribe();
     let inner = SupervisorSpec::new("inner")
         .child(ChildSpec::worker("i1", probe()))
         .child(ChildSpec::worker("i2", probe()));
     let spec = SupervisorSpec::new("outer")
-        .events(bus.clone())
         .child(ChildSpec::worker("first", probe()))
         .child(ChildSpec::supervisor(inner).shutdown(Shutdown::Infinity))
         .child(ChildSpec::worker("last", probe()));
-    let sup = Supervisor::start(&system, spec).await.unwrap();
+    let (sup, mut rx) = crate::start(spec).await;
     let up = until(&mut rx, |e| short(e) == "start last #0").await;
     assert_eq!(
         shorts(&up),
@@ -193,14 +178,15 @@ async fn a_child_that_fails_to_start_fails_the_supervisor_start() {
             Ok(())
         }
     }
-    let system = ActorSystem::new();
     let bus = EventBus::new();
     let mut rx = bus.subscribe();
     let spec = SupervisorSpec::new("sup")
-        .events(bus.clone())
+        .events(bus)
         .child(ChildSpec::worker("ok", probe()))
         .child(ChildSpec::worker("broken", factory("broken", || Broken)));
-    let err = Supervisor::start(&system, spec).await.unwrap_err();
+    let err = Supervisor::start(&ActorSystem::new(), spec)
+        .await
+        .unwrap_err();
     let text = err.to_string();
     assert!(
         text.contains("broken") && text.contains("no database"),
