@@ -1,0 +1,251 @@
+//! Node configuration: a TOML file, overridden by command-line flags.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::error::ClusterError;
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+/// `"250ms"`, `"5s"`, `"2m"`.
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("duration `{s}` needs a unit (ms, s, m, h)"))?;
+    let (n, unit) = t.split_at(split);
+    if n.is_empty() {
+        return Err(format!(
+            "duration `{s}` does not start with a number (e.g. \"200ms\")"
+        ));
+    }
+    let n: f64 = n
+        .parse()
+        .map_err(|_| format!("duration `{s}` has a malformed number"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => {
+            return Err(format!(
+                "duration `{s}` has an unknown unit `{unit}` (use ms, s, m or h)"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("duration `{s}` is out of range"))
+}
+
+/// Resources a node offers (for placement).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// CPU cores.
+    #[serde(default)]
+    pub cpus: f64,
+    /// GPUs.
+    #[serde(default)]
+    pub gpus: u32,
+    /// Memory in MiB.
+    #[serde(default)]
+    pub memory_mb: u64,
+}
+
+/// Failure-detector settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailureDetection {
+    /// Gossip round interval (default `"200ms"`).
+    #[serde(default = "d_gossip", deserialize_with = "de_duration")]
+    pub gossip_interval: Duration,
+    /// Phi-accrual threshold (default 8).
+    #[serde(default = "d_phi")]
+    pub phi_threshold: f64,
+    /// Longest heartbeat interval counted (default `"2s"`).
+    #[serde(default = "d_max", deserialize_with = "de_duration")]
+    pub max_interval: Duration,
+    /// How long dead nodes are remembered (default `"5m"`).
+    #[serde(default = "d_grace", deserialize_with = "de_duration")]
+    pub dead_node_grace_period: Duration,
+}
+
+fn d_gossip() -> Duration {
+    Duration::from_millis(200)
+}
+fn d_phi() -> f64 {
+    8.0
+}
+fn d_max() -> Duration {
+    Duration::from_secs(2)
+}
+fn d_grace() -> Duration {
+    Duration::from_secs(300)
+}
+
+impl Default for FailureDetection {
+    fn default() -> Self {
+        Self {
+            gossip_interval: d_gossip(),
+            phi_threshold: d_phi(),
+            max_interval: d_max(),
+            dead_node_grace_period: d_grace(),
+        }
+    }
+}
+
+fn d_name() -> String {
+    "node".to_owned()
+}
+fn d_cluster() -> String {
+    "manta".to_owned()
+}
+fn d_gossip_addr() -> String {
+    "127.0.0.1:0".to_owned()
+}
+fn d_listen() -> String {
+    "/ip4/127.0.0.1/tcp/0".to_owned()
+}
+
+/// A node's configuration (`manta node --config F`). Every field has a
+/// default; command-line flags override the file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Node name (default `"node"`).
+    #[serde(default = "d_name")]
+    pub name: String,
+    /// Cluster name (default `"manta"`).
+    #[serde(default = "d_cluster")]
+    pub cluster: String,
+    /// libp2p listen multiaddr (default `/ip4/127.0.0.1/tcp/0`).
+    #[serde(default = "d_listen")]
+    pub listen: String,
+    /// Gossip `host:port` (default `127.0.0.1:0`).
+    #[serde(default = "d_gossip_addr")]
+    pub gossip: String,
+    /// Seeds, `host:port`.
+    #[serde(default)]
+    pub seeds: Vec<String>,
+    /// Roles.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Resources.
+    #[serde(default)]
+    pub resources: Resources,
+    /// Cluster secret file; without one the cluster is open.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// Key file (default `manta-<name>.key` in the working directory).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Failure detection.
+    #[serde(default)]
+    pub failure_detection: FailureDetection,
+    /// A supervision tree to run on this node.
+    #[serde(default)]
+    pub tree: Option<PathBuf>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            name: d_name(),
+            cluster: d_cluster(),
+            listen: d_listen(),
+            gossip: d_gossip_addr(),
+            seeds: Vec::new(),
+            roles: Vec::new(),
+            labels: BTreeMap::new(),
+            resources: Resources::default(),
+            secret_file: None,
+            key_file: None,
+            failure_detection: FailureDetection::default(),
+            tree: None,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Reads a config file; errors name the file, line and column.
+    pub fn load(path: &Path) -> Result<Self, ClusterError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ClusterError::File {
+            path: path.display().to_string(),
+            what: "node config",
+            message: e.to_string(),
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses config text.
+    pub fn parse(text: &str, file: &str) -> Result<Self, ClusterError> {
+        toml::from_str(text).map_err(|e: toml::de::Error| {
+            let (line, col) = e
+                .span()
+                .map(|s| {
+                    let before = &text[..s.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let col = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+                    (line, col)
+                })
+                .unwrap_or((0, 0));
+            ClusterError::File {
+                path: file.to_owned(),
+                what: "node config",
+                message: format!("{line}:{col}: {}", e.message().trim()),
+            }
+        })
+    }
+
+    /// The key file path.
+    pub fn key_path(&self) -> PathBuf {
+        self.key_file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("manta-{}.key", self.name)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_errors() {
+        let c = NodeConfig::parse("", "n.toml").unwrap();
+        assert_eq!(c, NodeConfig::default());
+        let c = NodeConfig::parse(
+            "name = \"a\"\nroles = [\"gpu\"]\n[failure_detection]\ngossip_interval = \"100ms\"\n",
+            "n.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.failure_detection.gossip_interval,
+            Duration::from_millis(100)
+        );
+        let e = NodeConfig::parse("name = \"a\"\nrolez = []\n", "n.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("n.toml") && e.contains("2:1") && e.contains("unknown field `rolez`"),
+            "{e}"
+        );
+        let e = NodeConfig::parse(
+            "[failure_detection]\ngossip_interval = \"soon\"\n",
+            "n.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("2:19") && e.contains("does not start with a number"),
+            "{e}"
+        );
+    }
+}

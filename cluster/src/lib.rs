@@ -1,0 +1,36 @@
+//! # manta-cluster
+//!
+//! The start of Manta's cluster layer (issue 3). What is here:
+//!
+//! - `identity` — a node's ed25519 key in a key file (created on first
+//!   start, reused after); its libp2p `PeerId` is the node id.
+//! - `secret` — cluster secrets (`manta secret FILE`).
+//! - `seal` — sealed datagrams: ChaCha20-Poly1305 keyed by HKDF from the
+//!   secret, replay window, bounded fragmentation.
+//! - `transport` — a chitchat `Transport` that seals every gossip datagram,
+//!   so no unauthenticated byte reaches chitchat's decoder, and answers
+//!   authenticated `status` queries.
+//! - `membership` — chitchat 0.13 membership: NodeUp / NodeDown / NodeLeft
+//!   events, graceful leave, a supervised gossip task.
+//! - `config` / `node` — node configuration and a running node.
+//!
+//! The libp2p mesh, remote actors and cross-node supervision come next.
+
+mod config;
+mod error;
+mod identity;
+mod membership;
+mod node;
+pub mod seal;
+mod secret;
+mod status;
+mod transport;
+
+pub use config::{FailureDetection, NodeConfig, Resources};
+pub use error::ClusterError;
+pub use identity::NodeIdentity;
+pub use membership::{Member, MemberEvent, MemberState, Membership, MembershipConfig};
+pub use node::{Node, ReadyLine};
+pub use secret::ClusterSecret;
+pub use status::{ClusterStatus, NodeStatus, query_status};
+pub use transport::{GossipStats, SealedTransport};

@@ -1,0 +1,540 @@
+//! Cluster membership on chitchat 0.13 over the sealed transport.
+//!
+//! Each node writes only its own keys (name, roles, labels, resources,
+//! addresses, registered actors, status). A watcher turns chitchat's view
+//! into [`MemberEvent`]s. A node that leaves gracefully sets `status=left`
+//! and pushes it to every live peer before it stops, so others see it leave
+//! at once. If chitchat's task ends, the node says so and restarts gossip as
+//! a new generation: never a silently frozen view.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chitchat::{
+    ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, ProtocolVersion,
+    spawn_chitchat,
+};
+use tokio::net::UdpSocket;
+use tokio::sync::{Mutex, Notify, broadcast, watch};
+
+use crate::error::ClusterError;
+use crate::seal::{Sealer, cluster_id};
+use crate::secret::ClusterSecret;
+use crate::status::{ClusterStatus, NodeStatus};
+use crate::transport::{GossipStats, SealedTransport};
+
+/// Keys a node gossips about itself.
+pub(crate) mod keys {
+    pub(crate) const NAME: &str = "name";
+    pub(crate) const ROLES: &str = "roles";
+    pub(crate) const LABELS: &str = "labels";
+    pub(crate) const RESOURCES: &str = "resources";
+    pub(crate) const ACTORS: &str = "actors";
+    pub(crate) const STATUS: &str = "status";
+}
+
+/// Membership settings.
+#[derive(Debug, Clone)]
+pub struct MembershipConfig {
+    /// This node's id (its PeerId).
+    pub node_id: String,
+    /// Human name.
+    pub name: String,
+    /// Cluster name.
+    pub cluster: String,
+    /// Cluster secret; `None` seals with the open development key.
+    pub secret: Option<ClusterSecret>,
+    /// Where to bind gossip (port 0 allowed).
+    pub listen: SocketAddr,
+    /// Seeds, `host:port`.
+    pub seeds: Vec<String>,
+    /// Gossip round interval.
+    pub gossip_interval: Duration,
+    /// Phi-accrual threshold.
+    pub phi_threshold: f64,
+    /// Longest heartbeat interval counted by the detector.
+    pub max_interval: Duration,
+    /// How long dead nodes are remembered.
+    pub dead_node_grace_period: Duration,
+    /// How long deleted keys are remembered.
+    pub marked_for_deletion_grace_period: Duration,
+    /// Replay window for sealed datagrams.
+    pub replay_window: Duration,
+    /// Initial self keys (roles, labels, resources, p2p...).
+    pub keys: BTreeMap<String, String>,
+}
+
+impl MembershipConfig {
+    /// Defaults for a node: gossip every 200 ms, phi 8, dead nodes
+    /// forgotten after 5 minutes, a 30 s replay window.
+    pub fn new(node_id: impl Into<String>, name: impl Into<String>, listen: SocketAddr) -> Self {
+        Self {
+            node_id: node_id.into(),
+            name: name.into(),
+            cluster: "manta".to_owned(),
+            secret: None,
+            listen,
+            seeds: Vec::new(),
+            gossip_interval: Duration::from_millis(200),
+            phi_threshold: 8.0,
+            max_interval: Duration::from_secs(2),
+            dead_node_grace_period: Duration::from_secs(300),
+            marked_for_deletion_grace_period: Duration::from_secs(300),
+            replay_window: Duration::from_secs(30),
+            keys: BTreeMap::new(),
+        }
+    }
+}
+
+/// Alive, dead or left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MemberState {
+    /// Heartbeating.
+    Alive,
+    /// Declared dead by the failure detector.
+    Dead,
+    /// Left gracefully.
+    Left,
+}
+
+impl MemberState {
+    /// `alive`, `dead` or `left`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MemberState::Alive => "alive",
+            MemberState::Dead => "dead",
+            MemberState::Left => "left",
+        }
+    }
+}
+
+/// A member of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Node id.
+    pub id: String,
+    /// Incarnation (boot time, ms).
+    pub generation: u64,
+    /// Human name.
+    pub name: String,
+    /// Gossip address.
+    pub gossip: SocketAddr,
+    /// Roles.
+    pub roles: Vec<String>,
+    /// Registered actor names.
+    pub actors: Vec<String>,
+    /// State.
+    pub state: MemberState,
+    /// Every key the node gossips.
+    pub keys: BTreeMap<String, String>,
+}
+
+/// A change in membership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberEvent {
+    /// A node joined (or came back).
+    NodeUp(Member),
+    /// A node stopped heartbeating.
+    NodeDown(Member),
+    /// A node left gracefully.
+    NodeLeft(Member),
+}
+
+fn split_list(s: Option<&String>) -> Vec<String> {
+    s.map(|v| {
+        v.split(',')
+            .filter(|x| !x.is_empty())
+            .map(str::to_owned)
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+struct Inner {
+    config: MembershipConfig,
+    local: SocketAddr,
+    handle: Mutex<Option<ChitchatHandle>>,
+    transport: SealedTransport,
+    events: broadcast::Sender<MemberEvent>,
+    view: watch::Sender<Vec<Member>>,
+    stop: Notify,
+    /// Set before a deliberate stop (leave, kill), so the end of the gossip
+    /// task is not mistaken for a crash.
+    stopping: std::sync::atomic::AtomicBool,
+    restarts: std::sync::atomic::AtomicU64,
+}
+
+/// A running membership.
+#[derive(Clone)]
+pub struct Membership {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Membership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Membership")
+            .field("node_id", &self.inner.config.node_id)
+            .field("gossip", &self.inner.local)
+            .finish()
+    }
+}
+
+fn generation_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+async fn spawn_gossip(
+    config: &MembershipConfig,
+    local: SocketAddr,
+    transport: &SealedTransport,
+    keys: Vec<(String, String)>,
+) -> Result<ChitchatHandle, ClusterError> {
+    let chitchat_id = ChitchatId::new(config.node_id.clone(), generation_now(), local);
+    let cc = ChitchatConfig {
+        chitchat_id,
+        cluster_id: cluster_id(config.secret.as_ref(), &config.cluster),
+        gossip_interval: config.gossip_interval,
+        listen_addr: local,
+        seed_nodes: config.seeds.clone(),
+        failure_detector_config: FailureDetectorConfig {
+            phi_threshold: config.phi_threshold,
+            sampling_window_size: 1_000,
+            max_interval: config.max_interval,
+            initial_interval: config.gossip_interval,
+            dead_node_grace_period: config.dead_node_grace_period,
+        },
+        marked_for_deletion_grace_period: config.marked_for_deletion_grace_period,
+        catchup_callback: None,
+        extra_liveness_predicate: None,
+        // Explicit: every node of a cluster must speak the same version.
+        protocol_version: ProtocolVersion::V0,
+    };
+    spawn_chitchat(cc, keys, transport)
+        .await
+        .map_err(|e| ClusterError::Gossip(format!("{e:#}")))
+}
+
+impl Membership {
+    /// Binds gossip, joins through the seeds and starts watching.
+    pub async fn start(config: MembershipConfig) -> Result<Membership, ClusterError> {
+        let socket = UdpSocket::bind(config.listen).await?;
+        let local = socket.local_addr()?;
+        let transport = SealedTransport::new(
+            Sealer::new(config.secret.as_ref()),
+            config.replay_window.as_millis() as u64,
+        )
+        .with_socket(socket);
+        let mut keys = config.keys.clone();
+        keys.insert(keys::NAME.to_owned(), config.name.clone());
+        keys.insert(keys::STATUS.to_owned(), "alive".to_owned());
+        let handle = spawn_gossip(&config, local, &transport, keys.into_iter().collect()).await?;
+        let (events, _) = broadcast::channel(1024);
+        let (view, _) = watch::channel(Vec::new());
+        let inner = Arc::new(Inner {
+            config,
+            local,
+            handle: Mutex::new(Some(handle)),
+            transport,
+            events,
+            view,
+            stop: Notify::new(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
+            restarts: std::sync::atomic::AtomicU64::new(0),
+        });
+        let m = Membership { inner };
+        m.refresh(&mut HashMap::new()).await;
+        tokio::spawn(m.clone().watch());
+        Ok(m)
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.inner.config.node_id
+    }
+
+    /// The bound gossip address (the real port when 0 was asked for).
+    pub fn gossip_addr(&self) -> SocketAddr {
+        self.inner.local
+    }
+
+    /// Membership events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<MemberEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// The current view (this node included).
+    pub fn members(&self) -> Vec<Member> {
+        self.inner.view.borrow().clone()
+    }
+
+    /// A watch on the view.
+    pub fn view(&self) -> watch::Receiver<Vec<Member>> {
+        self.inner.view.subscribe()
+    }
+
+    /// Gossip transport counters.
+    pub fn stats(&self) -> Arc<GossipStats> {
+        self.inner.transport.stats()
+    }
+
+    /// How often gossip had to be restarted.
+    pub fn gossip_restarts(&self) -> u64 {
+        self.inner
+            .restarts
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets one of this node's own keys.
+    pub async fn set_key(&self, key: &str, value: &str) {
+        if let Some(h) = self.inner.handle.lock().await.as_ref() {
+            h.with_chitchat(|c| c.self_node_state().set(key, value))
+                .await;
+        }
+    }
+
+    /// Publishes the registered actor names.
+    pub async fn set_actors(&self, names: &[String]) {
+        self.set_key(keys::ACTORS, &names.join(",")).await;
+    }
+
+    /// Leaves gracefully: marks this node `left`, pushes that to every live
+    /// peer, gives it a few gossip rounds to spread, then stops gossip.
+    pub async fn leave(&self) {
+        self.inner
+            .stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut guard = self.inner.handle.lock().await;
+        if let Some(h) = guard.as_ref() {
+            let peers: Vec<SocketAddr> = h
+                .with_chitchat(|c| {
+                    c.self_node_state().set(keys::STATUS, "left");
+                    let me = c.self_chitchat_id().clone();
+                    c.live_nodes()
+                        .filter(|id| **id != me)
+                        .map(|id| id.gossip_advertise_addr)
+                        .collect()
+                })
+                .await;
+            for _ in 0..3 {
+                for p in &peers {
+                    let _ = h.gossip(*p);
+                }
+                tokio::time::sleep(self.inner.config.gossip_interval).await;
+            }
+        }
+        if let Some(h) = guard.take() {
+            let _ = h.shutdown().await;
+        }
+        self.inner.stop.notify_one();
+    }
+
+    async fn refresh(&self, prev: &mut HashMap<String, Member>) {
+        let guard = self.inner.handle.lock().await;
+        let Some(h) = guard.as_ref() else { return };
+        let members = h
+            .with_chitchat(|c| {
+                let live: std::collections::HashSet<ChitchatId> = c.live_nodes().cloned().collect();
+                let dead: std::collections::HashSet<ChitchatId> = c.dead_nodes().cloned().collect();
+                let me = c.self_chitchat_id().clone();
+                let mut out: Vec<Member> = Vec::new();
+                for (id, st) in c.node_states() {
+                    let keys: BTreeMap<String, String> = st
+                        .key_values()
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .collect();
+                    let state = if keys.get(keys::STATUS).map(String::as_str) == Some("left") {
+                        MemberState::Left
+                    } else if live.contains(id) || *id == me {
+                        MemberState::Alive
+                    } else if dead.contains(id) {
+                        MemberState::Dead
+                    } else {
+                        continue;
+                    };
+                    // A node that never sent its name is not a member yet.
+                    let Some(name) = keys.get(keys::NAME).cloned() else {
+                        continue;
+                    };
+                    out.push(Member {
+                        id: id.node_id.to_string(),
+                        generation: id.generation_id,
+                        name,
+                        gossip: id.gossip_advertise_addr,
+                        roles: split_list(keys.get(keys::ROLES)),
+                        actors: split_list(keys.get(keys::ACTORS)),
+                        state,
+                        keys,
+                    });
+                }
+                out
+            })
+            .await;
+        drop(guard);
+        // Keep only the newest generation of each node.
+        let mut newest: BTreeMap<String, Member> = BTreeMap::new();
+        for m in members {
+            match newest.get(&m.id) {
+                Some(old) if old.generation >= m.generation => {}
+                _ => {
+                    newest.insert(m.id.clone(), m);
+                }
+            }
+        }
+        let me = &self.inner.config.node_id;
+        for m in newest.values() {
+            if &m.id == me {
+                continue;
+            }
+            let before = prev.get(&m.id);
+            let was = before.map(|b| (b.state, b.generation));
+            let ev = match (was, m.state) {
+                (None, MemberState::Alive) => Some(MemberEvent::NodeUp(m.clone())),
+                (Some((_, g)), MemberState::Alive) if g != m.generation => {
+                    Some(MemberEvent::NodeUp(m.clone()))
+                }
+                (Some((s, _)), MemberState::Alive) if s != MemberState::Alive => {
+                    Some(MemberEvent::NodeUp(m.clone()))
+                }
+                (Some((MemberState::Alive, _)), MemberState::Dead) => {
+                    Some(MemberEvent::NodeDown(m.clone()))
+                }
+                (Some((s, _)), MemberState::Left) if s != MemberState::Left => {
+                    Some(MemberEvent::NodeLeft(m.clone()))
+                }
+                _ => None,
+            };
+            if let Some(ev) = ev {
+                match &ev {
+                    MemberEvent::NodeUp(m) => {
+                        tracing::info!(target: "manta::membership", node = %m.id, name = %m.name, gossip = %m.gossip, "node up")
+                    }
+                    MemberEvent::NodeDown(m) => {
+                        tracing::warn!(target: "manta::membership", node = %m.id, name = %m.name, "node down")
+                    }
+                    MemberEvent::NodeLeft(m) => {
+                        tracing::info!(target: "manta::membership", node = %m.id, name = %m.name, "node left")
+                    }
+                }
+                let _ = self.inner.events.send(ev);
+            }
+        }
+        *prev = newest.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let list: Vec<Member> = newest.into_values().collect();
+        let status = ClusterStatus {
+            nodes: list
+                .iter()
+                .map(|m| NodeStatus {
+                    id: m.id.clone(),
+                    name: m.name.clone(),
+                    state: m.state.as_str().to_owned(),
+                    roles: m.roles.clone(),
+                    gossip: m.gossip.to_string(),
+                    actors: m.actors.clone(),
+                })
+                .collect(),
+            dropped: self.inner.transport.stats().dropped(),
+        };
+        if let Ok(json) = serde_json::to_vec(&status) {
+            *self
+                .inner
+                .transport
+                .board()
+                .write()
+                .unwrap_or_else(|e| e.into_inner()) = json;
+        }
+        self.inner.view.send_replace(list);
+    }
+
+    async fn watch(self) {
+        let mut prev: HashMap<String, Member> = self
+            .members()
+            .into_iter()
+            .map(|m| (m.id.clone(), m))
+            .collect();
+        loop {
+            let (mut live, terminated) = {
+                let guard = self.inner.handle.lock().await;
+                let Some(h) = guard.as_ref() else { return };
+                let live = h.with_chitchat(|c| c.live_nodes_watcher()).await;
+                (live, h.termination_watcher())
+            };
+            tokio::pin!(terminated);
+            let mut tick = tokio::time::interval(self.inner.config.gossip_interval);
+            let outcome = loop {
+                tokio::select! {
+                    _ = self.inner.stop.notified() => return,
+                    r = &mut terminated => break r,
+                    _ = live.changed() => self.refresh(&mut prev).await,
+                    _ = tick.tick() => self.refresh(&mut prev).await,
+                }
+            };
+            if self
+                .inner
+                .stopping
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                return;
+            }
+            // Gossip ended without a leave: say so loudly and restart it as
+            // a new generation.
+            let why = match outcome {
+                Ok(()) => "stopped".to_owned(),
+                Err(e) => format!("{e:#}"),
+            };
+            tracing::error!(target: "manta::membership", reason = %why, "gossip task ended unexpectedly; restarting gossip as a new generation");
+            self.inner
+                .restarts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let keys: Vec<(String, String)> = self
+                .members()
+                .into_iter()
+                .find(|m| m.id == self.inner.config.node_id)
+                .map(|m| m.keys.into_iter().collect())
+                .unwrap_or_default();
+            let restarted = loop {
+                match spawn_gossip(
+                    &self.inner.config,
+                    self.inner.local,
+                    &self.inner.transport,
+                    keys.clone(),
+                )
+                .await
+                {
+                    Ok(h) => break h,
+                    Err(e) => {
+                        tracing::error!(target: "manta::membership", error = %e, "cannot restart gossip; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            };
+            *self.inner.handle.lock().await = Some(restarted);
+        }
+    }
+
+    /// Stops gossip without a word, as `kill -9` would: no leave, no restart
+    /// (tests use it for failure detection in one process).
+    #[doc(hidden)]
+    pub async fn kill_for_test(&self) {
+        self.inner
+            .stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.inner.stop.notify_one();
+        if let Some(h) = self.inner.handle.lock().await.take() {
+            h.abort();
+        }
+    }
+
+    /// Aborts the gossip task as a crash would (tests use it to prove the
+    /// watcher restarts gossip).
+    #[doc(hidden)]
+    pub async fn crash_gossip_for_test(&self) {
+        if let Some(h) = self.inner.handle.lock().await.as_ref() {
+            h.abort();
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! `manta status`: an authenticated membership query that does not join.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::net::UdpSocket;
+
+use crate::error::ClusterError;
+use crate::seal::{Kind, Opener, Sealer, now_ms};
+use crate::secret::ClusterSecret;
+
+/// One member as `manta status --json` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Node id (libp2p PeerId).
+    pub id: String,
+    /// Node name.
+    pub name: String,
+    /// `alive`, `dead` or `left`.
+    pub state: String,
+    /// Roles.
+    pub roles: Vec<String>,
+    /// Gossip address.
+    pub gossip: String,
+    /// Registered actor names.
+    pub actors: Vec<String>,
+}
+
+/// The answer to a status query.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// Every member the answering node knows, itself included.
+    pub nodes: Vec<NodeStatus>,
+    /// Datagrams the answering node dropped, by reason.
+    #[serde(default)]
+    pub dropped: BTreeMap<String, u64>,
+}
+
+/// Asks the nodes at `seeds` for their view of the cluster; the first
+/// answer wins. Retries every 250 ms until `timeout`.
+pub async fn query_status(
+    seeds: &[SocketAddr],
+    secret: Option<&ClusterSecret>,
+    timeout: Duration,
+) -> Result<ClusterStatus, ClusterError> {
+    if seeds.is_empty() {
+        return Err(ClusterError::Config(
+            "status needs at least one seed".to_owned(),
+        ));
+    }
+    let bind: SocketAddr = if seeds.iter().all(|s| s.is_ipv4()) {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    let socket = UdpSocket::bind(bind).await?;
+    let sealer = Sealer::new(secret);
+    let mut opener = Opener::new(sealer.clone(), 30_000);
+    let mut buf = vec![0u8; 65_536];
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        for seed in seeds {
+            let dgrams = sealer
+                .seal(Kind::StatusRequest, &[], now_ms())
+                .map_err(ClusterError::Gossip)?;
+            for d in dgrams {
+                // A seed that is down just does not answer.
+                let _ = socket.send_to(&d, seed).await;
+            }
+        }
+        let retry = tokio::time::Instant::now() + Duration::from_millis(250);
+        loop {
+            let until = retry.min(deadline);
+            match tokio::time::timeout_at(until, socket.recv_from(&mut buf)).await {
+                Ok(Ok((n, from))) => {
+                    if let Ok(Some((Kind::StatusReply, body))) =
+                        opener.accept(&buf[..n], from, now_ms())
+                    {
+                        return serde_json::from_slice(&body).map_err(|e| {
+                            ClusterError::Gossip(format!("malformed status reply from {from}: {e}"))
+                        });
+                    }
+                }
+                Ok(Err(e)) => return Err(ClusterError::Io(e)),
+                Err(_) => break,
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ClusterError::Gossip(format!(
+                "no answer from {} within {timeout:?} (wrong secret, or no node there)",
+                seeds
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+}

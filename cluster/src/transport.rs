@@ -1,0 +1,400 @@
+//! A chitchat `Transport` whose every datagram is sealed (see [`crate::seal`]).
+//! Bytes that do not open are counted, logged and dropped: they never reach
+//! chitchat's decoder.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use async_trait::async_trait;
+use chitchat::ChitchatEnvelope;
+use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport, UdpSocket as ChitchatUdp};
+use futures::FutureExt;
+use tokio::net::UdpSocket;
+
+use crate::seal::{DropReason, Kind, MAX_DATAGRAM, Opener, Sealer, now_ms};
+
+/// Counters of the sealed gossip transport.
+#[derive(Debug)]
+pub struct GossipStats {
+    sent: AtomicU64,
+    received: AtomicU64,
+    status_answered: AtomicU64,
+    dropped: [AtomicU64; DropReason::ALL.len()],
+    activity: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for GossipStats {
+    fn default() -> Self {
+        Self {
+            sent: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            status_answered: AtomicU64::new(0),
+            dropped: Default::default(),
+            activity: tokio::sync::watch::channel(0).0,
+        }
+    }
+}
+
+impl GossipStats {
+    fn bump(&self) {
+        self.activity.send_modify(|n| *n += 1);
+    }
+
+    fn drop_count(&self, reason: DropReason) -> u64 {
+        let i = DropReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        let n = self.dropped[i].fetch_add(1, Ordering::Relaxed) + 1;
+        self.bump();
+        n
+    }
+
+    /// Changes whenever a datagram is received or dropped: wait on it
+    /// instead of polling the counters.
+    pub fn activity(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.activity.subscribe()
+    }
+
+    /// Datagrams dropped, by reason (only reasons seen).
+    pub fn dropped(&self) -> BTreeMap<String, u64> {
+        DropReason::ALL
+            .iter()
+            .zip(&self.dropped)
+            .map(|(r, c)| (r.name().to_owned(), c.load(Ordering::Relaxed)))
+            .filter(|(_, c)| *c > 0)
+            .collect()
+    }
+
+    /// Total dropped.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Gossip messages sent.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Gossip messages received and handed to chitchat.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// Status queries answered.
+    pub fn status_answered(&self) -> u64 {
+        self.status_answered.load(Ordering::Relaxed)
+    }
+}
+
+/// The JSON a node answers status queries with; kept current by membership.
+pub(crate) type StatusBoard = Arc<RwLock<Vec<u8>>>;
+
+/// The sealed transport. Clone it to share counters and the pre-bound socket.
+#[derive(Clone)]
+pub struct SealedTransport {
+    sealer: Sealer,
+    window_ms: u64,
+    stats: Arc<GossipStats>,
+    board: StatusBoard,
+    prebound: Arc<Mutex<Option<UdpSocket>>>,
+}
+
+impl std::fmt::Debug for SealedTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedTransport")
+            .field("window_ms", &self.window_ms)
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl SealedTransport {
+    /// A transport sealing with `sealer`, accepting timestamps within
+    /// `window_ms`.
+    pub fn new(sealer: Sealer, window_ms: u64) -> Self {
+        Self {
+            sealer,
+            window_ms,
+            stats: Arc::new(GossipStats::default()),
+            board: Arc::new(RwLock::new(b"{\"nodes\":[]}".to_vec())),
+            prebound: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Uses this already bound socket for the next `open` (so a node can
+    /// learn its real port before chitchat starts).
+    pub fn with_socket(self, socket: UdpSocket) -> Self {
+        *self.prebound.lock().unwrap_or_else(|e| e.into_inner()) = Some(socket);
+        self
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> Arc<GossipStats> {
+        Arc::clone(&self.stats)
+    }
+
+    pub(crate) fn board(&self) -> StatusBoard {
+        Arc::clone(&self.board)
+    }
+}
+
+/// chitchat's `BadCluster` message on the wire (magic 45139 little-endian,
+/// protocol version 0, message type 3): the sentinel replayed after every
+/// opened datagram, so that a datagram chitchat refuses to decode never
+/// leaves `recv` waiting for one that will not come.
+const SENTINEL: [u8; 4] = [0x53, 0xb0, 0x00, 0x03];
+
+async fn loopback() -> std::io::Result<UdpSocket> {
+    UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await
+}
+
+#[async_trait]
+impl Transport for SealedTransport {
+    async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
+        let pre = self
+            .prebound
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let socket = match pre {
+            Some(s) => s,
+            None => UdpSocket::bind(listen_addr).await?,
+        };
+        let lo = SocketAddr::from(([127, 0, 0, 1], 0));
+        let enc_codec = ChitchatUdp::open(lo).await?;
+        let enc_sink = loopback().await?;
+        let dec_codec = ChitchatUdp::open(lo).await?;
+        let dec_source = loopback().await?;
+        let sentinel_source = loopback().await?;
+        Ok(Box::new(SealedSocket {
+            enc_codec_addr: enc_codec.local_addr()?,
+            enc_sink_addr: enc_sink.local_addr()?,
+            dec_codec_addr: dec_codec.local_addr()?,
+            dec_source_addr: dec_source.local_addr()?,
+            sentinel_addr: sentinel_source.local_addr()?,
+            socket,
+            enc_codec,
+            enc_sink,
+            dec_codec,
+            dec_source,
+            sentinel_source,
+            pending: None,
+            sealer: self.sealer.clone(),
+            opener: Opener::new(self.sealer.clone(), self.window_ms),
+            buf: vec![0u8; MAX_DATAGRAM + 1].into_boxed_slice(),
+            stats: Arc::clone(&self.stats),
+            board: Arc::clone(&self.board),
+        }))
+    }
+}
+
+/// A datagram opened and replayed into the decoding codec, not yet decoded.
+struct Pending {
+    from: SocketAddr,
+    len: usize,
+    envelope: Option<ChitchatEnvelope>,
+}
+
+/// chitchat encodes and decodes through public API only: two
+/// `chitchat::transport::UdpSocket`s on loopback act as codecs. `send`
+/// hands the envelope to `enc_codec` addressed to `enc_sink`, seals the
+/// bytes captured there and sends them to the peer. `recv` opens a sealed
+/// datagram, replays the plaintext (then a sentinel) into `dec_codec` and
+/// returns the decoded envelope with the real sender's address. Loopback
+/// datagrams from anyone but our own sockets are dropped.
+struct SealedSocket {
+    socket: UdpSocket,
+    enc_codec: ChitchatUdp,
+    enc_codec_addr: SocketAddr,
+    enc_sink: UdpSocket,
+    enc_sink_addr: SocketAddr,
+    dec_codec: ChitchatUdp,
+    dec_codec_addr: SocketAddr,
+    dec_source: UdpSocket,
+    dec_source_addr: SocketAddr,
+    sentinel_source: UdpSocket,
+    sentinel_addr: SocketAddr,
+    pending: Option<Pending>,
+    sealer: Sealer,
+    opener: Opener,
+    buf: Box<[u8]>,
+    stats: Arc<GossipStats>,
+    board: StatusBoard,
+}
+
+fn transient(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::OutOfMemory
+            | std::io::ErrorKind::WouldBlock
+    )
+}
+
+impl SealedSocket {
+    fn dropped(&self, reason: DropReason, from: SocketAddr, len: usize) {
+        let n = self.stats.drop_count(reason);
+        // Log the first few of each reason, then one in a thousand: a flood
+        // of garbage must not become a flood of logs.
+        if n <= 5 || n % 1000 == 0 {
+            tracing::warn!(target: "manta::gossip", %from, len, reason = reason.name(), total = n, "dropped gossip datagram");
+        }
+    }
+
+    fn answer_status(&self, to: SocketAddr) {
+        let body = self.board.read().unwrap_or_else(|e| e.into_inner()).clone();
+        match self.sealer.seal(Kind::StatusReply, &body, now_ms()) {
+            Ok(dgrams) => {
+                for d in dgrams {
+                    // Non-blocking: recv must stay cancel-safe; a reply lost
+                    // to a full buffer is retried by the asker.
+                    let _ = self.socket.try_send_to(&d, to);
+                }
+                self.stats.status_answered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!(target: "manta::gossip", error = %e, "status reply too large"),
+        }
+    }
+
+    /// Drains the decoding codec up to the sentinel of the pending datagram.
+    /// Cancel-safe: all progress lives in `self.pending`.
+    async fn finish_pending(&mut self) -> anyhow::Result<Option<RecvOutcome>> {
+        loop {
+            let Some(p) = self.pending.as_mut() else {
+                return Ok(None);
+            };
+            let got = AssertUnwindSafe(self.dec_codec.recv()).catch_unwind().await;
+            match got {
+                Ok(Ok(out)) if out.from_addr == self.dec_source_addr => {
+                    if p.envelope.is_none() {
+                        p.envelope = Some(out.envelope);
+                    }
+                }
+                Ok(Ok(out)) if out.from_addr == self.sentinel_addr => {
+                    let Some(p) = self.pending.take() else {
+                        return Ok(None);
+                    };
+                    return match p.envelope {
+                        Some(envelope) => {
+                            self.stats.received.fetch_add(1, Ordering::Relaxed);
+                            self.stats.bump();
+                            Ok(Some(RecvOutcome {
+                                from_addr: p.from,
+                                envelope,
+                                num_bytes_received: p.len,
+                            }))
+                        }
+                        None => {
+                            self.dropped(DropReason::Undecodable, p.from, p.len);
+                            Ok(None)
+                        }
+                    };
+                }
+                Ok(Ok(out)) => {
+                    // Someone else on this host wrote to our codec socket.
+                    self.dropped(
+                        DropReason::Unauthenticated,
+                        out.from_addr,
+                        out.num_bytes_received,
+                    );
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    // chitchat's decoder panicked on authenticated bytes.
+                    let from = p.from;
+                    let len = p.len;
+                    self.dropped(DropReason::Undecodable, from, len);
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Socket for SealedSocket {
+    fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.socket.local_addr()?)
+    }
+
+    async fn send(
+        &mut self,
+        to: SocketAddr,
+        envelope: ChitchatEnvelope,
+    ) -> anyhow::Result<SendOutcome> {
+        // Anything left in the sink (a cancelled send, a stranger) is stale.
+        while self.enc_sink.try_recv_from(&mut self.buf).is_ok() {}
+        self.enc_codec.send(self.enc_sink_addr, envelope).await?;
+        let n = loop {
+            let (n, from) = self.enc_sink.recv_from(&mut self.buf).await?;
+            if from == self.enc_codec_addr {
+                break n;
+            }
+        };
+        let dgrams = self
+            .sealer
+            .seal(Kind::Gossip, &self.buf[..n], now_ms())
+            .map_err(anyhow::Error::msg)?;
+        let mut num_bytes_sent = 0;
+        for d in dgrams {
+            match self.socket.send_to(&d, to).await {
+                Ok(sent) => num_bytes_sent += sent,
+                Err(e) if transient(&e) => {
+                    tracing::debug!(target: "manta::gossip", %to, error = %e, "transient send error")
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.stats.sent.fetch_add(1, Ordering::Relaxed);
+        Ok(SendOutcome { num_bytes_sent })
+    }
+
+    /// Cancel-safe: every await either reads a datagram that is then handled
+    /// without awaiting, or resumes the pending decode.
+    async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
+        loop {
+            if let Some(out) = self.finish_pending().await? {
+                return Ok(out);
+            }
+            let (n, from) = match self.socket.recv_from(&mut self.buf).await {
+                Ok(r) => r,
+                Err(e) if transient(&e) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if n > MAX_DATAGRAM {
+                self.dropped(DropReason::Oversized, from, n);
+                continue;
+            }
+            match self.opener.accept(&self.buf[..n], from, now_ms()) {
+                Ok(Some((Kind::Gossip, bytes))) => {
+                    // Replay into the decoding codec, then the sentinel; the
+                    // pending state is set before any await.
+                    let sent = self
+                        .dec_source
+                        .try_send_to(&bytes, self.dec_codec_addr)
+                        .is_ok()
+                        && self
+                            .sentinel_source
+                            .try_send_to(&SENTINEL, self.dec_codec_addr)
+                            .is_ok();
+                    if sent {
+                        self.pending = Some(Pending {
+                            from,
+                            len: n,
+                            envelope: None,
+                        });
+                    } else {
+                        self.dropped(DropReason::Overloaded, from, n);
+                    }
+                }
+                Ok(Some((Kind::StatusRequest, _))) => self.answer_status(from),
+                Ok(Some((Kind::StatusReply, _))) | Ok(None) => {}
+                Err(reason) => self.dropped(reason, from, n),
+            }
+        }
+    }
+}

@@ -1,0 +1,193 @@
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use manta_cluster::{ClusterSecret, MemberEvent, MemberState, Membership, query_status};
+
+use crate::{alive, config, wait_view};
+
+#[tokio::test]
+async fn three_nodes_join_through_a_seed_and_see_each_other() {
+    let secret = ClusterSecret::generate();
+    let a = Membership::start(config("a", Some(&secret), &[]))
+        .await
+        .unwrap();
+    let seed = [a.gossip_addr()];
+    let b = Membership::start(config("b", Some(&secret), &seed))
+        .await
+        .unwrap();
+    let c = Membership::start(config("c", Some(&secret), &seed))
+        .await
+        .unwrap();
+    for m in [&a, &b, &c] {
+        let v = wait_view(m, "3 alive", |v| alive(v) == 3).await;
+        let names: Vec<&str> = v.iter().map(|m| m.name.as_str()).collect();
+        assert!(
+            names.contains(&"a") && names.contains(&"b") && names.contains(&"c"),
+            "{names:?}"
+        );
+    }
+    // status without joining: authenticated with the secret.
+    let st = query_status(&seed, Some(&secret), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(st.nodes.len(), 3);
+    assert!(st.nodes.iter().all(|n| n.state == "alive"));
+    // ...and refused (no answer) without it.
+    let err = query_status(&seed, None, Duration::from_millis(600))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no answer"), "{err}");
+    assert!(
+        a.stats()
+            .dropped()
+            .get("unauthenticated")
+            .copied()
+            .unwrap_or(0)
+            >= 1
+    );
+}
+
+#[tokio::test]
+async fn a_graceful_leave_is_seen_at_once_and_a_silent_node_goes_down() {
+    let a = Membership::start(config("a", None, &[])).await.unwrap();
+    let seed = [a.gossip_addr()];
+    let b = Membership::start(config("b", None, &seed)).await.unwrap();
+    let c = Membership::start(config("c", None, &seed)).await.unwrap();
+    wait_view(&a, "3 alive", |v| alive(v) == 3).await;
+    let mut events = a.subscribe();
+    let b_id = b.node_id().to_owned();
+    b.leave().await;
+    let ev = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match events.recv().await.unwrap() {
+                MemberEvent::NodeLeft(m) if m.id == b_id => return m,
+                _ => continue,
+            }
+        }
+    })
+    .await
+    .expect("NodeLeft within 5 s");
+    assert_eq!(ev.state, MemberState::Left);
+    // c stops gossiping without a word (as a killed node would).
+    let c_id = c.node_id().to_owned();
+    c.kill_for_test().await;
+    let down = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match events.recv().await.unwrap() {
+                MemberEvent::NodeDown(m) if m.id == c_id => return m,
+                _ => continue,
+            }
+        }
+    })
+    .await
+    .expect("NodeDown within 15 s");
+    assert_eq!(down.state, MemberState::Dead);
+    let v = a.members();
+    assert_eq!(
+        v.iter().find(|m| m.id == c_id).map(|m| m.state),
+        Some(MemberState::Dead)
+    );
+    assert_eq!(
+        v.iter().find(|m| m.id == b_id).map(|m| m.state),
+        Some(MemberState::Left)
+    );
+}
+
+#[tokio::test]
+async fn a_node_with_the_wrong_secret_cannot_join() {
+    let secret = ClusterSecret::generate();
+    let a = Membership::start(config("a", Some(&secret), &[]))
+        .await
+        .unwrap();
+    let seed = [a.gossip_addr()];
+    let b = Membership::start(config("b", Some(&secret), &seed))
+        .await
+        .unwrap();
+    let intruder = Membership::start(config("x", Some(&ClusterSecret::generate()), &seed))
+        .await
+        .unwrap();
+    let open = Membership::start(config("o", None, &seed)).await.unwrap();
+    wait_view(&a, "a sees b", |v| alive(v) == 2).await;
+    // Let the intruders gossip at the seed for a while; count their drops.
+    let before = a.stats().dropped_total();
+    wait_stats(&a, |s| s.dropped_total() >= before + 5).await;
+    assert_eq!(alive(&a.members()), 2, "{:#?}", a.members());
+    assert!(a.members().iter().all(|m| m.name != "x" && m.name != "o"));
+    assert_eq!(alive(&intruder.members()), 1);
+    assert_eq!(alive(&open.members()), 1);
+    let _ = b;
+}
+
+/// Waits, on the transport's activity signal, until `cond` holds.
+async fn wait_stats(m: &Membership, cond: impl Fn(&manta_cluster::GossipStats) -> bool) {
+    let stats = m.stats();
+    let mut activity = stats.activity();
+    tokio::time::timeout(crate::DEADLINE, async {
+        while !cond(&stats) {
+            activity.changed().await.expect("transport alive");
+        }
+    })
+    .await
+    .expect("condition within the deadline");
+}
+
+#[tokio::test]
+async fn garbage_to_the_gossip_port_is_counted_and_dropped() {
+    let a = Membership::start(config("a", None, &[])).await.unwrap();
+    let b = Membership::start(config("b", None, &[a.gossip_addr()]))
+        .await
+        .unwrap();
+    wait_view(&a, "2 alive", |v| alive(v) == 2).await;
+    let s = tokio::net::UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    let target = a.gossip_addr();
+    for len in [0usize, 1, 3, 33, 50, 500, 1400, 9000, 65_507] {
+        let junk: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+        s.send_to(&junk, target).await.unwrap();
+    }
+    // A plain (unsealed) chitchat magic number and header.
+    s.send_to(&[0x53, 0xb0, 0x00, 0x00, 1, 2, 3], target)
+        .await
+        .unwrap();
+    // Right version and kind, forged rest: fails authentication.
+    for len in [60usize, 300, 60_000] {
+        let mut forged: Vec<u8> = (0..len).map(|i| (i * 13) as u8).collect();
+        forged[0] = 1;
+        forged[1] = 0;
+        s.send_to(&forged, target).await.unwrap();
+    }
+    wait_stats(&a, |s| s.dropped_total() >= 13).await;
+    let d = a.stats().dropped();
+    assert_eq!(d.get("truncated").copied(), Some(5), "{d:?}");
+    assert_eq!(d.get("malformed").copied(), Some(5), "{d:?}");
+    assert_eq!(d.get("unauthenticated").copied(), Some(3), "{d:?}");
+    // Still serving: membership unchanged and gossip flowing.
+    let received = a.stats().received();
+    wait_stats(&a, |s| s.received() > received + 3).await;
+    assert_eq!(alive(&a.members()), 2);
+    let _ = b;
+}
+
+#[tokio::test]
+async fn a_crashed_gossip_task_is_restarted_as_a_new_generation() {
+    let a = Membership::start(config("a", None, &[])).await.unwrap();
+    let b = Membership::start(config("b", None, &[a.gossip_addr()]))
+        .await
+        .unwrap();
+    wait_view(&b, "2 alive", |v| alive(v) == 2).await;
+    let gen_before = b
+        .members()
+        .iter()
+        .find(|m| m.id == a.node_id())
+        .unwrap()
+        .generation;
+    a.crash_gossip_for_test().await;
+    let a_id = a.node_id().to_owned();
+    wait_view(&b, "a's new generation alive", |v| {
+        v.iter()
+            .any(|m| m.id == a_id && m.generation > gen_before && m.state == MemberState::Alive)
+    })
+    .await;
+    assert_eq!(a.gossip_restarts(), 1);
+}
