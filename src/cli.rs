@@ -20,6 +20,9 @@ pub const DEMO_TREE: &str = include_str!("../examples/demo.toml");
 /// Errors of the `manta` command.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
+    /// A cluster operation failed.
+    #[error("{0}")]
+    Cluster(#[from] manta_cluster::ClusterError),
     /// A tree file is invalid.
     #[error("{0}")]
     Tree(#[from] TreeErrors),
@@ -223,6 +226,122 @@ fn drain(
 ) -> std::io::Result<()> {
     while let Ok(ev) = rx.try_recv() {
         note(&ev, t0, summary, out)?;
+    }
+    Ok(())
+}
+
+/// Runs a cluster node until `stop` resolves: prints the ready line to
+/// `out`, logs membership changes, runs `config.tree` if set, and leaves
+/// the cluster gracefully at the end.
+pub async fn node(
+    config: manta_cluster::NodeConfig,
+    stop: impl Future<Output = ()>,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    use manta_cluster::{MemberEvent, Node};
+    let tree_spec = match &config.tree {
+        Some(path) => Some(tree::load_file(path, &crate::builtin::kinds())?),
+        None => None,
+    };
+    let node = Node::start(config).await?;
+    writeln!(out, "{}", node.ready_line())?;
+    out.flush()?;
+    let mut events = node.membership().subscribe();
+    tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(MemberEvent::NodeUp(m)) => {
+                    tracing::info!(node = %m.id, name = %m.name, gossip = %m.gossip, "NodeUp")
+                }
+                Ok(MemberEvent::NodeDown(m)) => {
+                    tracing::warn!(node = %m.id, name = %m.name, "NodeDown")
+                }
+                Ok(MemberEvent::NodeLeft(m)) => {
+                    tracing::info!(node = %m.id, name = %m.name, "NodeLeft")
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!("{n} membership events skipped")
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    });
+    let system = ActorSystem::with_kinds(crate::builtin::kinds());
+    let sup = match tree_spec {
+        Some(spec) => Some(Supervisor::start(&system, spec).await?),
+        None => None,
+    };
+    let result = match &sup {
+        Some(sup) => tokio::select! {
+            _ = stop => Ok(()),
+            reason = sup.monitor().wait() => Err(CliError::RootExited(reason)),
+        },
+        None => {
+            stop.await;
+            Ok(())
+        }
+    };
+    if let Some(sup) = sup {
+        sup.shutdown().await;
+    }
+    tracing::info!("leaving the cluster");
+    node.leave().await;
+    result
+}
+
+/// Prints the members the nodes at `seeds` know, without joining.
+pub async fn status(
+    seeds: &[String],
+    secret_file: Option<&Path>,
+    json: bool,
+    timeout: Duration,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    use manta_cluster::{ClusterError, ClusterSecret, query_status};
+    let secret = match secret_file {
+        Some(p) => Some(ClusterSecret::read(p)?),
+        None => None,
+    };
+    let mut addrs = Vec::new();
+    for s in seeds {
+        use std::net::ToSocketAddrs;
+        let a = s
+            .to_socket_addrs()
+            .map_err(|e| ClusterError::Config(format!("seed `{s}`: {e}")))?
+            .next()
+            .ok_or_else(|| ClusterError::Config(format!("seed `{s}` resolves to nothing")))?;
+        addrs.push(a);
+    }
+    let st = query_status(&addrs, secret.as_ref(), timeout).await?;
+    if json {
+        let nodes = serde_json::json!({ "nodes": st.nodes, "dropped": st.dropped });
+        writeln!(out, "{nodes}")?;
+    } else {
+        writeln!(
+            out,
+            "{:<54} {:<12} {:<6} {:<21} {:<16} actors",
+            "id", "name", "state", "gossip", "roles"
+        )?;
+        for n in &st.nodes {
+            writeln!(
+                out,
+                "{:<54} {:<12} {:<6} {:<21} {:<16} {}",
+                n.id,
+                n.name,
+                n.state,
+                n.gossip,
+                n.roles.join(","),
+                n.actors.join(",")
+            )?;
+        }
+        if !st.dropped.is_empty() {
+            let d: Vec<String> = st.dropped.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            writeln!(
+                out,
+                "datagrams dropped by the answering node: {}",
+                d.join(" ")
+            )?;
+        }
     }
     Ok(())
 }

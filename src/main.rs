@@ -40,6 +40,102 @@ enum Command {
     },
     /// List the built-in actor kinds tree files can use.
     Kinds,
+    /// Start a cluster node: join through the seeds, print one line
+    /// `ready id=.. name=.. gossip=.. p2p=..`, then log membership changes
+    /// until Ctrl-C / SIGTERM, when it leaves gracefully. Flags override the
+    /// config file.
+    Node(NodeArgs),
+    /// Print the members of a cluster without joining it.
+    Status {
+        /// Nodes to ask, `host:port` of their gossip address (comma-separated).
+        #[arg(long, required = true, value_delimiter = ',')]
+        seeds: Vec<String>,
+        /// The cluster secret (the same file the nodes use).
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
+        /// Print one JSON object `{"nodes":[...]}`.
+        #[arg(long)]
+        json: bool,
+        /// How long to wait for an answer.
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Write a new random cluster secret to FILE (mode 0600; never overwrites).
+    Secret {
+        /// Where to write it.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct NodeArgs {
+    /// Node config file (TOML).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Node name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Cluster name.
+    #[arg(long)]
+    cluster: Option<String>,
+    /// libp2p listen multiaddr (reserved for the mesh).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Gossip address, host:port (port 0 picks a free one).
+    #[arg(long)]
+    gossip: Option<String>,
+    /// Seeds, host:port (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    seeds: Option<Vec<String>>,
+    /// A role (repeat for several).
+    #[arg(long = "role")]
+    roles: Vec<String>,
+    /// Cluster secret file (see `manta secret`).
+    #[arg(long)]
+    secret_file: Option<PathBuf>,
+    /// Key file holding the node identity (created if missing).
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// A supervision tree to run on this node.
+    #[arg(long)]
+    tree: Option<PathBuf>,
+}
+
+impl NodeArgs {
+    fn into_config(self) -> Result<manta_cluster::NodeConfig, manta_cluster::ClusterError> {
+        let mut c = match &self.config {
+            Some(p) => manta_cluster::NodeConfig::load(p)?,
+            None => manta_cluster::NodeConfig::default(),
+        };
+        if let Some(v) = self.name {
+            c.name = v;
+        }
+        if let Some(v) = self.cluster {
+            c.cluster = v;
+        }
+        if let Some(v) = self.listen {
+            c.listen = v;
+        }
+        if let Some(v) = self.gossip {
+            c.gossip = v;
+        }
+        if let Some(v) = self.seeds {
+            c.seeds = v;
+        }
+        if !self.roles.is_empty() {
+            c.roles = self.roles;
+        }
+        if self.secret_file.is_some() {
+            c.secret_file = self.secret_file;
+        }
+        if self.key_file.is_some() {
+            c.key_file = self.key_file;
+        }
+        if self.tree.is_some() {
+            c.tree = self.tree;
+        }
+        Ok(c)
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -118,6 +214,40 @@ async fn main() -> ExitCode {
                 Err(e) => report(&e),
             }
         }
+        Command::Node(args) => {
+            init_logging("info");
+            let config = match args.into_config() {
+                Ok(c) => c,
+                Err(e) => return report(&CliError::Cluster(e)),
+            };
+            let mut out = std::io::stdout();
+            match cli::node(config, stop_signal(), &mut out).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => report(&e),
+            }
+        }
+        Command::Status {
+            seeds,
+            secret_file,
+            json,
+            timeout,
+        } => {
+            let mut out = std::io::stdout();
+            match cli::status(&seeds, secret_file.as_deref(), json, timeout, &mut out).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => report(&e),
+            }
+        }
+        Command::Secret { file } => match manta_cluster::ClusterSecret::write_new(&file) {
+            Ok(_) => {
+                println!(
+                    "wrote a new cluster secret to {} (mode 0600)",
+                    file.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => report(&CliError::Cluster(e)),
+        },
         Command::Kinds => {
             let kinds = manta::builtin::kinds();
             for k in kinds.names() {

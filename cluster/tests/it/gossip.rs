@@ -191,3 +191,72 @@ async fn a_crashed_gossip_task_is_restarted_as_a_new_generation() {
     .await;
     assert_eq!(a.gossip_restarts(), 1);
 }
+
+#[tokio::test]
+async fn a_plain_chitchat_instance_changes_nothing_in_any_view() {
+    use chitchat::transport::UdpTransport;
+    use chitchat::{
+        ChitchatConfig, ChitchatId, FailureDetectorConfig, ProtocolVersion, spawn_chitchat,
+    };
+    let a = Membership::start(config("a", None, &[])).await.unwrap();
+    let b = Membership::start(config("b", None, &[a.gossip_addr()]))
+        .await
+        .unwrap();
+    wait_view(&a, "2 alive", |v| alive(v) == 2).await;
+    let before: Vec<(String, u64)> = a
+        .members()
+        .iter()
+        .map(|m| (m.id.clone(), m.generation))
+        .collect();
+    // An unsealed chitchat that knows the open cluster's id, announces
+    // itself, and impersonates `a` with a newer generation and keys.
+    let mut impostors = Vec::new();
+    for (id, generation) in [
+        ("ghost".to_owned(), 1u64),
+        (a.node_id().to_owned(), u64::MAX / 2),
+    ] {
+        let listen = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let cc = ChitchatConfig {
+            chitchat_id: ChitchatId::new(id, generation, listen),
+            cluster_id: manta_cluster::seal::cluster_id(None, "manta"),
+            gossip_interval: Duration::from_millis(50),
+            listen_addr: listen,
+            seed_nodes: vec![a.gossip_addr().to_string(), b.gossip_addr().to_string()],
+            failure_detector_config: FailureDetectorConfig::default(),
+            marked_for_deletion_grace_period: Duration::from_secs(60),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            protocol_version: ProtocolVersion::V0,
+        };
+        let keys = vec![
+            ("name".to_owned(), "ghost".to_owned()),
+            ("status".to_owned(), "left".to_owned()),
+        ];
+        impostors.push(spawn_chitchat(cc, keys, &UdpTransport).await.unwrap());
+    }
+    // Wait until both nodes have dropped a good number of their datagrams.
+    wait_stats(&a, |s| {
+        s.dropped().get("malformed").copied().unwrap_or(0) >= 10
+    })
+    .await;
+    wait_stats(&b, |s| {
+        s.dropped().get("malformed").copied().unwrap_or(0) >= 10
+    })
+    .await;
+    for m in [&a, &b] {
+        let now: Vec<(String, u64)> = m
+            .members()
+            .iter()
+            .map(|m| (m.id.clone(), m.generation))
+            .collect();
+        assert_eq!(now, before, "a view changed");
+        assert_eq!(alive(&m.members()), 2);
+        assert!(m.members().iter().all(|x| x.name != "ghost"));
+    }
+    for h in impostors {
+        h.abort();
+    }
+}

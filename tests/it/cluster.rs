@@ -1,0 +1,293 @@
+//! Multi-node tests: real `manta node` processes on 127.0.0.1 with
+//! OS-assigned ports; waits go through `manta status` with deadlines.
+
+use std::path::Path;
+use std::time::Instant;
+
+use serde_json::Value;
+
+use crate::{DEADLINE, Running, Scratch, manta};
+
+struct NodeProc {
+    p: Running,
+    id: String,
+    gossip: String,
+}
+
+fn start_node(
+    dir: &Scratch,
+    name: &str,
+    secret: Option<&Path>,
+    seeds: &[&str],
+    extra: &[&str],
+) -> NodeProc {
+    let mut cmd = manta();
+    cmd.args(["node", "--name", name, "--gossip", "127.0.0.1:0"]);
+    cmd.arg("--key-file").arg(dir.0.join(format!("{name}.key")));
+    if let Some(s) = secret {
+        cmd.arg("--secret-file").arg(s);
+    }
+    if !seeds.is_empty() {
+        cmd.arg("--seeds").arg(seeds.join(","));
+    }
+    cmd.args(extra);
+    let mut p = Running::start(cmd);
+    let line = p.wait_for("ready id=");
+    let field = |k: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{k}=")).map(str::to_owned))
+            .unwrap_or_else(|| panic!("no {k}= in `{line}`"))
+    };
+    NodeProc {
+        id: field("id"),
+        gossip: field("gossip"),
+        p,
+    }
+}
+
+fn status(seed: &str, secret: Option<&Path>) -> Option<Value> {
+    let mut cmd = manta();
+    cmd.args(["status", "--json", "--timeout", "2s", "--seeds", seed]);
+    if let Some(s) = secret {
+        cmd.arg("--secret-file").arg(s);
+    }
+    let out = cmd.output().expect("manta status runs");
+    if !out.status.success() {
+        return None;
+    }
+    Some(serde_json::from_slice(&out.stdout).expect("status prints JSON"))
+}
+
+fn state_of(st: &Value, id: &str) -> Option<String> {
+    st["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["id"] == id)
+        .map(|n| n["state"].as_str().unwrap_or("").to_owned())
+}
+
+/// Polls `manta status` (each call waits for its answer) until `pred`.
+fn wait_status(
+    seed: &str,
+    secret: Option<&Path>,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let end = Instant::now() + DEADLINE;
+    let mut last = None;
+    while Instant::now() < end {
+        if let Some(st) = status(seed, secret) {
+            if pred(&st) {
+                return st;
+            }
+            last = Some(st);
+        }
+    }
+    panic!("{what}: not seen within {DEADLINE:?}; last status: {last:#?}");
+}
+
+fn secret(dir: &Scratch, name: &str) -> std::path::PathBuf {
+    let p = dir.0.join(name);
+    let out = manta().arg("secret").arg(&p).output().unwrap();
+    assert!(out.status.success());
+    p
+}
+
+fn alive_count(st: &Value) -> usize {
+    st["nodes"]
+        .as_array()
+        .map(|a| a.iter().filter(|n| n["state"] == "alive").count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn three_nodes_join_then_a_kill_is_seen_as_dead_and_a_sigterm_as_left() {
+    let dir = Scratch::new("join");
+    let s = secret(&dir, "cluster.secret");
+    let a = start_node(&dir, "a", Some(&s), &[], &[]);
+    let mut b = start_node(&dir, "b", Some(&s), &[&a.gossip], &["--role", "gpu"]);
+    let mut c = start_node(&dir, "c", Some(&s), &[&a.gossip], &[]);
+    for seed in [&a.gossip, &b.gossip, &c.gossip] {
+        wait_status(seed, Some(&s), "3 alive", |st| alive_count(st) == 3);
+    }
+    let st = status(&a.gossip, Some(&s)).unwrap();
+    let bj = st["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == b.id.as_str())
+        .unwrap();
+    assert_eq!(bj["name"], "b");
+    assert_eq!(bj["roles"], serde_json::json!(["gpu"]));
+    assert_eq!(bj["gossip"], b.gossip.as_str());
+    assert!(bj["actors"].is_array());
+
+    // SIGKILL: every survivor reports c dead, and a logs NodeDown.
+    c.p.child.kill().unwrap();
+    let _ = c.p.child.wait();
+    for seed in [&a.gossip, &b.gossip] {
+        wait_status(seed, Some(&s), "c dead", |st| {
+            state_of(st, &c.id).as_deref() == Some("dead")
+        });
+    }
+    let mut a = a;
+    a.p.wait_for("NodeDown");
+
+    // SIGTERM: b leaves gracefully; a reports it `left`, not dead.
+    let pid = b.p.child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let st = wait_status(&a.gossip, Some(&s), "b left", |st| {
+        state_of(st, &b.id).as_deref() == Some("left")
+    });
+    assert_eq!(state_of(&st, &c.id).as_deref(), Some("dead"));
+    assert!(b.p.wait_exit().success(), "{}", b.p.output());
+    a.p.wait_for("NodeLeft");
+    a.p.child.kill().unwrap();
+}
+
+#[test]
+fn a_node_with_the_wrong_secret_or_none_is_not_let_in() {
+    let dir = Scratch::new("secret");
+    let s = secret(&dir, "right.secret");
+    let wrong = secret(&dir, "wrong.secret");
+    let mut a = start_node(&dir, "a", Some(&s), &[], &[]);
+    let mut x = start_node(&dir, "x", Some(&wrong), &[&a.gossip], &[]);
+    let mut o = start_node(&dir, "o", None, &[&a.gossip], &[]);
+    // a drops their gossip as unauthenticated...
+    let st = wait_status(&a.gossip, Some(&s), "intruders' datagrams dropped", |st| {
+        st["dropped"]["unauthenticated"].as_u64().unwrap_or(0) >= 6
+    });
+    // ...and never lists them.
+    assert_eq!(st["nodes"].as_array().unwrap().len(), 1, "{st:#}");
+    assert!(state_of(&st, &x.id).is_none() && state_of(&st, &o.id).is_none());
+    // The intruder's own view holds only itself; status with its secret
+    // cannot read a's cluster either.
+    let xs = status(&x.gossip, Some(&wrong)).unwrap();
+    assert_eq!(alive_count(&xs), 1);
+    assert!(status(&a.gossip, Some(&wrong)).is_none());
+    assert!(status(&a.gossip, None).is_none());
+    assert!(o.p.output().contains("cluster is OPEN"), "{}", o.p.output());
+    for n in [&mut a, &mut x, &mut o] {
+        n.p.child.kill().unwrap();
+    }
+}
+
+#[test]
+fn garbage_truncated_and_oversized_datagrams_leave_a_node_serving() {
+    let dir = Scratch::new("garbage");
+    let s = secret(&dir, "c.secret");
+    let mut a = start_node(&dir, "a", Some(&s), &[], &[]);
+    let mut b = start_node(&dir, "b", Some(&s), &[&a.gossip], &[]);
+    wait_status(&a.gossip, Some(&s), "2 alive", |st| alive_count(st) == 2);
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut sent = 0;
+    for len in [0usize, 1, 2, 4, 33, 49, 50, 51, 512, 1500, 8192, 65_507] {
+        let junk: Vec<u8> = (0..len).map(|i| (i * 131 + len * 7) as u8).collect();
+        sock.send_to(&junk, &a.gossip).unwrap();
+        sent += 1;
+    }
+    // Sealed-looking headers with forged bodies, and a plain chitchat header.
+    for len in [60usize, 1000, 65_000] {
+        let mut forged: Vec<u8> = (0..len).map(|i| (i * 17) as u8).collect();
+        forged[0] = 1;
+        forged[1] = 0;
+        sock.send_to(&forged, &a.gossip).unwrap();
+        sent += 1;
+    }
+    sock.send_to(&[0x53, 0xb0, 0x00, 0x00, 0, 0, 0, 0], &a.gossip)
+        .unwrap();
+    sent += 1;
+    let st = wait_status(&a.gossip, Some(&s), "garbage counted", |st| {
+        st["dropped"]
+            .as_object()
+            .map(|d| d.values().filter_map(Value::as_u64).sum::<u64>())
+            .unwrap_or(0)
+            >= sent
+    });
+    assert_eq!(alive_count(&st), 2, "{st:#}");
+    // Still gossiping: b still sees a alive after the flood.
+    let bs = wait_status(&b.gossip, Some(&s), "b sees a", |st| {
+        state_of(st, &a.id).as_deref() == Some("alive")
+    });
+    assert_eq!(alive_count(&bs), 2);
+    a.p.child.kill().unwrap();
+    b.p.child.kill().unwrap();
+}
+
+#[test]
+fn the_key_file_is_reused_across_restarts() {
+    let dir = Scratch::new("key");
+    let mut first = start_node(&dir, "k", None, &[], &[]);
+    first.p.child.kill().unwrap();
+    let _ = first.p.child.wait();
+    let mut second = start_node(&dir, "k", None, &[], &[]);
+    assert_eq!(first.id, second.id);
+    assert!(
+        first.id.starts_with("12D3KooW"),
+        "an ed25519 PeerId: {}",
+        first.id
+    );
+    second.p.child.kill().unwrap();
+}
+
+#[test]
+fn secret_files_are_private_and_never_overwritten() {
+    let dir = Scratch::new("secretfile");
+    let p = secret(&dir, "s");
+    let text = std::fs::read_to_string(&p).unwrap();
+    assert!(
+        text.starts_with("manta-secret-v1:") && text.trim().len() == 16 + 64,
+        "{text}"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let again = manta().arg("secret").arg(&p).output().unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    assert_eq!(std::fs::read_to_string(&p).unwrap(), text);
+    // A node refuses a malformed secret file, naming it.
+    let bad = dir.file("bad.secret", "hunter2\n");
+    let out = manta()
+        .args(["node", "--name", "z", "--gossip", "127.0.0.1:0"])
+        .arg("--secret-file")
+        .arg(&bad)
+        .arg("--key-file")
+        .arg(dir.0.join("z.key"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.secret") && err.contains("does not start with `manta-secret-v1:`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bad_node_config_is_reported_with_its_position() {
+    let dir = Scratch::new("nodeconf");
+    let conf = dir.file("node.toml", "name = \"n\"\nrolez = [\"x\"]\n");
+    let out = manta()
+        .arg("node")
+        .arg("--config")
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("node.toml") && err.contains("2:1") && err.contains("unknown field `rolez`"),
+        "{err}"
+    );
+}
