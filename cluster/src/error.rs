@@ -16,6 +16,9 @@ pub enum ClusterError {
     /// A configuration value is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The libp2p mesh failed.
+    #[error("mesh: {0}")]
+    Mesh(String),
     /// Gossip could not start.
     #[error("gossip: {0}")]
     Gossip(String),

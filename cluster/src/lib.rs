@@ -12,14 +12,18 @@
 //!   authenticated `status` queries.
 //! - `membership` — chitchat 0.13 membership: NodeUp / NodeDown / NodeLeft
 //!   events, graceful leave, a supervised gossip task.
+//! - `mesh` — the libp2p 0.56 mesh: TCP + pnet (with a secret) + noise +
+//!   yamux, an allow-list of gossip members, ping; a node is a member only
+//!   once the mesh has authenticated it.
 //! - `config` / `node` — node configuration and a running node.
 //!
-//! The libp2p mesh, remote actors and cross-node supervision come next.
+//! Remote actors over the mesh and cross-node supervision come next.
 
 mod config;
 mod error;
 mod identity;
 mod membership;
+mod mesh;
 mod node;
 pub mod seal;
 mod secret;
@@ -30,6 +34,7 @@ pub use config::{FailureDetection, NodeConfig, Resources};
 pub use error::ClusterError;
 pub use identity::NodeIdentity;
 pub use membership::{Member, MemberEvent, MemberState, Membership, MembershipConfig};
+pub use mesh::{Mesh, MeshConfig, MeshStats};
 pub use node::{Node, ReadyLine};
 pub use secret::ClusterSecret;
 pub use status::{ClusterStatus, NodeStatus, query_status};

@@ -32,6 +32,7 @@ pub(crate) mod keys {
     pub(crate) const LABELS: &str = "labels";
     pub(crate) const RESOURCES: &str = "resources";
     pub(crate) const ACTORS: &str = "actors";
+    pub(crate) const P2P: &str = "p2p";
     pub(crate) const STATUS: &str = "status";
 }
 
@@ -64,6 +65,10 @@ pub struct MembershipConfig {
     pub replay_window: Duration,
     /// Initial self keys (roles, labels, resources, p2p...).
     pub keys: BTreeMap<String, String>,
+    /// The node ids the mesh has authenticated and is connected to. When
+    /// set, a node is a member only once it is in this set, and alive only
+    /// while gossip and the mesh both say so.
+    pub mesh_gate: Option<watch::Receiver<std::collections::BTreeSet<String>>>,
 }
 
 impl MembershipConfig {
@@ -84,6 +89,7 @@ impl MembershipConfig {
             marked_for_deletion_grace_period: Duration::from_secs(300),
             replay_window: Duration::from_secs(30),
             keys: BTreeMap::new(),
+            mesh_gate: None,
         }
     }
 }
@@ -159,6 +165,8 @@ struct Inner {
     transport: SealedTransport,
     events: broadcast::Sender<MemberEvent>,
     view: watch::Sender<Vec<Member>>,
+    /// What gossip alone says (before the mesh gate): who to dial.
+    gossip_view: watch::Sender<Vec<Member>>,
     stop: Notify,
     /// Set before a deliberate stop (leave, kill), so the end of the gossip
     /// task is not mistaken for a crash.
@@ -235,6 +243,7 @@ impl Membership {
         let handle = spawn_gossip(&config, local, &transport, keys.into_iter().collect()).await?;
         let (events, _) = broadcast::channel(1024);
         let (view, _) = watch::channel(Vec::new());
+        let (gossip_view, _) = watch::channel(Vec::new());
         let inner = Arc::new(Inner {
             config,
             local,
@@ -242,6 +251,7 @@ impl Membership {
             transport,
             events,
             view,
+            gossip_view,
             stop: Notify::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
             restarts: std::sync::atomic::AtomicU64::new(0),
@@ -275,6 +285,12 @@ impl Membership {
     /// A watch on the view.
     pub fn view(&self) -> watch::Receiver<Vec<Member>> {
         self.inner.view.subscribe()
+    }
+
+    /// A watch on what gossip alone says, before the mesh has confirmed
+    /// anyone: the nodes the mesh should dial.
+    pub fn gossip_view(&self) -> watch::Receiver<Vec<Member>> {
+        self.inner.gossip_view.subscribe()
     }
 
     /// Gossip transport counters.
@@ -385,7 +401,31 @@ impl Membership {
                 }
             }
         }
+        self.inner
+            .gossip_view
+            .send_replace(newest.values().cloned().collect());
         let me = &self.inner.config.node_id;
+        if let Some(gate) = &self.inner.config.mesh_gate {
+            let connected = gate.borrow().clone();
+            newest.retain(|id, m| {
+                if id == me || m.state != MemberState::Alive || connected.contains(id) {
+                    return true;
+                }
+                // Gossip says alive but the mesh has not (or no longer)
+                // authenticated it: not a member yet, or down now.
+                match prev.get(id) {
+                    Some(p) if p.state == MemberState::Alive && p.generation == m.generation => {
+                        m.state = MemberState::Dead;
+                        true
+                    }
+                    Some(p) if p.state == MemberState::Dead && p.generation == m.generation => {
+                        m.state = MemberState::Dead;
+                        true
+                    }
+                    _ => false,
+                }
+            });
+        }
         for m in newest.values() {
             if &m.id == me {
                 continue;
@@ -465,11 +505,23 @@ impl Membership {
             };
             tokio::pin!(terminated);
             let mut tick = tokio::time::interval(self.inner.config.gossip_interval);
+            let mut gate = self.inner.config.mesh_gate.clone();
             let outcome = loop {
+                let gate_changed = async {
+                    match gate.as_mut() {
+                        Some(g) => {
+                            if g.changed().await.is_err() {
+                                futures::future::pending::<()>().await
+                            }
+                        }
+                        None => futures::future::pending::<()>().await,
+                    }
+                };
                 tokio::select! {
                     _ = self.inner.stop.notified() => return,
                     r = &mut terminated => break r,
                     _ = live.changed() => self.refresh(&mut prev).await,
+                    _ = gate_changed => self.refresh(&mut prev).await,
                     _ = tick.tick() => self.refresh(&mut prev).await,
                 }
             };

@@ -6,7 +6,14 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use crate::config::NodeConfig;
 use crate::error::ClusterError;
 use crate::identity::NodeIdentity;
-use crate::membership::{Membership, MembershipConfig, keys};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::membership::{MemberState, Membership, MembershipConfig, keys};
+use crate::mesh::{Mesh, MeshConfig};
+use crate::seal::mesh_psk;
 use crate::secret::ClusterSecret;
 
 /// The line `manta node` prints once it is up, with the real addresses.
@@ -37,6 +44,7 @@ impl fmt::Display for ReadyLine {
 pub struct Node {
     identity: NodeIdentity,
     membership: Membership,
+    mesh: Mesh,
     config: NodeConfig,
 }
 
@@ -63,6 +71,33 @@ impl Node {
                 None
             }
         };
+        let p2p_listen: libp2p::Multiaddr = config.listen.parse().map_err(|e| {
+            ClusterError::Config(format!("listen address `{}`: {e}", config.listen))
+        })?;
+        let mesh = Mesh::start(MeshConfig {
+            keypair: identity.keypair().clone(),
+            listen: p2p_listen,
+            psk: secret
+                .as_ref()
+                .map(|s| libp2p::pnet::PreSharedKey::new(mesh_psk(s))),
+            idle_timeout: Duration::from_secs(3600),
+        })
+        .await?;
+        let (gate_tx, gate) = watch::channel(BTreeSet::new());
+        let mut connected = mesh.connected();
+        tokio::spawn(async move {
+            loop {
+                let ids: BTreeSet<String> = connected
+                    .borrow_and_update()
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect();
+                gate_tx.send_replace(ids);
+                if connected.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
         let listen = resolve(&config.gossip, "gossip address")?;
         for s in &config.seeds {
             resolve(s, "seed")?;
@@ -86,10 +121,15 @@ impl Node {
             keys::RESOURCES.to_owned(),
             serde_json::to_string(&config.resources).unwrap_or_default(),
         );
+        mc.keys
+            .insert(keys::P2P.to_owned(), mesh.listen_addr().to_string());
+        mc.mesh_gate = Some(gate);
         let membership = Membership::start(mc).await?;
+        tokio::spawn(reconcile(membership.clone(), mesh.clone()));
         Ok(Node {
             identity,
             membership,
+            mesh,
             config,
         })
     }
@@ -100,13 +140,18 @@ impl Node {
             id: self.identity.peer_id().to_string(),
             name: self.config.name.clone(),
             gossip: self.membership.gossip_addr(),
-            p2p: "-".to_owned(),
+            p2p: self.mesh.listen_addr().to_string(),
         }
     }
 
     /// Membership.
     pub fn membership(&self) -> &Membership {
         &self.membership
+    }
+
+    /// The mesh.
+    pub fn mesh(&self) -> &Mesh {
+        &self.mesh
     }
 
     /// The node's identity.
@@ -117,5 +162,39 @@ impl Node {
     /// Leaves the cluster gracefully.
     pub async fn leave(self) {
         self.membership.leave().await;
+    }
+}
+
+/// Keeps the mesh in step with gossip: members are allowed and dialled,
+/// dead and departed nodes are disallowed (their connections close).
+async fn reconcile(membership: Membership, mesh: Mesh) {
+    let me = membership.node_id().to_owned();
+    let mut view = membership.gossip_view();
+    let mut connected = mesh.connected();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let members = view.borrow_and_update().clone();
+        let up = connected.borrow_and_update().clone();
+        for m in members.iter().filter(|m| m.id != me) {
+            let Ok(peer) = m.id.parse::<libp2p::PeerId>() else {
+                continue;
+            };
+            match m.state {
+                MemberState::Alive => {
+                    mesh.allow(peer);
+                    if !up.contains(&peer) {
+                        if let Some(addr) = m.keys.get(keys::P2P).and_then(|a| a.parse().ok()) {
+                            mesh.dial(peer, addr);
+                        }
+                    }
+                }
+                MemberState::Dead | MemberState::Left => mesh.disallow(peer),
+            }
+        }
+        tokio::select! {
+            r = view.changed() => if r.is_err() { break },
+            r = connected.changed() => if r.is_err() { break },
+            _ = tick.tick() => {}
+        }
     }
 }

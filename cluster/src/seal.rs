@@ -150,6 +150,12 @@ pub fn cluster_id(secret: Option<&ClusterSecret>, cluster: &str) -> String {
     format!("{cluster}-{tag}")
 }
 
+/// The libp2p private-network key for a secret (a different derivation
+/// than the gossip key).
+pub fn mesh_psk(secret: &ClusterSecret) -> [u8; 32] {
+    derive(Some(secret), "", "mesh-psk")
+}
+
 /// Seals and opens datagrams for one cluster.
 #[derive(Clone)]
 pub struct Sealer {

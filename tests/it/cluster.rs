@@ -12,6 +12,7 @@ struct NodeProc {
     p: Running,
     id: String,
     gossip: String,
+    p2p: String,
 }
 
 fn start_node(
@@ -41,6 +42,7 @@ fn start_node(
     NodeProc {
         id: field("id"),
         gossip: field("gossip"),
+        p2p: field("p2p"),
         p,
     }
 }
@@ -109,6 +111,18 @@ fn three_nodes_join_then_a_kill_is_seen_as_dead_and_a_sigterm_as_left() {
     let mut c = start_node(&dir, "c", Some(&s), &[&a.gossip], &[]);
     for seed in [&a.gossip, &b.gossip, &c.gossip] {
         wait_status(seed, Some(&s), "3 alive", |st| alive_count(st) == 3);
+    }
+    for n in [&a, &b, &c] {
+        assert!(
+            n.p2p.starts_with("/ip4/127.0.0.1/tcp/") && !n.p2p.ends_with("/tcp/0"),
+            "{}",
+            n.p2p
+        );
+        assert!(
+            n.gossip.starts_with("127.0.0.1:") && !n.gossip.ends_with(":0"),
+            "{}",
+            n.gossip
+        );
     }
     let st = status(&a.gossip, Some(&s)).unwrap();
     let bj = st["nodes"]
@@ -203,6 +217,14 @@ fn garbage_truncated_and_oversized_datagrams_leave_a_node_serving() {
     sock.send_to(&[0x53, 0xb0, 0x00, 0x00, 0, 0, 0, 0], &a.gossip)
         .unwrap();
     sent += 1;
+    // And on the mesh port: random bytes over TCP, short and long.
+    let port = a.p2p.rsplit('/').next().unwrap().to_owned();
+    for len in [0usize, 1, 32, 33, 4096, 200_000] {
+        use std::io::Write;
+        let mut c = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+        let junk: Vec<u8> = (0..len).map(|i| (i * 13 + len) as u8).collect();
+        let _ = c.write_all(&junk);
+    }
     let st = wait_status(&a.gossip, Some(&s), "garbage counted", |st| {
         st["dropped"]
             .as_object()

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail the test by panicking
 
 mod gossip;
+mod mesh;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,0 +1,254 @@
+//! The libp2p mesh: TCP + (with a secret) a pnet private network + noise +
+//! yamux, one swarm per node driven through a command channel. Only peers
+//! that gossip reports as members are allowed to connect; the set of
+//! connected peers is the mesh's half of "alive".
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::{Boxed, upgrade};
+use libp2p::pnet::{PnetConfig, PreSharedKey};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, Transport, allow_block_list, noise, ping, tcp, yamux};
+use libp2p_identity::Keypair;
+use tokio::sync::{mpsc, watch};
+
+use crate::error::ClusterError;
+
+/// Mesh settings.
+#[derive(Clone)]
+pub struct MeshConfig {
+    /// The node's keypair (its PeerId is the node id).
+    pub keypair: Keypair,
+    /// Where to listen (port 0 allowed).
+    pub listen: Multiaddr,
+    /// With a cluster secret: the private-network key.
+    pub psk: Option<PreSharedKey>,
+    /// How long an idle connection is kept (long: actor traffic is bursty).
+    pub idle_timeout: Duration,
+}
+
+impl std::fmt::Debug for MeshConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshConfig")
+            .field("listen", &self.listen)
+            .field("private", &self.psk.is_some())
+            .finish()
+    }
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    allow: allow_block_list::Behaviour<allow_block_list::AllowedPeers>,
+    ping: ping::Behaviour,
+}
+
+enum Cmd {
+    Allow(PeerId),
+    Disallow(PeerId),
+    Dial(PeerId, Multiaddr),
+}
+
+/// Mesh counters.
+#[derive(Debug)]
+pub struct MeshStats {
+    refused: AtomicU64,
+    failed_dials: AtomicU64,
+    activity: watch::Sender<u64>,
+}
+
+impl Default for MeshStats {
+    fn default() -> Self {
+        Self {
+            refused: AtomicU64::new(0),
+            failed_dials: AtomicU64::new(0),
+            activity: watch::channel(0).0,
+        }
+    }
+}
+
+impl MeshStats {
+    /// Changes whenever a counter does: wait on it instead of polling.
+    pub fn activity(&self) -> watch::Receiver<u64> {
+        self.activity.subscribe()
+    }
+
+    /// Inbound connections that failed (wrong secret, garbage, not a member).
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+    /// Outbound dials that failed.
+    pub fn failed_dials(&self) -> u64 {
+        self.failed_dials.load(Ordering::Relaxed)
+    }
+}
+
+/// A running mesh.
+#[derive(Clone)]
+pub struct Mesh {
+    cmd: mpsc::UnboundedSender<Cmd>,
+    listen: Multiaddr,
+    peer_id: PeerId,
+    connected: watch::Receiver<BTreeSet<PeerId>>,
+    stats: Arc<MeshStats>,
+}
+
+impl std::fmt::Debug for Mesh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mesh")
+            .field("listen", &self.listen)
+            .finish()
+    }
+}
+
+fn transport(cfg: &MeshConfig) -> Result<Boxed<(PeerId, StreamMuxerBox)>, ClusterError> {
+    let noise =
+        noise::Config::new(&cfg.keypair).map_err(|e| ClusterError::Mesh(format!("noise: {e}")))?;
+    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+    let timeout = Duration::from_secs(10);
+    Ok(match cfg.psk {
+        // pnet first: a peer without the secret cannot even start noise.
+        Some(psk) => tcp
+            .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+            .upgrade(upgrade::Version::V1)
+            .authenticate(noise)
+            .multiplex(yamux::Config::default())
+            .timeout(timeout)
+            .boxed(),
+        None => tcp
+            .upgrade(upgrade::Version::V1)
+            .authenticate(noise)
+            .multiplex(yamux::Config::default())
+            .timeout(timeout)
+            .boxed(),
+    })
+}
+
+impl Mesh {
+    /// Listens and starts the swarm task.
+    pub async fn start(cfg: MeshConfig) -> Result<Mesh, ClusterError> {
+        let peer_id = cfg.keypair.public().to_peer_id();
+        let behaviour = Behaviour {
+            allow: allow_block_list::Behaviour::default(),
+            ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(1))),
+        };
+        let mut swarm = Swarm::new(
+            transport(&cfg)?,
+            behaviour,
+            peer_id,
+            libp2p::swarm::Config::with_tokio_executor()
+                .with_idle_connection_timeout(cfg.idle_timeout),
+        );
+        swarm
+            .listen_on(cfg.listen.clone())
+            .map_err(|e| ClusterError::Mesh(format!("cannot listen on {}: {e}", cfg.listen)))?;
+        // The real address (port 0 resolved) comes as the first event.
+        let listen = loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::NewListenAddr { address, .. } => break address,
+                SwarmEvent::ListenerError { error, .. }
+                | SwarmEvent::ListenerClosed {
+                    reason: Err(error), ..
+                } => {
+                    return Err(ClusterError::Mesh(format!(
+                        "listener on {}: {error}",
+                        cfg.listen
+                    )));
+                }
+                _ => {}
+            }
+        };
+        let (cmd, mut rx) = mpsc::unbounded_channel();
+        let (connected_tx, connected) = watch::channel(BTreeSet::new());
+        let stats = Arc::new(MeshStats::default());
+        let st = Arc::clone(&stats);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    ev = swarm.select_next_some() => match ev {
+                        SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                            tracing::debug!(target: "manta::mesh", peer = %peer_id, "connected");
+                            connected_tx.send_modify(|s| { s.insert(peer_id); });
+                        }
+                        SwarmEvent::ConnectionClosed { peer_id, num_established: 0, cause, .. } => {
+                            tracing::debug!(target: "manta::mesh", peer = %peer_id, cause = ?cause, "disconnected");
+                            connected_tx.send_modify(|s| { s.remove(&peer_id); });
+                        }
+                        SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
+                            let n = st.refused.fetch_add(1, Ordering::Relaxed) + 1;
+                            st.activity.send_modify(|a| *a += 1);
+                            if n <= 5 || n % 1000 == 0 {
+                                tracing::warn!(target: "manta::mesh", from = %send_back_addr, %error, total = n, "refused inbound connection");
+                            }
+                        }
+                        SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                            st.failed_dials.fetch_add(1, Ordering::Relaxed);
+                            st.activity.send_modify(|a| *a += 1);
+                            tracing::debug!(target: "manta::mesh", peer = ?peer_id, %error, "dial failed");
+                        }
+                        _ => {}
+                    },
+                    cmd = rx.recv() => match cmd {
+                        Some(Cmd::Allow(p)) => { swarm.behaviour_mut().allow.allow_peer(p); }
+                        Some(Cmd::Disallow(p)) => { swarm.behaviour_mut().allow.disallow_peer(p); }
+                        Some(Cmd::Dial(p, addr)) => {
+                            if !swarm.is_connected(&p) {
+                                let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(p).addresses(vec![addr]).build();
+                                if let Err(e) = swarm.dial(opts) {
+                                    tracing::debug!(target: "manta::mesh", peer = %p, error = %e, "dial refused");
+                                }
+                            }
+                        }
+                        None => break,
+                    },
+                }
+            }
+        });
+        Ok(Mesh {
+            cmd,
+            listen,
+            peer_id,
+            connected,
+            stats,
+        })
+    }
+
+    /// The real listen address.
+    pub fn listen_addr(&self) -> &Multiaddr {
+        &self.listen
+    }
+
+    /// This node's PeerId.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// Lets `peer` connect (a member).
+    pub fn allow(&self, peer: PeerId) {
+        let _ = self.cmd.send(Cmd::Allow(peer));
+    }
+
+    /// Stops allowing `peer`; its connections are closed.
+    pub fn disallow(&self, peer: PeerId) {
+        let _ = self.cmd.send(Cmd::Disallow(peer));
+    }
+
+    /// Dials `peer` at `addr` unless already connected.
+    pub fn dial(&self, peer: PeerId, addr: Multiaddr) {
+        let _ = self.cmd.send(Cmd::Dial(peer, addr));
+    }
+
+    /// The connected peers.
+    pub fn connected(&self) -> watch::Receiver<BTreeSet<PeerId>> {
+        self.connected.clone()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Arc<MeshStats> {
+        Arc::clone(&self.stats)
+    }
+}
