@@ -243,7 +243,8 @@ pub async fn node(
         Some(path) => Some(tree::load_file(path, &crate::builtin::kinds())?),
         None => None,
     };
-    let node = Node::start(config).await?;
+    let system = ActorSystem::with_kinds(crate::builtin::kinds());
+    let node = Node::start(config, system.clone()).await?;
     writeln!(out, "{}", node.ready_line())?;
     out.flush()?;
     let mut events = node.membership().subscribe();
@@ -266,7 +267,6 @@ pub async fn node(
             }
         }
     });
-    let system = ActorSystem::with_kinds(crate::builtin::kinds());
     let sup = match tree_spec {
         Some(spec) => Some(Supervisor::start(&system, spec).await?),
         None => None,

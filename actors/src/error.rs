@@ -23,6 +23,10 @@ pub enum SendFailure {
     /// The message could not be encoded for the wire.
     #[error("message could not be encoded: {0}")]
     Encode(String),
+    /// The remote node refused the message (e.g. the actor there takes
+    /// another message type).
+    #[error("refused by the remote node: {0}")]
+    Rejected(String),
 }
 
 /// A failed `tell`: the message comes back to the caller, with the reason.
@@ -100,4 +104,44 @@ pub enum LookupError {
         /// The message type the actor takes.
         actual: String,
     },
+}
+
+/// Byte-level (wire) delivery failed: what a remote sender gets back.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, thiserror::Error)]
+pub enum WireError {
+    /// No actor is registered under the name.
+    #[error("no actor named `{0}`")]
+    NotFound(String),
+    /// The actor takes another message type.
+    #[error("actor takes `{actual}`, not `{expected}`")]
+    WrongType {
+        /// What the sender asked for.
+        expected: String,
+        /// What the actor takes.
+        actual: String,
+    },
+    /// The actor cannot be addressed with serialised messages.
+    #[error("actor is not addressable over the wire")]
+    NotAddressable,
+    /// The bytes did not decode as the actor's message (or reply) type.
+    #[error("could not decode: {0}")]
+    Decode(String),
+    /// A message or reply could not be encoded.
+    #[error("could not encode: {0}")]
+    Encode(String),
+    /// The actor has stopped.
+    #[error("actor has stopped{}", .0.as_ref().map(|r| format!(" ({r})")).unwrap_or_default())]
+    ActorGone(Option<ExitReason>),
+    /// The actor stopped before replying.
+    #[error("actor stopped before replying{}", .0.as_ref().map(|r| format!(" ({r})")).unwrap_or_default())]
+    NoReply(Option<ExitReason>),
+    /// No reply in time.
+    #[error("no reply within {0} ms")]
+    Timeout(u64),
+    /// The node is gone.
+    #[error("node {0} is down")]
+    NodeDown(String),
+    /// The send queue to the node is full.
+    #[error("send queue to the node is full")]
+    Backpressure,
 }

@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 use ractor::{ActorCell, ActorRef, MessagingErr};
 use tokio::sync::oneshot;
 
-use crate::error::{AskError, SendError, SendFailure};
+use crate::error::{AskError, SendError, SendFailure, WireError};
 use crate::exit::{ExitReason, ExitSignal, Monitor};
 use crate::message::{Message, message_type_name};
 
@@ -255,6 +255,30 @@ pub trait ErasedHandle: Send + Sync + 'static {
     fn monitor(&self) -> Monitor;
     /// The typed handle, for downcasting.
     fn as_any(&self) -> &dyn Any;
+    /// Delivers a postcard-encoded message (from another node).
+    fn tell_wire(&self, body: &[u8]) -> Result<(), WireError> {
+        let _ = body;
+        Err(WireError::NotAddressable)
+    }
+    /// Delivers a postcard-encoded request and returns the encoded reply.
+    fn ask_wire(
+        &self,
+        body: &[u8],
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Vec<u8>, WireError>> {
+        let _ = (body, timeout);
+        Box::pin(async { Err(WireError::NotAddressable) })
+    }
+}
+
+fn wire_send_error(f: SendFailure) -> WireError {
+    match f {
+        SendFailure::ActorGone(r) => WireError::ActorGone(r),
+        SendFailure::NodeDown(n) => WireError::NodeDown(n),
+        SendFailure::Backpressure => WireError::Backpressure,
+        SendFailure::Encode(e) => WireError::Encode(e),
+        SendFailure::Rejected(e) => WireError::Decode(e),
+    }
 }
 
 impl<M: Message> ErasedHandle for ActorHandle<M> {
@@ -278,6 +302,30 @@ impl<M: Message> ErasedHandle for ActorHandle<M> {
     }
     fn as_any(&self) -> &dyn Any {
         self
+    }
+    fn tell_wire(&self, body: &[u8]) -> Result<(), WireError> {
+        let msg: M = postcard::from_bytes(body).map_err(|e| WireError::Decode(e.to_string()))?;
+        self.tell(msg).map_err(|e| wire_send_error(e.failure))
+    }
+    fn ask_wire(
+        &self,
+        body: &[u8],
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Vec<u8>, WireError>> {
+        let decoded: Result<M, _> = postcard::from_bytes(body);
+        let me = self.clone();
+        Box::pin(async move {
+            let msg = decoded.map_err(|e| WireError::Decode(e.to_string()))?;
+            match me.ask(msg, timeout).await {
+                Ok(reply) => {
+                    postcard::to_allocvec(&reply).map_err(|e| WireError::Encode(e.to_string()))
+                }
+                Err(AskError::Send(e)) => Err(wire_send_error(e.failure)),
+                Err(AskError::Timeout(d)) => Err(WireError::Timeout(d.as_millis() as u64)),
+                Err(AskError::NoReply(r)) => Err(WireError::NoReply(r)),
+                Err(AskError::Decode(e)) => Err(WireError::Decode(e)),
+            }
+        })
     }
 }
 
@@ -333,5 +381,17 @@ impl AnyHandle {
     /// Watches the actor.
     pub fn monitor(&self) -> Monitor {
         self.0.monitor()
+    }
+    /// Delivers a postcard-encoded message.
+    pub fn tell_wire(&self, body: &[u8]) -> Result<(), WireError> {
+        self.0.tell_wire(body)
+    }
+    /// Delivers a postcard-encoded request; returns the encoded reply.
+    pub fn ask_wire(
+        &self,
+        body: &[u8],
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Vec<u8>, WireError>> {
+        self.0.ask_wire(body, timeout)
     }
 }

@@ -60,7 +60,7 @@ mod message;
 mod system;
 
 pub use actor::{Actor, Context};
-pub use error::{ActorError, AskError, LookupError, SendError, SendFailure, SpawnError};
+pub use error::{ActorError, AskError, LookupError, SendError, SendFailure, SpawnError, WireError};
 pub use exit::{ExitReason, ExitSignal, Monitor};
 pub use handle::{ActorHandle, ActorId, AnyHandle, ErasedHandle, RemoteActor};
 pub use kind::{ArgsError, ChildFactory, KindError, KindRegistry, StartContext, factory};

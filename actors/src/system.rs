@@ -210,6 +210,15 @@ impl ActorSystem {
             .collect()
     }
 
+    /// The registered names of live actors with the message type each takes.
+    pub fn registered_types(&self) -> Vec<(String, &'static str)> {
+        self.names()
+            .iter()
+            .filter(|(_, h)| h.monitor().try_get().is_none())
+            .map(|(n, h)| (n.clone(), h.message_type()))
+            .collect()
+    }
+
     /// Stops every registered actor with `reason`.
     pub fn stop_all(&self, reason: ExitReason) {
         let handles: Vec<AnyHandle> = self.names().values().cloned().collect();

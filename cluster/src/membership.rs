@@ -148,6 +148,13 @@ pub enum MemberEvent {
     NodeLeft(Member),
 }
 
+/// The `actors` key: a JSON object, registered name -> message type.
+pub(crate) fn actor_types(keys: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    keys.get(keys::ACTORS)
+        .and_then(|v| serde_json::from_str(v).ok())
+        .unwrap_or_default()
+}
+
 fn split_list(s: Option<&String>) -> Vec<String> {
     s.map(|v| {
         v.split(',')
@@ -313,9 +320,10 @@ impl Membership {
         }
     }
 
-    /// Publishes the registered actor names.
-    pub async fn set_actors(&self, names: &[String]) {
-        self.set_key(keys::ACTORS, &names.join(",")).await;
+    /// Publishes the registered actor names with their message types.
+    pub async fn set_actors(&self, actors: &BTreeMap<String, String>) {
+        let json = serde_json::to_string(actors).unwrap_or_else(|_| "{}".to_owned());
+        self.set_key(keys::ACTORS, &json).await;
     }
 
     /// Leaves gracefully: marks this node `left`, pushes that to every live
@@ -382,7 +390,7 @@ impl Membership {
                         name,
                         gossip: id.gossip_advertise_addr,
                         roles: split_list(keys.get(keys::ROLES)),
-                        actors: split_list(keys.get(keys::ACTORS)),
+                        actors: actor_types(&keys).into_keys().collect(),
                         state,
                         keys,
                     });

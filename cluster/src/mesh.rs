@@ -45,12 +45,14 @@ impl std::fmt::Debug for MeshConfig {
 struct Behaviour {
     allow: allow_block_list::Behaviour<allow_block_list::AllowedPeers>,
     ping: ping::Behaviour,
+    streams: libp2p_stream::Behaviour,
 }
 
 enum Cmd {
     Allow(PeerId),
     Disallow(PeerId),
     Dial(PeerId, Multiaddr),
+    Shutdown,
 }
 
 /// Mesh counters.
@@ -91,6 +93,7 @@ impl MeshStats {
 #[derive(Clone)]
 pub struct Mesh {
     cmd: mpsc::UnboundedSender<Cmd>,
+    control: libp2p_stream::Control,
     listen: Multiaddr,
     peer_id: PeerId,
     connected: watch::Receiver<BTreeSet<PeerId>>,
@@ -135,7 +138,9 @@ impl Mesh {
         let behaviour = Behaviour {
             allow: allow_block_list::Behaviour::default(),
             ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(1))),
+            streams: libp2p_stream::Behaviour::new(),
         };
+        let control = behaviour.streams.new_control();
         let mut swarm = Swarm::new(
             transport(&cfg)?,
             behaviour,
@@ -203,13 +208,14 @@ impl Mesh {
                                 }
                             }
                         }
-                        None => break,
+                        Some(Cmd::Shutdown) | None => break,
                     },
                 }
             }
         });
         Ok(Mesh {
             cmd,
+            control,
             listen,
             peer_id,
             connected,
@@ -245,6 +251,16 @@ impl Mesh {
     /// The connected peers.
     pub fn connected(&self) -> watch::Receiver<BTreeSet<PeerId>> {
         self.connected.clone()
+    }
+
+    /// A handle to open and accept streams over the mesh's connections.
+    pub fn stream_control(&self) -> libp2p_stream::Control {
+        self.control.clone()
+    }
+
+    /// Stops the swarm: every connection closes (as if the process died).
+    pub fn shutdown(&self) {
+        let _ = self.cmd.send(Cmd::Shutdown);
     }
 
     /// Counters.

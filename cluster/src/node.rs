@@ -11,8 +11,13 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::membership::{MemberState, Membership, MembershipConfig, keys};
+use manta_actors::{ActorHandle, ActorSystem, LookupError, Message, message_type_name};
+
+use crate::membership::{
+    MemberEvent, MemberState, Membership, MembershipConfig, actor_types, keys,
+};
 use crate::mesh::{Mesh, MeshConfig};
+use crate::remote::Remoting;
 use crate::seal::mesh_psk;
 use crate::secret::ClusterSecret;
 
@@ -45,6 +50,8 @@ pub struct Node {
     identity: NodeIdentity,
     membership: Membership,
     mesh: Mesh,
+    remoting: Remoting,
+    system: ActorSystem,
     config: NodeConfig,
 }
 
@@ -57,8 +64,10 @@ pub(crate) fn resolve(addr: &str, what: &str) -> Result<SocketAddr, ClusterError
 }
 
 impl Node {
-    /// Loads (or creates) the identity, reads the secret and joins.
-    pub async fn start(config: NodeConfig) -> Result<Node, ClusterError> {
+    /// Loads (or creates) the identity, reads the secret and joins; the
+    /// actors registered by name in `system` become reachable from the
+    /// whole cluster.
+    pub async fn start(config: NodeConfig, system: ActorSystem) -> Result<Node, ClusterError> {
         let identity = NodeIdentity::load_or_create(&config.key_path())?;
         let secret = match &config.secret_file {
             Some(p) => Some(ClusterSecret::read(p)?),
@@ -124,12 +133,22 @@ impl Node {
         mc.keys
             .insert(keys::P2P.to_owned(), mesh.listen_addr().to_string());
         mc.mesh_gate = Some(gate);
+        let remoting = Remoting::start(system.clone(), mesh.stream_control());
+        let gossip_interval = mc.gossip_interval;
         let membership = Membership::start(mc).await?;
         tokio::spawn(reconcile(membership.clone(), mesh.clone()));
+        tokio::spawn(follow_membership(membership.clone(), remoting.clone()));
+        tokio::spawn(publish_names(
+            membership.clone(),
+            system.clone(),
+            gossip_interval,
+        ));
         Ok(Node {
             identity,
             membership,
             mesh,
+            remoting,
+            system,
             config,
         })
     }
@@ -159,9 +178,56 @@ impl Node {
         &self.identity
     }
 
+    /// The actor system whose named actors this node serves.
+    pub fn system(&self) -> &ActorSystem {
+        &self.system
+    }
+
+    /// Remote messaging.
+    pub fn remoting(&self) -> &Remoting {
+        &self.remoting
+    }
+
+    /// Finds the actor registered as `name` anywhere in the cluster (this
+    /// node first), checking that it takes messages of type `M`.
+    pub fn where_is<M: Message>(&self, name: &str) -> Result<ActorHandle<M>, LookupError> {
+        match self.system.lookup::<M>(name) {
+            Err(LookupError::NotFound(_)) => {}
+            other => return other,
+        }
+        let me = self.identity.peer_id().to_string();
+        for m in self.membership.members() {
+            if m.id == me || m.state != MemberState::Alive {
+                continue;
+            }
+            let types = actor_types(&m.keys);
+            let Some(ty) = types.get(name) else { continue };
+            if ty != message_type_name::<M>() {
+                return Err(LookupError::WrongType {
+                    name: name.to_owned(),
+                    expected: message_type_name::<M>(),
+                    actual: ty.clone(),
+                });
+            }
+            let Ok(peer) = m.id.parse::<libp2p::PeerId>() else {
+                continue;
+            };
+            return Ok(self.remoting.handle::<M>(peer, name));
+        }
+        Err(LookupError::NotFound(name.to_owned()))
+    }
+
     /// Leaves the cluster gracefully.
     pub async fn leave(self) {
         self.membership.leave().await;
+        self.mesh.shutdown();
+    }
+
+    /// Stops gossip and the mesh without a word, as `kill -9` would.
+    #[doc(hidden)]
+    pub async fn kill_for_test(&self) {
+        self.membership.kill_for_test().await;
+        self.mesh.shutdown();
     }
 }
 
@@ -195,6 +261,47 @@ async fn reconcile(membership: Membership, mesh: Mesh) {
             r = view.changed() => if r.is_err() { break },
             r = connected.changed() => if r.is_err() { break },
             _ = tick.tick() => {}
+        }
+    }
+}
+
+/// Node-down and node-up reach remote handles: their monitors fire with
+/// `node down` and their pending asks fail.
+async fn follow_membership(membership: Membership, remoting: Remoting) {
+    let mut events = membership.subscribe();
+    loop {
+        match events.recv().await {
+            Ok(MemberEvent::NodeUp(m)) => {
+                if let Ok(p) = m.id.parse() {
+                    remoting.node_up(p);
+                }
+            }
+            Ok(MemberEvent::NodeDown(m)) | Ok(MemberEvent::NodeLeft(m)) => {
+                if let Ok(p) = m.id.parse() {
+                    remoting.node_down(p);
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+        }
+    }
+}
+
+/// Gossips the names registered in `system` (with their message types)
+/// whenever they change.
+async fn publish_names(membership: Membership, system: ActorSystem, every: Duration) {
+    let mut last = None;
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let now: std::collections::BTreeMap<String, String> = system
+            .registered_types()
+            .into_iter()
+            .map(|(n, t)| (n, t.to_owned()))
+            .collect();
+        if last.as_ref() != Some(&now) {
+            membership.set_actors(&now).await;
+            last = Some(now);
         }
     }
 }

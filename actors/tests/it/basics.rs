@@ -100,3 +100,30 @@ fn public_handles_are_send_and_sync() {
     is_send_sync::<manta_actors::AnyHandle>();
     is_send_sync::<manta_actors::KindRegistry>();
 }
+
+#[tokio::test]
+async fn serialised_messages_reach_an_erased_handle() {
+    use manta_actors::WireError;
+    let sys = ActorSystem::new();
+    let h = sys.spawn_named("c", Counter::default()).await.unwrap();
+    let any = sys.lookup_any("c").unwrap();
+    any.tell_wire(&postcard::to_allocvec(&Cmd::Add(5)).unwrap())
+        .unwrap();
+    let reply = any
+        .ask_wire(&postcard::to_allocvec(&Cmd::Add(1)).unwrap(), T)
+        .await
+        .unwrap();
+    assert_eq!(postcard::from_bytes::<i64>(&reply).unwrap(), 6);
+    // Bytes that are not a Cmd are refused, not misdelivered.
+    assert!(matches!(
+        any.tell_wire(&[0xff, 0xff, 0xff]),
+        Err(WireError::Decode(_))
+    ));
+    h.stop(manta_actors::ExitReason::Normal);
+    h.monitor().wait().await;
+    assert!(matches!(
+        any.tell_wire(&postcard::to_allocvec(&Cmd::Get).unwrap()),
+        Err(WireError::ActorGone(Some(manta_actors::ExitReason::Normal)))
+    ));
+    assert_eq!(sys.registered_types(), vec![]);
+}

@@ -5,6 +5,7 @@
 
 mod gossip;
 mod mesh;
+mod remote;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,0 +1,480 @@
+//! Remote actors: long-lived libp2p streams per peer carrying
+//! length-prefixed postcard frames (`u32` big-endian length, a version byte,
+//! then the frame), a bounded send queue per peer (a full queue is
+//! backpressure, never unbounded memory), small frames batched into one
+//! flush under load, and [`RemoteRef`], the [`RemoteActor`] that lets an
+//! [`ActorHandle`] address an actor on another node.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::{PeerId, StreamProtocol};
+use manta_actors::{
+    ActorHandle, ActorId, ActorSystem, AskError, ExitReason, ExitSignal, Message, Monitor,
+    RemoteActor, SendError, SendFailure, WireError, message_type_name,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+/// The stream protocol of actor traffic.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/manta/actors/1");
+/// Frame format version.
+pub const FRAME_VERSION: u8 = 1;
+/// Largest frame accepted (bigger ones close the stream).
+pub const MAX_FRAME: usize = 64 * 1024 * 1024;
+/// Frames queued per peer before senders see backpressure.
+pub const PEER_QUEUE: usize = 4096;
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Frame {
+    Tell {
+        to: String,
+        ty: String,
+        body: Vec<u8>,
+    },
+    Ask {
+        id: u64,
+        to: String,
+        ty: String,
+        body: Vec<u8>,
+        timeout_ms: u64,
+    },
+    Reply {
+        id: u64,
+        result: Result<Vec<u8>, WireError>,
+    },
+    Stop {
+        to: String,
+        reason: ExitReason,
+    },
+    Kill {
+        to: String,
+    },
+}
+
+fn encode(frame: &Frame) -> Result<Vec<u8>, WireError> {
+    let body = postcard::to_allocvec(frame).map_err(|e| WireError::Encode(e.to_string()))?;
+    if body.len() + 1 > MAX_FRAME {
+        return Err(WireError::Encode(format!(
+            "frame of {} bytes exceeds {MAX_FRAME}",
+            body.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(4 + 1 + body.len());
+    out.extend_from_slice(&((body.len() + 1) as u32).to_be_bytes());
+    out.push(FRAME_VERSION);
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+type Pending = oneshot::Sender<Result<Vec<u8>, WireError>>;
+
+struct Link {
+    tx: mpsc::Sender<Vec<u8>>,
+}
+
+struct Inner {
+    system: ActorSystem,
+    control: Mutex<libp2p_stream::Control>,
+    links: Mutex<HashMap<PeerId, Link>>,
+    pending: Mutex<HashMap<u64, (PeerId, Pending)>>,
+    node_signals: Mutex<HashMap<PeerId, Arc<ExitSignal>>>,
+    next_id: AtomicU64,
+    bad_frames: AtomicU64,
+}
+
+/// Remote messaging for one node.
+#[derive(Clone)]
+pub struct Remoting {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Remoting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remoting").finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section is a map operation: a poisoned lock is consistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Remoting {
+    /// Starts accepting actor streams for `system`.
+    pub fn start(system: ActorSystem, mut control: libp2p_stream::Control) -> Remoting {
+        let incoming = control.accept(PROTOCOL);
+        let r = Remoting {
+            inner: Arc::new(Inner {
+                system,
+                control: Mutex::new(control),
+                links: Mutex::new(HashMap::new()),
+                pending: Mutex::new(HashMap::new()),
+                node_signals: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+                bad_frames: AtomicU64::new(0),
+            }),
+        };
+        match incoming {
+            Ok(mut incoming) => {
+                let me = r.clone();
+                tokio::spawn(async move {
+                    while let Some((peer, stream)) = incoming.next().await {
+                        tokio::spawn(me.clone().read_loop(peer, stream));
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::error!(target: "manta::remote", error = %e, "cannot accept actor streams")
+            }
+        }
+        r
+    }
+
+    /// Frames received that were malformed (the stream was closed).
+    pub fn bad_frames(&self) -> u64 {
+        self.inner.bad_frames.load(Ordering::Relaxed)
+    }
+
+    /// The node-down signal of `peer`'s current incarnation.
+    fn node_signal(&self, peer: PeerId) -> Arc<ExitSignal> {
+        Arc::clone(
+            lock(&self.inner.node_signals)
+                .entry(peer)
+                .or_insert_with(|| Arc::new(ExitSignal::new())),
+        )
+    }
+
+    /// `peer` is up (again): fresh signal for its new incarnation.
+    pub fn node_up(&self, peer: PeerId) {
+        let mut sigs = lock(&self.inner.node_signals);
+        if sigs.get(&peer).is_some_and(|s| s.reason().is_some()) {
+            sigs.insert(peer, Arc::new(ExitSignal::new()));
+        }
+    }
+
+    /// `peer` is down or gone: its handles die with `node down`, pending
+    /// asks fail, its link is dropped.
+    pub fn node_down(&self, peer: PeerId) {
+        self.node_signal(peer)
+            .set(ExitReason::NodeDown(peer.to_string()));
+        lock(&self.inner.links).remove(&peer);
+        let failed: Vec<Pending> = {
+            let mut p = lock(&self.inner.pending);
+            let ids: Vec<u64> = p
+                .iter()
+                .filter(|(_, (pp, _))| *pp == peer)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| p.remove(&id).map(|(_, tx)| tx))
+                .collect()
+        };
+        for tx in failed {
+            let _ = tx.send(Err(WireError::NodeDown(peer.to_string())));
+        }
+    }
+
+    /// Queues an encoded frame for `peer`, starting its writer if needed.
+    fn send(&self, peer: PeerId, frame: &Frame) -> Result<(), WireError> {
+        if let Some(r) = self.node_signal(peer).reason() {
+            return Err(match r {
+                ExitReason::NodeDown(n) => WireError::NodeDown(n),
+                other => WireError::ActorGone(Some(other)),
+            });
+        }
+        let bytes = encode(frame)?;
+        let mut links = lock(&self.inner.links);
+        let link = links.entry(peer).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(PEER_QUEUE);
+            let control = lock(&self.inner.control).clone();
+            tokio::spawn(self.clone().write_loop(peer, control, rx));
+            Link { tx }
+        });
+        match link.tx.try_send(bytes) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(WireError::Backpressure),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                links.remove(&peer);
+                Err(WireError::NodeDown(peer.to_string()))
+            }
+        }
+    }
+
+    async fn write_loop(
+        self,
+        peer: PeerId,
+        mut control: libp2p_stream::Control,
+        mut rx: mpsc::Receiver<Vec<u8>>,
+    ) {
+        let mut stream = match control.open_stream(peer, PROTOCOL).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(target: "manta::remote", %peer, error = %e, "cannot open actor stream");
+                lock(&self.inner.links).remove(&peer);
+                return;
+            }
+        };
+        let mut batch = Vec::with_capacity(64 * 1024);
+        while let Some(first) = rx.recv().await {
+            batch.clear();
+            batch.extend_from_slice(&first);
+            // Batch whatever else is queued (small frames under load) into
+            // one write, up to 256 KiB.
+            while batch.len() < 256 * 1024 {
+                match rx.try_recv() {
+                    Ok(more) => batch.extend_from_slice(&more),
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = async {
+                stream.write_all(&batch).await?;
+                stream.flush().await
+            }
+            .await
+            {
+                tracing::warn!(target: "manta::remote", %peer, error = %e, "actor stream broken");
+                break;
+            }
+        }
+        lock(&self.inner.links).remove(&peer);
+    }
+
+    async fn read_loop(self, peer: PeerId, mut stream: libp2p::Stream) {
+        let mut len_buf = [0u8; 4];
+        loop {
+            if stream.read_exact(&mut len_buf).await.is_err() {
+                return;
+            }
+            let len = u32::from_be_bytes(len_buf) as usize;
+            if len == 0 || len > MAX_FRAME {
+                self.bad(peer, &format!("frame length {len}"));
+                return;
+            }
+            let mut buf = vec![0u8; len];
+            if stream.read_exact(&mut buf).await.is_err() {
+                return;
+            }
+            if buf[0] != FRAME_VERSION {
+                self.bad(peer, &format!("frame version {}", buf[0]));
+                return;
+            }
+            match postcard::from_bytes::<Frame>(&buf[1..]) {
+                Ok(frame) => self.dispatch(peer, frame),
+                Err(e) => {
+                    self.bad(peer, &format!("undecodable frame: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn bad(&self, peer: PeerId, what: &str) {
+        let n = self.inner.bad_frames.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::warn!(target: "manta::remote", %peer, total = n, "{what}; closing the stream");
+    }
+
+    fn target(&self, to: &str, ty: &str) -> Result<manta_actors::AnyHandle, WireError> {
+        let h = self
+            .inner
+            .system
+            .lookup_any(to)
+            .ok_or_else(|| WireError::NotFound(to.to_owned()))?;
+        if h.message_type() != ty {
+            return Err(WireError::WrongType {
+                expected: ty.to_owned(),
+                actual: h.message_type().to_owned(),
+            });
+        }
+        Ok(h)
+    }
+
+    fn dispatch(&self, peer: PeerId, frame: Frame) {
+        match frame {
+            Frame::Tell { to, ty, body } => {
+                if let Err(e) = self.target(&to, &ty).and_then(|h| h.tell_wire(&body)) {
+                    tracing::debug!(target: "manta::remote", %peer, %to, error = %e, "remote tell dropped");
+                }
+            }
+            Frame::Ask {
+                id,
+                to,
+                ty,
+                body,
+                timeout_ms,
+            } => {
+                let me = self.clone();
+                let target = self.target(&to, &ty);
+                tokio::spawn(async move {
+                    let result = match target {
+                        Ok(h) => h.ask_wire(&body, Duration::from_millis(timeout_ms)).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = me.send(peer, &Frame::Reply { id, result }) {
+                        tracing::debug!(target: "manta::remote", %peer, error = %e, "reply not sent");
+                    }
+                });
+            }
+            Frame::Reply { id, result } => {
+                if let Some((_, tx)) = lock(&self.inner.pending).remove(&id) {
+                    let _ = tx.send(result);
+                }
+            }
+            Frame::Stop { to, reason } => {
+                if let Some(h) = self.inner.system.lookup_any(&to) {
+                    h.stop(reason);
+                }
+            }
+            Frame::Kill { to } => {
+                if let Some(h) = self.inner.system.lookup_any(&to) {
+                    h.kill();
+                }
+            }
+        }
+    }
+
+    /// A handle to the actor registered as `name` on `peer`.
+    pub fn handle<M: Message>(&self, peer: PeerId, name: &str) -> ActorHandle<M> {
+        ActorHandle::remote(Arc::new(RemoteRef::<M> {
+            remoting: self.clone(),
+            peer,
+            name: name.to_owned(),
+            signal: self.node_signal(peer),
+            _m: PhantomData,
+        }))
+    }
+}
+
+/// A named actor on another node.
+pub struct RemoteRef<M> {
+    remoting: Remoting,
+    peer: PeerId,
+    name: String,
+    signal: Arc<ExitSignal>,
+    _m: PhantomData<fn(M)>,
+}
+
+fn send_failure(e: WireError) -> SendFailure {
+    match e {
+        WireError::NodeDown(n) => SendFailure::NodeDown(n),
+        WireError::Backpressure => SendFailure::Backpressure,
+        WireError::ActorGone(r) => SendFailure::ActorGone(r),
+        WireError::NotFound(_) => SendFailure::ActorGone(None),
+        WireError::Encode(e) => SendFailure::Encode(e),
+        other => SendFailure::Rejected(other.to_string()),
+    }
+}
+
+impl<M: Message> RemoteActor<M> for RemoteRef<M> {
+    fn id(&self) -> ActorId {
+        ActorId::Remote {
+            node: self.peer.to_string(),
+            pid: 0,
+        }
+    }
+
+    fn tell(&self, msg: M) -> Result<(), SendError<M>> {
+        let body = match postcard::to_allocvec(&msg) {
+            Ok(b) => b,
+            Err(e) => {
+                return Err(SendError {
+                    message: msg,
+                    failure: SendFailure::Encode(e.to_string()),
+                });
+            }
+        };
+        let frame = Frame::Tell {
+            to: self.name.clone(),
+            ty: message_type_name::<M>().to_owned(),
+            body,
+        };
+        self.remoting
+            .send(self.peer, &frame)
+            .map_err(|e| SendError {
+                message: msg,
+                failure: send_failure(e),
+            })
+    }
+
+    fn ask(&self, msg: M, timeout: Duration) -> BoxFuture<'static, Result<M::Reply, AskError<M>>> {
+        let remoting = self.remoting.clone();
+        let peer = self.peer;
+        let name = self.name.clone();
+        Box::pin(async move {
+            let body = match postcard::to_allocvec(&msg) {
+                Ok(b) => b,
+                Err(e) => {
+                    return Err(AskError::Send(SendError {
+                        message: msg,
+                        failure: SendFailure::Encode(e.to_string()),
+                    }));
+                }
+            };
+            let id = remoting.inner.next_id.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = oneshot::channel();
+            lock(&remoting.inner.pending).insert(id, (peer, tx));
+            let frame = Frame::Ask {
+                id,
+                to: name,
+                ty: message_type_name::<M>().to_owned(),
+                body,
+                timeout_ms: timeout.as_millis() as u64,
+            };
+            if let Err(e) = remoting.send(peer, &frame) {
+                lock(&remoting.inner.pending).remove(&id);
+                return Err(AskError::Send(SendError {
+                    message: msg,
+                    failure: send_failure(e),
+                }));
+            }
+            let outcome = tokio::time::timeout(timeout, rx).await;
+            lock(&remoting.inner.pending).remove(&id);
+            match outcome {
+                Err(_) => Err(AskError::Timeout(timeout)),
+                Ok(Err(_)) => Err(AskError::NoReply(Some(ExitReason::NodeDown(
+                    peer.to_string(),
+                )))),
+                Ok(Ok(Ok(bytes))) => {
+                    postcard::from_bytes(&bytes).map_err(|e| AskError::Decode(e.to_string()))
+                }
+                Ok(Ok(Err(e))) => Err(match e {
+                    WireError::Timeout(_) => AskError::Timeout(timeout),
+                    WireError::NoReply(r) => AskError::NoReply(r),
+                    WireError::Decode(d) => AskError::Decode(d),
+                    other => AskError::Send(SendError {
+                        message: msg,
+                        failure: send_failure(other),
+                    }),
+                }),
+            }
+        })
+    }
+
+    fn stop(&self, reason: ExitReason) {
+        let _ = self.remoting.send(
+            self.peer,
+            &Frame::Stop {
+                to: self.name.clone(),
+                reason,
+            },
+        );
+    }
+
+    fn kill(&self) {
+        let _ = self.remoting.send(
+            self.peer,
+            &Frame::Kill {
+                to: self.name.clone(),
+            },
+        );
+    }
+
+    fn monitor(&self) -> Monitor {
+        self.signal.monitor()
+    }
+}
