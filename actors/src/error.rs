@@ -144,4 +144,7 @@ pub enum WireError {
     /// The send queue to the node is full.
     #[error("send queue to the node is full")]
     Backpressure,
+    /// A remote spawn failed.
+    #[error("spawn failed: {0}")]
+    Spawn(String),
 }

@@ -57,6 +57,7 @@ mod exit;
 mod handle;
 mod kind;
 mod message;
+mod placement;
 mod system;
 
 pub use actor::{Actor, Context};
@@ -65,6 +66,7 @@ pub use exit::{ExitReason, ExitSignal, Monitor};
 pub use handle::{ActorHandle, ActorId, AnyHandle, ErasedHandle, RemoteActor};
 pub use kind::{ArgsError, ChildFactory, KindError, KindRegistry, StartContext, factory};
 pub use message::{Message, message_type_name};
+pub use placement::{Placement, Placer, ResourceNeeds};
 pub use system::{ActorSystem, SpawnOptions};
 
 /// The ractor version Manta runs on, for code that needs its cells.

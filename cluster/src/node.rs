@@ -17,6 +17,7 @@ use crate::membership::{
     MemberEvent, MemberState, Membership, MembershipConfig, actor_types, keys,
 };
 use crate::mesh::{Mesh, MeshConfig};
+use crate::place::Cluster;
 use crate::remote::Remoting;
 use crate::seal::mesh_psk;
 use crate::secret::ClusterSecret;
@@ -52,6 +53,7 @@ pub struct Node {
     mesh: Mesh,
     remoting: Remoting,
     system: ActorSystem,
+    cluster: Cluster,
     config: NodeConfig,
 }
 
@@ -143,12 +145,19 @@ impl Node {
             system.clone(),
             gossip_interval,
         ));
+        let cluster = Cluster::new(
+            identity.peer_id(),
+            membership.clone(),
+            remoting.clone(),
+            system.clone(),
+        );
         Ok(Node {
             identity,
             membership,
             mesh,
             remoting,
             system,
+            cluster,
             config,
         })
     }
@@ -186,6 +195,12 @@ impl Node {
     /// Remote messaging.
     pub fn remoting(&self) -> &Remoting {
         &self.remoting
+    }
+
+    /// Cluster services (placement, remote spawn); also the [`manta_actors::Placer`]
+    /// for supervision trees whose children carry a placement.
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
     }
 
     /// Finds the actor registered as `name` anywhere in the cluster (this

@@ -55,6 +55,23 @@ enum Frame {
     Kill {
         to: String,
     },
+    /// Tell me when `to` exits.
+    Watch {
+        to: String,
+    },
+    /// `to` exited (answer to `Watch`; at once if it is not there).
+    Exited {
+        to: String,
+        reason: ExitReason,
+    },
+    /// Spawn `kind` with `args` (JSON of a TOML value) registered as `name`;
+    /// answered by a `Reply` carrying the actor's message type.
+    Spawn {
+        id: u64,
+        kind: String,
+        args_json: String,
+        name: String,
+    },
 }
 
 fn encode(frame: &Frame) -> Result<Vec<u8>, WireError> {
@@ -84,6 +101,8 @@ struct Inner {
     links: Mutex<HashMap<PeerId, Link>>,
     pending: Mutex<HashMap<u64, (PeerId, Pending)>>,
     node_signals: Mutex<HashMap<PeerId, Arc<ExitSignal>>>,
+    /// Exit signals of watched remote actors, by node and name.
+    watched: Mutex<HashMap<(PeerId, String), Arc<ExitSignal>>>,
     next_id: AtomicU64,
     bad_frames: AtomicU64,
 }
@@ -116,6 +135,7 @@ impl Remoting {
                 links: Mutex::new(HashMap::new()),
                 pending: Mutex::new(HashMap::new()),
                 node_signals: Mutex::new(HashMap::new()),
+                watched: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 bad_frames: AtomicU64::new(0),
             }),
@@ -178,6 +198,49 @@ impl Remoting {
         for tx in failed {
             let _ = tx.send(Err(WireError::NodeDown(peer.to_string())));
         }
+        let gone: Vec<Arc<ExitSignal>> = {
+            let mut w = lock(&self.inner.watched);
+            let keys: Vec<(PeerId, String)> =
+                w.keys().filter(|(p, _)| *p == peer).cloned().collect();
+            keys.into_iter().filter_map(|k| w.remove(&k)).collect()
+        };
+        for s in gone {
+            s.set(ExitReason::NodeDown(peer.to_string()));
+        }
+    }
+
+    /// The exit signal of the actor `name` on `peer`: set when it exits or
+    /// its node goes down. The first call asks the node to report the exit.
+    fn watch(&self, peer: PeerId, name: &str) -> Arc<ExitSignal> {
+        let node = self.node_signal(peer);
+        let key = (peer, name.to_owned());
+        let (signal, fresh) = {
+            let mut w = lock(&self.inner.watched);
+            match w.get(&key) {
+                Some(s) => (Arc::clone(s), false),
+                None => {
+                    let s = Arc::new(ExitSignal::new());
+                    w.insert(key, Arc::clone(&s));
+                    (s, true)
+                }
+            }
+        };
+        if let Some(r) = node.reason() {
+            signal.set(r);
+        } else if fresh {
+            if let Err(e) = self.send(
+                peer,
+                &Frame::Watch {
+                    to: name.to_owned(),
+                },
+            ) {
+                signal.set(match e {
+                    WireError::NodeDown(n) => ExitReason::NodeDown(n),
+                    other => ExitReason::Failed(format!("cannot watch: {other}")),
+                });
+            }
+        }
+        signal
     }
 
     /// Queues an encoded frame for `peer`, starting its writer if needed.
@@ -335,7 +398,101 @@ impl Remoting {
                     h.kill();
                 }
             }
+            Frame::Spawn {
+                id,
+                kind,
+                args_json,
+                name,
+            } => {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let result = me.spawn_here(&kind, &args_json, &name).await;
+                    if let Err(e) = me.send(peer, &Frame::Reply { id, result }) {
+                        tracing::debug!(target: "manta::remote", %peer, error = %e, "spawn reply not sent");
+                    }
+                });
+            }
+            Frame::Watch { to } => {
+                let me = self.clone();
+                let target = self.inner.system.lookup_any(&to);
+                tokio::spawn(async move {
+                    let reason = match target {
+                        Some(h) => h.monitor().wait().await,
+                        None => ExitReason::Failed(format!("no actor named `{to}`")),
+                    };
+                    let _ = me.send(peer, &Frame::Exited { to, reason });
+                });
+            }
+            Frame::Exited { to, reason } => {
+                if let Some(s) = lock(&self.inner.watched).remove(&(peer, to)) {
+                    s.set(reason);
+                }
+            }
         }
+    }
+
+    async fn spawn_here(
+        &self,
+        kind: &str,
+        args_json: &str,
+        name: &str,
+    ) -> Result<Vec<u8>, WireError> {
+        let args: toml::Value = serde_json::from_str(args_json)
+            .map_err(|e| WireError::Decode(format!("spawn args: {e}")))?;
+        let system = &self.inner.system;
+        let h = system
+            .kinds()
+            .spawn(system, kind, args, Some(name.to_owned()))
+            .await
+            .map_err(|e| WireError::Spawn(e.to_string()))?;
+        tracing::info!(target: "manta::remote", %kind, %name, actor = %h.id(), "spawned for a remote node");
+        Ok(h.message_type().as_bytes().to_vec())
+    }
+
+    /// Asks `peer` to spawn `kind` registered as `name`; returns the
+    /// message type of the new actor.
+    pub async fn spawn_remote(
+        &self,
+        peer: PeerId,
+        kind: &str,
+        args: &toml::Value,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<String, WireError> {
+        let args_json =
+            serde_json::to_string(args).map_err(|e| WireError::Encode(e.to_string()))?;
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.inner.pending).insert(id, (peer, tx));
+        let frame = Frame::Spawn {
+            id,
+            kind: kind.to_owned(),
+            args_json,
+            name: name.to_owned(),
+        };
+        if let Err(e) = self.send(peer, &frame) {
+            lock(&self.inner.pending).remove(&id);
+            return Err(e);
+        }
+        let outcome = tokio::time::timeout(timeout, rx).await;
+        lock(&self.inner.pending).remove(&id);
+        match outcome {
+            Err(_) => Err(WireError::Timeout(timeout.as_millis() as u64)),
+            Ok(Err(_)) => Err(WireError::NodeDown(peer.to_string())),
+            Ok(Ok(Ok(ty))) => String::from_utf8(ty).map_err(|e| WireError::Decode(e.to_string())),
+            Ok(Ok(Err(e))) => Err(e),
+        }
+    }
+
+    /// An erased handle to the actor `name` on `peer`, which takes messages
+    /// of type `ty` (a type name learnt at run time).
+    pub fn erased_handle(&self, peer: PeerId, name: &str, ty: &str) -> manta_actors::AnyHandle {
+        manta_actors::AnyHandle::new(Arc::new(RemoteAny {
+            remoting: self.clone(),
+            peer,
+            name: name.to_owned(),
+            ty: intern(ty),
+        }))
     }
 
     /// A handle to the actor registered as `name` on `peer`.
@@ -344,7 +501,6 @@ impl Remoting {
             remoting: self.clone(),
             peer,
             name: name.to_owned(),
-            signal: self.node_signal(peer),
             _m: PhantomData,
         }))
     }
@@ -355,7 +511,6 @@ pub struct RemoteRef<M> {
     remoting: Remoting,
     peer: PeerId,
     name: String,
-    signal: Arc<ExitSignal>,
     _m: PhantomData<fn(M)>,
 }
 
@@ -475,6 +630,76 @@ impl<M: Message> RemoteActor<M> for RemoteRef<M> {
     }
 
     fn monitor(&self) -> Monitor {
-        self.signal.monitor()
+        self.remoting.watch(self.peer, &self.name).monitor()
+    }
+}
+
+/// Interns message type names learnt from the wire (a small, finite set) so
+/// that erased handles can report them as `&'static str`.
+fn intern(ty: &str) -> &'static str {
+    static NAMES: std::sync::LazyLock<Mutex<std::collections::HashSet<&'static str>>> =
+        std::sync::LazyLock::new(|| Mutex::new(std::collections::HashSet::new()));
+    let mut names = lock(&NAMES);
+    if let Some(n) = names.get(ty) {
+        return n;
+    }
+    let leaked: &'static str = Box::leak(ty.to_owned().into_boxed_str());
+    names.insert(leaked);
+    leaked
+}
+
+/// A remote actor whose message type is known only by name.
+struct RemoteAny {
+    remoting: Remoting,
+    peer: PeerId,
+    name: String,
+    ty: &'static str,
+}
+
+impl manta_actors::ErasedHandle for RemoteAny {
+    fn id(&self) -> ActorId {
+        ActorId::Remote {
+            node: self.peer.to_string(),
+            pid: 0,
+        }
+    }
+    fn cell(&self) -> Option<manta_actors::ractor::ActorCell> {
+        None
+    }
+    fn message_type(&self) -> &'static str {
+        self.ty
+    }
+    fn stop(&self, reason: ExitReason) {
+        let _ = self.remoting.send(
+            self.peer,
+            &Frame::Stop {
+                to: self.name.clone(),
+                reason,
+            },
+        );
+    }
+    fn kill(&self) {
+        let _ = self.remoting.send(
+            self.peer,
+            &Frame::Kill {
+                to: self.name.clone(),
+            },
+        );
+    }
+    fn monitor(&self) -> Monitor {
+        self.remoting.watch(self.peer, &self.name).monitor()
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn tell_wire(&self, body: &[u8]) -> Result<(), WireError> {
+        self.remoting.send(
+            self.peer,
+            &Frame::Tell {
+                to: self.name.clone(),
+                ty: self.ty.to_owned(),
+                body: body.to_vec(),
+            },
+        )
     }
 }

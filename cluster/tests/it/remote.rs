@@ -206,3 +206,192 @@ async fn a_remote_handle_can_stop_the_actor() {
         .unwrap();
     assert_eq!(r, ExitReason::Shutdown(Some("from b".into())));
 }
+
+#[tokio::test]
+async fn the_exit_of_a_remote_actor_reaches_its_monitors() {
+    let (p, sys_a) = pair("exit").await;
+    let local = sys_a.spawn_named("ledger", Counter(0)).await.unwrap();
+    published(&p.b, "ledger").await;
+    let remote = p.b.where_is::<Cmd>("ledger").unwrap();
+    let monitor = remote.monitor();
+    // The watch is registered before the failure (ask round trip after it).
+    assert_eq!(remote.ask(Cmd::Get, DEADLINE).await.unwrap(), 0);
+    local.tell(Cmd::Fail).unwrap();
+    let r = tokio::time::timeout(DEADLINE, monitor.wait())
+        .await
+        .expect("exit within the deadline");
+    assert_eq!(r, ExitReason::Failed("told to fail".into()));
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct CounterArgs {
+    start: i64,
+}
+
+fn kinds() -> manta_actors::KindRegistry {
+    let k = manta_actors::KindRegistry::new();
+    k.register("counter", |a: CounterArgs| Counter(a.start));
+    k
+}
+
+struct Trio {
+    a: Node,
+    b: Node,
+    c: Node,
+    _dir: TempDir,
+}
+
+async fn trio(tag: &str) -> Trio {
+    let dir = std::env::temp_dir().join(format!("manta-trio-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("secret");
+    ClusterSecret::write_new(&secret).unwrap();
+    let a = Node::start(
+        node_config(&dir, "a", &secret, vec![]),
+        ActorSystem::with_kinds(kinds()),
+    )
+    .await
+    .unwrap();
+    let seed = vec![a.membership().gossip_addr().to_string()];
+    let mut cb = node_config(&dir, "b", &secret, seed.clone());
+    cb.roles = vec!["worker".into()];
+    let mut cc = node_config(&dir, "c", &secret, seed);
+    cc.roles = vec!["worker".into()];
+    let b = Node::start(cb, ActorSystem::with_kinds(kinds()))
+        .await
+        .unwrap();
+    let c = Node::start(cc, ActorSystem::with_kinds(kinds()))
+        .await
+        .unwrap();
+    for n in [&a, &b, &c] {
+        wait_view(n.membership(), "3 alive", |v| {
+            v.iter()
+                .filter(|m| m.state == manta_cluster::MemberState::Alive)
+                .count()
+                == 3
+        })
+        .await;
+    }
+    Trio {
+        a,
+        b,
+        c,
+        _dir: TempDir(dir),
+    }
+}
+
+fn args(start: i64) -> toml::Value {
+    toml::Value::Table(format!("start = {start}").parse().unwrap())
+}
+
+#[tokio::test]
+async fn remote_spawn_by_role_lands_on_a_matching_node() {
+    let t = trio("spawn").await;
+    let placement = manta_actors::Placement {
+        role: Some("worker".into()),
+        ..Default::default()
+    };
+    let h =
+        t.a.cluster()
+            .spawn_on::<Cmd>(&placement, "counter", args(5), Some("c1".into()))
+            .await
+            .unwrap();
+    assert!(!h.is_local());
+    assert_eq!(h.ask(Cmd::Add(1), DEADLINE).await.unwrap(), 6);
+    let on_b = t.b.system().lookup::<Cmd>("c1").is_ok();
+    let on_c = t.c.system().lookup::<Cmd>("c1").is_ok();
+    assert!(
+        on_b ^ on_c,
+        "exactly one worker node runs it (b: {on_b}, c: {on_c})"
+    );
+    assert!(t.a.system().lookup::<Cmd>("c1").is_err());
+    // By node name, and refused when nothing matches.
+    let placement = manta_actors::Placement {
+        node: Some("a".into()),
+        ..Default::default()
+    };
+    let local =
+        t.b.cluster()
+            .spawn_on::<Cmd>(&placement, "counter", args(1), Some("on-a".into()))
+            .await
+            .unwrap();
+    assert_eq!(local.ask(Cmd::Get, DEADLINE).await.unwrap(), 1);
+    assert!(t.a.system().lookup::<Cmd>("on-a").is_ok());
+    let none = manta_actors::Placement {
+        role: Some("gpu".into()),
+        ..Default::default()
+    };
+    let err =
+        t.a.cluster()
+            .spawn_on::<Cmd>(&none, "counter", args(0), None)
+            .await
+            .unwrap_err();
+    assert!(err.to_string().contains("no alive node matches"), "{err}");
+    // Unknown kinds and bad args are reported by the target node.
+    let err =
+        t.a.cluster()
+            .spawn_on::<Cmd>(&placement, "nope", args(0), None)
+            .await
+            .unwrap_err();
+    assert!(err.to_string().contains("nope"), "{err}");
+}
+
+#[tokio::test]
+async fn a_child_on_a_dead_node_is_restarted_on_a_live_one() {
+    use manta_actors::Placer;
+    use manta_supervision::{ChildSpec, EventBus, Supervisor, SupervisorEvent, SupervisorSpec};
+    let t = trio("restart").await;
+    let placement = manta_actors::Placement {
+        role: Some("worker".into()),
+        ..Default::default()
+    };
+    let factory =
+        t.a.cluster()
+            .factory("counter", args(0), &placement)
+            .unwrap();
+    let bus = EventBus::new();
+    let mut rx = bus.subscribe();
+    let spec = SupervisorSpec::new("root")
+        .intensity(5, Duration::from_secs(10))
+        .events(bus)
+        .child(ChildSpec::worker("w", factory).register("w"));
+    let sup = Supervisor::start(t.a.system(), spec).await.unwrap();
+    let host = if t.b.system().lookup::<Cmd>("w").is_ok() {
+        &t.b
+    } else {
+        &t.c
+    };
+    let survivor = if std::ptr::eq(host, &t.b) { &t.c } else { &t.b };
+    assert!(host.system().lookup::<Cmd>("w").is_ok());
+    host.kill_for_test().await;
+    let evs = tokio::time::timeout(DEADLINE, async {
+        let mut seen = Vec::new();
+        loop {
+            let ev = rx.recv().await.unwrap();
+            let done = matches!(&ev, SupervisorEvent::ChildStarted { restarts: 1, .. });
+            seen.push(ev);
+            if done {
+                return seen;
+            }
+        }
+    })
+    .await
+    .expect("restarted within the deadline");
+    let exit = evs.iter().find_map(|e| match e {
+        SupervisorEvent::ChildExited { reason, .. } => Some(reason.clone()),
+        _ => None,
+    });
+    assert!(matches!(exit, Some(ExitReason::NodeDown(_))), "{evs:#?}");
+    // The replacement runs on the surviving worker and answers.
+    let w = survivor.system().lookup::<Cmd>("w").unwrap();
+    assert_eq!(w.ask(Cmd::Add(3), DEADLINE).await.unwrap(), 3);
+    let info = &sup.which_children().await.unwrap()[0];
+    assert_eq!(info.restarts, 1);
+    // Supervisor shutdown stops the remote child through its proxy.
+    let mon = w.monitor();
+    sup.shutdown().await;
+    assert!(matches!(
+        tokio::time::timeout(DEADLINE, mon.wait()).await.unwrap(),
+        ExitReason::Shutdown(_)
+    ));
+}

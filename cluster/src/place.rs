@@ -1,0 +1,358 @@
+//! Placement and remote spawn: choosing a node for an actor, spawning a
+//! registered kind there, and the [`Placer`] supervisors use so that a child
+//! placed on another node is supervised like a local one (through a local
+//! proxy linked to the supervisor, which exits with the remote actor's exit
+//! reason, `node down` included).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use libp2p::PeerId;
+use manta_actors::{
+    Actor, ActorError, ActorHandle, ActorSystem, AnyHandle, ChildFactory, Context, ExitReason,
+    Message, Placement, Placer, SpawnError, SpawnOptions, StartContext, WireError,
+    message_type_name,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Resources;
+use crate::membership::{MemberState, Membership, actor_types, keys};
+use crate::remote::Remoting;
+
+/// How long a remote spawn may take.
+pub const SPAWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A cloneable handle to a node's cluster services: lookup, placement,
+/// remote spawn.
+#[derive(Clone)]
+pub struct Cluster {
+    pub(crate) me: PeerId,
+    pub(crate) membership: Membership,
+    pub(crate) remoting: Remoting,
+    pub(crate) system: ActorSystem,
+    seq: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("me", &self.me).finish()
+    }
+}
+
+impl Cluster {
+    pub(crate) fn new(
+        me: PeerId,
+        membership: Membership,
+        remoting: Remoting,
+        system: ActorSystem,
+    ) -> Self {
+        Self {
+            me,
+            membership,
+            remoting,
+            system,
+            seq: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> PeerId {
+        self.me
+    }
+
+    /// Chooses the node for `placement`: the alive members (this node
+    /// included) that match every field, least loaded first (registered
+    /// actors per CPU).
+    pub fn choose(&self, placement: &Placement) -> Result<PeerId, SpawnError> {
+        let mut best: Option<(f64, PeerId)> = None;
+        for m in self.membership.members() {
+            if m.state != MemberState::Alive {
+                continue;
+            }
+            if let Some(n) = &placement.node {
+                if *n != m.id && *n != m.name {
+                    continue;
+                }
+            }
+            if let Some(r) = &placement.role {
+                if !m.roles.contains(r) {
+                    continue;
+                }
+            }
+            let labels: BTreeMap<String, String> = m
+                .keys
+                .get(keys::LABELS)
+                .and_then(|l| serde_json::from_str(l).ok())
+                .unwrap_or_default();
+            if placement
+                .labels
+                .iter()
+                .any(|(k, v)| labels.get(k) != Some(v))
+            {
+                continue;
+            }
+            let res: Resources = m
+                .keys
+                .get(keys::RESOURCES)
+                .and_then(|r| serde_json::from_str(r).ok())
+                .unwrap_or_default();
+            if let Some(need) = &placement.resources {
+                if res.cpus < need.cpus || res.gpus < need.gpus || res.memory_mb < need.memory_mb {
+                    continue;
+                }
+            }
+            let Ok(peer) = m.id.parse::<PeerId>() else {
+                continue;
+            };
+            let load = (actor_types(&m.keys).len() as f64 + 1.0) / res.cpus.max(1.0);
+            if best.is_none_or(|(l, _)| load < l) {
+                best = Some((load, peer));
+            }
+        }
+        best.map(|(_, p)| p)
+            .ok_or_else(|| SpawnError::Placement(format!("no alive node matches {placement:?}")))
+    }
+
+    /// Spawns `kind` with `args` on a node matching `placement`, registered
+    /// there as `name` (generated when `None`); returns a handle that works
+    /// from anywhere.
+    pub async fn spawn_on<M: Message>(
+        &self,
+        placement: &Placement,
+        kind: &str,
+        args: toml::Value,
+        name: Option<String>,
+    ) -> Result<ActorHandle<M>, SpawnError> {
+        let (any, remote) = self.spawn_any(placement, kind, args, name).await?;
+        if any.message_type() != message_type_name::<M>() {
+            any.stop(ExitReason::Shutdown(Some(
+                "spawned with the wrong message type".into(),
+            )));
+            return Err(SpawnError::BadArgs {
+                kind: kind.to_owned(),
+                message: format!(
+                    "kind takes `{}`, not `{}`",
+                    any.message_type(),
+                    message_type_name::<M>()
+                ),
+            });
+        }
+        match remote {
+            Some((peer, name)) => Ok(self.remoting.handle::<M>(peer, &name)),
+            None => any
+                .downcast::<M>()
+                .ok_or_else(|| SpawnError::Startup("handle of an unexpected type".to_owned())),
+        }
+    }
+
+    /// Spawns and returns an erased handle, plus the node and name when the
+    /// actor runs elsewhere.
+    async fn spawn_any(
+        &self,
+        placement: &Placement,
+        kind: &str,
+        args: toml::Value,
+        name: Option<String>,
+    ) -> Result<(AnyHandle, Option<(PeerId, String)>), SpawnError> {
+        let peer = self.choose(placement)?;
+        let name = name.unwrap_or_else(|| {
+            let n = self.seq.fetch_add(1, Ordering::Relaxed);
+            format!(
+                "{kind}-{}-{n}",
+                &self.me.to_string()[..8.min(self.me.to_string().len())]
+            )
+        });
+        if peer == self.me {
+            let h = self
+                .system
+                .kinds()
+                .spawn(&self.system, kind, args, Some(name))
+                .await?;
+            return Ok((h, None));
+        }
+        let ty = self
+            .remoting
+            .spawn_remote(peer, kind, &args, &name, SPAWN_TIMEOUT)
+            .await
+            .map_err(|e| match e {
+                WireError::Spawn(m) => SpawnError::Startup(format!("on {peer}: {m}")),
+                other => SpawnError::Placement(format!("on {peer}: {other}")),
+            })?;
+        Ok((
+            self.remoting.erased_handle(peer, &name, &ty),
+            Some((peer, name)),
+        ))
+    }
+}
+
+impl Placer for Cluster {
+    fn factory(
+        &self,
+        kind: &str,
+        args: toml::Value,
+        placement: &Placement,
+    ) -> Result<Arc<dyn ChildFactory>, SpawnError> {
+        if !self.system.kinds().contains(kind) {
+            return Err(SpawnError::UnknownKind(kind.to_owned()));
+        }
+        Ok(Arc::new(PlacedFactory {
+            cluster: self.clone(),
+            kind: kind.to_owned(),
+            args,
+            placement: placement.clone(),
+        }))
+    }
+}
+
+/// Starts a child on a node chosen at each start; the supervisor manages a
+/// local proxy that mirrors the remote actor's life.
+struct PlacedFactory {
+    cluster: Cluster,
+    kind: String,
+    args: toml::Value,
+    placement: Placement,
+}
+
+impl ChildFactory for PlacedFactory {
+    fn start(&self, ctx: StartContext) -> BoxFuture<'static, Result<AnyHandle, SpawnError>> {
+        let cluster = self.cluster.clone();
+        let kind = self.kind.clone();
+        let args = self.args.clone();
+        let placement = self.placement.clone();
+        Box::pin(async move {
+            let (remote, _) = cluster
+                .spawn_any(&placement, &kind, args, ctx.name.clone())
+                .await?;
+            if remote.cell().is_some() {
+                // Placed on this very node: supervise it directly.
+                if let Some(link) = &ctx.link {
+                    if let Some(cell) = remote.cell() {
+                        cell.link(link.clone());
+                    }
+                }
+                return Ok(remote);
+            }
+            let proxy = Proxy {
+                remote: Some(remote.clone()),
+            };
+            let opts = SpawnOptions {
+                name: None,
+                link: ctx.link,
+            };
+            let h = ctx.system.spawn_with(proxy, opts).await?;
+            Ok(ProxyHandle { proxy: h, remote }.into_any())
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("{} placed by {:?}", self.kind, self.placement)
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum ProxyMsg {
+    RemoteExited(ExitReason),
+}
+
+impl Message for ProxyMsg {
+    type Reply = ();
+}
+
+/// Stands in for a remote child under a local supervisor.
+struct Proxy {
+    remote: Option<AnyHandle>,
+}
+
+impl Actor for Proxy {
+    type Msg = ProxyMsg;
+
+    async fn started(&mut self, ctx: &mut Context<ProxyMsg>) -> Result<(), ActorError> {
+        if let Some(remote) = &self.remote {
+            let monitor = remote.monitor();
+            let me = ctx.myself().clone();
+            tokio::spawn(async move {
+                let reason = monitor.wait().await;
+                let _ = me.tell(ProxyMsg::RemoteExited(reason));
+            });
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &mut self,
+        msg: ProxyMsg,
+        ctx: &mut Context<ProxyMsg>,
+    ) -> Result<(), ActorError> {
+        let ProxyMsg::RemoteExited(reason) = msg;
+        // The remote is gone: exit with its reason, so the supervisor sees
+        // exactly what happened there (`node down` included).
+        self.remote = None;
+        ctx.stop(reason);
+        Ok(())
+    }
+
+    async fn stopped(&mut self, reason: &ExitReason, _: &mut Context<ProxyMsg>) {
+        if let Some(remote) = self.remote.take() {
+            remote.stop(reason.clone());
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        // Killed (brutal_kill) without `stopped`: the remote goes too.
+        if let Some(remote) = self.remote.take() {
+            remote.kill();
+        }
+    }
+}
+
+/// The supervisor's view of a placed child: the proxy's life, the remote's
+/// identity.
+struct ProxyHandle {
+    proxy: ActorHandle<ProxyMsg>,
+    remote: AnyHandle,
+}
+
+impl ProxyHandle {
+    fn into_any(self) -> AnyHandle {
+        AnyHandle::new(Arc::new(self))
+    }
+}
+
+impl manta_actors::ErasedHandle for ProxyHandle {
+    fn id(&self) -> manta_actors::ActorId {
+        self.remote.id()
+    }
+    fn cell(&self) -> Option<manta_actors::ractor::ActorCell> {
+        self.proxy.cell()
+    }
+    fn message_type(&self) -> &'static str {
+        self.remote.message_type()
+    }
+    fn stop(&self, reason: ExitReason) {
+        self.proxy.stop(reason)
+    }
+    fn kill(&self) {
+        self.proxy.kill()
+    }
+    fn monitor(&self) -> manta_actors::Monitor {
+        self.proxy.monitor()
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn tell_wire(&self, body: &[u8]) -> Result<(), WireError> {
+        self.remote.tell_wire(body)
+    }
+    fn ask_wire(
+        &self,
+        body: &[u8],
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Vec<u8>, WireError>> {
+        self.remote.ask_wire(body, timeout)
+    }
+}
