@@ -239,12 +239,22 @@ pub async fn node(
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
     use manta_cluster::{MemberEvent, Node};
-    let tree_spec = match &config.tree {
-        Some(path) => Some(tree::load_file(path, &crate::builtin::kinds())?),
-        None => None,
-    };
+    // Checked before joining, so a bad file never starts a node...
+    let tree_path = config.tree.clone();
+    if let Some(path) = &tree_path {
+        tree::load_file(path, &crate::builtin::kinds())?;
+    }
     let system = ActorSystem::with_kinds(crate::builtin::kinds());
     let node = Node::start(config, system.clone()).await?;
+    // ...and loaded again with the node as placer for placed children.
+    let tree_spec = match &tree_path {
+        Some(path) => Some(tree::load_file_with(
+            path,
+            &crate::builtin::kinds(),
+            Some(node.cluster()),
+        )?),
+        None => None,
+    };
     writeln!(out, "{}", node.ready_line())?;
     out.flush()?;
     let mut events = node.membership().subscribe();

@@ -38,7 +38,7 @@ pub use identity::NodeIdentity;
 pub use membership::{Member, MemberEvent, MemberState, Membership, MembershipConfig};
 pub use mesh::{Mesh, MeshConfig, MeshStats};
 pub use node::{Node, ReadyLine};
-pub use place::{Cluster, SPAWN_TIMEOUT};
+pub use place::{Cluster, PLACEMENT_WAIT, SPAWN_TIMEOUT};
 pub use remote::{FRAME_VERSION, MAX_FRAME, PEER_QUEUE, PROTOCOL, RemoteRef, Remoting};
 pub use secret::ClusterSecret;
 pub use status::{ClusterStatus, NodeStatus, query_status};

@@ -24,6 +24,9 @@ use crate::remote::Remoting;
 
 /// How long a remote spawn may take.
 pub const SPAWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a placement waits for a matching node to join (a node starting
+/// its tree right after joining has not heard of the others yet).
+pub const PLACEMENT_WAIT: Duration = Duration::from_secs(10);
 
 /// A cloneable handle to a node's cluster services: lookup, placement,
 /// remote spawn.
@@ -116,9 +119,34 @@ impl Cluster {
             .ok_or_else(|| SpawnError::Placement(format!("no alive node matches {placement:?}")))
     }
 
-    /// Spawns `kind` with `args` on a node matching `placement`, registered
-    /// there as `name` (generated when `None`); returns a handle that works
-    /// from anywhere.
+    /// Like [`Cluster::choose`], waiting up to `wait` for a matching node to
+    /// appear in the view.
+    pub async fn choose_waiting(
+        &self,
+        placement: &Placement,
+        wait: Duration,
+    ) -> Result<PeerId, SpawnError> {
+        let mut view = self.membership.view();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            view.borrow_and_update();
+            match self.choose(placement) {
+                Ok(p) => return Ok(p),
+                Err(e) => {
+                    if tokio::time::timeout_at(deadline, view.changed())
+                        .await
+                        .is_err()
+                    {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Spawns `kind` with `args` on a node matching `placement` (now: no
+    /// waiting for nodes to join), registered there as `name` (generated
+    /// when `None`); returns a handle that works from anywhere.
     pub async fn spawn_on<M: Message>(
         &self,
         placement: &Placement,
@@ -126,7 +154,9 @@ impl Cluster {
         args: toml::Value,
         name: Option<String>,
     ) -> Result<ActorHandle<M>, SpawnError> {
-        let (any, remote) = self.spawn_any(placement, kind, args, name).await?;
+        let (any, remote) = self
+            .spawn_any(placement, kind, args, name, Duration::ZERO)
+            .await?;
         if any.message_type() != message_type_name::<M>() {
             any.stop(ExitReason::Shutdown(Some(
                 "spawned with the wrong message type".into(),
@@ -156,8 +186,9 @@ impl Cluster {
         kind: &str,
         args: toml::Value,
         name: Option<String>,
+        wait: Duration,
     ) -> Result<(AnyHandle, Option<(PeerId, String)>), SpawnError> {
-        let peer = self.choose(placement)?;
+        let peer = self.choose_waiting(placement, wait).await?;
         let name = name.unwrap_or_else(|| {
             let n = self.seq.fetch_add(1, Ordering::Relaxed);
             format!(
@@ -224,7 +255,7 @@ impl ChildFactory for PlacedFactory {
         let placement = self.placement.clone();
         Box::pin(async move {
             let (remote, _) = cluster
-                .spawn_any(&placement, &kind, args, ctx.name.clone())
+                .spawn_any(&placement, &kind, args, ctx.name.clone(), PLACEMENT_WAIT)
                 .await?;
             if remote.cell().is_some() {
                 // Placed on this very node: supervise it directly.

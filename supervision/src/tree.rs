@@ -19,6 +19,7 @@
 //! shutdown = "2s"               # a duration | "brutal_kill" | "infinity"
 //! register = "ticker"           # optional: register under this name
 //! args = { interval = "500ms" } # the kind's arguments
+//! placement = { role = "gpu" }  # optional, in a cluster: node, role, labels, resources
 //!
 //! [[children]]
 //! id = "workers"
@@ -38,7 +39,12 @@ use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
 
-use manta_actors::{KindError, KindRegistry};
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use manta_actors::{
+    AnyHandle, ChildFactory, KindError, KindRegistry, Placement, Placer, SpawnError, StartContext,
+};
 use serde::de::DeserializeOwned;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
@@ -92,8 +98,19 @@ impl fmt::Display for TreeErrors {
 }
 
 /// Reads and checks a tree file. The root supervisor's default name is the
-/// file's stem.
+/// file's stem. Workers with a `placement` get a factory that fails at start
+/// (they need a cluster node: see [`load_file_with`]).
 pub fn load_file(path: &Path, kinds: &KindRegistry) -> Result<SupervisorSpec, TreeErrors> {
+    load_file_with(path, kinds, None)
+}
+
+/// Like [`load_file`]; workers with a `placement` are started through
+/// `placer` (a cluster node) on a matching node.
+pub fn load_file_with(
+    path: &Path,
+    kinds: &KindRegistry,
+    placer: Option<&dyn Placer>,
+) -> Result<SupervisorSpec, TreeErrors> {
     let file = path.display().to_string();
     let src = std::fs::read_to_string(path).map_err(|e| {
         TreeErrors(vec![TreeError {
@@ -108,12 +125,22 @@ pub fn load_file(path: &Path, kinds: &KindRegistry) -> Result<SupervisorSpec, Tr
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "root".to_owned());
-    load_str_named(&src, &file, &stem, kinds)
+    load_str_named(&src, &file, &stem, kinds, placer)
 }
 
 /// Checks a tree given as text; `file` is used in error positions.
 pub fn load_str(src: &str, file: &str, kinds: &KindRegistry) -> Result<SupervisorSpec, TreeErrors> {
-    load_str_named(src, file, "root", kinds)
+    load_str_named(src, file, "root", kinds, None)
+}
+
+/// Like [`load_str`], placing workers that carry a `placement` through `placer`.
+pub fn load_str_with(
+    src: &str,
+    file: &str,
+    kinds: &KindRegistry,
+    placer: Option<&dyn Placer>,
+) -> Result<SupervisorSpec, TreeErrors> {
+    load_str_named(src, file, "root", kinds, placer)
 }
 
 fn load_str_named(
@@ -121,11 +148,13 @@ fn load_str_named(
     file: &str,
     default_name: &str,
     kinds: &KindRegistry,
+    placer: Option<&dyn Placer>,
 ) -> Result<SupervisorSpec, TreeErrors> {
     let mut cx = Checker {
         src,
         file,
         kinds,
+        placer,
         errors: Vec::new(),
     };
     let (root, parse_errors) = DeTable::parse_recoverable(src);
@@ -167,10 +196,19 @@ struct Checker<'s> {
     src: &'s str,
     file: &'s str,
     kinds: &'s KindRegistry,
+    placer: Option<&'s dyn Placer>,
     errors: Vec<TreeError>,
 }
 
-const WORKER_KEYS: &[&str] = &["id", "kind", "args", "restart", "shutdown", "register"];
+const WORKER_KEYS: &[&str] = &[
+    "id",
+    "kind",
+    "args",
+    "restart",
+    "shutdown",
+    "register",
+    "placement",
+];
 const SUPERVISOR_KEYS: &[&str] = &[
     "id",
     "name",
@@ -477,6 +515,19 @@ impl<'s> Checker<'s> {
                     None
                 }
             };
+            let factory = match get("placement") {
+                None => factory,
+                Some(pv) => {
+                    let placement: Option<Placement> = self.de(pv, "placement");
+                    let value: Option<toml::Value> = self.de(args, "args");
+                    match (factory, placement, value) {
+                        (Some(_), Some(placement), Some(value)) => {
+                            self.placed(&kind, value, &placement, pv.span())
+                        }
+                        _ => None,
+                    }
+                }
+            };
             ChildSpec::worker(id.clone()?, factory?)
         } else {
             let sup = self.supervisor(t, span, id.clone(), &label)?;
@@ -493,6 +544,29 @@ impl<'s> Checker<'s> {
         }
         spec.register = register;
         Some(spec)
+    }
+
+    /// A factory for a worker placed in a cluster.
+    fn placed(
+        &mut self,
+        kind: &str,
+        args: toml::Value,
+        placement: &Placement,
+        at: Range<usize>,
+    ) -> Option<Arc<dyn ChildFactory>> {
+        match self.placer {
+            Some(p) => match p.factory(kind, args, placement) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    self.error(at, format!("cannot place: {e}"));
+                    None
+                }
+            },
+            None => Some(Arc::new(NeedsCluster {
+                kind: kind.to_owned(),
+                placement: placement.clone(),
+            })),
+        }
     }
 
     fn supervisor(
@@ -576,5 +650,26 @@ impl<'s> Checker<'s> {
             return None;
         }
         Some(spec)
+    }
+}
+
+/// The factory of a placed worker loaded without a cluster: starting it
+/// fails with an error that says what to do.
+struct NeedsCluster {
+    kind: String,
+    placement: Placement,
+}
+
+impl ChildFactory for NeedsCluster {
+    fn start(&self, _ctx: StartContext) -> BoxFuture<'static, Result<AnyHandle, SpawnError>> {
+        let msg = format!(
+            "`{}` has a placement ({:?}) and needs a cluster node: run the tree with `manta node --tree FILE`",
+            self.kind, self.placement
+        );
+        Box::pin(async move { Err(SpawnError::Placement(msg)) })
+    }
+
+    fn describe(&self) -> String {
+        format!("{} (needs a cluster)", self.kind)
     }
 }

@@ -313,3 +313,59 @@ fn a_bad_node_config_is_reported_with_its_position() {
         "{err}"
     );
 }
+
+fn actor_on(st: &Value, name: &str) -> Option<String> {
+    st["nodes"].as_array()?.iter().find_map(|n| {
+        let alive = n["state"] == "alive";
+        let has = n["actors"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == name));
+        (alive && has).then(|| n["id"].as_str().unwrap_or("").to_owned())
+    })
+}
+
+#[test]
+fn a_placed_child_is_restarted_on_a_survivor_when_its_node_is_killed() {
+    let dir = Scratch::new("placed");
+    let s = secret(&dir, "c.secret");
+    let tree = dir.file(
+        "tree.toml",
+        "name = \"bank\"\nintensity = 5\nperiod = \"10s\"\n\n[[children]]\nid = \"acct\"\nkind = \"counter\"\n\
+         register = \"acct\"\nplacement = { role = \"worker\" }\n",
+    );
+    let tree_arg = tree.display().to_string();
+    let mut a = start_node(&dir, "a", Some(&s), &[], &["--tree", &tree_arg]);
+    let mut b = start_node(&dir, "b", Some(&s), &[&a.gossip], &["--role", "worker"]);
+    let mut c = start_node(&dir, "c", Some(&s), &[&a.gossip], &["--role", "worker"]);
+    let st = wait_status(&a.gossip, Some(&s), "acct placed on a worker", |st| {
+        actor_on(st, "acct").is_some()
+    });
+    let host = actor_on(&st, "acct").unwrap();
+    assert!(
+        host == b.id || host == c.id,
+        "acct must run on a worker, not on {host}"
+    );
+    let (victim, survivor) = if host == b.id {
+        (&mut b, &c)
+    } else {
+        (&mut c, &b)
+    };
+    victim.p.child.kill().unwrap();
+    let _ = victim.p.child.wait();
+    let survivor_id = survivor.id.clone();
+    wait_status(
+        &a.gossip,
+        Some(&s),
+        "acct restarted on the survivor",
+        |st| actor_on(st, "acct").as_deref() == Some(survivor_id.as_str()),
+    );
+    let line = a.p.wait_for("child exited");
+    assert!(
+        line.contains("child=acct") && line.contains("node down"),
+        "{line}"
+    );
+    a.p.wait_for("restarts=1");
+    a.p.child.kill().unwrap();
+    b.p.child.kill().ok();
+    c.p.child.kill().ok();
+}

@@ -148,3 +148,21 @@ fn the_root_name_defaults_to_the_file_stem() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn a_placed_worker_without_a_cluster_fails_to_start_with_a_clear_error() {
+    let src = "[[children]]\nid = \"w\"\nkind = \"probe\"\nplacement = { role = \"gpu\" }\n";
+    let spec = load_str(src, "placed.toml", &kinds()).unwrap();
+    let err = Supervisor::start(&ActorSystem::new(), spec)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("needs a cluster node") && err.contains("manta node --tree"),
+        "{err}"
+    );
+    let bad = "[[children]]\nid = \"w\"\nkind = \"probe\"\nplacement = { rolle = \"gpu\" }\n";
+    let e = load_str(bad, "placed.toml", &kinds()).unwrap_err();
+    assert_eq!((e.0[0].line, e.0[0].column), (4, 15), "{e}");
+    assert!(e.0[0].message.contains("unknown field `rolle`"), "{e}");
+}
