@@ -25,6 +25,7 @@ pub struct SpawnOptions {
 
 struct SystemInner {
     names: Mutex<BTreeMap<String, AnyHandle>>,
+    groups: Mutex<BTreeMap<String, std::collections::BTreeSet<String>>>,
     kinds: KindRegistry,
 }
 
@@ -63,6 +64,7 @@ impl ActorSystem {
         Self {
             inner: Arc::new(SystemInner {
                 names: Mutex::new(BTreeMap::new()),
+                groups: Mutex::new(BTreeMap::new()),
                 kinds,
             }),
         }
@@ -216,6 +218,56 @@ impl ActorSystem {
             .iter()
             .filter(|(_, h)| h.monitor().try_get().is_none())
             .map(|(n, h)| (n.clone(), h.message_type()))
+            .collect()
+    }
+
+    /// Adds the actor registered as `name` to process group `group`. Groups
+    /// hold names: a member leaves when its actor exits (or by
+    /// [`ActorSystem::leave_group`]); in a cluster, groups span nodes.
+    pub fn join_group(&self, group: &str, name: &str) -> Result<(), LookupError> {
+        if self.lookup_any(name).is_none() {
+            return Err(LookupError::NotFound(name.to_owned()));
+        }
+        let mut g = self.inner.groups.lock().unwrap_or_else(|e| e.into_inner());
+        g.entry(group.to_owned())
+            .or_default()
+            .insert(name.to_owned());
+        Ok(())
+    }
+
+    /// Removes `name` from `group`. Returns whether it was a member.
+    pub fn leave_group(&self, group: &str, name: &str) -> bool {
+        let mut g = self.inner.groups.lock().unwrap_or_else(|e| e.into_inner());
+        g.get_mut(group).is_some_and(|m| m.remove(name))
+    }
+
+    /// The live members of every group on this system.
+    pub fn groups(&self) -> BTreeMap<String, Vec<String>> {
+        let g = self
+            .inner
+            .groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        g.into_iter()
+            .map(|(k, names)| {
+                let live: Vec<String> = names
+                    .into_iter()
+                    .filter(|n| self.lookup_any(n).is_some())
+                    .collect();
+                (k, live)
+            })
+            .filter(|(_, v)| !v.is_empty())
+            .collect()
+    }
+
+    /// The live local members of `group` that take messages of type `M`.
+    pub fn group<M: Message>(&self, group: &str) -> Vec<ActorHandle<M>> {
+        self.groups()
+            .remove(group)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|n| self.lookup::<M>(n).ok())
             .collect()
     }
 

@@ -33,6 +33,7 @@ pub(crate) mod keys {
     pub(crate) const RESOURCES: &str = "resources";
     pub(crate) const ACTORS: &str = "actors";
     pub(crate) const P2P: &str = "p2p";
+    pub(crate) const GROUPS: &str = "groups";
     pub(crate) const STATUS: &str = "status";
 }
 

@@ -203,6 +203,33 @@ impl Node {
         &self.cluster
     }
 
+    /// Every member of process group `group` across the cluster that takes
+    /// messages of type `M` (members of another type are left out).
+    pub fn group<M: Message>(&self, group: &str) -> Vec<ActorHandle<M>> {
+        let mut out = self.system.group::<M>(group);
+        let me = self.identity.peer_id().to_string();
+        for m in self.membership.members() {
+            if m.id == me || m.state != MemberState::Alive {
+                continue;
+            }
+            let groups: std::collections::BTreeMap<String, Vec<String>> = m
+                .keys
+                .get(keys::GROUPS)
+                .and_then(|g| serde_json::from_str(g).ok())
+                .unwrap_or_default();
+            let types = actor_types(&m.keys);
+            let Ok(peer) = m.id.parse::<libp2p::PeerId>() else {
+                continue;
+            };
+            for name in groups.get(group).into_iter().flatten() {
+                if types.get(name).map(String::as_str) == Some(message_type_name::<M>()) {
+                    out.push(self.remoting.handle::<M>(peer, name));
+                }
+            }
+        }
+        out
+    }
+
     /// Finds the actor registered as `name` anywhere in the cluster (this
     /// node first), checking that it takes messages of type `M`.
     pub fn where_is<M: Message>(&self, name: &str) -> Result<ActorHandle<M>, LookupError> {
@@ -306,6 +333,7 @@ async fn follow_membership(membership: Membership, remoting: Remoting) {
 /// whenever they change.
 async fn publish_names(membership: Membership, system: ActorSystem, every: Duration) {
     let mut last = None;
+    let mut last_groups = None;
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
@@ -317,6 +345,12 @@ async fn publish_names(membership: Membership, system: ActorSystem, every: Durat
         if last.as_ref() != Some(&now) {
             membership.set_actors(&now).await;
             last = Some(now);
+        }
+        let groups = system.groups();
+        if last_groups.as_ref() != Some(&groups) {
+            let json = serde_json::to_string(&groups).unwrap_or_else(|_| "{}".to_owned());
+            membership.set_key(keys::GROUPS, &json).await;
+            last_groups = Some(groups);
         }
     }
 }

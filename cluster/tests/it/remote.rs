@@ -395,3 +395,40 @@ async fn a_child_on_a_dead_node_is_restarted_on_a_live_one() {
         ExitReason::Shutdown(_)
     ));
 }
+
+#[tokio::test]
+async fn a_process_group_spans_nodes() {
+    let t = trio("group").await;
+    let a1 = t.a.system().spawn_named("a1", Counter(0)).await.unwrap();
+    let b1 = t.b.system().spawn_named("b1", Counter(0)).await.unwrap();
+    t.b.system().spawn_named("other", Counter(0)).await.unwrap();
+    t.a.system().join_group("workers", "a1").unwrap();
+    t.b.system().join_group("workers", "b1").unwrap();
+    assert!(t.a.system().join_group("workers", "ghost").is_err());
+    wait_view(t.c.membership(), "both members published", |v| {
+        v.iter()
+            .filter(|m| m.keys.get("groups").is_some_and(|g| g.contains("workers")))
+            .count()
+            == 2
+    })
+    .await;
+    let members = t.c.group::<Cmd>("workers");
+    assert_eq!(members.len(), 2);
+    for m in &members {
+        m.tell(Cmd::Add(10)).unwrap();
+    }
+    for m in &members {
+        assert_eq!(m.ask(Cmd::Get, DEADLINE).await.unwrap(), 10);
+    }
+    assert_eq!(a1.ask(Cmd::Get, DEADLINE).await.unwrap(), 10);
+    assert_eq!(b1.ask(Cmd::Get, DEADLINE).await.unwrap(), 10);
+    // Members of another message type are left out.
+    assert!(t.c.group::<Other>("workers").is_empty());
+    // The group seen from a member node: its local member plus the remote one.
+    wait_view(t.a.membership(), "b's group published", |v| {
+        v.iter()
+            .any(|m| m.name == "b" && m.keys.get("groups").is_some_and(|g| g.contains("workers")))
+    })
+    .await;
+    assert_eq!(t.a.group::<Cmd>("workers").len(), 2);
+}
