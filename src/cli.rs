@@ -110,15 +110,22 @@ pub async fn run(
 pub struct DemoOptions {
     /// How long the tree runs before the demo stops it.
     pub duration: Duration,
+    /// The `manta` binary, to start the cluster part's node processes
+    /// (`None` skips the cluster part).
+    pub exe: Option<PathBuf>,
 }
 
 impl Default for DemoOptions {
     fn default() -> Self {
         Self {
             duration: Duration::from_secs(8),
+            exe: None,
         }
     }
 }
+
+/// The tree the cluster demo runs on its first node.
+pub const CLUSTER_DEMO_TREE: &str = include_str!("../examples/cluster-demo.toml");
 
 /// What the demo saw.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -176,6 +183,9 @@ pub async fn demo(opts: DemoOptions, out: &mut dyn Write) -> Result<DemoSummary,
         "\nSummary: {} restarts, {} escalations, {} panics contained; the root stopped with `{reason}`.",
         summary.restarts, summary.escalations, summary.panics
     )?;
+    if let Some(exe) = &opts.exe {
+        crate::demo_cluster::run(exe, out).await?;
+    }
     Ok(summary)
 }
 

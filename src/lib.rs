@@ -43,6 +43,7 @@
 
 pub mod builtin;
 pub mod cli;
+mod demo_cluster;
 
 /// The README's Rust examples, compiled and run as doctests.
 #[doc = include_str!("../README.md")]

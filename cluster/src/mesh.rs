@@ -176,12 +176,24 @@ impl Mesh {
                 tokio::select! {
                     ev = swarm.select_next_some() => match ev {
                         SwarmEvent::ConnectionEstablished { peer_id, .. } => {
-                            tracing::debug!(target: "manta::mesh", peer = %peer_id, "connected");
-                            connected_tx.send_modify(|s| { s.insert(peer_id); });
+                            tracing::debug!(target: "manta::mesh", peer = %peer_id, "connection established");
+                        }
+                        // A peer counts as connected once a ping has gone
+                        // both ways: the other side's allow-list admitted us
+                        // too (an outbound connection is "established" before
+                        // the remote has decided to keep it).
+                        SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result: Ok(_), .. })) => {
+                            connected_tx.send_if_modified(|s| {
+                                let new = s.insert(peer);
+                                if new {
+                                    tracing::debug!(target: "manta::mesh", %peer, "connected");
+                                }
+                                new
+                            });
                         }
                         SwarmEvent::ConnectionClosed { peer_id, num_established: 0, cause, .. } => {
                             tracing::debug!(target: "manta::mesh", peer = %peer_id, cause = ?cause, "disconnected");
-                            connected_tx.send_modify(|s| { s.remove(&peer_id); });
+                            connected_tx.send_if_modified(|s| s.remove(&peer_id));
                         }
                         SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
                             let n = st.refused.fetch_add(1, Ordering::Relaxed) + 1;

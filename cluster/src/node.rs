@@ -280,6 +280,10 @@ async fn reconcile(membership: Membership, mesh: Mesh) {
     let mut view = membership.gossip_view();
     let mut connected = mesh.connected();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // One dial per peer per half second at most: a peer that has not yet
+    // admitted us closes our connections until its gossip catches up.
+    let mut last_dial: std::collections::HashMap<libp2p::PeerId, tokio::time::Instant> =
+        Default::default();
     loop {
         let members = view.borrow_and_update().clone();
         let up = connected.borrow_and_update().clone();
@@ -290,8 +294,13 @@ async fn reconcile(membership: Membership, mesh: Mesh) {
             match m.state {
                 MemberState::Alive => {
                     mesh.allow(peer);
-                    if !up.contains(&peer) {
+                    let now = tokio::time::Instant::now();
+                    let recent = last_dial
+                        .get(&peer)
+                        .is_some_and(|t| now.duration_since(*t) < Duration::from_millis(500));
+                    if !up.contains(&peer) && !recent {
                         if let Some(addr) = m.keys.get(keys::P2P).and_then(|a| a.parse().ok()) {
+                            last_dial.insert(peer, now);
                             mesh.dial(peer, addr);
                         }
                     }

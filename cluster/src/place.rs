@@ -37,6 +37,10 @@ pub struct Cluster {
     pub(crate) remoting: Remoting,
     pub(crate) system: ActorSystem,
     seq: Arc<AtomicU64>,
+    /// Recent placements by this node, per target: gossip reports actor
+    /// counts a few rounds late, so back-to-back placements would otherwise
+    /// all pick the same "least loaded" node.
+    recent: Arc<std::sync::Mutex<std::collections::HashMap<PeerId, Vec<tokio::time::Instant>>>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -58,6 +62,7 @@ impl Cluster {
             remoting,
             system,
             seq: Arc::new(AtomicU64::new(0)),
+            recent: Arc::default(),
         }
     }
 
@@ -189,6 +194,12 @@ impl Cluster {
         wait: Duration,
     ) -> Result<(AnyHandle, Option<(PeerId, String)>), SpawnError> {
         let peer = self.choose_waiting(placement, wait).await?;
+        self.recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(peer)
+            .or_default()
+            .push(tokio::time::Instant::now());
         let name = name.unwrap_or_else(|| {
             let n = self.seq.fetch_add(1, Ordering::Relaxed);
             format!(

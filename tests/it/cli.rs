@@ -115,6 +115,7 @@ fn demo_shows_restarts_and_an_escalation_and_exits_by_itself() {
     p.wait_for("restarted gateway");
     p.wait_for("[payments] ESCALATING");
     p.wait_for("restarted payments");
+    p.wait_for("cluster formed");
     let status = p.wait_exit();
     let out = p.output();
     assert!(status.success(), "{out}");

@@ -1,0 +1,218 @@
+//! The cluster part of `manta demo`: three `manta node` processes on
+//! 127.0.0.1, a tree on the first whose children are placed on the other
+//! two, one of those killed with SIGKILL, the restart on the survivor.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use manta_cluster::{ClusterSecret, ClusterStatus, query_status};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+use crate::cli::{CLUSTER_DEMO_TREE, CliError};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct DemoNode {
+    name: &'static str,
+    id: String,
+    gossip: SocketAddr,
+    child: Child,
+}
+
+fn cluster_err(msg: String) -> CliError {
+    CliError::Cluster(manta_cluster::ClusterError::Config(msg))
+}
+
+async fn start_node(
+    exe: &Path,
+    dir: &Path,
+    name: &'static str,
+    seeds: Option<SocketAddr>,
+    extra: &[&str],
+) -> Result<DemoNode, CliError> {
+    let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["node", "--name", name, "--gossip", "127.0.0.1:0"])
+        .arg("--key-file")
+        .arg(dir.join(format!("{name}.key")))
+        .arg("--secret-file")
+        .arg(dir.join("cluster.secret"))
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true);
+    if let Some(s) = seeds {
+        cmd.arg("--seeds").arg(s.to_string());
+    }
+    let mut child = cmd.spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| cluster_err("node stdout not captured".into()))?;
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .map_err(|_| cluster_err(format!("{name} did not get ready within {WAIT:?}")))??
+        .ok_or_else(|| cluster_err(format!("{name} exited before it was ready (see its log)")))?;
+    let field = |k: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{k}=")).map(str::to_owned))
+            .ok_or_else(|| cluster_err(format!("no {k}= in `{line}`")))
+    };
+    let gossip: SocketAddr = field("gossip")?
+        .parse()
+        .map_err(|e| cluster_err(format!("bad gossip address: {e}")))?;
+    Ok(DemoNode {
+        name,
+        id: field("id")?,
+        gossip,
+        child,
+    })
+}
+
+fn host_of(st: &ClusterStatus, actor: &str) -> Option<String> {
+    st.nodes
+        .iter()
+        .find(|n| n.state == "alive" && n.actors.iter().any(|a| a == actor))
+        .map(|n| n.name.clone())
+}
+
+/// Polls the first node's status until `pred` holds (each query waits for
+/// its answer), or fails after [`WAIT`].
+async fn wait_status(
+    seed: SocketAddr,
+    secret: &ClusterSecret,
+    what: &str,
+    pred: impl Fn(&ClusterStatus) -> bool,
+) -> Result<ClusterStatus, CliError> {
+    let end = Instant::now() + WAIT;
+    loop {
+        if let Ok(st) = query_status(&[seed], Some(secret), Duration::from_secs(2)).await {
+            if pred(&st) {
+                return Ok(st);
+            }
+        }
+        if Instant::now() > end {
+            return Err(cluster_err(format!("{what}: not seen within {WAIT:?}")));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs the cluster demo, writing what happens to `out`.
+pub(crate) async fn run(exe: &Path, out: &mut dyn Write) -> Result<(), CliError> {
+    let dir: PathBuf = std::env::temp_dir().join(format!("manta-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = run_in(exe, &dir, out).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn run_in(exe: &Path, dir: &Path, out: &mut dyn Write) -> Result<(), CliError> {
+    writeln!(
+        out,
+        "\nCluster: three `manta node` processes on 127.0.0.1 sharing a new secret."
+    )?;
+    let secret = ClusterSecret::write_new(&dir.join("cluster.secret"))?;
+    let tree = dir.join("bank.toml");
+    std::fs::write(&tree, CLUSTER_DEMO_TREE)?;
+    let tree_arg = tree.display().to_string();
+    let t0 = Instant::now();
+    let n1 = start_node(exe, dir, "n1", None, &["--tree", &tree_arg]).await?;
+    let n2 = start_node(exe, dir, "n2", Some(n1.gossip), &["--role", "worker"]).await?;
+    let n3 = start_node(exe, dir, "n3", Some(n1.gossip), &["--role", "worker"]).await?;
+    for n in [&n1, &n2, &n3] {
+        writeln!(out, "  {} ready: id={} gossip={}", n.name, n.id, n.gossip)?;
+    }
+    writeln!(
+        out,
+        "  n1 runs the tree `bank`: acct-1 and acct-2 are placed on role `worker` (n2, n3)."
+    )?;
+    let st = wait_status(
+        n1.gossip,
+        &secret,
+        "3 members and 2 placed accounts",
+        |st| {
+            st.nodes.iter().filter(|n| n.state == "alive").count() == 3
+                && host_of(st, "acct-1").is_some()
+                && host_of(st, "acct-2").is_some()
+        },
+    )
+    .await?;
+    let h1 = host_of(&st, "acct-1").unwrap_or_default();
+    let h2 = host_of(&st, "acct-2").unwrap_or_default();
+    writeln!(
+        out,
+        "  {:>5.2}s  cluster formed; acct-1 runs on {h1}, acct-2 on {h2}",
+        t0.elapsed().as_secs_f64()
+    )?;
+    let (mut victim, survivor) = if h1 == "n2" { (n2, n3) } else { (n3, n2) };
+    writeln!(
+        out,
+        "  killing {} (the node running acct-1) with SIGKILL",
+        victim.name
+    )?;
+    let killed = Instant::now();
+    victim.child.start_kill()?;
+    let _ = victim.child.wait().await;
+    let victim_id = victim.id.clone();
+    wait_status(n1.gossip, &secret, "the killed node reported dead", |st| {
+        st.nodes
+            .iter()
+            .any(|n| n.id == victim_id && n.state == "dead")
+    })
+    .await?;
+    writeln!(
+        out,
+        "  {:>5.2}s  n1 reports {} dead ({} ms after the kill)",
+        t0.elapsed().as_secs_f64(),
+        victim.name,
+        killed.elapsed().as_millis()
+    )?;
+    let sname = survivor.name.to_owned();
+    let st = wait_status(
+        n1.gossip,
+        &secret,
+        "acct-1 restarted on the survivor",
+        |st| host_of(st, "acct-1").as_deref() == Some(sname.as_str()),
+    )
+    .await?;
+    writeln!(
+        out,
+        "  {:>5.2}s  supervisor `bank` restarted what ran on {} (reason: node down): acct-1 now runs on {}, acct-2 on {}",
+        t0.elapsed().as_secs_f64(),
+        victim.name,
+        survivor.name,
+        host_of(&st, "acct-2").unwrap_or_default()
+    )?;
+    writeln!(
+        out,
+        "  stopping n1 and {}: they leave the cluster gracefully",
+        survivor.name
+    )?;
+    for mut n in [n1, survivor] {
+        if let Some(pid) = n.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        match tokio::time::timeout(WAIT, n.child.wait()).await {
+            Ok(Ok(status)) if status.success() => {}
+            _ => {
+                let _ = n.child.start_kill();
+                writeln!(out, "  {} did not stop cleanly; killed", n.name)?;
+            }
+        }
+    }
+    writeln!(
+        out,
+        "Cluster demo done in {:.1}s.",
+        t0.elapsed().as_secs_f64()
+    )?;
+    Ok(())
+}
