@@ -39,7 +39,9 @@ pub use membership::{Member, MemberEvent, MemberState, Membership, MembershipCon
 pub use mesh::{Mesh, MeshConfig, MeshStats};
 pub use node::{Node, ReadyLine};
 pub use place::{Cluster, PLACEMENT_WAIT, SPAWN_TIMEOUT};
-pub use remote::{FRAME_VERSION, MAX_FRAME, PEER_QUEUE, PROTOCOL, RemoteRef, Remoting};
+pub use remote::{
+    BULK_QUEUE, CHUNK, FRAME_VERSION, MAX_FRAME, PEER_QUEUE, PROTOCOL, RemoteRef, Remoting,
+};
 pub use secret::ClusterSecret;
 pub use status::{ClusterStatus, NodeStatus, query_status};
 pub use transport::{GossipStats, SealedTransport};

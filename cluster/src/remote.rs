@@ -29,18 +29,29 @@ pub const FRAME_VERSION: u8 = 1;
 pub const MAX_FRAME: usize = 64 * 1024 * 1024;
 /// Frames queued per peer before senders see backpressure.
 pub const PEER_QUEUE: usize = 4096;
+/// Messages whose encoding exceeds this are cut into chunks of this size and
+/// sent on a separate lane, so they never stall small messages.
+pub const CHUNK: usize = 64 * 1024;
+/// Chunks queued per peer (64 MiB) before senders see backpressure.
+pub const BULK_QUEUE: usize = MAX_FRAME / CHUNK;
+/// Largest frame on the wire: a chunk with its header.
+const MAX_WIRE_FRAME: usize = CHUNK + 256;
+/// Large messages being reassembled per stream at once.
+const MAX_PARTIAL: usize = 16;
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Frame {
     Tell {
         to: String,
         ty: String,
+        #[serde(with = "serde_bytes")]
         body: Vec<u8>,
     },
     Ask {
         id: u64,
         to: String,
         ty: String,
+        #[serde(with = "serde_bytes")]
         body: Vec<u8>,
         timeout_ms: u64,
     },
@@ -72,27 +83,81 @@ enum Frame {
         args_json: String,
         name: String,
     },
+    /// A piece of a large frame (the postcard encoding of a whole `Frame`,
+    /// cut into [`CHUNK`]-byte pieces sent in order on the bulk lane).
+    Chunk {
+        msg: u64,
+        index: u32,
+        count: u32,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
 }
 
-fn encode(frame: &Frame) -> Result<Vec<u8>, WireError> {
-    let body = postcard::to_allocvec(frame).map_err(|e| WireError::Encode(e.to_string()))?;
-    if body.len() + 1 > MAX_FRAME {
-        return Err(WireError::Encode(format!(
-            "frame of {} bytes exceeds {MAX_FRAME}",
-            body.len()
-        )));
-    }
+fn wire(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + 1 + body.len());
     out.extend_from_slice(&((body.len() + 1) as u32).to_be_bytes());
     out.push(FRAME_VERSION);
-    out.extend_from_slice(&body);
-    Ok(out)
+    out.extend_from_slice(body);
+    out
+}
+
+enum Encoded {
+    Small(Vec<u8>),
+    Chunks(Vec<Vec<u8>>),
+}
+
+/// Encodes a frame for the wire: one small frame, or the chunks of a large one.
+fn encode(frame: &Frame) -> Result<Encoded, WireError> {
+    let body = postcard::to_allocvec(frame).map_err(|e| WireError::Encode(e.to_string()))?;
+    if body.len() > MAX_FRAME {
+        return Err(WireError::Encode(format!(
+            "message of {} bytes exceeds {MAX_FRAME}",
+            body.len()
+        )));
+    }
+    if body.len() <= CHUNK {
+        return Ok(Encoded::Small(wire(&body)));
+    }
+    let msg: u64 = rand::random();
+    let count = body.len().div_ceil(CHUNK) as u32;
+    let mut chunks = Vec::with_capacity(count as usize);
+    for (i, piece) in body.chunks(CHUNK).enumerate() {
+        let c = Frame::Chunk {
+            msg,
+            index: i as u32,
+            count,
+            data: piece.to_vec(),
+        };
+        let b = postcard::to_allocvec(&c).map_err(|e| WireError::Encode(e.to_string()))?;
+        chunks.push(wire(&b));
+    }
+    Ok(Encoded::Chunks(chunks))
 }
 
 type Pending = oneshot::Sender<Result<Vec<u8>, WireError>>;
 
 struct Link {
     tx: mpsc::Sender<Vec<u8>>,
+    bulk: mpsc::Sender<(Vec<u8>, Option<String>)>,
+    /// Large messages per target actor still in the bulk lane: while one is,
+    /// small messages to the same actor follow it there, so messages from
+    /// this node to one actor keep their order.
+    inflight: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Frame {
+    /// The actor a frame is for, where ordering matters.
+    fn target(&self) -> Option<&str> {
+        match self {
+            Frame::Tell { to, .. }
+            | Frame::Ask { to, .. }
+            | Frame::Stop { to, .. }
+            | Frame::Kill { to }
+            | Frame::Watch { to } => Some(to),
+            _ => None,
+        }
+    }
 }
 
 struct Inner {
@@ -251,22 +316,69 @@ impl Remoting {
                 other => WireError::ActorGone(Some(other)),
             });
         }
-        let bytes = encode(frame)?;
+        let encoded = encode(frame)?;
+        // The links lock is held while queueing: the chunks of one message
+        // are queued together, never interleaved with another's.
         let mut links = lock(&self.inner.links);
         let link = links.entry(peer).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(PEER_QUEUE);
+            let (bulk, bulk_rx) = mpsc::channel(BULK_QUEUE);
+            let inflight = Arc::new(Mutex::new(HashMap::new()));
             let control = lock(&self.inner.control).clone();
-            tokio::spawn(self.clone().write_loop(peer, control, rx));
-            Link { tx }
+            tokio::spawn(self.clone().write_loop(
+                peer,
+                control,
+                rx,
+                bulk_rx,
+                Arc::clone(&inflight),
+            ));
+            Link { tx, bulk, inflight }
         });
-        match link.tx.try_send(bytes) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(WireError::Backpressure),
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                links.remove(&peer);
-                Err(WireError::NodeDown(peer.to_string()))
+        let target = frame.target().map(str::to_owned);
+        let behind_large = target
+            .as_ref()
+            .is_some_and(|t| lock(&link.inflight).get(t).copied().unwrap_or(0) > 0);
+        let result = match encoded {
+            Encoded::Small(bytes) if behind_large => match link.bulk.try_send((bytes, None)) {
+                Ok(()) => Ok(()),
+                Err(mpsc::error::TrySendError::Full(_)) => Err(WireError::Backpressure),
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    Err(WireError::NodeDown(peer.to_string()))
+                }
+            },
+            Encoded::Small(bytes) => match link.tx.try_send(bytes) {
+                Ok(()) => Ok(()),
+                Err(mpsc::error::TrySendError::Full(_)) => Err(WireError::Backpressure),
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    Err(WireError::NodeDown(peer.to_string()))
+                }
+            },
+            Encoded::Chunks(chunks) => {
+                if link.bulk.is_closed() {
+                    Err(WireError::NodeDown(peer.to_string()))
+                } else if link.bulk.capacity() < chunks.len() {
+                    Err(WireError::Backpressure)
+                } else {
+                    if let Some(t) = &target {
+                        *lock(&link.inflight).entry(t.clone()).or_insert(0) += 1;
+                    }
+                    let last = chunks.len() - 1;
+                    // Capacity was checked under the lock: these succeed.
+                    chunks
+                        .into_iter()
+                        .enumerate()
+                        .try_for_each(|(i, c)| {
+                            let done = if i == last { target.clone() } else { None };
+                            link.bulk.try_send((c, done))
+                        })
+                        .map_err(|_| WireError::Backpressure)
+                }
             }
+        };
+        if matches!(result, Err(WireError::NodeDown(_))) {
+            links.remove(&peer);
         }
+        result
     }
 
     async fn write_loop(
@@ -274,6 +386,8 @@ impl Remoting {
         peer: PeerId,
         mut control: libp2p_stream::Control,
         mut rx: mpsc::Receiver<Vec<u8>>,
+        mut bulk: mpsc::Receiver<(Vec<u8>, Option<String>)>,
+        inflight: Arc<Mutex<HashMap<String, usize>>>,
     ) {
         let mut stream = match control.open_stream(peer, PROTOCOL).await {
             Ok(s) => s,
@@ -284,11 +398,23 @@ impl Remoting {
             }
         };
         let mut batch = Vec::with_capacity(64 * 1024);
-        while let Some(first) = rx.recv().await {
+        loop {
+            // Small frames first; one chunk of a large message in between.
+            let (first, done) = tokio::select! {
+                biased;
+                f = rx.recv() => match f {
+                    Some(f) => (f, None),
+                    None => break,
+                },
+                c = bulk.recv() => match c {
+                    Some(c) => c,
+                    None => break,
+                },
+            };
             batch.clear();
             batch.extend_from_slice(&first);
-            // Batch whatever else is queued (small frames under load) into
-            // one write, up to 256 KiB.
+            // Batch whatever small frames are queued (under load) into one
+            // write, up to 256 KiB.
             while batch.len() < 256 * 1024 {
                 match rx.try_recv() {
                     Ok(more) => batch.extend_from_slice(&more),
@@ -304,18 +430,29 @@ impl Remoting {
                 tracing::warn!(target: "manta::remote", %peer, error = %e, "actor stream broken");
                 break;
             }
+            if let Some(t) = done {
+                let mut f = lock(&inflight);
+                if let Some(n) = f.get_mut(&t) {
+                    *n -= 1;
+                    if *n == 0 {
+                        f.remove(&t);
+                    }
+                }
+            }
         }
         lock(&self.inner.links).remove(&peer);
     }
 
     async fn read_loop(self, peer: PeerId, mut stream: libp2p::Stream) {
         let mut len_buf = [0u8; 4];
+        // Large messages being reassembled: msg -> (count, next index, bytes).
+        let mut partial: HashMap<u64, (u32, u32, Vec<u8>)> = HashMap::new();
         loop {
             if stream.read_exact(&mut len_buf).await.is_err() {
                 return;
             }
             let len = u32::from_be_bytes(len_buf) as usize;
-            if len == 0 || len > MAX_FRAME {
+            if len == 0 || len > MAX_WIRE_FRAME {
                 self.bad(peer, &format!("frame length {len}"));
                 return;
             }
@@ -328,6 +465,39 @@ impl Remoting {
                 return;
             }
             match postcard::from_bytes::<Frame>(&buf[1..]) {
+                Ok(Frame::Chunk {
+                    msg,
+                    index,
+                    count,
+                    data,
+                }) => {
+                    if !partial.contains_key(&msg) && partial.len() >= MAX_PARTIAL {
+                        self.bad(peer, "too many large messages in flight");
+                        return;
+                    }
+                    let entry = partial.entry(msg).or_insert_with(|| (count, 0, Vec::new()));
+                    if entry.0 != count
+                        || entry.1 != index
+                        || entry.2.len() + data.len() > MAX_FRAME
+                    {
+                        self.bad(peer, "chunk out of sequence or message too large");
+                        return;
+                    }
+                    entry.1 += 1;
+                    entry.2.extend_from_slice(&data);
+                    if entry.1 == count {
+                        let Some((_, _, whole)) = partial.remove(&msg) else {
+                            return;
+                        };
+                        match postcard::from_bytes::<Frame>(&whole) {
+                            Ok(Frame::Chunk { .. }) | Err(_) => {
+                                self.bad(peer, "undecodable large message");
+                                return;
+                            }
+                            Ok(frame) => self.dispatch(peer, frame),
+                        }
+                    }
+                }
                 Ok(frame) => self.dispatch(peer, frame),
                 Err(e) => {
                     self.bad(peer, &format!("undecodable frame: {e}"));
@@ -383,6 +553,7 @@ impl Remoting {
                     }
                 });
             }
+            Frame::Chunk { .. } => {}
             Frame::Reply { id, result } => {
                 if let Some((_, tx)) = lock(&self.inner.pending).remove(&id) {
                     let _ = tx.send(result);
