@@ -1,0 +1,421 @@
+//! Remote actors and membership between real processes on 127.0.0.1, with
+//! raw tokio TCP (same length-prefixed framing) measured in the same run as
+//! the anchor. `cargo bench --bench cluster` prints a markdown table.
+//!
+//! The bench re-executes itself as the peer process (`MANTA_BENCH_PEER=1`);
+//! membership timings start real `manta node` processes. Where `taskset`
+//! exists, the peer runs on CPU 1 and the driver on CPU 0.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a bench that cannot set up has nothing to measure
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use manta::{Actor, ActorError, ActorSystem, Context, Message, SendFailure};
+use manta_cluster::{ClusterSecret, MemberState, Node, NodeConfig, query_status};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Sink {
+    Put(#[serde(with = "serde_bytes")] Vec<u8>),
+    Count,
+}
+
+impl Message for Sink {
+    type Reply = u64;
+}
+
+struct Counter(u64, u64);
+
+impl Actor for Counter {
+    type Msg = Sink;
+    async fn handle(&mut self, msg: Sink, _: &mut Context<Sink>) -> Result<u64, ActorError> {
+        match msg {
+            Sink::Put(b) => {
+                self.0 += 1;
+                self.1 += b.len() as u64;
+                Ok(self.1)
+            }
+            Sink::Count => Ok(self.0),
+        }
+    }
+}
+
+fn node_config(dir: &Path, name: &str, secret: &Path, seeds: Vec<String>) -> NodeConfig {
+    NodeConfig {
+        name: name.to_owned(),
+        key_file: Some(dir.join(format!("{name}.key"))),
+        secret_file: Some(secret.to_owned()),
+        seeds,
+        ..NodeConfig::default()
+    }
+}
+
+/// Raw TCP anchor server: frames are `u32` length + bytes. A frame of length
+/// 1 holding `b'?'` asks for the count of frames so far (8-byte reply); any
+/// other frame is counted. Ping-pong: a frame of length 1 holding `b'!'` is
+/// echoed.
+async fn tcp_server(listener: tokio::net::TcpListener) {
+    loop {
+        let Ok((mut s, _)) = listener.accept().await else {
+            return;
+        };
+        s.set_nodelay(true).ok();
+        tokio::spawn(async move {
+            let (r, mut w) = s.split();
+            let mut r = tokio::io::BufReader::with_capacity(256 * 1024, r);
+            let mut count = 0u64;
+            let mut bytes = 0u64;
+            let mut buf = vec![0u8; 64];
+            loop {
+                let Ok(len) = r.read_u32().await else { return };
+                let len = len as usize;
+                if buf.len() < len {
+                    buf.resize(len, 0);
+                }
+                if r.read_exact(&mut buf[..len]).await.is_err() {
+                    return;
+                }
+                if len == 1 && buf[0] == b'?' {
+                    let _ = w.write_all(&bytes.to_be_bytes()).await;
+                } else if len == 1 && buf[0] == b'!' {
+                    let _ = w.write_all(&[0, 0, 0, 1, b'!']).await;
+                } else {
+                    count += 1;
+                    bytes += len as u64;
+                }
+                let _ = count;
+            }
+        });
+    }
+}
+
+async fn peer_main() {
+    let dir = PathBuf::from(std::env::var("MANTA_BENCH_DIR").expect("dir"));
+    let secret = dir.join("secret");
+    let system = ActorSystem::new();
+    system
+        .spawn_named("sink", Counter(0, 0))
+        .await
+        .expect("sink");
+    let node = Node::start(node_config(&dir, "peer", &secret, vec![]), system)
+        .await
+        .expect("node");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("tcp");
+    let tcp = listener.local_addr().expect("addr");
+    tokio::spawn(tcp_server(listener));
+    println!("ready gossip={} tcp={tcp}", node.membership().gossip_addr());
+    // Run until the driver closes our stdin.
+    let _ = tokio::task::spawn_blocking(|| {
+        let mut s = String::new();
+        let _ = std::io::stdin().read_line(&mut s);
+    })
+    .await;
+}
+
+fn pinned(cpu: u32, program: &Path) -> Command {
+    let has_taskset = Command::new("taskset")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if has_taskset {
+        let mut c = Command::new("taskset");
+        c.args(["-c", &cpu.to_string()]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.1} µs", d.as_secs_f64() * 1e6)
+}
+
+struct Row(String, String, String, String);
+
+async fn remote_benches(dir: &Path, rows: &mut Vec<Row>) {
+    let exe = std::env::current_exe().expect("exe");
+    let mut peer = pinned(1, &exe)
+        .env("MANTA_BENCH_PEER", "1")
+        .env("MANTA_BENCH_DIR", dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("peer process");
+    let mut line = String::new();
+    BufReader::new(peer.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("ready line");
+    let field = |k: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .expect("field")
+            .to_owned()
+    };
+    let gossip = field("gossip=");
+    let tcp: SocketAddr = field("tcp=").parse().expect("tcp addr");
+
+    let node = Node::start(
+        node_config(dir, "driver", &dir.join("secret"), vec![gossip]),
+        ActorSystem::new(),
+    )
+    .await
+    .expect("driver node");
+    let mut view = node.membership().view();
+    while !view
+        .borrow_and_update()
+        .iter()
+        .any(|m| m.state == MemberState::Alive && m.actors.iter().any(|a| a == "sink"))
+    {
+        view.changed().await.expect("view");
+    }
+    let sink = node.where_is::<Sink>("sink").expect("sink");
+    let t = Duration::from_secs(60);
+
+    // 1. 100-byte tells.
+    let n = 200_000u64;
+    let payload = vec![7u8; 100];
+    let before = sink.ask(Sink::Count, t).await.expect("count");
+    let start = Instant::now();
+    for _ in 0..n {
+        let mut msg = Sink::Put(payload.clone());
+        loop {
+            match sink.tell(msg) {
+                Ok(()) => break,
+                Err(e) if e.failure == SendFailure::Backpressure => {
+                    msg = e.message;
+                    tokio::task::yield_now().await;
+                }
+                Err(e) => panic!("tell failed: {e}"),
+            }
+        }
+    }
+    let after = sink.ask(Sink::Count, t).await.expect("count");
+    let manta_rate = n as f64 / start.elapsed().as_secs_f64();
+    assert_eq!(after - before, n);
+    let mut tcp_conn = tokio::net::TcpStream::connect(tcp)
+        .await
+        .expect("tcp connect");
+    tcp_conn.set_nodelay(true).ok();
+    let (mut rd, wr) = tcp_conn.split();
+    let mut wr = tokio::io::BufWriter::with_capacity(256 * 1024, wr);
+    let start = Instant::now();
+    for _ in 0..n {
+        wr.write_u32(100).await.unwrap();
+        wr.write_all(&payload).await.unwrap();
+    }
+    wr.write_all(&[0, 0, 0, 1, b'?']).await.unwrap();
+    wr.flush().await.unwrap();
+    let _ = rd.read_u64().await.unwrap();
+    let tcp_rate = n as f64 / start.elapsed().as_secs_f64();
+    rows.push(Row(
+        "100-byte tell throughput".into(),
+        format!("{:.0} msgs/s", manta_rate),
+        format!("{:.0} msgs/s", tcp_rate),
+        format!(
+            "{:.2}x of TCP (target ≥ 250,000 msgs/s)",
+            manta_rate / tcp_rate
+        ),
+    ));
+
+    // 2. Ask round trips.
+    let k = 5_000;
+    let mut lat = Vec::with_capacity(k);
+    for _ in 0..k {
+        let s = Instant::now();
+        sink.ask(Sink::Count, t).await.expect("ask");
+        lat.push(s.elapsed());
+    }
+    lat.sort();
+    let mut tlat = Vec::with_capacity(k);
+    for _ in 0..k {
+        let s = Instant::now();
+        wr.write_all(&[0, 0, 0, 1, b'!']).await.unwrap();
+        wr.flush().await.unwrap();
+        let mut b = [0u8; 5];
+        rd.read_exact(&mut b).await.unwrap();
+        tlat.push(s.elapsed());
+    }
+    tlat.sort();
+    rows.push(Row(
+        "ask round trip p50 / p99".into(),
+        format!("{} / {}", us(pct(&lat, 0.5)), us(pct(&lat, 0.99))),
+        format!("{} / {}", us(pct(&tlat, 0.5)), us(pct(&tlat, 0.99))),
+        format!(
+            "p50 {:.2}x of TCP (target p50 ≤ 100 µs)",
+            pct(&lat, 0.5).as_secs_f64() / pct(&tlat, 0.5).as_secs_f64()
+        ),
+    ));
+
+    // 3. Large payloads: each message acknowledged before the next.
+    for (size, count) in [(1usize << 20, 64usize), (16 << 20, 8)] {
+        let data = vec![3u8; size];
+        let start = Instant::now();
+        for _ in 0..count {
+            sink.ask(Sink::Put(data.clone()), t).await.expect("put");
+        }
+        let manta_bps = (size * count) as f64 / start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        for _ in 0..count {
+            wr.write_u32(size as u32).await.unwrap();
+            wr.write_all(&data).await.unwrap();
+            wr.write_all(&[0, 0, 0, 1, b'?']).await.unwrap();
+            wr.flush().await.unwrap();
+            let _ = rd.read_u64().await.unwrap();
+        }
+        let tcp_bps = (size * count) as f64 / start.elapsed().as_secs_f64();
+        rows.push(Row(
+            format!("{} MiB messages ({count}, acked)", size >> 20),
+            format!("{:.0} MiB/s", manta_bps / (1 << 20) as f64),
+            format!("{:.0} MiB/s", tcp_bps / (1 << 20) as f64),
+            format!("{:.2}x of TCP (target ≥ 0.7)", manta_bps / tcp_bps),
+        ));
+    }
+    drop(peer.stdin.take());
+    let _ = peer.wait();
+    node.leave().await;
+}
+
+struct Proc {
+    child: Child,
+    gossip: SocketAddr,
+    id: String,
+}
+
+fn start_manta(bin: &Path, dir: &Path, name: &str, seed: Option<SocketAddr>) -> Proc {
+    let mut cmd = Command::new(bin);
+    cmd.args(["node", "--name", name, "--gossip", "127.0.0.1:0"])
+        .arg("--key-file")
+        .arg(dir.join(format!("{name}.key")))
+        .arg("--secret-file")
+        .arg(dir.join("secret"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if let Some(s) = seed {
+        cmd.arg("--seeds").arg(s.to_string());
+    }
+    let mut child = cmd.spawn().expect("manta node");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("ready");
+    let f = |k: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .expect("field")
+            .to_owned()
+    };
+    Proc {
+        gossip: f("gossip=").parse().expect("gossip"),
+        id: f("id="),
+        child,
+    }
+}
+
+async fn all_see(
+    procs: &[&Proc],
+    secret: &ClusterSecret,
+    pred: impl Fn(&manta_cluster::ClusterStatus) -> bool,
+) {
+    for p in procs {
+        loop {
+            if let Ok(st) = query_status(&[p.gossip], Some(secret), Duration::from_secs(2)).await {
+                if pred(&st) {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn membership_benches(dir: &Path, rows: &mut Vec<Row>) {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_manta"));
+    let secret = ClusterSecret::read(&dir.join("secret")).expect("secret");
+    for n in [3usize, 10] {
+        let mut procs = vec![start_manta(&bin, dir, &format!("m{n}-0"), None)];
+        let seed = procs[0].gossip;
+        for i in 1..n - 1 {
+            procs.push(start_manta(&bin, dir, &format!("m{n}-{i}"), Some(seed)));
+        }
+        let refs: Vec<&Proc> = procs.iter().collect();
+        all_see(&refs, &secret, |st| {
+            st.nodes.iter().filter(|x| x.state == "alive").count() == n - 1
+        })
+        .await;
+        let start = Instant::now();
+        let joiner = start_manta(&bin, dir, &format!("m{n}-join"), Some(seed));
+        procs.push(joiner);
+        let refs: Vec<&Proc> = procs.iter().collect();
+        all_see(&refs, &secret, |st| {
+            st.nodes.iter().filter(|x| x.state == "alive").count() == n
+        })
+        .await;
+        let join = start.elapsed();
+        rows.push(Row(
+            format!("join seen by all of {n} nodes"),
+            format!("{:.0} ms", join.as_secs_f64() * 1e3),
+            "—".into(),
+            "target ≤ 2 s".into(),
+        ));
+        if n == 3 {
+            let mut victim = procs.remove(1);
+            let vid = victim.id.clone();
+            let start = Instant::now();
+            victim.child.kill().expect("kill -9");
+            let _ = victim.child.wait();
+            let refs: Vec<&Proc> = procs.iter().collect();
+            all_see(&refs, &secret, |st| {
+                st.nodes.iter().any(|x| x.id == vid && x.state == "dead")
+            })
+            .await;
+            rows.push(Row(
+                "kill -9 → dead on all survivors (defaults)".into(),
+                format!("{:.0} ms", start.elapsed().as_secs_f64() * 1e3),
+                "—".into(),
+                "target ≤ 5 s".into(),
+            ));
+        }
+        for mut p in procs {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    if std::env::var("MANTA_BENCH_PEER").is_ok() {
+        rt.block_on(peer_main());
+        return;
+    }
+    // `cargo bench` passes `--bench`; any other argument is a filter we ignore.
+    let dir = std::env::temp_dir().join(format!("manta-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    ClusterSecret::write_new(&dir.join("secret")).expect("secret");
+    let _ = Command::new("taskset")
+        .args(["-p", "-c", "0", &std::process::id().to_string()])
+        .output();
+    let mut rows = Vec::new();
+    rt.block_on(remote_benches(&dir, &mut rows));
+    rt.block_on(membership_benches(&dir, &mut rows));
+    println!("| measure | manta | raw tokio TCP, same framing | ratio / target |");
+    println!("|---|---|---|---|");
+    for Row(a, b, c, d) in rows {
+        println!("| {a} | {b} | {c} | {d} |");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
