@@ -46,10 +46,13 @@ impl Actor for Counter {
 }
 
 fn node_config(dir: &Path, name: &str, secret: &Path, seeds: Vec<String>) -> NodeConfig {
+    // MANTA_BENCH_OPEN=1 runs the remote benches without a cluster secret
+    // (no pnet layer), to see what the private network costs.
+    let open = std::env::var("MANTA_BENCH_OPEN").is_ok();
     NodeConfig {
         name: name.to_owned(),
         key_file: Some(dir.join(format!("{name}.key"))),
-        secret_file: Some(secret.to_owned()),
+        secret_file: (!open).then(|| secret.to_owned()),
         seeds,
         ..NodeConfig::default()
     }
