@@ -96,7 +96,7 @@ impl MembershipConfig {
 }
 
 /// Alive, dead or left.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum MemberState {
     /// Heartbeating.
     Alive,
@@ -118,7 +118,7 @@ impl MemberState {
 }
 
 /// A member of the cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Member {
     /// Node id.
     pub id: String,
@@ -139,7 +139,7 @@ pub struct Member {
 }
 
 /// A change in membership.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum MemberEvent {
     /// A node joined (or came back).
     NodeUp(Member),
@@ -283,6 +283,31 @@ impl Membership {
     /// Membership events from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<MemberEvent> {
         self.inner.events.subscribe()
+    }
+
+    /// Delivers every membership event from now on to `actor`, as the
+    /// message `wrap` builds; stops when the actor is gone.
+    pub fn subscribe_actor<M: manta_actors::Message>(
+        &self,
+        actor: manta_actors::ActorHandle<M>,
+        wrap: impl Fn(MemberEvent) -> M + Send + 'static,
+    ) {
+        let mut events = self.subscribe();
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(ev) => {
+                        if actor.tell(wrap(ev)).is_err() {
+                            break;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(target: "manta::membership", skipped = n, "a subscribed actor missed membership events");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
     }
 
     /// The current view (this node included).

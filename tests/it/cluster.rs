@@ -369,3 +369,123 @@ fn a_placed_child_is_restarted_on_a_survivor_when_its_node_is_killed() {
     b.p.child.kill().ok();
     c.p.child.kill().ok();
 }
+
+/// The test process joins a cluster of real `manta node` processes as a
+/// node of its own and talks to their actors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookup_ask_spawn_and_node_down_across_real_processes() {
+    use manta::builtin::{CounterMsg, TimerMsg};
+    use manta::{ActorSystem, ExitReason, LookupError};
+    use manta_cluster::{MemberState, Node, NodeConfig};
+    use std::time::Duration;
+
+    let dir = Scratch::new("xproc");
+    let s = secret(&dir, "c.secret");
+    let tree = dir.file(
+        "ledger.toml",
+        "[[children]]\nid = \"ledger\"\nkind = \"counter\"\nregister = \"ledger\"\n",
+    );
+    let tree_arg = tree.display().to_string();
+    let mut p1 = start_node(
+        &dir,
+        "p1",
+        Some(&s),
+        &[],
+        &["--tree", &tree_arg, "--role", "worker"],
+    );
+    let mut p2 = start_node(&dir, "p2", Some(&s), &[&p1.gossip], &["--role", "worker"]);
+
+    let config = NodeConfig {
+        name: "tester".into(),
+        key_file: Some(dir.0.join("tester.key")),
+        secret_file: Some(s.clone()),
+        seeds: vec![p1.gossip.clone()],
+        ..NodeConfig::default()
+    };
+    let me = Node::start(config, ActorSystem::with_kinds(manta::builtin::kinds()))
+        .await
+        .unwrap();
+    let mut view = me.membership().view();
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            let ok =
+                view.borrow_and_update().iter().any(|m| {
+                    m.state == MemberState::Alive && m.actors.iter().any(|a| a == "ledger")
+                }) && view
+                    .borrow()
+                    .iter()
+                    .filter(|m| m.state == MemberState::Alive)
+                    .count()
+                    == 3;
+            if ok {
+                break;
+            }
+            view.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("cluster of 3 with `ledger` within the deadline");
+
+    // Named lookup and ask across processes.
+    let ledger = me.where_is::<CounterMsg>("ledger").unwrap();
+    assert!(!ledger.is_local());
+    assert_eq!(
+        ledger
+            .ask(CounterMsg::Add(5), Duration::from_secs(5))
+            .await
+            .unwrap(),
+        5
+    );
+    // A lookup with the wrong message type is refused.
+    assert!(matches!(
+        me.where_is::<TimerMsg>("ledger"),
+        Err(LookupError::WrongType { .. })
+    ));
+    // Remote spawn by role lands on a worker process.
+    let placement = manta::actors::Placement {
+        role: Some("worker".into()),
+        ..Default::default()
+    };
+    let spawned = me
+        .cluster()
+        .spawn_on::<CounterMsg>(
+            &placement,
+            "counter",
+            toml::Value::Table("start = 1".parse().unwrap()),
+            Some("spawned".into()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        spawned
+            .ask(CounterMsg::Get, Duration::from_secs(5))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(
+        me.system().lookup::<CounterMsg>("spawned").is_err(),
+        "must not run in the tester"
+    );
+
+    // SIGKILL p1: the monitor on its actor gets `node down`; p2 reports it dead.
+    let monitor = ledger.monitor();
+    p1.p.child.kill().unwrap();
+    let _ = p1.p.child.wait();
+    let reason = tokio::time::timeout(DEADLINE, monitor.wait())
+        .await
+        .expect("node down within the deadline");
+    assert_eq!(reason, ExitReason::NodeDown(p1.id.clone()));
+    let p1_id = p1.id.clone();
+    let p2_gossip = p2.gossip.clone();
+    let s2 = s.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_status(&p2_gossip, Some(&s2), "p1 dead on p2", |st| {
+            state_of(st, &p1_id).as_deref() == Some("dead")
+        })
+    })
+    .await
+    .unwrap();
+    me.leave().await;
+    p2.p.child.kill().ok();
+}

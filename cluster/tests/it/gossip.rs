@@ -260,3 +260,69 @@ async fn a_plain_chitchat_instance_changes_nothing_in_any_view() {
         h.abort();
     }
 }
+
+#[tokio::test]
+async fn membership_events_reach_a_subscribed_actor() {
+    use manta_actors::{Actor, ActorError, ActorSystem, Context, Message};
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, Serialize, Deserialize)]
+    enum Watch {
+        Event(MemberEvent),
+        Seen,
+    }
+    impl Message for Watch {
+        type Reply = Vec<String>;
+    }
+    struct Watcher(Vec<String>, std::sync::Arc<tokio::sync::Notify>);
+    impl Actor for Watcher {
+        type Msg = Watch;
+        async fn handle(
+            &mut self,
+            msg: Watch,
+            _: &mut Context<Watch>,
+        ) -> Result<Vec<String>, ActorError> {
+            if let Watch::Event(ev) = msg {
+                self.0.push(match ev {
+                    MemberEvent::NodeUp(m) => format!("up {}", m.name),
+                    MemberEvent::NodeDown(m) => format!("down {}", m.name),
+                    MemberEvent::NodeLeft(m) => format!("left {}", m.name),
+                });
+                self.1.notify_one();
+            }
+            Ok(self.0.clone())
+        }
+    }
+
+    let a = Membership::start(config("a", None, &[])).await.unwrap();
+    let notify = std::sync::Arc::new(tokio::sync::Notify::new());
+    let watcher = ActorSystem::new()
+        .spawn(Watcher(Vec::new(), notify.clone()))
+        .await
+        .unwrap();
+    a.subscribe_actor(watcher.clone(), Watch::Event);
+    let b = Membership::start(config("b", None, &[a.gossip_addr()]))
+        .await
+        .unwrap();
+    let seen = |want: &'static str| {
+        let watcher = watcher.clone();
+        let notify = notify.clone();
+        async move {
+            tokio::time::timeout(crate::DEADLINE, async {
+                loop {
+                    let seen = watcher.ask(Watch::Seen, crate::DEADLINE).await.unwrap();
+                    if seen.iter().any(|s| s == want) {
+                        return seen;
+                    }
+                    notify.notified().await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("`{want}` not delivered"))
+        }
+    };
+    seen("up b").await;
+    b.leave().await;
+    let all = seen("left b").await;
+    assert_eq!(all, ["up b", "left b"]);
+}
