@@ -66,7 +66,7 @@ pub use exit::{ExitReason, ExitSignal, Monitor};
 pub use handle::{ActorHandle, ActorId, AnyHandle, ErasedHandle, RemoteActor};
 pub use kind::{ArgsError, ChildFactory, KindError, KindRegistry, StartContext, factory};
 pub use message::{Message, message_type_name};
-pub use placement::{Placement, Placer, ResourceNeeds};
+pub use placement::{Placement, Placer, Resources};
 pub use system::{ActorSystem, SpawnOptions};
 
 /// The ractor version Manta runs on, for code that needs its cells.

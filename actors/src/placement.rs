@@ -9,10 +9,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::SpawnError;
 use crate::kind::ChildFactory;
 
-/// Resources an actor needs from its node.
+/// Resources: what a node offers, or what an actor needs from its node.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ResourceNeeds {
+pub struct Resources {
     /// CPU cores.
     #[serde(default)]
     pub cpus: f64,
@@ -40,7 +40,7 @@ pub struct Placement {
     pub labels: BTreeMap<String, String>,
     /// Resources the node must offer.
     #[serde(default)]
-    pub resources: Option<ResourceNeeds>,
+    pub resources: Option<Resources>,
 }
 
 /// Builds child factories that start an actor kind somewhere in a cluster.

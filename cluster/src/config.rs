@@ -43,19 +43,7 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Resources a node offers (for placement).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Resources {
-    /// CPU cores.
-    #[serde(default)]
-    pub cpus: f64,
-    /// GPUs.
-    #[serde(default)]
-    pub gpus: u32,
-    /// Memory in MiB.
-    #[serde(default)]
-    pub memory_mb: u64,
-}
+pub use manta_actors::Resources;
 
 /// Failure-detector settings.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -698,10 +698,7 @@ fn send_failure(e: WireError) -> SendFailure {
 
 impl<M: Message> RemoteActor<M> for RemoteRef<M> {
     fn id(&self) -> ActorId {
-        ActorId::Remote {
-            node: self.peer.to_string(),
-            pid: 0,
-        }
+        self.addr().id()
     }
 
     fn tell(&self, msg: M) -> Result<(), SendError<M>> {
@@ -782,26 +779,15 @@ impl<M: Message> RemoteActor<M> for RemoteRef<M> {
     }
 
     fn stop(&self, reason: ExitReason) {
-        let _ = self.remoting.send(
-            self.peer,
-            &Frame::Stop {
-                to: self.name.clone(),
-                reason,
-            },
-        );
+        self.addr().stop(reason)
     }
 
     fn kill(&self) {
-        let _ = self.remoting.send(
-            self.peer,
-            &Frame::Kill {
-                to: self.name.clone(),
-            },
-        );
+        self.addr().kill()
     }
 
     fn monitor(&self) -> Monitor {
-        self.remoting.watch(self.peer, &self.name).monitor()
+        self.addr().monitor()
     }
 }
 
@@ -829,10 +815,7 @@ struct RemoteAny {
 
 impl manta_actors::ErasedHandle for RemoteAny {
     fn id(&self) -> ActorId {
-        ActorId::Remote {
-            node: self.peer.to_string(),
-            pid: 0,
-        }
+        self.addr().id()
     }
     fn cell(&self) -> Option<manta_actors::ractor::ActorCell> {
         None
@@ -841,24 +824,13 @@ impl manta_actors::ErasedHandle for RemoteAny {
         self.ty
     }
     fn stop(&self, reason: ExitReason) {
-        let _ = self.remoting.send(
-            self.peer,
-            &Frame::Stop {
-                to: self.name.clone(),
-                reason,
-            },
-        );
+        self.addr().stop(reason)
     }
     fn kill(&self) {
-        let _ = self.remoting.send(
-            self.peer,
-            &Frame::Kill {
-                to: self.name.clone(),
-            },
-        );
+        self.addr().kill()
     }
     fn monitor(&self) -> Monitor {
-        self.remoting.watch(self.peer, &self.name).monitor()
+        self.addr().monitor()
     }
     fn as_any(&self) -> &dyn std::any::Any {
         self
@@ -872,5 +844,55 @@ impl manta_actors::ErasedHandle for RemoteAny {
                 body: body.to_vec(),
             },
         )
+    }
+}
+
+/// Where a named remote actor lives: what every remote handle shares.
+struct Addr<'a> {
+    remoting: &'a Remoting,
+    peer: PeerId,
+    name: &'a str,
+}
+
+impl Addr<'_> {
+    fn id(&self) -> ActorId {
+        ActorId::Remote {
+            node: self.peer.to_string(),
+            pid: 0,
+        }
+    }
+
+    fn stop(&self, reason: ExitReason) {
+        let to = self.name.to_owned();
+        let _ = self.remoting.send(self.peer, &Frame::Stop { to, reason });
+    }
+
+    fn kill(&self) {
+        let to = self.name.to_owned();
+        let _ = self.remoting.send(self.peer, &Frame::Kill { to });
+    }
+
+    fn monitor(&self) -> Monitor {
+        self.remoting.watch(self.peer, self.name).monitor()
+    }
+}
+
+impl<M> RemoteRef<M> {
+    fn addr(&self) -> Addr<'_> {
+        Addr {
+            remoting: &self.remoting,
+            peer: self.peer,
+            name: &self.name,
+        }
+    }
+}
+
+impl RemoteAny {
+    fn addr(&self) -> Addr<'_> {
+        Addr {
+            remoting: &self.remoting,
+            peer: self.peer,
+            name: &self.name,
+        }
     }
 }
