@@ -1,23 +1,37 @@
 //! # manta-cluster
 //!
-//! The start of Manta's cluster layer (issue 3). What is here:
+//! Manta's cluster layer: nodes that form a cluster from gossip seeds, and
+//! actors addressed the same way wherever they run.
 //!
-//! - `identity` — a node's ed25519 key in a key file (created on first
-//!   start, reused after); its libp2p `PeerId` is the node id.
-//! - `secret` — cluster secrets (`manta secret FILE`).
-//! - `seal` — sealed datagrams: ChaCha20-Poly1305 keyed by HKDF from the
-//!   secret, replay window, bounded fragmentation.
-//! - `transport` — a chitchat `Transport` that seals every gossip datagram,
-//!   so no unauthenticated byte reaches chitchat's decoder, and answers
+//! - `identity`: a node's ed25519 key in a key file (created on first start,
+//!   reused after); its libp2p `PeerId` is the node id.
+//! - `secret`: cluster secrets (`manta secret FILE`).
+//! - [`seal`]: sealed datagrams. ChaCha20-Poly1305 keyed by HKDF from the
+//!   secret, a replay window, bounded fragmentation.
+//! - `transport`: a chitchat `Transport` that seals every gossip datagram
+//!   (no unauthenticated byte reaches chitchat's decoder) and answers
 //!   authenticated `status` queries.
-//! - `membership` — chitchat 0.13 membership: NodeUp / NodeDown / NodeLeft
+//! - `membership`: chitchat 0.13 membership. NodeUp / NodeDown / NodeLeft
 //!   events, graceful leave, a supervised gossip task.
-//! - `mesh` — the libp2p 0.56 mesh: TCP + pnet (with a secret) + noise +
-//!   yamux, an allow-list of gossip members, ping; a node is a member only
-//!   once the mesh has authenticated it.
-//! - `config` / `node` — node configuration and a running node.
+//! - `mesh`: the libp2p 0.56 mesh. TCP + pnet (with a secret) + noise +
+//!   yamux, with an allow-list of gossip members and ping; a node is a member
+//!   only once the mesh has authenticated it.
+//! - `remote`: actor traffic on one long-lived stream per peer, and
+//!   [`RemoteRef`], the remote side of an `ActorHandle`.
+//! - `place`: placement, remote spawn, and the [`Cluster`] handle. It is
+//!   also the `Placer` that lets supervisors run children on other nodes.
+//! - `config` / `node`: node configuration and a running [`Node`].
 //!
-//! Remote actors over the mesh and cross-node supervision come next.
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use manta_actors::ActorSystem;
+//! use manta_cluster::{Node, NodeConfig};
+//!
+//! let config = NodeConfig { name: "a".into(), seeds: vec!["127.0.0.1:7000".into()], ..NodeConfig::default() };
+//! let node = Node::start(config, ActorSystem::new()).await?;
+//! println!("{}", node.ready_line());
+//! # Ok(()) }
+//! ```
 
 mod config;
 mod error;
