@@ -659,9 +659,7 @@ impl Remoting {
     /// of type `ty` (a type name learnt at run time).
     pub fn erased_handle(&self, peer: PeerId, name: &str, ty: &str) -> manta_actors::AnyHandle {
         manta_actors::AnyHandle::new(Arc::new(RemoteAny {
-            remoting: self.clone(),
-            peer,
-            name: name.to_owned(),
+            addr: self.addr(peer, name),
             ty: intern(ty),
         }))
     }
@@ -669,19 +667,23 @@ impl Remoting {
     /// A handle to the actor registered as `name` on `peer`.
     pub fn handle<M: Message>(&self, peer: PeerId, name: &str) -> ActorHandle<M> {
         ActorHandle::remote(Arc::new(RemoteRef::<M> {
+            addr: self.addr(peer, name),
+            _m: PhantomData,
+        }))
+    }
+
+    fn addr(&self, peer: PeerId, name: &str) -> Addr {
+        Addr {
             remoting: self.clone(),
             peer,
             name: name.to_owned(),
-            _m: PhantomData,
-        }))
+        }
     }
 }
 
 /// A named actor on another node.
 pub struct RemoteRef<M> {
-    remoting: Remoting,
-    peer: PeerId,
-    name: String,
+    addr: Addr,
     _m: PhantomData<fn(M)>,
 }
 
@@ -698,7 +700,7 @@ fn send_failure(e: WireError) -> SendFailure {
 
 impl<M: Message> RemoteActor<M> for RemoteRef<M> {
     fn id(&self) -> ActorId {
-        self.addr().id()
+        self.addr.id()
     }
 
     fn tell(&self, msg: M) -> Result<(), SendError<M>> {
@@ -712,12 +714,13 @@ impl<M: Message> RemoteActor<M> for RemoteRef<M> {
             }
         };
         let frame = Frame::Tell {
-            to: self.name.clone(),
+            to: self.addr.name.clone(),
             ty: message_type_name::<M>().to_owned(),
             body,
         };
-        self.remoting
-            .send(self.peer, &frame)
+        self.addr
+            .remoting
+            .send(self.addr.peer, &frame)
             .map_err(|e| SendError {
                 message: msg,
                 failure: send_failure(e),
@@ -725,9 +728,9 @@ impl<M: Message> RemoteActor<M> for RemoteRef<M> {
     }
 
     fn ask(&self, msg: M, timeout: Duration) -> BoxFuture<'static, Result<M::Reply, AskError<M>>> {
-        let remoting = self.remoting.clone();
-        let peer = self.peer;
-        let name = self.name.clone();
+        let remoting = self.addr.remoting.clone();
+        let peer = self.addr.peer;
+        let name = self.addr.name.clone();
         Box::pin(async move {
             let body = match postcard::to_allocvec(&msg) {
                 Ok(b) => b,
@@ -779,15 +782,15 @@ impl<M: Message> RemoteActor<M> for RemoteRef<M> {
     }
 
     fn stop(&self, reason: ExitReason) {
-        self.addr().stop(reason)
+        self.addr.stop(reason)
     }
 
     fn kill(&self) {
-        self.addr().kill()
+        self.addr.kill()
     }
 
     fn monitor(&self) -> Monitor {
-        self.addr().monitor()
+        self.addr.monitor()
     }
 }
 
@@ -807,15 +810,13 @@ fn intern(ty: &str) -> &'static str {
 
 /// A remote actor whose message type is known only by name.
 struct RemoteAny {
-    remoting: Remoting,
-    peer: PeerId,
-    name: String,
+    addr: Addr,
     ty: &'static str,
 }
 
 impl manta_actors::ErasedHandle for RemoteAny {
     fn id(&self) -> ActorId {
-        self.addr().id()
+        self.addr.id()
     }
     fn cell(&self) -> Option<manta_actors::ractor::ActorCell> {
         None
@@ -824,22 +825,22 @@ impl manta_actors::ErasedHandle for RemoteAny {
         self.ty
     }
     fn stop(&self, reason: ExitReason) {
-        self.addr().stop(reason)
+        self.addr.stop(reason)
     }
     fn kill(&self) {
-        self.addr().kill()
+        self.addr.kill()
     }
     fn monitor(&self) -> Monitor {
-        self.addr().monitor()
+        self.addr.monitor()
     }
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
     fn tell_wire(&self, body: &[u8]) -> Result<(), WireError> {
-        self.remoting.send(
-            self.peer,
+        self.addr.remoting.send(
+            self.addr.peer,
             &Frame::Tell {
-                to: self.name.clone(),
+                to: self.addr.name.clone(),
                 ty: self.ty.to_owned(),
                 body: body.to_vec(),
             },
@@ -848,13 +849,13 @@ impl manta_actors::ErasedHandle for RemoteAny {
 }
 
 /// Where a named remote actor lives: what every remote handle shares.
-struct Addr<'a> {
-    remoting: &'a Remoting,
+struct Addr {
+    remoting: Remoting,
     peer: PeerId,
-    name: &'a str,
+    name: String,
 }
 
-impl Addr<'_> {
+impl Addr {
     fn id(&self) -> ActorId {
         ActorId::Remote {
             node: self.peer.to_string(),
@@ -863,36 +864,16 @@ impl Addr<'_> {
     }
 
     fn stop(&self, reason: ExitReason) {
-        let to = self.name.to_owned();
+        let to = self.name.clone();
         let _ = self.remoting.send(self.peer, &Frame::Stop { to, reason });
     }
 
     fn kill(&self) {
-        let to = self.name.to_owned();
+        let to = self.name.clone();
         let _ = self.remoting.send(self.peer, &Frame::Kill { to });
     }
 
     fn monitor(&self) -> Monitor {
-        self.remoting.watch(self.peer, self.name).monitor()
-    }
-}
-
-impl<M> RemoteRef<M> {
-    fn addr(&self) -> Addr<'_> {
-        Addr {
-            remoting: &self.remoting,
-            peer: self.peer,
-            name: &self.name,
-        }
-    }
-}
-
-impl RemoteAny {
-    fn addr(&self) -> Addr<'_> {
-        Addr {
-            remoting: &self.remoting,
-            peer: self.peer,
-            name: &self.name,
-        }
+        self.remoting.watch(self.peer, &self.name).monitor()
     }
 }

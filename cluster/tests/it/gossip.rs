@@ -57,30 +57,20 @@ async fn a_graceful_leave_is_seen_at_once_and_a_silent_node_goes_down() {
     let mut events = a.subscribe();
     let b_id = b.node_id().to_owned();
     b.leave().await;
-    let ev = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match events.recv().await.unwrap() {
-                MemberEvent::NodeLeft(m) if m.id == b_id => return m,
-                _ => continue,
-            }
-        }
+    let ev = next_event(&mut events, Duration::from_secs(5), |e| match e {
+        MemberEvent::NodeLeft(m) if m.id == b_id => Some(m),
+        _ => None,
     })
-    .await
-    .expect("NodeLeft within 5 s");
+    .await;
     assert_eq!(ev.state, MemberState::Left);
     // c stops gossiping without a word (as a killed node would).
     let c_id = c.node_id().to_owned();
     c.kill_for_test().await;
-    let down = tokio::time::timeout(Duration::from_secs(15), async {
-        loop {
-            match events.recv().await.unwrap() {
-                MemberEvent::NodeDown(m) if m.id == c_id => return m,
-                _ => continue,
-            }
-        }
+    let down = next_event(&mut events, Duration::from_secs(15), |e| match e {
+        MemberEvent::NodeDown(m) if m.id == c_id => Some(m),
+        _ => None,
     })
-    .await
-    .expect("NodeDown within 15 s");
+    .await;
     assert_eq!(down.state, MemberState::Dead);
     let v = a.members();
     assert_eq!(
@@ -116,6 +106,23 @@ async fn a_node_with_the_wrong_secret_cannot_join() {
     assert_eq!(alive(&intruder.members()), 1);
     assert_eq!(alive(&open.members()), 1);
     let _ = b;
+}
+
+/// The first event `pick` accepts, within `within`.
+async fn next_event<T>(
+    events: &mut tokio::sync::broadcast::Receiver<MemberEvent>,
+    within: Duration,
+    pick: impl Fn(MemberEvent) -> Option<T>,
+) -> T {
+    tokio::time::timeout(within, async {
+        loop {
+            if let Some(t) = pick(events.recv().await.unwrap()) {
+                return t;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("expected event not seen within {within:?}"))
 }
 
 /// Waits, on the transport's activity signal, until `cond` holds.
