@@ -35,6 +35,9 @@ pub enum CliError {
     /// Writing output failed.
     #[error("cannot write output: {0}")]
     Io(#[from] std::io::Error),
+    /// Training failed.
+    #[error("{0}")]
+    Ml(#[from] manta_ml::MlError),
 }
 
 fn count(spec: &SupervisorSpec) -> (usize, usize) {
@@ -254,8 +257,12 @@ pub async fn node(
     if let Some(path) = &tree_path {
         tree::load_file(path, &crate::builtin::kinds())?;
     }
-    let system = ActorSystem::with_kinds(crate::builtin::kinds());
+    let kinds = crate::builtin::kinds();
+    let directory = manta_ml::Directory::cluster();
+    manta_ml::register_kinds(&kinds, directory.clone());
+    let system = ActorSystem::with_kinds(kinds);
     let node = Node::start(config, system.clone()).await?;
+    directory.bind(node.names());
     // ...and loaded again with the node as placer for placed children.
     let tree_spec = match &tree_path {
         Some(path) => Some(tree::load_file_with(

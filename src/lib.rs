@@ -44,6 +44,7 @@
 pub mod builtin;
 pub mod cli;
 mod demo_cluster;
+pub mod train_cli;
 
 /// The README's Rust examples, compiled and run as doctests.
 #[doc = include_str!("../README.md")]

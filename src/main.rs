@@ -62,6 +62,26 @@ enum Command {
         #[arg(long, default_value = "5s", value_parser = parse_duration)]
         timeout: Duration,
     },
+    /// Train a model with parameter servers, data loaders and workers (see
+    /// examples/train-digits.toml): in this process, or with --seeds on the
+    /// nodes of a cluster. Progress goes to stderr; the end prints the test
+    /// accuracy (or, with --json, one JSON object).
+    Train {
+        /// The training config (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Join this cluster (gossip `host:port`, comma-separated) and place
+        /// the job's actors on its nodes.
+        #[arg(long, value_delimiter = ',')]
+        seeds: Vec<String>,
+        /// The cluster secret (with --seeds).
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
+        /// End with one JSON object (test_accuracy, train_seconds,
+        /// samples_per_sec, checkpoint, ...).
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a new random cluster secret to FILE (mode 0600; never overwrites).
     Secret {
         /// Where to write it.
@@ -238,6 +258,26 @@ async fn main() -> ExitCode {
             let mut out = std::io::stdout();
             match cli::status(&seeds, secret_file.as_deref(), json, timeout, &mut out).await {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e) => report(&e),
+            }
+        }
+        Command::Train {
+            config,
+            seeds,
+            secret_file,
+            json,
+        } => {
+            init_logging("warn");
+            let opts = manta::train_cli::TrainOptions {
+                config,
+                seeds,
+                secret_file,
+                json,
+                progress: true,
+            };
+            let mut out = std::io::stdout();
+            match manta::train_cli::train(&opts, &mut out).await {
+                Ok(_) => ExitCode::SUCCESS,
                 Err(e) => report(&e),
             }
         }

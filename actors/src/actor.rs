@@ -74,6 +74,36 @@ pub struct Context<M: Message> {
     myself: ActorHandle<M>,
     system: ActorSystem,
     stop: Option<ExitReason>,
+    reply: Option<tokio::sync::oneshot::Sender<M::Reply>>,
+}
+
+/// The reply of an `ask` whose answer is sent later (see
+/// [`Context::defer_reply`]). Dropping it unsent makes the asker's `ask` fail
+/// with [`AskError::NoReply`](crate::AskError::NoReply).
+#[must_use = "an unsent deferred reply leaves the asker without an answer"]
+pub struct ReplyTo<R> {
+    tx: tokio::sync::oneshot::Sender<R>,
+}
+
+impl<R> ReplyTo<R> {
+    /// Sends the reply. Returns `false` when the asker has gone (it timed
+    /// out or was cancelled).
+    pub fn send(self, reply: R) -> bool {
+        self.tx.send(reply).is_ok()
+    }
+
+    /// Whether the asker is still waiting.
+    pub fn is_waiting(&self) -> bool {
+        !self.tx.is_closed()
+    }
+}
+
+impl<R> std::fmt::Debug for ReplyTo<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplyTo")
+            .field("waiting", &self.is_waiting())
+            .finish()
+    }
 }
 
 impl<M: Message> Context<M> {
@@ -91,6 +121,15 @@ impl<M: Message> Context<M> {
     /// (its reply, if any, is still sent).
     pub fn stop(&mut self, reason: ExitReason) {
         self.stop = Some(reason);
+    }
+
+    /// Takes the reply channel of the `ask` being handled, so that the
+    /// answer can be sent later (after other messages have been handled):
+    /// the value `handle` returns is then dropped. `None` for a `tell`, or
+    /// when called twice. Use it for barriers and long polls, where an actor
+    /// must keep serving while a caller waits.
+    pub fn defer_reply(&mut self) -> Option<ReplyTo<M::Reply>> {
+        self.reply.take().map(|tx| ReplyTo { tx })
     }
 }
 
@@ -183,6 +222,7 @@ impl<A: Actor> ractor::Actor for Adapter<A> {
             myself: ActorHandle::local(myself, Arc::clone(&self.guard.exit)),
             system,
             stop: None,
+            reply: None,
         };
         let failure = match AssertUnwindSafe(actor.started(&mut ctx))
             .catch_unwind()
@@ -212,12 +252,13 @@ impl<A: Actor> ractor::Actor for Adapter<A> {
             Envelope::Tell(m) => (m, None),
             Envelope::Ask(m, tx) => (m, Some(tx)),
         };
+        st.ctx.reply = reply;
         let outcome = AssertUnwindSafe(st.actor.handle(msg, &mut st.ctx))
             .catch_unwind()
             .await;
         let reason = match outcome {
             Ok(Ok(r)) => {
-                if let Some(tx) = reply {
+                if let Some(tx) = st.ctx.reply.take() {
                     // The asker may have given up (timeout); that is its business.
                     let _ = tx.send(r);
                 }

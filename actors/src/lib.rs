@@ -60,7 +60,7 @@ mod message;
 mod placement;
 mod system;
 
-pub use actor::{Actor, Context};
+pub use actor::{Actor, Context, ReplyTo};
 pub use error::{ActorError, AskError, LookupError, SendError, SendFailure, SpawnError, WireError};
 pub use exit::{ExitReason, ExitSignal, Monitor};
 pub use handle::{ActorHandle, ActorId, AnyHandle, ErasedHandle, RemoteActor};

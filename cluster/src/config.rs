@@ -141,6 +141,11 @@ pub struct NodeConfig {
     /// A supervision tree to run on this node.
     #[serde(default)]
     pub tree: Option<PathBuf>,
+    /// A client node (e.g. the driver of `manta train --seeds`) joins, looks
+    /// actors up and places them, but is never chosen to host one unless a
+    /// placement names it (it gossips the label `manta.client = "true"`).
+    #[serde(default)]
+    pub client: bool,
 }
 
 impl Default for NodeConfig {
@@ -158,6 +163,7 @@ impl Default for NodeConfig {
             key_file: None,
             failure_detection: FailureDetection::default(),
             tree: None,
+            client: false,
         }
     }
 }

@@ -45,6 +45,9 @@ impl fmt::Display for ReadyLine {
     }
 }
 
+/// The label a client node gossips (see [`NodeConfig::client`]).
+pub const CLIENT_LABEL: &str = "manta.client";
+
 /// A node that has joined (or started) a cluster.
 #[derive(Debug)]
 pub struct Node {
@@ -124,9 +127,13 @@ impl Node {
         mc.dead_node_grace_period = config.failure_detection.dead_node_grace_period;
         mc.keys
             .insert(keys::ROLES.to_owned(), config.roles.join(","));
+        let mut labels = config.labels.clone();
+        if config.client {
+            labels.insert(CLIENT_LABEL.to_owned(), "true".to_owned());
+        }
         mc.keys.insert(
             keys::LABELS.to_owned(),
-            serde_json::to_string(&config.labels).unwrap_or_default(),
+            serde_json::to_string(&labels).unwrap_or_default(),
         );
         mc.keys.insert(
             keys::RESOURCES.to_owned(),
@@ -206,57 +213,23 @@ impl Node {
     /// Every member of process group `group` across the cluster that takes
     /// messages of type `M` (members of another type are left out).
     pub fn group<M: Message>(&self, group: &str) -> Vec<ActorHandle<M>> {
-        let mut out = self.system.group::<M>(group);
-        let me = self.identity.peer_id().to_string();
-        for m in self.membership.members() {
-            if m.id == me || m.state != MemberState::Alive {
-                continue;
-            }
-            let groups: std::collections::BTreeMap<String, Vec<String>> = m
-                .keys
-                .get(keys::GROUPS)
-                .and_then(|g| serde_json::from_str(g).ok())
-                .unwrap_or_default();
-            let types = actor_types(&m.keys);
-            let Ok(peer) = m.id.parse::<libp2p::PeerId>() else {
-                continue;
-            };
-            for name in groups.get(group).into_iter().flatten() {
-                if types.get(name).map(String::as_str) == Some(message_type_name::<M>()) {
-                    out.push(self.remoting.handle::<M>(peer, name));
-                }
-            }
-        }
-        out
+        self.names().group(group)
     }
 
     /// Finds the actor registered as `name` anywhere in the cluster (this
     /// node first), checking that it takes messages of type `M`.
     pub fn where_is<M: Message>(&self, name: &str) -> Result<ActorHandle<M>, LookupError> {
-        match self.system.lookup::<M>(name) {
-            Err(LookupError::NotFound(_)) => {}
-            other => return other,
+        self.names().where_is(name)
+    }
+
+    /// A cheap, cloneable handle on the cluster-wide name registry, for
+    /// actors that look their peers up by name.
+    pub fn names(&self) -> Names {
+        Names {
+            system: self.system.clone(),
+            membership: self.membership.clone(),
+            remoting: self.remoting.clone(),
         }
-        let me = self.identity.peer_id().to_string();
-        for m in self.membership.members() {
-            if m.id == me || m.state != MemberState::Alive {
-                continue;
-            }
-            let types = actor_types(&m.keys);
-            let Some(ty) = types.get(name) else { continue };
-            if ty != message_type_name::<M>() {
-                return Err(LookupError::WrongType {
-                    name: name.to_owned(),
-                    expected: message_type_name::<M>(),
-                    actual: ty.clone(),
-                });
-            }
-            let Ok(peer) = m.id.parse::<libp2p::PeerId>() else {
-                continue;
-            };
-            return Ok(self.remoting.handle::<M>(peer, name));
-        }
-        Err(LookupError::NotFound(name.to_owned()))
     }
 
     /// Leaves the cluster gracefully.
@@ -361,5 +334,80 @@ async fn publish_names(membership: Membership, system: ActorSystem, every: Durat
             membership.set_key(keys::GROUPS, &json).await;
             last_groups = Some(groups);
         }
+    }
+}
+
+/// The cluster-wide name registry of one node (see [`Node::names`]): named
+/// actors and process groups on every live member, this node first.
+#[derive(Clone)]
+pub struct Names {
+    system: ActorSystem,
+    membership: Membership,
+    remoting: Remoting,
+}
+
+impl std::fmt::Debug for Names {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Names")
+            .field("node", &self.membership.node_id())
+            .finish()
+    }
+}
+
+impl Names {
+    /// Every member of process group `group` across the cluster that takes
+    /// messages of type `M` (members of another type are left out).
+    pub fn group<M: Message>(&self, group: &str) -> Vec<ActorHandle<M>> {
+        let mut out = self.system.group::<M>(group);
+        let me = self.membership.node_id().to_owned();
+        for m in self.membership.members() {
+            if m.id == me || m.state != MemberState::Alive {
+                continue;
+            }
+            let groups: std::collections::BTreeMap<String, Vec<String>> = m
+                .keys
+                .get(keys::GROUPS)
+                .and_then(|g| serde_json::from_str(g).ok())
+                .unwrap_or_default();
+            let types = actor_types(&m.keys);
+            let Ok(peer) = m.id.parse::<libp2p::PeerId>() else {
+                continue;
+            };
+            for name in groups.get(group).into_iter().flatten() {
+                if types.get(name).map(String::as_str) == Some(message_type_name::<M>()) {
+                    out.push(self.remoting.handle::<M>(peer, name));
+                }
+            }
+        }
+        out
+    }
+
+    /// Finds the actor registered as `name` anywhere in the cluster (this
+    /// node first), checking that it takes messages of type `M`.
+    pub fn where_is<M: Message>(&self, name: &str) -> Result<ActorHandle<M>, LookupError> {
+        match self.system.lookup::<M>(name) {
+            Err(LookupError::NotFound(_)) => {}
+            other => return other,
+        }
+        let me = self.membership.node_id().to_owned();
+        for m in self.membership.members() {
+            if m.id == me || m.state != MemberState::Alive {
+                continue;
+            }
+            let types = actor_types(&m.keys);
+            let Some(ty) = types.get(name) else { continue };
+            if ty != message_type_name::<M>() {
+                return Err(LookupError::WrongType {
+                    name: name.to_owned(),
+                    expected: message_type_name::<M>(),
+                    actual: ty.clone(),
+                });
+            }
+            let Ok(peer) = m.id.parse::<libp2p::PeerId>() else {
+                continue;
+            };
+            return Ok(self.remoting.handle::<M>(peer, name));
+        }
+        Err(LookupError::NotFound(name.to_owned()))
     }
 }

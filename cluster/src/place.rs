@@ -102,6 +102,13 @@ impl Cluster {
             {
                 continue;
             }
+            // Client nodes host nothing unless a placement names them.
+            if labels.get(crate::node::CLIENT_LABEL).is_some_and(|v| v == "true")
+                && placement.node.is_none()
+                && !placement.labels.contains_key(crate::node::CLIENT_LABEL)
+            {
+                continue;
+            }
             let res: Resources = m
                 .keys
                 .get(keys::RESOURCES)

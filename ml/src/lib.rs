@@ -1,0 +1,78 @@
+//! # manta-ml: distributed training on Manta actors, with burn
+//!
+//! - [`data`] — CSV datasets (plain or gzip), a seeded stratified split, and
+//!   the shard/batch plan ([`ShardPlan`]).
+//! - [`device`] — `cpu` (burn NdArray) or `cuda:N` (feature `cuda`);
+//!   model and training code is generic over the burn backend.
+//! - [`model`] — an MLP ([`Mlp`]) and its parameters as plain vectors.
+//! - [`optim`] — SGD with momentum and Adam over flat vectors, update for
+//!   update the same as burn's.
+//! - [`loader`] — data-loader actors: shards, seeded per-epoch shuffles,
+//!   prefetch within credits granted by the consumer, resumable positions.
+//! - [`ps`] — parameter-server shards: sync (averaged) or async (bounded
+//!   staleness) updates, checkpoints, resume.
+//! - [`worker`] — workers: pull, compute gradients with burn autodiff, push.
+//! - [`job`] — a training job from a [`TrainConfig`]: in-process, or placed
+//!   on the nodes of a cluster, under a supervisor.
+//! - [`reference`] — the single-process burn loop (baseline and anchor).
+//!
+//! The actor kinds (`manta.ps`, `manta.loader`, `manta.worker`) are
+//! registered with [`register_kinds`], so that other nodes can host them.
+
+pub mod config;
+pub mod data;
+pub mod device;
+pub mod directory;
+mod error;
+pub mod job;
+pub mod loader;
+pub mod model;
+pub mod optim;
+pub mod ps;
+pub mod reference;
+pub mod rng;
+pub mod worker;
+
+pub use config::TrainConfig;
+pub use data::{Batch, Dataset, DatasetSpec, ShardPlan};
+pub use device::DeviceSpec;
+pub use directory::Directory;
+pub use error::{DataError, MlError};
+pub use job::{Env, Progress, RunningJob, TrainReport, train};
+pub use model::{Mlp, ModelSpec, ParamTensor};
+pub use optim::OptimizerConfig;
+pub use ps::Mode;
+
+use manta_actors::{ActorError, KindRegistry};
+
+/// Kind name of parameter-server shards.
+pub const PS_KIND: &str = "manta.ps";
+/// Kind name of data loaders.
+pub const LOADER_KIND: &str = "manta.loader";
+/// Kind name of workers.
+pub const WORKER_KIND: &str = "manta.worker";
+
+/// Registers the training actor kinds; workers find their peers through
+/// `directory`.
+pub fn register_kinds(kinds: &KindRegistry, directory: Directory) {
+    kinds.register(PS_KIND, ps::ParamServer::new);
+    kinds.register(LOADER_KIND, loader::Loader::new);
+    kinds.register(WORKER_KIND, move |args: worker::WorkerArgs| {
+        worker::Worker::new(args, directory.clone())
+    });
+}
+
+pub(crate) fn fail(message: impl Into<String>) -> ActorError {
+    message.into().into()
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_owned()
+    }
+}

@@ -1,0 +1,352 @@
+//! Data-loader actors: each owns one shard of the training rows and serves
+//! it in batches, with a seeded shuffle per epoch, a prefetch buffer, and
+//! credit-based flow control.
+//!
+//! ## Protocol
+//! - The consumer grants credits (`Take::grant`, or [`LoaderMsg::Grant`]).
+//!   The loader prepares batches ahead only while it holds unused credits and
+//!   fewer than `prefetch` batches: its buffer never exceeds the credits its
+//!   consumer granted, so a consumer that stops taking bounds the loader's
+//!   memory.
+//! - [`LoaderMsg::Take`] returns the next batch (and uses one credit, if
+//!   any), or [`Delivery::EndOfData`] after the last epoch. Each batch says
+//!   its epoch, its index and whether it ends the epoch.
+//! - A consumer may say where it expects to be (`Take::at`): the loader seeks
+//!   there (batches are a pure function of seed, shard, epoch and index), so
+//!   a loader restarted on another node continues where its consumer is.
+//!   With a `state_dir`, a loader also records its position after every
+//!   batch and a restarted loader resumes there on its own.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+
+use manta_actors::{Actor, ActorError, Context, Message};
+use serde::{Deserialize, Serialize};
+
+use crate::data::{Batch, Dataset, DatasetSpec, ShardPlan, make_batch};
+
+/// A position in a loader's batch sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Cursor {
+    /// Epoch, from 0.
+    pub epoch: u32,
+    /// Batch within the epoch, from 0.
+    pub batch: u32,
+}
+
+impl Cursor {
+    /// The cursor of global step `step` with `bpe` batches per epoch.
+    pub fn of_step(step: u64, bpe: u32) -> Self {
+        Cursor {
+            epoch: (step / u64::from(bpe)) as u32,
+            batch: (step % u64::from(bpe)) as u32,
+        }
+    }
+}
+
+/// Arguments of a loader (kind `manta.loader`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoaderArgs {
+    /// The dataset and its split.
+    pub dataset: DatasetSpec,
+    /// This loader's shard.
+    pub shard: u32,
+    /// Shards and batch size.
+    pub plan: ShardPlan,
+    /// Seed of the per-epoch shuffles.
+    pub seed: u64,
+    /// Epochs to serve.
+    pub epochs: u32,
+    /// Batches prepared ahead (within credits).
+    #[serde(default = "default_prefetch")]
+    pub prefetch: u32,
+    /// Where to record the position after each batch (optional).
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+}
+
+fn default_prefetch() -> u32 {
+    2
+}
+
+/// Messages of a loader.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum LoaderMsg {
+    /// Grants more credits.
+    Grant(u32),
+    /// Takes the next batch; `grant` adds credits first, `at` seeks first.
+    Take {
+        /// Seek here first (if different from the loader's position).
+        at: Option<Cursor>,
+        /// Credits granted with this request.
+        grant: u32,
+    },
+    /// Reports counters.
+    Stats,
+    /// Prepares one batch ahead (sent by the loader to itself).
+    Fill,
+}
+
+/// What a loader answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum LoaderReply {
+    /// Nothing to say (grant, fill).
+    Ack,
+    /// A batch or the end of the data.
+    Delivery(Delivery),
+    /// Counters.
+    Stats(LoaderStats),
+}
+
+/// The answer to a take.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Delivery {
+    /// The next batch.
+    Batch(Batch),
+    /// Every epoch has been served.
+    EndOfData {
+        /// Epochs served.
+        epochs: u32,
+    },
+}
+
+/// A loader's counters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoaderStats {
+    /// Position of the next batch to serve.
+    pub next: Cursor,
+    /// Prepared batches held.
+    pub buffered: u32,
+    /// Unused credits.
+    pub credits: u32,
+    /// The most batches ever held at once.
+    pub max_buffered: u32,
+    /// Batches served.
+    pub served: u64,
+    /// Rows in this shard.
+    pub shard_rows: u32,
+    /// Batches per epoch.
+    pub batches_per_epoch: u32,
+    /// Where this loader started (from its state file, or 0/0).
+    pub resumed_at: Cursor,
+}
+
+impl Message for LoaderMsg {
+    type Reply = LoaderReply;
+}
+
+/// A data-loader actor.
+pub struct Loader {
+    args: LoaderArgs,
+    train: Option<Dataset>,
+    rows: Vec<usize>,
+    bpe: u32,
+    /// Position of the next batch to prepare.
+    prepare_at: Cursor,
+    /// Position of the next batch to serve.
+    next: Cursor,
+    order: Option<(u32, Vec<usize>)>,
+    buffer: VecDeque<Batch>,
+    credits: u32,
+    max_buffered: u32,
+    served: u64,
+    resumed_at: Cursor,
+    fill_pending: bool,
+}
+
+impl Loader {
+    /// A loader (its data is read in `started`).
+    pub fn new(args: LoaderArgs) -> Self {
+        Self {
+            args,
+            train: None,
+            rows: Vec::new(),
+            bpe: 0,
+            prepare_at: Cursor { epoch: 0, batch: 0 },
+            next: Cursor { epoch: 0, batch: 0 },
+            order: None,
+            buffer: VecDeque::new(),
+            credits: 0,
+            max_buffered: 0,
+            served: 0,
+            resumed_at: Cursor { epoch: 0, batch: 0 },
+            fill_pending: false,
+        }
+    }
+
+    fn state_file(&self) -> Option<PathBuf> {
+        self.args
+            .state_dir
+            .as_ref()
+            .map(|d| d.join(format!("loader-{}-of-{}.json", self.args.shard, self.args.plan.shards)))
+    }
+
+    fn done(&self, at: Cursor) -> bool {
+        at.epoch >= self.args.epochs
+    }
+
+    fn advance(&self, c: Cursor) -> Cursor {
+        if c.batch + 1 >= self.bpe {
+            Cursor {
+                epoch: c.epoch + 1,
+                batch: 0,
+            }
+        } else {
+            Cursor {
+                epoch: c.epoch,
+                batch: c.batch + 1,
+            }
+        }
+    }
+
+    fn build(&mut self, at: Cursor) -> Result<Batch, ActorError> {
+        let train = self
+            .train
+            .as_ref()
+            .ok_or_else(|| crate::fail("loader used before its data was loaded"))?;
+        if self.order.as_ref().map(|(e, _)| *e) != Some(at.epoch) {
+            let order = self
+                .args
+                .plan
+                .epoch_order(self.args.seed, self.args.shard, at.epoch, self.rows.len());
+            self.order = Some((at.epoch, order));
+        }
+        let order = self.order.as_ref().map(|(_, o)| o.as_slice()).unwrap_or(&[]);
+        let span = self.args.plan.batch_span(train.len(), self.rows.len(), at.batch);
+        Ok(make_batch(train, &self.rows, &order[span], at.epoch, at.batch, self.bpe))
+    }
+
+    fn seek(&mut self, at: Cursor) {
+        if at != self.next {
+            tracing::debug!(shard = self.args.shard, from = ?self.next, to = ?at, "loader seeks");
+            self.buffer.clear();
+            self.next = at;
+            self.prepare_at = at;
+        }
+    }
+
+    fn want_fill(&self) -> bool {
+        (self.buffer.len() as u32) < self.credits.min(self.args.prefetch) && !self.done(self.prepare_at)
+    }
+
+    fn schedule_fill(&mut self, ctx: &Context<LoaderMsg>) {
+        if self.want_fill() && !self.fill_pending {
+            self.fill_pending = ctx.myself().tell(LoaderMsg::Fill).is_ok();
+        }
+    }
+
+    fn record(&self) {
+        if let Some(path) = self.state_file() {
+            let tmp = path.with_extension("json.tmp");
+            let body = serde_json::to_vec(&self.next).unwrap_or_default();
+            if let Err(e) = std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, &path)) {
+                tracing::warn!(file = %path.display(), error = %e, "loader could not record its position");
+            }
+        }
+    }
+}
+
+impl Actor for Loader {
+    type Msg = LoaderMsg;
+
+    async fn started(&mut self, _ctx: &mut Context<LoaderMsg>) -> Result<(), ActorError> {
+        let (train, _) = self
+            .args
+            .dataset
+            .load_split()
+            .map_err(|e| crate::fail(format!("loader {}: {e}", self.args.shard)))?;
+        self.args
+            .plan
+            .validate(train.len())
+            .map_err(|e| crate::fail(format!("loader {}: {e}", self.args.shard)))?;
+        if self.args.shard >= self.args.plan.shards {
+            return Err(crate::fail(format!(
+                "loader shard {} out of range (shards: {})",
+                self.args.shard, self.args.plan.shards
+            )));
+        }
+        self.rows = self.args.plan.shard_rows(train.len(), self.args.shard);
+        self.bpe = self.args.plan.batches_per_epoch(train.len());
+        self.train = Some(train);
+        if let Some(dir) = &self.args.state_dir {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| crate::fail(format!("loader state dir {}: {e}", dir.display())))?;
+        }
+        if let Some(path) = self.state_file() {
+            if let Ok(body) = std::fs::read(&path) {
+                match serde_json::from_slice::<Cursor>(&body) {
+                    Ok(c) => {
+                        tracing::info!(shard = self.args.shard, epoch = c.epoch, batch = c.batch, "loader resumes");
+                        self.next = c;
+                        self.prepare_at = c;
+                        self.resumed_at = c;
+                    }
+                    Err(e) => tracing::warn!(file = %path.display(), error = %e, "ignoring unreadable loader state"),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &mut self,
+        msg: LoaderMsg,
+        ctx: &mut Context<LoaderMsg>,
+    ) -> Result<LoaderReply, ActorError> {
+        match msg {
+            LoaderMsg::Grant(n) => {
+                self.credits = self.credits.saturating_add(n);
+                self.schedule_fill(ctx);
+                Ok(LoaderReply::Ack)
+            }
+            LoaderMsg::Fill => {
+                self.fill_pending = false;
+                if self.want_fill() {
+                    let at = self.prepare_at;
+                    let batch = self.build(at)?;
+                    self.buffer.push_back(batch);
+                    self.max_buffered = self.max_buffered.max(self.buffer.len() as u32);
+                    self.prepare_at = self.advance(at);
+                    self.schedule_fill(ctx);
+                }
+                Ok(LoaderReply::Ack)
+            }
+            LoaderMsg::Take { at, grant } => {
+                self.credits = self.credits.saturating_add(grant);
+                if let Some(at) = at {
+                    self.seek(at);
+                }
+                if self.done(self.next) {
+                    return Ok(LoaderReply::Delivery(Delivery::EndOfData {
+                        epochs: self.args.epochs,
+                    }));
+                }
+                let batch = match self.buffer.pop_front() {
+                    Some(b) => b,
+                    None => {
+                        let b = self.build(self.next)?;
+                        self.prepare_at = self.advance(self.next);
+                        b
+                    }
+                };
+                self.credits = self.credits.saturating_sub(1);
+                self.next = self.advance(self.next);
+                self.served += 1;
+                self.record();
+                self.schedule_fill(ctx);
+                Ok(LoaderReply::Delivery(Delivery::Batch(batch)))
+            }
+            LoaderMsg::Stats => Ok(LoaderReply::Stats(LoaderStats {
+                next: self.next,
+                buffered: self.buffer.len() as u32,
+                credits: self.credits,
+                max_buffered: self.max_buffered,
+                served: self.served,
+                shard_rows: self.rows.len() as u32,
+                batches_per_epoch: self.bpe,
+                resumed_at: self.resumed_at,
+            })),
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! Optimizers over flat parameter vectors, as parameter servers run them.
+//!
+//! The update rules are burn 0.21's, operation for operation (`burn::optim`
+//! `Sgd` with `Momentum`, and `Adam`), so that synchronous parameter-server
+//! training reproduces a single-process burn loop; the equivalence test in
+//! `tests/it` checks it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::MlError;
+
+/// Which optimizer the parameter servers apply, with its settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum OptimizerConfig {
+    /// Stochastic gradient descent, optionally with momentum.
+    Sgd {
+        /// Momentum factor (0 = none).
+        #[serde(default)]
+        momentum: f32,
+        /// Dampening of the momentum.
+        #[serde(default)]
+        dampening: f32,
+        /// Nesterov momentum.
+        #[serde(default)]
+        nesterov: bool,
+        /// L2 penalty added to the gradient.
+        #[serde(default)]
+        weight_decay: f32,
+    },
+    /// Adam.
+    Adam {
+        /// First-moment decay.
+        #[serde(default = "beta1")]
+        beta1: f32,
+        /// Second-moment decay.
+        #[serde(default = "beta2")]
+        beta2: f32,
+        /// Numerical stability term (burn's default 1e-5).
+        #[serde(default = "epsilon")]
+        epsilon: f32,
+        /// L2 penalty added to the gradient.
+        #[serde(default)]
+        weight_decay: f32,
+    },
+}
+
+fn beta1() -> f32 {
+    0.9
+}
+fn beta2() -> f32 {
+    0.999
+}
+fn epsilon() -> f32 {
+    1e-5
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        Self::adam()
+    }
+}
+
+/// Per-parameter optimizer state (what checkpoints keep).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SlotState {
+    /// SGD momentum velocity (absent before the first step).
+    Sgd {
+        /// The velocity.
+        velocity: Option<Vec<f32>>,
+    },
+    /// Adam moments.
+    Adam {
+        /// Steps taken.
+        time: i32,
+        /// First moment.
+        moment1: Vec<f32>,
+        /// Second moment.
+        moment2: Vec<f32>,
+    },
+}
+
+impl OptimizerConfig {
+    /// Adam with burn's defaults.
+    pub fn adam() -> Self {
+        Self::Adam {
+            beta1: beta1(),
+            beta2: beta2(),
+            epsilon: epsilon(),
+            weight_decay: 0.0,
+        }
+    }
+
+    /// Plain SGD with `momentum` (0 = none).
+    pub fn sgd(momentum: f32) -> Self {
+        Self::Sgd {
+            momentum,
+            dampening: 0.0,
+            nesterov: false,
+            weight_decay: 0.0,
+        }
+    }
+
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<(), MlError> {
+        let bad = |what: &str, v: f32| {
+            Err(MlError::Config(format!("optimizer: {what} must be in [0, 1), got {v}")))
+        };
+        match *self {
+            Self::Sgd {
+                momentum,
+                dampening,
+                weight_decay,
+                ..
+            } => {
+                if !(0.0..1.0).contains(&momentum) {
+                    return bad("momentum", momentum);
+                }
+                if !(0.0..1.0).contains(&dampening) {
+                    return bad("dampening", dampening);
+                }
+                if weight_decay < 0.0 || !weight_decay.is_finite() {
+                    return Err(MlError::Config(format!(
+                        "optimizer: weight_decay must be >= 0, got {weight_decay}"
+                    )));
+                }
+            }
+            Self::Adam {
+                beta1,
+                beta2,
+                epsilon,
+                weight_decay,
+            } => {
+                if !(0.0..1.0).contains(&beta1) {
+                    return bad("beta1", beta1);
+                }
+                if !(0.0..1.0).contains(&beta2) {
+                    return bad("beta2", beta2);
+                }
+                if epsilon <= 0.0 || !epsilon.is_finite() {
+                    return Err(MlError::Config(format!(
+                        "optimizer: epsilon must be > 0, got {epsilon}"
+                    )));
+                }
+                if weight_decay < 0.0 || !weight_decay.is_finite() {
+                    return Err(MlError::Config(format!(
+                        "optimizer: weight_decay must be >= 0, got {weight_decay}"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one step to `param` with gradient `grad` (same length).
+    pub fn step(&self, lr: f32, param: &mut [f32], grad: &[f32], state: &mut Option<SlotState>) {
+        debug_assert_eq!(param.len(), grad.len());
+        match *self {
+            Self::Sgd {
+                momentum,
+                dampening,
+                nesterov,
+                weight_decay,
+            } => {
+                let mut g: Vec<f32> = if weight_decay != 0.0 {
+                    param.iter().zip(grad).map(|(w, g)| w * weight_decay + g).collect()
+                } else {
+                    grad.to_vec()
+                };
+                if momentum != 0.0 {
+                    let velocity = match state.take() {
+                        Some(SlotState::Sgd { velocity: Some(mut v) }) => {
+                            for (v, g) in v.iter_mut().zip(&g) {
+                                *v = g * (1.0 - dampening) + *v * momentum;
+                            }
+                            v
+                        }
+                        _ => g.clone(),
+                    };
+                    if nesterov {
+                        for (g, v) in g.iter_mut().zip(&velocity) {
+                            *g += v * momentum;
+                        }
+                    } else {
+                        g.copy_from_slice(&velocity);
+                    }
+                    *state = Some(SlotState::Sgd {
+                        velocity: Some(velocity),
+                    });
+                } else {
+                    *state = Some(SlotState::Sgd { velocity: None });
+                }
+                for (w, g) in param.iter_mut().zip(&g) {
+                    *w -= g * lr;
+                }
+            }
+            Self::Adam {
+                beta1,
+                beta2,
+                epsilon,
+                weight_decay,
+            } => {
+                let g: Vec<f32> = if weight_decay != 0.0 {
+                    param.iter().zip(grad).map(|(w, g)| w * weight_decay + g).collect()
+                } else {
+                    grad.to_vec()
+                };
+                let (time, m1, m2) = match state.take() {
+                    Some(SlotState::Adam {
+                        time,
+                        mut moment1,
+                        mut moment2,
+                    }) if moment1.len() == g.len() => {
+                        for ((m1, m2), g) in moment1.iter_mut().zip(moment2.iter_mut()).zip(&g) {
+                            *m1 = *m1 * beta1 + g * (1.0 - beta1);
+                            *m2 = *m2 * beta2 + (g * g) * (1.0 - beta2);
+                        }
+                        (time + 1, moment1, moment2)
+                    }
+                    _ => (
+                        1,
+                        g.iter().map(|g| g * (1.0 - beta1)).collect(),
+                        g.iter().map(|g| (g * g) * (1.0 - beta2)).collect::<Vec<f32>>(),
+                    ),
+                };
+                let bc2 = (1.0 - beta2.powi(time)).sqrt();
+                let combined = bc2 / (1.0 - beta1.powi(time));
+                let eps = epsilon * bc2;
+                for ((w, m1), m2) in param.iter_mut().zip(&m1).zip(&m2) {
+                    let update = (m1 * combined) / (m2.sqrt() + eps);
+                    *w -= update * lr;
+                }
+                *state = Some(SlotState::Adam {
+                    time,
+                    moment1: m1,
+                    moment2: m2,
+                });
+            }
+        }
+    }
+}
