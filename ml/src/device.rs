@@ -13,6 +13,10 @@ use crate::error::MlError;
 /// The CPU training backend: NdArray with autodiff.
 pub type CpuBackend = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
 
+/// burn-cuda, re-exported for callers that build CUDA devices (feature `cuda`).
+#[cfg(feature = "cuda")]
+pub use burn_cuda;
+
 /// The CUDA training backend (feature `cuda`).
 #[cfg(feature = "cuda")]
 pub type CudaBackend = burn::backend::Autodiff<burn_cuda::Cuda<f32, i32>>;

@@ -109,6 +109,9 @@ pub struct TrainReport {
     pub rejected_pushes: u64,
     /// Checkpoint version a parameter server resumed from during the job.
     pub resumed_from: Option<u64>,
+    /// The final parameters (not in the JSON report).
+    #[serde(skip)]
+    pub final_params: Vec<ParamTensor>,
 }
 
 /// The registered names of a job's actors.
@@ -341,9 +344,13 @@ impl RunningJob {
     /// Test accuracy of the current parameters (evaluated on this node's CPU).
     pub async fn evaluate(&self) -> Result<f32, MlError> {
         let params = self.params().await?;
+        self.accuracy_of(&params)
+    }
+
+    fn accuracy_of(&self, params: &[ParamTensor]) -> Result<f32, MlError> {
         type B = burn::backend::NdArray<f32>;
         let device = burn::backend::ndarray::NdArrayDevice::Cpu;
-        let model = Mlp::<B>::from_params(&self.model, &params, &device)?;
+        let model = Mlp::<B>::from_params(&self.model, params, &device)?;
         accuracy(&model, &self.test, &device)
     }
 
@@ -428,7 +435,8 @@ impl RunningJob {
             }
         };
         let (status, train_seconds) = last;
-        let test_accuracy = self.evaluate().await?;
+        let final_params = self.params().await?;
+        let test_accuracy = self.accuracy_of(&final_params)?;
         let s0 = &status[0];
         let samples_per_sec = s0.samples as f64 / train_seconds.max(1e-9);
         if epochs_reported < t.epochs {
@@ -468,6 +476,7 @@ impl RunningJob {
             params: self.model.param_count(),
             rejected_pushes: status.iter().map(|s| s.rejected).sum(),
             resumed_from,
+            final_params,
         })
     }
 }

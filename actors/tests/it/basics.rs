@@ -127,3 +127,95 @@ async fn serialised_messages_reach_an_erased_handle() {
     ));
     assert_eq!(sys.registered_types(), vec![]);
 }
+
+/// A barrier: `Wait` is answered only once `Open` arrives (deferred replies).
+mod barrier {
+    use std::time::Duration;
+
+    use manta_actors::{Actor, ActorError, ActorSystem, AskError, Context, Message, ReplyTo};
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, Serialize, Deserialize)]
+    enum Gate {
+        Wait,
+        Open(u32),
+        Waiting,
+    }
+    impl Message for Gate {
+        type Reply = u32;
+    }
+
+    #[derive(Default)]
+    struct Barrier {
+        waiting: Vec<ReplyTo<u32>>,
+    }
+
+    impl Actor for Barrier {
+        type Msg = Gate;
+        async fn handle(&mut self, msg: Gate, ctx: &mut Context<Gate>) -> Result<u32, ActorError> {
+            match msg {
+                Gate::Wait => {
+                    let r = ctx.defer_reply().expect("an ask has a reply to defer");
+                    assert!(ctx.defer_reply().is_none(), "a reply is deferred once");
+                    self.waiting.push(r);
+                    Ok(0) // dropped: the reply was deferred
+                }
+                Gate::Open(v) => {
+                    let n = self.waiting.len() as u32;
+                    for r in self.waiting.drain(..) {
+                        assert!(r.send(v));
+                    }
+                    Ok(n)
+                }
+                Gate::Waiting => Ok(self.waiting.len() as u32),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn deferred_replies_arrive_later_and_the_actor_keeps_serving() {
+        let system = ActorSystem::new();
+        let b = system.spawn(Barrier::default()).await.unwrap();
+        let t = Duration::from_secs(5);
+        let w1 = tokio::spawn({
+            let b = b.clone();
+            async move { b.ask(Gate::Wait, t).await.unwrap() }
+        });
+        let w2 = tokio::spawn({
+            let b = b.clone();
+            async move { b.ask(Gate::Wait, t).await.unwrap() }
+        });
+        // The actor answers other asks while two are parked.
+        let deadline = tokio::time::Instant::now() + t;
+        while b.ask(Gate::Waiting, t).await.unwrap() < 2 {
+            assert!(tokio::time::Instant::now() < deadline, "waiters never parked");
+            tokio::task::yield_now().await;
+        }
+        assert!(!w1.is_finished() && !w2.is_finished());
+        assert_eq!(b.ask(Gate::Open(7), t).await.unwrap(), 2);
+        assert_eq!(w1.await.unwrap(), 7);
+        assert_eq!(w2.await.unwrap(), 7);
+        // A tell has no reply to defer.
+        b.tell(Gate::Waiting).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_dropped_deferred_reply_fails_the_ask_with_no_reply() {
+        let system = ActorSystem::new();
+        let b = system.spawn(Barrier::default()).await.unwrap();
+        let waiter = tokio::spawn({
+            let b = b.clone();
+            async move { b.ask(Gate::Wait, Duration::from_secs(5)).await }
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while b.ask(Gate::Waiting, Duration::from_secs(5)).await.unwrap() < 1 {
+            assert!(tokio::time::Instant::now() < deadline);
+            tokio::task::yield_now().await;
+        }
+        b.kill();
+        match waiter.await.unwrap() {
+            Err(AskError::NoReply(_)) => {}
+            other => panic!("expected NoReply, got {other:?}"),
+        }
+    }
+}
