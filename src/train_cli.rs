@@ -45,7 +45,10 @@ pub async fn train(opts: &TrainOptions, out: &mut dyn Write) -> Result<TrainRepo
 
 /// Joins the cluster at `seeds` as a client node (hosts nothing) with a
 /// throw-away identity.
-pub async fn join_as_client(seeds: &[String], secret_file: Option<PathBuf>) -> Result<Node, CliError> {
+pub async fn join_as_client(
+    seeds: &[String],
+    secret_file: Option<PathBuf>,
+) -> Result<Node, CliError> {
     let kinds = crate::builtin::kinds();
     let directory = Directory::cluster();
     manta_ml::register_kinds(&kinds, directory.clone());
@@ -69,7 +72,11 @@ pub async fn join_as_client(seeds: &[String], secret_file: Option<PathBuf>) -> R
 
 fn finish(report: TrainReport, json: bool, out: &mut dyn Write) -> Result<TrainReport, CliError> {
     if json {
-        writeln!(out, "{}", serde_json::to_string(&report).unwrap_or_default())?;
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string(&report).unwrap_or_default()
+        )?;
     } else {
         writeln!(
             out,
@@ -131,7 +138,8 @@ impl ProgressView {
                     "training: {train_rows} train / {test_rows} test rows, {params} parameters, {workers} worker(s), {epochs} epochs"
                 );
                 if std::io::stderr().is_terminal() {
-                    let bar = indicatif::ProgressBar::new(u64::from(*epochs) * (*train_rows as u64));
+                    let bar =
+                        indicatif::ProgressBar::new(u64::from(*epochs) * (*train_rows as u64));
                     bar.set_style(
                         indicatif::ProgressStyle::with_template(
                             "{bar:30} epoch {msg} [{elapsed_precise}]",

@@ -28,6 +28,10 @@ pub const SPAWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// its tree right after joining has not heard of the others yet).
 pub const PLACEMENT_WAIT: Duration = Duration::from_secs(10);
 
+/// How long a placement counts towards its node's load before gossip
+/// reports the actor it started.
+const RECENT_PLACEMENT: Duration = Duration::from_secs(3);
+
 /// A cloneable handle to a node's cluster services: lookup, placement,
 /// remote spawn.
 #[derive(Clone)]
@@ -76,6 +80,15 @@ impl Cluster {
     /// actors per CPU).
     pub fn choose(&self, placement: &Placement) -> Result<PeerId, SpawnError> {
         let mut best: Option<(f64, PeerId)> = None;
+        let recent = {
+            let mut r = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            let now = tokio::time::Instant::now();
+            for v in r.values_mut() {
+                v.retain(|t| now.duration_since(*t) < RECENT_PLACEMENT);
+            }
+            r.retain(|_, v| !v.is_empty());
+            r.clone()
+        };
         for m in self.membership.members() {
             if m.state != MemberState::Alive {
                 continue;
@@ -103,7 +116,9 @@ impl Cluster {
                 continue;
             }
             // Client nodes host nothing unless a placement names them.
-            if labels.get(crate::node::CLIENT_LABEL).is_some_and(|v| v == "true")
+            if labels
+                .get(crate::node::CLIENT_LABEL)
+                .is_some_and(|v| v == "true")
                 && placement.node.is_none()
                 && !placement.labels.contains_key(crate::node::CLIENT_LABEL)
             {
@@ -122,7 +137,11 @@ impl Cluster {
             let Ok(peer) = m.id.parse::<PeerId>() else {
                 continue;
             };
-            let load = (actor_types(&m.keys).len() as f64 + 1.0) / res.cpus.max(1.0);
+            // Placements made in the last few seconds count too: gossip has
+            // not yet told us about the actors they started, and without them
+            // a burst of spawns would all pick the same node.
+            let fresh = recent.get(&peer).map_or(0, |v| v.len());
+            let load = (actor_types(&m.keys).len() as f64 + fresh as f64 + 1.0) / res.cpus.max(1.0);
             if best.is_none_or(|(l, _)| load < l) {
                 best = Some((load, peer));
             }

@@ -175,7 +175,8 @@ impl TrainConfig {
         if let Some(cp) = &mut c.checkpoint {
             cp.dir = absolute(base, &cp.dir);
         }
-        c.validate().map_err(|e| MlError::Config(format!("{source}: {e}")))?;
+        c.validate()
+            .map_err(|e| MlError::Config(format!("{source}: {e}")))?;
         Ok(c)
     }
 
@@ -184,7 +185,10 @@ impl TrainConfig {
         let t = &self.training;
         let bad = |key: &str, why: String| Err(MlError::Config(format!("{key}: {why}")));
         if !(t.lr > 0.0 && t.lr.is_finite()) {
-            return bad("training.lr", format!("must be a positive number, got {}", t.lr));
+            return bad(
+                "training.lr",
+                format!("must be a positive number, got {}", t.lr),
+            );
         }
         if t.batch_size == 0 {
             return bad("training.batch_size", "must be at least 1".into());
@@ -208,7 +212,10 @@ impl TrainConfig {
             return bad("training.ps_shards", "must be at least 1".into());
         }
         if self.model.hidden.contains(&0) {
-            return bad("model.hidden", format!("layer sizes must be positive, got {:?}", self.model.hidden));
+            return bad(
+                "model.hidden",
+                format!("layer sizes must be positive, got {:?}", self.model.hidden),
+            );
         }
         if !(self.data.test_fraction > 0.0 && self.data.test_fraction < 1.0) {
             return bad(
@@ -217,10 +224,19 @@ impl TrainConfig {
             );
         }
         if !(self.data.scale.is_finite() && self.data.scale != 0.0) {
-            return bad("data.scale", format!("must be a non-zero number, got {}", self.data.scale));
+            return bad(
+                "data.scale",
+                format!("must be a non-zero number, got {}", self.data.scale),
+            );
         }
         if self.job.is_empty() || self.job.contains(char::is_whitespace) {
-            return bad("job", format!("must be a non-empty name without spaces, got `{}`", self.job));
+            return bad(
+                "job",
+                format!(
+                    "must be a non-empty name without spaces, got `{}`",
+                    self.job
+                ),
+            );
         }
         self.optimizer
             .validate()
@@ -243,7 +259,11 @@ impl TrainConfig {
 /// (the path need not exist yet).
 fn absolute(base: &Path, p: &Path) -> PathBuf {
     use std::path::Component;
-    let joined = if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+    let joined = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    };
     let abs = std::path::absolute(&joined).unwrap_or(joined);
     let mut out = PathBuf::new();
     for c in abs.components() {

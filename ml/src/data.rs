@@ -170,7 +170,10 @@ impl Dataset {
                     bad(line_no, format!("column {}: `{f}` is not a number", c + 1))
                 })?;
                 if !v.is_finite() {
-                    return Err(bad(line_no, format!("column {}: `{f}` is not finite", c + 1)));
+                    return Err(bad(
+                        line_no,
+                        format!("column {}: `{f}` is not finite", c + 1),
+                    ));
                 }
                 features.push(v * scale);
             }
@@ -330,7 +333,12 @@ impl ShardPlan {
     }
 
     /// The positions (into the epoch order) of batch `index`.
-    pub fn batch_span(&self, train_len: usize, shard_len: usize, index: u32) -> std::ops::Range<usize> {
+    pub fn batch_span(
+        &self,
+        train_len: usize,
+        shard_len: usize,
+        index: u32,
+    ) -> std::ops::Range<usize> {
         let bpe = self.batches_per_epoch(train_len);
         let start = index as usize * self.batch_size as usize;
         let end = if index + 1 == bpe {

@@ -50,7 +50,9 @@ impl FromStr for DeviceSpec {
             "cuda" | "gpu" => Ok(DeviceSpec::Cuda(0)),
             other => match other.strip_prefix("cuda:") {
                 Some(n) => n.parse().map(DeviceSpec::Cuda).map_err(|_| {
-                    format!("device `{s}`: the GPU number after `cuda:` must be a non-negative integer")
+                    format!(
+                        "device `{s}`: the GPU number after `cuda:` must be a non-negative integer"
+                    )
                 }),
                 None => Err(format!(
                     "unknown device `{s}`: expected `cpu`, `cuda` or `cuda:N`"
@@ -102,9 +104,9 @@ pub fn check_device(spec: DeviceSpec) -> Result<(), MlError> {
 
 #[cfg(feature = "cuda")]
 mod cuda {
+    use std::collections::BTreeMap;
     use std::panic::AssertUnwindSafe;
     use std::sync::Mutex;
-    use std::collections::BTreeMap;
 
     use burn::tensor::Tensor;
 
@@ -139,7 +141,9 @@ mod cuda {
             .clone();
         outcome.map_err(|reason| MlError::Device {
             device: format!("cuda:{n}"),
-            reason: format!("no usable NVIDIA GPU {n} (driver, libraries or device missing): {reason}"),
+            reason: format!(
+                "no usable NVIDIA GPU {n} (driver, libraries or device missing): {reason}"
+            ),
         })
     }
 

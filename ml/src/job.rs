@@ -5,7 +5,9 @@
 use std::time::{Duration, Instant};
 
 use manta_actors::{ActorHandle, ActorSystem, ChildFactory, KindRegistry, Placer};
-use manta_supervision::{ChildSpec, Restart, Strategy, Supervisor, SupervisorHandle, SupervisorSpec};
+use manta_supervision::{
+    ChildSpec, Restart, Strategy, Supervisor, SupervisorHandle, SupervisorSpec,
+};
 use serde::Serialize;
 
 use crate::config::TrainConfig;
@@ -169,7 +171,8 @@ fn local_system() -> (ActorSystem, Directory) {
 }
 
 fn value<T: Serialize>(what: &str, v: &T) -> Result<toml::Value, MlError> {
-    toml::Value::try_from(v).map_err(|e| MlError::Config(format!("{what}: cannot encode arguments: {e}")))
+    toml::Value::try_from(v)
+        .map_err(|e| MlError::Config(format!("{what}: cannot encode arguments: {e}")))
 }
 
 /// Starts a job's actors (without waiting for it to finish).
@@ -201,10 +204,17 @@ pub async fn start(config: &TrainConfig, env: Env<'_>) -> Result<RunningJob, MlE
         Env::Cluster(node) => {
             let d = Directory::cluster();
             d.bind(node.names());
-            (node.system().clone(), d, Some(node.cluster() as &dyn Placer))
+            (
+                node.system().clone(),
+                d,
+                Some(node.cluster() as &dyn Placer),
+            )
         }
     };
-    let make = |kind: &str, args: toml::Value, placement: &manta_actors::Placement| -> Result<std::sync::Arc<dyn ChildFactory>, MlError> {
+    let make = |kind: &str,
+                args: toml::Value,
+                placement: &manta_actors::Placement|
+     -> Result<std::sync::Arc<dyn ChildFactory>, MlError> {
         match placer {
             Some(p) => p.factory(kind, args, placement),
             None => system.kinds().prepare(kind, args),
@@ -239,7 +249,11 @@ pub async fn start(config: &TrainConfig, env: Env<'_>) -> Result<RunningJob, MlE
             prefetch: t.prefetch,
             state_dir: None,
         };
-        let f = make(LOADER_KIND, value(LOADER_KIND, &args)?, &config.placement.loaders)?;
+        let f = make(
+            LOADER_KIND,
+            value(LOADER_KIND, &args)?,
+            &config.placement.loaders,
+        )?;
         spec = spec.child(ChildSpec::worker(name.clone(), f).register(name.clone()));
     }
     for (i, name) in names.workers.iter().enumerate() {
@@ -254,7 +268,11 @@ pub async fn start(config: &TrainConfig, env: Env<'_>) -> Result<RunningJob, MlE
             device: t.device,
             prefetch: t.prefetch,
         };
-        let f = make(WORKER_KIND, value(WORKER_KIND, &args)?, &config.placement.workers)?;
+        let f = make(
+            WORKER_KIND,
+            value(WORKER_KIND, &args)?,
+            &config.placement.workers,
+        )?;
         spec = spec.child(
             ChildSpec::worker(name.clone(), f)
                 .register(name.clone())
@@ -302,8 +320,15 @@ impl RunningJob {
         for i in 0..self.names.ps.len() {
             match self.ps(i).await?.ask(PsMsg::Status, ASK).await {
                 Ok(PsReply::Status(s)) => out.push(s),
-                Ok(other) => return Err(MlError::Actor(format!("unexpected status reply {other:?}"))),
-                Err(e) => return Err(MlError::Actor(format!("status of {}: {e}", self.names.ps[i]))),
+                Ok(other) => {
+                    return Err(MlError::Actor(format!("unexpected status reply {other:?}")));
+                }
+                Err(e) => {
+                    return Err(MlError::Actor(format!(
+                        "status of {}: {e}",
+                        self.names.ps[i]
+                    )));
+                }
             }
         }
         Ok(out)
@@ -356,7 +381,10 @@ impl RunningJob {
 
     /// Follows the job to its end, reporting progress; then writes a final
     /// checkpoint (if configured) and stops the job's actors.
-    pub async fn finish(self, mut on_progress: impl FnMut(&Progress)) -> Result<TrainReport, MlError> {
+    pub async fn finish(
+        self,
+        mut on_progress: impl FnMut(&Progress),
+    ) -> Result<TrainReport, MlError> {
         let t = &self.config.training;
         let sync = matches!(self.config.mode(), Mode::Sync);
         let bpe = u64::from(self.batches_per_epoch);
@@ -389,7 +417,10 @@ impl RunningJob {
             };
             if let Ok(ps0) = self.ps(0).await {
                 let _ = ps0
-                    .ask(PsMsg::WaitVersion(next_epoch_version), Duration::from_millis(500))
+                    .ask(
+                        PsMsg::WaitVersion(next_epoch_version),
+                        Duration::from_millis(500),
+                    )
                     .await;
             }
             let status = match self.status().await {
@@ -400,7 +431,11 @@ impl RunningJob {
                     continue;
                 }
             };
-            resumed_from = status.iter().filter_map(|s| s.restored_from).max().or(resumed_from);
+            resumed_from = status
+                .iter()
+                .filter_map(|s| s.restored_from)
+                .max()
+                .or(resumed_from);
             let s0 = &status[0];
             let secs = started.elapsed().as_secs_f64();
             let rate = s0.samples as f64 / secs.max(1e-9);
@@ -452,9 +487,23 @@ impl RunningJob {
             for i in 0..self.names.ps.len() {
                 match self.ps(i).await?.ask(PsMsg::Checkpoint, ASK).await {
                     Ok(PsReply::Saved(_)) => {}
-                    Ok(PsReply::Rejected(why)) => return Err(MlError::Checkpoint { path: c.dir.display().to_string(), message: why }),
-                    Ok(other) => return Err(MlError::Actor(format!("unexpected checkpoint reply {other:?}"))),
-                    Err(e) => return Err(MlError::Actor(format!("checkpoint of {}: {e}", self.names.ps[i]))),
+                    Ok(PsReply::Rejected(why)) => {
+                        return Err(MlError::Checkpoint {
+                            path: c.dir.display().to_string(),
+                            message: why,
+                        });
+                    }
+                    Ok(other) => {
+                        return Err(MlError::Actor(format!(
+                            "unexpected checkpoint reply {other:?}"
+                        )));
+                    }
+                    Err(e) => {
+                        return Err(MlError::Actor(format!(
+                            "checkpoint of {}: {e}",
+                            self.names.ps[i]
+                        )));
+                    }
                 }
             }
             checkpoint = Some(c.dir.display().to_string());

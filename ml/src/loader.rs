@@ -176,10 +176,12 @@ impl Loader {
     }
 
     fn state_file(&self) -> Option<PathBuf> {
-        self.args
-            .state_dir
-            .as_ref()
-            .map(|d| d.join(format!("loader-{}-of-{}.json", self.args.shard, self.args.plan.shards)))
+        self.args.state_dir.as_ref().map(|d| {
+            d.join(format!(
+                "loader-{}-of-{}.json",
+                self.args.shard, self.args.plan.shards
+            ))
+        })
     }
 
     fn done(&self, at: Cursor) -> bool {
@@ -206,15 +208,31 @@ impl Loader {
             .as_ref()
             .ok_or_else(|| crate::fail("loader used before its data was loaded"))?;
         if self.order.as_ref().map(|(e, _)| *e) != Some(at.epoch) {
-            let order = self
-                .args
-                .plan
-                .epoch_order(self.args.seed, self.args.shard, at.epoch, self.rows.len());
+            let order = self.args.plan.epoch_order(
+                self.args.seed,
+                self.args.shard,
+                at.epoch,
+                self.rows.len(),
+            );
             self.order = Some((at.epoch, order));
         }
-        let order = self.order.as_ref().map(|(_, o)| o.as_slice()).unwrap_or(&[]);
-        let span = self.args.plan.batch_span(train.len(), self.rows.len(), at.batch);
-        Ok(make_batch(train, &self.rows, &order[span], at.epoch, at.batch, self.bpe))
+        let order = self
+            .order
+            .as_ref()
+            .map(|(_, o)| o.as_slice())
+            .unwrap_or(&[]);
+        let span = self
+            .args
+            .plan
+            .batch_span(train.len(), self.rows.len(), at.batch);
+        Ok(make_batch(
+            train,
+            &self.rows,
+            &order[span],
+            at.epoch,
+            at.batch,
+            self.bpe,
+        ))
     }
 
     fn seek(&mut self, at: Cursor) {
@@ -227,7 +245,8 @@ impl Loader {
     }
 
     fn want_fill(&self) -> bool {
-        (self.buffer.len() as u32) < self.credits.min(self.args.prefetch) && !self.done(self.prepare_at)
+        (self.buffer.len() as u32) < self.credits.min(self.args.prefetch)
+            && !self.done(self.prepare_at)
     }
 
     fn schedule_fill(&mut self, ctx: &Context<LoaderMsg>) {
@@ -277,12 +296,19 @@ impl Actor for Loader {
             if let Ok(body) = std::fs::read(&path) {
                 match serde_json::from_slice::<Cursor>(&body) {
                     Ok(c) => {
-                        tracing::info!(shard = self.args.shard, epoch = c.epoch, batch = c.batch, "loader resumes");
+                        tracing::info!(
+                            shard = self.args.shard,
+                            epoch = c.epoch,
+                            batch = c.batch,
+                            "loader resumes"
+                        );
                         self.next = c;
                         self.prepare_at = c;
                         self.resumed_at = c;
                     }
-                    Err(e) => tracing::warn!(file = %path.display(), error = %e, "ignoring unreadable loader state"),
+                    Err(e) => {
+                        tracing::warn!(file = %path.display(), error = %e, "ignoring unreadable loader state")
+                    }
                 }
             }
         }

@@ -68,7 +68,10 @@ impl ModelSpec {
 
     /// Total number of scalar parameters.
     pub fn param_count(&self) -> usize {
-        self.shapes().iter().map(|(_, s)| s.iter().product::<usize>()).sum()
+        self.shapes()
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum()
     }
 
     /// Seeded initial parameters: uniform in ±1/sqrt(fan_in), burn's (and
@@ -195,7 +198,8 @@ fn tensor_values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     // `convert::<f32>` makes the element type f32, so reading it as f32
     // cannot fail.
     #[allow(clippy::expect_used)]
-    data.into_vec::<f32>().expect("tensor data converted to f32")
+    data.into_vec::<f32>()
+        .expect("tensor data converted to f32")
 }
 
 /// Features and labels of `rows` rows as tensors.
@@ -232,25 +236,39 @@ pub fn loss_and_grads<B: AutodiffBackend>(
 ) -> Result<(f32, Vec<Vec<f32>>), MlError> {
     let (x, y) = batch_tensors::<B>(features, labels, cols, device)?;
     let logits = model.forward(x);
-    let loss = CrossEntropyLossConfig::new().init(device).forward(logits, y);
+    let loss = CrossEntropyLossConfig::new()
+        .init(device)
+        .forward(logits, y);
     let loss_value = tensor_values(loss.clone().detach())[0];
     let grads = loss.backward();
     let mut out = Vec::new();
     for l in &model.layers {
         let w = l.weight.val();
         let n = w.dims().iter().product();
-        out.push(w.grad(&grads).map(tensor_values).unwrap_or_else(|| vec![0.0; n]));
+        out.push(
+            w.grad(&grads)
+                .map(tensor_values)
+                .unwrap_or_else(|| vec![0.0; n]),
+        );
         if let Some(b) = &l.bias {
             let b = b.val();
             let n = b.dims()[0];
-            out.push(b.grad(&grads).map(tensor_values).unwrap_or_else(|| vec![0.0; n]));
+            out.push(
+                b.grad(&grads)
+                    .map(tensor_values)
+                    .unwrap_or_else(|| vec![0.0; n]),
+            );
         }
     }
     Ok((loss_value, out))
 }
 
 /// Fraction of `data`'s rows whose predicted class is right.
-pub fn accuracy<B: Backend>(model: &Mlp<B>, data: &Dataset, device: &B::Device) -> Result<f32, MlError> {
+pub fn accuracy<B: Backend>(
+    model: &Mlp<B>,
+    data: &Dataset,
+    device: &B::Device,
+) -> Result<f32, MlError> {
     if data.is_empty() {
         return Ok(0.0);
     }

@@ -104,7 +104,9 @@ impl OptimizerConfig {
     /// Checks the settings.
     pub fn validate(&self) -> Result<(), MlError> {
         let bad = |what: &str, v: f32| {
-            Err(MlError::Config(format!("optimizer: {what} must be in [0, 1), got {v}")))
+            Err(MlError::Config(format!(
+                "optimizer: {what} must be in [0, 1), got {v}"
+            )))
         };
         match *self {
             Self::Sgd {
@@ -163,13 +165,19 @@ impl OptimizerConfig {
                 weight_decay,
             } => {
                 let mut g: Vec<f32> = if weight_decay != 0.0 {
-                    param.iter().zip(grad).map(|(w, g)| w * weight_decay + g).collect()
+                    param
+                        .iter()
+                        .zip(grad)
+                        .map(|(w, g)| w * weight_decay + g)
+                        .collect()
                 } else {
                     grad.to_vec()
                 };
                 if momentum != 0.0 {
                     let velocity = match state.take() {
-                        Some(SlotState::Sgd { velocity: Some(mut v) }) => {
+                        Some(SlotState::Sgd {
+                            velocity: Some(mut v),
+                        }) => {
                             for (v, g) in v.iter_mut().zip(&g) {
                                 *v = g * (1.0 - dampening) + *v * momentum;
                             }
@@ -201,7 +209,11 @@ impl OptimizerConfig {
                 weight_decay,
             } => {
                 let g: Vec<f32> = if weight_decay != 0.0 {
-                    param.iter().zip(grad).map(|(w, g)| w * weight_decay + g).collect()
+                    param
+                        .iter()
+                        .zip(grad)
+                        .map(|(w, g)| w * weight_decay + g)
+                        .collect()
                 } else {
                     grad.to_vec()
                 };
@@ -220,7 +232,9 @@ impl OptimizerConfig {
                     _ => (
                         1,
                         g.iter().map(|g| g * (1.0 - beta1)).collect(),
-                        g.iter().map(|g| (g * g) * (1.0 - beta2)).collect::<Vec<f32>>(),
+                        g.iter()
+                            .map(|g| (g * g) * (1.0 - beta2))
+                            .collect::<Vec<f32>>(),
                     ),
                 };
                 let bc2 = (1.0 - beta2.powi(time)).sqrt();

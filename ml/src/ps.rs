@@ -462,7 +462,11 @@ impl Actor for ParamServer {
         Ok(())
     }
 
-    async fn handle(&mut self, msg: PsMsg, ctx: &mut Context<PsMsg>) -> Result<PsReply, ActorError> {
+    async fn handle(
+        &mut self,
+        msg: PsMsg,
+        ctx: &mut Context<PsMsg>,
+    ) -> Result<PsReply, ActorError> {
         match msg {
             PsMsg::Pull {
                 worker,
@@ -503,8 +507,11 @@ impl Actor for ParamServer {
                         self.pending.insert(worker, (grads, loss, samples));
                         if self.pending.len() as u32 >= self.args.workers {
                             let n = self.pending.len() as f32;
-                            let mut sum: Vec<Vec<f32>> =
-                                self.params.iter().map(|p| vec![0.0; p.values.len()]).collect();
+                            let mut sum: Vec<Vec<f32>> = self
+                                .params
+                                .iter()
+                                .map(|p| vec![0.0; p.values.len()])
+                                .collect();
                             let mut loss_sum = 0.0;
                             // Sum in worker order, so the result does not
                             // depend on arrival order.

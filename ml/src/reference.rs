@@ -52,10 +52,20 @@ pub fn train_reference<B: AutodiffBackend>(
         ($opt:expr) => {{
             let mut opt = $opt;
             for batch in steps {
-                let (x, y) =
-                    batch_tensors::<B>(&batch.features, &batch.labels, batch.cols as usize, device)?;
+                let (x, y) = batch_tensors::<B>(
+                    &batch.features,
+                    &batch.labels,
+                    batch.cols as usize,
+                    device,
+                )?;
                 let loss = loss_fn.forward(model.forward(x), y);
-                losses.push(loss.clone().into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default()[0]);
+                losses.push(
+                    loss.clone()
+                        .into_data()
+                        .convert::<f32>()
+                        .to_vec::<f32>()
+                        .unwrap_or_default()[0],
+                );
                 samples += batch.rows() as u64;
                 let grads = GradientsParams::from_grads(loss.backward(), &model);
                 model = opt.step(lr, model, grads);
@@ -68,25 +78,33 @@ pub fn train_reference<B: AutodiffBackend>(
             beta2,
             epsilon,
             weight_decay,
-        } => run_with!(AdamConfig::new()
-            .with_beta_1(beta1)
-            .with_beta_2(beta2)
-            .with_epsilon(epsilon)
-            .with_weight_decay((weight_decay != 0.0).then(|| WeightDecayConfig::new(weight_decay)))
-            .init::<B, Mlp<B>>()),
+        } => run_with!(
+            AdamConfig::new()
+                .with_beta_1(beta1)
+                .with_beta_2(beta2)
+                .with_epsilon(epsilon)
+                .with_weight_decay(
+                    (weight_decay != 0.0).then(|| WeightDecayConfig::new(weight_decay))
+                )
+                .init::<B, Mlp<B>>()
+        ),
         OptimizerConfig::Sgd {
             momentum,
             dampening,
             nesterov,
             weight_decay,
-        } => run_with!(SgdConfig::new()
-            .with_momentum((momentum != 0.0).then(|| MomentumConfig {
-                momentum: f64::from(momentum),
-                dampening: f64::from(dampening),
-                nesterov,
-            }))
-            .with_weight_decay((weight_decay != 0.0).then(|| WeightDecayConfig::new(weight_decay)))
-            .init::<B, Mlp<B>>()),
+        } => run_with!(
+            SgdConfig::new()
+                .with_momentum((momentum != 0.0).then(|| MomentumConfig {
+                    momentum: f64::from(momentum),
+                    dampening: f64::from(dampening),
+                    nesterov,
+                }))
+                .with_weight_decay(
+                    (weight_decay != 0.0).then(|| WeightDecayConfig::new(weight_decay))
+                )
+                .init::<B, Mlp<B>>()
+        ),
     }
     let seconds = started.elapsed().as_secs_f64();
     let valid = model.valid();

@@ -115,7 +115,13 @@ impl OnBackend for GradTask {
     type Output = Result<(f32, Vec<Vec<f32>>), MlError>;
     fn run<B: burn::tensor::backend::AutodiffBackend>(self, device: B::Device) -> Self::Output {
         let model = Mlp::<B>::from_params(&self.model, &self.params, &device)?;
-        loss_and_grads(&model, &self.batch.features, &self.batch.labels, self.batch.cols as usize, &device)
+        loss_and_grads(
+            &model,
+            &self.batch.features,
+            &self.batch.labels,
+            self.batch.cols as usize,
+            &device,
+        )
     }
 }
 
@@ -197,11 +203,15 @@ impl Worker {
                     shard_params.push(params.into_iter());
                 }
                 Ok(other) => {
-                    return Err(MlError::Actor(format!("parameter server {i} answered a pull with {other:?}")));
+                    return Err(MlError::Actor(format!(
+                        "parameter server {i} answered a pull with {other:?}"
+                    )));
                 }
                 Err(e) => {
                     self.ps = None;
-                    return Err(MlError::Actor(format!("pull from parameter server {i}: {e}")));
+                    return Err(MlError::Actor(format!(
+                        "pull from parameter server {i}: {e}"
+                    )));
                 }
             }
         }
@@ -217,10 +227,18 @@ impl Worker {
         for &s in &self.owner {
             match shard_params.get_mut(s as usize).and_then(Iterator::next) {
                 Some(p) => params.push(p),
-                None => return Err(MlError::Actor(format!("parameter server {s} sent too few parameters"))),
+                None => {
+                    return Err(MlError::Actor(format!(
+                        "parameter server {s} sent too few parameters"
+                    )));
+                }
             }
         }
-        let grant = if self.granted { 1 } else { self.args.prefetch + 1 };
+        let grant = if self.granted {
+            1
+        } else {
+            self.args.prefetch + 1
+        };
         let batch = match loader
             .ask(
                 LoaderMsg::Take {
@@ -235,11 +253,20 @@ impl Worker {
                 self.granted = true;
                 b
             }
-            Ok(LoaderReply::Delivery(Delivery::EndOfData { .. })) => return Ok(StepOutcome::Finished),
-            Ok(other) => return Err(MlError::Actor(format!("loader answered a take with {other:?}"))),
+            Ok(LoaderReply::Delivery(Delivery::EndOfData { .. })) => {
+                return Ok(StepOutcome::Finished);
+            }
+            Ok(other) => {
+                return Err(MlError::Actor(format!(
+                    "loader answered a take with {other:?}"
+                )));
+            }
             Err(e) => {
                 self.loader = None;
-                return Err(MlError::Actor(format!("take from loader {}: {e}", self.args.loader)));
+                return Err(MlError::Actor(format!(
+                    "take from loader {}: {e}",
+                    self.args.loader
+                )));
             }
         };
         let samples = batch.rows() as u32;
@@ -256,18 +283,23 @@ impl Worker {
         for (g, &s) in grads.into_iter().zip(&self.owner) {
             per_shard[s as usize].push(g);
         }
-        let pushes = join_all(ps.iter().zip(per_shard).zip(&versions).map(|((p, grads), &v)| {
-            p.ask(
-                PsMsg::Push {
-                    worker: self.args.index,
-                    version: v,
-                    grads,
-                    loss,
-                    samples,
-                },
-                REQUEST_TIMEOUT,
-            )
-        }))
+        let pushes = join_all(
+            ps.iter()
+                .zip(per_shard)
+                .zip(&versions)
+                .map(|((p, grads), &v)| {
+                    p.ask(
+                        PsMsg::Push {
+                            worker: self.args.index,
+                            version: v,
+                            grads,
+                            loss,
+                            samples,
+                        },
+                        REQUEST_TIMEOUT,
+                    )
+                }),
+        )
         .await;
         for (i, r) in pushes.into_iter().enumerate() {
             match r {
@@ -277,9 +309,15 @@ impl Worker {
                     }
                 }
                 Ok(PsReply::Rejected(why)) => {
-                    return Err(MlError::Actor(format!("parameter server {i} rejected a push: {why}")));
+                    return Err(MlError::Actor(format!(
+                        "parameter server {i} rejected a push: {why}"
+                    )));
                 }
-                Ok(other) => return Err(MlError::Actor(format!("parameter server {i} answered a push with {other:?}"))),
+                Ok(other) => {
+                    return Err(MlError::Actor(format!(
+                        "parameter server {i} answered a push with {other:?}"
+                    )));
+                }
                 Err(e) => {
                     self.ps = None;
                     return Err(MlError::Actor(format!("push to parameter server {i}: {e}")));
@@ -300,7 +338,11 @@ impl Worker {
                 });
             }
         }
-        tracing::info!(worker = self.args.index, steps = self.stats.steps, "worker finished");
+        tracing::info!(
+            worker = self.args.index,
+            steps = self.stats.steps,
+            "worker finished"
+        );
         ctx.stop(manta_actors::ExitReason::Normal);
     }
 }
@@ -309,9 +351,14 @@ impl Actor for Worker {
     type Msg = WorkerMsg;
 
     async fn started(&mut self, ctx: &mut Context<WorkerMsg>) -> Result<(), ActorError> {
-        self.args.model.validate().map_err(|e| crate::fail(e.to_string()))?;
+        self.args
+            .model
+            .validate()
+            .map_err(|e| crate::fail(e.to_string()))?;
         if self.args.ps.is_empty() || self.args.batches_per_epoch == 0 {
-            return Err(crate::fail("a worker needs at least one parameter server and one batch per epoch"));
+            return Err(crate::fail(
+                "a worker needs at least one parameter server and one batch per epoch",
+            ));
         }
         ctx.myself()
             .tell(WorkerMsg::Step)
@@ -339,11 +386,18 @@ impl Actor for Worker {
                             .map_err(|e| crate::fail(e.to_string()))?;
                     }
                     Ok(StepOutcome::Finished) => self.finish(ctx),
-                    Err(e @ (MlError::Shape { .. } | MlError::Device { .. } | MlError::Config(_) | MlError::Data(_))) => {
+                    Err(
+                        e @ (MlError::Shape { .. }
+                        | MlError::Device { .. }
+                        | MlError::Config(_)
+                        | MlError::Data(_)),
+                    ) => {
                         return Err(crate::fail(format!("worker {}: {e}", self.args.index)));
                     }
                     Err(e) => {
-                        let since = *self.failing_since.get_or_insert_with(tokio::time::Instant::now);
+                        let since = *self
+                            .failing_since
+                            .get_or_insert_with(tokio::time::Instant::now);
                         if since.elapsed() > GIVE_UP_AFTER {
                             return Err(crate::fail(format!(
                                 "worker {}: peers unreachable for {:?}: {e}",

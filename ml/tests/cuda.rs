@@ -14,7 +14,8 @@ use manta_ml::reference::train_reference;
 use manta_ml::{DatasetSpec, DeviceSpec, ModelSpec, OptimizerConfig, ShardPlan};
 
 fn digits() -> DatasetSpec {
-    let mut d = DatasetSpec::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/digits.csv.gz"));
+    let mut d =
+        DatasetSpec::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/digits.csv.gz"));
     if let Ok(p) = std::env::var("MANTA_DIGITS") {
         d.path = p.into();
     }
@@ -26,12 +27,28 @@ fn digits() -> DatasetSpec {
 fn cuda_loss_curve_matches_cpu() {
     check_device(DeviceSpec::Cuda(0)).expect("cuda:0 must be usable for this test");
     let (train, test) = digits().load_split().unwrap();
-    let spec = ModelSpec { inputs: train.cols, hidden: vec![128], classes: train.classes };
+    let spec = ModelSpec {
+        inputs: train.cols,
+        hidden: vec![128],
+        classes: train.classes,
+    };
     let init = spec.init(0);
-    let plan = ShardPlan { shards: 1, batch_size: 32 };
+    let plan = ShardPlan {
+        shards: 1,
+        batch_size: 32,
+    };
     let steps: Vec<_> = shard_batches(&train, plan, 0, 0, 2).collect();
     let opt = OptimizerConfig::adam();
-    let cpu = train_reference::<CpuBackend>(&spec, &init, &opt, 1e-3, steps.clone(), &test, &Default::default()).unwrap();
+    let cpu = train_reference::<CpuBackend>(
+        &spec,
+        &init,
+        &opt,
+        1e-3,
+        steps.clone(),
+        &test,
+        &Default::default(),
+    )
+    .unwrap();
     let dev = manta_ml::device::burn_cuda::CudaDevice::new(0);
     let gpu = train_reference::<CudaBackend>(&spec, &init, &opt, 1e-3, steps, &test, &dev).unwrap();
     assert_eq!(cpu.losses.len(), gpu.losses.len());
@@ -39,7 +56,10 @@ fn cuda_loss_curve_matches_cpu() {
     for (i, (c, g)) in cpu.losses.iter().zip(&gpu.losses).enumerate() {
         let d = (c - g).abs();
         worst = worst.max(d);
-        assert!(d <= 1e-3 * c.abs().max(1.0), "step {i}: cpu loss {c} vs cuda {g}");
+        assert!(
+            d <= 1e-3 * c.abs().max(1.0),
+            "step {i}: cpu loss {c} vs cuda {g}"
+        );
     }
     let mut max_param = 0f32;
     for (a, b) in cpu.params.iter().zip(&gpu.params) {

@@ -8,14 +8,14 @@ use serde_json::Value;
 
 use crate::{DEADLINE, Running, Scratch, manta};
 
-struct NodeProc {
-    p: Running,
-    id: String,
-    gossip: String,
+pub(crate) struct NodeProc {
+    pub(crate) p: Running,
+    pub(crate) id: String,
+    pub(crate) gossip: String,
     p2p: String,
 }
 
-fn start_node(
+pub(crate) fn start_node(
     dir: &Scratch,
     name: &str,
     secret: Option<&Path>,
@@ -69,7 +69,7 @@ fn state_of(st: &Value, id: &str) -> Option<String> {
 }
 
 /// Polls `manta status` (each call waits for its answer) until `pred`.
-fn wait_status(
+pub(crate) fn wait_status(
     seed: &str,
     secret: Option<&Path>,
     what: &str,
@@ -88,7 +88,7 @@ fn wait_status(
     panic!("{what}: not seen within {DEADLINE:?}; last status: {last:#?}");
 }
 
-fn secret(dir: &Scratch, name: &str) -> std::path::PathBuf {
+pub(crate) fn secret(dir: &Scratch, name: &str) -> std::path::PathBuf {
     let p = dir.0.join(name);
     let out = manta().arg("secret").arg(&p).output().unwrap();
     assert!(out.status.success());
@@ -314,7 +314,7 @@ fn a_bad_node_config_is_reported_with_its_position() {
     );
 }
 
-fn actor_on(st: &Value, name: &str) -> Option<String> {
+pub(crate) fn actor_on(st: &Value, name: &str) -> Option<String> {
     st["nodes"].as_array()?.iter().find_map(|n| {
         let alive = n["state"] == "alive";
         let has = n["actors"]

@@ -4,6 +4,7 @@
 
 mod cli;
 mod cluster;
+mod train;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};

@@ -188,7 +188,10 @@ mod barrier {
         // The actor answers other asks while two are parked.
         let deadline = tokio::time::Instant::now() + t;
         while b.ask(Gate::Waiting, t).await.unwrap() < 2 {
-            assert!(tokio::time::Instant::now() < deadline, "waiters never parked");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "waiters never parked"
+            );
             tokio::task::yield_now().await;
         }
         assert!(!w1.is_finished() && !w2.is_finished());

@@ -15,7 +15,10 @@ fn digits_load_and_split_stratified_80_20() {
     for c in 0..10u32 {
         let all = data.labels.iter().filter(|&&l| l == c).count() as f64;
         let t = test.labels.iter().filter(|&&l| l == c).count() as f64;
-        assert!((t - all * 0.2).abs() <= 1.0, "class {c}: {t} of {all} in test");
+        assert!(
+            (t - all * 0.2).abs() <= 1.0,
+            "class {c}: {t} of {all} in test"
+        );
     }
     // Same seed, same split; another seed, another one.
     let (train2, _) = data.stratified_split(0.2, 0).unwrap();
@@ -52,33 +55,58 @@ fn parse_err(text: &str) -> DataError {
 #[test]
 fn malformed_files_name_file_line_and_problem() {
     let e = parse_err("1,2,0\n3,4\n");
-    assert_eq!(e.to_string(), "bad.csv:2: expected 3 columns like the first row, found 2");
+    assert_eq!(
+        e.to_string(),
+        "bad.csv:2: expected 3 columns like the first row, found 2"
+    );
     let e = parse_err("1,2,0\n3,x,1\n");
     assert_eq!(e.to_string(), "bad.csv:2: column 2: `x` is not a number");
     let e = parse_err("1,2,0\n3,4,1.5\n");
-    assert!(e.to_string().starts_with("bad.csv:2: column 3 (the label): `1.5`"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("bad.csv:2: column 3 (the label): `1.5`"),
+        "{e}"
+    );
     let e = parse_err("1,2,0\n3,4,-1\n");
     assert!(e.to_string().contains("bad.csv:2:"), "{e}");
     let e = parse_err("1,inf,0\n");
     assert_eq!(e.to_string(), "bad.csv:1: column 2: `inf` is not finite");
     assert_eq!(parse_err("\n\n").to_string(), "bad.csv: no data rows");
-    assert!(parse_err("1,0\n2,0\n").to_string().contains("at least 2 classes"));
+    assert!(
+        parse_err("1,0\n2,0\n")
+            .to_string()
+            .contains("at least 2 classes")
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let gz = dir.path().join("broken.csv.gz");
-    std::fs::File::create(&gz).unwrap().write_all(&[0x1f, 0x8b, 8, 0, 1, 2, 3]).unwrap();
+    std::fs::File::create(&gz)
+        .unwrap()
+        .write_all(&[0x1f, 0x8b, 8, 0, 1, 2, 3])
+        .unwrap();
     let e = Dataset::load_csv(&gz, 1.0).unwrap_err();
-    assert!(e.to_string().contains("broken.csv.gz") && e.to_string().contains("gzip"), "{e}");
+    assert!(
+        e.to_string().contains("broken.csv.gz") && e.to_string().contains("gzip"),
+        "{e}"
+    );
     let e = Dataset::load_csv(&dir.path().join("missing.csv"), 1.0).unwrap_err();
     assert!(e.to_string().contains("missing.csv"), "{e}");
-    let e = DatasetSpec { test_fraction: 1.5, ..digits() }.load_split().unwrap_err();
+    let e = DatasetSpec {
+        test_fraction: 1.5,
+        ..digits()
+    }
+    .load_split()
+    .unwrap_err();
     assert!(e.to_string().contains("test_fraction"), "{e}");
 }
 
 #[test]
 fn shards_cover_the_training_rows_and_have_equal_batch_counts() {
     let (train, _) = digits().load_split().unwrap();
-    let plan = ShardPlan { shards: 3, batch_size: 32 };
+    let plan = ShardPlan {
+        shards: 3,
+        batch_size: 32,
+    };
     let bpe = plan.batches_per_epoch(train.len());
     let mut seen = vec![0u32; train.len()];
     for s in 0..3 {
@@ -88,10 +116,17 @@ fn shards_cover_the_training_rows_and_have_equal_batch_counts() {
         let batches: Vec<_> = shard_batches(&train, plan, s, 9, 2).collect();
         assert_eq!(batches.len() as u32, 2 * bpe);
         let rows: usize = batches[..bpe as usize].iter().map(|b| b.rows()).sum();
-        assert_eq!(rows, plan.shard_rows(train.len(), s).len(), "one epoch covers the shard");
+        assert_eq!(
+            rows,
+            plan.shard_rows(train.len(), s).len(),
+            "one epoch covers the shard"
+        );
         assert!(batches[bpe as usize - 1].ends_epoch());
         // Each epoch is shuffled differently.
         assert_ne!(batches[0].labels, batches[bpe as usize].labels);
     }
-    assert!(seen.iter().all(|&n| n == 1), "every row in exactly one shard");
+    assert!(
+        seen.iter().all(|&n| n == 1),
+        "every row in exactly one shard"
+    );
 }

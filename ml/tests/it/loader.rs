@@ -13,7 +13,10 @@ fn args(seed: u64, epochs: u32, prefetch: u32) -> LoaderArgs {
     LoaderArgs {
         dataset: digits(),
         shard: 1,
-        plan: ShardPlan { shards: 2, batch_size: 50 },
+        plan: ShardPlan {
+            shards: 2,
+            batch_size: 50,
+        },
         seed,
         epochs,
         prefetch,
@@ -44,14 +47,20 @@ async fn stats(l: &ActorHandle<LoaderMsg>) -> LoaderStats {
 
 /// Asks for stats until `pred` holds (each ask is a round trip through the
 /// loader's mailbox, so its self-sent prefetch work gets done in between).
-async fn stats_until(l: &ActorHandle<LoaderMsg>, pred: impl Fn(&LoaderStats) -> bool) -> LoaderStats {
+async fn stats_until(
+    l: &ActorHandle<LoaderMsg>,
+    pred: impl Fn(&LoaderStats) -> bool,
+) -> LoaderStats {
     let deadline = tokio::time::Instant::now() + T;
     loop {
         let s = stats(l).await;
         if pred(&s) {
             return s;
         }
-        assert!(tokio::time::Instant::now() < deadline, "condition never held: {s:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition never held: {s:?}"
+        );
         tokio::task::yield_now().await;
     }
 }
@@ -75,13 +84,24 @@ async fn batches_are_deterministic_for_a_seed_with_explicit_epochs_and_end() {
             }
         }
     }
-    assert_eq!(got, expected, "the loader serves exactly the planned sequence");
+    assert_eq!(
+        got, expected,
+        "the loader serves exactly the planned sequence"
+    );
     assert_eq!(got.len() as u32, 2 * bpe);
-    assert!(got[bpe as usize - 1].ends_epoch() && got[bpe as usize].epoch == 1 && got[bpe as usize].index == 0);
+    assert!(
+        got[bpe as usize - 1].ends_epoch()
+            && got[bpe as usize].epoch == 1
+            && got[bpe as usize].index == 0
+    );
     // The end is sticky.
     assert_eq!(take(&a, None, 0).await, Delivery::EndOfData { epochs: 2 });
     assert_eq!(batch(&b).await, got[0], "same seed, same first batch");
-    assert_ne!(batch(&c).await.labels, got[0].labels, "another seed, another order");
+    assert_ne!(
+        batch(&c).await.labels,
+        got[0].labels,
+        "another seed, another order"
+    );
     // Seeking: a consumer that says where it is gets that batch.
     let at = Cursor { epoch: 1, batch: 3 };
     match take(&b, Some(at), 0).await {
@@ -136,9 +156,10 @@ async fn a_loader_restarted_by_its_supervisor_resumes_where_it_was() {
     let system = ActorSystem::new();
     let bus = EventBus::default();
     let mut events = bus.subscribe();
-    let spec = SupervisorSpec::new("data")
-        .events(bus)
-        .child(ChildSpec::worker("loader", factory("loader", move || Loader::new(a.clone()))).register("loader"));
+    let spec = SupervisorSpec::new("data").events(bus).child(
+        ChildSpec::worker("loader", factory("loader", move || Loader::new(a.clone())))
+            .register("loader"),
+    );
     let sup = Supervisor::start(&system, spec).await.unwrap();
     let l = system.lookup::<LoaderMsg>("loader").unwrap();
     let (train, _) = digits().load_split().unwrap();
@@ -152,7 +173,10 @@ async fn a_loader_restarted_by_its_supervisor_resumes_where_it_was() {
     l.kill();
     let deadline = tokio::time::Instant::now() + T;
     loop {
-        let ev = tokio::time::timeout_at(deadline, events.recv()).await.expect("no restart").unwrap();
+        let ev = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .expect("no restart")
+            .unwrap();
         if let SupervisorEvent::ChildStarted { restarts: 1, .. } = ev {
             break;
         }
@@ -161,6 +185,10 @@ async fn a_loader_restarted_by_its_supervisor_resumes_where_it_was() {
     assert_ne!(l2.id(), l.id());
     let s = stats(&l2).await;
     assert_eq!(s.resumed_at, Cursor { epoch: 1, batch: 4 });
-    assert_eq!(batch(&l2).await, expected[n], "the restarted loader continues with the next batch");
+    assert_eq!(
+        batch(&l2).await,
+        expected[n],
+        "the restarted loader continues with the next batch"
+    );
     sup.shutdown().await;
 }

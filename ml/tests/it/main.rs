@@ -13,7 +13,8 @@ use manta_ml::{DatasetSpec, TrainConfig};
 
 /// The committed digits dataset with the example's split settings.
 pub fn digits() -> DatasetSpec {
-    let mut d = DatasetSpec::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/digits.csv.gz"));
+    let mut d =
+        DatasetSpec::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/digits.csv.gz"));
     d.scale = 1.0 / 16.0;
     d
 }

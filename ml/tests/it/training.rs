@@ -23,7 +23,11 @@ fn max_diff(a: &[ParamTensor], b: &[ParamTensor]) -> f32 {
 }
 
 fn spec_of(cfg: &TrainConfig) -> ModelSpec {
-    ModelSpec { inputs: 64, hidden: cfg.model.hidden.clone(), classes: 10 }
+    ModelSpec {
+        inputs: 64,
+        hidden: cfg.model.hidden.clone(),
+        classes: 10,
+    }
 }
 
 /// The batches of every step: one per worker, concatenated (what a single
@@ -31,9 +35,13 @@ fn spec_of(cfg: &TrainConfig) -> ModelSpec {
 fn reference_steps(cfg: &TrainConfig) -> Vec<Batch> {
     let (train, _) = cfg.data.load_split().unwrap();
     let t = &cfg.training;
-    let plan = ShardPlan { shards: t.loaders, batch_size: t.batch_size };
-    let per_shard: Vec<Vec<Batch>> =
-        (0..t.loaders).map(|s| shard_batches(&train, plan, s, t.seed, t.epochs).collect()).collect();
+    let plan = ShardPlan {
+        shards: t.loaders,
+        batch_size: t.batch_size,
+    };
+    let per_shard: Vec<Vec<Batch>> = (0..t.loaders)
+        .map(|s| shard_batches(&train, plan, s, t.seed, t.epochs).collect())
+        .collect();
     (0..per_shard[0].len())
         .map(|i| {
             let mut b = per_shard[0][i].clone();
@@ -70,17 +78,26 @@ async fn equivalence(extra: &str) -> (f32, f32, f32) {
     )
     .unwrap();
     assert_eq!(report.steps, reference.losses.len() as u64);
-    (max_diff(&report.final_params, &reference.params), report.test_accuracy, reference.test_accuracy)
+    (
+        max_diff(&report.final_params, &reference.params),
+        report.test_accuracy,
+        reference.test_accuracy,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_ps_with_one_worker_matches_the_single_process_burn_loop_adam() {
-    let (diff, ps, single) =
-        equivalence("[model]\nhidden = [32]\n[training]\nepochs = 3\nbatch_size = 32\nlr = 0.002\n").await;
+    let (diff, ps, single) = equivalence(
+        "[model]\nhidden = [32]\n[training]\nepochs = 3\nbatch_size = 32\nlr = 0.002\n",
+    )
+    .await;
     // Same rows in the same order, burn's Adam update replicated exactly:
     // only float rounding differs (measured: ~1e-7).
     assert!(diff < 1e-4, "parameters differ by {diff}");
-    assert!((ps - single).abs() <= 1.0 / 360.0 + 1e-6, "accuracy {ps} vs {single}");
+    assert!(
+        (ps - single).abs() <= 1.0 / 360.0 + 1e-6,
+        "accuracy {ps} vs {single}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,7 +107,10 @@ async fn sync_ps_sharded_with_sgd_momentum_matches_the_single_process_burn_loop(
     )
     .await;
     assert!(diff < 1e-4, "parameters differ by {diff}");
-    assert!((ps - single).abs() <= 1.0 / 360.0 + 1e-6, "accuracy {ps} vs {single}");
+    assert!(
+        (ps - single).abs() <= 1.0 / 360.0 + 1e-6,
+        "accuracy {ps} vs {single}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,8 +119,10 @@ async fn sync_ps_with_two_workers_tracks_the_single_process_loop_on_the_same_row
     // computes the mean over both batches at once. They are equal when the
     // batches are equally large (all but the last step of an epoch), so the
     // results agree closely but not to the last bit.
-    let (diff, ps, single) =
-        equivalence("[model]\nhidden = [32]\n[training]\nepochs = 8\nworkers = 2\nloaders = 2\nlr = 0.004\n").await;
+    let (diff, ps, single) = equivalence(
+        "[model]\nhidden = [32]\n[training]\nepochs = 8\nworkers = 2\nloaders = 2\nlr = 0.004\n",
+    )
+    .await;
     assert!(diff < 2e-2, "parameters differ by {diff}");
     assert!((ps - single).abs() <= 0.01, "accuracy {ps} vs {single}");
     assert!(ps > 0.9, "accuracy {ps}");
@@ -113,10 +135,18 @@ async fn async_training_converges_within_its_staleness_bound() {
     );
     let report = manta_ml::train(&cfg, Env::InProcess, |_| {}).await.unwrap();
     assert_eq!(report.mode, "async");
-    assert!(report.test_accuracy >= 0.95, "async accuracy {}", report.test_accuracy);
+    assert!(
+        report.test_accuracy >= 0.95,
+        "async accuracy {}",
+        report.test_accuracy
+    );
     // Every batch was either applied or dropped as too stale.
     let (train, _) = cfg.data.load_split().unwrap();
-    let bpe = ShardPlan { shards: 3, batch_size: 32 }.batches_per_epoch(train.len()) as u64;
+    let bpe = ShardPlan {
+        shards: 3,
+        batch_size: 32,
+    }
+    .batches_per_epoch(train.len()) as u64;
     assert_eq!(report.steps + report.rejected_pushes, 3 * 15 * bpe);
 }
 
@@ -129,24 +159,51 @@ async fn a_killed_parameter_server_resumes_from_its_checkpoint_and_training_reac
     ));
     let running = job::start(&cfg, Env::InProcess).await.unwrap();
     let ps = running.ps(0).await.unwrap();
-    match ps.ask(PsMsg::WaitVersion(300), Duration::from_secs(60)).await.unwrap() {
+    match ps
+        .ask(PsMsg::WaitVersion(300), Duration::from_secs(60))
+        .await
+        .unwrap()
+    {
         PsReply::Version(v) => assert!(v >= 300),
         other => panic!("{other:?}"),
     }
     ps.kill();
     let report = running.finish(|_| {}).await.unwrap();
-    let resumed = report.resumed_from.expect("the restarted shard loaded a checkpoint");
-    assert!(resumed >= 250 && resumed % 50 == 0, "resumed from {resumed}");
-    assert!(report.test_accuracy >= 0.97, "accuracy {}", report.test_accuracy);
-    assert_eq!(report.steps, 40 * 23, "every step done once the server is back");
-    let files: Vec<_> = std::fs::read_dir(dir.path().join("ps-0-of-1")).unwrap().collect();
-    assert!(!files.is_empty() && files.len() <= 3, "{} checkpoint files kept", files.len());
+    let resumed = report
+        .resumed_from
+        .expect("the restarted shard loaded a checkpoint");
+    assert!(
+        resumed >= 250 && resumed % 50 == 0,
+        "resumed from {resumed}"
+    );
+    assert!(
+        report.test_accuracy >= 0.97,
+        "accuracy {}",
+        report.test_accuracy
+    );
+    assert_eq!(
+        report.steps,
+        40 * 23,
+        "every step done once the server is back"
+    );
+    let files: Vec<_> = std::fs::read_dir(dir.path().join("ps-0-of-1"))
+        .unwrap()
+        .collect();
+    assert!(
+        !files.is_empty() && files.len() <= 3,
+        "{} checkpoint files kept",
+        files.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parameter_server_rejects_malformed_pushes_and_keeps_serving() {
     let system = ActorSystem::new();
-    let model = ModelSpec { inputs: 4, hidden: vec![3], classes: 2 };
+    let model = ModelSpec {
+        inputs: 4,
+        hidden: vec![3],
+        classes: 2,
+    };
     let ps = system
         .spawn(ParamServer::new(PsArgs {
             shard: 0,
@@ -163,23 +220,75 @@ async fn a_parameter_server_rejects_malformed_pushes_and_keeps_serving() {
         .unwrap();
     let t = Duration::from_secs(5);
     let wrong = vec![vec![0.0; 12], vec![0.0; 3], vec![0.0; 5], vec![0.0; 2]];
-    let reply = ps.ask(PsMsg::Push { worker: 0, version: 0, grads: wrong, loss: 1.0, samples: 1 }, t).await.unwrap();
+    let reply = ps
+        .ask(
+            PsMsg::Push {
+                worker: 0,
+                version: 0,
+                grads: wrong,
+                loss: 1.0,
+                samples: 1,
+            },
+            t,
+        )
+        .await
+        .unwrap();
     match reply {
-        PsReply::Rejected(why) => assert!(why.contains("layers.1.weight") && why.contains("5 values"), "{why}"),
+        PsReply::Rejected(why) => assert!(
+            why.contains("layers.1.weight") && why.contains("5 values"),
+            "{why}"
+        ),
         other => panic!("{other:?}"),
     }
     let nan = vec![vec![f32::NAN; 12], vec![0.0; 3], vec![0.0; 6], vec![0.0; 2]];
     assert!(matches!(
-        ps.ask(PsMsg::Push { worker: 0, version: 0, grads: nan, loss: 1.0, samples: 1 }, t).await.unwrap(),
+        ps.ask(
+            PsMsg::Push {
+                worker: 0,
+                version: 0,
+                grads: nan,
+                loss: 1.0,
+                samples: 1
+            },
+            t
+        )
+        .await
+        .unwrap(),
         PsReply::Rejected(_)
     ));
     // Still alive, still at version 0, and a good push is applied.
     let good = vec![vec![1.0; 12], vec![1.0; 3], vec![1.0; 6], vec![1.0; 2]];
-    match ps.ask(PsMsg::Push { worker: 0, version: 0, grads: good, loss: 1.0, samples: 1 }, t).await.unwrap() {
-        PsReply::Pushed { accepted: true, version: 1 } => {}
+    match ps
+        .ask(
+            PsMsg::Push {
+                worker: 0,
+                version: 0,
+                grads: good,
+                loss: 1.0,
+                samples: 1,
+            },
+            t,
+        )
+        .await
+        .unwrap()
+    {
+        PsReply::Pushed {
+            accepted: true,
+            version: 1,
+        } => {}
         other => panic!("{other:?}"),
     }
-    match ps.ask(PsMsg::Pull { worker: 0, min_version: 0 }, t).await.unwrap() {
+    match ps
+        .ask(
+            PsMsg::Pull {
+                worker: 0,
+                min_version: 0,
+            },
+            t,
+        )
+        .await
+        .unwrap()
+    {
         PsReply::Params { version: 1, params } => {
             let init = model.init(0);
             assert!((params[0].values[0] - (init[0].values[0] - 0.1)).abs() < 1e-6);
@@ -189,16 +298,27 @@ async fn a_parameter_server_rejects_malformed_pushes_and_keeps_serving() {
 }
 
 fn config_err(text: &str) -> String {
-    TrainConfig::parse(text, "bad.toml", std::path::Path::new(".")).unwrap_err().to_string()
+    TrainConfig::parse(text, "bad.toml", std::path::Path::new("."))
+        .unwrap_err()
+        .to_string()
 }
 
 #[tokio::test]
 async fn bad_configs_and_devices_are_clear_errors() {
-    let data = format!("[data]\npath = {:?}\n", crate::digits().path.display().to_string());
+    let data = format!(
+        "[data]\npath = {:?}\n",
+        crate::digits().path.display().to_string()
+    );
     let e = config_err(&format!("{data}[training]\nepochz = 3\n"));
-    assert!(e.starts_with("bad.toml: TOML parse error at line 4") && e.contains("epochz"), "{e}");
+    assert!(
+        e.starts_with("bad.toml: TOML parse error at line 4") && e.contains("epochz"),
+        "{e}"
+    );
     let e = config_err(&format!("{data}[training]\nworkers = 2\nloaders = 3\n"));
-    assert!(e.contains("training.loaders: must equal training.workers (2)"), "{e}");
+    assert!(
+        e.contains("training.loaders: must equal training.workers (2)"),
+        "{e}"
+    );
     let e = config_err(&format!("{data}[training]\nlr = -1.0\n"));
     assert!(e.contains("training.lr: must be a positive number"), "{e}");
     let e = config_err(&format!("{data}[training]\ndevice = \"tpu\"\n"));
@@ -207,17 +327,31 @@ async fn bad_configs_and_devices_are_clear_errors() {
     assert!(e.contains("GPU number"), "{e}");
     let e = config_err(&format!("{data}[model]\nhidden = [0]\n"));
     assert!(e.contains("model.hidden"), "{e}");
-    let e = config_err(&format!("{data}[optimizer]\nkind = \"adam\"\nbeta1 = 1.5\n"));
+    let e = config_err(&format!(
+        "{data}[optimizer]\nkind = \"adam\"\nbeta1 = 1.5\n"
+    ));
     assert!(e.contains("beta1"), "{e}");
-    let cfg = TrainConfig::parse("[data]\npath = \"/nonexistent/digits.csv\"\n", "x.toml", std::path::Path::new(".")).unwrap();
-    let e = manta_ml::train(&cfg, Env::InProcess, |_| {}).await.unwrap_err();
+    let cfg = TrainConfig::parse(
+        "[data]\npath = \"/nonexistent/digits.csv\"\n",
+        "x.toml",
+        std::path::Path::new("."),
+    )
+    .unwrap();
+    let e = manta_ml::train(&cfg, Env::InProcess, |_| {})
+        .await
+        .unwrap_err();
     // Parsing does not read the data; starting the job does, and says which file.
     assert!(e.to_string().contains("/nonexistent/digits.csv"), "{e}");
     let cuda = config("[training]\ndevice = \"cuda:0\"\n");
-    let e = manta_ml::train(&cuda, Env::InProcess, |_| {}).await.unwrap_err();
+    let e = manta_ml::train(&cuda, Env::InProcess, |_| {})
+        .await
+        .unwrap_err();
     assert!(matches!(e, MlError::Device { .. }), "{e}");
     #[cfg(not(feature = "cuda"))]
-    assert!(e.to_string().contains("rebuild with `--features cuda`"), "{e}");
+    assert!(
+        e.to_string().contains("rebuild with `--features cuda`"),
+        "{e}"
+    );
     let e = config_err(&format!("{data}[training]\nbatch_size = 0\n"));
     assert!(e.contains("training.batch_size"), "{e}");
 }

@@ -1,0 +1,404 @@
+//! ML benchmarks (`cargo bench --bench ml`), each against its anchor in the
+//! same run, printed as a markdown table:
+//!
+//! 1. training samples/s: the single-process burn loop (anchor) against
+//!    synchronous parameter-server training with 1, 2 and 4 workers (and
+//!    async with 2), in one process, same model, data and schedule;
+//! 2. loader batches/s: a loader actor (prefetch within credits) against
+//!    iterating the same in-memory batches directly;
+//! 3. parameter push + pull of a 10M-parameter model between two processes
+//!    (the peer re-executes this binary and hosts the parameter server)
+//!    against raw tokio TCP moving the same bytes with the same framing.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a bench that cannot set up has nothing to measure
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use manta::ActorSystem;
+use manta_cluster::{ClusterSecret, MemberState, Node, NodeConfig};
+use manta_ml::data::{ShardPlan, shard_batches};
+use manta_ml::device::CpuBackend;
+use manta_ml::job::Env;
+use manta_ml::loader::{Delivery, Loader, LoaderArgs, LoaderMsg, LoaderReply};
+use manta_ml::ps::{Mode, ParamServer, PsArgs, PsMsg, PsReply};
+use manta_ml::reference::train_reference;
+use manta_ml::{DatasetSpec, ModelSpec, OptimizerConfig, TrainConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn data_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("ml/data/digits.csv.gz")
+}
+
+fn digits() -> DatasetSpec {
+    let mut d = DatasetSpec::new(data_path());
+    d.scale = 1.0 / 16.0;
+    d
+}
+
+const EPOCHS: u32 = 10;
+
+fn train_config(workers: u32, mode: &str) -> TrainConfig {
+    let text = format!(
+        "job = \"bench\"\n[data]\npath = {:?}\nscale = 0.0625\n[model]\nhidden = [128]\n\
+         [training]\nepochs = {EPOCHS}\nbatch_size = 32\nworkers = {workers}\nloaders = {workers}\nmode = \"{mode}\"\n",
+        data_path().display().to_string()
+    );
+    TrainConfig::parse(&text, "bench", Path::new(".")).unwrap()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+struct Row(String, String, String, String);
+
+async fn training(rows: &mut Vec<Row>) {
+    let (train, test) = digits().load_split().unwrap();
+    let spec = ModelSpec {
+        inputs: 64,
+        hidden: vec![128],
+        classes: 10,
+    };
+    let plan = ShardPlan {
+        shards: 1,
+        batch_size: 32,
+    };
+    let mut reference = Vec::new();
+    for _ in 0..3 {
+        let steps: Vec<_> = shard_batches(&train, plan, 0, 0, EPOCHS).collect();
+        let r = train_reference::<CpuBackend>(
+            &spec,
+            &spec.init(0),
+            &OptimizerConfig::adam(),
+            1e-3,
+            steps,
+            &test,
+            &Default::default(),
+        )
+        .unwrap();
+        reference.push(r.samples as f64 / r.seconds);
+    }
+    let anchor = median(reference);
+    rows.push(Row(
+        "single-process burn loop (anchor)".into(),
+        format!("{anchor:.0} samples/s"),
+        "1.00x".into(),
+        format!("{EPOCHS} epochs, MLP 64-128-10, batch 32, Adam"),
+    ));
+    for (workers, mode) in [(1, "sync"), (2, "sync"), (4, "sync"), (2, "async")] {
+        let mut rates = Vec::new();
+        let mut acc = 0.0;
+        for _ in 0..3 {
+            let r = manta_ml::train(&train_config(workers, mode), Env::InProcess, |_| {})
+                .await
+                .unwrap();
+            rates.push(r.samples_per_sec);
+            acc = r.test_accuracy;
+        }
+        let rate = median(rates);
+        rows.push(Row(
+            format!("parameter server, {mode}, {workers} worker(s)"),
+            format!("{rate:.0} samples/s"),
+            format!("{:.2}x time/sample", anchor / rate),
+            format!("test accuracy {acc:.3} after {EPOCHS} epochs"),
+        ));
+    }
+}
+
+async fn loaders(rows: &mut Vec<Row>) {
+    let (train, _) = digits().load_split().unwrap();
+    let plan = ShardPlan {
+        shards: 1,
+        batch_size: 32,
+    };
+    let epochs = 200;
+    // Anchor: build the same batches directly (shuffle + gather).
+    let mut direct = Vec::new();
+    let mut n = 0u64;
+    for _ in 0..3 {
+        let start = Instant::now();
+        n = 0;
+        for b in shard_batches(&train, plan, 0, 0, epochs) {
+            n += b.rows() as u64 + u64::from(b.labels[0] > 99);
+        }
+        direct.push(start.elapsed().as_secs_f64());
+    }
+    let bpe = u64::from(plan.batches_per_epoch(train.len()));
+    let batches = bpe * u64::from(epochs);
+    let direct = batches as f64 / median(direct);
+    let system = ActorSystem::new();
+    let mut via = Vec::new();
+    for _ in 0..3 {
+        let l = system
+            .spawn(Loader::new(LoaderArgs {
+                dataset: digits(),
+                shard: 0,
+                plan,
+                seed: 0,
+                epochs,
+                prefetch: 8,
+                state_dir: None,
+            }))
+            .await
+            .unwrap();
+        let start = Instant::now();
+        let mut rows_seen = 0u64;
+        let mut grant = 9;
+        loop {
+            match l
+                .ask(LoaderMsg::Take { at: None, grant }, Duration::from_secs(10))
+                .await
+                .unwrap()
+            {
+                LoaderReply::Delivery(Delivery::Batch(b)) => rows_seen += b.rows() as u64,
+                LoaderReply::Delivery(Delivery::EndOfData { .. }) => break,
+                other => panic!("{other:?}"),
+            }
+            grant = 1;
+        }
+        assert_eq!(rows_seen, n);
+        via.push(start.elapsed().as_secs_f64());
+        l.stop(manta::ExitReason::Normal);
+    }
+    let via = batches as f64 / median(via);
+    rows.push(Row(
+        "batches built directly (anchor)".into(),
+        format!("{direct:.0} batches/s"),
+        "1.00x".into(),
+        "shard_batches: shuffle + gather, 32 rows x 64 features".into(),
+    ));
+    rows.push(Row(
+        "loader actor, prefetch 8, credits".into(),
+        format!("{via:.0} batches/s"),
+        format!("{:.2}x", via / direct),
+        "one ask per batch".into(),
+    ));
+}
+
+/// 10,016,010 parameters: 1000-5000-1000-10.
+fn big_model() -> ModelSpec {
+    ModelSpec {
+        inputs: 1000,
+        hidden: vec![5000, 1000],
+        classes: 10,
+    }
+}
+
+fn node_config(dir: &Path, name: &str, seeds: Vec<String>) -> NodeConfig {
+    NodeConfig {
+        name: name.to_owned(),
+        key_file: Some(dir.join(format!("{name}.key"))),
+        secret_file: Some(dir.join("secret")),
+        seeds,
+        ..NodeConfig::default()
+    }
+}
+
+/// Raw TCP anchor: reads a `u32`-length frame, answers with a frame of the
+/// same length (a push followed by a pull of the same size).
+async fn tcp_echo(listener: tokio::net::TcpListener) {
+    while let Ok((mut s, _)) = listener.accept().await {
+        s.set_nodelay(true).ok();
+        tokio::spawn(async move {
+            let mut buf = Vec::new();
+            loop {
+                let Ok(len) = s.read_u32().await else { return };
+                buf.resize(len as usize, 0);
+                if s.read_exact(&mut buf).await.is_err() {
+                    return;
+                }
+                if s.write_u32(len).await.is_err() || s.write_all(&buf).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+async fn peer_main() {
+    let dir = PathBuf::from(std::env::var("MANTA_BENCH_DIR").expect("dir"));
+    let system = ActorSystem::new();
+    system
+        .spawn_named(
+            "big.ps",
+            ParamServer::new(PsArgs {
+                shard: 0,
+                shards: 1,
+                model: big_model(),
+                init_seed: 0,
+                optimizer: OptimizerConfig::sgd(0.0),
+                lr: 1e-6,
+                mode: Mode::Async {
+                    staleness: u64::MAX,
+                },
+                workers: 1,
+                checkpoint: None,
+            }),
+        )
+        .await
+        .expect("ps");
+    let node = Node::start(node_config(&dir, "peer", vec![]), system)
+        .await
+        .expect("node");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("tcp");
+    let tcp = listener.local_addr().expect("addr");
+    tokio::spawn(tcp_echo(listener));
+    println!("ready gossip={} tcp={tcp}", node.membership().gossip_addr());
+    let _ = tokio::task::spawn_blocking(|| {
+        let mut s = String::new();
+        let _ = std::io::stdin().read_line(&mut s);
+    })
+    .await;
+}
+
+async fn push_pull(rows: &mut Vec<Row>) {
+    let dir = std::env::temp_dir().join(format!("manta-bench-ml-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    ClusterSecret::write_new(&dir.join("secret")).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut peer = Command::new(exe)
+        .env("MANTA_BENCH_PEER", "1")
+        .env("MANTA_BENCH_DIR", &dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(peer.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let field = |k: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .expect("field")
+            .to_owned()
+    };
+    let gossip = field("gossip=");
+    let tcp: SocketAddr = field("tcp=").parse().unwrap();
+    let node = Node::start(
+        node_config(&dir, "driver", vec![gossip]),
+        ActorSystem::new(),
+    )
+    .await
+    .unwrap();
+    let mut view = node.membership().view();
+    while !view
+        .borrow_and_update()
+        .iter()
+        .any(|m| m.state == MemberState::Alive && m.actors.iter().any(|a| a == "big.ps"))
+    {
+        view.changed().await.unwrap();
+    }
+    let ps = node.where_is::<PsMsg>("big.ps").unwrap();
+    let t = Duration::from_secs(120);
+    let count = big_model().param_count();
+    let bytes = count * 4;
+    let mut manta = Vec::new();
+    for i in 0..6 {
+        let start = Instant::now();
+        let params = match ps
+            .ask(
+                PsMsg::Pull {
+                    worker: 0,
+                    min_version: 0,
+                },
+                t,
+            )
+            .await
+            .unwrap()
+        {
+            PsReply::Params { params, .. } => params,
+            other => panic!("{other:?}"),
+        };
+        let grads: Vec<Vec<f32>> = params.into_iter().map(|p| p.values).collect();
+        match ps
+            .ask(
+                PsMsg::Push {
+                    worker: 0,
+                    version: 0,
+                    grads,
+                    loss: 0.0,
+                    samples: 1,
+                },
+                t,
+            )
+            .await
+            .unwrap()
+        {
+            PsReply::Pushed { accepted: true, .. } => {}
+            other => panic!("{other:?}"),
+        }
+        if i > 0 {
+            manta.push(start.elapsed().as_secs_f64());
+        }
+    }
+    let mut s = tokio::net::TcpStream::connect(tcp).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    let payload = vec![1u8; bytes];
+    let mut back = vec![0u8; bytes];
+    let mut raw = Vec::new();
+    for i in 0..6 {
+        let start = Instant::now();
+        s.write_u32(bytes as u32).await.unwrap();
+        s.write_all(&payload).await.unwrap();
+        let len = s.read_u32().await.unwrap() as usize;
+        s.read_exact(&mut back[..len]).await.unwrap();
+        if i > 0 {
+            raw.push(start.elapsed().as_secs_f64());
+        }
+    }
+    let (m, r) = (median(manta), median(raw));
+    let mb = 2.0 * bytes as f64 / 1e6;
+    rows.push(Row(
+        "raw tokio TCP, same bytes (anchor)".into(),
+        format!("{:.1} ms ({:.0} MB/s)", r * 1e3, mb / r),
+        "1.00x".into(),
+        format!("{:.1} MB out + {:.1} MB back", mb / 2.0, mb / 2.0),
+    ));
+    rows.push(Row(
+        format!("parameter push + pull, {count} params, 2 processes"),
+        format!("{:.1} ms ({:.0} MB/s)", m * 1e3, mb / m),
+        format!("{:.3}x", r / m),
+        "pull (ask) then push (ask) through the sealed mesh; includes the SGD apply".into(),
+    ));
+    drop(peer.stdin.take());
+    let _ = peer.wait();
+    node.leave().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    if std::env::var("MANTA_BENCH_PEER").is_ok() {
+        peer_main().await;
+        return;
+    }
+    // `cargo bench` passes `--bench`; anything else is a filter.
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let want = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
+    let mut rows = Vec::new();
+    if want("training") {
+        training(&mut rows).await;
+    }
+    if want("loader") {
+        loaders(&mut rows).await;
+    }
+    if want("push_pull") {
+        push_pull(&mut rows).await;
+    }
+    println!("| what | figure | ratio to anchor | notes |\n|---|---|---|---|");
+    for Row(a, b, c, d) in rows {
+        println!("| {a} | {b} | {c} | {d} |");
+    }
+}

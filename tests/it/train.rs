@@ -1,0 +1,154 @@
+//! `manta train`: the example config in-process, and a job placed on real
+//! `manta node` processes that survives the SIGKILL of a worker's node.
+
+use serde_json::Value;
+
+use crate::cluster::{actor_on, secret, start_node, wait_status};
+use crate::{Running, Scratch, manta};
+
+/// The example config with its paths pointed at the repository's data and a
+/// scratch checkpoint directory (everything else unchanged).
+fn example_config(dir: &Scratch, extra: &str) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/train-digits.toml"
+    ))
+    .unwrap();
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/ml/data/digits.csv.gz");
+    let ckpt = dir.0.join("ckpt");
+    let text = text
+        .replace("\"../ml/data/digits.csv.gz\"", &format!("{data:?}"))
+        .replace(
+            "\"../target/train-digits\"",
+            &format!("{:?}", ckpt.display().to_string()),
+        );
+    assert!(
+        text.contains(data),
+        "the example's data path changed; update this test"
+    );
+    dir.file("train.toml", &format!("{text}\n{extra}"))
+}
+
+fn last_json(out: &str) -> Value {
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON in:\n{out}"));
+    serde_json::from_str(line).unwrap()
+}
+
+#[test]
+fn the_example_config_trains_digits_past_097_and_reports_json() {
+    let dir = Scratch::new("train-example");
+    let cfg = example_config(&dir, "");
+    let out = manta()
+        .args(["train", "--json", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let report = last_json(&stdout);
+    let acc = report["test_accuracy"].as_f64().unwrap();
+    assert!(acc >= 0.97, "test accuracy {acc}");
+    assert!(report["train_seconds"].as_f64().unwrap() > 0.0);
+    assert!(report["samples_per_sec"].as_f64().unwrap() > 0.0);
+    let ckpt = report["checkpoint"].as_str().unwrap();
+    assert!(
+        std::path::Path::new(ckpt)
+            .join("ps-0-of-1")
+            .read_dir()
+            .unwrap()
+            .count()
+            >= 1
+    );
+    assert_eq!(report["test_rows"], 360);
+    // Progress went to stderr, one line per epoch (not a terminal here).
+    assert!(
+        stderr.contains("epoch 1/40") && stderr.contains("epoch 40/40"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn train_rejects_a_bad_config_with_its_position() {
+    let dir = Scratch::new("train-bad");
+    let cfg = example_config(&dir, "[training.extra]\nx = 1\n");
+    let out = manta()
+        .args(["train", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("train.toml") && err.contains("line"), "{err}");
+}
+
+#[test]
+fn training_on_a_cluster_survives_the_sigkill_of_a_workers_node() {
+    let dir = Scratch::new("train-cluster");
+    let s = secret(&dir, "c.secret");
+    let mut ps = start_node(&dir, "ps", Some(&s), &[], &["--role", "ps"]);
+    let mut w1 = start_node(&dir, "w1", Some(&s), &[&ps.gossip], &["--role", "worker"]);
+    let mut w2 = start_node(&dir, "w2", Some(&s), &[&ps.gossip], &["--role", "worker"]);
+    wait_status(&ps.gossip, Some(&s), "3 nodes", |st| {
+        st["nodes"]
+            .as_array()
+            .is_some_and(|a| a.iter().filter(|n| n["state"] == "alive").count() == 3)
+    });
+    let cfg = example_config(
+        &dir,
+        "[placement.ps]\nrole = \"ps\"\n[placement.loaders]\nrole = \"ps\"\n[placement.workers]\nrole = \"worker\"\n",
+    );
+    // Long enough to still be running when the node dies.
+    let cfg_text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("epochs = 40", "epochs = 150")
+        .replace("hidden = [128]", "hidden = [64]");
+    std::fs::write(&cfg, cfg_text).unwrap();
+    let mut cmd = manta();
+    cmd.args(["train", "--json", "--seeds", &ps.gossip, "--secret-file"])
+        .arg(&s)
+        .arg("--config")
+        .arg(&cfg);
+    let mut job = Running::start(cmd);
+    job.wait_for("epoch 2/150");
+    let st = wait_status(&ps.gossip, Some(&s), "worker 0 placed", |st| {
+        actor_on(st, "digits.worker.0").is_some()
+    });
+    let host = actor_on(&st, "digits.worker.0").unwrap();
+    assert!(
+        host == w1.id || host == w2.id,
+        "workers run on worker nodes"
+    );
+    assert!(
+        actor_on(&st, "digits.ps.0").as_deref() == Some(ps.id.as_str()),
+        "the PS runs on the ps node"
+    );
+    let (victim, survivor) = if host == w1.id {
+        (&mut w1, &w2)
+    } else {
+        (&mut w2, &w1)
+    };
+    victim.p.child.kill().unwrap();
+    let _ = victim.p.child.wait();
+    let survivor_id = survivor.id.clone();
+    wait_status(
+        &ps.gossip,
+        Some(&s),
+        "worker 0 restarted on the survivor",
+        |st| actor_on(st, "digits.worker.0").as_deref() == Some(survivor_id.as_str()),
+    );
+    let status = job.wait_exit();
+    let out = job.output();
+    assert!(status.success(), "{out}");
+    let report = last_json(&out);
+    assert_eq!(report["steps"], 150 * 23, "every step was applied");
+    let acc = report["test_accuracy"].as_f64().unwrap();
+    assert!(acc >= 0.95, "accuracy {acc}");
+    ps.p.child.kill().ok();
+    w1.p.child.kill().ok();
+    w2.p.child.kill().ok();
+}
