@@ -156,6 +156,9 @@ pub struct RunningJob {
     pub test: Dataset,
     /// Batches per epoch per worker.
     pub batches_per_epoch: u32,
+    /// This run's checkpoint directory (a `run-*` sub-directory of the
+    /// configured one).
+    pub checkpoint_dir: Option<std::path::PathBuf>,
     config: TrainConfig,
     /// Keeps the in-process system alive.
     _system: ActorSystem,
@@ -196,6 +199,13 @@ pub async fn start(config: &TrainConfig, env: Env<'_>) -> Result<RunningJob, MlE
         check_device(t.device)?;
     }
     let names = JobNames::of(config);
+    let checkpoint = match &config.checkpoint {
+        Some(c) => Some(crate::ps::CheckpointSpec {
+            dir: run_dir(&c.dir, c.resume)?,
+            ..c.clone()
+        }),
+        None => None,
+    };
     let (system, directory, placer): (ActorSystem, Directory, Option<&dyn Placer>) = match env {
         Env::InProcess => {
             let (s, d) = local_system();
@@ -234,7 +244,7 @@ pub async fn start(config: &TrainConfig, env: Env<'_>) -> Result<RunningJob, MlE
             lr: t.lr,
             mode: config.mode(),
             workers: t.workers,
-            checkpoint: config.checkpoint.clone(),
+            checkpoint: checkpoint.clone(),
         };
         let f = make(PS_KIND, value(PS_KIND, &args)?, &config.placement.ps)?;
         spec = spec.child(ChildSpec::worker(name.clone(), f).register(name.clone()));
@@ -290,6 +300,7 @@ pub async fn start(config: &TrainConfig, env: Env<'_>) -> Result<RunningJob, MlE
         train,
         test,
         batches_per_epoch: bpe,
+        checkpoint_dir: checkpoint.map(|c| c.dir),
         config: config.clone(),
         _system: system,
     })
@@ -483,13 +494,13 @@ impl RunningJob {
             });
         }
         let mut checkpoint = None;
-        if let Some(c) = &self.config.checkpoint {
+        if let Some(dir) = &self.checkpoint_dir {
             for i in 0..self.names.ps.len() {
                 match self.ps(i).await?.ask(PsMsg::Checkpoint, ASK).await {
                     Ok(PsReply::Saved(_)) => {}
                     Ok(PsReply::Rejected(why)) => {
                         return Err(MlError::Checkpoint {
-                            path: c.dir.display().to_string(),
+                            path: dir.display().to_string(),
                             message: why,
                         });
                     }
@@ -506,7 +517,7 @@ impl RunningJob {
                     }
                 }
             }
-            checkpoint = Some(c.dir.display().to_string());
+            checkpoint = Some(dir.display().to_string());
         }
         self.supervisor.shutdown().await;
         Ok(TrainReport {
@@ -543,4 +554,44 @@ pub async fn train(
 pub fn check_config_device(config: &TrainConfig) -> Result<DeviceSpec, MlError> {
     check_device(config.training.device)?;
     Ok(config.training.device)
+}
+
+/// The checkpoint directory of this run: a new `run-<unix seconds>-<pid>`
+/// under `dir`, or with `resume` the newest existing one (a new one when
+/// there is none). Earlier runs are never overwritten.
+fn run_dir(dir: &std::path::Path, resume: bool) -> Result<std::path::PathBuf, MlError> {
+    let err = |e: std::io::Error| MlError::Checkpoint {
+        path: dir.display().to_string(),
+        message: e.to_string(),
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    if resume {
+        let newest = std::fs::read_dir(dir)
+            .map_err(err)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.is_dir()
+                    && p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("run-"))
+            })
+            .max();
+        if let Some(p) = newest {
+            return Ok(p);
+        }
+    }
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut n = 0;
+    loop {
+        let p = dir.join(format!("run-{secs:012}-{}-{n}", std::process::id()));
+        match std::fs::create_dir(&p) {
+            Ok(()) => return Ok(p),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => n += 1,
+            Err(e) => return Err(err(e)),
+        }
+    }
 }

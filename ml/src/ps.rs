@@ -47,6 +47,10 @@ pub struct CheckpointSpec {
     /// Checkpoints kept per shard.
     #[serde(default = "default_keep")]
     pub keep: u32,
+    /// When a job starts: continue the newest earlier run in `dir` (true),
+    /// or start a fresh run in a new sub-directory (false, the default).
+    #[serde(default)]
+    pub resume: bool,
 }
 
 fn default_keep() -> u32 {

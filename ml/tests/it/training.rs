@@ -186,9 +186,16 @@ async fn a_killed_parameter_server_resumes_from_its_checkpoint_and_training_reac
         40 * 23,
         "every step done once the server is back"
     );
-    let files: Vec<_> = std::fs::read_dir(dir.path().join("ps-0-of-1"))
-        .unwrap()
-        .collect();
+    let run = std::path::PathBuf::from(report.checkpoint.clone().unwrap());
+    assert!(run.starts_with(dir.path()));
+    assert!(
+        run.file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("run-")
+    );
+    let files: Vec<_> = std::fs::read_dir(run.join("ps-0-of-1")).unwrap().collect();
     assert!(
         !files.is_empty() && files.len() <= 3,
         "{} checkpoint files kept",
@@ -354,4 +361,37 @@ async fn bad_configs_and_devices_are_clear_errors() {
     );
     let e = config_err(&format!("{data}[training]\nbatch_size = 0\n"));
     assert!(e.contains("training.batch_size"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_run_never_resumes_an_old_one_unless_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = |resume: bool| {
+        format!(
+            "[model]\nhidden = [16]\n[training]\nepochs = 2\n[checkpoint]\ndir = {:?}\nevery = 10\nresume = {resume}\n",
+            dir.path().display().to_string()
+        )
+    };
+    let first = manta_ml::train(&config(&text(false)), Env::InProcess, |_| {})
+        .await
+        .unwrap();
+    let second = manta_ml::train(&config(&text(false)), Env::InProcess, |_| {})
+        .await
+        .unwrap();
+    assert_ne!(
+        first.checkpoint, second.checkpoint,
+        "each run writes its own directory"
+    );
+    assert_eq!(second.resumed_from, None);
+    assert_eq!(
+        second.steps, first.steps,
+        "the second run trained from scratch"
+    );
+    assert!(second.final_loss.is_finite());
+    // Asked to resume, a run continues the newest one: already complete.
+    let third = manta_ml::train(&config(&text(true)), Env::InProcess, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(third.checkpoint, second.checkpoint);
+    assert_eq!(third.resumed_from, Some(second.steps));
 }
