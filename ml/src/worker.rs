@@ -65,8 +65,6 @@ pub enum WorkerMsg {
 pub struct WorkerStats {
     /// Steps computed.
     pub steps: u64,
-    /// Pushes the parameter servers did not take (stale).
-    pub stale: u64,
     /// Steps retried after a peer could not be reached.
     pub retries: u64,
     /// Whether the worker has finished.
@@ -139,7 +137,6 @@ impl Worker {
             next: 0,
             stats: WorkerStats {
                 steps: 0,
-                stale: 0,
                 retries: 0,
                 finished: false,
             },
@@ -177,12 +174,60 @@ impl Worker {
         }
     }
 
+    /// Takes the batch at `step` from the loader.
+    async fn take(
+        &mut self,
+        loader: &ActorHandle<LoaderMsg>,
+        step: u64,
+    ) -> Result<Option<Batch>, MlError> {
+        let grant = if self.granted {
+            1
+        } else {
+            self.args.prefetch + 1
+        };
+        let reply = loader
+            .ask(
+                LoaderMsg::Take {
+                    at: Some(Cursor::of_step(step, self.args.batches_per_epoch)),
+                    grant,
+                },
+                REQUEST_TIMEOUT,
+            )
+            .await;
+        Self::delivery(reply, &mut self.granted, &mut self.loader, &self.args.loader)
+    }
+
+    fn delivery(
+        reply: Result<LoaderReply, manta_actors::AskError<LoaderMsg>>,
+        granted: &mut bool,
+        cached: &mut Option<ActorHandle<LoaderMsg>>,
+        name: &str,
+    ) -> Result<Option<Batch>, MlError> {
+        match reply {
+            Ok(LoaderReply::Delivery(Delivery::Batch(b))) => {
+                *granted = true;
+                Ok(Some(b))
+            }
+            Ok(LoaderReply::Delivery(Delivery::EndOfData { .. })) => Ok(None),
+            Ok(other) => Err(MlError::Actor(format!(
+                "loader answered a take with {other:?}"
+            ))),
+            Err(e) => {
+                *cached = None;
+                Err(MlError::Actor(format!("take from loader {name}: {e}")))
+            }
+        }
+    }
+
     async fn step(&mut self) -> Result<StepOutcome, MlError> {
         let (ps, loader) = self.resolve()?;
         let sync = matches!(self.args.mode, Mode::Sync);
         if !sync && self.next >= self.total_steps() {
             return Ok(StepOutcome::Finished);
         }
+        // The batch of the step we expect (sync: the version we wait for)
+        // is fetched while the parameters are pulled.
+        let guess = self.next;
         let min_version = if sync { self.next } else { 0 };
         let pulls = join_all(ps.iter().map(|p| {
             p.ask(
@@ -192,8 +237,20 @@ impl Worker {
                 },
                 REQUEST_TIMEOUT,
             )
-        }))
-        .await;
+        }));
+        let grant = if self.granted {
+            1
+        } else {
+            self.args.prefetch + 1
+        };
+        let take = loader.ask(
+            LoaderMsg::Take {
+                at: Some(Cursor::of_step(guess, self.args.batches_per_epoch)),
+                grant,
+            },
+            REQUEST_TIMEOUT,
+        );
+        let (pulls, taken) = futures::join!(pulls, take);
         let mut shard_params = Vec::with_capacity(ps.len());
         let mut versions = Vec::with_capacity(ps.len());
         for (i, r) in pulls.into_iter().enumerate() {
@@ -223,6 +280,16 @@ impl Worker {
             return Ok(StepOutcome::Finished);
         }
         let step = if sync { version } else { self.next };
+        let batch = if step == guess {
+            Self::delivery(taken, &mut self.granted, &mut self.loader, &self.args.loader)?
+        } else {
+            // The parameter servers are elsewhere than expected (one went
+            // back to a checkpoint, or this worker was restarted).
+            self.take(&loader, step).await?
+        };
+        let Some(batch) = batch else {
+            return Ok(StepOutcome::Finished);
+        };
         let mut params = Vec::with_capacity(self.owner.len());
         for &s in &self.owner {
             match shard_params.get_mut(s as usize).and_then(Iterator::next) {
@@ -234,41 +301,6 @@ impl Worker {
                 }
             }
         }
-        let grant = if self.granted {
-            1
-        } else {
-            self.args.prefetch + 1
-        };
-        let batch = match loader
-            .ask(
-                LoaderMsg::Take {
-                    at: Some(Cursor::of_step(step, self.args.batches_per_epoch)),
-                    grant,
-                },
-                REQUEST_TIMEOUT,
-            )
-            .await
-        {
-            Ok(LoaderReply::Delivery(Delivery::Batch(b))) => {
-                self.granted = true;
-                b
-            }
-            Ok(LoaderReply::Delivery(Delivery::EndOfData { .. })) => {
-                return Ok(StepOutcome::Finished);
-            }
-            Ok(other) => {
-                return Err(MlError::Actor(format!(
-                    "loader answered a take with {other:?}"
-                )));
-            }
-            Err(e) => {
-                self.loader = None;
-                return Err(MlError::Actor(format!(
-                    "take from loader {}: {e}",
-                    self.args.loader
-                )));
-            }
-        };
         let samples = batch.rows() as u32;
         let task = GradTask {
             model: self.args.model.clone(),
@@ -283,45 +315,23 @@ impl Worker {
         for (g, &s) in grads.into_iter().zip(&self.owner) {
             per_shard[s as usize].push(g);
         }
-        let pushes = join_all(
-            ps.iter()
-                .zip(per_shard)
-                .zip(&versions)
-                .map(|((p, grads), &v)| {
-                    p.ask(
-                        PsMsg::Push {
-                            worker: self.args.index,
-                            version: v,
-                            grads,
-                            loss,
-                            samples,
-                        },
-                        REQUEST_TIMEOUT,
-                    )
-                }),
-        )
-        .await;
-        for (i, r) in pushes.into_iter().enumerate() {
-            match r {
-                Ok(PsReply::Pushed { accepted, .. }) => {
-                    if !accepted {
-                        self.stats.stale += 1;
-                    }
-                }
-                Ok(PsReply::Rejected(why)) => {
-                    return Err(MlError::Actor(format!(
-                        "parameter server {i} rejected a push: {why}"
-                    )));
-                }
-                Ok(other) => {
-                    return Err(MlError::Actor(format!(
-                        "parameter server {i} answered a push with {other:?}"
-                    )));
-                }
-                Err(e) => {
-                    self.ps = None;
-                    return Err(MlError::Actor(format!("push to parameter server {i}: {e}")));
-                }
+        // Pushes are told, not asked: the next pull (to the same actor, so
+        // behind the push in its mailbox) is what waits. Stale or malformed
+        // pushes are counted by the parameter server.
+        for (i, ((p, grads), &v)) in ps.iter().zip(per_shard).zip(&versions).enumerate() {
+            let push = PsMsg::Push {
+                worker: self.args.index,
+                version: v,
+                grads,
+                loss,
+                samples,
+            };
+            if let Err(e) = p.tell(push) {
+                self.ps = None;
+                return Err(MlError::Actor(format!(
+                    "push to parameter server {i}: {}",
+                    e.failure
+                )));
             }
         }
         self.stats.steps += 1;
