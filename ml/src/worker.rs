@@ -194,7 +194,12 @@ impl Worker {
                 REQUEST_TIMEOUT,
             )
             .await;
-        Self::delivery(reply, &mut self.granted, &mut self.loader, &self.args.loader)
+        Self::delivery(
+            reply,
+            &mut self.granted,
+            &mut self.loader,
+            &self.args.loader,
+        )
     }
 
     fn delivery(
@@ -281,7 +286,12 @@ impl Worker {
         }
         let step = if sync { version } else { self.next };
         let batch = if step == guess {
-            Self::delivery(taken, &mut self.granted, &mut self.loader, &self.args.loader)?
+            Self::delivery(
+                taken,
+                &mut self.granted,
+                &mut self.loader,
+                &self.args.loader,
+            )?
         } else {
             // The parameter servers are elsewhere than expected (one went
             // back to a checkpoint, or this worker was restarted).
