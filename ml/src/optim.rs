@@ -103,55 +103,53 @@ impl OptimizerConfig {
 
     /// Checks the settings.
     pub fn validate(&self) -> Result<(), MlError> {
-        let bad = |what: &str, v: f32| {
-            Err(MlError::Config(format!(
-                "optimizer: {what} must be in [0, 1), got {v}"
-            )))
-        };
-        match *self {
+        // (name, value, valid?, what a valid value is)
+        let unit = |v: f32| (0.0..1.0).contains(&v);
+        let non_negative = |v: f32| v >= 0.0 && v.is_finite();
+        let checks: Vec<(&str, f32, bool, &str)> = match *self {
             Self::Sgd {
                 momentum,
                 dampening,
                 weight_decay,
                 ..
-            } => {
-                if !(0.0..1.0).contains(&momentum) {
-                    return bad("momentum", momentum);
-                }
-                if !(0.0..1.0).contains(&dampening) {
-                    return bad("dampening", dampening);
-                }
-                if weight_decay < 0.0 || !weight_decay.is_finite() {
-                    return Err(MlError::Config(format!(
-                        "optimizer: weight_decay must be >= 0, got {weight_decay}"
-                    )));
-                }
-            }
+            } => vec![
+                ("momentum", momentum, unit(momentum), "in [0, 1)"),
+                ("dampening", dampening, unit(dampening), "in [0, 1)"),
+                (
+                    "weight_decay",
+                    weight_decay,
+                    non_negative(weight_decay),
+                    ">= 0",
+                ),
+            ],
             Self::Adam {
                 beta1,
                 beta2,
                 epsilon,
                 weight_decay,
-            } => {
-                if !(0.0..1.0).contains(&beta1) {
-                    return bad("beta1", beta1);
-                }
-                if !(0.0..1.0).contains(&beta2) {
-                    return bad("beta2", beta2);
-                }
-                if epsilon <= 0.0 || !epsilon.is_finite() {
-                    return Err(MlError::Config(format!(
-                        "optimizer: epsilon must be > 0, got {epsilon}"
-                    )));
-                }
-                if weight_decay < 0.0 || !weight_decay.is_finite() {
-                    return Err(MlError::Config(format!(
-                        "optimizer: weight_decay must be >= 0, got {weight_decay}"
-                    )));
-                }
-            }
+            } => vec![
+                ("beta1", beta1, unit(beta1), "in [0, 1)"),
+                ("beta2", beta2, unit(beta2), "in [0, 1)"),
+                (
+                    "epsilon",
+                    epsilon,
+                    epsilon > 0.0 && epsilon.is_finite(),
+                    "> 0",
+                ),
+                (
+                    "weight_decay",
+                    weight_decay,
+                    non_negative(weight_decay),
+                    ">= 0",
+                ),
+            ],
+        };
+        match checks.into_iter().find(|c| !c.2) {
+            Some((name, v, _, want)) => Err(MlError::Config(format!(
+                "optimizer: {name} must be {want}, got {v}"
+            ))),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Applies one step to `param` with gradient `grad` (same length).
@@ -164,15 +162,7 @@ impl OptimizerConfig {
                 nesterov,
                 weight_decay,
             } => {
-                let mut g: Vec<f32> = if weight_decay != 0.0 {
-                    param
-                        .iter()
-                        .zip(grad)
-                        .map(|(w, g)| w * weight_decay + g)
-                        .collect()
-                } else {
-                    grad.to_vec()
-                };
+                let mut g = decayed(param, grad, weight_decay);
                 if momentum != 0.0 {
                     let velocity = match state.take() {
                         Some(SlotState::Sgd {
@@ -208,15 +198,7 @@ impl OptimizerConfig {
                 epsilon,
                 weight_decay,
             } => {
-                let g: Vec<f32> = if weight_decay != 0.0 {
-                    param
-                        .iter()
-                        .zip(grad)
-                        .map(|(w, g)| w * weight_decay + g)
-                        .collect()
-                } else {
-                    grad.to_vec()
-                };
+                let g = decayed(param, grad, weight_decay);
                 let (time, m1, m2) = match state.take() {
                     Some(SlotState::Adam {
                         time,
@@ -252,4 +234,16 @@ impl OptimizerConfig {
             }
         }
     }
+}
+
+/// The gradient with burn's L2 weight decay added (`w * penalty + g`).
+fn decayed(param: &[f32], grad: &[f32], penalty: f32) -> Vec<f32> {
+    if penalty == 0.0 {
+        return grad.to_vec();
+    }
+    param
+        .iter()
+        .zip(grad)
+        .map(|(w, g)| w * penalty + g)
+        .collect()
 }
