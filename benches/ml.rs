@@ -23,7 +23,7 @@ use manta_cluster::{ClusterSecret, MemberState, Node, NodeConfig};
 use manta_ml::data::{ShardPlan, shard_batches};
 use manta_ml::device::CpuBackend;
 use manta_ml::job::Env;
-use manta_ml::loader::{Delivery, Loader, LoaderArgs, LoaderMsg, LoaderReply};
+use manta_ml::loader::{Delivery, Loader, LoaderArgs, LoaderFeed, LoaderMsg, LoaderReply};
 use manta_ml::ps::{Mode, ParamServer, PsArgs, PsMsg, PsReply};
 use manta_ml::reference::train_reference;
 use manta_ml::{DatasetSpec, ModelSpec, OptimizerConfig, TrainConfig};
@@ -166,11 +166,73 @@ async fn loaders(rows: &mut Vec<Row>) {
         l.stop(manta::ExitReason::Normal);
     }
     let via = batches as f64 / median(via);
+    // The feed: one TakeMany of 64 batches per message, the next chunk
+    // requested while this one is consumed.
+    let chunk: u32 = 64;
+    let mut fed = Vec::new();
+    for _ in 0..3 {
+        let l = system
+            .spawn(Loader::new(LoaderArgs {
+                dataset: digits(),
+                shard: 0,
+                plan,
+                seed: 0,
+                epochs,
+                prefetch: chunk,
+                state_dir: None,
+            }))
+            .await
+            .unwrap();
+        let start = Instant::now();
+        let mut rows_seen = 0u64;
+        let mut feed = LoaderFeed::new(l.clone(), chunk, Duration::from_secs(10));
+        while let Some(b) = feed.next().await.unwrap() {
+            rows_seen += b.rows() as u64;
+        }
+        assert_eq!(rows_seen, n);
+        fed.push(start.elapsed().as_secs_f64());
+        l.stop(manta::ExitReason::Normal);
+    }
+    let fed = batches as f64 / median(fed);
+    // Second reference: the same batches built by one task and handed to
+    // another over a bounded tokio channel (the cost of any hand-off).
+    let mut chan = Vec::new();
+    for _ in 0..3 {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(chunk as usize);
+        let train = train.clone();
+        let start = Instant::now();
+        tokio::spawn(async move {
+            for b in shard_batches(&train, plan, 0, 0, epochs) {
+                if tx.send(b).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut rows_seen = 0u64;
+        while let Some(b) = rx.recv().await {
+            rows_seen += b.rows() as u64;
+        }
+        assert_eq!(rows_seen, n);
+        chan.push(start.elapsed().as_secs_f64());
+    }
+    let chan = batches as f64 / median(chan);
     rows.push(Row(
         "batches built directly (anchor)".into(),
         format!("{direct:.0} batches/s"),
         "1.00x".into(),
         "shard_batches: shuffle + gather, 32 rows x 64 features".into(),
+    ));
+    rows.push(Row(
+        "same batches built in one task, received in another (tokio mpsc, 64 deep)".into(),
+        format!("{chan:.0} batches/s"),
+        format!("{:.2}x", chan / direct),
+        "the cost of any hand-off between tasks".into(),
+    ));
+    rows.push(Row(
+        format!("loader actor, LoaderFeed ({chunk} batches per message, one chunk in flight)"),
+        format!("{fed:.0} batches/s"),
+        format!("{:.2}x", fed / direct),
+        "target >= 0.8x".into(),
     ));
     rows.push(Row(
         "loader actor, prefetch 8, credits".into(),

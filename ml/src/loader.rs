@@ -11,6 +11,10 @@
 //! - [`LoaderMsg::Take`] returns the next batch (and uses one credit, if
 //!   any), or [`Delivery::EndOfData`] after the last epoch. Each batch says
 //!   its epoch, its index and whether it ends the epoch.
+//! - [`LoaderMsg::TakeMany`] returns up to `max` batches in one reply
+//!   (ending with [`Delivery::EndOfData`] when the data runs out): one
+//!   message per chunk instead of per batch. [`LoaderFeed`] wraps it for
+//!   consumers that read a loader in order, with one chunk always in flight.
 //! - A consumer may say where it expects to be (`Take::at`): the loader seeks
 //!   there (batches are a pure function of seed, shard, epoch and index), so
 //!   a loader restarted on another node continues where its consumer is.
@@ -19,11 +23,20 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use manta_actors::{Actor, ActorError, Context, Message};
+use manta_actors::{Actor, ActorError, ActorHandle, Context, Message};
 use serde::{Deserialize, Serialize};
 
+use crate::MlError;
 use crate::data::{Batch, Dataset, DatasetSpec, ShardPlan, make_batch};
+
+/// The most batches one [`LoaderMsg::TakeMany`] returns (larger requests are
+/// cut to this), which bounds a reply to a few MiB for typical batches.
+pub const MAX_TAKE: u32 = 1024;
+
+/// Batches prepared per self-sent `Fill` message.
+const FILL_PER_MESSAGE: usize = 8;
 
 /// A position in a loader's batch sequence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -82,6 +95,18 @@ pub enum LoaderMsg {
         /// Credits granted with this request.
         grant: u32,
     },
+    /// Takes up to `max` batches (at least one, at most [`MAX_TAKE`]); the
+    /// reply is [`LoaderReply::Deliveries`], whose last element is
+    /// [`Delivery::EndOfData`] if the data ran out. `grant` and `at` work as
+    /// in [`LoaderMsg::Take`]; each batch returned uses one credit.
+    TakeMany {
+        /// Seek here first (if different from the loader's position).
+        at: Option<Cursor>,
+        /// Credits granted with this request.
+        grant: u32,
+        /// The most batches wanted.
+        max: u32,
+    },
     /// Reports counters.
     Stats,
     /// Prepares one batch ahead (sent by the loader to itself).
@@ -95,6 +120,9 @@ pub enum LoaderReply {
     Ack,
     /// A batch or the end of the data.
     Delivery(Delivery),
+    /// The answer to [`LoaderMsg::TakeMany`]: batches in order, then
+    /// `EndOfData` if the data ran out.
+    Deliveries(Vec<Delivery>),
     /// Counters.
     Stats(LoaderStats),
 }
@@ -255,6 +283,28 @@ impl Loader {
         }
     }
 
+    /// Serves the next batch (from the buffer, or built now), or
+    /// `EndOfData`.
+    fn serve_one(&mut self) -> Result<Delivery, ActorError> {
+        if self.done(self.next) {
+            return Ok(Delivery::EndOfData {
+                epochs: self.args.epochs,
+            });
+        }
+        let batch = match self.buffer.pop_front() {
+            Some(b) => b,
+            None => {
+                let b = self.build(self.next)?;
+                self.prepare_at = self.advance(self.next);
+                b
+            }
+        };
+        self.credits = self.credits.saturating_sub(1);
+        self.next = self.advance(self.next);
+        self.served += 1;
+        Ok(Delivery::Batch(batch))
+    }
+
     fn record(&self) {
         if let Some(path) = self.state_file() {
             let tmp = path.with_extension("json.tmp");
@@ -328,14 +378,19 @@ impl Actor for Loader {
             }
             LoaderMsg::Fill => {
                 self.fill_pending = false;
-                if self.want_fill() {
+                // A few batches per message: fewer self-sends, while takes
+                // still get in between.
+                for _ in 0..FILL_PER_MESSAGE {
+                    if !self.want_fill() {
+                        break;
+                    }
                     let at = self.prepare_at;
                     let batch = self.build(at)?;
                     self.buffer.push_back(batch);
                     self.max_buffered = self.max_buffered.max(self.buffer.len() as u32);
                     self.prepare_at = self.advance(at);
-                    self.schedule_fill(ctx);
                 }
+                self.schedule_fill(ctx);
                 Ok(LoaderReply::Ack)
             }
             LoaderMsg::Take { at, grant } => {
@@ -343,25 +398,29 @@ impl Actor for Loader {
                 if let Some(at) = at {
                     self.seek(at);
                 }
-                if self.done(self.next) {
-                    return Ok(LoaderReply::Delivery(Delivery::EndOfData {
-                        epochs: self.args.epochs,
-                    }));
-                }
-                let batch = match self.buffer.pop_front() {
-                    Some(b) => b,
-                    None => {
-                        let b = self.build(self.next)?;
-                        self.prepare_at = self.advance(self.next);
-                        b
-                    }
-                };
-                self.credits = self.credits.saturating_sub(1);
-                self.next = self.advance(self.next);
-                self.served += 1;
+                let delivery = self.serve_one()?;
                 self.record();
                 self.schedule_fill(ctx);
-                Ok(LoaderReply::Delivery(Delivery::Batch(batch)))
+                Ok(LoaderReply::Delivery(delivery))
+            }
+            LoaderMsg::TakeMany { at, grant, max } => {
+                self.credits = self.credits.saturating_add(grant);
+                if let Some(at) = at {
+                    self.seek(at);
+                }
+                let max = max.clamp(1, MAX_TAKE) as usize;
+                let mut out = Vec::with_capacity(max.min(64));
+                while out.len() < max {
+                    let d = self.serve_one()?;
+                    let end = matches!(d, Delivery::EndOfData { .. });
+                    out.push(d);
+                    if end {
+                        break;
+                    }
+                }
+                self.record();
+                self.schedule_fill(ctx);
+                Ok(LoaderReply::Deliveries(out))
             }
             LoaderMsg::Stats => Ok(LoaderReply::Stats(LoaderStats {
                 next: self.next,
@@ -373,6 +432,111 @@ impl Actor for Loader {
                 batches_per_epoch: self.bpe,
                 resumed_at: self.resumed_at,
             })),
+        }
+    }
+}
+
+type Pending = tokio::task::JoinHandle<Result<LoaderReply, MlError>>;
+
+/// Reads a loader in order, a chunk of batches per message, with the next
+/// chunk always requested while the current one is consumed.
+///
+/// The feed keeps one chunk of credits granted beyond the chunk it asks
+/// for, so the loader prepares the following chunk (within its `prefetch`;
+/// set it to at least the chunk size for full overlap) while the current
+/// one travels. The feed holds at most two chunks, the loader at most one. Works the same for a loader on another
+/// node, since it only uses the loader's handle.
+pub struct LoaderFeed {
+    loader: ActorHandle<LoaderMsg>,
+    chunk: u32,
+    timeout: Duration,
+    ready: VecDeque<Batch>,
+    pending: Option<Pending>,
+    ended: Option<u32>,
+    requested: bool,
+}
+
+impl LoaderFeed {
+    /// A feed asking `chunk` batches per message (cut to 1..=[`MAX_TAKE`]),
+    /// waiting up to `timeout` for each.
+    pub fn new(loader: ActorHandle<LoaderMsg>, chunk: u32, timeout: Duration) -> Self {
+        Self {
+            loader,
+            chunk: chunk.clamp(1, MAX_TAKE),
+            timeout,
+            ready: VecDeque::new(),
+            pending: None,
+            ended: None,
+            requested: false,
+        }
+    }
+
+    /// The number of epochs served, once `EndOfData` was seen.
+    pub fn ended(&self) -> Option<u32> {
+        self.ended
+    }
+
+    fn request(&mut self) {
+        let loader = self.loader.clone();
+        // The first request grants an extra chunk of credits, kept topped up
+        // by every later one: the loader prepares the next chunk (within its
+        // prefetch) while this one travels, instead of idling until asked.
+        let grant = if self.requested {
+            self.chunk
+        } else {
+            2 * self.chunk
+        };
+        self.requested = true;
+        let (chunk, timeout) = (self.chunk, self.timeout);
+        self.pending = Some(tokio::spawn(async move {
+            loader
+                .ask(
+                    LoaderMsg::TakeMany {
+                        at: None,
+                        grant,
+                        max: chunk,
+                    },
+                    timeout,
+                )
+                .await
+                .map_err(|e| MlError::Actor(format!("loader: {e}")))
+        }));
+    }
+
+    /// The next batch, or `None` after the last epoch.
+    pub async fn next(&mut self) -> Result<Option<Batch>, MlError> {
+        loop {
+            if self.pending.is_none() && self.ended.is_none() {
+                self.request();
+            }
+            if let Some(b) = self.ready.pop_front() {
+                return Ok(Some(b));
+            }
+            let Some(pending) = self.pending.take() else {
+                return Ok(None);
+            };
+            let reply = pending
+                .await
+                .map_err(|e| MlError::Actor(format!("loader request task: {e}")))??;
+            let LoaderReply::Deliveries(ds) = reply else {
+                return Err(MlError::Actor(format!(
+                    "loader answered a chunk request with {reply:?}"
+                )));
+            };
+            for d in ds {
+                match d {
+                    Delivery::Batch(b) => self.ready.push_back(b),
+                    Delivery::EndOfData { epochs } => self.ended = Some(epochs),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for LoaderFeed {
+    fn drop(&mut self) {
+        if let Some(p) = self.pending.take() {
+            p.abort();
         }
     }
 }

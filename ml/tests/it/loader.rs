@@ -2,7 +2,9 @@ use std::time::Duration;
 
 use manta_actors::{ActorHandle, ActorSystem, factory};
 use manta_ml::data::{Batch, ShardPlan, shard_batches};
-use manta_ml::loader::{Cursor, Delivery, Loader, LoaderArgs, LoaderMsg, LoaderReply, LoaderStats};
+use manta_ml::loader::{
+    Cursor, Delivery, Loader, LoaderArgs, LoaderFeed, LoaderMsg, LoaderReply, LoaderStats, MAX_TAKE,
+};
 use manta_supervision::{ChildSpec, EventBus, Supervisor, SupervisorEvent, SupervisorSpec};
 
 use crate::digits;
@@ -108,6 +110,94 @@ async fn batches_are_deterministic_for_a_seed_with_explicit_epochs_and_end() {
         Delivery::Batch(x) => assert_eq!(x, expected[(bpe + 3) as usize]),
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test]
+async fn chunked_takes_and_the_feed_serve_the_same_sequence_as_single_takes() {
+    let system = ActorSystem::new();
+    let (train, _) = digits().load_split().unwrap();
+    let expected: Vec<Batch> = shard_batches(&train, args(3, 3, 4).plan, 1, 3, 3).collect();
+    let bpe = expected[0].batches_in_epoch as usize;
+
+    // The feed, with a chunk that does not divide the sequence.
+    let l = system.spawn(Loader::new(args(3, 3, 4))).await.unwrap();
+    let mut feed = LoaderFeed::new(l.clone(), 5, T);
+    let mut got = Vec::new();
+    while let Some(b) = feed.next().await.unwrap() {
+        got.push(b);
+    }
+    assert_eq!(
+        got, expected,
+        "the feed yields exactly the planned sequence"
+    );
+    assert_eq!(feed.ended(), Some(3));
+    assert!(feed.next().await.unwrap().is_none(), "the end is sticky");
+    let s = stats(&l).await;
+    assert_eq!(s.served as usize, expected.len());
+
+    // TakeMany: a seek, a chunk crossing the epoch boundary, the end.
+    let m = system.spawn(Loader::new(args(3, 3, 4))).await.unwrap();
+    let at = Cursor {
+        epoch: 1,
+        batch: bpe as u32 - 2,
+    };
+    let chunk = |r: LoaderReply| match r {
+        LoaderReply::Deliveries(d) => d,
+        other => panic!("unexpected reply {other:?}"),
+    };
+    let ds = chunk(
+        m.ask(
+            LoaderMsg::TakeMany {
+                at: Some(at),
+                grant: 0,
+                max: 4,
+            },
+            T,
+        )
+        .await
+        .unwrap(),
+    );
+    let want: Vec<Delivery> = expected[2 * bpe - 2..2 * bpe + 2]
+        .iter()
+        .cloned()
+        .map(Delivery::Batch)
+        .collect();
+    assert_eq!(ds, want, "four batches from the seek point, across epochs");
+    // A huge request is cut to MAX_TAKE (or ends with EndOfData first).
+    let rest = chunk(
+        m.ask(
+            LoaderMsg::TakeMany {
+                at: None,
+                grant: 0,
+                max: u32::MAX,
+            },
+            T,
+        )
+        .await
+        .unwrap(),
+    );
+    let left = expected.len() - (2 * bpe + 2);
+    assert!(left < MAX_TAKE as usize);
+    assert_eq!(rest.len(), left + 1);
+    assert_eq!(rest[left], Delivery::EndOfData { epochs: 3 });
+    assert_eq!(
+        rest[left - 1],
+        Delivery::Batch(expected[expected.len() - 1].clone())
+    );
+    // max 0 still serves one.
+    let last = chunk(
+        m.ask(
+            LoaderMsg::TakeMany {
+                at: None,
+                grant: 0,
+                max: 0,
+            },
+            T,
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(last, vec![Delivery::EndOfData { epochs: 3 }]);
 }
 
 #[tokio::test]
