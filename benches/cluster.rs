@@ -405,7 +405,7 @@ fn main() {
         rt.block_on(peer_main());
         return;
     }
-    // `cargo bench` passes `--bench`; any other argument is a filter we ignore.
+    // `cargo bench` passes `--bench`.
     let dir = std::env::temp_dir().join(format!("manta-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     ClusterSecret::write_new(&dir.join("secret")).expect("secret");
@@ -413,8 +413,18 @@ fn main() {
         .args(["-p", "-c", "0", &std::process::id().to_string()])
         .output();
     let mut rows = Vec::new();
-    rt.block_on(remote_benches(&dir, &mut rows));
-    rt.block_on(membership_benches(&dir, &mut rows));
+    // `-- remote` or `-- membership` runs one part.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wants = |part: &str| only.is_empty() || only.iter().any(|o| o == part);
+    if wants("remote") {
+        rt.block_on(remote_benches(&dir, &mut rows));
+    }
+    if wants("membership") {
+        rt.block_on(membership_benches(&dir, &mut rows));
+    }
     println!("| measure | manta | raw tokio TCP, same framing | ratio / target |");
     println!("|---|---|---|---|");
     for Row(a, b, c, d) in rows {

@@ -197,7 +197,9 @@ pub(crate) struct StartArgs<A: Actor> {
     pub(crate) system: ActorSystem,
 }
 
-fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
+/// The message of a caught panic (`&str` or `String` payloads), for
+/// reporting a panic as an error.
+pub fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = p.downcast_ref::<String>() {
@@ -230,7 +232,7 @@ impl<A: Actor> ractor::Actor for Adapter<A> {
         {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(ExitReason::Failed(e.to_string())),
-            Err(p) => Some(ExitReason::Panicked(panic_text(p))),
+            Err(p) => Some(ExitReason::Panicked(panic_text(p.as_ref()))),
         };
         if let Some(reason) = failure {
             self.guard.finish(reason.clone());
@@ -268,7 +270,7 @@ impl<A: Actor> ractor::Actor for Adapter<A> {
                 return Ok(());
             }
             Ok(Err(e)) => ExitReason::Failed(e.to_string()),
-            Err(p) => ExitReason::Panicked(panic_text(p)),
+            Err(p) => ExitReason::Panicked(panic_text(p.as_ref())),
         };
         tracing::debug!(actor = %st.ctx.myself.id(), %reason, "actor failed");
         self.guard.finish(reason.clone());

@@ -60,7 +60,7 @@ mod message;
 mod placement;
 mod system;
 
-pub use actor::{Actor, Context, ReplyTo};
+pub use actor::{Actor, Context, ReplyTo, panic_text};
 pub use error::{ActorError, AskError, LookupError, SendError, SendFailure, SpawnError, WireError};
 pub use exit::{ExitReason, ExitSignal, Monitor};
 pub use handle::{ActorHandle, ActorId, AnyHandle, ErasedHandle, RemoteActor};

@@ -129,7 +129,7 @@ mod cuda {
                     let s: f32 = t.sum().into_scalar();
                     s
                 }))
-                .map_err(|p| crate::panic_text(p.as_ref()))
+                .map_err(|p| manta_actors::panic_text(p.as_ref()))
                 .and_then(|s| {
                     if (s - 3.0).abs() < 1e-6 {
                         Ok(())

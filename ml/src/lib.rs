@@ -65,14 +65,3 @@ pub fn register_kinds(kinds: &KindRegistry, directory: Directory) {
 pub(crate) fn fail(message: impl Into<String>) -> ActorError {
     message.into().into()
 }
-
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-pub(crate) fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "panic with a non-string payload".to_owned()
-    }
-}
