@@ -40,6 +40,8 @@ fn digits() -> DatasetSpec {
 }
 
 const EPOCHS: u32 = 10;
+/// Runs per training figure (the median is reported).
+const RUNS: usize = 5;
 
 fn train_config(workers: u32, mode: &str) -> TrainConfig {
     let text = format!(
@@ -69,7 +71,7 @@ async fn training(rows: &mut Vec<Row>) {
         batch_size: 32,
     };
     let mut reference = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..RUNS {
         let steps: Vec<_> = shard_batches(&train, plan, 0, 0, EPOCHS).collect();
         let r = train_reference::<CpuBackend>(
             &spec,
@@ -93,7 +95,7 @@ async fn training(rows: &mut Vec<Row>) {
     for (workers, mode) in [(1, "sync"), (2, "sync"), (4, "sync"), (2, "async")] {
         let mut rates = Vec::new();
         let mut acc = 0.0;
-        for _ in 0..3 {
+        for _ in 0..RUNS {
             let r = manta_ml::train(&train_config(workers, mode), Env::InProcess, |_| {})
                 .await
                 .unwrap();

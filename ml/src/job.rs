@@ -308,6 +308,18 @@ pub async fn start(config: &TrainConfig, env: Env<'_>) -> Result<RunningJob, MlE
 
 const ASK: Duration = Duration::from_secs(10);
 
+/// Test accuracy of `params` on `test`, on the CPU.
+fn accuracy_of(
+    model: &ModelSpec,
+    test: &Dataset,
+    params: Vec<ParamTensor>,
+) -> Result<f32, MlError> {
+    type B = burn::backend::NdArray<f32>;
+    let device = burn::backend::ndarray::NdArrayDevice::Cpu;
+    let model = Mlp::<B>::from_owned_params(model, params, &device)?;
+    accuracy(&model, test, &device)
+}
+
 impl RunningJob {
     /// A handle to parameter-server shard `i`, waiting (bounded) for its
     /// name to be visible (in a cluster, names travel by gossip).
@@ -377,17 +389,19 @@ impl RunningJob {
             .collect()
     }
 
-    /// Test accuracy of the current parameters (evaluated on this node's CPU).
+    /// Test accuracy of the current parameters (evaluated on this node's
+    /// CPU, on the blocking pool: the runtime threads keep serving the job's
+    /// actors meanwhile, so a worker waiting for its pull is not held up).
     pub async fn evaluate(&self) -> Result<f32, MlError> {
         let params = self.params().await?;
-        self.accuracy_of(&params)
+        let (model, test) = (self.model.clone(), self.test.clone());
+        tokio::task::spawn_blocking(move || accuracy_of(&model, &test, params))
+            .await
+            .map_err(|e| MlError::Actor(format!("evaluation panicked: {e}")))?
     }
 
     fn accuracy_of(&self, params: &[ParamTensor]) -> Result<f32, MlError> {
-        type B = burn::backend::NdArray<f32>;
-        let device = burn::backend::ndarray::NdArrayDevice::Cpu;
-        let model = Mlp::<B>::from_params(&self.model, params, &device)?;
-        accuracy(&model, &self.test, &device)
+        accuracy_of(&self.model, &self.test, params.to_vec())
     }
 
     /// Follows the job to its end, reporting progress; then writes a final

@@ -136,24 +136,28 @@ impl<B: Backend> Mlp<B> {
         params: &[ParamTensor],
         device: &B::Device,
     ) -> Result<Self, MlError> {
-        spec.check(params)?;
-        let layers = params
-            .chunks(2)
-            .map(|wb| {
-                let w = Tensor::<B, 2>::from_data(
-                    TensorData::new(wb[0].values.clone(), [wb[0].shape[0], wb[0].shape[1]]),
-                    device,
-                );
-                let b = Tensor::<B, 1>::from_data(
-                    TensorData::new(wb[1].values.clone(), [wb[1].shape[0]]),
-                    device,
-                );
-                Linear {
-                    weight: Param::from_tensor(w),
-                    bias: Some(Param::from_tensor(b)),
-                }
-            })
-            .collect();
+        Self::from_owned_params(spec, params.to_vec(), device)
+    }
+
+    /// [`Mlp::from_params`], taking the values without copying them.
+    pub fn from_owned_params(
+        spec: &ModelSpec,
+        params: Vec<ParamTensor>,
+        device: &B::Device,
+    ) -> Result<Self, MlError> {
+        spec.check(&params)?;
+        let mut it = params.into_iter();
+        let mut layers = Vec::with_capacity(spec.hidden.len() + 1);
+        while let (Some(w), Some(b)) = (it.next(), it.next()) {
+            let [rows, cols] = [w.shape[0], w.shape[1]];
+            let bias_len = b.shape[0];
+            let w = Tensor::<B, 2>::from_data(TensorData::new(w.values, [rows, cols]), device);
+            let b = Tensor::<B, 1>::from_data(TensorData::new(b.values, [bias_len]), device);
+            layers.push(Linear {
+                weight: Param::from_tensor(w),
+                bias: Some(Param::from_tensor(b)),
+            });
+        }
         Ok(Self { layers })
     }
 

@@ -112,7 +112,7 @@ struct GradTask {
 impl OnBackend for GradTask {
     type Output = Result<(f32, Vec<Vec<f32>>), MlError>;
     fn run<B: burn::tensor::backend::AutodiffBackend>(self, device: B::Device) -> Self::Output {
-        let model = Mlp::<B>::from_params(&self.model, &self.params, &device)?;
+        let model = Mlp::<B>::from_owned_params(&self.model, self.params, &device)?;
         loss_and_grads(
             &model,
             &self.batch.features,
