@@ -8,16 +8,20 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a bench that cannot set up has nothing to measure
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use manta::{Actor, ActorError, ActorSystem, Context, Message, SendFailure};
-use manta_cluster::{ClusterSecret, MemberState, Node, NodeConfig, query_status};
+use manta_cluster::{ClusterSecret, Node, query_status};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod common;
+use common::{
+    Row, driver_node, node_config, print_table, ready_fields, serve_until_stdin_closes, spawn_peer,
+};
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Sink {
@@ -45,17 +49,10 @@ impl Actor for Counter {
     }
 }
 
-fn node_config(dir: &Path, name: &str, secret: &Path, seeds: Vec<String>) -> NodeConfig {
-    // MANTA_BENCH_OPEN=1 runs the remote benches without a cluster secret
-    // (no pnet layer), to see what the private network costs.
-    let open = std::env::var("MANTA_BENCH_OPEN").is_ok();
-    NodeConfig {
-        name: name.to_owned(),
-        key_file: Some(dir.join(format!("{name}.key"))),
-        secret_file: (!open).then(|| secret.to_owned()),
-        seeds,
-        ..NodeConfig::default()
-    }
+/// MANTA_BENCH_OPEN=1 runs the remote benches without a cluster secret (no
+/// pnet layer), to see what the private network costs.
+fn open() -> bool {
+    std::env::var("MANTA_BENCH_OPEN").is_ok()
 }
 
 /// Raw TCP anchor server: frames are `u32` length + bytes. A frame of length
@@ -99,13 +96,12 @@ async fn tcp_server(listener: tokio::net::TcpListener) {
 
 async fn peer_main() {
     let dir = PathBuf::from(std::env::var("MANTA_BENCH_DIR").expect("dir"));
-    let secret = dir.join("secret");
     let system = ActorSystem::new();
     system
         .spawn_named("sink", Counter(0, 0))
         .await
         .expect("sink");
-    let node = Node::start(node_config(&dir, "peer", &secret, vec![]), system)
+    let node = Node::start(node_config(&dir, "peer", open(), vec![]), system)
         .await
         .expect("node");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -113,13 +109,7 @@ async fn peer_main() {
         .expect("tcp");
     let tcp = listener.local_addr().expect("addr");
     tokio::spawn(tcp_server(listener));
-    println!("ready gossip={} tcp={tcp}", node.membership().gossip_addr());
-    // Run until the driver closes our stdin.
-    let _ = tokio::task::spawn_blocking(|| {
-        let mut s = String::new();
-        let _ = std::io::stdin().read_line(&mut s);
-    })
-    .await;
+    serve_until_stdin_closes(&node, tcp).await;
 }
 
 fn pinned(cpu: u32, program: &Path) -> Command {
@@ -144,45 +134,11 @@ fn us(d: Duration) -> String {
     format!("{:.1} µs", d.as_secs_f64() * 1e6)
 }
 
-struct Row(String, String, String, String);
-
 async fn remote_benches(dir: &Path, rows: &mut Vec<Row>) {
     let exe = std::env::current_exe().expect("exe");
-    let mut peer = pinned(1, &exe)
-        .env("MANTA_BENCH_PEER", "1")
-        .env("MANTA_BENCH_DIR", dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("peer process");
-    let mut line = String::new();
-    BufReader::new(peer.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("ready line");
-    let field = |k: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(k))
-            .expect("field")
-            .to_owned()
-    };
-    let gossip = field("gossip=");
-    let tcp: SocketAddr = field("tcp=").parse().expect("tcp addr");
-
-    let node = Node::start(
-        node_config(dir, "driver", &dir.join("secret"), vec![gossip]),
-        ActorSystem::new(),
-    )
-    .await
-    .expect("driver node");
-    let mut view = node.membership().view();
-    while !view
-        .borrow_and_update()
-        .iter()
-        .any(|m| m.state == MemberState::Alive && m.actors.iter().any(|a| a == "sink"))
-    {
-        view.changed().await.expect("view");
-    }
+    let mut peer = spawn_peer(pinned(1, &exe), dir);
+    let tcp = peer.tcp;
+    let node = driver_node(dir, open(), &peer, "sink").await;
     let sink = node.where_is::<Sink>("sink").expect("sink");
     let t = Duration::from_secs(60);
 
@@ -285,8 +241,8 @@ async fn remote_benches(dir: &Path, rows: &mut Vec<Row>) {
             format!("{:.2}x of TCP (target ≥ 0.7)", manta_bps / tcp_bps),
         ));
     }
-    drop(peer.stdin.take());
-    let _ = peer.wait();
+    drop(peer.child.stdin.take());
+    let _ = peer.child.wait();
     node.leave().await;
 }
 
@@ -309,19 +265,10 @@ fn start_manta(bin: &Path, dir: &Path, name: &str, seed: Option<SocketAddr>) -> 
         cmd.arg("--seeds").arg(s.to_string());
     }
     let mut child = cmd.spawn().expect("manta node");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("ready");
-    let f = |k: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(k))
-            .expect("field")
-            .to_owned()
-    };
+    let f = ready_fields(&mut child);
     Proc {
-        gossip: f("gossip=").parse().expect("gossip"),
-        id: f("id="),
+        gossip: f("gossip").parse().expect("gossip"),
+        id: f("id"),
         child,
     }
 }
@@ -425,10 +372,14 @@ fn main() {
     if wants("membership") {
         rt.block_on(membership_benches(&dir, &mut rows));
     }
-    println!("| measure | manta | raw tokio TCP, same framing | ratio / target |");
-    println!("|---|---|---|---|");
-    for Row(a, b, c, d) in rows {
-        println!("| {a} | {b} | {c} | {d} |");
-    }
+    print_table(
+        [
+            "measure",
+            "manta",
+            "raw tokio TCP, same framing",
+            "ratio / target",
+        ],
+        rows,
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -12,14 +12,12 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a bench that cannot set up has nothing to measure
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use manta::ActorSystem;
-use manta_cluster::{ClusterSecret, MemberState, Node, NodeConfig};
+use manta_cluster::{ClusterSecret, Node};
 use manta_ml::data::{ShardPlan, shard_batches};
 use manta_ml::device::CpuBackend;
 use manta_ml::job::Env;
@@ -28,6 +26,9 @@ use manta_ml::ps::{Mode, ParamServer, PsArgs, PsMsg, PsReply};
 use manta_ml::reference::train_reference;
 use manta_ml::{DatasetSpec, ModelSpec, OptimizerConfig, TrainConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod common;
+use common::{Row, driver_node, node_config, print_table, serve_until_stdin_closes, spawn_peer};
 
 fn data_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("ml/data/digits.csv.gz")
@@ -56,8 +57,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
-
-struct Row(String, String, String, String);
 
 async fn training(rows: &mut Vec<Row>) {
     let (train, test) = digits().load_split().unwrap();
@@ -253,16 +252,6 @@ fn big_model() -> ModelSpec {
     }
 }
 
-fn node_config(dir: &Path, name: &str, seeds: Vec<String>) -> NodeConfig {
-    NodeConfig {
-        name: name.to_owned(),
-        key_file: Some(dir.join(format!("{name}.key"))),
-        secret_file: Some(dir.join("secret")),
-        seeds,
-        ..NodeConfig::default()
-    }
-}
-
 /// Raw TCP anchor: reads a `u32`-length frame, answers with a frame of the
 /// same length (a push followed by a pull of the same size).
 async fn tcp_echo(listener: tokio::net::TcpListener) {
@@ -306,7 +295,7 @@ async fn peer_main() {
         )
         .await
         .expect("ps");
-    let node = Node::start(node_config(&dir, "peer", vec![]), system)
+    let node = Node::start(node_config(&dir, "peer", false, vec![]), system)
         .await
         .expect("node");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -314,12 +303,7 @@ async fn peer_main() {
         .expect("tcp");
     let tcp = listener.local_addr().expect("addr");
     tokio::spawn(tcp_echo(listener));
-    println!("ready gossip={} tcp={tcp}", node.membership().gossip_addr());
-    let _ = tokio::task::spawn_blocking(|| {
-        let mut s = String::new();
-        let _ = std::io::stdin().read_line(&mut s);
-    })
-    .await;
+    serve_until_stdin_closes(&node, tcp).await;
 }
 
 async fn push_pull(rows: &mut Vec<Row>) {
@@ -327,40 +311,9 @@ async fn push_pull(rows: &mut Vec<Row>) {
     std::fs::create_dir_all(&dir).unwrap();
     ClusterSecret::write_new(&dir.join("secret")).unwrap();
     let exe = std::env::current_exe().unwrap();
-    let mut peer = Command::new(exe)
-        .env("MANTA_BENCH_PEER", "1")
-        .env("MANTA_BENCH_DIR", &dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(peer.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let field = |k: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(k))
-            .expect("field")
-            .to_owned()
-    };
-    let gossip = field("gossip=");
-    let tcp: SocketAddr = field("tcp=").parse().unwrap();
-    let node = Node::start(
-        node_config(&dir, "driver", vec![gossip]),
-        ActorSystem::new(),
-    )
-    .await
-    .unwrap();
-    let mut view = node.membership().view();
-    while !view
-        .borrow_and_update()
-        .iter()
-        .any(|m| m.state == MemberState::Alive && m.actors.iter().any(|a| a == "big.ps"))
-    {
-        view.changed().await.unwrap();
-    }
+    let mut peer = spawn_peer(Command::new(exe), &dir);
+    let tcp = peer.tcp;
+    let node = driver_node(&dir, false, &peer, "big.ps").await;
     let ps = node.where_is::<PsMsg>("big.ps").unwrap();
     let t = Duration::from_secs(120);
     let count = big_model().param_count();
@@ -433,8 +386,8 @@ async fn push_pull(rows: &mut Vec<Row>) {
         format!("{:.3}x", r / m),
         "pull (ask) then push (ask) through the sealed mesh; includes the SGD apply".into(),
     ));
-    drop(peer.stdin.take());
-    let _ = peer.wait();
+    drop(peer.child.stdin.take());
+    let _ = peer.child.wait();
     node.leave().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -461,8 +414,5 @@ async fn main() {
     if want("push_pull") {
         push_pull(&mut rows).await;
     }
-    println!("| what | figure | ratio to anchor | notes |\n|---|---|---|---|");
-    for Row(a, b, c, d) in rows {
-        println!("| {a} | {b} | {c} | {d} |");
-    }
+    print_table(["what", "figure", "ratio to anchor", "notes"], rows);
 }

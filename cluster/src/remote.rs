@@ -38,6 +38,8 @@ pub const BULK_QUEUE: usize = MAX_FRAME / CHUNK;
 const MAX_WIRE_FRAME: usize = CHUNK + 256;
 /// Large messages being reassembled per stream at once.
 const MAX_PARTIAL: usize = 16;
+/// The most reserved ahead for one large message being reassembled.
+const RESERVE_LIMIT: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Frame {
@@ -512,8 +514,11 @@ impl Remoting {
                     return;
                 }
                 let entry = partial.entry(c.msg).or_insert_with(|| {
-                    // count is bounded above: at most MAX_FRAME reserved.
-                    (c.count, 0, Vec::with_capacity(c.count as usize * CHUNK))
+                    // Reserved up front, but never more than RESERVE_LIMIT
+                    // per message on a peer's word; beyond it the buffer
+                    // grows as data actually arrives.
+                    let want = (c.count as usize).saturating_mul(CHUNK);
+                    (c.count, 0, Vec::with_capacity(want.min(RESERVE_LIMIT)))
                 });
                 if entry.0 != c.count
                     || entry.1 != c.index

@@ -1,0 +1,114 @@
+//! Set-up shared by the bench binaries that measure two processes: the
+//! peer is this same binary re-executed with `MANTA_BENCH_PEER=1`; it starts
+//! a node and a raw-TCP anchor server, prints one `ready` line, and runs
+//! until the driver closes its stdin.
+
+#![allow(dead_code)] // each bench binary uses its own subset
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use manta::ActorSystem;
+use manta_cluster::{MemberState, Node, NodeConfig};
+
+/// One row of a bench's markdown table.
+pub(crate) struct Row(
+    pub(crate) String,
+    pub(crate) String,
+    pub(crate) String,
+    pub(crate) String,
+);
+
+/// Prints the rows as a markdown table under `header`.
+pub(crate) fn print_table(header: [&str; 4], rows: Vec<Row>) {
+    println!("| {} |", header.join(" | "));
+    println!("|---|---|---|---|");
+    for Row(a, b, c, d) in rows {
+        println!("| {a} | {b} | {c} | {d} |");
+    }
+}
+
+/// A bench node in `dir` (key file per name; the cluster secret
+/// `dir/secret` unless `open`).
+pub(crate) fn node_config(dir: &Path, name: &str, open: bool, seeds: Vec<String>) -> NodeConfig {
+    NodeConfig {
+        name: name.to_owned(),
+        key_file: Some(dir.join(format!("{name}.key"))),
+        secret_file: (!open).then(|| dir.join("secret")),
+        seeds,
+        ..NodeConfig::default()
+    }
+}
+
+/// The peer side: announces its gossip and anchor addresses on stdout,
+/// then serves until the driver closes stdin.
+pub(crate) async fn serve_until_stdin_closes(node: &Node, tcp: SocketAddr) {
+    println!("ready gossip={} tcp={tcp}", node.membership().gossip_addr());
+    let _ = tokio::task::spawn_blocking(|| {
+        let mut s = String::new();
+        let _ = std::io::stdin().read_line(&mut s);
+    })
+    .await;
+}
+
+/// The driver's view of a started peer process.
+pub(crate) struct Peer {
+    pub(crate) child: Child,
+    pub(crate) gossip: String,
+    pub(crate) tcp: SocketAddr,
+}
+
+/// Reads the `ready k=v ...` line a started process prints first; the
+/// returned function gives a field's value (and panics naming a missing one).
+pub(crate) fn ready_fields(child: &mut Child) -> impl Fn(&str) -> String + use<> {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("ready line");
+    move |k: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
+            .unwrap_or_else(|| panic!("no `{k}=` in the ready line {line:?}"))
+            .to_owned()
+    }
+}
+
+/// Starts `command` (this binary) as the peer and reads its `ready` line.
+pub(crate) fn spawn_peer(mut command: Command, dir: &Path) -> Peer {
+    let mut child = command
+        .env("MANTA_BENCH_PEER", "1")
+        .env("MANTA_BENCH_DIR", dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("peer process");
+    let field = ready_fields(&mut child);
+    Peer {
+        gossip: field("gossip"),
+        tcp: field("tcp").parse().expect("tcp addr"),
+        child,
+    }
+}
+
+/// Starts the driver's node, joined to the peer, and waits until the peer
+/// is alive and gossips the actor `name`.
+pub(crate) async fn driver_node(dir: &Path, open: bool, peer: &Peer, name: &str) -> Node {
+    let node = Node::start(
+        node_config(dir, "driver", open, vec![peer.gossip.clone()]),
+        ActorSystem::new(),
+    )
+    .await
+    .expect("driver node");
+    let mut view = node.membership().view();
+    while !view
+        .borrow_and_update()
+        .iter()
+        .any(|m| m.state == MemberState::Alive && m.actors.iter().any(|a| a == name))
+    {
+        view.changed().await.expect("view");
+    }
+    node
+}
