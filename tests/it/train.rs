@@ -152,3 +152,90 @@ fn training_on_a_cluster_survives_the_sigkill_of_a_workers_node() {
     w1.p.child.kill().ok();
     w2.p.child.kill().ok();
 }
+
+/// A loader spawned on a real `manta node` process feeds this process
+/// through `LoaderFeed` (chunked takes over the mesh) exactly the planned
+/// batch sequence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loader_on_another_node_feeds_the_planned_sequence_through_loader_feed() {
+    use manta::ActorSystem;
+    use manta_cluster::{MemberState, Node, NodeConfig};
+    use manta_ml::DatasetSpec;
+    use manta_ml::data::{Batch, ShardPlan, shard_batches};
+    use manta_ml::loader::{LoaderArgs, LoaderFeed, LoaderMsg};
+    use std::time::Duration;
+
+    let dir = Scratch::new("remote-loader");
+    let s = secret(&dir, "c.secret");
+    let mut host = start_node(&dir, "host", Some(&s), &[], &["--role", "loader"]);
+    let config = NodeConfig {
+        name: "reader".into(),
+        key_file: Some(dir.0.join("reader.key")),
+        secret_file: Some(s.clone()),
+        seeds: vec![host.gossip.clone()],
+        client: true,
+        ..NodeConfig::default()
+    };
+    let me = Node::start(config, ActorSystem::new()).await.unwrap();
+    let mut view = me.membership().view();
+    tokio::time::timeout(crate::DEADLINE, async {
+        while !view
+            .borrow_and_update()
+            .iter()
+            .any(|m| m.state == MemberState::Alive && m.id == host.id)
+        {
+            view.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the host node is seen alive within the deadline");
+
+    let mut dataset = DatasetSpec::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/ml/data/digits.csv.gz"
+    ));
+    dataset.scale = 0.0625;
+    let args = LoaderArgs {
+        dataset: dataset.clone(),
+        shard: 1,
+        plan: ShardPlan {
+            shards: 2,
+            batch_size: 40,
+        },
+        seed: 9,
+        epochs: 2,
+        prefetch: 16,
+        state_dir: None,
+    };
+    let placement = manta::actors::Placement {
+        role: Some("loader".into()),
+        ..Default::default()
+    };
+    let loader = me
+        .cluster()
+        .spawn_on::<LoaderMsg>(
+            &placement,
+            "manta.loader",
+            toml::Value::try_from(&args).unwrap(),
+            Some("remote.loader".into()),
+        )
+        .await
+        .unwrap();
+    assert!(!loader.is_local(), "the loader runs on the host process");
+
+    let mut feed = LoaderFeed::new(loader, 16, Duration::from_secs(30));
+    let mut got: Vec<Batch> = Vec::new();
+    while let Some(b) = feed.next().await.unwrap() {
+        got.push(b);
+    }
+    let (train, _) = dataset.load_split().unwrap();
+    let expected: Vec<Batch> = shard_batches(&train, args.plan, 1, 9, 2).collect();
+    assert_eq!(got.len(), expected.len());
+    assert!(
+        got == expected,
+        "the remote feed yields exactly the planned batches"
+    );
+    assert_eq!(feed.ended(), Some(2));
+    me.leave().await;
+    host.p.child.kill().ok();
+}
