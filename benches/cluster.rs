@@ -14,14 +14,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use manta::{Actor, ActorError, ActorSystem, Context, Message, SendFailure};
-use manta_cluster::{ClusterSecret, Node, query_status};
+use manta_cluster::{ClusterSecret, query_status};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
-use common::{
-    Row, driver_node, node_config, print_table, ready_fields, serve_until_stdin_closes, spawn_peer,
-};
+use common::{Row, driver_node, print_table, ready_fields, run_peer, spawn_peer};
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Sink {
@@ -95,21 +93,12 @@ async fn tcp_server(listener: tokio::net::TcpListener) {
 }
 
 async fn peer_main() {
-    let dir = PathBuf::from(std::env::var("MANTA_BENCH_DIR").expect("dir"));
     let system = ActorSystem::new();
     system
         .spawn_named("sink", Counter(0, 0))
         .await
         .expect("sink");
-    let node = Node::start(node_config(&dir, "peer", open(), vec![]), system)
-        .await
-        .expect("node");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("tcp");
-    let tcp = listener.local_addr().expect("addr");
-    tokio::spawn(tcp_server(listener));
-    serve_until_stdin_closes(&node, tcp).await;
+    run_peer(system, open(), tcp_server).await;
 }
 
 fn pinned(cpu: u32, program: &Path) -> Command {

@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use manta::ActorSystem;
-use manta_cluster::{ClusterSecret, Node};
+use manta_cluster::ClusterSecret;
 use manta_ml::data::{ShardPlan, shard_batches};
 use manta_ml::device::CpuBackend;
 use manta_ml::job::Env;
@@ -28,7 +28,7 @@ use manta_ml::{DatasetSpec, ModelSpec, OptimizerConfig, TrainConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
-use common::{Row, driver_node, node_config, print_table, serve_until_stdin_closes, spawn_peer};
+use common::{Row, driver_node, print_table, run_peer, spawn_peer};
 
 fn data_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("ml/data/digits.csv.gz")
@@ -111,6 +111,26 @@ async fn training(rows: &mut Vec<Row>) {
     }
 }
 
+async fn spawn_loader(
+    system: &ActorSystem,
+    plan: ShardPlan,
+    epochs: u32,
+    prefetch: u32,
+) -> manta::ActorHandle<LoaderMsg> {
+    system
+        .spawn(Loader::new(LoaderArgs {
+            dataset: digits(),
+            shard: 0,
+            plan,
+            seed: 0,
+            epochs,
+            prefetch,
+            state_dir: None,
+        }))
+        .await
+        .unwrap()
+}
+
 async fn loaders(rows: &mut Vec<Row>) {
     let (train, _) = digits().load_split().unwrap();
     let plan = ShardPlan {
@@ -135,18 +155,7 @@ async fn loaders(rows: &mut Vec<Row>) {
     let system = ActorSystem::new();
     let mut via = Vec::new();
     for _ in 0..3 {
-        let l = system
-            .spawn(Loader::new(LoaderArgs {
-                dataset: digits(),
-                shard: 0,
-                plan,
-                seed: 0,
-                epochs,
-                prefetch: 8,
-                state_dir: None,
-            }))
-            .await
-            .unwrap();
+        let l = spawn_loader(&system, plan, epochs, 8).await;
         let start = Instant::now();
         let mut rows_seen = 0u64;
         let mut grant = 9;
@@ -172,18 +181,7 @@ async fn loaders(rows: &mut Vec<Row>) {
     let chunk: u32 = 64;
     let mut fed = Vec::new();
     for _ in 0..3 {
-        let l = system
-            .spawn(Loader::new(LoaderArgs {
-                dataset: digits(),
-                shard: 0,
-                plan,
-                seed: 0,
-                epochs,
-                prefetch: chunk,
-                state_dir: None,
-            }))
-            .await
-            .unwrap();
+        let l = spawn_loader(&system, plan, epochs, chunk).await;
         let start = Instant::now();
         let mut rows_seen = 0u64;
         let mut feed = LoaderFeed::new(l.clone(), chunk, Duration::from_secs(10));
@@ -274,7 +272,6 @@ async fn tcp_echo(listener: tokio::net::TcpListener) {
 }
 
 async fn peer_main() {
-    let dir = PathBuf::from(std::env::var("MANTA_BENCH_DIR").expect("dir"));
     let system = ActorSystem::new();
     system
         .spawn_named(
@@ -295,15 +292,7 @@ async fn peer_main() {
         )
         .await
         .expect("ps");
-    let node = Node::start(node_config(&dir, "peer", false, vec![]), system)
-        .await
-        .expect("node");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("tcp");
-    let tcp = listener.local_addr().expect("addr");
-    tokio::spawn(tcp_echo(listener));
-    serve_until_stdin_closes(&node, tcp).await;
+    run_peer(system, false, tcp_echo).await;
 }
 
 async fn push_pull(rows: &mut Vec<Row>) {

@@ -42,9 +42,29 @@ pub(crate) fn node_config(dir: &Path, name: &str, open: bool, seeds: Vec<String>
     }
 }
 
-/// The peer side: announces its gossip and anchor addresses on stdout,
-/// then serves until the driver closes stdin.
-pub(crate) async fn serve_until_stdin_closes(node: &Node, tcp: SocketAddr) {
+/// The peer process: starts its node on `system` (its actors already
+/// spawned) and the raw-TCP anchor `server` on a port of its own, announces
+/// both, and serves until the driver closes stdin.
+pub(crate) async fn run_peer<F, Fut>(system: ActorSystem, open: bool, server: F)
+where
+    F: FnOnce(tokio::net::TcpListener) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let dir = std::path::PathBuf::from(std::env::var("MANTA_BENCH_DIR").expect("dir"));
+    let node = Node::start(node_config(&dir, "peer", open, vec![]), system)
+        .await
+        .expect("node");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("tcp");
+    let tcp = listener.local_addr().expect("addr");
+    tokio::spawn(server(listener));
+    serve_until_stdin_closes(&node, tcp).await;
+}
+
+/// Announces the peer's gossip and anchor addresses on stdout, then serves
+/// until the driver closes stdin.
+async fn serve_until_stdin_closes(node: &Node, tcp: SocketAddr) {
     println!("ready gossip={} tcp={tcp}", node.membership().gossip_addr());
     let _ = tokio::task::spawn_blocking(|| {
         let mut s = String::new();

@@ -88,6 +88,44 @@ pub(crate) fn wait_status(
     panic!("{what}: not seen within {DEADLINE:?}; last status: {last:#?}");
 }
 
+/// A node in this test process, joined to the cluster through `seed`
+/// (a *client* node, which hosts no placed actors, when `client`).
+pub(crate) async fn test_node(
+    dir: &Scratch,
+    name: &str,
+    secret: &Path,
+    seed: &str,
+    client: bool,
+    system: manta::ActorSystem,
+) -> manta_cluster::Node {
+    let config = manta_cluster::NodeConfig {
+        name: name.into(),
+        key_file: Some(dir.0.join(format!("{name}.key"))),
+        secret_file: Some(secret.to_owned()),
+        seeds: vec![seed.to_owned()],
+        client,
+        ..manta_cluster::NodeConfig::default()
+    };
+    manta_cluster::Node::start(config, system).await.unwrap()
+}
+
+/// Waits, up to the deadline, until `node`'s membership view satisfies
+/// `pred`.
+pub(crate) async fn wait_view(
+    node: &manta_cluster::Node,
+    what: &str,
+    pred: impl Fn(&[manta_cluster::Member]) -> bool,
+) {
+    let mut view = node.membership().view();
+    tokio::time::timeout(DEADLINE, async {
+        while !pred(&view.borrow_and_update()) {
+            view.changed().await.unwrap();
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}: not within {DEADLINE:?}"));
+}
+
 pub(crate) fn secret(dir: &Scratch, name: &str) -> std::path::PathBuf {
     let p = dir.0.join(name);
     let out = manta().arg("secret").arg(&p).output().unwrap();
@@ -376,7 +414,7 @@ fn a_placed_child_is_restarted_on_a_survivor_when_its_node_is_killed() {
 async fn lookup_ask_spawn_and_node_down_across_real_processes() {
     use manta::builtin::{CounterMsg, TimerMsg};
     use manta::{ActorSystem, ExitReason, LookupError};
-    use manta_cluster::{MemberState, Node, NodeConfig};
+    use manta_cluster::MemberState;
     use std::time::Duration;
 
     let dir = Scratch::new("xproc");
@@ -395,36 +433,25 @@ async fn lookup_ask_spawn_and_node_down_across_real_processes() {
     );
     let mut p2 = start_node(&dir, "p2", Some(&s), &[&p1.gossip], &["--role", "worker"]);
 
-    let config = NodeConfig {
-        name: "tester".into(),
-        key_file: Some(dir.0.join("tester.key")),
-        secret_file: Some(s.clone()),
-        seeds: vec![p1.gossip.clone()],
-        ..NodeConfig::default()
-    };
-    let me = Node::start(config, ActorSystem::with_kinds(manta::builtin::kinds()))
-        .await
-        .unwrap();
-    let mut view = me.membership().view();
-    tokio::time::timeout(DEADLINE, async {
-        loop {
-            let ok =
-                view.borrow_and_update().iter().any(|m| {
-                    m.state == MemberState::Alive && m.actors.iter().any(|a| a == "ledger")
-                }) && view
-                    .borrow()
-                    .iter()
-                    .filter(|m| m.state == MemberState::Alive)
-                    .count()
-                    == 3;
-            if ok {
-                break;
-            }
-            view.changed().await.unwrap();
-        }
+    let me = test_node(
+        &dir,
+        "tester",
+        &s,
+        &p1.gossip,
+        false,
+        ActorSystem::with_kinds(manta::builtin::kinds()),
+    )
+    .await;
+    wait_view(&me, "cluster of 3 with `ledger`", |view| {
+        view.iter()
+            .any(|m| m.state == MemberState::Alive && m.actors.iter().any(|a| a == "ledger"))
+            && view
+                .iter()
+                .filter(|m| m.state == MemberState::Alive)
+                .count()
+                == 3
     })
-    .await
-    .expect("cluster of 3 with `ledger` within the deadline");
+    .await;
 
     // Named lookup and ask across processes.
     let ledger = me.where_is::<CounterMsg>("ledger").unwrap();

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::cluster::{actor_on, secret, start_node, wait_status};
+use crate::cluster::{actor_on, secret, start_node, test_node, wait_status, wait_view};
 use crate::{Running, Scratch, manta};
 
 /// The example config with its paths pointed at the repository's data and a
@@ -159,7 +159,7 @@ fn training_on_a_cluster_survives_the_sigkill_of_a_workers_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loader_on_another_node_feeds_the_planned_sequence_through_loader_feed() {
     use manta::ActorSystem;
-    use manta_cluster::{MemberState, Node, NodeConfig};
+    use manta_cluster::MemberState;
     use manta_ml::DatasetSpec;
     use manta_ml::data::{Batch, ShardPlan, shard_batches};
     use manta_ml::loader::{LoaderArgs, LoaderFeed, LoaderMsg};
@@ -168,27 +168,12 @@ async fn a_loader_on_another_node_feeds_the_planned_sequence_through_loader_feed
     let dir = Scratch::new("remote-loader");
     let s = secret(&dir, "c.secret");
     let mut host = start_node(&dir, "host", Some(&s), &[], &["--role", "loader"]);
-    let config = NodeConfig {
-        name: "reader".into(),
-        key_file: Some(dir.0.join("reader.key")),
-        secret_file: Some(s.clone()),
-        seeds: vec![host.gossip.clone()],
-        client: true,
-        ..NodeConfig::default()
-    };
-    let me = Node::start(config, ActorSystem::new()).await.unwrap();
-    let mut view = me.membership().view();
-    tokio::time::timeout(crate::DEADLINE, async {
-        while !view
-            .borrow_and_update()
-            .iter()
+    let me = test_node(&dir, "reader", &s, &host.gossip, true, ActorSystem::new()).await;
+    wait_view(&me, "the host node alive", |view| {
+        view.iter()
             .any(|m| m.state == MemberState::Alive && m.id == host.id)
-        {
-            view.changed().await.unwrap();
-        }
     })
-    .await
-    .expect("the host node is seen alive within the deadline");
+    .await;
 
     let mut dataset = DatasetSpec::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
