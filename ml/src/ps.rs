@@ -511,18 +511,21 @@ impl Actor for ParamServer {
                         self.pending.insert(worker, (grads, loss, samples));
                         if self.pending.len() as u32 >= self.args.workers {
                             let n = self.pending.len() as f32;
-                            let mut sum: Vec<Vec<f32>> = self
-                                .params
-                                .iter()
-                                .map(|p| vec![0.0; p.values.len()])
-                                .collect();
+                            let mut sum: Vec<Vec<f32>> = Vec::new();
                             let mut loss_sum = 0.0;
                             // Sum in worker order, so the result does not
-                            // depend on arrival order.
+                            // depend on arrival order. The first gradient is
+                            // the accumulator: the same sums as starting from
+                            // zeros (0 + a == a, up to the sign of a zero,
+                            // which no update can see), without the zeros.
                             for (g, l, s) in std::mem::take(&mut self.pending).into_values() {
-                                for (acc, g) in sum.iter_mut().zip(&g) {
-                                    for (a, v) in acc.iter_mut().zip(g) {
-                                        *a += v;
+                                if sum.is_empty() {
+                                    sum = g;
+                                } else {
+                                    for (acc, g) in sum.iter_mut().zip(&g) {
+                                        for (a, v) in acc.iter_mut().zip(g) {
+                                            *a += v;
+                                        }
                                     }
                                 }
                                 loss_sum += l;
