@@ -543,12 +543,8 @@ impl Remoting {
                 }
                 continue;
             }
+            // (Chunks were handled above: every one starts with CHUNK_VARIANT.)
             match postcard::from_bytes::<Frame>(&buf[1..]) {
-                // Chunks are handled above; one here is malformed.
-                Ok(Frame::Chunk { .. }) => {
-                    self.bad(peer, "misplaced chunk");
-                    return;
-                }
                 Ok(frame) => self.dispatch(peer, frame),
                 Err(e) => {
                     self.bad(peer, &format!("undecodable frame: {e}"));

@@ -400,10 +400,6 @@ impl RunningJob {
             .map_err(|e| MlError::Actor(format!("evaluation panicked: {e}")))?
     }
 
-    fn accuracy_of(&self, params: &[ParamTensor]) -> Result<f32, MlError> {
-        accuracy_of(&self.model, &self.test, params.to_vec())
-    }
-
     /// Follows the job to its end, reporting progress; then writes a final
     /// checkpoint (if configured) and stops the job's actors.
     pub async fn finish(
@@ -496,7 +492,7 @@ impl RunningJob {
         };
         let (status, train_seconds) = last;
         let final_params = self.params().await?;
-        let test_accuracy = self.accuracy_of(&final_params)?;
+        let test_accuracy = accuracy_of(&self.model, &self.test, final_params.clone())?;
         let s0 = &status[0];
         let samples_per_sec = s0.samples as f64 / train_seconds.max(1e-9);
         if epochs_reported < t.epochs {

@@ -283,6 +283,35 @@ impl Loader {
         }
     }
 
+    /// Adds `grant` credits, seeks to `at` (if given) and serves up to `max`
+    /// deliveries (at least one, at most [`MAX_TAKE`]; `EndOfData` ends
+    /// them); then records the position and prepares ahead.
+    fn take(
+        &mut self,
+        at: Option<Cursor>,
+        grant: u32,
+        max: u32,
+        ctx: &Context<LoaderMsg>,
+    ) -> Result<Vec<Delivery>, ActorError> {
+        self.credits = self.credits.saturating_add(grant);
+        if let Some(at) = at {
+            self.seek(at);
+        }
+        let max = max.clamp(1, MAX_TAKE) as usize;
+        let mut out = Vec::with_capacity(max.min(64));
+        while out.len() < max {
+            let d = self.serve_one()?;
+            let end = matches!(d, Delivery::EndOfData { .. });
+            out.push(d);
+            if end {
+                break;
+            }
+        }
+        self.record();
+        self.schedule_fill(ctx);
+        Ok(out)
+    }
+
     /// Serves the next batch (from the buffer, or built now), or
     /// `EndOfData`.
     fn serve_one(&mut self) -> Result<Delivery, ActorError> {
@@ -394,33 +423,14 @@ impl Actor for Loader {
                 Ok(LoaderReply::Ack)
             }
             LoaderMsg::Take { at, grant } => {
-                self.credits = self.credits.saturating_add(grant);
-                if let Some(at) = at {
-                    self.seek(at);
-                }
-                let delivery = self.serve_one()?;
-                self.record();
-                self.schedule_fill(ctx);
-                Ok(LoaderReply::Delivery(delivery))
+                let first = self.take(at, grant, 1, ctx)?.pop();
+                // `take` serves at least one delivery.
+                first
+                    .map(LoaderReply::Delivery)
+                    .ok_or_else(|| crate::fail("loader served nothing"))
             }
             LoaderMsg::TakeMany { at, grant, max } => {
-                self.credits = self.credits.saturating_add(grant);
-                if let Some(at) = at {
-                    self.seek(at);
-                }
-                let max = max.clamp(1, MAX_TAKE) as usize;
-                let mut out = Vec::with_capacity(max.min(64));
-                while out.len() < max {
-                    let d = self.serve_one()?;
-                    let end = matches!(d, Delivery::EndOfData { .. });
-                    out.push(d);
-                    if end {
-                        break;
-                    }
-                }
-                self.record();
-                self.schedule_fill(ctx);
-                Ok(LoaderReply::Deliveries(out))
+                Ok(LoaderReply::Deliveries(self.take(at, grant, max, ctx)?))
             }
             LoaderMsg::Stats => Ok(LoaderReply::Stats(LoaderStats {
                 next: self.next,
@@ -444,8 +454,9 @@ type Pending = tokio::task::JoinHandle<Result<LoaderReply, MlError>>;
 /// The feed keeps one chunk of credits granted beyond the chunk it asks
 /// for, so the loader prepares the following chunk (within its `prefetch`;
 /// set it to at least the chunk size for full overlap) while the current
-/// one travels. The feed holds at most two chunks, the loader at most one. Works the same for a loader on another
-/// node, since it only uses the loader's handle.
+/// one travels. The feed holds at most two chunks, the loader at most one.
+/// It works the same for a loader on another node, since it only uses the
+/// loader's handle.
 pub struct LoaderFeed {
     loader: ActorHandle<LoaderMsg>,
     chunk: u32,
