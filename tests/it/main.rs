@@ -59,6 +59,13 @@ impl Running {
 
     /// Waits (bounded) for an output line containing `needle`.
     pub fn wait_for(&mut self, needle: &str) -> String {
+        self.try_wait_for(needle).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Running::wait_for`] that returns the failure (after killing the
+    /// process) instead of panicking, so a test can add other processes'
+    /// output to it.
+    pub fn try_wait_for(&mut self, needle: &str) -> Result<String, String> {
         let end = Instant::now() + DEADLINE;
         loop {
             let left = end.saturating_duration_since(Instant::now());
@@ -66,7 +73,7 @@ impl Running {
                 Ok(line) => {
                     self.seen.push(line.clone());
                     if line.contains(needle) {
-                        return line;
+                        return Ok(line);
                     }
                 }
                 Err(e) => {
@@ -77,13 +84,21 @@ impl Running {
                             "before the process closed its output".to_owned()
                         }
                     };
-                    panic!(
+                    return Err(format!(
                         "no line containing `{needle}` {why}; saw:\n{}",
                         self.seen.join("\n")
-                    );
+                    ));
                 }
             }
         }
+    }
+
+    /// Every output line so far, without waiting.
+    pub fn drain(&mut self) -> String {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        self.seen.join("\n")
     }
 
     /// Waits (bounded) for the process to exit: its output pipes close when

@@ -114,7 +114,16 @@ fn training_on_a_cluster_survives_the_sigkill_of_a_workers_node() {
         .arg("--config")
         .arg(&cfg);
     let mut job = Running::start(cmd);
-    job.wait_for("epoch 2/100");
+    if let Err(e) = job.try_wait_for("epoch 2/100") {
+        // Seen once in CI (a 30 s stall before epoch 2): keep every node's
+        // output with the failure.
+        panic!(
+            "{e}\n--- ps node:\n{}\n--- w1:\n{}\n--- w2:\n{}",
+            ps.p.drain(),
+            w1.p.drain(),
+            w2.p.drain()
+        );
+    }
     let st = wait_status(&ps.gossip, Some(&s), "worker 0 placed", |st| {
         actor_on(st, "digits.worker.0").is_some()
     });
