@@ -10,7 +10,7 @@ use ractor::{ActorProcessingErr, ActorRef};
 
 use crate::error::ActorError;
 use crate::exit::{ExitReason, ExitSignal};
-use crate::handle::{ActorHandle, Envelope};
+use crate::handle::{ActorHandle, Envelope, ReplyPort};
 use crate::message::Message;
 use crate::system::ActorSystem;
 
@@ -74,7 +74,7 @@ pub struct Context<M: Message> {
     myself: ActorHandle<M>,
     system: ActorSystem,
     stop: Option<ExitReason>,
-    reply: Option<tokio::sync::oneshot::Sender<M::Reply>>,
+    reply: Option<ReplyPort<M::Reply>>,
 }
 
 /// The reply of an `ask` whose answer is sent later (see
@@ -82,19 +82,20 @@ pub struct Context<M: Message> {
 /// with [`AskError::NoReply`](crate::AskError::NoReply).
 #[must_use = "an unsent deferred reply leaves the asker without an answer"]
 pub struct ReplyTo<R> {
-    tx: tokio::sync::oneshot::Sender<R>,
+    port: ReplyPort<R>,
 }
 
 impl<R> ReplyTo<R> {
     /// Sends the reply. Returns `false` when the asker has gone (it timed
     /// out or was cancelled).
     pub fn send(self, reply: R) -> bool {
-        self.tx.send(reply).is_ok()
+        self.port.send(reply)
     }
 
-    /// Whether the asker is still waiting.
+    /// Whether the asker is still waiting (for an asker on another node:
+    /// until the reply is sent, as its timeout is not known here).
     pub fn is_waiting(&self) -> bool {
-        !self.tx.is_closed()
+        self.port.is_waiting()
     }
 }
 
@@ -129,7 +130,7 @@ impl<M: Message> Context<M> {
     /// when called twice. Use it for barriers and long polls, where an actor
     /// must keep serving while a caller waits.
     pub fn defer_reply(&mut self) -> Option<ReplyTo<M::Reply>> {
-        self.reply.take().map(|tx| ReplyTo { tx })
+        self.reply.take().map(|port| ReplyTo { port })
     }
 }
 
@@ -260,9 +261,9 @@ impl<A: Actor> ractor::Actor for Adapter<A> {
             .await;
         let reason = match outcome {
             Ok(Ok(r)) => {
-                if let Some(tx) = st.ctx.reply.take() {
+                if let Some(port) = st.ctx.reply.take() {
                     // The asker may have given up (timeout); that is its business.
-                    let _ = tx.send(r);
+                    let _ = port.send(r);
                 }
                 if let Some(reason) = st.ctx.stop.take() {
                     st.ctx.myself.stop(reason);

@@ -39,7 +39,74 @@ impl fmt::Display for ActorId {
 /// The envelope Manta puts around a user message on ractor's mailbox.
 pub(crate) enum Envelope<M: Message> {
     Tell(M),
-    Ask(M, oneshot::Sender<M::Reply>),
+    Ask(M, ReplyPort<M::Reply>),
+}
+
+/// Called with the reply of an ask delivered from another node, or with the
+/// error that stopped it.
+pub type WireReply = Box<dyn FnOnce(Result<Vec<u8>, WireError>) + Send>;
+
+type ReplyFn<R> = Box<dyn FnOnce(Result<R, WireError>) + Send>;
+
+/// Where the reply of an ask goes: a channel the asker awaits (local asks),
+/// or a function that forwards it at once (asks from another node, whose
+/// reply the actor's own task encodes and queues for the wire, with no task
+/// in between). A function port dropped unsent is called with
+/// [`WireError::NoReply`], as a closed channel tells a local asker.
+pub(crate) struct ReplyPort<R>(Option<Port<R>>);
+
+enum Port<R> {
+    Channel(oneshot::Sender<R>),
+    Call(ReplyFn<R>),
+}
+
+impl<R> ReplyPort<R> {
+    pub(crate) fn channel(tx: oneshot::Sender<R>) -> Self {
+        Self(Some(Port::Channel(tx)))
+    }
+
+    fn call(f: ReplyFn<R>) -> Self {
+        Self(Some(Port::Call(f)))
+    }
+
+    /// Sends the reply; `false` when the asker has gone.
+    pub(crate) fn send(mut self, reply: R) -> bool {
+        match self.0.take() {
+            Some(Port::Channel(tx)) => tx.send(reply).is_ok(),
+            Some(Port::Call(f)) => {
+                f(Ok(reply));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether the asker may still be waiting (a remote asker's timeout is
+    /// not known here, so a function port always says yes).
+    pub(crate) fn is_waiting(&self) -> bool {
+        match &self.0 {
+            Some(Port::Channel(tx)) => !tx.is_closed(),
+            Some(Port::Call(_)) => true,
+            None => false,
+        }
+    }
+
+    /// Takes the function back without calling it (the message never
+    /// reached the mailbox).
+    fn disarm(mut self) -> Option<ReplyFn<R>> {
+        match self.0.take() {
+            Some(Port::Call(f)) => Some(f),
+            _ => None,
+        }
+    }
+}
+
+impl<R> Drop for ReplyPort<R> {
+    fn drop(&mut self) {
+        if let Some(Port::Call(f)) = self.0.take() {
+            f(Err(WireError::NoReply(None)));
+        }
+    }
 }
 
 impl<M: Message> Envelope<M> {
@@ -157,7 +224,7 @@ impl<M: Message> ActorHandle<M> {
             Inner::Local(l) => {
                 let (tx, rx) = oneshot::channel();
                 l.actor
-                    .cast(Envelope::Ask(msg, tx))
+                    .cast(Envelope::Ask(msg, ReplyPort::channel(tx)))
                     .map_err(|e| AskError::Send(l.send_error(e)))?;
                 match tokio::time::timeout(timeout, rx).await {
                     Ok(Ok(reply)) => Ok(reply),
@@ -269,6 +336,13 @@ pub trait ErasedHandle: Send + Sync + 'static {
         let _ = (body, timeout);
         Box::pin(async { Err(WireError::NotAddressable) })
     }
+    /// Delivers a postcard-encoded request; `done` gets the encoded reply.
+    /// The default awaits [`ask_wire`](Self::ask_wire) on a task; local
+    /// actors call `done` from their own task when they reply.
+    fn ask_wire_with(&self, body: &[u8], timeout: Duration, done: WireReply) {
+        let reply = self.ask_wire(body, timeout);
+        tokio::spawn(async move { done(reply.await) });
+    }
 }
 
 fn wire_send_error(f: SendFailure) -> WireError {
@@ -326,6 +400,35 @@ impl<M: Message> ErasedHandle for ActorHandle<M> {
                 Err(AskError::Decode(e)) => Err(WireError::Decode(e)),
             }
         })
+    }
+    fn ask_wire_with(&self, body: &[u8], timeout: Duration, done: WireReply) {
+        let Inner::Local(l) = &*self.inner else {
+            let reply = self.ask_wire(body, timeout);
+            tokio::spawn(async move { done(reply.await) });
+            return;
+        };
+        let msg: M = match postcard::from_bytes(body) {
+            Ok(m) => m,
+            Err(e) => return done(Err(WireError::Decode(e.to_string()))),
+        };
+        // No timer here: the asker on the other node times out by itself.
+        let exit = Arc::clone(&l.exit);
+        let port = ReplyPort::call(Box::new(move |r: Result<M::Reply, WireError>| {
+            done(match r {
+                Ok(reply) => {
+                    postcard::to_allocvec(&reply).map_err(|e| WireError::Encode(e.to_string()))
+                }
+                Err(WireError::NoReply(None)) => Err(WireError::NoReply(exit.reason())),
+                Err(e) => Err(e),
+            })
+        }));
+        if let Err(MessagingErr::SendErr(Envelope::Ask(_, port))) =
+            l.actor.cast(Envelope::Ask(msg, port))
+        {
+            if let Some(f) = port.disarm() {
+                f(Err(WireError::ActorGone(l.exit.reason())));
+            }
+        }
     }
 }
 
@@ -393,5 +496,10 @@ impl AnyHandle {
         timeout: Duration,
     ) -> BoxFuture<'static, Result<Vec<u8>, WireError>> {
         self.0.ask_wire(body, timeout)
+    }
+    /// Delivers a postcard-encoded request; `done` is called with the
+    /// encoded reply (by a local actor's own task, as it replies).
+    pub fn ask_wire_with(&self, body: &[u8], timeout: Duration, done: WireReply) {
+        self.0.ask_wire_with(body, timeout, done)
     }
 }

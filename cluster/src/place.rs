@@ -423,4 +423,7 @@ impl manta_actors::ErasedHandle for ProxyHandle {
     ) -> BoxFuture<'static, Result<Vec<u8>, WireError>> {
         self.remote.ask_wire(body, timeout)
     }
+    fn ask_wire_with(&self, body: &[u8], timeout: Duration, done: manta_actors::WireReply) {
+        self.remote.ask_wire_with(body, timeout, done)
+    }
 }

@@ -16,7 +16,7 @@ use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, StreamProtocol};
 use manta_actors::{
     ActorHandle, ActorId, ActorSystem, AskError, ExitReason, ExitSignal, Message, Monitor,
-    RemoteActor, SendError, SendFailure, WireError, message_type_name,
+    RemoteActor, SendError, SendFailure, WireError, WireReply, message_type_name,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -59,7 +59,9 @@ enum Frame {
     },
     Reply {
         id: u64,
-        result: Result<Vec<u8>, WireError>,
+        /// Bytes, not a sequence: a large reply is not encoded and decoded
+        /// one element at a time (the wire format is the same).
+        result: Result<serde_bytes::ByteBuf, WireError>,
     },
     Stop {
         to: String,
@@ -176,6 +178,13 @@ struct Link {
 }
 
 impl Frame {
+    fn reply(id: u64, result: Result<Vec<u8>, WireError>) -> Self {
+        Frame::Reply {
+            id,
+            result: result.map(serde_bytes::ByteBuf::from),
+        }
+    }
+
     /// The actor a frame is for, where ordering matters.
     fn target(&self) -> Option<&str> {
         match self {
@@ -349,18 +358,28 @@ impl Remoting {
         // The links lock is held while queueing: the chunks of one message
         // are queued together, never interleaved with another's.
         let mut links = lock(&self.inner.links);
+        // Starting a writer needs the runtime; a send from a plain thread
+        // (or a reply port dropped there) before any writer exists gets an
+        // error instead of a panic.
+        let rt =
+            if links.contains_key(&peer) {
+                None
+            } else {
+                Some(tokio::runtime::Handle::try_current().map_err(|_| {
+                    WireError::NodeDown(format!("{peer} (no runtime to dial from)"))
+                })?)
+            };
         let link = links.entry(peer).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(PEER_QUEUE);
             let (bulk, bulk_rx) = mpsc::channel(BULK_QUEUE);
             let inflight = Arc::new(Mutex::new(HashMap::new()));
             let control = lock(&self.inner.control).clone();
-            tokio::spawn(self.clone().write_loop(
-                peer,
-                control,
-                rx,
-                bulk_rx,
-                Arc::clone(&inflight),
-            ));
+            // `rt` is Some whenever the entry is vacant (checked above).
+            let rt = rt.unwrap_or_else(tokio::runtime::Handle::current);
+            rt.spawn(
+                self.clone()
+                    .write_loop(peer, control, rx, bulk_rx, Arc::clone(&inflight)),
+            );
             Link { tx, bulk, inflight }
         });
         let target = frame.target().map(str::to_owned);
@@ -589,21 +608,22 @@ impl Remoting {
                 timeout_ms,
             } => {
                 let me = self.clone();
-                let target = self.target(&to, &ty);
-                tokio::spawn(async move {
-                    let result = match target {
-                        Ok(h) => h.ask_wire(&body, Duration::from_millis(timeout_ms)).await,
-                        Err(e) => Err(e),
-                    };
-                    if let Err(e) = me.send(peer, &Frame::Reply { id, result }) {
+                let done: WireReply = Box::new(move |result| {
+                    if let Err(e) = me.send(peer, &Frame::reply(id, result)) {
                         tracing::debug!(target: "manta::remote", %peer, error = %e, "reply not sent");
                     }
                 });
+                // A local actor calls `done` from its own task as it replies:
+                // no task and no channel between its reply and the wire.
+                match self.target(&to, &ty) {
+                    Ok(h) => h.ask_wire_with(&body, Duration::from_millis(timeout_ms), done),
+                    Err(e) => done(Err(e)),
+                }
             }
             Frame::Chunk { .. } => {}
             Frame::Reply { id, result } => {
                 if let Some((_, tx)) = lock(&self.inner.pending).remove(&id) {
-                    let _ = tx.send(result);
+                    let _ = tx.send(result.map(serde_bytes::ByteBuf::into_vec));
                 }
             }
             Frame::Stop { to, reason } => {
@@ -625,7 +645,7 @@ impl Remoting {
                 let me = self.clone();
                 tokio::spawn(async move {
                     let result = me.spawn_here(&kind, &args_json, &name).await;
-                    if let Err(e) = me.send(peer, &Frame::Reply { id, result }) {
+                    if let Err(e) = me.send(peer, &Frame::reply(id, result)) {
                         tracing::debug!(target: "manta::remote", %peer, error = %e, "spawn reply not sent");
                     }
                 });
@@ -928,6 +948,24 @@ impl Addr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reply_carries_its_bytes_as_one_string_in_the_old_layout() {
+        let bytes = postcard::to_allocvec(&Frame::reply(5, Ok(vec![9, 8, 7]))).unwrap();
+        // Reply (variant 2), id 5, Ok (0), length 3, the bytes: what a
+        // derived `Result<Vec<u8>, _>` wrote.
+        assert_eq!(bytes, [2, 5, 0, 3, 9, 8, 7]);
+        match postcard::from_bytes::<Frame>(&bytes).unwrap() {
+            Frame::Reply { id: 5, result } => assert_eq!(result.unwrap().into_vec(), [9, 8, 7]),
+            other => panic!("decoded as {other:?}"),
+        }
+        let err = Frame::reply(6, Err(WireError::NotFound("x".into())));
+        let back = postcard::from_bytes::<Frame>(&postcard::to_allocvec(&err).unwrap()).unwrap();
+        assert!(matches!(
+            back,
+            Frame::Reply { id: 6, result: Err(WireError::NotFound(n)) } if n == "x"
+        ));
+    }
 
     #[test]
     fn a_chunk_written_through_chunk_ref_decodes_as_frame_chunk() {

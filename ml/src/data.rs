@@ -281,6 +281,7 @@ pub struct Batch {
     /// Features per row.
     pub cols: u32,
     /// Row-major features.
+    #[serde(with = "crate::wire::f32s")]
     pub features: Vec<f32>,
     /// One class per row.
     pub labels: Vec<u32>,

@@ -31,6 +31,7 @@ pub mod optim;
 pub mod ps;
 pub mod reference;
 pub mod rng;
+mod wire;
 pub mod worker;
 
 pub use config::TrainConfig;

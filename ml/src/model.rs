@@ -32,6 +32,7 @@ pub struct ParamTensor {
     /// Its shape (`[inputs, outputs]` for weights, as burn stores them).
     pub shape: Vec<usize>,
     /// Its values.
+    #[serde(with = "crate::wire::f32s")]
     pub values: Vec<f32>,
 }
 

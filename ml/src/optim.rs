@@ -74,8 +74,10 @@ pub enum SlotState {
         /// Steps taken.
         time: i32,
         /// First moment.
+        #[serde(with = "crate::wire::f32s")]
         moment1: Vec<f32>,
         /// Second moment.
+        #[serde(with = "crate::wire::f32s")]
         moment2: Vec<f32>,
     },
 }

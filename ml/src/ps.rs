@@ -124,6 +124,7 @@ pub enum PsMsg {
         /// The version the gradients were computed on.
         version: u64,
         /// One gradient per parameter of this shard, in order.
+        #[serde(with = "crate::wire::f32_vecs")]
         grads: Vec<Vec<f32>>,
         /// The batch's loss.
         loss: f32,
@@ -213,7 +214,9 @@ struct CheckpointFile {
     optimizer: Vec<Option<SlotState>>,
 }
 
-const MAGIC: &str = "manta-ps-checkpoint-v1";
+/// v2: parameter values and Adam moments as byte strings (v1 files are
+/// skipped with a warning).
+const MAGIC: &str = "manta-ps-checkpoint-v2";
 
 /// A parameter-server shard.
 pub struct ParamServer {

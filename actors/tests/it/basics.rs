@@ -128,6 +128,55 @@ async fn serialised_messages_reach_an_erased_handle() {
     assert_eq!(sys.registered_types(), vec![]);
 }
 
+/// Calls `ask_wire_with` and returns what its reply function got.
+async fn ask_with(
+    any: &manta_actors::AnyHandle,
+    body: &[u8],
+) -> Result<Vec<u8>, manta_actors::WireError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    any.ask_wire_with(
+        body,
+        T,
+        Box::new(move |r| {
+            let _ = tx.send(r);
+        }),
+    );
+    tokio::time::timeout(T, rx)
+        .await
+        .expect("the reply function is called")
+        .expect("called once")
+}
+
+/// Asks from another node hand the actor a reply function instead of a
+/// channel: it gets the encoded reply, or the error, exactly once.
+#[tokio::test]
+async fn wire_asks_reach_the_reply_function_with_the_reply_or_the_error() {
+    use manta_actors::WireError;
+    let sys = ActorSystem::new();
+    let h = sys.spawn_named("c", Counter::default()).await.unwrap();
+    let any = sys.lookup_any("c").unwrap();
+    let add = |n: i64| postcard::to_allocvec(&Cmd::Add(n)).unwrap();
+    let reply = ask_with(&any, &add(4)).await.unwrap();
+    assert_eq!(postcard::from_bytes::<i64>(&reply).unwrap(), 4);
+    // Bytes that are not a Cmd: a decode error, and the actor is untouched.
+    assert!(matches!(
+        ask_with(&any, &[0xff, 0xff, 0xff]).await,
+        Err(WireError::Decode(_))
+    ));
+    // The actor fails while handling it: no reply, with the reason.
+    let fail = postcard::to_allocvec(&Cmd::Fail("boom".into())).unwrap();
+    match ask_with(&any, &fail).await {
+        Err(WireError::NoReply(Some(ExitReason::Failed(m)))) => assert_eq!(m, "boom"),
+        other => panic!("expected NoReply(Failed), got {other:?}"),
+    }
+    h.monitor().wait().await;
+    // Gone: the function is called with the send error, not left hanging.
+    assert!(matches!(
+        ask_with(&any, &add(1)).await,
+        Err(WireError::ActorGone(Some(ExitReason::Failed(_))))
+    ));
+}
+
 /// A barrier: `Wait` is answered only once `Open` arrives (deferred replies).
 mod barrier {
     use std::time::Duration;
@@ -218,6 +267,51 @@ mod barrier {
         b.kill();
         match waiter.await.unwrap() {
             Err(AskError::NoReply(_)) => {}
+            other => panic!("expected NoReply, got {other:?}"),
+        }
+    }
+
+    /// A deferred reply to an ask from another node is sent through its
+    /// reply function when the barrier opens, and one dropped unsent (the
+    /// actor killed) still calls the function, with `NoReply`.
+    #[tokio::test]
+    async fn deferred_wire_replies_are_sent_later_or_fail_with_no_reply() {
+        use manta_actors::WireError;
+        let system = ActorSystem::new();
+        let b = system
+            .spawn_named("gate", Barrier::default())
+            .await
+            .unwrap();
+        let any = system.lookup_any("gate").unwrap();
+        let t = Duration::from_secs(5);
+        let wait = postcard::to_allocvec(&Gate::Wait).unwrap();
+        let parked = |n: u32| {
+            let b = b.clone();
+            async move {
+                let deadline = tokio::time::Instant::now() + t;
+                while b.ask(Gate::Waiting, t).await.unwrap() < n {
+                    assert!(tokio::time::Instant::now() < deadline, "never parked");
+                    tokio::task::yield_now().await;
+                }
+            }
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let send = |tx: tokio::sync::mpsc::UnboundedSender<_>| -> manta_actors::WireReply {
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            })
+        };
+        any.ask_wire_with(&wait, t, send(tx.clone()));
+        parked(1).await;
+        assert!(rx.try_recv().is_err(), "answered before the gate opened");
+        assert_eq!(b.ask(Gate::Open(9), t).await.unwrap(), 1);
+        let got = tokio::time::timeout(t, rx.recv()).await.unwrap().unwrap();
+        assert_eq!(postcard::from_bytes::<u32>(&got.unwrap()).unwrap(), 9);
+        any.ask_wire_with(&wait, t, send(tx));
+        parked(1).await;
+        b.kill();
+        match tokio::time::timeout(t, rx.recv()).await.unwrap() {
+            Some(Err(WireError::NoReply(_))) => {}
             other => panic!("expected NoReply, got {other:?}"),
         }
     }
