@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 
 use crate::error::{AskError, SendError, SendFailure, WireError};
 use crate::exit::{ExitReason, ExitSignal, Monitor};
-use crate::message::{Message, message_type_name};
+use crate::message::{Message, encode_wire, message_type_name};
 
 /// Identifies an actor: a process-local id, or a node and an id there.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -391,9 +391,7 @@ impl<M: Message> ErasedHandle for ActorHandle<M> {
         Box::pin(async move {
             let msg = decoded.map_err(|e| WireError::Decode(e.to_string()))?;
             match me.ask(msg, timeout).await {
-                Ok(reply) => {
-                    postcard::to_allocvec(&reply).map_err(|e| WireError::Encode(e.to_string()))
-                }
+                Ok(reply) => encode_wire(&reply).map_err(|e| WireError::Encode(e.to_string())),
                 Err(AskError::Send(e)) => Err(wire_send_error(e.failure)),
                 Err(AskError::Timeout(d)) => Err(WireError::Timeout(d.as_millis() as u64)),
                 Err(AskError::NoReply(r)) => Err(WireError::NoReply(r)),
@@ -415,9 +413,7 @@ impl<M: Message> ErasedHandle for ActorHandle<M> {
         let exit = Arc::clone(&l.exit);
         let port = ReplyPort::call(Box::new(move |r: Result<M::Reply, WireError>| {
             done(match r {
-                Ok(reply) => {
-                    postcard::to_allocvec(&reply).map_err(|e| WireError::Encode(e.to_string()))
-                }
+                Ok(reply) => encode_wire(&reply).map_err(|e| WireError::Encode(e.to_string())),
                 Err(WireError::NoReply(None)) => Err(WireError::NoReply(exit.reason())),
                 Err(e) => Err(e),
             })

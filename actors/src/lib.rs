@@ -65,7 +65,7 @@ pub use error::{ActorError, AskError, LookupError, SendError, SendFailure, Spawn
 pub use exit::{ExitReason, ExitSignal, Monitor};
 pub use handle::{ActorHandle, ActorId, AnyHandle, ErasedHandle, RemoteActor, WireReply};
 pub use kind::{ArgsError, ChildFactory, KindError, KindRegistry, StartContext, factory};
-pub use message::{Message, message_type_name};
+pub use message::{Message, encode_wire, message_type_name};
 pub use placement::{Placement, Placer, Resources};
 pub use system::{ActorSystem, SpawnOptions};
 

@@ -29,3 +29,12 @@ pub trait Message: Serialize + DeserializeOwned + Send + 'static {
 pub fn message_type_name<M: Message>() -> &'static str {
     std::any::type_name::<M>()
 }
+
+/// Encodes a message or reply for the wire (postcard) into a buffer of
+/// exactly its size: a size pass first (cheap: byte strings count in one
+/// step), so that a large value is written once, not copied through a
+/// doubling buffer.
+pub fn encode_wire<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, postcard::Error> {
+    let size = postcard::experimental::serialized_size(value)?;
+    postcard::to_extend(value, Vec::with_capacity(size))
+}

@@ -5,6 +5,7 @@
 //! flush under load, and [`RemoteRef`], the [`RemoteActor`] that lets an
 //! [`ActorHandle`] address an actor on another node.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +17,7 @@ use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, StreamProtocol};
 use manta_actors::{
     ActorHandle, ActorId, ActorSystem, AskError, ExitReason, ExitSignal, Message, Monitor,
-    RemoteActor, SendError, SendFailure, WireError, WireReply, message_type_name,
+    RemoteActor, SendError, SendFailure, WireError, WireReply, encode_wire, message_type_name,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -41,20 +42,27 @@ const MAX_PARTIAL: usize = 16;
 /// The most reserved ahead for one large message being reassembled.
 const RESERVE_LIMIT: usize = 16 * 1024 * 1024;
 
+/// What travels on an actor stream. Tells and asks borrow their target,
+/// type and body: from the sender's handle when encoding, from the receive
+/// buffer when decoding (no copy of a large body on either side).
 #[derive(Debug, Serialize, Deserialize)]
-enum Frame {
+enum Frame<'a> {
     Tell {
-        to: String,
-        ty: String,
-        #[serde(with = "serde_bytes")]
-        body: Vec<u8>,
+        #[serde(borrow)]
+        to: Cow<'a, str>,
+        #[serde(borrow)]
+        ty: Cow<'a, str>,
+        #[serde(with = "serde_bytes", borrow)]
+        body: Cow<'a, [u8]>,
     },
     Ask {
         id: u64,
-        to: String,
-        ty: String,
-        #[serde(with = "serde_bytes")]
-        body: Vec<u8>,
+        #[serde(borrow)]
+        to: Cow<'a, str>,
+        #[serde(borrow)]
+        ty: Cow<'a, str>,
+        #[serde(with = "serde_bytes", borrow)]
+        body: Cow<'a, [u8]>,
         timeout_ms: u64,
     },
     Reply {
@@ -98,14 +106,6 @@ enum Frame {
     },
 }
 
-fn wire(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4 + 1 + body.len());
-    out.extend_from_slice(&((body.len() + 1) as u32).to_be_bytes());
-    out.push(FRAME_VERSION);
-    out.extend_from_slice(body);
-    out
-}
-
 enum Encoded {
     Small(Vec<u8>),
     Chunks(Vec<Vec<u8>>),
@@ -139,8 +139,13 @@ fn wire_chunk(c: &ChunkRef<'_>) -> Result<Vec<u8>, WireError> {
 }
 
 /// Encodes a frame for the wire: one small frame, or the chunks of a large one.
-fn encode(frame: &Frame) -> Result<Encoded, WireError> {
-    let body = postcard::to_allocvec(frame).map_err(|e| WireError::Encode(e.to_string()))?;
+fn encode(frame: &Frame<'_>) -> Result<Encoded, WireError> {
+    // Length and version first, then the frame, encoded once into a buffer
+    // sized for it.
+    let mut out = Vec::with_capacity(5 + frame.size_hint());
+    out.extend_from_slice(&[0, 0, 0, 0, FRAME_VERSION]);
+    let out = postcard::to_extend(frame, out).map_err(|e| WireError::Encode(e.to_string()))?;
+    let body = &out[5..];
     if body.len() > MAX_FRAME {
         return Err(WireError::Encode(format!(
             "message of {} bytes exceeds {MAX_FRAME}",
@@ -148,7 +153,10 @@ fn encode(frame: &Frame) -> Result<Encoded, WireError> {
         )));
     }
     if body.len() <= CHUNK {
-        return Ok(Encoded::Small(wire(&body)));
+        let mut out = out;
+        let len = (out.len() - 4) as u32;
+        out[..4].copy_from_slice(&len.to_be_bytes());
+        return Ok(Encoded::Small(out));
     }
     let msg: u64 = rand::random();
     let count = body.len().div_ceil(CHUNK) as u32;
@@ -177,7 +185,19 @@ struct Link {
     inflight: Arc<Mutex<HashMap<String, usize>>>,
 }
 
-impl Frame {
+impl Frame<'_> {
+    /// Bytes the encoding will take, give or take a few.
+    fn size_hint(&self) -> usize {
+        32 + match self {
+            Frame::Tell { to, ty, body } | Frame::Ask { to, ty, body, .. } => {
+                to.len() + ty.len() + body.len()
+            }
+            Frame::Reply { result: Ok(b), .. } => b.len(),
+            Frame::Chunk { data, .. } => data.len(),
+            _ => 96,
+        }
+    }
+
     fn reply(id: u64, result: Result<Vec<u8>, WireError>) -> Self {
         Frame::Reply {
             id,
@@ -188,11 +208,8 @@ impl Frame {
     /// The actor a frame is for, where ordering matters.
     fn target(&self) -> Option<&str> {
         match self {
-            Frame::Tell { to, .. }
-            | Frame::Ask { to, .. }
-            | Frame::Stop { to, .. }
-            | Frame::Kill { to }
-            | Frame::Watch { to } => Some(to),
+            Frame::Tell { to, .. } | Frame::Ask { to, .. } => Some(to),
+            Frame::Stop { to, .. } | Frame::Kill { to } | Frame::Watch { to } => Some(to),
             _ => None,
         }
     }
@@ -347,7 +364,7 @@ impl Remoting {
     }
 
     /// Queues an encoded frame for `peer`, starting its writer if needed.
-    fn send(&self, peer: PeerId, frame: &Frame) -> Result<(), WireError> {
+    fn send(&self, peer: PeerId, frame: &Frame<'_>) -> Result<(), WireError> {
         if let Some(r) = self.node_signal(peer).reason() {
             return Err(match r {
                 ExitReason::NodeDown(n) => WireError::NodeDown(n),
@@ -593,7 +610,7 @@ impl Remoting {
         Ok(h)
     }
 
-    fn dispatch(&self, peer: PeerId, frame: Frame) {
+    fn dispatch(&self, peer: PeerId, frame: Frame<'_>) {
         match frame {
             Frame::Tell { to, ty, body } => {
                 if let Err(e) = self.target(&to, &ty).and_then(|h| h.tell_wire(&body)) {
@@ -771,7 +788,7 @@ impl<M: Message> RemoteActor<M> for RemoteRef<M> {
     }
 
     fn tell(&self, msg: M) -> Result<(), SendError<M>> {
-        let body = match postcard::to_allocvec(&msg) {
+        let body = match encode_wire(&msg) {
             Ok(b) => b,
             Err(e) => {
                 return Err(SendError {
@@ -781,9 +798,9 @@ impl<M: Message> RemoteActor<M> for RemoteRef<M> {
             }
         };
         let frame = Frame::Tell {
-            to: self.addr.name.clone(),
-            ty: message_type_name::<M>().to_owned(),
-            body,
+            to: Cow::Borrowed(&self.addr.name),
+            ty: Cow::Borrowed(message_type_name::<M>()),
+            body: Cow::Borrowed(&body),
         };
         self.addr
             .remoting
@@ -799,7 +816,7 @@ impl<M: Message> RemoteActor<M> for RemoteRef<M> {
         let peer = self.addr.peer;
         let name = self.addr.name.clone();
         Box::pin(async move {
-            let body = match postcard::to_allocvec(&msg) {
+            let body = match encode_wire(&msg) {
                 Ok(b) => b,
                 Err(e) => {
                     return Err(AskError::Send(SendError {
@@ -813,9 +830,9 @@ impl<M: Message> RemoteActor<M> for RemoteRef<M> {
             lock(&remoting.inner.pending).insert(id, (peer, tx));
             let frame = Frame::Ask {
                 id,
-                to: name,
-                ty: message_type_name::<M>().to_owned(),
-                body,
+                to: Cow::Borrowed(&name),
+                ty: Cow::Borrowed(message_type_name::<M>()),
+                body: Cow::Borrowed(&body),
                 timeout_ms: timeout.as_millis() as u64,
             };
             if let Err(e) = remoting.send(peer, &frame) {
@@ -907,9 +924,9 @@ impl manta_actors::ErasedHandle for RemoteAny {
         self.addr.remoting.send(
             self.addr.peer,
             &Frame::Tell {
-                to: self.addr.name.clone(),
-                ty: self.ty.to_owned(),
-                body: body.to_vec(),
+                to: Cow::Borrowed(&self.addr.name),
+                ty: Cow::Borrowed(self.ty),
+                body: Cow::Borrowed(body),
             },
         )
     }
@@ -960,11 +977,39 @@ mod tests {
             other => panic!("decoded as {other:?}"),
         }
         let err = Frame::reply(6, Err(WireError::NotFound("x".into())));
-        let back = postcard::from_bytes::<Frame>(&postcard::to_allocvec(&err).unwrap()).unwrap();
+        let bytes = postcard::to_allocvec(&err).unwrap();
+        let back = postcard::from_bytes::<Frame>(&bytes).unwrap();
         assert!(matches!(
             back,
             Frame::Reply { id: 6, result: Err(WireError::NotFound(n)) } if n == "x"
         ));
+    }
+
+    #[test]
+    fn a_decoded_ask_borrows_its_target_type_and_body_from_the_buffer() {
+        let body: Vec<u8> = (0..200u8).collect();
+        let Encoded::Small(bytes) = encode(&Frame::Ask {
+            id: 1,
+            to: Cow::Borrowed("sink"),
+            ty: Cow::Borrowed("bench::Sink"),
+            body: Cow::Borrowed(&body),
+            timeout_ms: 5,
+        })
+        .unwrap() else {
+            panic!("a small frame")
+        };
+        let len = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
+        assert_eq!((len, bytes[4]), (bytes.len() - 4, FRAME_VERSION));
+        match postcard::from_bytes::<Frame>(&bytes[5..]).unwrap() {
+            Frame::Ask {
+                id: 1,
+                to: Cow::Borrowed("sink"),
+                ty: Cow::Borrowed("bench::Sink"),
+                body: Cow::Borrowed(b),
+                timeout_ms: 5,
+            } => assert_eq!(b, &body[..]),
+            other => panic!("decoded as {other:?} (or copied)"),
+        }
     }
 
     #[test]
