@@ -183,6 +183,9 @@ struct Link {
     /// small messages to the same actor follow it there, so messages from
     /// this node to one actor keep their order.
     inflight: Arc<Mutex<HashMap<String, usize>>>,
+    /// Which writer serves this link (a writer that ends removes only its
+    /// own link, never one that replaced it).
+    writer_id: u64,
 }
 
 impl Frame<'_> {
@@ -225,6 +228,10 @@ struct Inner {
     watched: Mutex<HashMap<(PeerId, String), Arc<ExitSignal>>>,
     next_id: AtomicU64,
     bad_frames: AtomicU64,
+    /// Actor streams that broke and were replaced by a fresh one.
+    reopened: AtomicU64,
+    /// Writes to fail on purpose (tests of the reopen path).
+    failing_writes: AtomicU64,
 }
 
 /// Remote messaging for one node.
@@ -258,6 +265,8 @@ impl Remoting {
                 watched: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 bad_frames: AtomicU64::new(0),
+                reopened: AtomicU64::new(0),
+                failing_writes: AtomicU64::new(0),
             }),
         };
         match incoming {
@@ -279,6 +288,20 @@ impl Remoting {
     /// Frames received that were malformed (the stream was closed).
     pub fn bad_frames(&self) -> u64 {
         self.inner.bad_frames.load(Ordering::Relaxed)
+    }
+
+    /// Outgoing actor streams that broke while their peer was still a
+    /// member and were replaced by a fresh stream (the write that failed
+    /// was sent again on it).
+    pub fn reopened_streams(&self) -> u64 {
+        self.inner.reopened.load(Ordering::Relaxed)
+    }
+
+    /// Makes the next `n` writes to actor streams fail as if the connection
+    /// had closed under them: fault injection for tests of the reopen path.
+    #[doc(hidden)]
+    pub fn fail_next_writes(&self, n: u64) {
+        self.inner.failing_writes.fetch_add(n, Ordering::Relaxed);
     }
 
     /// The node-down signal of `peer`'s current incarnation.
@@ -391,13 +414,24 @@ impl Remoting {
             let (bulk, bulk_rx) = mpsc::channel(BULK_QUEUE);
             let inflight = Arc::new(Mutex::new(HashMap::new()));
             let control = lock(&self.inner.control).clone();
+            let writer_id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
             // `rt` is Some whenever the entry is vacant (checked above).
             let rt = rt.unwrap_or_else(tokio::runtime::Handle::current);
-            rt.spawn(
-                self.clone()
-                    .write_loop(peer, control, rx, bulk_rx, Arc::clone(&inflight)),
-            );
-            Link { tx, bulk, inflight }
+            let writer = self.clone();
+            rt.spawn(writer.write_loop(
+                peer,
+                control,
+                rx,
+                bulk_rx,
+                Arc::clone(&inflight),
+                writer_id,
+            ));
+            Link {
+                tx,
+                bulk,
+                inflight,
+                writer_id,
+            }
         });
         let target = frame.target().map(str::to_owned);
         let behind_large = target
@@ -453,12 +487,13 @@ impl Remoting {
         mut rx: mpsc::Receiver<Vec<u8>>,
         mut bulk: mpsc::Receiver<(Vec<u8>, Option<String>)>,
         inflight: Arc<Mutex<HashMap<String, usize>>>,
+        writer_id: u64,
     ) {
         let mut stream = match control.open_stream(peer, PROTOCOL).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(target: "manta::remote", %peer, error = %e, "cannot open actor stream");
-                lock(&self.inner.links).remove(&peer);
+                self.remove_link(peer, writer_id);
                 return;
             }
         };
@@ -491,14 +526,24 @@ impl Remoting {
                 }
                 &batch
             };
-            if let Err(e) = async {
-                stream.write_all(out).await?;
-                stream.flush().await
-            }
-            .await
-            {
-                tracing::warn!(target: "manta::remote", %peer, error = %e, "actor stream broken");
-                break;
+            if let Err(e) = self.write_out(&mut stream, out).await {
+                // A connection can close under a stream while the peer stays
+                // a member (it has another one, or a new one is dialled):
+                // what failed goes out again once, on a fresh stream, rather
+                // than leaving an ask to hang until its timeout.
+                tracing::warn!(target: "manta::remote", %peer, error = %e, "actor stream broken; opening a new one");
+                let retried = match control.open_stream(peer, PROTOCOL).await {
+                    Ok(fresh) => {
+                        stream = fresh;
+                        self.write_out(&mut stream, out).await
+                    }
+                    Err(e) => Err(std::io::Error::other(e)),
+                };
+                if let Err(e) = retried {
+                    tracing::warn!(target: "manta::remote", %peer, error = %e, "actor stream lost");
+                    break;
+                }
+                self.inner.reopened.fetch_add(1, Ordering::Relaxed);
             }
             if let Some(t) = done {
                 let mut f = lock(&inflight);
@@ -510,7 +555,27 @@ impl Remoting {
                 }
             }
         }
-        lock(&self.inner.links).remove(&peer);
+        self.remove_link(peer, writer_id);
+    }
+
+    /// Removes `peer`'s link if writer `writer_id` still serves it.
+    fn remove_link(&self, peer: PeerId, writer_id: u64) {
+        let mut links = lock(&self.inner.links);
+        if links.get(&peer).is_some_and(|l| l.writer_id == writer_id) {
+            links.remove(&peer);
+        }
+    }
+
+    async fn write_out(&self, stream: &mut libp2p::Stream, out: &[u8]) -> std::io::Result<()> {
+        let injected =
+            self.inner
+                .failing_writes
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        if injected.is_ok() {
+            return Err(std::io::Error::other("injected write failure"));
+        }
+        stream.write_all(out).await?;
+        stream.flush().await
     }
 
     async fn read_loop(self, peer: PeerId, mut stream: libp2p::Stream) {

@@ -132,6 +132,34 @@ async fn named_lookup_tell_and_ask_across_nodes() {
     }
 }
 
+/// A write that fails under a live peer (its connection closed, another one
+/// is there or is dialled) goes out again on a fresh stream: the ask whose
+/// request, or whose reply, hit the broken stream is answered, not left to
+/// its timeout.
+#[tokio::test]
+async fn a_broken_actor_stream_is_replaced_and_the_failed_write_sent_again() {
+    let (p, sys_a) = pair("reopen").await;
+    sys_a.spawn_named("tally", Counter(0)).await.unwrap();
+    published(&p.b, "tally").await;
+    let remote = p.b.where_is::<Cmd>("tally").unwrap();
+    assert_eq!(remote.ask(Cmd::Add(1), DEADLINE).await.unwrap(), 1);
+    // The request's write fails (b's stream to a).
+    p.b.remoting().fail_next_writes(1);
+    assert_eq!(remote.ask(Cmd::Add(1), DEADLINE).await.unwrap(), 2);
+    assert_eq!(p.b.remoting().reopened_streams(), 1);
+    // The reply's write fails (a's stream to b).
+    p.a.remoting().fail_next_writes(1);
+    assert_eq!(remote.ask(Cmd::Add(1), DEADLINE).await.unwrap(), 3);
+    assert_eq!(p.a.remoting().reopened_streams(), 1);
+    // Tells after the reopen keep their order behind the retried write.
+    p.b.remoting().fail_next_writes(1);
+    for _ in 0..50 {
+        remote.tell(Cmd::Add(2)).unwrap();
+    }
+    assert_eq!(remote.ask(Cmd::Get, DEADLINE).await.unwrap(), 103);
+    assert_eq!(p.b.remoting().reopened_streams(), 2);
+}
+
 #[tokio::test]
 async fn asking_for_the_wrong_message_type_is_an_error_not_a_misdelivery() {
     let (p, sys_a) = pair("type").await;
