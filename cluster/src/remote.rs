@@ -230,8 +230,10 @@ struct Inner {
     bad_frames: AtomicU64,
     /// Actor streams that broke and were replaced by a fresh one.
     reopened: AtomicU64,
-    /// Writes to fail on purpose (tests of the reopen path).
+    /// Writes to fail on purpose (tests of the reopen path), and how many
+    /// to let through first.
     failing_writes: AtomicU64,
+    passing_writes: AtomicU64,
 }
 
 /// Remote messaging for one node.
@@ -267,6 +269,7 @@ impl Remoting {
                 bad_frames: AtomicU64::new(0),
                 reopened: AtomicU64::new(0),
                 failing_writes: AtomicU64::new(0),
+                passing_writes: AtomicU64::new(0),
             }),
         };
         match incoming {
@@ -297,11 +300,13 @@ impl Remoting {
         self.inner.reopened.load(Ordering::Relaxed)
     }
 
-    /// Makes the next `n` writes to actor streams fail as if the connection
-    /// had closed under them: fault injection for tests of the reopen path.
+    /// Lets the next `skip` writes to actor streams through, then makes `n`
+    /// fail as if the connection had closed under them: fault injection for
+    /// tests of the reopen path.
     #[doc(hidden)]
-    pub fn fail_next_writes(&self, n: u64) {
-        self.inner.failing_writes.fetch_add(n, Ordering::Relaxed);
+    pub fn fail_writes(&self, skip: u64, n: u64) {
+        self.inner.passing_writes.store(skip, Ordering::Relaxed);
+        self.inner.failing_writes.store(n, Ordering::Relaxed);
     }
 
     /// The node-down signal of `peer`'s current incarnation.
@@ -567,11 +572,18 @@ impl Remoting {
     }
 
     async fn write_out(&self, stream: &mut libp2p::Stream, out: &[u8]) -> std::io::Result<()> {
-        let injected =
-            self.inner
+        let dec = |n: u64| n.checked_sub(1);
+        let inner = &self.inner;
+        if inner.failing_writes.load(Ordering::Relaxed) > 0
+            && inner
+                .passing_writes
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, dec)
+                .is_err()
+            && inner
                 .failing_writes
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-        if injected.is_ok() {
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, dec)
+                .is_ok()
+        {
             return Err(std::io::Error::other("injected write failure"));
         }
         stream.write_all(out).await?;
@@ -606,6 +618,13 @@ impl Remoting {
                     self.bad(peer, "undecodable chunk");
                     return;
                 };
+                if c.index != 0 && !partial.contains_key(&c.msg) {
+                    // The rest of a message whose first chunks went out on
+                    // a stream that broke (the sender reopened and sent the
+                    // failed chunk again here): it cannot be completed.
+                    tracing::debug!(target: "manta::remote", %peer, msg = c.msg, index = c.index, "dropping the tail of a message cut by a broken stream");
+                    continue;
+                }
                 if !partial.contains_key(&c.msg) && partial.len() >= MAX_PARTIAL {
                     self.bad(peer, "too many large messages in flight");
                     return;
