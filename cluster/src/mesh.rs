@@ -214,7 +214,16 @@ impl Mesh {
                         Some(Cmd::Disallow(p)) => { swarm.behaviour_mut().allow.disallow_peer(p); }
                         Some(Cmd::Dial(p, addr)) => {
                             if !swarm.is_connected(&p) {
-                                let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(p).addresses(vec![addr]).build();
+                                // A new local port per dial, not libp2p's default of
+                                // reusing the listen port: two nodes dialling each other
+                                // from their listen ports use one 4-tuple both ways,
+                                // which on loopback can meet the remains of a refused
+                                // connection (TIME_WAIT reuse). No hole punching here
+                                // needs the reused port.
+                                let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(p)
+                                    .addresses(vec![addr])
+                                    .allocate_new_port()
+                                    .build();
                                 if let Err(e) = swarm.dial(opts) {
                                     tracing::debug!(target: "manta::mesh", peer = %p, error = %e, "dial refused");
                                 }
