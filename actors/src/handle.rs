@@ -340,9 +340,18 @@ pub trait ErasedHandle: Send + Sync + 'static {
     /// The default awaits [`ask_wire`](Self::ask_wire) on a task; local
     /// actors call `done` from their own task when they reply.
     fn ask_wire_with(&self, body: &[u8], timeout: Duration, done: WireReply) {
-        let reply = self.ask_wire(body, timeout);
-        tokio::spawn(async move { done(reply.await) });
+        reply_when_done(self.ask_wire(body, timeout), done);
     }
+}
+
+/// Awaits a wire ask on a task of its own and hands its outcome to `done`.
+fn reply_when_done(reply: BoxFuture<'static, Result<Vec<u8>, WireError>>, done: WireReply) {
+    tokio::spawn(async move { done(reply.await) });
+}
+
+/// A reply encoded for the wire.
+fn encode_reply<R: serde::Serialize>(reply: &R) -> Result<Vec<u8>, WireError> {
+    encode_wire(reply).map_err(|e| WireError::Encode(e.to_string()))
 }
 
 fn wire_send_error(f: SendFailure) -> WireError {
@@ -391,7 +400,7 @@ impl<M: Message> ErasedHandle for ActorHandle<M> {
         Box::pin(async move {
             let msg = decoded.map_err(|e| WireError::Decode(e.to_string()))?;
             match me.ask(msg, timeout).await {
-                Ok(reply) => encode_wire(&reply).map_err(|e| WireError::Encode(e.to_string())),
+                Ok(reply) => encode_reply(&reply),
                 Err(AskError::Send(e)) => Err(wire_send_error(e.failure)),
                 Err(AskError::Timeout(d)) => Err(WireError::Timeout(d.as_millis() as u64)),
                 Err(AskError::NoReply(r)) => Err(WireError::NoReply(r)),
@@ -401,9 +410,7 @@ impl<M: Message> ErasedHandle for ActorHandle<M> {
     }
     fn ask_wire_with(&self, body: &[u8], timeout: Duration, done: WireReply) {
         let Inner::Local(l) = &*self.inner else {
-            let reply = self.ask_wire(body, timeout);
-            tokio::spawn(async move { done(reply.await) });
-            return;
+            return reply_when_done(self.ask_wire(body, timeout), done);
         };
         let msg: M = match postcard::from_bytes(body) {
             Ok(m) => m,
@@ -413,7 +420,7 @@ impl<M: Message> ErasedHandle for ActorHandle<M> {
         let exit = Arc::clone(&l.exit);
         let port = ReplyPort::call(Box::new(move |r: Result<M::Reply, WireError>| {
             done(match r {
-                Ok(reply) => encode_wire(&reply).map_err(|e| WireError::Encode(e.to_string())),
+                Ok(reply) => encode_reply(&reply),
                 Err(WireError::NoReply(None)) => Err(WireError::NoReply(exit.reason())),
                 Err(e) => Err(e),
             })

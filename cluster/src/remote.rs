@@ -7,6 +7,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -403,41 +404,37 @@ impl Remoting {
         // The links lock is held while queueing: the chunks of one message
         // are queued together, never interleaved with another's.
         let mut links = lock(&self.inner.links);
-        // Starting a writer needs the runtime; a send from a plain thread
-        // (or a reply port dropped there) before any writer exists gets an
-        // error instead of a panic.
-        let rt =
-            if links.contains_key(&peer) {
-                None
-            } else {
-                Some(tokio::runtime::Handle::try_current().map_err(|_| {
+        let link = match links.entry(peer) {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(v) => {
+                // Starting a writer needs the runtime; a send from a plain
+                // thread (or a reply port dropped there) before any writer
+                // exists gets an error instead of a panic.
+                let rt = tokio::runtime::Handle::try_current().map_err(|_| {
                     WireError::NodeDown(format!("{peer} (no runtime to dial from)"))
-                })?)
-            };
-        let link = links.entry(peer).or_insert_with(|| {
-            let (tx, rx) = mpsc::channel(PEER_QUEUE);
-            let (bulk, bulk_rx) = mpsc::channel(BULK_QUEUE);
-            let inflight = Arc::new(Mutex::new(HashMap::new()));
-            let control = lock(&self.inner.control).clone();
-            let writer_id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-            // `rt` is Some whenever the entry is vacant (checked above).
-            let rt = rt.unwrap_or_else(tokio::runtime::Handle::current);
-            let writer = self.clone();
-            rt.spawn(writer.write_loop(
-                peer,
-                control,
-                rx,
-                bulk_rx,
-                Arc::clone(&inflight),
-                writer_id,
-            ));
-            Link {
-                tx,
-                bulk,
-                inflight,
-                writer_id,
+                })?;
+                let (tx, rx) = mpsc::channel(PEER_QUEUE);
+                let (bulk, bulk_rx) = mpsc::channel(BULK_QUEUE);
+                let inflight = Arc::new(Mutex::new(HashMap::new()));
+                let control = lock(&self.inner.control).clone();
+                let writer_id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+                let writer = self.clone();
+                rt.spawn(writer.write_loop(
+                    peer,
+                    control,
+                    rx,
+                    bulk_rx,
+                    Arc::clone(&inflight),
+                    writer_id,
+                ));
+                v.insert(Link {
+                    tx,
+                    bulk,
+                    inflight,
+                    writer_id,
+                })
             }
-        });
+        };
         let target = frame.target().map(str::to_owned);
         let behind_large = target
             .as_ref()

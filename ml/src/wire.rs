@@ -6,7 +6,7 @@
 //! borrowed as it is on little-endian hosts; human-readable formats (JSON)
 //! still get a list of numbers.
 
-use serde::de::{Error as _, SeqAccess, Visitor};
+use serde::de::{SeqAccess, Visitor};
 use serde::ser::SerializeSeq;
 use serde::{Deserializer, Serializer};
 
@@ -123,7 +123,7 @@ pub(crate) mod f32_vecs {
                 Ok(out)
             }
         }
-        d.deserialize_seq(Outer).map_err(D::Error::custom)
+        d.deserialize_seq(Outer)
     }
 }
 
