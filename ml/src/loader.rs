@@ -446,7 +446,7 @@ impl Actor for Loader {
     }
 }
 
-type Pending = tokio::task::JoinHandle<Result<LoaderReply, MlError>>;
+type Pending = futures::future::BoxFuture<'static, Result<LoaderReply, MlError>>;
 
 /// Reads a loader in order, a chunk of batches per message, with the next
 /// chunk always requested while the current one is consumed.
@@ -487,7 +487,11 @@ impl LoaderFeed {
         self.ended
     }
 
-    fn request(&mut self) {
+    /// Sends the next chunk request. The ask is polled once here, which
+    /// sends it (an ask sends on its first poll, local or remote) and
+    /// leaves only the wait for the reply; no task is spawned, so a chunk
+    /// costs one wake-up of the loader and one of this task.
+    async fn request(&mut self) {
         let loader = self.loader.clone();
         // The first request grants an extra chunk of credits, kept topped up
         // by every later one: the loader prepares the next chunk (within its
@@ -499,7 +503,7 @@ impl LoaderFeed {
         };
         self.requested = true;
         let (chunk, timeout) = (self.chunk, self.timeout);
-        self.pending = Some(tokio::spawn(async move {
+        let mut ask: Pending = Box::pin(async move {
             loader
                 .ask(
                     LoaderMsg::TakeMany {
@@ -511,14 +515,18 @@ impl LoaderFeed {
                 )
                 .await
                 .map_err(|e| MlError::Actor(format!("loader: {e}")))
-        }));
+        });
+        self.pending = match futures::poll!(&mut ask) {
+            std::task::Poll::Ready(reply) => Some(Box::pin(std::future::ready(reply))),
+            std::task::Poll::Pending => Some(ask),
+        };
     }
 
     /// The next batch, or `None` after the last epoch.
     pub async fn next(&mut self) -> Result<Option<Batch>, MlError> {
         loop {
             if self.pending.is_none() && self.ended.is_none() {
-                self.request();
+                self.request().await;
             }
             if let Some(b) = self.ready.pop_front() {
                 return Ok(Some(b));
@@ -526,9 +534,7 @@ impl LoaderFeed {
             let Some(pending) = self.pending.take() else {
                 return Ok(None);
             };
-            let reply = pending
-                .await
-                .map_err(|e| MlError::Actor(format!("loader request task: {e}")))??;
+            let reply = pending.await?;
             let LoaderReply::Deliveries(ds) = reply else {
                 return Err(MlError::Actor(format!(
                     "loader answered a chunk request with {reply:?}"
@@ -540,14 +546,6 @@ impl LoaderFeed {
                     Delivery::EndOfData { epochs } => self.ended = Some(epochs),
                 }
             }
-        }
-    }
-}
-
-impl Drop for LoaderFeed {
-    fn drop(&mut self) {
-        if let Some(p) = self.pending.take() {
-            p.abort();
         }
     }
 }

@@ -122,7 +122,14 @@ async fn chunked_takes_and_the_feed_serve_the_same_sequence_as_single_takes() {
     // The feed, with a chunk that does not divide the sequence.
     let l = system.spawn(Loader::new(args(3, 3, 4))).await.unwrap();
     let mut feed = LoaderFeed::new(l.clone(), 5, T);
-    let mut got = Vec::new();
+    let mut got = vec![feed.next().await.unwrap().expect("a first batch")];
+    // The next chunk was requested before the first batch came back: the
+    // request is already in the loader's mailbox, ahead of this stats ask.
+    assert_eq!(
+        stats(&l).await.served,
+        10,
+        "two chunks of 5 served once the first batch is out"
+    );
     while let Some(b) = feed.next().await.unwrap() {
         got.push(b);
     }
