@@ -70,7 +70,15 @@ async fn training(rows: &mut Vec<Row>) {
         shards: 1,
         batch_size: 32,
     };
+    let configs = [(1, "sync"), (2, "sync"), (4, "sync"), (2, "async")];
+    // The anchor and every configuration run in turn, RUNS rounds: this
+    // machine's speed drifts by tens of percent over minutes, so each
+    // configuration is compared with the anchor run of its own round, and
+    // the ratio reported is the median of those per-round ratios.
     let mut reference = Vec::new();
+    let mut rates = vec![Vec::new(); configs.len()];
+    let mut ratios = vec![Vec::new(); configs.len()];
+    let mut accuracy = vec![0.0; configs.len()];
     for _ in 0..RUNS {
         let steps: Vec<_> = shard_batches(&train, plan, 0, 0, EPOCHS).collect();
         let r = train_reference::<CpuBackend>(
@@ -83,31 +91,49 @@ async fn training(rows: &mut Vec<Row>) {
             &Default::default(),
         )
         .unwrap();
-        reference.push(r.samples as f64 / r.seconds);
-    }
-    let anchor = median(reference);
-    rows.push(Row(
-        "single-process burn loop (anchor)".into(),
-        format!("{anchor:.0} samples/s"),
-        "1.00x".into(),
-        format!("{EPOCHS} epochs, MLP 64-128-10, batch 32, Adam"),
-    ));
-    for (workers, mode) in [(1, "sync"), (2, "sync"), (4, "sync"), (2, "async")] {
-        let mut rates = Vec::new();
-        let mut acc = 0.0;
-        for _ in 0..RUNS {
+        let anchor = r.samples as f64 / r.seconds;
+        reference.push(anchor);
+        for (i, &(workers, mode)) in configs.iter().enumerate() {
             let r = manta_ml::train(&train_config(workers, mode), Env::InProcess, |_| {})
                 .await
                 .unwrap();
-            rates.push(r.samples_per_sec);
-            acc = r.test_accuracy;
+            rates[i].push(r.samples_per_sec);
+            ratios[i].push(anchor / r.samples_per_sec);
+            accuracy[i] = r.test_accuracy;
         }
-        let rate = median(rates);
+    }
+    let spread = |v: &[f64]| {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(0.0, f64::max);
+        format!("{lo:.0}-{hi:.0}")
+    };
+    rows.push(Row(
+        "single-process burn loop (anchor)".into(),
+        format!("{:.0} samples/s", median(reference.clone())),
+        "1.00x".into(),
+        format!(
+            "{EPOCHS} epochs, MLP 64-128-10, batch 32, Adam; {RUNS} rounds, {} samples/s",
+            spread(&reference)
+        ),
+    ));
+    for (i, &(workers, mode)) in configs.iter().enumerate() {
         rows.push(Row(
             format!("parameter server, {mode}, {workers} worker(s)"),
-            format!("{rate:.0} samples/s"),
-            format!("{:.2}x time/sample", anchor / rate),
-            format!("test accuracy {acc:.3} after {EPOCHS} epochs"),
+            format!("{:.0} samples/s", median(rates[i].clone())),
+            format!(
+                "{:.2}x time/sample (rounds {})",
+                median(ratios[i].clone()),
+                ratios[i]
+                    .iter()
+                    .map(|r| format!("{r:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+            format!(
+                "test accuracy {:.3} after {EPOCHS} epochs; {} samples/s",
+                accuracy[i],
+                spread(&rates[i])
+            ),
         ));
     }
 }

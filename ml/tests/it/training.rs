@@ -100,31 +100,42 @@ async fn sync_ps_with_one_worker_matches_the_single_process_burn_loop_adam() {
     );
 }
 
-/// Gradients run in place on a multi-thread runtime and on the blocking
-/// pool on a current-thread one: both give the same training.
+/// Gradients of small models run inline on a multi-thread runtime, those of
+/// larger ones in place after handing the thread's other tasks away
+/// (`block_in_place`), and both on the blocking pool on a current-thread
+/// runtime: every way gives the same training.
 #[test]
 fn a_current_thread_runtime_trains_the_same_as_a_multi_thread_one() {
-    let cfg = config("[model]\nhidden = [16]\n[training]\nepochs = 1\n");
-    let run = |rt: tokio::runtime::Runtime| {
-        rt.block_on(manta_ml::train(&cfg, Env::InProcess, |_| {}))
-            .unwrap()
-    };
-    let single = run(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap());
-    let multi = run(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap());
-    assert!(single.steps > 0);
-    assert_eq!(single.steps, multi.steps);
-    assert_eq!(
-        max_diff(&single.final_params, &multi.final_params),
-        0.0,
-        "sync training is deterministic whatever the runtime"
-    );
+    for (hidden, inline) in [(16, true), (2048, false)] {
+        let cfg = config(&format!(
+            "[model]\nhidden = [{hidden}]\n[training]\nepochs = 1\nbatch_size = 32\n"
+        ));
+        assert_eq!(
+            spec_of(&cfg).param_count() * 32 <= manta_ml::worker::INLINE_WORK,
+            inline,
+            "hidden {hidden} takes the path this test means it to"
+        );
+        let run = |rt: tokio::runtime::Runtime| {
+            rt.block_on(manta_ml::train(&cfg, Env::InProcess, |_| {}))
+                .unwrap()
+        };
+        let single = run(tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap());
+        let multi = run(tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap());
+        assert!(single.steps > 0);
+        assert_eq!(single.steps, multi.steps);
+        assert_eq!(
+            max_diff(&single.final_params, &multi.final_params),
+            0.0,
+            "hidden {hidden}: sync training is deterministic whatever the runtime"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
