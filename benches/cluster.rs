@@ -333,11 +333,21 @@ async fn membership_benches(dir: &Path, rows: &mut Vec<Row>) {
 }
 
 fn main() {
+    let peer = std::env::var("MANTA_BENCH_PEER").is_ok();
+    if !peer {
+        // The driver runs on core 0 (the peer was started on core 1). Pinned
+        // before the runtime starts, so that its threads inherit it (taskset
+        // -p changes the one thread it names) and tokio sizes itself to one
+        // core, as it does in the peer.
+        let _ = Command::new("taskset")
+            .args(["-p", "-c", "0", &std::process::id().to_string()])
+            .output();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    if std::env::var("MANTA_BENCH_PEER").is_ok() {
+    if peer {
         rt.block_on(peer_main());
         return;
     }
@@ -345,9 +355,6 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("manta-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     ClusterSecret::write_new(&dir.join("secret")).expect("secret");
-    let _ = Command::new("taskset")
-        .args(["-p", "-c", "0", &std::process::id().to_string()])
-        .output();
     let mut rows = Vec::new();
     // `-- remote` or `-- membership` runs one part.
     let only: Vec<String> = std::env::args()
