@@ -123,7 +123,7 @@ impl OnBackend for GradTask {
     }
 }
 
-/// Steps estimated below this many multiply-adds (parameters x rows) run
+/// Steps estimated at or below this many multiply-adds (parameters x rows) run
 /// inline on the actor's thread: a few hundred microseconds on one core,
 /// less than the scheduler tolerates between two awaits on a multi-thread
 /// runtime, and cheaper than handing the thread's other tasks to another
