@@ -10,8 +10,16 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::{PeerId, StreamProtocol};
 use manta::ActorSystem;
 use manta_cluster::{MemberState, Node, NodeConfig};
+
+/// The transport-level anchor: raw bytes on a libp2p stream of the same
+/// mesh (TCP, pnet with a secret, noise, yamux), without Manta's frames,
+/// actors or serde. It shows how much of a gap to plain TCP belongs to
+/// the transport stack and how much to Manta.
+pub(crate) const RAW_STREAM: StreamProtocol = StreamProtocol::new("/manta-bench/raw/1");
 
 /// One row of a bench's markdown table.
 pub(crate) struct Row(
@@ -59,13 +67,81 @@ where
         .expect("tcp");
     let tcp = listener.local_addr().expect("addr");
     tokio::spawn(server(listener));
+    let mut raw = node
+        .mesh()
+        .stream_control()
+        .accept(RAW_STREAM)
+        .expect("raw stream protocol");
+    tokio::spawn(async move {
+        while let Some((_, s)) = raw.next().await {
+            tokio::spawn(raw_stream_server(s));
+        }
+    });
     serve_until_stdin_closes(&node, tcp).await;
+}
+
+/// Serves one raw stream: a request is `u32` length + bytes + `u32` answer
+/// length; the answer is `u32` length + that many bytes.
+async fn raw_stream_server(mut s: libp2p::Stream) {
+    let mut buf = Vec::new();
+    let mut len = [0u8; 4];
+    loop {
+        if s.read_exact(&mut len).await.is_err() {
+            return;
+        }
+        buf.resize(u32::from_be_bytes(len) as usize, 0);
+        if s.read_exact(&mut buf).await.is_err() || s.read_exact(&mut len).await.is_err() {
+            return;
+        }
+        buf.resize(u32::from_be_bytes(len) as usize, 0);
+        let ok = s.write_all(&len).await.is_ok()
+            && s.write_all(&buf).await.is_ok()
+            && s.flush().await.is_ok();
+        if !ok {
+            return;
+        }
+    }
+}
+
+/// Opens a raw stream (see [`RAW_STREAM`]) to the peer.
+pub(crate) async fn raw_stream(node: &Node, peer: &Peer) -> libp2p::Stream {
+    let id: PeerId = peer.id.parse().expect("peer id");
+    node.mesh()
+        .stream_control()
+        .open_stream(id, RAW_STREAM)
+        .await
+        .expect("raw stream")
+}
+
+/// One raw-stream exchange: sends `out`, receives an answer of
+/// `back.len()` bytes into `back`.
+pub(crate) async fn raw_exchange(s: &mut libp2p::Stream, out: &[u8], back: &mut [u8]) {
+    s.write_all(&(out.len() as u32).to_be_bytes())
+        .await
+        .unwrap();
+    s.write_all(out).await.unwrap();
+    s.write_all(&(back.len() as u32).to_be_bytes())
+        .await
+        .unwrap();
+    s.flush().await.unwrap();
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).await.unwrap();
+    assert_eq!(
+        u32::from_be_bytes(len) as usize,
+        back.len(),
+        "raw answer length"
+    );
+    s.read_exact(back).await.unwrap();
 }
 
 /// Announces the peer's gossip and anchor addresses on stdout, then serves
 /// until the driver closes stdin.
 async fn serve_until_stdin_closes(node: &Node, tcp: SocketAddr) {
-    println!("ready gossip={} tcp={tcp}", node.membership().gossip_addr());
+    println!(
+        "ready gossip={} tcp={tcp} id={}",
+        node.membership().gossip_addr(),
+        node.identity().peer_id()
+    );
     let _ = tokio::task::spawn_blocking(|| {
         let mut s = String::new();
         let _ = std::io::stdin().read_line(&mut s);
@@ -78,6 +154,7 @@ pub(crate) struct Peer {
     pub(crate) child: Child,
     pub(crate) gossip: String,
     pub(crate) tcp: SocketAddr,
+    pub(crate) id: String,
 }
 
 /// Reads the `ready k=v ...` line a started process prints first; the
@@ -109,6 +186,7 @@ pub(crate) fn spawn_peer(mut command: Command, dir: &Path) -> Peer {
     Peer {
         gossip: field("gossip"),
         tcp: field("tcp").parse().expect("tcp addr"),
+        id: field("id"),
         child,
     }
 }

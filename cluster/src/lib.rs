@@ -13,6 +13,8 @@
 //!   authenticated `status` queries.
 //! - `membership`: chitchat 0.13 membership. NodeUp / NodeDown / NodeLeft
 //!   events, graceful leave, a supervised gossip task.
+//! - `pnet`: libp2p's private-network protocol (PSK v1, XSalsa20), wire
+//!   compatible with `libp2p::pnet`, with an AVX2 keystream.
 //! - `mesh`: the libp2p 0.56 mesh. TCP + pnet (with a secret) + noise +
 //!   yamux, with an allow-list of gossip members and ping; a node is a member
 //!   only once the mesh has authenticated it.
@@ -40,6 +42,7 @@ mod membership;
 mod mesh;
 mod node;
 mod place;
+pub mod pnet;
 mod remote;
 pub mod seal;
 mod secret;

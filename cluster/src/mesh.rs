@@ -11,13 +11,13 @@ use std::time::Duration;
 use futures::StreamExt;
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::{Boxed, upgrade};
-use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, Transport, allow_block_list, noise, ping, tcp, yamux};
 use libp2p_identity::Keypair;
 use tokio::sync::{mpsc, watch};
 
 use crate::error::ClusterError;
+use crate::pnet::{self, PreSharedKey};
 
 /// Mesh settings.
 #[derive(Clone)]
@@ -116,7 +116,7 @@ fn transport(cfg: &MeshConfig) -> Result<Boxed<(PeerId, StreamMuxerBox)>, Cluste
     Ok(match cfg.psk {
         // pnet first: a peer without the secret cannot even start noise.
         Some(psk) => tcp
-            .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+            .and_then(move |socket, _| pnet::handshake(socket, psk))
             .upgrade(upgrade::Version::V1)
             .authenticate(noise)
             .multiplex(yamux::Config::default())

@@ -93,7 +93,7 @@ impl Node {
             listen: p2p_listen,
             psk: secret
                 .as_ref()
-                .map(|s| libp2p::pnet::PreSharedKey::new(mesh_psk(s))),
+                .map(|s| crate::pnet::PreSharedKey::new(mesh_psk(s))),
             idle_timeout: Duration::from_secs(3600),
         })
         .await?;

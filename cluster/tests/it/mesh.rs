@@ -1,7 +1,7 @@
 use std::time::Duration;
 
-use libp2p::pnet::PreSharedKey;
 use libp2p_identity::Keypair;
+use manta_cluster::pnet::PreSharedKey;
 use manta_cluster::{ClusterSecret, Mesh, MeshConfig};
 
 async fn mesh(psk: Option<&ClusterSecret>) -> Mesh {
