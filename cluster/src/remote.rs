@@ -42,8 +42,9 @@ const MAX_WIRE_FRAME: usize = CHUNK + 256;
 const MAX_PARTIAL: usize = 16;
 /// The most reserved ahead for one large message being reassembled.
 const RESERVE_LIMIT: usize = 16 * 1024 * 1024;
-/// The largest reassembly buffer a stream keeps for its next large message.
-const KEEP_LIMIT: usize = 32 * 1024 * 1024;
+/// Reassembly buffers a node keeps for the next large messages (each up to
+/// a whole frame): at most this many, whatever the number of peers.
+const KEPT_BUFFERS: usize = 2;
 
 /// What travels on an actor stream. Tells and asks borrow their target,
 /// type and body: from the sender's handle when encoding, from the receive
@@ -398,6 +399,10 @@ struct Inner {
     /// to let through first.
     failing_writes: AtomicU64,
     passing_writes: AtomicU64,
+    /// Reassembly buffers of large messages already handled, for the next
+    /// ones: a fresh buffer costs a page fault per 4 KiB on the core that
+    /// also decrypts the stream (on the bench machine, about 1 ms per MiB).
+    kept: Mutex<Vec<Vec<u8>>>,
 }
 
 /// Remote messaging for one node.
@@ -434,6 +439,7 @@ impl Remoting {
                 reopened: AtomicU64::new(0),
                 failing_writes: AtomicU64::new(0),
                 passing_writes: AtomicU64::new(0),
+                kept: Mutex::new(Vec::new()),
             }),
         };
         match incoming {
@@ -768,10 +774,6 @@ impl Remoting {
         let mut buf = Vec::new();
         // Large messages being reassembled: msg -> (count, next index, bytes).
         let mut partial: HashMap<u64, (u32, u32, Vec<u8>)> = HashMap::new();
-        // The buffer of the last large message, kept for the next one (up
-        // to KEEP_LIMIT): a fresh buffer costs a page fault per 4 KiB, on
-        // the core that is also decrypting the stream.
-        let mut spare: Vec<u8> = Vec::new();
         loop {
             if stream.read_exact(&mut len_buf).await.is_err() {
                 return;
@@ -814,7 +816,7 @@ impl Remoting {
                     // per message on a peer's word; beyond it the buffer
                     // grows as data actually arrives.
                     let want = (c.count as usize).saturating_mul(CHUNK);
-                    let mut whole = std::mem::take(&mut spare);
+                    let mut whole = lock(&self.inner.kept).pop().unwrap_or_default();
                     whole.reserve(want.min(RESERVE_LIMIT));
                     (c.count, 0, whole)
                 });
@@ -839,9 +841,10 @@ impl Remoting {
                         // Dispatch decodes the message out of the buffer.
                         Ok(frame) => self.dispatch(peer, frame),
                     }
-                    if whole.capacity() <= KEEP_LIMIT {
+                    let mut kept = lock(&self.inner.kept);
+                    if kept.len() < KEPT_BUFFERS && whole.capacity() <= MAX_FRAME + CHUNK {
                         whole.clear();
-                        spare = whole;
+                        kept.push(whole);
                     }
                 }
                 continue;
