@@ -44,7 +44,101 @@ pub(crate) enum Envelope<M: Message> {
 
 /// Called with the reply of an ask delivered from another node, or with the
 /// error that stopped it.
-pub type WireReply = Box<dyn FnOnce(Result<Vec<u8>, WireError>) + Send>;
+pub type WireReply = Box<dyn FnOnce(Result<WireBody, WireError>) + Send>;
+
+/// The reply of an ask from another node, on its way to the wire.
+pub enum WireBody {
+    /// Already encoded (postcard).
+    Bytes(Vec<u8>),
+    /// The reply itself: the transport encodes it straight into its frames,
+    /// so a large reply is never held whole in a buffer of its own.
+    Value(Box<dyn EncodeWire>),
+}
+
+impl WireBody {
+    /// The encoded bytes, in one buffer.
+    pub fn into_bytes(self) -> Result<Vec<u8>, WireError> {
+        match self {
+            WireBody::Bytes(b) => Ok(b),
+            WireBody::Value(v) => {
+                let mut out = Vec::with_capacity(v.encoded_len()?);
+                v.encode_to(&mut |piece| {
+                    out.extend_from_slice(piece);
+                    Ok(())
+                })?;
+                Ok(out)
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for WireBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WireBody::Bytes(b) => write!(f, "WireBody::Bytes({} bytes)", b.len()),
+            WireBody::Value(_) => f.write_str("WireBody::Value(..)"),
+        }
+    }
+}
+
+/// A value that can write its postcard encoding in pieces.
+pub trait EncodeWire: Send {
+    /// Bytes its encoding takes.
+    fn encoded_len(&self) -> Result<usize, WireError>;
+    /// Hands its encoding to `out`, in order, in pieces; stops at the first
+    /// error `out` returns.
+    fn encode_to(
+        &self,
+        out: &mut dyn FnMut(&[u8]) -> Result<(), WireError>,
+    ) -> Result<(), WireError>;
+}
+
+impl<T: serde::Serialize + Send> EncodeWire for T {
+    fn encoded_len(&self) -> Result<usize, WireError> {
+        postcard::experimental::serialized_size(self).map_err(|e| WireError::Encode(e.to_string()))
+    }
+
+    fn encode_to(
+        &self,
+        out: &mut dyn FnMut(&[u8]) -> Result<(), WireError>,
+    ) -> Result<(), WireError> {
+        let mut failed = None;
+        let flavor = PiecesFlavor {
+            out,
+            failed: &mut failed,
+        };
+        match postcard::serialize_with_flavor(self, flavor) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(failed.unwrap_or_else(|| WireError::Encode(e.to_string()))),
+        }
+    }
+}
+
+/// A postcard output handing each piece to a callback.
+struct PiecesFlavor<'a> {
+    out: &'a mut dyn FnMut(&[u8]) -> Result<(), WireError>,
+    /// The callback's own error, kept (postcard's error type cannot carry it).
+    failed: &'a mut Option<WireError>,
+}
+
+impl postcard::ser_flavors::Flavor for PiecesFlavor<'_> {
+    type Output = ();
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.try_extend(&[data])
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        (self.out)(data).map_err(|e| {
+            *self.failed = Some(e);
+            postcard::Error::SerializeBufferFull
+        })
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
 
 type ReplyFn<R> = Box<dyn FnOnce(Result<R, WireError>) + Send>;
 
@@ -346,7 +440,7 @@ pub trait ErasedHandle: Send + Sync + 'static {
 
 /// Awaits a wire ask on a task of its own and hands its outcome to `done`.
 fn reply_when_done(reply: BoxFuture<'static, Result<Vec<u8>, WireError>>, done: WireReply) {
-    tokio::spawn(async move { done(reply.await) });
+    tokio::spawn(async move { done(reply.await.map(WireBody::Bytes)) });
 }
 
 /// A reply encoded for the wire.
@@ -420,7 +514,7 @@ impl<M: Message> ErasedHandle for ActorHandle<M> {
         let exit = Arc::clone(&l.exit);
         let port = ReplyPort::call(Box::new(move |r: Result<M::Reply, WireError>| {
             done(match r {
-                Ok(reply) => encode_reply(&reply),
+                Ok(reply) => Ok(WireBody::Value(Box::new(reply))),
                 Err(WireError::NoReply(None)) => Err(WireError::NoReply(exit.reason())),
                 Err(e) => Err(e),
             })

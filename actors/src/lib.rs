@@ -63,7 +63,9 @@ mod system;
 pub use actor::{Actor, Context, ReplyTo, panic_text};
 pub use error::{ActorError, AskError, LookupError, SendError, SendFailure, SpawnError, WireError};
 pub use exit::{ExitReason, ExitSignal, Monitor};
-pub use handle::{ActorHandle, ActorId, AnyHandle, ErasedHandle, RemoteActor, WireReply};
+pub use handle::{
+    ActorHandle, ActorId, AnyHandle, EncodeWire, ErasedHandle, RemoteActor, WireBody, WireReply,
+};
 pub use kind::{ArgsError, ChildFactory, KindError, KindRegistry, StartContext, factory};
 pub use message::{Message, encode_wire, message_type_name};
 pub use placement::{Placement, Placer, Resources};

@@ -17,8 +17,9 @@ use futures::future::BoxFuture;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, StreamProtocol};
 use manta_actors::{
-    ActorHandle, ActorId, ActorSystem, AskError, ExitReason, ExitSignal, Message, Monitor,
-    RemoteActor, SendError, SendFailure, WireError, WireReply, message_type_name,
+    ActorHandle, ActorId, ActorSystem, AskError, EncodeWire, ExitReason, ExitSignal, Message,
+    Monitor, RemoteActor, SendError, SendFailure, WireBody, WireError, WireReply,
+    message_type_name,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -310,6 +311,50 @@ impl postcard::ser_flavors::Flavor for Chunker {
         }
         Ok(self.done)
     }
+}
+
+/// Encodes the successful reply `id` from the reply itself, as
+/// `Frame::reply(id, Ok(its encoding))` would be (a unit test checks), but
+/// without a buffer of the whole encoding first.
+fn encode_reply_value(id: u64, v: &dyn EncodeWire) -> Result<Encoded, WireError> {
+    use postcard::ser_flavors::Flavor;
+    let err = |e: postcard::Error| WireError::Encode(e.to_string());
+    let len = v.encoded_len()?;
+    // The frame up to the reply's bytes: that of an empty reply, less its
+    // one-byte length (0), plus the real length.
+    let mut head = postcard::to_allocvec(&Frame::reply(id, Ok(Vec::new()))).map_err(err)?;
+    head.pop();
+    head = postcard::to_extend(&(len as u64), head).map_err(err)?;
+    let size = head.len() + len;
+    if size > MAX_FRAME {
+        return Err(WireError::Encode(format!(
+            "reply of {size} bytes exceeds {MAX_FRAME}"
+        )));
+    }
+    let mismatch =
+        || WireError::Encode(format!("reply did not encode to the {len} bytes measured"));
+    if size <= CHUNK {
+        let mut out = Vec::with_capacity(5 + size);
+        out.extend_from_slice(&[0, 0, 0, 0, FRAME_VERSION]);
+        out.extend_from_slice(&head);
+        v.encode_to(&mut |piece| {
+            out.extend_from_slice(piece);
+            Ok(())
+        })?;
+        if out.len() != 5 + size {
+            return Err(mismatch());
+        }
+        let n = (out.len() - 4) as u32;
+        out[..4].copy_from_slice(&n.to_be_bytes());
+        return Ok(Encoded::Small(out));
+    }
+    let mut chunker = Chunker::new(rand::random(), size).map_err(err)?;
+    chunker.try_extend(&head).map_err(err)?;
+    v.encode_to(&mut |piece| chunker.try_extend(piece).map_err(|_| mismatch()))?;
+    chunker
+        .finalize()
+        .map(Encoded::Chunks)
+        .map_err(|_| mismatch())
 }
 
 /// Encodes a frame for the wire: one small frame, or the chunks of a large
@@ -896,7 +941,16 @@ impl Remoting {
             } => {
                 let me = self.clone();
                 let done: WireReply = Box::new(move |result| {
-                    if let Err(e) = me.send(peer, &Frame::reply(id, result)) {
+                    let sent = match result {
+                        Ok(WireBody::Value(v)) => {
+                            me.send_as(peer, None, || encode_reply_value(id, &*v))
+                        }
+                        other => me.send(
+                            peer,
+                            &Frame::reply(id, other.and_then(WireBody::into_bytes)),
+                        ),
+                    };
+                    if let Err(e) = sent {
                         tracing::debug!(target: "manta::remote", %peer, error = %e, "reply not sent");
                     }
                 });
@@ -1420,6 +1474,32 @@ mod tests {
             result: Ok(serde_bytes::ByteBuf::from(vec![0u8; MAX_FRAME])),
         });
         assert!(matches!(too_big, Err(WireError::Encode(e)) if e.contains("exceeds")));
+    }
+
+    #[test]
+    fn a_reply_encoded_from_its_value_is_the_frame_of_its_encoded_bytes() {
+        for blob in [0, 100, CHUNK - 700, CHUNK, 5 * CHUNK + 3] {
+            let msg = sample(blob);
+            let want =
+                postcard::to_allocvec(&Frame::reply(u64::MAX - 1, Ok(encode_wire(&msg).unwrap())))
+                    .unwrap();
+            let got = written(encode_reply_value(u64::MAX - 1, &msg).unwrap());
+            assert!(got == want, "reply with a {blob}-byte blob");
+        }
+        for (start, grows) in [
+            (1500, true),
+            (1500, false),
+            (3 * CHUNK, true),
+            (3 * CHUNK, false),
+        ] {
+            let fickle = Fickle(std::cell::Cell::new(start), grows);
+            let got = encode_reply_value(1, &fickle);
+            assert!(
+                matches!(got, Err(WireError::Encode(_))),
+                "{start} bytes, grows {grows}: {:?}",
+                got.err()
+            );
+        }
     }
 
     /// Encodes 100 bytes longer (or shorter) each time it is encoded.

@@ -145,6 +145,7 @@ async fn ask_with(
         .await
         .expect("the reply function is called")
         .expect("called once")
+        .and_then(manta_actors::WireBody::into_bytes)
 }
 
 /// Asks from another node hand the actor a reply function instead of a
@@ -306,7 +307,10 @@ mod barrier {
         assert!(rx.try_recv().is_err(), "answered before the gate opened");
         assert_eq!(b.ask(Gate::Open(9), t).await.unwrap(), 1);
         let got = tokio::time::timeout(t, rx.recv()).await.unwrap().unwrap();
-        assert_eq!(postcard::from_bytes::<u32>(&got.unwrap()).unwrap(), 9);
+        assert_eq!(
+            postcard::from_bytes::<u32>(&got.unwrap().into_bytes().unwrap()).unwrap(),
+            9
+        );
         any.ask_wire_with(&wait, t, send(tx));
         parked(1).await;
         b.kill();
@@ -315,4 +319,31 @@ mod barrier {
             other => panic!("expected NoReply, got {other:?}"),
         }
     }
+}
+
+#[test]
+fn a_reply_writes_its_encoding_in_pieces_and_stops_at_the_first_refusal() {
+    use manta_actors::{EncodeWire, WireBody, WireError};
+    let v = (7u64, "x".to_string(), vec![1u32; 1000]);
+    let mut got = Vec::new();
+    v.encode_to(&mut |p| {
+        got.extend_from_slice(p);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(got, postcard::to_allocvec(&v).unwrap());
+    assert_eq!(v.encoded_len().unwrap(), got.len());
+    assert_eq!(
+        WireBody::Value(Box::new(v.clone())).into_bytes().unwrap(),
+        got
+    );
+    let mut calls = 0;
+    let err = v
+        .encode_to(&mut |_| {
+            calls += 1;
+            Err(WireError::Backpressure)
+        })
+        .unwrap_err();
+    assert!(matches!(err, WireError::Backpressure), "{err:?}");
+    assert_eq!(calls, 1, "no piece after the first refusal");
 }
