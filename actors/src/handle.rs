@@ -46,6 +46,10 @@ pub(crate) enum Envelope<M: Message> {
 /// error that stopped it.
 pub type WireReply = Box<dyn FnOnce(Result<WireBody, WireError>) + Send>;
 
+/// Replies whose encoding is larger than this reach the transport as
+/// [`WireBody::Value`].
+const VALUE_REPLY_MIN: usize = 64 * 1024;
+
 /// The reply of an ask from another node, on its way to the wire.
 pub enum WireBody {
     /// Already encoded (postcard).
@@ -514,7 +518,12 @@ impl<M: Message> ErasedHandle for ActorHandle<M> {
         let exit = Arc::clone(&l.exit);
         let port = ReplyPort::call(Box::new(move |r: Result<M::Reply, WireError>| {
             done(match r {
-                Ok(reply) => Ok(WireBody::Value(Box::new(reply))),
+                // Large replies go to the transport as they are (it
+                // encodes them into its frames); small ones are encoded here.
+                Ok(reply) => match reply.encoded_len() {
+                    Ok(n) if n > VALUE_REPLY_MIN => Ok(WireBody::Value(Box::new(reply))),
+                    _ => encode_reply(&reply).map(WireBody::Bytes),
+                },
                 Err(WireError::NoReply(None)) => Err(WireError::NoReply(exit.reason())),
                 Err(e) => Err(e),
             })

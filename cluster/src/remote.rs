@@ -322,9 +322,16 @@ fn encode_reply_value(id: u64, v: &dyn EncodeWire) -> Result<Encoded, WireError>
     let len = v.encoded_len()?;
     // The frame up to the reply's bytes: that of an empty reply, less its
     // one-byte length (0), plus the real length.
-    let mut head = postcard::to_allocvec(&Frame::reply(id, Ok(Vec::new()))).map_err(err)?;
-    head.pop();
-    head = postcard::to_extend(&(len as u64), head).map_err(err)?;
+    // (At most 13 + 10 bytes: variant, id, Ok, lengths.)
+    let mut buf = [0u8; 40];
+    let n = postcard::to_slice(&Frame::reply(id, Ok(Vec::new())), &mut buf)
+        .map_err(err)?
+        .len()
+        - 1;
+    let m = postcard::to_slice(&(len as u64), &mut buf[n..])
+        .map_err(err)?
+        .len();
+    let head = &buf[..n + m];
     let size = head.len() + len;
     if size > MAX_FRAME {
         return Err(WireError::Encode(format!(
@@ -336,7 +343,7 @@ fn encode_reply_value(id: u64, v: &dyn EncodeWire) -> Result<Encoded, WireError>
     if size <= CHUNK {
         let mut out = Vec::with_capacity(5 + size);
         out.extend_from_slice(&[0, 0, 0, 0, FRAME_VERSION]);
-        out.extend_from_slice(&head);
+        out.extend_from_slice(head);
         v.encode_to(&mut |piece| {
             out.extend_from_slice(piece);
             Ok(())
@@ -349,7 +356,7 @@ fn encode_reply_value(id: u64, v: &dyn EncodeWire) -> Result<Encoded, WireError>
         return Ok(Encoded::Small(out));
     }
     let mut chunker = Chunker::new(rand::random(), size).map_err(err)?;
-    chunker.try_extend(&head).map_err(err)?;
+    chunker.try_extend(head).map_err(err)?;
     v.encode_to(&mut |piece| chunker.try_extend(piece).map_err(|_| mismatch()))?;
     chunker
         .finalize()

@@ -347,3 +347,46 @@ fn a_reply_writes_its_encoding_in_pieces_and_stops_at_the_first_refusal() {
     assert!(matches!(err, WireError::Backpressure), "{err:?}");
     assert_eq!(calls, 1, "no piece after the first refusal");
 }
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Fill(usize);
+
+impl manta_actors::Message for Fill {
+    type Reply = Vec<u8>;
+}
+
+struct Filler;
+
+impl manta_actors::Actor for Filler {
+    type Msg = Fill;
+    async fn handle(
+        &mut self,
+        msg: Fill,
+        _: &mut manta_actors::Context<Fill>,
+    ) -> Result<Vec<u8>, manta_actors::ActorError> {
+        Ok((0..msg.0).map(|i| (i % 13) as u8).collect())
+    }
+}
+
+#[tokio::test]
+async fn large_replies_reach_the_transport_unencoded_and_small_ones_encoded() {
+    use manta_actors::WireBody;
+    let sys = ActorSystem::new();
+    let _h = sys.spawn_named("filler", Filler).await.unwrap();
+    let any = sys.lookup_any("filler").unwrap();
+    for (n, value) in [(10usize, false), (200_000, true)] {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        any.ask_wire_with(
+            &postcard::to_allocvec(&Fill(n)).unwrap(),
+            T,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        let body = tokio::time::timeout(T, rx).await.unwrap().unwrap().unwrap();
+        assert_eq!(matches!(body, WireBody::Value(_)), value, "{n}: {body:?}");
+        let bytes = body.into_bytes().unwrap();
+        let got: Vec<u8> = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(got, (0..n).map(|i| (i % 13) as u8).collect::<Vec<u8>>());
+    }
+}
