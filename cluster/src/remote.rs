@@ -195,9 +195,9 @@ impl<M: Serialize> Outgoing<'_, Inline<'_, M>> {
         };
         // A unit body takes no bytes; the real one is its length's varint
         // and its encoding.
-        let err = |e: postcard::Error| WireError::Encode(e.to_string());
-        let head = postcard::experimental::serialized_size(&head).map_err(err)?;
-        let prefix = postcard::experimental::serialized_size(&(len as u64)).map_err(err)?;
+        let head = postcard::experimental::serialized_size(&head).map_err(encode_error)?;
+        let prefix =
+            postcard::experimental::serialized_size(&(len as u64)).map_err(encode_error)?;
         encode_sized(self, head + prefix + len)
     }
 }
@@ -313,94 +313,113 @@ impl postcard::ser_flavors::Flavor for Chunker {
     }
 }
 
+/// Where a frame's bytes go as they are encoded, once its size is known:
+/// one small frame, or the chunks of a large one.
+enum FrameSink {
+    Small { out: Vec<u8>, size: usize },
+    Chunks(Chunker),
+}
+
+impl FrameSink {
+    fn new(size: usize) -> Result<Self, WireError> {
+        if size > MAX_FRAME {
+            return Err(WireError::Encode(format!(
+                "message of {size} bytes exceeds {MAX_FRAME}"
+            )));
+        }
+        if size > CHUNK {
+            return Chunker::new(rand::random(), size)
+                .map(FrameSink::Chunks)
+                .map_err(|e| WireError::Encode(e.to_string()));
+        }
+        // Length (filled in at the end) and version, then the frame, in a
+        // buffer of exactly its size.
+        let mut out = Vec::with_capacity(5 + size);
+        out.extend_from_slice(&[0, 0, 0, 0, FRAME_VERSION]);
+        Ok(FrameSink::Small { out, size })
+    }
+}
+
+impl postcard::ser_flavors::Flavor for FrameSink {
+    type Output = Encoded;
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.try_extend(&[data])
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        match self {
+            FrameSink::Small { out, size } => {
+                if out.len() + data.len() > 5 + *size {
+                    return Err(postcard::Error::SerializeBufferFull);
+                }
+                out.extend_from_slice(data);
+                Ok(())
+            }
+            FrameSink::Chunks(c) => c.try_extend(data),
+        }
+    }
+
+    fn finalize(self) -> postcard::Result<Encoded> {
+        match self {
+            FrameSink::Small { mut out, size } => {
+                if out.len() != 5 + size {
+                    return Err(postcard::Error::SerializeBufferFull);
+                }
+                let len = (out.len() - 4) as u32;
+                out[..4].copy_from_slice(&len.to_be_bytes());
+                Ok(Encoded::Small(out))
+            }
+            FrameSink::Chunks(c) => c.finalize().map(Encoded::Chunks),
+        }
+    }
+}
+
+/// The error of a frame whose encoding was not the size measured for it
+/// (or that postcard could not encode).
+fn encode_error(e: postcard::Error) -> WireError {
+    match e {
+        postcard::Error::SerializeBufferFull => {
+            WireError::Encode("the message encoded to another size than measured".into())
+        }
+        other => WireError::Encode(other.to_string()),
+    }
+}
+
 /// Encodes the successful reply `id` from the reply itself, as
 /// `Frame::reply(id, Ok(its encoding))` would be (a unit test checks), but
 /// without a buffer of the whole encoding first.
 fn encode_reply_value(id: u64, v: &dyn EncodeWire) -> Result<Encoded, WireError> {
     use postcard::ser_flavors::Flavor;
-    let err = |e: postcard::Error| WireError::Encode(e.to_string());
     let len = v.encoded_len()?;
     // The frame up to the reply's bytes: that of an empty reply, less its
-    // one-byte length (0), plus the real length.
-    // (At most 13 + 10 bytes: variant, id, Ok, lengths.)
+    // one-byte length (0), plus the real length (at most 13 + 10 bytes).
     let mut buf = [0u8; 40];
     let n = postcard::to_slice(&Frame::reply(id, Ok(Vec::new())), &mut buf)
-        .map_err(err)?
+        .map_err(encode_error)?
         .len()
         - 1;
     let m = postcard::to_slice(&(len as u64), &mut buf[n..])
-        .map_err(err)?
+        .map_err(encode_error)?
         .len();
     let head = &buf[..n + m];
-    let size = head.len() + len;
-    if size > MAX_FRAME {
-        return Err(WireError::Encode(format!(
-            "reply of {size} bytes exceeds {MAX_FRAME}"
-        )));
-    }
-    let mismatch =
-        || WireError::Encode(format!("reply did not encode to the {len} bytes measured"));
-    if size <= CHUNK {
-        let mut out = Vec::with_capacity(5 + size);
-        out.extend_from_slice(&[0, 0, 0, 0, FRAME_VERSION]);
-        out.extend_from_slice(head);
-        v.encode_to(&mut |piece| {
-            out.extend_from_slice(piece);
-            Ok(())
-        })?;
-        if out.len() != 5 + size {
-            return Err(mismatch());
-        }
-        let n = (out.len() - 4) as u32;
-        out[..4].copy_from_slice(&n.to_be_bytes());
-        return Ok(Encoded::Small(out));
-    }
-    let mut chunker = Chunker::new(rand::random(), size).map_err(err)?;
-    chunker.try_extend(head).map_err(err)?;
-    v.encode_to(&mut |piece| chunker.try_extend(piece).map_err(|_| mismatch()))?;
-    chunker
-        .finalize()
-        .map(Encoded::Chunks)
-        .map_err(|_| mismatch())
+    let mut sink = FrameSink::new(head.len() + len)?;
+    sink.try_extend(head).map_err(encode_error)?;
+    v.encode_to(&mut |piece| sink.try_extend(piece).map_err(encode_error))?;
+    sink.finalize().map_err(encode_error)
 }
 
 /// Encodes a frame for the wire: one small frame, or the chunks of a large
 /// one, written straight into their buffers.
 fn encode<F: Serialize + ?Sized>(frame: &F) -> Result<Encoded, WireError> {
-    let size = postcard::experimental::serialized_size(frame)
-        .map_err(|e| WireError::Encode(e.to_string()))?;
+    let size = postcard::experimental::serialized_size(frame).map_err(encode_error)?;
     encode_sized(frame, size)
 }
 
 /// [`encode`] of a frame whose encoding takes `size` bytes (if it takes
 /// more or fewer, that is an error, not a bad frame).
 fn encode_sized<F: Serialize + ?Sized>(frame: &F, size: usize) -> Result<Encoded, WireError> {
-    let err = |e: postcard::Error| WireError::Encode(e.to_string());
-    if size > MAX_FRAME {
-        return Err(WireError::Encode(format!(
-            "message of {size} bytes exceeds {MAX_FRAME}"
-        )));
-    }
-    if size <= CHUNK {
-        // Length and version first, then the frame, into a buffer of
-        // exactly its size.
-        let mut out = Vec::with_capacity(5 + size);
-        out.extend_from_slice(&[0, 0, 0, 0, FRAME_VERSION]);
-        let mut out = postcard::to_extend(frame, out).map_err(err)?;
-        if out.len() != 5 + size {
-            return Err(WireError::Encode(format!(
-                "encoded to {} bytes, not the {size} measured",
-                out.len() - 5
-            )));
-        }
-        let len = (out.len() - 4) as u32;
-        out[..4].copy_from_slice(&len.to_be_bytes());
-        return Ok(Encoded::Small(out));
-    }
-    let chunker = Chunker::new(rand::random(), size).map_err(err)?;
-    postcard::serialize_with_flavor(frame, chunker)
-        .map(Encoded::Chunks)
-        .map_err(err)
+    postcard::serialize_with_flavor(frame, FrameSink::new(size)?).map_err(encode_error)
 }
 
 type Pending = oneshot::Sender<Result<Vec<u8>, WireError>>;
