@@ -200,34 +200,45 @@ impl OptimizerConfig {
                 epsilon,
                 weight_decay,
             } => {
-                let g = decayed(param, grad, weight_decay);
-                let (time, m1, m2) = match state.take() {
+                // One pass over parameters, gradients and moments (fresh
+                // moments start at zero: 0 * beta + x == x, the same values
+                // as starting from the first gradient). No temporary
+                // vectors, and the loop vectorises.
+                let (time, mut m1, mut m2) = match state.take() {
                     Some(SlotState::Adam {
                         time,
-                        mut moment1,
-                        mut moment2,
-                    }) if moment1.len() == g.len() => {
-                        for ((m1, m2), g) in moment1.iter_mut().zip(moment2.iter_mut()).zip(&g) {
-                            *m1 = *m1 * beta1 + g * (1.0 - beta1);
-                            *m2 = *m2 * beta2 + (g * g) * (1.0 - beta2);
-                        }
+                        moment1,
+                        moment2,
+                    }) if moment1.len() == grad.len() && moment2.len() == grad.len() => {
                         (time + 1, moment1, moment2)
                     }
-                    _ => (
-                        1,
-                        g.iter().map(|g| g * (1.0 - beta1)).collect(),
-                        g.iter()
-                            .map(|g| (g * g) * (1.0 - beta2))
-                            .collect::<Vec<f32>>(),
-                    ),
+                    _ => (1, vec![0.0; grad.len()], vec![0.0; grad.len()]),
                 };
                 let bc2 = (1.0 - beta2.powi(time)).sqrt();
                 let combined = bc2 / (1.0 - beta1.powi(time));
                 let eps = epsilon * bc2;
-                for ((w, m1), m2) in param.iter_mut().zip(&m1).zip(&m2) {
-                    let update = (m1 * combined) / (m2.sqrt() + eps);
-                    *w -= update * lr;
+                let k = AdamStep {
+                    beta1,
+                    beta2,
+                    combined,
+                    eps,
+                    lr,
+                    weight_decay,
+                };
+                // Compiled for AVX2 where the CPU has it (eight lanes instead
+                // of four). The same IEEE operations per value either way:
+                // Rust never fuses a multiply and an add on its own.
+                #[cfg(target_arch = "x86_64")]
+                if let Some(v3) = pulp::x86::V3::try_new() {
+                    v3.vectorize(
+                        #[inline(always)]
+                        || k.run(param, grad, &mut m1, &mut m2),
+                    );
+                } else {
+                    k.run(param, grad, &mut m1, &mut m2);
                 }
+                #[cfg(not(target_arch = "x86_64"))]
+                k.run(param, grad, &mut m1, &mut m2);
                 *state = Some(SlotState::Adam {
                     time,
                     moment1: m1,
@@ -239,6 +250,41 @@ impl OptimizerConfig {
 }
 
 /// The gradient with burn's L2 weight decay added (`w * penalty + g`).
+/// The constants of one Adam step (bias corrections folded in).
+#[derive(Clone, Copy)]
+struct AdamStep {
+    beta1: f32,
+    beta2: f32,
+    combined: f32,
+    eps: f32,
+    lr: f32,
+    weight_decay: f32,
+}
+
+impl AdamStep {
+    /// One pass over parameters, gradients and moments: no temporary
+    /// vectors, and a loop the compiler vectorises.
+    #[inline(always)]
+    fn run(self, param: &mut [f32], grad: &[f32], m1: &mut [f32], m2: &mut [f32]) {
+        let (c1, c2) = (1.0 - self.beta1, 1.0 - self.beta2);
+        let values = param
+            .iter_mut()
+            .zip(grad)
+            .zip(m1.iter_mut().zip(m2.iter_mut()));
+        for ((w, g), (m1, m2)) in values {
+            let g = if self.weight_decay == 0.0 {
+                *g
+            } else {
+                *w * self.weight_decay + g
+            };
+            *m1 = *m1 * self.beta1 + g * c1;
+            *m2 = *m2 * self.beta2 + (g * g) * c2;
+            let update = (*m1 * self.combined) / (m2.sqrt() + self.eps);
+            *w -= update * self.lr;
+        }
+    }
+}
+
 fn decayed(param: &[f32], grad: &[f32], penalty: f32) -> Vec<f32> {
     if penalty == 0.0 {
         return grad.to_vec();
@@ -248,4 +294,90 @@ fn decayed(param: &[f32], grad: &[f32], penalty: f32) -> Vec<f32> {
         .zip(grad)
         .map(|(w, g)| w * penalty + g)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{OptimizerConfig, SlotState};
+
+    /// Adam as written before the one-pass loop: decayed gradient copy,
+    /// moments from the first gradient, then the update.
+    fn adam_reference(
+        (beta1, beta2, epsilon, wd): (f32, f32, f32, f32),
+        lr: f32,
+        w: &mut [f32],
+        grad: &[f32],
+        state: &mut Option<(i32, Vec<f32>, Vec<f32>)>,
+    ) {
+        let g: Vec<f32> = w
+            .iter()
+            .zip(grad)
+            .map(|(w, g)| if wd == 0.0 { *g } else { w * wd + g })
+            .collect();
+        let (time, m1, m2) = match state.take() {
+            Some((t, mut m1, mut m2)) => {
+                for ((m1, m2), g) in m1.iter_mut().zip(m2.iter_mut()).zip(&g) {
+                    *m1 = *m1 * beta1 + g * (1.0 - beta1);
+                    *m2 = *m2 * beta2 + (g * g) * (1.0 - beta2);
+                }
+                (t + 1, m1, m2)
+            }
+            None => (
+                1,
+                g.iter().map(|g| g * (1.0 - beta1)).collect(),
+                g.iter().map(|g| (g * g) * (1.0 - beta2)).collect(),
+            ),
+        };
+        let bc2 = (1.0 - beta2.powi(time)).sqrt();
+        let combined = bc2 / (1.0 - beta1.powi(time));
+        let eps = epsilon * bc2;
+        for ((w, m1), m2) in w.iter_mut().zip(&m1).zip(&m2) {
+            *w -= ((m1 * combined) / (m2.sqrt() + eps)) * lr;
+        }
+        *state = Some((time, m1, m2));
+    }
+
+    /// The one-pass Adam (AVX2 where the CPU has it, as on the machines
+    /// this runs on) gives the same values as the scalar three-pass form,
+    /// step after step, with and without weight decay, at lengths that
+    /// leave remainders after every vector width.
+    #[test]
+    fn one_pass_adam_equals_the_three_pass_form_value_for_value() {
+        for wd in [0.0, 0.01] {
+            for len in [1, 5, 8, 13, 64, 9_610] {
+                let opt = OptimizerConfig::Adam {
+                    beta1: 0.9,
+                    beta2: 0.999,
+                    epsilon: 1e-5,
+                    weight_decay: wd,
+                };
+                let mut w: Vec<f32> = (0..len)
+                    .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
+                    .collect();
+                let mut w_ref = w.clone();
+                let (mut st, mut st_ref) = (None, None);
+                for step in 0..5 {
+                    let g: Vec<f32> = (0..len)
+                        .map(|i| (((i * 53 + step * 17) % 97) as f32 - 48.0) / (7.0 + step as f32))
+                        .collect();
+                    opt.step(1e-3, &mut w, &g, &mut st);
+                    adam_reference((0.9, 0.999, 1e-5, wd), 1e-3, &mut w_ref, &g, &mut st_ref);
+                    assert_eq!(
+                        w, w_ref,
+                        "weights differ at step {step}, len {len}, wd {wd}"
+                    );
+                    let Some(SlotState::Adam {
+                        time,
+                        moment1,
+                        moment2,
+                    }) = &st
+                    else {
+                        panic!("no Adam state");
+                    };
+                    let (t, m1, m2) = st_ref.as_ref().expect("reference state");
+                    assert_eq!((time, moment1, moment2), (t, m1, m2));
+                }
+            }
+        }
+    }
 }

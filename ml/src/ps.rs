@@ -142,6 +142,25 @@ pub enum PsMsg {
     WaitVersion(u64),
     /// Writes a checkpoint now.
     Checkpoint,
+    /// A push followed by a pull, in one round trip: the gradients are taken
+    /// as by [`PsMsg::Push`] (a stale or malformed push is counted and
+    /// dropped), then the reply is what a pull of the next version
+    /// (`min_version: version + 1`) answers: in sync mode, once every worker
+    /// has pushed for this version. A training step costs one message per
+    /// shard instead of a push and a pull.
+    PushPull {
+        /// The pusher.
+        worker: u32,
+        /// The version the gradients were computed on.
+        version: u64,
+        /// One gradient per parameter of this shard, in order.
+        #[serde(with = "crate::wire::f32_vecs")]
+        grads: Vec<Vec<f32>>,
+        /// The batch's loss.
+        loss: f32,
+        /// Rows in the batch.
+        samples: u32,
+    },
 }
 
 /// What a shard answers.
@@ -276,6 +295,103 @@ impl ParamServer {
         }
     }
 
+    /// Answers a pull: the parameters now, or (sync mode, when this worker
+    /// has pushed for the current version and wants a later one) a deferred
+    /// reply sent once the version moves on.
+    fn pull(&mut self, worker: u32, min_version: u64, ctx: &mut Context<PsMsg>) -> PsReply {
+        let wait = matches!(self.args.mode, Mode::Sync)
+            && min_version > self.version
+            && self.pending.contains_key(&worker);
+        if wait {
+            if let Some(reply) = ctx.defer_reply() {
+                self.waiting_pulls.push((worker, min_version, reply));
+            }
+            return PsReply::Ack;
+        }
+        self.reply_params()
+    }
+
+    /// Takes a worker's gradients computed on `version`: checked, then (sync)
+    /// held until every worker has pushed for this version and applied as
+    /// their average, or (async) applied unless too stale.
+    fn push(
+        &mut self,
+        worker: u32,
+        version: u64,
+        grads: Vec<Vec<f32>>,
+        loss: f32,
+        samples: u32,
+    ) -> PsReply {
+        if let Err(e) = self.check_grads(&grads) {
+            self.rejected += 1;
+            tracing::warn!(shard = self.args.shard, worker, error = %e, "push rejected");
+            return PsReply::Rejected(e);
+        }
+        let fresh = match self.args.mode {
+            Mode::Sync => version == self.version,
+            Mode::Async { staleness } => self.version.saturating_sub(version) <= staleness,
+        };
+        if !fresh {
+            self.rejected += 1;
+            return PsReply::Pushed {
+                accepted: false,
+                version: self.version,
+            };
+        }
+        match self.args.mode {
+            Mode::Sync => {
+                self.pending.insert(worker, (grads, loss, samples));
+                if self.pending.len() as u32 >= self.args.workers {
+                    self.apply_pending();
+                    self.after_update();
+                }
+            }
+            Mode::Async { .. } => {
+                self.samples += u64::from(samples);
+                self.last_loss = loss;
+                self.apply(&grads);
+                self.after_update();
+            }
+        }
+        PsReply::Pushed {
+            accepted: true,
+            version: self.version,
+        }
+    }
+
+    /// Sync mode: applies the average of the pending gradients.
+    fn apply_pending(&mut self) {
+        let n = self.pending.len() as f32;
+        let mut sum: Vec<Vec<f32>> = Vec::new();
+        let mut loss_sum = 0.0;
+        // Sum in worker order, so the result does not depend on arrival
+        // order. The first gradient is the accumulator: the same sums as
+        // starting from zeros (0 + a == a, up to the sign of a zero, which no
+        // update can see), without the zeros.
+        for (g, l, s) in std::mem::take(&mut self.pending).into_values() {
+            if sum.is_empty() {
+                sum = g;
+            } else {
+                for (acc, g) in sum.iter_mut().zip(&g) {
+                    for (a, v) in acc.iter_mut().zip(g) {
+                        *a += v;
+                    }
+                }
+            }
+            loss_sum += l;
+            self.samples += u64::from(s);
+        }
+        if n > 1.0 {
+            for acc in &mut sum {
+                for a in acc.iter_mut() {
+                    *a /= n;
+                }
+            }
+        }
+        self.last_loss = loss_sum / n;
+        self.apply(&sum);
+    }
+
     fn check_grads(&self, grads: &[Vec<f32>]) -> Result<(), String> {
         if grads.len() != self.params.len() {
             return Err(format!(
@@ -295,7 +411,7 @@ impl ParamServer {
                     p.shape
                 ));
             }
-            if g.iter().any(|v| !v.is_finite()) {
+            if !all_finite(g) {
                 return Err(format!("gradient of {} holds NaN or infinity", p.name));
             }
         }
@@ -427,6 +543,20 @@ impl ParamServer {
     }
 }
 
+/// Whether no value is NaN or infinite (their exponent bits are all ones).
+/// Adding one to the exponent field carries into the sign bit exactly for
+/// those, and OR-ing the results vectorises (a short-circuiting `any` over
+/// `is_finite` does not: it was 4% of a one-worker training profile).
+fn all_finite(values: &[f32]) -> bool {
+    const EXPONENT: u32 = 0x7f80_0000;
+    const ONE: u32 = 0x0080_0000;
+    values
+        .iter()
+        .fold(0u32, |acc, v| acc | ((v.to_bits() & EXPONENT) + ONE))
+        & 0x8000_0000
+        == 0
+}
+
 fn list_checkpoints(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
         .map(|rd| {
@@ -478,96 +608,25 @@ impl Actor for ParamServer {
             PsMsg::Pull {
                 worker,
                 min_version,
-            } => {
-                let wait = matches!(self.args.mode, Mode::Sync)
-                    && min_version > self.version
-                    && self.pending.contains_key(&worker);
-                if wait {
-                    if let Some(reply) = ctx.defer_reply() {
-                        self.waiting_pulls.push((worker, min_version, reply));
-                    }
-                    return Ok(PsReply::Ack);
-                }
-                Ok(self.reply_params())
-            }
+            } => Ok(self.pull(worker, min_version, ctx)),
             PsMsg::Push {
                 worker,
                 version,
                 grads,
                 loss,
                 samples,
+            } => Ok(self.push(worker, version, grads, loss, samples)),
+            PsMsg::PushPull {
+                worker,
+                version,
+                grads,
+                loss,
+                samples,
             } => {
-                if let Err(e) = self.check_grads(&grads) {
-                    self.rejected += 1;
-                    tracing::warn!(shard = self.args.shard, worker, error = %e, "push rejected");
-                    return Ok(PsReply::Rejected(e));
-                }
-                match self.args.mode {
-                    Mode::Sync => {
-                        if version != self.version {
-                            self.rejected += 1;
-                            return Ok(PsReply::Pushed {
-                                accepted: false,
-                                version: self.version,
-                            });
-                        }
-                        self.pending.insert(worker, (grads, loss, samples));
-                        if self.pending.len() as u32 >= self.args.workers {
-                            let n = self.pending.len() as f32;
-                            let mut sum: Vec<Vec<f32>> = Vec::new();
-                            let mut loss_sum = 0.0;
-                            // Sum in worker order, so the result does not
-                            // depend on arrival order. The first gradient is
-                            // the accumulator: the same sums as starting from
-                            // zeros (0 + a == a, up to the sign of a zero,
-                            // which no update can see), without the zeros.
-                            for (g, l, s) in std::mem::take(&mut self.pending).into_values() {
-                                if sum.is_empty() {
-                                    sum = g;
-                                } else {
-                                    for (acc, g) in sum.iter_mut().zip(&g) {
-                                        for (a, v) in acc.iter_mut().zip(g) {
-                                            *a += v;
-                                        }
-                                    }
-                                }
-                                loss_sum += l;
-                                self.samples += u64::from(s);
-                            }
-                            if n > 1.0 {
-                                for acc in &mut sum {
-                                    for a in acc.iter_mut() {
-                                        *a /= n;
-                                    }
-                                }
-                            }
-                            self.last_loss = loss_sum / n;
-                            self.apply(&sum);
-                            self.after_update();
-                        }
-                        Ok(PsReply::Pushed {
-                            accepted: true,
-                            version: self.version,
-                        })
-                    }
-                    Mode::Async { staleness } => {
-                        if self.version.saturating_sub(version) > staleness {
-                            self.rejected += 1;
-                            return Ok(PsReply::Pushed {
-                                accepted: false,
-                                version: self.version,
-                            });
-                        }
-                        self.samples += u64::from(samples);
-                        self.last_loss = loss;
-                        self.apply(&grads);
-                        self.after_update();
-                        Ok(PsReply::Pushed {
-                            accepted: true,
-                            version: self.version,
-                        })
-                    }
-                }
+                // The outcome of the push is counted (and a rejection
+                // logged) by `push`; the pull answers either way.
+                let _ = self.push(worker, version, grads, loss, samples);
+                Ok(self.pull(worker, version.saturating_add(1), ctx))
             }
             PsMsg::WorkerDone { worker } => {
                 self.done.insert(worker);
@@ -599,5 +658,45 @@ impl Actor for ParamServer {
                 Err(e) => Ok(PsReply::Rejected(e.to_string())),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::all_finite;
+
+    #[test]
+    fn all_finite_finds_every_nan_and_infinity_and_nothing_else() {
+        let finite = [
+            0.0,
+            -0.0,
+            1.0,
+            -1.5e-42, // subnormal
+            f32::MIN_POSITIVE,
+            f32::MAX,
+            f32::MIN,
+            f32::EPSILON,
+        ];
+        let bad = [
+            f32::NAN,
+            -f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::from_bits(0x7f80_0001), // a signalling NaN
+            f32::from_bits(0xffff_ffff),
+        ];
+        for len in [1, 7, 8, 9, 33, 1000] {
+            let mut v: Vec<f32> = (0..len).map(|i| finite[i % finite.len()]).collect();
+            assert!(all_finite(&v), "{v:?}");
+            for b in bad {
+                for at in [0, len / 2, len - 1] {
+                    let kept = v[at];
+                    v[at] = b;
+                    assert!(!all_finite(&v), "{b} at {at} of {len} missed");
+                    v[at] = kept;
+                }
+            }
+        }
+        assert!(all_finite(&[]));
     }
 }

@@ -433,3 +433,94 @@ async fn a_new_run_never_resumes_an_old_one_unless_asked() {
     assert_eq!(third.checkpoint, second.checkpoint);
     assert_eq!(third.resumed_from, Some(second.steps));
 }
+
+/// `PushPull`: one message per step carries a worker's gradients and brings
+/// back the parameters of the next version, answered (sync mode) only once
+/// every worker has pushed; stale and malformed pushes are counted and
+/// still answered with the current parameters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_pull_answers_with_the_next_version_once_every_worker_has_pushed() {
+    let system = ActorSystem::new();
+    let model = ModelSpec {
+        inputs: 4,
+        hidden: vec![3],
+        classes: 2,
+    };
+    let ps = system
+        .spawn(ParamServer::new(PsArgs {
+            shard: 0,
+            shards: 1,
+            model: model.clone(),
+            init_seed: 0,
+            optimizer: OptimizerConfig::sgd(0.0),
+            lr: 0.1,
+            mode: Mode::Sync,
+            workers: 2,
+            checkpoint: None,
+        }))
+        .await
+        .unwrap();
+    let t = Duration::from_secs(5);
+    let grads = |v: f32| vec![vec![v; 12], vec![v; 3], vec![v; 6], vec![v; 2]];
+    let push_pull = |worker: u32, version: u64, grads: Vec<Vec<f32>>| PsMsg::PushPull {
+        worker,
+        version,
+        grads,
+        loss: 1.0,
+        samples: 4,
+    };
+    let status = || async {
+        match ps.ask(PsMsg::Status, t).await.unwrap() {
+            PsReply::Status(s) => s,
+            other => panic!("{other:?}"),
+        }
+    };
+    // Worker 0 pushes for version 0; its answer waits for worker 1. The
+    // status asked after it proves the push was handled (same mailbox).
+    let first = ps.ask(push_pull(0, 0, grads(1.0)), t);
+    tokio::pin!(first);
+    assert!(futures::poll!(&mut first).is_pending());
+    let s = status().await;
+    assert_eq!((s.version, s.rejected), (0, 0));
+    assert!(
+        futures::poll!(&mut first).is_pending(),
+        "answered before every worker pushed"
+    );
+    // A malformed push from worker 1 is counted and answered at once with
+    // version 0; it does not count as worker 1's push.
+    match ps
+        .ask(push_pull(1, 0, vec![vec![0.0; 12]]), t)
+        .await
+        .unwrap()
+    {
+        PsReply::Params { version: 0, .. } => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(status().await.rejected, 1);
+    assert!(futures::poll!(&mut first).is_pending());
+    // Worker 1's real push completes version 0: both get version 1, the
+    // initial parameters minus lr times the average gradient (1 and 3).
+    let second = ps.ask(push_pull(1, 0, grads(3.0)), t).await.unwrap();
+    let first = first.await.unwrap();
+    let init = model.init(0);
+    for reply in [first, second] {
+        match reply {
+            PsReply::Params { version: 1, params } => {
+                for (p, i) in params.iter().zip(&init) {
+                    for (v, w) in p.values.iter().zip(&i.values) {
+                        assert!((v - (w - 0.1 * 2.0)).abs() < 1e-6, "{v} vs {w}");
+                    }
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // A stale push (version 0 again) is dropped, counted, and answered with
+    // the current version without waiting.
+    match ps.ask(push_pull(0, 0, grads(9.0)), t).await.unwrap() {
+        PsReply::Params { version: 1, .. } => {}
+        other => panic!("{other:?}"),
+    }
+    let s = status().await;
+    assert_eq!((s.version, s.rejected, s.samples), (1, 2, 8));
+}
