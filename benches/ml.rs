@@ -15,6 +15,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use manta::ActorSystem;
@@ -395,28 +396,35 @@ async fn push_pull(rows: &mut Vec<Row>) {
     let count = big_model().param_count();
     let bytes = count * 4;
     let mut manta = Vec::new();
+    // The first pull brings the parameters; then each round is what a
+    // training step sends: one `PushPull` carrying the gradients (here the
+    // values just received) and answered with the next parameters.
+    let pulled = ps
+        .ask(
+            PsMsg::Pull {
+                worker: 0,
+                min_version: 0,
+            },
+            t,
+        )
+        .await
+        .unwrap();
+    let (mut version, mut params) = match pulled {
+        PsReply::Params { version, params } => (version, params),
+        other => panic!("{other:?}"),
+    };
     for i in 0..6 {
         let start = Instant::now();
-        let params = match ps
+        // A move: nothing else holds what the reply decoded.
+        let grads: Vec<Vec<f32>> = Arc::unwrap_or_clone(params)
+            .into_iter()
+            .map(|p| p.values)
+            .collect();
+        let reply = ps
             .ask(
-                PsMsg::Pull {
+                PsMsg::PushPull {
                     worker: 0,
-                    min_version: 0,
-                },
-                t,
-            )
-            .await
-            .unwrap()
-        {
-            PsReply::Params { params, .. } => params,
-            other => panic!("{other:?}"),
-        };
-        let grads: Vec<Vec<f32>> = params.into_iter().map(|p| p.values).collect();
-        match ps
-            .ask(
-                PsMsg::Push {
-                    worker: 0,
-                    version: 0,
+                    version,
                     grads,
                     loss: 0.0,
                     samples: 1,
@@ -424,9 +432,14 @@ async fn push_pull(rows: &mut Vec<Row>) {
                 t,
             )
             .await
-            .unwrap()
-        {
-            PsReply::Pushed { accepted: true, .. } => {}
+            .unwrap();
+        match reply {
+            PsReply::Params {
+                version: v,
+                params: p,
+            } if v == version + 1 => {
+                (version, params) = (v, p);
+            }
             other => panic!("{other:?}"),
         }
         if i > 0 {

@@ -375,7 +375,9 @@ impl RunningJob {
                 .await
                 .map_err(|e| MlError::Actor(format!("pull from {}: {e}", self.names.ps[i])))?;
             match reply {
-                PsReply::Params { params, .. } => shards.push(params.into_iter()),
+                PsReply::Params { params, .. } => {
+                    shards.push(std::sync::Arc::unwrap_or_clone(params).into_iter())
+                }
                 other => return Err(MlError::Actor(format!("unexpected pull reply {other:?}"))),
             }
         }

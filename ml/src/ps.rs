@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use manta_actors::{Actor, ActorError, Context, Message, ReplyTo};
 use serde::{Deserialize, Serialize};
@@ -170,8 +171,12 @@ pub enum PsReply {
     Params {
         /// Their version.
         version: u64,
-        /// The shard's parameters, in model order.
-        params: Vec<ParamTensor>,
+        /// The shard's parameters, in model order: shared with the shard
+        /// (no copy per pull; the shard copies them only if it must update
+        /// them while a reply still holds them). `Arc::unwrap_or_clone`
+        /// gives a puller its own. Encoded as a plain list.
+        #[serde(with = "crate::wire::shared")]
+        params: Arc<Vec<ParamTensor>>,
     },
     /// A push was taken (or dropped as stale).
     Pushed {
@@ -242,7 +247,7 @@ pub struct ParamServer {
     args: PsArgs,
     /// Indices (into the model's parameters) this shard owns.
     owned: Vec<usize>,
-    params: Vec<ParamTensor>,
+    params: Arc<Vec<ParamTensor>>,
     opt: Vec<Option<SlotState>>,
     version: u64,
     samples: u64,
@@ -262,7 +267,7 @@ impl ParamServer {
         Self {
             args,
             owned: Vec::new(),
-            params: Vec::new(),
+            params: Arc::default(),
             opt: Vec::new(),
             version: 0,
             samples: 0,
@@ -291,7 +296,7 @@ impl ParamServer {
     fn reply_params(&self) -> PsReply {
         PsReply::Params {
             version: self.version,
-            params: self.params.clone(),
+            params: Arc::clone(&self.params),
         }
     }
 
@@ -420,7 +425,10 @@ impl ParamServer {
 
     fn apply(&mut self, grads: &[Vec<f32>]) {
         let lr = self.args.lr;
-        for ((p, g), st) in self.params.iter_mut().zip(grads).zip(self.opt.iter_mut()) {
+        // A copy only if a reply still holds the parameters (a remote one
+        // being written, say); otherwise updated in place.
+        let params = Arc::make_mut(&mut self.params);
+        for ((p, g), st) in params.iter_mut().zip(grads).zip(self.opt.iter_mut()) {
             self.args.optimizer.step(lr, &mut p.values, g, st);
         }
         self.version += 1;
@@ -440,7 +448,7 @@ impl ParamServer {
             if min <= version {
                 let _ = reply.send(PsReply::Params {
                     version,
-                    params: self.params.clone(),
+                    params: Arc::clone(&self.params),
                 });
             } else {
                 still.push((worker, min, reply));
@@ -481,7 +489,7 @@ impl ParamServer {
             shards: self.args.shards,
             version: self.version,
             samples: self.samples,
-            params: self.params.clone(),
+            params: self.params.to_vec(),
             optimizer: self.opt.clone(),
         };
         let bytes = postcard::to_allocvec(&file).map_err(|e| err(&dir, &e))?;
@@ -527,7 +535,7 @@ impl ParamServer {
             match loaded {
                 Ok(f) => {
                     tracing::info!(shard = self.args.shard, version = f.version, path = %path.display(), "parameter server resumes from checkpoint");
-                    self.params = f.params;
+                    self.params = Arc::new(f.params);
                     self.opt = f.optimizer;
                     self.version = f.version;
                     self.samples = f.samples;
@@ -588,12 +596,14 @@ impl Actor for ParamServer {
         }
         let owner = assign_shards(&self.args.model, self.args.shards);
         let all = self.args.model.init(self.args.init_seed);
+        let mut params = Vec::new();
         for (i, p) in all.into_iter().enumerate() {
             if owner[i] == self.args.shard {
                 self.owned.push(i);
-                self.params.push(p);
+                params.push(p);
             }
         }
+        self.params = Arc::new(params);
         self.opt = vec![None; self.params.len()];
         self.restore();
         Ok(())

@@ -127,6 +127,28 @@ pub(crate) mod f32_vecs {
     }
 }
 
+/// A shared vector encoded as the vector itself (the same bytes as a
+/// `Vec<T>` field), so that a sender can hand out what it keeps without
+/// copying it.
+pub(crate) mod shared {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub(crate) fn serialize<T: Serialize, S: Serializer>(
+        v: &Arc<Vec<T>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        v.as_slice().serialize(s)
+    }
+
+    pub(crate) fn deserialize<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Arc<Vec<T>>, D::Error> {
+        Vec::deserialize(d).map(Arc::new)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -175,5 +197,21 @@ mod tests {
         assert!(matches!(e, postcard::Error::SerdeDeCustom), "{e:?}");
         let ok = postcard::from_bytes::<One>(&[4, 0, 0, 0x80, 0x3f]).unwrap();
         assert_eq!(ok.0, [1.0]);
+    }
+
+    #[test]
+    fn a_shared_vector_is_encoded_as_the_vector_itself() {
+        use std::sync::Arc;
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct Shared(#[serde(with = "super::shared")] Arc<Vec<Both>>);
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct Plain(Vec<Both>);
+        let shared = Shared(Arc::new(vec![sample(), sample()]));
+        let plain = Plain(vec![sample(), sample()]);
+        let bytes = postcard::to_allocvec(&shared).unwrap();
+        assert_eq!(bytes, postcard::to_allocvec(&plain).unwrap());
+        assert_eq!(postcard::from_bytes::<Shared>(&bytes).unwrap(), shared);
+        let text = serde_json::to_string(&shared).unwrap();
+        assert_eq!(text, serde_json::to_string(&plain).unwrap());
     }
 }

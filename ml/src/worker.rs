@@ -169,7 +169,7 @@ async fn compute(device: DeviceSpec, task: GradTask) -> Result<(f32, Vec<Vec<f32
 /// Parameters of every shard (shard order) and their versions.
 struct Held {
     versions: Vec<u64>,
-    params: Vec<Vec<ParamTensor>>,
+    params: Vec<Arc<Vec<ParamTensor>>>,
 }
 
 impl Held {
@@ -387,7 +387,14 @@ impl Worker {
         let Some(batch) = self.ahead.pop(step) else {
             return Ok(StepOutcome::Finished);
         };
-        let mut shard_params: Vec<_> = held.params.into_iter().map(Vec::into_iter).collect();
+        // Our own copy of each shard's values (a move when nothing else holds
+        // them, as after a remote pull; a copy of the shard's values when it
+        // is in this process).
+        let mut shard_params: Vec<_> = held
+            .params
+            .into_iter()
+            .map(|p| Arc::unwrap_or_clone(p).into_iter())
+            .collect();
         let mut params = Vec::with_capacity(self.owner.len());
         for &s in &self.owner {
             match shard_params.get_mut(s as usize).and_then(Iterator::next) {
