@@ -489,7 +489,7 @@ async fn push_pull(rows: &mut Vec<Row>) {
         format!("{:.1} ms ({:.0} MB/s)", m * 1e3, mb / m),
         format!("{:.3}x", r / m),
         format!(
-            "pull (ask) then push (ask) through the sealed mesh; includes the SGD apply; {:.2}x of the raw mesh stream",
+            "one PushPull ask (gradients out, parameters back) through the sealed mesh; includes the SGD apply; {:.2}x of the raw mesh stream",
             w / m
         ),
     ));
