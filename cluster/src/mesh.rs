@@ -195,11 +195,22 @@ impl Mesh {
                             tracing::debug!(target: "manta::mesh", peer = %peer_id, cause = ?cause, "disconnected");
                             connected_tx.send_if_modified(|s| s.remove(&peer_id));
                         }
-                        SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
+                        SwarmEvent::IncomingConnectionError { send_back_addr, error, peer_id, .. } => {
                             let n = st.refused.fetch_add(1, Ordering::Relaxed) + 1;
                             st.activity.send_modify(|a| *a += 1);
-                            if n <= 5 || n % 1000 == 0 {
-                                tracing::warn!(target: "manta::mesh", from = %send_back_addr, %error, total = n, "refused inbound connection");
+                            match (&error, peer_id) {
+                                // It finished the pnet and noise handshakes, so
+                                // it holds the cluster secret: a node whose
+                                // membership has not reached this one yet (it
+                                // dials again once gossip has it), not a
+                                // stranger. Counted, not alarmed about.
+                                (libp2p::swarm::ListenError::Denied { .. }, Some(peer)) => {
+                                    tracing::debug!(target: "manta::mesh", from = %send_back_addr, %peer, total = n, "refused inbound connection from a peer that is not a member (yet)");
+                                }
+                                _ if n <= 5 || n % 1000 == 0 => {
+                                    tracing::warn!(target: "manta::mesh", from = %send_back_addr, %error, total = n, "refused inbound connection");
+                                }
+                                _ => {}
                             }
                         }
                         SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
