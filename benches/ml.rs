@@ -24,7 +24,7 @@ use manta_ml::data::{Batch, ShardPlan, shard_batches};
 use manta_ml::device::CpuBackend;
 use manta_ml::job::Env;
 use manta_ml::loader::{Delivery, Loader, LoaderArgs, LoaderFeed, LoaderMsg, LoaderReply};
-use manta_ml::ps::{Mode, ParamServer, PsArgs, PsMsg, PsReply};
+use manta_ml::ps::{Gradients, Mode, ParamServer, PsArgs, PsMsg, PsReply};
 use manta_ml::reference::train_reference;
 use manta_ml::{DatasetSpec, ModelSpec, OptimizerConfig, TrainConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -422,13 +422,13 @@ async fn push_pull(rows: &mut Vec<Row>) {
             .collect();
         let reply = ps
             .ask(
-                PsMsg::PushPull {
+                PsMsg::PushPull(Gradients {
                     worker: 0,
                     version,
                     grads,
                     loss: 0.0,
                     samples: 1,
-                },
+                }),
                 t,
             )
             .await

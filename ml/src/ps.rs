@@ -107,6 +107,22 @@ pub fn assign_shards(model: &ModelSpec, shards: u32) -> Vec<u32> {
     owner
 }
 
+/// A worker's gradients for one shard, computed on `version`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Gradients {
+    /// The pusher.
+    pub worker: u32,
+    /// The version the gradients were computed on.
+    pub version: u64,
+    /// One gradient per parameter of this shard, in order.
+    #[serde(with = "crate::wire::f32_vecs")]
+    pub grads: Vec<Vec<f32>>,
+    /// The batch's loss.
+    pub loss: f32,
+    /// Rows in the batch.
+    pub samples: u32,
+}
+
 /// Messages of a parameter-server shard.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum PsMsg {
@@ -118,20 +134,8 @@ pub enum PsMsg {
         /// The version wanted.
         min_version: u64,
     },
-    /// Gradients of the shard's parameters, computed on `version`.
-    Push {
-        /// The pusher.
-        worker: u32,
-        /// The version the gradients were computed on.
-        version: u64,
-        /// One gradient per parameter of this shard, in order.
-        #[serde(with = "crate::wire::f32_vecs")]
-        grads: Vec<Vec<f32>>,
-        /// The batch's loss.
-        loss: f32,
-        /// Rows in the batch.
-        samples: u32,
-    },
+    /// Gradients of the shard's parameters.
+    Push(Gradients),
     /// A worker has finished its data.
     WorkerDone {
         /// The worker.
@@ -149,19 +153,7 @@ pub enum PsMsg {
     /// (`min_version: version + 1`) answers: in sync mode, once every worker
     /// has pushed for this version. A training step costs one message per
     /// shard instead of a push and a pull.
-    PushPull {
-        /// The pusher.
-        worker: u32,
-        /// The version the gradients were computed on.
-        version: u64,
-        /// One gradient per parameter of this shard, in order.
-        #[serde(with = "crate::wire::f32_vecs")]
-        grads: Vec<Vec<f32>>,
-        /// The batch's loss.
-        loss: f32,
-        /// Rows in the batch.
-        samples: u32,
-    },
+    PushPull(Gradients),
 }
 
 /// What a shard answers.
@@ -319,14 +311,14 @@ impl ParamServer {
     /// Takes a worker's gradients computed on `version`: checked, then (sync)
     /// held until every worker has pushed for this version and applied as
     /// their average, or (async) applied unless too stale.
-    fn push(
-        &mut self,
-        worker: u32,
-        version: u64,
-        grads: Vec<Vec<f32>>,
-        loss: f32,
-        samples: u32,
-    ) -> PsReply {
+    fn push(&mut self, g: Gradients) -> PsReply {
+        let Gradients {
+            worker,
+            version,
+            grads,
+            loss,
+            samples,
+        } = g;
         if let Err(e) = self.check_grads(&grads) {
             self.rejected += 1;
             tracing::warn!(shard = self.args.shard, worker, error = %e, "push rejected");
@@ -619,24 +611,13 @@ impl Actor for ParamServer {
                 worker,
                 min_version,
             } => Ok(self.pull(worker, min_version, ctx)),
-            PsMsg::Push {
-                worker,
-                version,
-                grads,
-                loss,
-                samples,
-            } => Ok(self.push(worker, version, grads, loss, samples)),
-            PsMsg::PushPull {
-                worker,
-                version,
-                grads,
-                loss,
-                samples,
-            } => {
+            PsMsg::Push(g) => Ok(self.push(g)),
+            PsMsg::PushPull(g) => {
+                let (worker, next) = (g.worker, g.version.saturating_add(1));
                 // The outcome of the push is counted (and a rejection
                 // logged) by `push`; the pull answers either way.
-                let _ = self.push(worker, version, grads, loss, samples);
-                Ok(self.pull(worker, version.saturating_add(1), ctx))
+                let _ = self.push(g);
+                Ok(self.pull(worker, next, ctx))
             }
             PsMsg::WorkerDone { worker } => {
                 self.done.insert(worker);

@@ -20,7 +20,7 @@ use crate::directory::Directory;
 use crate::error::MlError;
 use crate::loader::{Cursor, Delivery, LoaderMsg, LoaderReply};
 use crate::model::{Mlp, ModelSpec, ParamTensor, loss_and_grads};
-use crate::ps::{Mode, PsMsg, PsReply, assign_shards};
+use crate::ps::{Gradients, Mode, PsMsg, PsReply, assign_shards};
 
 /// Arguments of a worker (kind `manta.worker`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -425,13 +425,13 @@ impl Worker {
         let pushes = join_all(ps.iter().zip(per_shard).zip(&held.versions).map(
             |((p, grads), &version)| {
                 p.ask(
-                    PsMsg::PushPull {
+                    PsMsg::PushPull(Gradients {
                         worker: index,
                         version,
                         grads,
                         loss,
                         samples,
-                    },
+                    }),
                     REQUEST_TIMEOUT,
                 )
             },

@@ -4,7 +4,7 @@ use manta_actors::ActorSystem;
 use manta_ml::data::{Batch, ShardPlan, shard_batches};
 use manta_ml::device::CpuBackend;
 use manta_ml::job::{self, Env, Progress};
-use manta_ml::ps::{Mode, ParamServer, PsArgs, PsMsg, PsReply};
+use manta_ml::ps::{Gradients, Mode, ParamServer, PsArgs, PsMsg, PsReply};
 use manta_ml::reference::train_reference;
 use manta_ml::{MlError, ModelSpec, OptimizerConfig, ParamTensor, TrainConfig};
 
@@ -241,9 +241,12 @@ async fn a_killed_parameter_server_resumes_from_its_checkpoint_and_training_reac
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_parameter_server_rejects_malformed_pushes_and_keeps_serving() {
-    let system = ActorSystem::new();
+/// A one-shard sync parameter server for a 4-3-2 MLP (23 values in four
+/// tensors) with plain SGD at lr 0.1, expecting `workers` workers.
+async fn small_sgd_ps(
+    system: &ActorSystem,
+    workers: u32,
+) -> (manta_actors::ActorHandle<PsMsg>, ModelSpec) {
     let model = ModelSpec {
         inputs: 4,
         hidden: vec![3],
@@ -258,22 +261,29 @@ async fn a_parameter_server_rejects_malformed_pushes_and_keeps_serving() {
             optimizer: OptimizerConfig::sgd(0.0),
             lr: 0.1,
             mode: Mode::Sync,
-            workers: 1,
+            workers,
             checkpoint: None,
         }))
         .await
         .unwrap();
+    (ps, model)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parameter_server_rejects_malformed_pushes_and_keeps_serving() {
+    let system = ActorSystem::new();
+    let (ps, model) = small_sgd_ps(&system, 1).await;
     let t = Duration::from_secs(5);
     let wrong = vec![vec![0.0; 12], vec![0.0; 3], vec![0.0; 5], vec![0.0; 2]];
     let reply = ps
         .ask(
-            PsMsg::Push {
+            PsMsg::Push(Gradients {
                 worker: 0,
                 version: 0,
                 grads: wrong,
                 loss: 1.0,
                 samples: 1,
-            },
+            }),
             t,
         )
         .await
@@ -288,13 +298,13 @@ async fn a_parameter_server_rejects_malformed_pushes_and_keeps_serving() {
     let nan = vec![vec![f32::NAN; 12], vec![0.0; 3], vec![0.0; 6], vec![0.0; 2]];
     assert!(matches!(
         ps.ask(
-            PsMsg::Push {
+            PsMsg::Push(Gradients {
                 worker: 0,
                 version: 0,
                 grads: nan,
                 loss: 1.0,
                 samples: 1
-            },
+            }),
             t
         )
         .await
@@ -305,13 +315,13 @@ async fn a_parameter_server_rejects_malformed_pushes_and_keeps_serving() {
     let good = vec![vec![1.0; 12], vec![1.0; 3], vec![1.0; 6], vec![1.0; 2]];
     match ps
         .ask(
-            PsMsg::Push {
+            PsMsg::Push(Gradients {
                 worker: 0,
                 version: 0,
                 grads: good,
                 loss: 1.0,
                 samples: 1,
-            },
+            }),
             t,
         )
         .await
@@ -441,33 +451,17 @@ async fn a_new_run_never_resumes_an_old_one_unless_asked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_pull_answers_with_the_next_version_once_every_worker_has_pushed() {
     let system = ActorSystem::new();
-    let model = ModelSpec {
-        inputs: 4,
-        hidden: vec![3],
-        classes: 2,
-    };
-    let ps = system
-        .spawn(ParamServer::new(PsArgs {
-            shard: 0,
-            shards: 1,
-            model: model.clone(),
-            init_seed: 0,
-            optimizer: OptimizerConfig::sgd(0.0),
-            lr: 0.1,
-            mode: Mode::Sync,
-            workers: 2,
-            checkpoint: None,
-        }))
-        .await
-        .unwrap();
+    let (ps, model) = small_sgd_ps(&system, 2).await;
     let t = Duration::from_secs(5);
     let grads = |v: f32| vec![vec![v; 12], vec![v; 3], vec![v; 6], vec![v; 2]];
-    let push_pull = |worker: u32, version: u64, grads: Vec<Vec<f32>>| PsMsg::PushPull {
-        worker,
-        version,
-        grads,
-        loss: 1.0,
-        samples: 4,
+    let push_pull = |worker: u32, version: u64, grads: Vec<Vec<f32>>| {
+        PsMsg::PushPull(Gradients {
+            worker,
+            version,
+            grads,
+            loss: 1.0,
+            samples: 4,
+        })
     };
     let status = || async {
         match ps.ask(PsMsg::Status, t).await.unwrap() {
