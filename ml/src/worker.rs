@@ -211,6 +211,8 @@ impl Held {
 /// batches per message was measured slower here: 93k-102k against 111k-118k
 /// samples/s with one worker, alternated runs.)
 struct Ahead {
+    /// The loader's registered name (for errors).
+    loader: String,
     batch: Option<Batch>,
     prefetch: u32,
     bpe: u32,
@@ -218,8 +220,9 @@ struct Ahead {
 }
 
 impl Ahead {
-    fn new(prefetch: u32, bpe: u32) -> Self {
+    fn new(loader: String, prefetch: u32, bpe: u32) -> Self {
         Self {
+            loader,
             batch: None,
             prefetch,
             bpe,
@@ -273,7 +276,10 @@ impl Ahead {
             Err(e) => {
                 // A loader restarted elsewhere gets its credits again.
                 self.granted = false;
-                Err(MlError::Actor(format!("take from loader: {e}")))
+                Err(MlError::Actor(format!(
+                    "take from loader {}: {e}",
+                    self.loader
+                )))
             }
         }
     }
@@ -292,7 +298,7 @@ impl Worker {
     /// A worker resolving its peers through `directory`.
     pub fn new(args: WorkerArgs, directory: Directory) -> Self {
         let owner = assign_shards(&args.model, args.ps.len() as u32);
-        let ahead = Ahead::new(args.prefetch, args.batches_per_epoch);
+        let ahead = Ahead::new(args.loader.clone(), args.prefetch, args.batches_per_epoch);
         Self {
             args,
             directory,
@@ -420,8 +426,8 @@ impl Worker {
         }
         // One message per shard pushes the gradients and brings back the
         // parameters of the next step (sync: once every worker has pushed);
-        // the next batches are taken meanwhile when none are left. Stale or
-        // malformed pushes are counted by the parameter server.
+        // the next step's batch is taken meanwhile. Stale or malformed
+        // pushes are counted by the parameter server.
         let pushes = join_all(ps.iter().zip(per_shard).zip(&held.versions).map(
             |((p, grads), &version)| {
                 p.ask(
