@@ -249,7 +249,6 @@ impl OptimizerConfig {
     }
 }
 
-/// The gradient with burn's L2 weight decay added (`w * penalty + g`).
 /// The constants of one Adam step (bias corrections folded in).
 #[derive(Clone, Copy)]
 struct AdamStep {
@@ -285,6 +284,7 @@ impl AdamStep {
     }
 }
 
+/// The gradient with burn's L2 weight decay added (`w * penalty + g`).
 fn decayed(param: &[f32], grad: &[f32], penalty: f32) -> Vec<f32> {
     if penalty == 0.0 {
         return grad.to_vec();

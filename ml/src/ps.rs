@@ -436,12 +436,9 @@ impl ParamServer {
         }
         let version = self.version;
         let mut still = Vec::new();
-        for (worker, min, reply) in self.waiting_pulls.drain(..) {
+        for (worker, min, reply) in std::mem::take(&mut self.waiting_pulls) {
             if min <= version {
-                let _ = reply.send(PsReply::Params {
-                    version,
-                    params: Arc::clone(&self.params),
-                });
+                let _ = reply.send(self.reply_params());
             } else {
                 still.push((worker, min, reply));
             }
