@@ -117,6 +117,39 @@ fn pinned(cpu: u32, program: &Path) -> Command {
     }
 }
 
+/// 5,000 sequential asks, then 5,000 TCP ping-pongs of one 5-byte frame;
+/// both latency lists sorted.
+async fn ask_round_trips<R, W>(
+    sink: manta::ActorHandle<Sink>,
+    rd: &mut R,
+    wr: &mut W,
+) -> (Vec<Duration>, Vec<Duration>)
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let t = Duration::from_secs(60);
+    let k = 5_000;
+    let mut lat = Vec::with_capacity(k);
+    for _ in 0..k {
+        let s = Instant::now();
+        sink.ask(Sink::Count, t).await.expect("ask");
+        lat.push(s.elapsed());
+    }
+    lat.sort();
+    let mut tlat = Vec::with_capacity(k);
+    for _ in 0..k {
+        let s = Instant::now();
+        wr.write_all(&[0, 0, 0, 1, b'!']).await.unwrap();
+        wr.flush().await.unwrap();
+        let mut b = [0u8; 5];
+        rd.read_exact(&mut b).await.unwrap();
+        tlat.push(s.elapsed());
+    }
+    tlat.sort();
+    (lat, tlat)
+}
+
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -179,34 +212,38 @@ async fn remote_benches(dir: &Path, rows: &mut Vec<Row>) {
         ),
     ));
 
-    // 2. Ask round trips.
-    let k = 5_000;
-    let mut lat = Vec::with_capacity(k);
-    for _ in 0..k {
-        let s = Instant::now();
-        sink.ask(Sink::Count, t).await.expect("ask");
-        lat.push(s.elapsed());
+    // 2. Ask round trips: from the main thread (`block_on`, outside the
+    // runtime's worker threads: every reply is a cross-thread wake-up, for
+    // Manta and TCP alike) and from a task on the runtime, where actor code
+    // runs.
+    let (lat, tlat) = ask_round_trips(sink.clone(), &mut rd, &mut wr).await;
+    let (task_lat, task_tlat) = {
+        let sink = sink.clone();
+        let conn = tokio::net::TcpStream::connect(tcp)
+            .await
+            .expect("tcp connect");
+        conn.set_nodelay(true).ok();
+        tokio::spawn(async move {
+            let (mut rd, mut wr) = conn.into_split();
+            ask_round_trips(sink, &mut rd, &mut wr).await
+        })
+        .await
+        .expect("ask task")
+    };
+    for (what, lat, tlat) in [
+        ("from the main thread", lat, tlat),
+        ("from a runtime task", task_lat, task_tlat),
+    ] {
+        rows.push(Row(
+            format!("ask round trip p50 / p99, {what}"),
+            format!("{} / {}", us(pct(&lat, 0.5)), us(pct(&lat, 0.99))),
+            format!("{} / {}", us(pct(&tlat, 0.5)), us(pct(&tlat, 0.99))),
+            format!(
+                "p50 {:.2}x of TCP (target p50 ≤ 100 µs)",
+                pct(&lat, 0.5).as_secs_f64() / pct(&tlat, 0.5).as_secs_f64()
+            ),
+        ));
     }
-    lat.sort();
-    let mut tlat = Vec::with_capacity(k);
-    for _ in 0..k {
-        let s = Instant::now();
-        wr.write_all(&[0, 0, 0, 1, b'!']).await.unwrap();
-        wr.flush().await.unwrap();
-        let mut b = [0u8; 5];
-        rd.read_exact(&mut b).await.unwrap();
-        tlat.push(s.elapsed());
-    }
-    tlat.sort();
-    rows.push(Row(
-        "ask round trip p50 / p99".into(),
-        format!("{} / {}", us(pct(&lat, 0.5)), us(pct(&lat, 0.99))),
-        format!("{} / {}", us(pct(&tlat, 0.5)), us(pct(&tlat, 0.99))),
-        format!(
-            "p50 {:.2}x of TCP (target p50 ≤ 100 µs)",
-            pct(&lat, 0.5).as_secs_f64() / pct(&tlat, 0.5).as_secs_f64()
-        ),
-    ));
 
     // 3. Large payloads: each message acknowledged before the next.
     let mut raw = raw_stream(&node, &peer).await;

@@ -160,6 +160,86 @@ async fn a_broken_actor_stream_is_replaced_and_the_failed_write_sent_again() {
     assert_eq!(p.b.remoting().reopened_streams(), 2);
 }
 
+/// Checks that the numbers it is told arrive in sequence.
+struct Sequence {
+    next: u64,
+    out_of_order: u64,
+    bytes: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Seq {
+    Put(u64, #[serde(with = "serde_bytes")] Vec<u8>),
+    /// (next expected, out of order, bytes received)
+    Check,
+}
+
+impl Message for Seq {
+    type Reply = (u64, u64, u64);
+}
+
+impl Actor for Sequence {
+    type Msg = Seq;
+    async fn handle(
+        &mut self,
+        msg: Seq,
+        _: &mut Context<Seq>,
+    ) -> Result<(u64, u64, u64), ActorError> {
+        if let Seq::Put(n, pad) = msg {
+            if n != self.next {
+                self.out_of_order += 1;
+            }
+            self.next = n + 1;
+            self.bytes += pad.len() as u64;
+        }
+        Ok((self.next, self.out_of_order, self.bytes))
+    }
+}
+
+/// Small frames in bursts of every length, some larger than one yamux write
+/// (16 KiB), with the link going idle between bursts (an ask waits for its
+/// reply) or not (the sender only yields): the writer batches whatever is
+/// queued into one write, and the frames arrive in the order they were sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_frames_in_bursts_arrive_in_the_order_sent() {
+    let (p, sys_a) = pair("order").await;
+    sys_a
+        .spawn_named(
+            "seq",
+            Sequence {
+                next: 0,
+                out_of_order: 0,
+                bytes: 0,
+            },
+        )
+        .await
+        .unwrap();
+    published(&p.b, "seq").await;
+    let seq = p.b.where_is::<Seq>("seq").unwrap();
+    let mut n = 0u64;
+    let mut padding = 0u64;
+    for round in 0..300u64 {
+        for i in 0..(round % 40 + 1) {
+            // Every seventh frame is 40 KiB: three yamux frames.
+            let pad = if (round + i) % 7 == 0 { 40 << 10 } else { 8 };
+            seq.tell(Seq::Put(n, vec![round as u8; pad])).unwrap();
+            n += 1;
+            padding += pad as u64;
+        }
+        if round % 3 == 0 {
+            // The link goes idle.
+            let (next, bad, _) = seq.ask(Seq::Check, DEADLINE).await.unwrap();
+            assert_eq!((next, bad), (n, 0), "after round {round}");
+        } else {
+            tokio::task::yield_now().await;
+        }
+    }
+    assert_eq!(
+        seq.ask(Seq::Check, DEADLINE).await.unwrap(),
+        (n, 0, padding)
+    );
+}
+
 /// A stream that breaks in the middle of a chunked message: the chunks
 /// already sent are gone with it, the tail arriving on the fresh stream is
 /// dropped quietly (not taken for garbage, which would close that stream
