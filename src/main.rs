@@ -207,9 +207,36 @@ fn report(e: &CliError) -> ExitCode {
     ExitCode::FAILURE
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
+    let runtime = match &args.command {
+        // An in-process job gets the runtime that suits it (one thread for
+        // one CPU worker); a config that does not load gets the default one
+        // and `train` reports the error.
+        Command::Train { config, seeds, .. } if seeds.is_empty() => {
+            match manta_ml::TrainConfig::load(config) {
+                Ok(c) => manta_ml::job::in_process_runtime(&c),
+                Err(_) => default_runtime(),
+            }
+        }
+        _ => default_runtime(),
+    };
+    match runtime {
+        Ok(rt) => rt.block_on(run(args)),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn default_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+async fn run(args: Args) -> ExitCode {
     match args.command {
         Command::Check { files } => {
             let kinds = manta::builtin::kinds();

@@ -154,7 +154,7 @@ async fn compute(device: DeviceSpec, task: GradTask) -> Result<(f32, Vec<Vec<f32
     };
     let work = task.model.param_count().saturating_mul(task.batch.rows());
     let multi_thread = Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread;
-    let nested = if multi_thread && device == DeviceSpec::Cpu && work <= INLINE_WORK {
+    let nested = if device == DeviceSpec::Cpu && work <= INLINE_WORK {
         in_place(task)
     } else if multi_thread {
         tokio::task::block_in_place(|| in_place(task))

@@ -72,6 +72,39 @@ fn the_example_config_trains_digits_past_097_and_reports_json() {
     );
 }
 
+/// One CPU worker: `manta train` runs the job on a one-thread runtime
+/// (`manta_ml::job::in_process_runtime`); it trains and reports as the
+/// two-worker example does.
+#[test]
+fn a_one_worker_job_trains_on_its_one_thread_runtime() {
+    let dir = Scratch::new("train-one");
+    let cfg = example_config(&dir, "");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let one = text
+        .replace("workers = 2", "workers = 1")
+        .replace("loaders = 2", "loaders = 1")
+        .replace("epochs = 40", "epochs = 10");
+    assert!(one.contains("workers = 1") && one.contains("epochs = 10"));
+    let config = manta_ml::TrainConfig::parse(&one, "one.toml", &dir.0).unwrap();
+    assert_eq!(manta_ml::job::in_process_threads(&config), Some(1));
+    let two = manta_ml::TrainConfig::parse(&text, "two.toml", &dir.0).unwrap();
+    assert_eq!(manta_ml::job::in_process_threads(&two), None);
+    let cfg = dir.file("one.toml", &one);
+    let out = manta()
+        .args(["train", "--json", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let report = last_json(&stdout);
+    assert_eq!(report["workers"], 1);
+    assert_eq!(report["steps"], 450, "10 epochs of 45 batches");
+    let acc = report["test_accuracy"].as_f64().unwrap();
+    assert!(acc >= 0.95, "test accuracy {acc} after 10 epochs");
+}
+
 #[test]
 fn train_rejects_a_bad_config_with_its_position() {
     let dir = Scratch::new("train-bad");
