@@ -38,19 +38,25 @@ fn last_json(out: &str) -> Value {
     serde_json::from_str(line).unwrap()
 }
 
+/// Runs `manta train --json` on `cfg` in-process; it must succeed. Returns
+/// the final JSON report and the progress written to stderr.
+fn train_json(cfg: &std::path::Path) -> (Value, String) {
+    let out = manta()
+        .args(["train", "--json", "--config"])
+        .arg(cfg)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    (last_json(&stdout), stderr)
+}
+
 #[test]
 fn the_example_config_trains_digits_past_097_and_reports_json() {
     let dir = Scratch::new("train-example");
     let cfg = example_config(&dir, "");
-    let out = manta()
-        .args(["train", "--json", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
-    let report = last_json(&stdout);
+    let (report, stderr) = train_json(&cfg);
     let acc = report["test_accuracy"].as_f64().unwrap();
     assert!(acc >= 0.97, "test accuracy {acc}");
     assert!(report["train_seconds"].as_f64().unwrap() > 0.0);
@@ -90,15 +96,7 @@ fn a_one_worker_job_trains_on_its_one_thread_runtime() {
     let two = manta_ml::TrainConfig::parse(&text, "two.toml", &dir.0).unwrap();
     assert_eq!(manta_ml::job::in_process_threads(&two), None);
     let cfg = dir.file("one.toml", &one);
-    let out = manta()
-        .args(["train", "--json", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
-    let report = last_json(&stdout);
+    let (report, _) = train_json(&cfg);
     assert_eq!(report["workers"], 1);
     assert_eq!(report["steps"], 450, "10 epochs of 45 batches");
     let acc = report["test_accuracy"].as_f64().unwrap();
