@@ -47,6 +47,32 @@ const RESERVE_LIMIT: usize = 16 * 1024 * 1024;
 /// a whole frame): at most this many, whatever the number of peers.
 const KEPT_BUFFERS: usize = 2;
 
+/// The bytes of a successful reply (encoded as one byte string).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+struct ReplyBody<'a>(#[serde(with = "serde_bytes", borrow)] Cow<'a, [u8]>);
+
+/// A reply's bytes as the waiting ask gets them: `buf[range]`. A large
+/// reply arrives as its whole reassembly buffer (no copy of its bytes into
+/// a fresh vector), which the ask hands back for the next large message
+/// once it has decoded the reply.
+struct ReplyBytes {
+    buf: Vec<u8>,
+    range: std::ops::Range<usize>,
+}
+
+impl ReplyBytes {
+    fn owned(buf: Vec<u8>) -> Self {
+        let range = 0..buf.len();
+        ReplyBytes { buf, range }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // `range` lies within `buf` by construction (see `read_loop`).
+        self.buf.get(self.range.clone()).unwrap_or_default()
+    }
+}
+
 /// What travels on an actor stream. Tells and asks borrow their target,
 /// type and body: from the sender's handle when encoding, from the receive
 /// buffer when decoding (no copy of a large body on either side).
@@ -73,8 +99,10 @@ enum Frame<'a> {
     Reply {
         id: u64,
         /// Bytes, not a sequence: a large reply is not encoded and decoded
-        /// one element at a time (the wire format is the same).
-        result: Result<serde_bytes::ByteBuf, WireError>,
+        /// one element at a time (the wire format is the same). Decoding
+        /// borrows them from the receive buffer.
+        #[serde(borrow)]
+        result: Result<ReplyBody<'a>, WireError>,
     },
     Stop {
         to: String,
@@ -422,7 +450,7 @@ fn encode_sized<F: Serialize + ?Sized>(frame: &F, size: usize) -> Result<Encoded
     postcard::serialize_with_flavor(frame, FrameSink::new(size)?).map_err(encode_error)
 }
 
-type Pending = oneshot::Sender<Result<Vec<u8>, WireError>>;
+type Pending = oneshot::Sender<Result<ReplyBytes, WireError>>;
 
 struct Link {
     tx: mpsc::Sender<Vec<u8>>,
@@ -440,7 +468,7 @@ impl Frame<'_> {
     fn reply(id: u64, result: Result<Vec<u8>, WireError>) -> Self {
         Frame::Reply {
             id,
-            result: result.map(serde_bytes::ByteBuf::from),
+            result: result.map(|v| ReplyBody(Cow::Owned(v))),
         }
     }
 
@@ -901,22 +929,38 @@ impl Remoting {
                 entry.1 += 1;
                 entry.2.extend_from_slice(c.data);
                 if entry.1 == c.count {
-                    let Some((_, _, mut whole)) = partial.remove(&c.msg) else {
+                    let Some((_, _, whole)) = partial.remove(&c.msg) else {
                         return;
                     };
-                    match postcard::from_bytes::<Frame>(&whole) {
+                    let reply = match postcard::from_bytes::<Frame>(&whole) {
                         Ok(Frame::Chunk { .. }) | Err(_) => {
                             self.bad(peer, "undecodable large message");
                             return;
                         }
+                        // A large reply's bytes stay where they are: the
+                        // buffer goes to the waiting ask.
+                        Ok(Frame::Reply {
+                            id,
+                            result: Ok(ReplyBody(Cow::Borrowed(body))),
+                        }) => {
+                            let start =
+                                (body.as_ptr() as usize).wrapping_sub(whole.as_ptr() as usize);
+                            Some((id, start..start + body.len()))
+                        }
                         // Dispatch decodes the message out of the buffer.
-                        Ok(frame) => self.dispatch(peer, frame),
+                        Ok(frame) => {
+                            self.dispatch(peer, frame);
+                            None
+                        }
+                    };
+                    if let Some((id, range)) = reply {
+                        let waiting = lock(&self.inner.pending).remove(&id);
+                        if let Some((_, tx)) = waiting {
+                            let _ = tx.send(Ok(ReplyBytes { buf: whole, range }));
+                            continue;
+                        }
                     }
-                    let mut kept = lock(&self.inner.kept);
-                    if kept.len() < KEPT_BUFFERS && whole.capacity() <= MAX_FRAME + CHUNK {
-                        whole.clear();
-                        kept.push(whole);
-                    }
+                    self.keep(whole);
                 }
                 continue;
             }
@@ -928,6 +972,19 @@ impl Remoting {
                     return;
                 }
             }
+        }
+    }
+
+    /// Keeps a large message's buffer for the next one (at most
+    /// [`KEPT_BUFFERS`]; small or oversized buffers are dropped).
+    fn keep(&self, mut buf: Vec<u8>) {
+        if buf.capacity() <= CHUNK || buf.capacity() > MAX_FRAME + CHUNK {
+            return;
+        }
+        let mut kept = lock(&self.inner.kept);
+        if kept.len() < KEPT_BUFFERS {
+            buf.clear();
+            kept.push(buf);
         }
     }
 
@@ -990,7 +1047,7 @@ impl Remoting {
             Frame::Chunk { .. } => {}
             Frame::Reply { id, result } => {
                 if let Some((_, tx)) = lock(&self.inner.pending).remove(&id) {
-                    let _ = tx.send(result.map(serde_bytes::ByteBuf::into_vec));
+                    let _ = tx.send(result.map(|b| ReplyBytes::owned(b.0.into_owned())));
                 }
             }
             Frame::Stop { to, reason } => {
@@ -1084,7 +1141,9 @@ impl Remoting {
         match outcome {
             Err(_) => Err(WireError::Timeout(timeout.as_millis() as u64)),
             Ok(Err(_)) => Err(WireError::NodeDown(peer.to_string())),
-            Ok(Ok(Ok(ty))) => String::from_utf8(ty).map_err(|e| WireError::Decode(e.to_string())),
+            Ok(Ok(Ok(ty))) => {
+                String::from_utf8(ty.bytes().to_vec()).map_err(|e| WireError::Decode(e.to_string()))
+            }
             Ok(Ok(Err(e))) => Err(e),
         }
     }
@@ -1190,8 +1249,11 @@ impl<M: Message> RemoteActor<M> for RemoteRef<M> {
                 Ok(Err(_)) => Err(AskError::NoReply(Some(ExitReason::NodeDown(
                     peer.to_string(),
                 )))),
-                Ok(Ok(Ok(bytes))) => {
-                    postcard::from_bytes(&bytes).map_err(|e| AskError::Decode(e.to_string()))
+                Ok(Ok(Ok(reply))) => {
+                    let value = postcard::from_bytes(reply.bytes())
+                        .map_err(|e| AskError::Decode(e.to_string()));
+                    remoting.keep(reply.buf);
+                    value
                 }
                 Ok(Ok(Err(e))) => Err(match e {
                     WireError::Timeout(_) => AskError::Timeout(timeout),
@@ -1315,7 +1377,7 @@ mod tests {
         // derived `Result<Vec<u8>, _>` wrote.
         assert_eq!(bytes, [2, 5, 0, 3, 9, 8, 7]);
         match postcard::from_bytes::<Frame>(&bytes).unwrap() {
-            Frame::Reply { id: 5, result } => assert_eq!(result.unwrap().into_vec(), [9, 8, 7]),
+            Frame::Reply { id: 5, result } => assert_eq!(*result.unwrap().0, [9, 8, 7]),
             other => panic!("decoded as {other:?}"),
         }
         let err = Frame::reply(6, Err(WireError::NotFound("x".into())));
@@ -1479,7 +1541,7 @@ mod tests {
     fn large_frames_are_cut_into_full_chunks_and_a_last_partial_one() {
         let chunks = |n: usize| match encode(&Frame::Reply {
             id: 1,
-            result: Ok(serde_bytes::ByteBuf::from(vec![1u8; n])),
+            result: Ok(ReplyBody(Cow::Owned(vec![1u8; n]))),
         })
         .unwrap()
         {
@@ -1497,7 +1559,7 @@ mod tests {
         assert_eq!(chunks(4 * CHUNK), 5);
         let too_big = encode(&Frame::Reply {
             id: 1,
-            result: Ok(serde_bytes::ByteBuf::from(vec![0u8; MAX_FRAME])),
+            result: Ok(ReplyBody(Cow::Owned(vec![0u8; MAX_FRAME]))),
         });
         assert!(matches!(too_big, Err(WireError::Encode(e)) if e.contains("exceeds")));
     }
