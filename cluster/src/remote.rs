@@ -955,12 +955,20 @@ impl Remoting {
                     };
                     if let Some((id, range)) = reply {
                         let waiting = lock(&self.inner.pending).remove(&id);
-                        if let Some((_, tx)) = waiting {
-                            let _ = tx.send(Ok(ReplyBytes { buf: whole, range }));
-                            continue;
+                        match waiting {
+                            Some((_, tx)) => {
+                                // An ask that gave up in the meantime
+                                // hands the buffer straight back.
+                                if let Err(Ok(back)) = tx.send(Ok(ReplyBytes { buf: whole, range }))
+                                {
+                                    self.keep(back.buf);
+                                }
+                            }
+                            None => self.keep(whole),
                         }
+                    } else {
+                        self.keep(whole);
                     }
-                    self.keep(whole);
                 }
                 continue;
             }
