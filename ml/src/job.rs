@@ -562,8 +562,8 @@ pub async fn train(
     start(config, env).await?.finish(on_progress).await
 }
 
-/// Runtime threads that suit running `config` in this process: one for a
-/// single worker on the CPU, else `None` (tokio's default, one per core).
+/// Whether `config` runs best in this process on a one-thread runtime: a
+/// single worker on the CPU.
 ///
 /// One worker's training is sequential in either mode: the worker computes
 /// a gradient, the parameter server applies it and answers with the next
@@ -571,21 +571,19 @@ pub async fn train(
 /// cross-thread wake-up to every message of a step (`cargo bench --bench ml
 /// -- training`, one worker: 1.13x of the single-process loop's time per
 /// sample on a two-thread runtime, 0.95-1.01x on one thread).
-pub fn in_process_threads(config: &TrainConfig) -> Option<usize> {
-    (config.training.workers == 1 && config.training.device == DeviceSpec::Cpu).then_some(1)
+pub fn runs_on_one_thread(config: &TrainConfig) -> bool {
+    config.training.workers == 1 && config.training.device == DeviceSpec::Cpu
 }
 
-/// A tokio runtime for running `config` in this process, sized by
-/// [`in_process_threads`]; `manta train` without `--seeds` uses it.
+/// A tokio runtime for running `config` in this process: one thread where
+/// [`runs_on_one_thread`], else one per core. `manta train` without
+/// `--seeds` uses it.
 pub fn in_process_runtime(config: &TrainConfig) -> std::io::Result<tokio::runtime::Runtime> {
     use tokio::runtime::Builder;
-    match in_process_threads(config) {
-        Some(1) => Builder::new_current_thread().enable_all().build(),
-        Some(n) => Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build(),
-        None => Builder::new_multi_thread().enable_all().build(),
+    if runs_on_one_thread(config) {
+        Builder::new_current_thread().enable_all().build()
+    } else {
+        Builder::new_multi_thread().enable_all().build()
     }
 }
 

@@ -92,9 +92,9 @@ fn a_one_worker_job_trains_on_its_one_thread_runtime() {
         .replace("epochs = 40", "epochs = 10");
     assert!(one.contains("workers = 1") && one.contains("epochs = 10"));
     let config = manta_ml::TrainConfig::parse(&one, "one.toml", &dir.0).unwrap();
-    assert_eq!(manta_ml::job::in_process_threads(&config), Some(1));
+    assert!(manta_ml::job::runs_on_one_thread(&config));
     let two = manta_ml::TrainConfig::parse(&text, "two.toml", &dir.0).unwrap();
-    assert_eq!(manta_ml::job::in_process_threads(&two), None);
+    assert!(!manta_ml::job::runs_on_one_thread(&two));
     let cfg = dir.file("one.toml", &one);
     let (report, _) = train_json(&cfg);
     assert_eq!(report["workers"], 1);
