@@ -12,7 +12,8 @@
 //!   (no unauthenticated byte reaches chitchat's decoder) and answers
 //!   authenticated `status` queries.
 //! - `membership`: chitchat 0.13 membership. NodeUp / NodeDown / NodeLeft
-//!   events, graceful leave, a supervised gossip task.
+//!   events, graceful leave, a supervised gossip task, and ed25519
+//!   signatures on what each node gossips about itself.
 //! - `pnet`: libp2p's private-network protocol (PSK v1, XSalsa20), wire
 //!   compatible with `libp2p::pnet`, with an AVX2 keystream.
 //! - `mesh`: the libp2p 0.56 mesh. TCP + pnet (with a secret) + noise +

@@ -6,11 +6,20 @@
 //! and pushes it to every live peer before it stops, so others see it leave
 //! at once. If chitchat's task ends, the node says so and restarts gossip as
 //! a new generation: never a silently frozen view.
+//!
+//! With a signer (every `manta node` has one: its ed25519 identity), a node
+//! signs its own keys and believes another node's keys only when they carry
+//! a valid signature by the key its id (a PeerId) embeds. A member that has
+//! the cluster secret can still gossip about others; it can no longer
+//! rewrite them (roles, actors, `left`), nor pose as a newer generation of
+//! another node: defence in depth behind the sealed transport.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use libp2p_identity::{Keypair, PeerId, PublicKey};
 
 use chitchat::{
     ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, ProtocolVersion,
@@ -35,6 +44,109 @@ pub(crate) mod keys {
     pub(crate) const P2P: &str = "p2p";
     pub(crate) const GROUPS: &str = "groups";
     pub(crate) const STATUS: &str = "status";
+    /// The node's ed25519 signature over all its other keys (hex).
+    pub(crate) const SIG: &str = "sig";
+}
+
+/// What a node signs: a domain tag, its id and generation, then every key
+/// but the signature, in key order, each length-prefixed.
+fn signed_bytes<'a>(
+    node_id: &str,
+    generation: u64,
+    keys: impl Iterator<Item = (&'a str, &'a str)>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"manta-gossip-keys-v1\0");
+    let mut put = |b: &[u8]| {
+        out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+        out.extend_from_slice(b);
+    };
+    put(node_id.as_bytes());
+    put(&generation.to_be_bytes());
+    let sorted: BTreeMap<&str, &str> = keys.filter(|(k, _)| *k != keys::SIG).collect();
+    for (k, v) in sorted {
+        put(k.as_bytes());
+        put(v.as_bytes());
+    }
+    out
+}
+
+/// The signature of `keys` as node `node_id`, generation `generation`.
+fn sign_keys<'a>(
+    signer: &Keypair,
+    node_id: &str,
+    generation: u64,
+    keys: impl Iterator<Item = (&'a str, &'a str)>,
+) -> Option<String> {
+    match signer.sign(&signed_bytes(node_id, generation, keys)) {
+        Ok(sig) => Some(sig.iter().map(|b| format!("{b:02x}")).collect()),
+        Err(e) => {
+            tracing::error!(target: "manta::membership", error = %e, "cannot sign this node's gossip keys");
+            None
+        }
+    }
+}
+
+/// Re-signs this node's keys after a change (in the same chitchat update,
+/// so the change and its signature share a gossip round).
+fn resign(c: &mut chitchat::Chitchat, signer: Option<&Keypair>) {
+    let Some(signer) = signer else { return };
+    let id = c.self_chitchat_id().clone();
+    let sig = sign_keys(
+        signer,
+        &id.node_id,
+        id.generation_id,
+        c.self_node_state().key_values(),
+    );
+    if let Some(sig) = sig {
+        c.self_node_state().set(keys::SIG, sig);
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding these maps leaves them consistent (each
+    // update is one insert or retain), so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn from_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Checks that `keys` carry node `node_id`'s signature for `generation`.
+fn verify_keys(
+    node_id: &str,
+    generation: u64,
+    keys: &BTreeMap<String, String>,
+) -> Result<(), &'static str> {
+    let peer: PeerId = node_id.parse().map_err(|_| "its id is not a peer id")?;
+    // The id's multihash: code 0 (identity), a one-byte length (ed25519
+    // keys are 36 bytes in protobuf), then the key itself.
+    let hash = peer.to_bytes();
+    let key = match hash.as_slice() {
+        [0, len, key @ ..] if usize::from(*len) == key.len() => key,
+        _ => return Err("its peer id does not embed a public key"),
+    };
+    let key = PublicKey::try_decode_protobuf(key)
+        .map_err(|_| "its peer id's public key cannot be decoded")?;
+    let sig = keys.get(keys::SIG).ok_or("its keys are not signed")?;
+    let sig = from_hex(sig).ok_or("its signature is not hex")?;
+    let msg = signed_bytes(
+        node_id,
+        generation,
+        keys.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+    if key.verify(&msg, &sig) {
+        Ok(())
+    } else {
+        Err("its signature does not match its keys")
+    }
 }
 
 /// Membership settings.
@@ -70,6 +182,11 @@ pub struct MembershipConfig {
     /// set, a node is a member only once it is in this set, and alive only
     /// while gossip and the mesh both say so.
     pub mesh_gate: Option<watch::Receiver<std::collections::BTreeSet<String>>>,
+    /// This node's identity key. When set, this node signs its own keys,
+    /// and believes another node's keys only when they carry a valid
+    /// signature by the key embedded in that node's id (a PeerId); nodes
+    /// whose keys do not verify are not members.
+    pub signer: Option<Keypair>,
 }
 
 impl MembershipConfig {
@@ -91,6 +208,7 @@ impl MembershipConfig {
             replay_window: Duration::from_secs(30),
             keys: BTreeMap::new(),
             mesh_gate: None,
+            signer: None,
         }
     }
 }
@@ -180,6 +298,14 @@ struct Inner {
     /// task is not mistaken for a crash.
     stopping: std::sync::atomic::AtomicBool,
     restarts: std::sync::atomic::AtomicU64,
+    /// The last keys of each (node, generation) whose signature verified:
+    /// a delta that updates some keys before their signature arrives
+    /// leaves the node as it was, not unsigned.
+    verified: std::sync::Mutex<HashMap<(String, u64), BTreeMap<String, String>>>,
+    /// (node, generation) pairs whose keys never verified, already logged.
+    rejected: std::sync::Mutex<std::collections::HashSet<(String, u64)>>,
+    /// How many such pairs were seen in all.
+    rejected_total: std::sync::atomic::AtomicU64,
 }
 
 /// A running membership.
@@ -208,9 +334,22 @@ async fn spawn_gossip(
     config: &MembershipConfig,
     local: SocketAddr,
     transport: &SealedTransport,
-    keys: Vec<(String, String)>,
+    mut keys: Vec<(String, String)>,
 ) -> Result<ChitchatHandle, ClusterError> {
-    let chitchat_id = ChitchatId::new(config.node_id.clone(), generation_now(), local);
+    let generation = generation_now();
+    keys.retain(|(k, _)| k != keys::SIG);
+    if let Some(signer) = &config.signer {
+        let sig = sign_keys(
+            signer,
+            &config.node_id,
+            generation,
+            keys.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+        if let Some(sig) = sig {
+            keys.push((keys::SIG.to_owned(), sig));
+        }
+    }
+    let chitchat_id = ChitchatId::new(config.node_id.clone(), generation, local);
     let cc = ChitchatConfig {
         chitchat_id,
         cluster_id: cluster_id(config.secret.as_ref(), &config.cluster),
@@ -263,6 +402,9 @@ impl Membership {
             stop: Notify::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
             restarts: std::sync::atomic::AtomicU64::new(0),
+            verified: std::sync::Mutex::new(HashMap::new()),
+            rejected: std::sync::Mutex::new(std::collections::HashSet::new()),
+            rejected_total: std::sync::atomic::AtomicU64::new(0),
         });
         let m = Membership { inner };
         m.refresh(&mut HashMap::new()).await;
@@ -338,11 +480,24 @@ impl Membership {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// How many (node, generation) pairs gossiped keys that never carried
+    /// that node's valid signature, since start (only counted when this
+    /// node has a signer). Such nodes are not members.
+    pub fn rejected_nodes(&self) -> u64 {
+        self.inner
+            .rejected_total
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Sets one of this node's own keys.
     pub async fn set_key(&self, key: &str, value: &str) {
         if let Some(h) = self.inner.handle.lock().await.as_ref() {
-            h.with_chitchat(|c| c.self_node_state().set(key, value))
-                .await;
+            let signer = self.inner.config.signer.as_ref();
+            h.with_chitchat(|c| {
+                c.self_node_state().set(key, value);
+                resign(c, signer);
+            })
+            .await;
         }
     }
 
@@ -363,6 +518,7 @@ impl Membership {
             let peers: Vec<SocketAddr> = h
                 .with_chitchat(|c| {
                     c.self_node_state().set(keys::STATUS, "left");
+                    resign(c, self.inner.config.signer.as_ref());
                     let me = c.self_chitchat_id().clone();
                     c.live_nodes()
                         .filter(|id| **id != me)
@@ -386,45 +542,55 @@ impl Membership {
     async fn refresh(&self, prev: &mut HashMap<String, Member>) {
         let guard = self.inner.handle.lock().await;
         let Some(h) = guard.as_ref() else { return };
-        let members = h
+        let states = h
             .with_chitchat(|c| {
                 let live: std::collections::HashSet<ChitchatId> = c.live_nodes().cloned().collect();
                 let dead: std::collections::HashSet<ChitchatId> = c.dead_nodes().cloned().collect();
                 let me = c.self_chitchat_id().clone();
-                let mut out: Vec<Member> = Vec::new();
+                let mut out = Vec::new();
                 for (id, st) in c.node_states() {
-                    let keys: BTreeMap<String, String> = st
-                        .key_values()
-                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                        .collect();
-                    let state = if keys.get(keys::STATUS).map(String::as_str) == Some("left") {
-                        MemberState::Left
-                    } else if live.contains(id) || *id == me {
+                    let state = if live.contains(id) || *id == me {
                         MemberState::Alive
                     } else if dead.contains(id) {
                         MemberState::Dead
                     } else {
                         continue;
                     };
-                    // A node that never sent its name is not a member yet.
-                    let Some(name) = keys.get(keys::NAME).cloned() else {
-                        continue;
-                    };
-                    out.push(Member {
-                        id: id.node_id.to_string(),
-                        generation: id.generation_id,
-                        name,
-                        gossip: id.gossip_advertise_addr,
-                        roles: split_list(keys.get(keys::ROLES)),
-                        actors: actor_types(&keys).into_keys().collect(),
-                        state,
-                        keys,
-                    });
+                    let keys: BTreeMap<String, String> = st
+                        .key_values()
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .collect();
+                    out.push((id.clone(), state, keys));
                 }
-                out
+                (me, out)
             })
             .await;
         drop(guard);
+        let (me, states) = states;
+        let members: Vec<Member> = self
+            .believed(&me, states)
+            .into_iter()
+            .filter_map(|(id, state, mut keys)| {
+                keys.remove(keys::SIG);
+                let state = if keys.get(keys::STATUS).map(String::as_str) == Some("left") {
+                    MemberState::Left
+                } else {
+                    state
+                };
+                // A node that never sent its name is not a member yet.
+                let name = keys.get(keys::NAME).cloned()?;
+                Some(Member {
+                    id: id.node_id.to_string(),
+                    generation: id.generation_id,
+                    name,
+                    gossip: id.gossip_advertise_addr,
+                    roles: split_list(keys.get(keys::ROLES)),
+                    actors: actor_types(&keys).into_keys().collect(),
+                    state,
+                    keys,
+                })
+            })
+            .collect();
         // Keep only the newest generation of each node.
         let mut newest: BTreeMap<String, Member> = BTreeMap::new();
         for m in members {
@@ -522,6 +688,57 @@ impl Membership {
                 .unwrap_or_else(|e| e.into_inner()) = json;
         }
         self.inner.view.send_replace(list);
+    }
+
+    /// The node states whose keys this node believes: all of them without
+    /// a signer; with one, this incarnation's own and those whose keys carry a
+    /// valid signature by their node (or, while a newer update has not
+    /// verified yet, the last keys of that generation that did).
+    fn believed(
+        &self,
+        me: &ChitchatId,
+        states: Vec<(ChitchatId, MemberState, BTreeMap<String, String>)>,
+    ) -> Vec<(ChitchatId, MemberState, BTreeMap<String, String>)> {
+        if self.inner.config.signer.is_none() {
+            return states;
+        }
+        let present: std::collections::HashSet<(String, u64)> = states
+            .iter()
+            .map(|(id, _, _)| (id.node_id.to_string(), id.generation_id))
+            .collect();
+        let mut verified = lock(&self.inner.verified);
+        let mut rejected = lock(&self.inner.rejected);
+        // Forgotten nodes are forgotten here too.
+        verified.retain(|k, _| present.contains(k));
+        rejected.retain(|k| present.contains(k));
+        let mut out = Vec::with_capacity(states.len());
+        for (id, state, keys) in states {
+            // This incarnation's own state needs no proof; any other one
+            // under this node's id (an earlier generation, or somebody
+            // posing as a newer one) does.
+            if id == *me {
+                out.push((id, state, keys));
+                continue;
+            }
+            let pair = (id.node_id.to_string(), id.generation_id);
+            match verify_keys(&id.node_id, id.generation_id, &keys) {
+                Ok(()) => {
+                    verified.insert(pair, keys.clone());
+                    out.push((id, state, keys));
+                }
+                Err(why) => {
+                    if let Some(last) = verified.get(&pair) {
+                        out.push((id, state, last.clone()));
+                    } else if rejected.insert(pair) {
+                        self.inner
+                            .rejected_total
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::warn!(target: "manta::membership", node = %id.node_id, generation = id.generation_id, gossip = %id.gossip_advertise_addr, reason = why, "ignoring a node whose gossiped keys are not signed by it");
+                    }
+                }
+            }
+        }
+        out
     }
 
     async fn watch(self) {
@@ -622,5 +839,84 @@ impl Membership {
         if let Some(h) = self.inner.handle.lock().await.as_ref() {
             h.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
+
+    use super::*;
+
+    fn signed(kp: &Keypair, generation: u64) -> (String, BTreeMap<String, String>) {
+        let id = kp.public().to_peer_id().to_string();
+        let mut keys: BTreeMap<String, String> = [("name", "a"), ("roles", "x,y")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let sig = sign_keys(
+            kp,
+            &id,
+            generation,
+            keys.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        )
+        .unwrap();
+        keys.insert(keys::SIG.to_owned(), sig);
+        (id, keys)
+    }
+
+    #[test]
+    fn signed_keys_verify_and_every_change_breaks_them() {
+        let kp = Keypair::generate_ed25519();
+        let (id, keys) = signed(&kp, 7);
+        assert_eq!(verify_keys(&id, 7, &keys), Ok(()));
+        let bad = "its signature does not match its keys";
+        assert_eq!(verify_keys(&id, 8, &keys), Err(bad), "another generation");
+        let mut changed = keys.clone();
+        changed.insert("roles".into(), "x".into());
+        assert_eq!(verify_keys(&id, 7, &changed), Err(bad), "a changed value");
+        let mut added = keys.clone();
+        added.insert("status".into(), "left".into());
+        assert_eq!(verify_keys(&id, 7, &added), Err(bad), "an added key");
+        let other = Keypair::generate_ed25519()
+            .public()
+            .to_peer_id()
+            .to_string();
+        assert_eq!(verify_keys(&other, 7, &keys), Err(bad), "another node's id");
+        let mut unsigned = keys.clone();
+        unsigned.remove(keys::SIG);
+        assert_eq!(
+            verify_keys(&id, 7, &unsigned),
+            Err("its keys are not signed")
+        );
+        let mut garbled = keys.clone();
+        garbled.insert(keys::SIG.into(), "zz".into());
+        assert_eq!(
+            verify_keys(&id, 7, &garbled),
+            Err("its signature is not hex")
+        );
+        assert_eq!(verify_keys("n1", 7, &keys), Err("its id is not a peer id"));
+        // A PeerId that is a hash of its key (no key inside) cannot vouch,
+        // nor can one whose inline bytes are not a key.
+        let hashed = "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N";
+        assert!(hashed.parse::<PeerId>().is_ok());
+        assert_eq!(
+            verify_keys(hashed, 7, &keys),
+            Err("its peer id does not embed a public key")
+        );
+        assert_eq!(
+            verify_keys(&PeerId::random().to_string(), 7, &keys),
+            Err("its peer id's public key cannot be decoded")
+        );
+    }
+
+    #[test]
+    fn length_prefixes_keep_keys_and_values_apart() {
+        let a = signed_bytes("n", 1, [("ab", "c")].into_iter());
+        let b = signed_bytes("n", 1, [("a", "bc")].into_iter());
+        assert_ne!(a, b);
+        assert_eq!(from_hex("00ff10"), Some(vec![0, 255, 16]));
+        assert_eq!(from_hex("0"), None);
+        assert_eq!(from_hex("0g"), None);
     }
 }

@@ -121,6 +121,7 @@ impl Node {
         mc.cluster = config.cluster.clone();
         mc.secret = secret;
         mc.seeds = config.seeds.clone();
+        mc.signer = Some(identity.keypair().clone());
         mc.gossip_interval = config.failure_detection.gossip_interval;
         mc.phi_threshold = config.failure_detection.phi_threshold;
         mc.max_interval = config.failure_detection.max_interval;

@@ -333,3 +333,93 @@ async fn membership_events_reach_a_subscribed_actor() {
     let all = seen("left b").await;
     assert_eq!(all, ["up b", "left b"]);
 }
+
+/// A node config with a real identity: its id is the key's PeerId and it
+/// signs its keys with it.
+fn signed_config(
+    name: &str,
+    secret: &ClusterSecret,
+    seeds: &[SocketAddr],
+    key: &libp2p_identity::Keypair,
+) -> manta_cluster::MembershipConfig {
+    let mut c = config(name, Some(secret), seeds);
+    c.node_id = key.public().to_peer_id().to_string();
+    c.signer = Some(key.clone());
+    c
+}
+
+#[tokio::test]
+async fn a_member_cannot_rewrite_or_impersonate_another_node() {
+    use libp2p_identity::Keypair;
+    let secret = ClusterSecret::generate();
+    let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    let mut ca = signed_config("a", &secret, &[], &ka);
+    ca.keys.insert("roles".into(), "trainer".into());
+    let a = Membership::start(ca).await.unwrap();
+    let b = Membership::start(signed_config("b", &secret, &[a.gossip_addr()], &kb))
+        .await
+        .unwrap();
+    let a_id = a.node_id().to_owned();
+    wait_view(&b, "b sees a", |v| alive(v) == 2).await;
+    // A signed update spreads: the new value arrives with its signature.
+    a.set_key("roles", "trainer,server").await;
+    wait_view(&b, "a's new roles", |v| {
+        v.iter()
+            .any(|m| m.id == a_id && m.roles == ["trainer", "server"])
+    })
+    .await;
+    let a_gen = b
+        .members()
+        .iter()
+        .find(|m| m.id == a_id)
+        .unwrap()
+        .generation;
+    let mut events = b.subscribe();
+
+    // Two insiders with the cluster secret: one poses as a newer generation
+    // of `a` (signing with its own key) and says it left; one joins under
+    // its own id without signing at all.
+    let mut posing = config("impostor", Some(&secret), &[b.gossip_addr()]);
+    posing.node_id = a_id.clone();
+    posing.signer = Some(Keypair::generate_ed25519());
+    posing.keys.insert("roles".into(), "evil".into());
+    posing.keys.insert("status".into(), "left".into());
+    let posing = Membership::start(posing).await.unwrap();
+    let mut unsigned = config("unsigned", Some(&secret), &[b.gossip_addr()]);
+    unsigned.node_id = Keypair::generate_ed25519()
+        .public()
+        .to_peer_id()
+        .to_string();
+    let unsigned = Membership::start(unsigned).await.unwrap();
+    let b2 = b.clone();
+    wait_stats(&b, move |_| b2.rejected_nodes() >= 2).await;
+    let a2 = a.clone();
+    wait_stats(&a, move |_| a2.rejected_nodes() >= 1).await;
+
+    for (who, m) in [("a", &a), ("b", &b)] {
+        let v = m.members();
+        assert_eq!(alive(&v), 2, "{who}'s view: {v:#?}");
+        let seen_a = v.iter().find(|m| m.id == a_id).unwrap();
+        assert_eq!(seen_a.name, "a", "{who}'s view: {v:#?}");
+        assert_eq!(seen_a.generation, a_gen, "{who}'s view: {v:#?}");
+        assert_eq!(seen_a.state, MemberState::Alive, "{who}'s view: {v:#?}");
+        assert_eq!(seen_a.roles, ["trainer", "server"], "{who}'s view: {v:#?}");
+        assert!(v.iter().all(|m| m.name == "a" || m.name == "b"), "{v:#?}");
+        assert!(v.iter().all(|m| !m.keys.contains_key("sig")), "{v:#?}");
+    }
+    // Nothing about `a` reached b's subscribers.
+    while let Ok(ev) = events.try_recv() {
+        let (MemberEvent::NodeUp(m) | MemberEvent::NodeDown(m) | MemberEvent::NodeLeft(m)) = ev;
+        assert_ne!(m.id, a_id, "an event about a: {m:#?}");
+    }
+
+    // A real restart of a's gossip is a new generation, signed anew.
+    a.crash_gossip_for_test().await;
+    wait_view(&b, "a's new generation alive", |v| {
+        v.iter().any(|m| {
+            m.id == a_id && m.generation > a_gen && m.name == "a" && m.state == MemberState::Alive
+        })
+    })
+    .await;
+    drop((posing, unsigned));
+}
