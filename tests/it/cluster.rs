@@ -224,7 +224,9 @@ fn a_node_with_the_wrong_secret_or_none_is_not_let_in() {
     assert_eq!(alive_count(&xs), 1);
     assert!(status(&a.gossip, Some(&wrong)).is_none());
     assert!(status(&a.gossip, None).is_none());
-    assert!(o.p.output().contains("cluster is OPEN"), "{}", o.p.output());
+    // The warning goes to stderr and `ready` to stdout: wait for it rather
+    // than assume it arrived before `ready`.
+    o.p.wait_for_seen("cluster is OPEN");
     for n in [&mut a, &mut x, &mut o] {
         n.p.child.kill().unwrap();
     }

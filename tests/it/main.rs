@@ -62,6 +62,16 @@ impl Running {
         self.try_wait_for(needle).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Like [`Running::wait_for`], but a line seen earlier counts too.
+    /// stdout and stderr are read by separate threads, so a line printed on
+    /// one before a line on the other may still arrive after it.
+    pub fn wait_for_seen(&mut self, needle: &str) -> String {
+        match self.seen.iter().find(|l| l.contains(needle)) {
+            Some(line) => line.clone(),
+            None => self.wait_for(needle),
+        }
+    }
+
     /// [`Running::wait_for`] that returns the failure (after killing the
     /// process) instead of panicking, so a test can add other processes'
     /// output to it.
