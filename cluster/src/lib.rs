@@ -38,6 +38,7 @@
 
 mod config;
 mod error;
+mod hex;
 mod identity;
 mod membership;
 mod mesh;

@@ -79,7 +79,7 @@ fn sign_keys<'a>(
     keys: impl Iterator<Item = (&'a str, &'a str)>,
 ) -> Option<String> {
     match signer.sign(&signed_bytes(node_id, generation, keys)) {
-        Ok(sig) => Some(sig.iter().map(|b| format!("{b:02x}")).collect()),
+        Ok(sig) => Some(crate::hex::encode(&sig)),
         Err(e) => {
             tracing::error!(target: "manta::membership", error = %e, "cannot sign this node's gossip keys");
             None
@@ -109,16 +109,6 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn from_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 /// Checks that `keys` carry node `node_id`'s signature for `generation`.
 fn verify_keys(
     node_id: &str,
@@ -136,7 +126,7 @@ fn verify_keys(
     let key = PublicKey::try_decode_protobuf(key)
         .map_err(|_| "its peer id's public key cannot be decoded")?;
     let sig = keys.get(keys::SIG).ok_or("its keys are not signed")?;
-    let sig = from_hex(sig).ok_or("its signature is not hex")?;
+    let sig = crate::hex::decode(sig).map_err(|_| "its signature is not hex")?;
     let msg = signed_bytes(
         node_id,
         generation,
@@ -920,8 +910,5 @@ mod tests {
         let a = signed_bytes("n", 1, [("ab", "c")].into_iter());
         let b = signed_bytes("n", 1, [("a", "bc")].into_iter());
         assert_ne!(a, b);
-        assert_eq!(from_hex("00ff10"), Some(vec![0, 255, 16]));
-        assert_eq!(from_hex("0"), None);
-        assert_eq!(from_hex("0g"), None);
     }
 }

@@ -42,19 +42,20 @@ impl ClusterSecret {
                 hex.len()
             ));
         }
-        let mut out = [0u8; 32];
-        for (i, chunk) in hex.as_bytes().chunks(2).enumerate() {
-            let s = std::str::from_utf8(chunk).map_err(|_| "not hex".to_owned())?;
-            out[i] = u8::from_str_radix(s, 16)
-                .map_err(|_| format!("`{s}` at position {} is not hex", 2 * i))?;
-        }
+        let bytes = crate::hex::decode(hex).map_err(|at| {
+            let pair = hex.get(at..at + 2).unwrap_or("a non-ASCII character");
+            format!("`{pair}` at position {at} is not hex")
+        })?;
+        // 64 hex characters make 32 bytes.
+        let out: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| "expected 32 bytes".to_owned())?;
         Ok(Self(out))
     }
 
     /// The file format.
     pub fn to_file_text(&self) -> String {
-        let hex: String = self.0.iter().map(|b| format!("{b:02x}")).collect();
-        format!("{PREFIX}{hex}\n")
+        format!("{PREFIX}{}\n", crate::hex::encode(&self.0))
     }
 
     /// Reads a secret file.
