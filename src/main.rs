@@ -208,25 +208,41 @@ fn report(e: &CliError) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let runtime = match &args.command {
-        // An in-process job gets the runtime that suits it (one thread for
-        // one CPU worker); a config that does not load gets the default one
-        // and `train` reports the error.
-        Command::Train { config, seeds, .. } if seeds.is_empty() => {
-            match manta_ml::TrainConfig::load(config) {
-                Ok(c) => manta_ml::job::in_process_runtime(&c),
-                Err(_) => default_runtime(),
-            }
+    match Args::parse().command {
+        Command::Train {
+            config,
+            seeds,
+            secret_file,
+            json,
+        } => {
+            init_logging("warn");
+            // The config is loaded before the runtime starts: an in-process
+            // job gets the runtime that suits it (one thread for one CPU
+            // worker).
+            let config = match manta_ml::TrainConfig::load(&config) {
+                Ok(c) => c,
+                Err(e) => return report(&CliError::from(e)),
+            };
+            let runtime = if seeds.is_empty() {
+                manta_ml::job::in_process_runtime(&config)
+            } else {
+                default_runtime()
+            };
+            let opts = manta::train_cli::TrainOptions {
+                seeds,
+                secret_file,
+                json,
+                progress: true,
+            };
+            block_on(runtime, async move {
+                let mut out = std::io::stdout();
+                match manta::train_cli::train(&config, &opts, &mut out).await {
+                    Ok(_) => ExitCode::SUCCESS,
+                    Err(e) => report(&e),
+                }
+            })
         }
-        _ => default_runtime(),
-    };
-    match runtime {
-        Ok(rt) => rt.block_on(run(args)),
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            ExitCode::FAILURE
-        }
+        command => block_on(default_runtime(), run(command)),
     }
 }
 
@@ -236,8 +252,21 @@ fn default_runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-async fn run(args: Args) -> ExitCode {
-    match args.command {
+fn block_on(
+    runtime: std::io::Result<tokio::runtime::Runtime>,
+    job: impl std::future::Future<Output = ExitCode>,
+) -> ExitCode {
+    match runtime {
+        Ok(rt) => rt.block_on(job),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> ExitCode {
+    match command {
         Command::Check { files } => {
             let kinds = manta::builtin::kinds();
             let mut out = std::io::stdout();
@@ -288,26 +317,8 @@ async fn run(args: Args) -> ExitCode {
                 Err(e) => report(&e),
             }
         }
-        Command::Train {
-            config,
-            seeds,
-            secret_file,
-            json,
-        } => {
-            init_logging("warn");
-            let opts = manta::train_cli::TrainOptions {
-                config,
-                seeds,
-                secret_file,
-                json,
-                progress: true,
-            };
-            let mut out = std::io::stdout();
-            match manta::train_cli::train(&opts, &mut out).await {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(e) => report(&e),
-            }
-        }
+        // `main` runs it on a runtime sized for the job.
+        Command::Train { .. } => unreachable!("main handles `train` before `run`"),
         Command::Secret { file } => match manta_cluster::ClusterSecret::write_new(&file) {
             Ok(_) => {
                 println!(

@@ -11,11 +11,9 @@ use manta_ml::{Directory, TrainConfig};
 
 use crate::cli::CliError;
 
-/// What `manta train` was asked to do.
+/// How `manta train` runs a job.
 #[derive(Debug, Clone, Default)]
 pub struct TrainOptions {
-    /// The config file.
-    pub config: PathBuf,
     /// Join this cluster (gossip seeds) and place the job's actors on its
     /// nodes; empty runs everything in this process.
     pub seeds: Vec<String>,
@@ -27,17 +25,21 @@ pub struct TrainOptions {
     pub progress: bool,
 }
 
-/// Runs the job; returns its report (also written to `out`).
-pub async fn train(opts: &TrainOptions, out: &mut dyn Write) -> Result<TrainReport, CliError> {
-    let config = TrainConfig::load(&opts.config)?;
+/// Runs the job `config` describes; returns its report (also written to
+/// `out`).
+pub async fn train(
+    config: &TrainConfig,
+    opts: &TrainOptions,
+    out: &mut dyn Write,
+) -> Result<TrainReport, CliError> {
     let mut progress = ProgressView::new(opts.progress);
     if opts.seeds.is_empty() {
-        let report = manta_ml::train(&config, Env::InProcess, |p| progress.show(p)).await;
+        let report = manta_ml::train(config, Env::InProcess, |p| progress.show(p)).await;
         progress.done();
         return finish(report?, opts.json, out);
     }
     let node = join_as_client(&opts.seeds, opts.secret_file.clone()).await?;
-    let report = manta_ml::train(&config, Env::Cluster(&node), |p| progress.show(p)).await;
+    let report = manta_ml::train(config, Env::Cluster(&node), |p| progress.show(p)).await;
     progress.done();
     node.leave().await;
     finish(report?, opts.json, out)
