@@ -13,7 +13,13 @@ use crate::error::{AskError, SendError, SendFailure, WireError};
 use crate::exit::{ExitReason, ExitSignal, Monitor};
 use crate::message::{Message, encode_wire, message_type_name};
 
-/// Identifies an actor: a process-local id, or a node and an id there.
+/// Identifies an actor: a process-local id, or a node and the name the
+/// actor is registered under there.
+///
+/// A remote handle addresses its actor by name (as Erlang's `{Name, Node}`
+/// does), so that name, with the node, is its identity: two handles to
+/// distinct remote actors never compare equal, and two handles to the same
+/// name on the same node always do.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ActorId {
     /// An actor in this process.
@@ -22,8 +28,8 @@ pub enum ActorId {
     Remote {
         /// The node's id.
         node: String,
-        /// The actor's id on that node.
-        pid: u64,
+        /// The name the actor is registered under on that node.
+        name: String,
     },
 }
 
@@ -31,7 +37,7 @@ impl fmt::Display for ActorId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ActorId::Local(pid) => write!(f, "<{pid}>"),
-            ActorId::Remote { node, pid } => write!(f, "<{node}.{pid}>"),
+            ActorId::Remote { node, name } => write!(f, "<{node}/{name}>"),
         }
     }
 }

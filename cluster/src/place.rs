@@ -41,6 +41,10 @@ pub struct Cluster {
     pub(crate) remoting: Remoting,
     pub(crate) system: ActorSystem,
     seq: Arc<AtomicU64>,
+    /// Random per `Cluster` value in generated names, so a restarted node
+    /// (same id, sequence back at 0) does not reuse the names of actors its
+    /// previous run placed on nodes that still run them.
+    incarnation: u32,
     /// Recent placements by this node, per target: gossip reports actor
     /// counts a few rounds late, so back-to-back placements would otherwise
     /// all pick the same "least loaded" node.
@@ -66,6 +70,7 @@ impl Cluster {
             remoting,
             system,
             seq: Arc::new(AtomicU64::new(0)),
+            incarnation: rand::random(),
             recent: Arc::default(),
         }
     }
@@ -227,10 +232,11 @@ impl Cluster {
             .or_default()
             .push(tokio::time::Instant::now());
         let name = name.unwrap_or_else(|| {
-            let n = self.seq.fetch_add(1, Ordering::Relaxed);
-            format!(
-                "{kind}-{}-{n}",
-                &self.me.to_string()[..8.min(self.me.to_string().len())]
+            generated_name(
+                kind,
+                &self.me,
+                self.incarnation,
+                self.seq.fetch_add(1, Ordering::Relaxed),
             )
         });
         if peer == self.me {
@@ -255,6 +261,27 @@ impl Cluster {
         ))
     }
 }
+
+/// The name of an unnamed actor placed by node `me`: `kind-TAIL-INC-N`, where
+/// TAIL is the end of the node id (every ed25519 PeerId starts with the same
+/// `12D3KooW` multihash prefix; the end is the public key), INC this run's
+/// incarnation (4 base-36 digits) and N the sequence.
+fn generated_name(kind: &str, me: &PeerId, incarnation: u32, n: u64) -> String {
+    let id = me.to_base58();
+    let tail = &id[id.len().saturating_sub(NAME_TAIL)..];
+    let mut inc = String::with_capacity(4);
+    let mut v = incarnation % 36u32.pow(4);
+    for _ in 0..4 {
+        let d = v % 36;
+        v /= 36;
+        inc.insert(0, char::from_digit(d, 36).unwrap_or('0'));
+    }
+    format!("{kind}-{tail}-{inc}-{n}")
+}
+
+/// How many characters of the node id's end a generated name carries
+/// (base58: 58^10 ≈ 4·10^17 values).
+const NAME_TAIL: usize = 10;
 
 impl Placer for Cluster {
     fn factory(

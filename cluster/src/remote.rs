@@ -1354,7 +1354,7 @@ impl Addr {
     fn id(&self) -> ActorId {
         ActorId::Remote {
             node: self.peer.to_string(),
-            pid: 0,
+            name: self.name.clone(),
         }
     }
 

@@ -67,6 +67,15 @@ pub enum SupervisorEvent {
         /// The graceful stop timed out and the child was killed.
         forced: bool,
     },
+    /// A temporary child that its supervisor's strategy stopped (as a
+    /// sibling of a failed child under `one_for_all` or `rest_for_one`) was
+    /// dropped from the supervisor, not restarted (OTP).
+    ChildDropped {
+        /// Supervisor name.
+        supervisor: String,
+        /// Child id.
+        child: String,
+    },
     /// Restarting a child failed (counts against the intensity; retried).
     StartFailed {
         /// Supervisor name.
@@ -111,6 +120,7 @@ impl SupervisorEvent {
             SupervisorEvent::ChildStarted { supervisor, .. }
             | SupervisorEvent::ChildExited { supervisor, .. }
             | SupervisorEvent::ChildTerminated { supervisor, .. }
+            | SupervisorEvent::ChildDropped { supervisor, .. }
             | SupervisorEvent::StartFailed { supervisor, .. }
             | SupervisorEvent::RestartScheduled { supervisor, .. }
             | SupervisorEvent::Escalated { supervisor, .. }
@@ -155,6 +165,12 @@ impl fmt::Display for SupervisorEvent {
                     ""
                 };
                 write!(f, "[{supervisor}] terminated {child} ({reason}{how})")
+            }
+            SupervisorEvent::ChildDropped { supervisor, child } => {
+                write!(
+                    f,
+                    "[{supervisor}] dropped temporary {child} (not restarted)"
+                )
             }
             SupervisorEvent::StartFailed {
                 supervisor,

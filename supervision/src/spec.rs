@@ -55,10 +55,12 @@ pub enum ChildType {
     Supervisor,
 }
 
-/// Akka-style restart backoff: a child's n-th restart within the
-/// supervisor's period waits `min * 2^n`, capped at `max`, stretched by up to
-/// `random_factor`. Once a child has run for a whole period, it starts over
-/// at `min`.
+/// Akka-style restart backoff: a child's n-th consecutive restart waits
+/// `min * 2^n`, capped at `max`, stretched by up to `random_factor`. The count
+/// starts over at `min` only once the child has *run* for a whole period of
+/// its supervisor (time spent waiting for a backoff does not count), so a
+/// child that fails at once on every start waits 1, 2, 4, 8 ... × `min` up
+/// to `max`, whatever the period.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backoff {
     /// Delay before the first restart.

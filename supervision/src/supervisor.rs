@@ -133,9 +133,12 @@ struct Child {
     handle: Option<AnyHandle>,
     state: ChildState,
     restarts: u32,
-    /// When this child's own exits caused restarts, within the last period:
-    /// the backoff exponent (it resets once the child has run a period).
-    recent: VecDeque<Instant>,
+    /// When the running instance started (not when its restart was
+    /// scheduled: time spent waiting for a backoff is not run time).
+    started: Option<Instant>,
+    /// Restarts this child's own exits caused since it last ran for a whole
+    /// period: the backoff exponent.
+    backoff_n: u32,
 }
 
 impl Child {
@@ -145,7 +148,8 @@ impl Child {
             handle: None,
             state,
             restarts: 0,
-            recent: VecDeque::new(),
+            started: None,
+            backoff_n: 0,
         }
     }
 }
@@ -229,6 +233,9 @@ impl SupState {
                 ..
             } => {
                 tracing::info!(target: "manta::supervisor", supervisor = %self.name, %child, %reason, forced, "child terminated")
+            }
+            SupervisorEvent::ChildDropped { child, .. } => {
+                tracing::info!(target: "manta::supervisor", supervisor = %self.name, %child, "temporary child dropped")
             }
             SupervisorEvent::StartFailed { child, error, .. } => {
                 tracing::error!(target: "manta::supervisor", supervisor = %self.name, %child, %error, "child failed to start")
@@ -323,6 +330,7 @@ impl SupState {
         }
         child.handle = Some(handle.clone());
         child.state = ChildState::Running;
+        child.started = Some(Instant::now());
         let ev = SupervisorEvent::ChildStarted {
             supervisor: self.name.clone(),
             child: child.spec.id.clone(),
@@ -452,11 +460,18 @@ impl SupState {
                 self.terminate_at(j).await;
             }
         }
-        // Temporary children stopped by the strategy are not restarted.
+        // Temporary children stopped by the strategy are dropped, none is
+        // restarted (OTP). The failed child is not temporary (it would not
+        // be restarted at all), so every temporary of the group goes; the
+        // indices shift as they do, which is why no index is compared here.
         let mut j = first;
         while j < self.children.len() {
-            if j != idx && self.children[j].spec.restart == Restart::Temporary {
-                self.children.remove(j);
+            if self.children[j].spec.restart == Restart::Temporary {
+                let dropped = self.children.remove(j);
+                self.emit(SupervisorEvent::ChildDropped {
+                    supervisor: self.name.clone(),
+                    child: dropped.spec.id,
+                });
             } else {
                 j += 1;
             }
@@ -477,19 +492,18 @@ impl SupState {
                 self.children[i].state = ChildState::Restarting;
             }
         }
+        // Akka's rule: the exponent grows with every restart and starts over
+        // only once the child has *run* for a whole period.
         let now = Instant::now();
         let period = self.period;
         let n = match self.index_of(failed) {
             Some(i) => {
-                let recent = &mut self.children[i].recent;
-                while recent
-                    .front()
-                    .is_some_and(|t| now.duration_since(*t) > period)
-                {
-                    recent.pop_front();
+                let c = &mut self.children[i];
+                if c.started.is_some_and(|t| now.duration_since(t) >= period) {
+                    c.backoff_n = 0;
                 }
-                let n = recent.len() as u32;
-                recent.push_back(now);
+                let n = c.backoff_n;
+                c.backoff_n = c.backoff_n.saturating_add(1);
                 n
             }
             None => 0,

@@ -760,3 +760,68 @@ async fn garbage_on_an_actor_stream_is_counted_and_the_node_keeps_serving() {
     let ledger = p.b.where_is::<Cmd>("ledger").unwrap();
     assert_eq!(ledger.ask(Cmd::Add(2), DEADLINE).await.unwrap(), 2);
 }
+
+/// Issue 15, bug 1: names generated for unnamed placed actors came from the
+/// first 8 characters of the placing node's id, and every ed25519 PeerId
+/// starts with `12D3KooW`: the second node placing an unnamed child on the
+/// same target got `NameTaken`.
+#[tokio::test]
+async fn unnamed_actors_placed_by_different_nodes_get_distinct_names() {
+    let t = trio("gen-names").await;
+    let on_c = manta_actors::Placement {
+        node: Some("c".into()),
+        ..Default::default()
+    };
+    let from_a =
+        t.a.cluster()
+            .spawn_on::<Cmd>(&on_c, "counter", args(1), None)
+            .await
+            .unwrap();
+    let from_b =
+        t.b.cluster()
+            .spawn_on::<Cmd>(&on_c, "counter", args(2), None)
+            .await
+            .unwrap();
+    // Two actors on c, each answering for itself.
+    assert_eq!(from_a.ask(Cmd::Get, DEADLINE).await.unwrap(), 1);
+    assert_eq!(from_b.ask(Cmd::Get, DEADLINE).await.unwrap(), 2);
+    let (
+        manta_actors::ActorId::Remote { name: na, node: ca },
+        manta_actors::ActorId::Remote { name: nb, node: cb },
+    ) = (from_a.id(), from_b.id())
+    else {
+        panic!("placed on c, so both handles are remote");
+    };
+    assert_ne!(na, nb);
+    assert_eq!(ca, cb);
+    assert_eq!(ca, t.c.identity().peer_id().to_string());
+    // Each name is registered on c, and carries the end of its placer's id.
+    for (name, placer) in [(&na, &t.a), (&nb, &t.b)] {
+        assert!(t.c.system().lookup::<Cmd>(name).is_ok(), "{name} on c");
+        let id = placer.identity().peer_id().to_string();
+        assert!(name.contains(&id[id.len() - 10..]), "{name} names {id}");
+        assert!(!name.contains("12D3KooW"), "{name}");
+    }
+}
+
+/// Issue 15, bug 2: every remote actor of a node had the same `ActorId`
+/// (`pid: 0`), so handles to distinct remote actors compared equal.
+#[tokio::test]
+async fn distinct_remote_actors_have_distinct_ids() {
+    use std::collections::HashSet;
+    let (p, sys_a) = pair("ids").await;
+    sys_a.spawn_named("x", Counter(0)).await.unwrap();
+    sys_a.spawn_named("y", Counter(0)).await.unwrap();
+    published(&p.b, "x").await;
+    published(&p.b, "y").await;
+    let x = p.b.where_is::<Cmd>("x").unwrap();
+    let y = p.b.where_is::<Cmd>("y").unwrap();
+    let x2 = p.b.where_is::<Cmd>("x").unwrap();
+    assert!(!x.is_local() && !y.is_local());
+    assert_ne!(x.id(), y.id());
+    assert_eq!(x.id(), x2.id());
+    let set: HashSet<_> = [x.id(), y.id(), x2.id()].into_iter().collect();
+    assert_eq!(set.len(), 2);
+    let a = p.a.identity().peer_id().to_string();
+    assert_eq!(x.id().to_string(), format!("<{a}/x>"));
+}

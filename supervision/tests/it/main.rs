@@ -4,6 +4,7 @@
 
 mod dynamic;
 mod intensity;
+mod issue_15;
 mod matrix;
 mod shutdown;
 mod tracing_events;
@@ -157,6 +158,7 @@ pub fn short(ev: &SupervisorEvent) -> String {
         SupervisorEvent::ChildTerminated { child, forced, .. } => {
             format!("term {child}{}", if *forced { " forced" } else { "" })
         }
+        SupervisorEvent::ChildDropped { child, .. } => format!("dropped {child}"),
         SupervisorEvent::StartFailed { child, .. } => format!("startfail {child}"),
         SupervisorEvent::RestartScheduled { children, .. } => {
             format!("scheduled {}", children.join(","))

@@ -228,6 +228,7 @@ async fn one_for_all_drops_temporary_siblings_and_restarts_terminated_transients
         [
             "exit perm restart",
             "term tmp",
+            "dropped tmp",
             "start tr #1",
             "start perm #1"
         ]

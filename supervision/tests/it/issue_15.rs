@@ -1,0 +1,171 @@
+//! Regression tests for the supervision bugs of issue 15: `one_for_all` with
+//! temporary siblings on both sides of the failed child, and restart
+//! backoff that must only start over once a child has run a whole period.
+
+use std::time::Duration;
+
+use manta_actors::{Actor, ActorError, Context, factory};
+use manta_supervision::{Backoff, ChildSpec, Restart, Strategy, SupervisorEvent, SupervisorSpec};
+use tokio::time::Instant;
+
+use crate::{ExitKind, ProbeMsg, probe, short, shorts, until};
+
+/// OTP: when a child's exit makes `one_for_all` restart the group, every
+/// temporary sibling is terminated and none is restarted, wherever it
+/// stands. Before the fix the temporary after the failed child was
+/// restarted and kept when another temporary stood before it.
+#[tokio::test]
+async fn one_for_all_drops_every_temporary_sibling_and_restarts_none() {
+    for strategy in [Strategy::OneForAll, Strategy::RestForOne] {
+        let spec = SupervisorSpec::new("sup")
+            .strategy(strategy)
+            .intensity(10, Duration::from_secs(5))
+            .child(ChildSpec::worker("t1", probe()).restart(Restart::Temporary))
+            .child(ChildSpec::worker("p", probe()))
+            .child(ChildSpec::worker("t2", probe()).restart(Restart::Temporary))
+            .child(ChildSpec::worker("t3", probe()).restart(Restart::Temporary));
+        let (sup, mut rx) = crate::start(spec).await;
+        until(&mut rx, |e| short(e) == "start t3 #0").await;
+        let kids = sup.which_children().await.unwrap();
+        let p = kids[1]
+            .handle
+            .clone()
+            .unwrap()
+            .downcast::<ProbeMsg>()
+            .unwrap();
+        p.tell(ProbeMsg::Exit(ExitKind::Failure)).unwrap();
+        let evs = until(&mut rx, |e| short(e) == "start p #1").await;
+        let seen = shorts(&evs);
+        // The group is stopped last-started first, then the temporaries are
+        // dropped (one event each) and only `p` starts again.
+        let mut want = vec![
+            "exit p restart".to_owned(),
+            "term t3".into(),
+            "term t2".into(),
+        ];
+        if strategy == Strategy::OneForAll {
+            want.push("term t1".into());
+            want.push("dropped t1".into());
+        }
+        want.extend([
+            "dropped t2".into(),
+            "dropped t3".into(),
+            "start p #1".into(),
+        ]);
+        assert_eq!(seen, want, "{strategy}");
+        let ids: Vec<String> = sup
+            .which_children()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        let want: Vec<&str> = if strategy == Strategy::OneForAll {
+            vec!["p"]
+        } else {
+            // rest_for_one leaves the temporary before the failed child alone.
+            vec!["t1", "p"]
+        };
+        assert_eq!(ids, want, "{strategy}");
+        sup.shutdown().await;
+    }
+}
+
+/// Fails as soon as it has started: every start is followed by a failure.
+struct FailAtOnce;
+
+impl Actor for FailAtOnce {
+    type Msg = ProbeMsg;
+    async fn started(&mut self, ctx: &mut Context<ProbeMsg>) -> Result<(), ActorError> {
+        ctx.myself()
+            .tell(ProbeMsg::Exit(ExitKind::Failure))
+            .map_err(|e| ActorError::from(e.to_string()))
+    }
+    async fn handle(&mut self, msg: ProbeMsg, _: &mut Context<ProbeMsg>) -> Result<(), ActorError> {
+        match msg {
+            ProbeMsg::Exit(_) => Err("failed at once".into()),
+            ProbeMsg::Ping => Ok(()),
+        }
+    }
+}
+
+fn delays(evs: &[SupervisorEvent]) -> Vec<Duration> {
+    evs.iter()
+        .filter_map(|e| match e {
+            SupervisorEvent::RestartScheduled { delay, .. } => Some(*delay),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Akka's rule: a child that fails at once on every start never runs for a
+/// whole period, so its delays keep doubling up to `max`, even a `max` above
+/// the period. Before the fix the waits themselves counted as quiet time:
+/// with a 5 s period, delays of 1, 2, 4 s then fell back to 2 s.
+#[tokio::test(start_paused = true)]
+async fn backoff_keeps_growing_for_a_child_that_never_runs_a_period() {
+    let spec = SupervisorSpec::new("sup")
+        .intensity(100, Duration::from_millis(500))
+        .backoff(Backoff {
+            min: Duration::from_millis(100),
+            max: Duration::from_secs(4),
+            random_factor: 0.0,
+        })
+        .child(ChildSpec::worker(
+            "w",
+            factory("fail-at-once", || FailAtOnce),
+        ));
+    let (sup, mut rx) = crate::start(spec).await;
+    let evs = until(&mut rx, |e| short(e) == "start w #8").await;
+    let ms: Vec<u128> = delays(&evs).iter().map(|d| d.as_millis()).collect();
+    assert_eq!(ms, [100, 200, 400, 800, 1600, 3200, 4000, 4000]);
+    sup.shutdown().await;
+}
+
+/// ...and once a child has run for a whole period, its next restart starts
+/// over at `min`.
+#[tokio::test(start_paused = true)]
+async fn backoff_starts_over_once_the_child_has_run_a_whole_period() {
+    let period = Duration::from_secs(5);
+    let spec = SupervisorSpec::new("sup")
+        .intensity(100, period)
+        .backoff(Backoff {
+            min: Duration::from_millis(100),
+            max: Duration::from_secs(4),
+            random_factor: 0.0,
+        })
+        .child(ChildSpec::worker("w", probe()));
+    let (sup, mut rx) = crate::start(spec).await;
+    until(&mut rx, |e| short(e) == "start w #0").await;
+    let fail = async |sup: &manta_supervision::SupervisorHandle| {
+        let kids = sup.which_children().await.unwrap();
+        let h = kids[0]
+            .handle
+            .clone()
+            .unwrap()
+            .downcast::<ProbeMsg>()
+            .unwrap();
+        h.tell(ProbeMsg::Exit(ExitKind::Failure)).unwrap();
+    };
+    let mut seen = Vec::new();
+    for n in 1..=3u32 {
+        fail(&sup).await;
+        let evs = until(&mut rx, |e| short(e) == format!("start w #{n}")).await;
+        seen.extend(delays(&evs));
+    }
+    // Runs just short of a period: still counting.
+    tokio::time::advance(period - Duration::from_millis(1)).await;
+    fail(&sup).await;
+    let evs = until(&mut rx, |e| short(e) == "start w #4").await;
+    seen.extend(delays(&evs));
+    // Runs a whole period: starts over.
+    let t = Instant::now();
+    tokio::time::advance(period).await;
+    assert!(t.elapsed() >= period);
+    fail(&sup).await;
+    let evs = until(&mut rx, |e| short(e) == "start w #5").await;
+    seen.extend(delays(&evs));
+    let ms: Vec<u128> = seen.iter().map(|d| d.as_millis()).collect();
+    assert_eq!(ms, [100, 200, 400, 800, 100]);
+    sup.shutdown().await;
+}
