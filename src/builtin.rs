@@ -26,6 +26,19 @@ pub fn kinds() -> KindRegistry {
     k
 }
 
+/// Every kind the `manta` command knows: the built-ins and manta-ml's
+/// (`manta.ps`, `manta.loader`, `manta.worker`), whose training actors find
+/// each other through `directory`. The command builds this registry once
+/// per run and uses it everywhere it needs kinds (checking tree files,
+/// starting them, hosting remote spawns, `manta kinds`), so a tree file can
+/// name any kind a node can host.
+#[cfg(feature = "ml")]
+pub fn all_kinds(directory: manta_ml::Directory) -> KindRegistry {
+    let k = kinds();
+    manta_ml::register_kinds(&k, directory);
+    k
+}
+
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     parse_duration(&s).map_err(serde::de::Error::custom)

@@ -88,13 +88,20 @@ pub fn check(
 
 /// Starts the tree in `path` and runs it until `stop` resolves (then shuts
 /// it down in order) or the root supervisor exits on its own (an error).
+///
+/// The tree may name every kind of [`crate::builtin::all_kinds`] and any
+/// in `extra` (a program embedding the command registers its own there).
 pub async fn run(
     path: &Path,
-    kinds: KindRegistry,
+    extra: &KindRegistry,
     stop: impl Future<Output = ()>,
 ) -> Result<(), CliError> {
+    let kinds = KindRegistry::new();
+    let system = ActorSystem::with_kinds(kinds.clone());
+    crate::builtin::register(&kinds);
+    manta_ml::register_kinds(&kinds, manta_ml::Directory::Local(system.clone()));
+    kinds.extend(extra);
     let spec = tree::load_file(path, &kinds)?;
-    let system = ActorSystem::with_kinds(kinds);
     let sup = Supervisor::start(&system, spec).await?;
     tracing::info!(tree = %path.display(), supervisor = sup.name(), "tree running; Ctrl-C stops it");
     tokio::select! {
@@ -253,23 +260,19 @@ pub async fn node(
 ) -> Result<(), CliError> {
     use manta_cluster::{MemberEvent, Node};
     // Checked before joining, so a bad file never starts a node...
+    // One registry for everything this node does with kinds.
+    let directory = manta_ml::Directory::cluster();
+    let kinds = crate::builtin::all_kinds(directory.clone());
     let tree_path = config.tree.clone();
     if let Some(path) = &tree_path {
-        tree::load_file(path, &crate::builtin::kinds())?;
+        tree::load_file(path, &kinds)?;
     }
-    let kinds = crate::builtin::kinds();
-    let directory = manta_ml::Directory::cluster();
-    manta_ml::register_kinds(&kinds, directory.clone());
-    let system = ActorSystem::with_kinds(kinds);
+    let system = ActorSystem::with_kinds(kinds.clone());
     let node = Node::start(config, system.clone()).await?;
     directory.bind(node.names());
     // ...and loaded again with the node as placer for placed children.
     let tree_spec = match &tree_path {
-        Some(path) => Some(tree::load_file_with(
-            path,
-            &crate::builtin::kinds(),
-            Some(node.cluster()),
-        )?),
+        Some(path) => Some(tree::load_file_with(path, &kinds, Some(node.cluster()))?),
         None => None,
     };
     writeln!(out, "{}", node.ready_line())?;

@@ -4,8 +4,22 @@
 //!
 //! This crate is the facade: it re-exports the actor core
 //! ([`manta_actors`]) and OTP supervision ([`manta_supervision`]), adds the
-//! built-in actor kinds the `manta` command knows ([`builtin`]), and holds
-//! the command's library side ([`cli`]).
+//! built-in actor kinds the `manta` command knows ([`builtin`]), and, behind
+//! features, the cluster layer, the ML layers and the command's library side.
+//!
+//! ## Features
+//!
+//! | feature | what it adds | heavy dependencies |
+//! |---|---|---|
+//! | (none) | actors, supervision, tree files, built-in kinds | ractor, tokio, toml |
+//! | `cluster` | [`cluster`]: nodes, gossip membership, remote actors, placement | libp2p, chitchat |
+//! | `ml` | [`ml`]: loaders, parameter servers, training (implies `cluster`) | burn (CPU) |
+//! | `cuda` | training on NVIDIA GPUs (implies `ml`) | burn-cuda |
+//! | `cli` (default) | the `manta` command and its library side (`cli`, `train_cli`) | clap, indicatif |
+//!
+//! A program with local actors and supervision only depends on
+//! `manta = { version = "0.1", default-features = false }` and builds neither
+//! libp2p nor burn; add `features = ["cluster"]` for clusters.
 //!
 //! ```
 //! use std::time::Duration;
@@ -42,8 +56,11 @@
 //! ```
 
 pub mod builtin;
+#[cfg(feature = "cli")]
 pub mod cli;
+#[cfg(feature = "cli")]
 mod demo_cluster;
+#[cfg(feature = "cli")]
 pub mod train_cli;
 
 /// The README's Rust examples, compiled and run as doctests.
@@ -66,6 +83,17 @@ pub use manta_supervision::{
 pub use manta_actors as actors;
 /// The supervision crate.
 pub use manta_supervision as supervision;
+
+/// The cluster layer (feature `cluster`): nodes, membership, remote actors,
+/// placement.
+#[cfg(feature = "cluster")]
+pub use manta_cluster as cluster;
+#[cfg(feature = "cluster")]
+pub use manta_cluster::{Cluster, ClusterSecret, Names, Node, NodeConfig};
+
+/// The ML layers (feature `ml`): loaders, parameter servers, training.
+#[cfg(feature = "ml")]
+pub use manta_ml as ml;
 
 /// Everything most Manta programs need.
 pub mod prelude {

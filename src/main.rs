@@ -40,7 +40,7 @@ enum Command {
         /// The tree file (TOML).
         file: PathBuf,
     },
-    /// List the built-in actor kinds tree files can use.
+    /// List the actor kinds tree files can use (built-in and manta-ml).
     Kinds,
     /// Start a cluster node: join through the seeds, print one line
     /// `ready id=.. name=.. gossip=.. p2p=..`, then log membership changes
@@ -268,7 +268,7 @@ fn block_on(
 async fn run(command: Command) -> ExitCode {
     match command {
         Command::Check { files } => {
-            let kinds = manta::builtin::kinds();
+            let kinds = manta::builtin::all_kinds(manta_ml::Directory::cluster());
             let mut out = std::io::stdout();
             let mut err = std::io::stderr();
             match cli::check(&files, &kinds, &mut out, &mut err) {
@@ -279,7 +279,7 @@ async fn run(command: Command) -> ExitCode {
         }
         Command::Run { file } => {
             init_logging("info");
-            match cli::run(&file, manta::builtin::kinds(), stop_signal()).await {
+            match cli::run(&file, &manta::KindRegistry::new(), stop_signal()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => report(&e),
             }
@@ -330,7 +330,7 @@ async fn run(command: Command) -> ExitCode {
             Err(e) => report(&CliError::Cluster(e)),
         },
         Command::Kinds => {
-            let kinds = manta::builtin::kinds();
+            let kinds = manta::builtin::all_kinds(manta_ml::Directory::cluster());
             for k in kinds.names() {
                 println!(
                     "{k}\n  args:     {}\n  messages: {}",

@@ -51,10 +51,8 @@ pub async fn join_as_client(
     seeds: &[String],
     secret_file: Option<PathBuf>,
 ) -> Result<Node, CliError> {
-    let kinds = crate::builtin::kinds();
     let directory = Directory::cluster();
-    manta_ml::register_kinds(&kinds, directory.clone());
-    let system = ActorSystem::with_kinds(kinds);
+    let system = ActorSystem::with_kinds(crate::builtin::all_kinds(directory.clone()));
     let key_dir = std::env::temp_dir().join(format!("manta-client-{}", std::process::id()));
     std::fs::create_dir_all(&key_dir)?;
     let config = NodeConfig {

@@ -221,6 +221,19 @@ impl KindRegistry {
         kinds.insert(name, entry);
     }
 
+    /// Registers (or replaces) every kind of `other` here too.
+    pub fn extend(&self, other: &KindRegistry) {
+        if Arc::ptr_eq(&self.kinds, &other.kinds) {
+            return;
+        }
+        let theirs: Vec<_> = {
+            let o = other.kinds.read().unwrap_or_else(|e| e.into_inner());
+            o.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        let mut kinds = self.kinds.write().unwrap_or_else(|e| e.into_inner());
+        kinds.extend(theirs);
+    }
+
     /// Whether `kind` is registered.
     pub fn contains(&self, kind: &str) -> bool {
         self.get(kind).is_some()

@@ -145,3 +145,59 @@ fn help_says_what_each_command_does() {
         "{text}"
     );
 }
+
+/// Issue 15 (layout): a program that depends on `manta` for local actors and
+/// supervision (`default-features = false`) builds neither libp2p nor burn
+/// nor the command's dependencies.
+#[test]
+fn manta_without_default_features_depends_on_no_network_or_ml_stack() {
+    let tree = |features: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO"));
+        cmd.args([
+            "tree",
+            "--offline",
+            "-p",
+            "manta",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+        ]);
+        cmd.args(features);
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let has = |text: &str, krate: &str| text.lines().any(|l| l.starts_with(&format!("{krate} ")));
+    let local = tree(&["--no-default-features"]);
+    assert!(
+        has(&local, "manta-actors") && has(&local, "manta-supervision"),
+        "{local}"
+    );
+    for heavy in [
+        "libp2p",
+        "chitchat",
+        "burn",
+        "manta-cluster",
+        "manta-ml",
+        "clap",
+        "indicatif",
+    ] {
+        assert!(
+            !has(&local, heavy),
+            "{heavy} in the local-only tree:\n{local}"
+        );
+    }
+    let cluster = tree(&["--no-default-features", "--features", "cluster"]);
+    assert!(
+        has(&cluster, "libp2p") && !has(&cluster, "burn"),
+        "{cluster}"
+    );
+    let full = tree(&[]);
+    assert!(has(&full, "burn") && has(&full, "clap"), "{full}");
+}

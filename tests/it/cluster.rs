@@ -518,3 +518,51 @@ async fn lookup_ask_spawn_and_node_down_across_real_processes() {
     me.leave().await;
     p2.p.child.kill().ok();
 }
+
+/// Issue 15, bug 3: `manta node --tree` (and `manta check`, `manta kinds`)
+/// knew only the built-in kinds although the node also hosts manta-ml's,
+/// so a tree could not name a parameter server.
+#[test]
+fn a_tree_can_name_the_kinds_a_node_hosts() {
+    let dir = Scratch::new("ml-tree");
+    let tree = dir.file(
+        "ps.toml",
+        r#"name = "training"
+
+[[children]]
+id = "ps"
+kind = "manta.ps"
+register = "t.ps.0"
+args = { shard = 0, shards = 1, init_seed = 7, lr = 0.01, mode = { kind = "sync" }, workers = 1, model = { inputs = 4, hidden = [3], classes = 2 }, optimizer = { kind = "sgd" } }
+"#,
+    );
+    let out = manta().arg("check").arg(&tree).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("ok (root `training`, 1 supervisors, 1 workers)")
+    );
+    let kinds = manta().arg("kinds").output().unwrap();
+    let listed = String::from_utf8_lossy(&kinds.stdout);
+    for k in ["manta.ps", "manta.loader", "manta.worker", "counter"] {
+        assert!(listed.lines().any(|l| l == k), "{k} in {listed}");
+    }
+    let tree_arg = tree.display().to_string();
+    let mut node = start_node(&dir, "ml", None, &[], &["--tree", &tree_arg]);
+    let st = wait_status(&node.gossip, None, "t.ps.0 registered", |st| {
+        st["nodes"].as_array().is_some_and(|ns| {
+            ns.iter().any(|n| {
+                n["actors"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x == "t.ps.0"))
+            })
+        })
+    });
+    assert_eq!(st["nodes"].as_array().unwrap().len(), 1);
+    node.p.child.kill().unwrap();
+    let _ = node.p.child.wait();
+}
