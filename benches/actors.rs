@@ -24,6 +24,7 @@ enum Msg {
 
 impl Message for Msg {
     type Reply = i64;
+    const NAME: &'static str = "manta.bench.Msg";
 }
 
 struct MantaCounter(i64);

@@ -31,6 +31,7 @@ enum Sink {
 
 impl Message for Sink {
     type Reply = u64;
+    const NAME: &'static str = "manta.bench.Sink";
 }
 
 struct Counter(u64, u64);

@@ -22,6 +22,7 @@ struct Fail;
 
 impl Message for Fail {
     type Reply = ();
+    const NAME: &'static str = "manta.bench.Fail";
 }
 
 struct Worker;

@@ -73,6 +73,7 @@ pub enum TimerMsg {
 
 impl Message for TimerMsg {
     type Reply = u64;
+    const NAME: &'static str = "manta.builtin.TimerMsg";
 }
 
 /// Sends `msg` to the actor after `every`, repeatedly while it lives.
@@ -205,6 +206,7 @@ pub enum CounterMsg {
 
 impl Message for CounterMsg {
     type Reply = i64;
+    const NAME: &'static str = "manta.builtin.CounterMsg";
 }
 
 /// A counter.

@@ -26,8 +26,8 @@ pub enum CliError {
     /// A tree file is invalid.
     #[error("{0}")]
     Tree(#[from] TreeErrors),
-    /// The tree failed to start.
-    #[error("the supervision tree failed to start: {0}")]
+    /// The tree failed to start (the source chain says which child and why).
+    #[error("the supervision tree failed to start")]
     Start(#[from] SupervisorError),
     /// The root supervisor stopped on its own (escalation).
     #[error("the root supervisor exited: {0}")]

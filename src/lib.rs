@@ -26,9 +26,9 @@
 //! use manta::prelude::*;
 //! use serde::{Deserialize, Serialize};
 //!
-//! #[derive(Debug, Serialize, Deserialize)]
+//! #[derive(Debug, Serialize, Deserialize, Message)]
+//! #[message(reply = String)]
 //! enum Greet { Hello(String) }
-//! impl Message for Greet { type Reply = String; }
 //!
 //! struct Greeter;
 //! impl Actor for Greeter {

@@ -203,7 +203,7 @@ async fn stop_signal() {
 }
 
 fn report(e: &CliError) -> ExitCode {
-    eprintln!("error: {e}");
+    eprintln!("error: {}", manta::actors::error_chain(e));
     ExitCode::FAILURE
 }
 

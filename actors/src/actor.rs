@@ -20,9 +20,9 @@ use crate::system::ActorSystem;
 /// use manta_actors::{Actor, ActorError, Context, Message};
 /// use serde::{Deserialize, Serialize};
 ///
-/// #[derive(Debug, Serialize, Deserialize)]
+/// #[derive(Debug, Serialize, Deserialize, Message)]
+/// #[message(reply = i64)]
 /// enum CounterMsg { Add(i64), Get }
-/// impl Message for CounterMsg { type Reply = i64; }
 ///
 /// struct Counter(i64);
 ///

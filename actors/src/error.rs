@@ -3,13 +3,35 @@
 use std::time::Duration;
 
 use crate::exit::ExitReason;
+use crate::placement::Placement;
 
 /// The error type a user handler may return: any error, boxed. The actor then
 /// stops with [`ExitReason::Failed`] carrying its text.
 pub type ActorError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// A value that could not be encoded or decoded for the wire: which type,
+/// and what the codec said.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, thiserror::Error)]
+#[error("`{type_name}`: {reason}")]
+pub struct CodecError {
+    /// The type (its [`Message::NAME`](crate::Message::NAME) for messages).
+    pub type_name: String,
+    /// What the codec reported.
+    pub reason: String,
+}
+
+impl CodecError {
+    /// A codec error for a value of type `type_name`.
+    pub fn new(type_name: impl Into<String>, reason: impl ToString) -> Self {
+        Self {
+            type_name: type_name.into(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
 /// Why a message could not be delivered.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SendFailure {
     /// The actor has stopped (with this reason, where known).
     #[error("actor has stopped{}", .0.as_ref().map(|r| format!(" ({r})")).unwrap_or_default())]
@@ -21,12 +43,20 @@ pub enum SendFailure {
     #[error("send queue to the actor's node is full")]
     Backpressure,
     /// The message could not be encoded for the wire.
-    #[error("message could not be encoded: {0}")]
-    Encode(String),
+    #[error("message could not be encoded")]
+    Encode(#[source] CodecError),
+    /// The encoded message is larger than the transport carries.
+    #[error("message of {size} bytes exceeds the {limit}-byte limit")]
+    TooLarge {
+        /// The encoded size.
+        size: usize,
+        /// The largest message the transport carries.
+        limit: usize,
+    },
     /// The remote node refused the message (e.g. the actor there takes
-    /// another message type).
-    #[error("refused by the remote node: {0}")]
-    Rejected(String),
+    /// another message type): its typed answer.
+    #[error("refused by the remote node")]
+    Rejected(#[source] WireError),
 }
 
 /// A failed `tell`: the message comes back to the caller, with the reason.
@@ -59,16 +89,36 @@ pub enum AskError<M> {
     #[error("actor stopped before replying{}", .0.as_ref().map(|r| format!(" ({r})")).unwrap_or_default())]
     NoReply(Option<ExitReason>),
     /// The reply could not be decoded (remote actors only).
-    #[error("reply could not be decoded: {0}")]
-    Decode(String),
+    #[error("reply could not be decoded")]
+    Decode(#[source] CodecError),
 }
 
 /// Spawning an actor failed.
-#[derive(Debug, Clone, thiserror::Error)]
+///
+/// Nested failures keep their cause: a supervisor that could not start
+/// because its child failed is [`SpawnError::Child`], whose
+/// [`source`](std::error::Error::source) is the child's own error, and so on
+/// down to the actor whose `started` hook failed. It is serialisable, so a
+/// remote spawn's failure reaches the caller as the same value.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, thiserror::Error)]
 pub enum SpawnError {
-    /// The actor's `started` hook returned an error or panicked.
+    /// The actor's `started` hook returned an error (`Failed`) or panicked
+    /// (`Panicked`).
     #[error("actor failed to start: {0}")]
-    Startup(String),
+    Startup(ExitReason),
+    /// A child failed to start, so its supervisor (or the group it belongs
+    /// to) could not start either.
+    #[error("child `{child}` failed to start")]
+    Child {
+        /// The child's id.
+        child: String,
+        /// Why.
+        #[source]
+        source: Box<SpawnError>,
+    },
+    /// A supervisor spec is invalid.
+    #[error("invalid supervisor spec: {0}")]
+    InvalidSpec(String),
     /// The requested name is taken.
     #[error("name `{0}` is already registered")]
     NameTaken(String),
@@ -83,9 +133,38 @@ pub enum SpawnError {
         /// What was wrong.
         message: String,
     },
-    /// The actor could not be placed (cluster placement).
-    #[error("placement failed: {0}")]
-    Placement(String),
+    /// The kind's actors take another message type than the caller's.
+    #[error("kind `{kind}` takes `{actual}`, not `{expected}`")]
+    WrongMessageType {
+        /// The kind.
+        kind: String,
+        /// The message type the caller asked for.
+        expected: String,
+        /// The message type the kind's actors take.
+        actual: String,
+    },
+    /// No alive node matches the placement.
+    #[error("no alive node matches {0:?}")]
+    NoNodeMatches(Box<Placement>),
+    /// The child has a placement but was started without a cluster.
+    #[error(
+        "`{kind}` has a placement ({placement:?}) and needs a cluster node: run the tree with `manta node --tree FILE`"
+    )]
+    NeedsCluster {
+        /// The kind.
+        kind: String,
+        /// Its placement.
+        placement: Box<Placement>,
+    },
+    /// The spawn on another node failed there, or could not reach it.
+    #[error("on node {node}")]
+    Remote {
+        /// The node.
+        node: String,
+        /// What happened.
+        #[source]
+        source: Box<WireError>,
+    },
 }
 
 /// Looking an actor up by name failed.
@@ -107,7 +186,7 @@ pub enum LookupError {
 }
 
 /// Byte-level (wire) delivery failed: what a remote sender gets back.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, thiserror::Error)]
 pub enum WireError {
     /// No actor is registered under the name.
     #[error("no actor named `{0}`")]
@@ -124,11 +203,19 @@ pub enum WireError {
     #[error("actor is not addressable over the wire")]
     NotAddressable,
     /// The bytes did not decode as the actor's message (or reply) type.
-    #[error("could not decode: {0}")]
-    Decode(String),
+    #[error("could not decode")]
+    Decode(#[source] CodecError),
     /// A message or reply could not be encoded.
-    #[error("could not encode: {0}")]
-    Encode(String),
+    #[error("could not encode")]
+    Encode(#[source] CodecError),
+    /// An encoded message or reply is larger than the transport carries.
+    #[error("{size} bytes exceed the {limit}-byte limit")]
+    TooLarge {
+        /// The encoded size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The actor has stopped.
     #[error("actor has stopped{}", .0.as_ref().map(|r| format!(" ({r})")).unwrap_or_default())]
     ActorGone(Option<ExitReason>),
@@ -144,7 +231,20 @@ pub enum WireError {
     /// The send queue to the node is full.
     #[error("send queue to the node is full")]
     Backpressure,
-    /// A remote spawn failed.
-    #[error("spawn failed: {0}")]
-    Spawn(String),
+    /// A remote spawn failed on the remote node.
+    #[error("spawn failed")]
+    Spawn(#[source] Box<SpawnError>),
+}
+
+/// Every error in `err`'s [`source`](std::error::Error::source) chain, joined
+/// with `: ` after it: the one-line form for logs and command output.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut next = err.source();
+    while let Some(e) = next {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        next = e.source();
+    }
+    out
 }

@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 use ractor::{ActorCell, ActorRef, MessagingErr};
 use tokio::sync::oneshot;
 
-use crate::error::{AskError, SendError, SendFailure, WireError};
+use crate::error::{AskError, CodecError, SendError, SendFailure, WireError};
 use crate::exit::{ExitReason, ExitSignal, Monitor};
 use crate::message::{Message, encode_wire, message_type_name};
 
@@ -105,7 +105,8 @@ pub trait EncodeWire: Send {
 
 impl<T: serde::Serialize + Send> EncodeWire for T {
     fn encoded_len(&self) -> Result<usize, WireError> {
-        postcard::experimental::serialized_size(self).map_err(|e| WireError::Encode(e.to_string()))
+        postcard::experimental::serialized_size(self)
+            .map_err(|e| WireError::Encode(CodecError::new(std::any::type_name::<T>(), e)))
     }
 
     fn encode_to(
@@ -119,7 +120,9 @@ impl<T: serde::Serialize + Send> EncodeWire for T {
         };
         match postcard::serialize_with_flavor(self, flavor) {
             Ok(()) => Ok(()),
-            Err(e) => Err(failed.unwrap_or_else(|| WireError::Encode(e.to_string()))),
+            Err(e) => Err(failed.unwrap_or_else(|| {
+                WireError::Encode(CodecError::new(std::any::type_name::<T>(), e))
+            })),
         }
     }
 }
@@ -455,7 +458,12 @@ fn reply_when_done(reply: BoxFuture<'static, Result<Vec<u8>, WireError>>, done: 
 
 /// A reply encoded for the wire.
 fn encode_reply<R: serde::Serialize>(reply: &R) -> Result<Vec<u8>, WireError> {
-    encode_wire(reply).map_err(|e| WireError::Encode(e.to_string()))
+    encode_wire(reply)
+        .map_err(|e| WireError::Encode(CodecError::new(std::any::type_name::<R>(), e)))
+}
+
+fn decode_error<M: Message>(e: postcard::Error) -> CodecError {
+    CodecError::new(M::NAME, e)
 }
 
 fn wire_send_error(f: SendFailure) -> WireError {
@@ -464,7 +472,8 @@ fn wire_send_error(f: SendFailure) -> WireError {
         SendFailure::NodeDown(n) => WireError::NodeDown(n),
         SendFailure::Backpressure => WireError::Backpressure,
         SendFailure::Encode(e) => WireError::Encode(e),
-        SendFailure::Rejected(e) => WireError::Decode(e),
+        SendFailure::TooLarge { size, limit } => WireError::TooLarge { size, limit },
+        SendFailure::Rejected(e) => e,
     }
 }
 
@@ -491,7 +500,8 @@ impl<M: Message> ErasedHandle for ActorHandle<M> {
         self
     }
     fn tell_wire(&self, body: &[u8]) -> Result<(), WireError> {
-        let msg: M = postcard::from_bytes(body).map_err(|e| WireError::Decode(e.to_string()))?;
+        let msg: M =
+            postcard::from_bytes(body).map_err(|e| WireError::Decode(decode_error::<M>(e)))?;
         self.tell(msg).map_err(|e| wire_send_error(e.failure))
     }
     fn ask_wire(
@@ -502,7 +512,7 @@ impl<M: Message> ErasedHandle for ActorHandle<M> {
         let decoded: Result<M, _> = postcard::from_bytes(body);
         let me = self.clone();
         Box::pin(async move {
-            let msg = decoded.map_err(|e| WireError::Decode(e.to_string()))?;
+            let msg = decoded.map_err(|e| WireError::Decode(decode_error::<M>(e)))?;
             match me.ask(msg, timeout).await {
                 Ok(reply) => encode_reply(&reply),
                 Err(AskError::Send(e)) => Err(wire_send_error(e.failure)),
@@ -518,7 +528,7 @@ impl<M: Message> ErasedHandle for ActorHandle<M> {
         };
         let msg: M = match postcard::from_bytes(body) {
             Ok(m) => m,
-            Err(e) => return done(Err(WireError::Decode(e.to_string()))),
+            Err(e) => return done(Err(WireError::Decode(decode_error::<M>(e)))),
         };
         // No timer here: the asker on the other node times out by itself.
         let exit = Arc::clone(&l.exit);

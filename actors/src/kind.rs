@@ -165,8 +165,7 @@ where
 /// ```
 /// # use manta_actors::{Actor, ActorError, Context, KindRegistry, Message};
 /// # use serde::{Deserialize, Serialize};
-/// # #[derive(Debug, Serialize, Deserialize)] struct Ping;
-/// # impl Message for Ping { type Reply = (); }
+/// # #[derive(Debug, Serialize, Deserialize, Message)] struct Ping;
 /// # struct Greeter { greeting: String }
 /// # impl Actor for Greeter { type Msg = Ping;
 /// #   async fn handle(&mut self, _: Ping, _: &mut Context<Ping>) -> Result<(), ActorError> { Ok(()) } }

@@ -29,9 +29,9 @@
 //! use manta_actors::{Actor, ActorError, ActorSystem, Context, Message};
 //! use serde::{Deserialize, Serialize};
 //!
-//! #[derive(Debug, Serialize, Deserialize)]
+//! #[derive(Debug, Serialize, Deserialize, Message)]
+//! #[message(reply = i64)]
 //! enum CounterMsg { Add(i64), Get }
-//! impl Message for CounterMsg { type Reply = i64; }
 //!
 //! struct Counter(i64);
 //! impl Actor for Counter {
@@ -61,12 +61,17 @@ mod placement;
 mod system;
 
 pub use actor::{Actor, Context, ReplyTo, panic_text};
-pub use error::{ActorError, AskError, LookupError, SendError, SendFailure, SpawnError, WireError};
+pub use error::{
+    ActorError, AskError, CodecError, LookupError, SendError, SendFailure, SpawnError, WireError,
+    error_chain,
+};
 pub use exit::{ExitReason, ExitSignal, Monitor};
 pub use handle::{
     ActorHandle, ActorId, AnyHandle, EncodeWire, ErasedHandle, RemoteActor, WireBody, WireReply,
 };
 pub use kind::{ArgsError, ChildFactory, KindError, KindRegistry, StartContext, factory};
+/// `#[derive(Message)]`: see [`Message`](trait@Message).
+pub use manta_macros::Message;
 pub use message::{Message, encode_wire, message_type_name};
 pub use placement::{Placement, Placer, Resources};
 pub use system::{ActorSystem, SpawnOptions};

@@ -6,28 +6,52 @@ use serde::{Serialize, de::DeserializeOwned};
 ///
 /// Messages are plain serde types so that the very same value can be handed
 /// to a local actor in memory or serialised for an actor on another node.
-/// Each message type names the type its actor answers an `ask` with; actors
-/// that are only ever told use `()`.
+/// Each message type names the type its actor answers an `ask` with (actors
+/// that are only ever told use `()`), and its identity on the wire,
+/// [`NAME`](Message::NAME). Derive it:
 ///
 /// ```
+/// use manta_actors::Message;
 /// use serde::{Deserialize, Serialize};
 ///
-/// #[derive(Debug, Serialize, Deserialize)]
+/// #[derive(Debug, Serialize, Deserialize, Message)]
+/// #[message(reply = i64)]
 /// enum CounterMsg { Add(i64), Get }
 ///
+/// assert!(CounterMsg::NAME.ends_with("::CounterMsg"));
+/// ```
+///
+/// or implement it by hand:
+///
+/// ```
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Debug, Serialize, Deserialize)] enum CounterMsg { Add(i64), Get }
 /// impl manta_actors::Message for CounterMsg {
 ///     type Reply = i64;
+///     const NAME: &'static str = "example.CounterMsg";
 /// }
 /// ```
 pub trait Message: Serialize + DeserializeOwned + Send + 'static {
     /// What the actor answers to an `ask` with this message type.
     type Reply: Serialize + DeserializeOwned + Send + 'static;
+
+    /// The message type's identity: a lookup by name (local or on another
+    /// node), a remote spawn and every frame on the wire check it, so two
+    /// nodes agree on a type exactly when they give it the same name. It is
+    /// written in the source (the derive's default is
+    /// `concat!(module_path!(), "::", "TypeName")`), never computed by the
+    /// compiler: `std::any::type_name` is not stable across compiler
+    /// versions, and nodes built by different compilers must still
+    /// understand each other. Keep it when moving a type; change it when
+    /// its encoding changes incompatibly.
+    const NAME: &'static str;
 }
 
-/// The type name used to check that a handle looked up by name (locally or
-/// on another node) really speaks the message type the caller expects.
+/// The identity used to check that a handle looked up by name (locally or
+/// on another node) really speaks the message type the caller expects:
+/// [`Message::NAME`].
 pub fn message_type_name<M: Message>() -> &'static str {
-    std::any::type_name::<M>()
+    M::NAME
 }
 
 /// Encodes a message or reply for the wire (postcard) into a buffer of

@@ -127,7 +127,7 @@ impl ActorSystem {
             Some(sup) => ractor::Actor::spawn_linked(None, adapter, args, sup).await,
             None => ractor::Actor::spawn(None, adapter, args).await,
         };
-        let (actor_ref, _join) = spawned.map_err(|e| SpawnError::Startup(startup_text(e)))?;
+        let (actor_ref, _join) = spawned.map_err(|e| SpawnError::Startup(startup_reason(e)))?;
         let handle = ActorHandle::local(actor_ref, exit);
         if let Some(name) = opts.name {
             if let Err(e) = self.register(name, &handle) {
@@ -280,9 +280,9 @@ impl ActorSystem {
     }
 }
 
-fn startup_text(e: ractor::SpawnErr) -> String {
+fn startup_reason(e: ractor::SpawnErr) -> ExitReason {
     match e {
-        ractor::SpawnErr::StartupFailed(err) => ExitReason::from_failure(err.as_ref()).to_string(),
-        other => other.to_string(),
+        ractor::SpawnErr::StartupFailed(err) => ExitReason::from_failure(err.as_ref()),
+        other => ExitReason::Failed(other.to_string()),
     }
 }

@@ -152,7 +152,7 @@ impl Cluster {
             }
         }
         best.map(|(_, p)| p)
-            .ok_or_else(|| SpawnError::Placement(format!("no alive node matches {placement:?}")))
+            .ok_or_else(|| SpawnError::NoNodeMatches(Box::new(placement.clone())))
     }
 
     /// Like [`Cluster::choose`], waiting up to `wait` for a matching node to
@@ -190,27 +190,32 @@ impl Cluster {
         args: toml::Value,
         name: Option<String>,
     ) -> Result<ActorHandle<M>, SpawnError> {
+        let wrong_type = |actual: &str| SpawnError::WrongMessageType {
+            kind: kind.to_owned(),
+            expected: message_type_name::<M>().to_owned(),
+            actual: actual.to_owned(),
+        };
+        // Refused before anything starts when this node knows the kind...
+        if let Some(actual) = self.system.kinds().message_type(kind) {
+            if actual != message_type_name::<M>() {
+                return Err(wrong_type(actual));
+            }
+        }
         let (any, remote) = self
             .spawn_any(placement, kind, args, name, Duration::ZERO)
             .await?;
+        // ...and checked again against what the target node started.
         if any.message_type() != message_type_name::<M>() {
             any.stop(ExitReason::Shutdown(Some(
                 "spawned with the wrong message type".into(),
             )));
-            return Err(SpawnError::BadArgs {
-                kind: kind.to_owned(),
-                message: format!(
-                    "kind takes `{}`, not `{}`",
-                    any.message_type(),
-                    message_type_name::<M>()
-                ),
-            });
+            return Err(wrong_type(any.message_type()));
         }
         match remote {
             Some((peer, name)) => Ok(self.remoting.handle::<M>(peer, &name)),
             None => any
                 .downcast::<M>()
-                .ok_or_else(|| SpawnError::Startup("handle of an unexpected type".to_owned())),
+                .ok_or_else(|| wrong_type("a handle of another type")),
         }
     }
 
@@ -252,8 +257,14 @@ impl Cluster {
             .spawn_remote(peer, kind, &args, &name, SPAWN_TIMEOUT)
             .await
             .map_err(|e| match e {
-                WireError::Spawn(m) => SpawnError::Startup(format!("on {peer}: {m}")),
-                other => SpawnError::Placement(format!("on {peer}: {other}")),
+                WireError::Spawn(e) => SpawnError::Remote {
+                    node: peer.to_string(),
+                    source: Box::new(WireError::Spawn(e)),
+                },
+                other => SpawnError::Remote {
+                    node: peer.to_string(),
+                    source: Box::new(other),
+                },
             })?;
         Ok((
             self.remoting.erased_handle(peer, &name, &ty),
@@ -354,6 +365,7 @@ enum ProxyMsg {
 
 impl Message for ProxyMsg {
     type Reply = ();
+    const NAME: &'static str = "manta.cluster.ProxyMsg";
 }
 
 /// Stands in for a remote child under a local supervisor.

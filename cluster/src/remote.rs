@@ -17,8 +17,8 @@ use futures::future::BoxFuture;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, StreamProtocol};
 use manta_actors::{
-    ActorHandle, ActorId, ActorSystem, AskError, EncodeWire, ExitReason, ExitSignal, Message,
-    Monitor, RemoteActor, SendError, SendFailure, WireBody, WireError, WireReply,
+    ActorHandle, ActorId, ActorSystem, AskError, CodecError, EncodeWire, ExitReason, ExitSignal,
+    Message, Monitor, RemoteActor, SendError, SendFailure, WireBody, WireError, WireReply,
     message_type_name,
 };
 use serde::{Deserialize, Serialize};
@@ -166,7 +166,7 @@ struct ChunkRef<'a> {
 fn wire_chunk(c: &ChunkRef<'_>) -> Result<Vec<u8>, WireError> {
     let mut out = Vec::with_capacity(4 + 2 + 24 + c.data.len());
     out.extend_from_slice(&[0, 0, 0, 0, FRAME_VERSION, CHUNK_VARIANT]);
-    let mut out = postcard::to_extend(c, out).map_err(|e| WireError::Encode(e.to_string()))?;
+    let mut out = postcard::to_extend(c, out).map_err(encode_error)?;
     let len = (out.len() - 4) as u32;
     out[..4].copy_from_slice(&len.to_be_bytes());
     Ok(out)
@@ -351,14 +351,15 @@ enum FrameSink {
 impl FrameSink {
     fn new(size: usize) -> Result<Self, WireError> {
         if size > MAX_FRAME {
-            return Err(WireError::Encode(format!(
-                "message of {size} bytes exceeds {MAX_FRAME}"
-            )));
+            return Err(WireError::TooLarge {
+                size,
+                limit: MAX_FRAME,
+            });
         }
         if size > CHUNK {
             return Chunker::new(rand::random(), size)
                 .map(FrameSink::Chunks)
-                .map_err(|e| WireError::Encode(e.to_string()));
+                .map_err(encode_error);
         }
         // Length (filled in at the end) and version, then the frame, in a
         // buffer of exactly its size.
@@ -407,10 +408,11 @@ impl postcard::ser_flavors::Flavor for FrameSink {
 /// (or that postcard could not encode).
 fn encode_error(e: postcard::Error) -> WireError {
     match e {
-        postcard::Error::SerializeBufferFull => {
-            WireError::Encode("the message encoded to another size than measured".into())
-        }
-        other => WireError::Encode(other.to_string()),
+        postcard::Error::SerializeBufferFull => WireError::Encode(CodecError::new(
+            "frame",
+            "the message encoded to another size than measured",
+        )),
+        other => WireError::Encode(CodecError::new("frame", other)),
     }
 }
 
@@ -1108,13 +1110,13 @@ impl Remoting {
         name: &str,
     ) -> Result<Vec<u8>, WireError> {
         let args: toml::Value = serde_json::from_str(args_json)
-            .map_err(|e| WireError::Decode(format!("spawn args: {e}")))?;
+            .map_err(|e| WireError::Decode(CodecError::new("spawn arguments (JSON)", e)))?;
         let system = &self.inner.system;
         let h = system
             .kinds()
             .spawn(system, kind, args, Some(name.to_owned()))
             .await
-            .map_err(|e| WireError::Spawn(e.to_string()))?;
+            .map_err(|e| WireError::Spawn(Box::new(e)))?;
         tracing::info!(target: "manta::remote", %kind, %name, actor = %h.id(), "spawned for a remote node");
         Ok(h.message_type().as_bytes().to_vec())
     }
@@ -1129,8 +1131,8 @@ impl Remoting {
         name: &str,
         timeout: Duration,
     ) -> Result<String, WireError> {
-        let args_json =
-            serde_json::to_string(args).map_err(|e| WireError::Encode(e.to_string()))?;
+        let args_json = serde_json::to_string(args)
+            .map_err(|e| WireError::Encode(CodecError::new("spawn arguments (JSON)", e)))?;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&self.inner.pending).insert(id, (peer, tx));
@@ -1149,9 +1151,8 @@ impl Remoting {
         match outcome {
             Err(_) => Err(WireError::Timeout(timeout.as_millis() as u64)),
             Ok(Err(_)) => Err(WireError::NodeDown(peer.to_string())),
-            Ok(Ok(Ok(ty))) => {
-                String::from_utf8(ty.bytes().to_vec()).map_err(|e| WireError::Decode(e.to_string()))
-            }
+            Ok(Ok(Ok(ty))) => String::from_utf8(ty.bytes().to_vec())
+                .map_err(|e| WireError::Decode(CodecError::new("message type name", e))),
             Ok(Ok(Err(e))) => Err(e),
         }
     }
@@ -1195,7 +1196,8 @@ fn send_failure(e: WireError) -> SendFailure {
         WireError::ActorGone(r) => SendFailure::ActorGone(r),
         WireError::NotFound(_) => SendFailure::ActorGone(None),
         WireError::Encode(e) => SendFailure::Encode(e),
-        other => SendFailure::Rejected(other.to_string()),
+        WireError::TooLarge { size, limit } => SendFailure::TooLarge { size, limit },
+        other => SendFailure::Rejected(other),
     }
 }
 
@@ -1206,7 +1208,7 @@ impl<M: Message> RemoteActor<M> for RemoteRef<M> {
 
     fn tell(&self, msg: M) -> Result<(), SendError<M>> {
         let sent = Inline::new(&msg)
-            .map_err(|e| WireError::Encode(e.to_string()))
+            .map_err(|e| WireError::Encode(CodecError::new(M::NAME, e)))
             .and_then(|body| {
                 let frame = Outgoing::Tell {
                     to: &self.addr.name,
@@ -1232,7 +1234,7 @@ impl<M: Message> RemoteActor<M> for RemoteRef<M> {
             let (tx, rx) = oneshot::channel();
             lock(&remoting.inner.pending).insert(id, (peer, tx));
             let sent = Inline::new(&msg)
-                .map_err(|e| WireError::Encode(e.to_string()))
+                .map_err(|e| WireError::Encode(CodecError::new(M::NAME, e)))
                 .and_then(|body| {
                     let frame = Outgoing::Ask {
                         id,
@@ -1258,8 +1260,9 @@ impl<M: Message> RemoteActor<M> for RemoteRef<M> {
                     peer.to_string(),
                 )))),
                 Ok(Ok(Ok(reply))) => {
-                    let value = postcard::from_bytes(reply.bytes())
-                        .map_err(|e| AskError::Decode(e.to_string()));
+                    let value = postcard::from_bytes(reply.bytes()).map_err(|e| {
+                        AskError::Decode(CodecError::new(std::any::type_name::<M::Reply>(), e))
+                    });
                     remoting.keep(reply.buf);
                     value
                 }
@@ -1569,7 +1572,13 @@ mod tests {
             id: 1,
             result: Ok(ReplyBody(Cow::Owned(vec![0u8; MAX_FRAME]))),
         });
-        assert!(matches!(too_big, Err(WireError::Encode(e)) if e.contains("exceeds")));
+        assert!(matches!(
+            too_big,
+            Err(WireError::TooLarge {
+                limit: MAX_FRAME,
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -162,6 +162,7 @@ pub struct LoaderStats {
 
 impl Message for LoaderMsg {
     type Reply = LoaderReply;
+    const NAME: &'static str = "manta.ml.LoaderMsg";
 }
 
 /// A data-loader actor.

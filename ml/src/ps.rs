@@ -215,6 +215,7 @@ pub struct PsStatus {
 
 impl Message for PsMsg {
     type Reply = PsReply;
+    const NAME: &'static str = "manta.ml.PsMsg";
 }
 
 /// A checkpoint file's content.

@@ -73,6 +73,7 @@ pub struct WorkerStats {
 
 impl Message for WorkerMsg {
     type Reply = Option<WorkerStats>;
+    const NAME: &'static str = "manta.ml.WorkerMsg";
 }
 
 /// How long one request to a loader or parameter server may take. Long:

@@ -76,12 +76,14 @@ pub enum SupervisorError {
     /// The operation needs the child to be stopped.
     #[error("child `{0}` is running")]
     Running(String),
-    /// Starting a child failed.
-    #[error("child `{child}` failed to start: {error}")]
+    /// Starting a child failed ([`source`](std::error::Error::source):
+    /// the child's error, and its cause in turn).
+    #[error("child `{child}` failed to start")]
     StartFailed {
         /// Child id.
         child: String,
         /// The error.
+        #[source]
         error: SpawnError,
     },
     /// The spec is invalid.
@@ -90,6 +92,21 @@ pub enum SupervisorError {
     /// The operation is for the other kind of supervisor (dynamic vs static).
     #[error("{0}")]
     WrongKind(&'static str),
+}
+
+/// A supervisor that could not start, as its parent sees it: a child
+/// failure keeps the child's id and its cause as the error's source.
+impl From<SupervisorError> for SpawnError {
+    fn from(e: SupervisorError) -> Self {
+        match e {
+            SupervisorError::StartFailed { child, error } => SpawnError::Child {
+                child,
+                source: Box::new(error),
+            },
+            SupervisorError::InvalidSpec(m) => SpawnError::InvalidSpec(m),
+            other => SpawnError::Startup(ExitReason::Failed(other.to_string())),
+        }
+    }
 }
 
 /// A running supervisor.

@@ -36,8 +36,7 @@
 //! use manta_actors::{factory, Actor, ActorError, ActorSystem, Context, Message};
 //! use manta_supervision::{ChildSpec, Strategy, Supervisor, SupervisorSpec};
 //! # use serde::{Deserialize, Serialize};
-//! # #[derive(Debug, Serialize, Deserialize)] struct Ping;
-//! # impl Message for Ping { type Reply = (); }
+//! # #[derive(Debug, Serialize, Deserialize, Message)] struct Ping;
 //! # struct Worker;
 //! # impl Actor for Worker { type Msg = Ping;
 //! #   async fn handle(&mut self, _: Ping, _: &mut Context<Ping>) -> Result<(), ActorError> { Ok(()) } }

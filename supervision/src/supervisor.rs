@@ -90,13 +90,13 @@ fn spawn_supervisor(
                     Ok(e) => *e,
                     Err(other) => SupervisorError::StartFailed {
                         child: name,
-                        error: SpawnError::Startup(other.to_string()),
+                        error: SpawnError::Startup(ExitReason::from_failure(other.as_ref())),
                     },
                 })
             }
             Err(other) => Err(SupervisorError::StartFailed {
                 child: name,
-                error: SpawnError::Startup(other.to_string()),
+                error: SpawnError::Startup(ExitReason::Failed(other.to_string())),
             }),
         }
     })
@@ -274,7 +274,7 @@ impl SupState {
                 Box::pin(async move {
                     let h = spawn_supervisor(system.clone(), s, Some(link))
                         .await
-                        .map_err(|e| SpawnError::Startup(e.to_string()))?;
+                        .map_err(SpawnError::from)?;
                     let any = h.into_any();
                     if let Some(name) = register {
                         if let Err(e) = system.register_any(name, any.clone()) {
@@ -449,8 +449,7 @@ impl SupState {
         // The group to restart, in start order.
         let first = match self.strategy {
             Strategy::OneForOne | Strategy::SimpleOneForOne => {
-                self.schedule_restart(vec![id.clone()], &id).await;
-                return Ok(());
+                return self.schedule_restart(vec![id.clone()], &id).await;
             }
             Strategy::OneForAll => 0,
             Strategy::RestForOne => idx,
@@ -480,13 +479,19 @@ impl SupState {
             .iter()
             .map(|c| c.spec.id.clone())
             .collect();
-        self.schedule_restart(group, &id).await;
+        self.schedule_restart(group, &id).await?;
         Ok(())
     }
 
     /// Restarts `ids` now, or after the backoff delay, which grows with
     /// the number of restarts `failed` caused within the last period.
-    async fn schedule_restart(&mut self, ids: Vec<String>, failed: &str) {
+    /// Fails (the supervisor escalates) when restarting now fails once too
+    /// often.
+    async fn schedule_restart(
+        &mut self,
+        ids: Vec<String>,
+        failed: &str,
+    ) -> Result<(), ActorProcessingErr> {
         for id in &ids {
             if let Some(i) = self.index_of(id) {
                 self.children[i].state = ChildState::Restarting;
@@ -525,10 +530,12 @@ impl SupState {
             }
             _ => {
                 // Restart in this very handler; a failed start is retried
-                // through the mailbox (and counted) by `restart_now`.
-                let _ = self.restart_now(ids).await;
+                // through the mailbox (and counted) by `restart_now`, and
+                // exceeding the intensity there fails the supervisor.
+                return self.restart_now(ids).await;
             }
         }
+        Ok(())
     }
 
     /// Starts the children in `ids` that still wait for a restart, in order.
@@ -547,10 +554,12 @@ impl SupState {
                 self.emit(SupervisorEvent::StartFailed {
                     supervisor: self.name.clone(),
                     child: id.clone(),
-                    error: e.to_string(),
+                    error: manta_actors::error_chain(&e),
                 });
                 if !self.add_restart() {
-                    return Err(self.escalate(id, ExitReason::Failed(e.to_string())).await);
+                    return Err(self
+                        .escalate(id, ExitReason::Failed(manta_actors::error_chain(&e)))
+                        .await);
                 }
                 let mut retry = vec![id];
                 retry.extend(pending);

@@ -662,11 +662,11 @@ struct NeedsCluster {
 
 impl ChildFactory for NeedsCluster {
     fn start(&self, _ctx: StartContext) -> BoxFuture<'static, Result<AnyHandle, SpawnError>> {
-        let msg = format!(
-            "`{}` has a placement ({:?}) and needs a cluster node: run the tree with `manta node --tree FILE`",
-            self.kind, self.placement
-        );
-        Box::pin(async move { Err(SpawnError::Placement(msg)) })
+        let err = SpawnError::NeedsCluster {
+            kind: self.kind.clone(),
+            placement: Box::new(self.placement.clone()),
+        };
+        Box::pin(async move { Err(err) })
     }
 
     fn describe(&self) -> String {

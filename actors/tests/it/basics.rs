@@ -193,6 +193,7 @@ mod barrier {
     }
     impl Message for Gate {
         type Reply = u32;
+        const NAME: &'static str = "manta.test.Gate";
     }
 
     #[derive(Default)]
@@ -353,6 +354,7 @@ struct Fill(usize);
 
 impl manta_actors::Message for Fill {
     type Reply = Vec<u8>;
+    const NAME: &'static str = "manta.test.Fill";
 }
 
 struct Filler;

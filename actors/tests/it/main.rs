@@ -24,6 +24,7 @@ pub enum Cmd {
 
 impl Message for Cmd {
     type Reply = i64;
+    const NAME: &'static str = "manta.test.Cmd";
 }
 
 #[derive(Debug, Default)]
@@ -58,6 +59,7 @@ pub struct Other;
 
 impl Message for Other {
     type Reply = ();
+    const NAME: &'static str = "manta.test.Other";
 }
 
 pub const T: std::time::Duration = std::time::Duration::from_secs(5);

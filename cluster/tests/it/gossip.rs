@@ -280,6 +280,7 @@ async fn membership_events_reach_a_subscribed_actor() {
     }
     impl Message for Watch {
         type Reply = Vec<String>;
+        const NAME: &'static str = "manta.test.Watch";
     }
     struct Watcher(Vec<String>, std::sync::Arc<tokio::sync::Notify>);
     impl Actor for Watcher {

@@ -21,6 +21,7 @@ enum Cmd {
 
 impl Message for Cmd {
     type Reply = i64;
+    const NAME: &'static str = "manta.test.Cmd";
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -28,6 +29,7 @@ struct Other(String);
 
 impl Message for Other {
     type Reply = ();
+    const NAME: &'static str = "manta.test.Other";
 }
 
 struct Counter(i64);
@@ -176,6 +178,7 @@ enum Seq {
 
 impl Message for Seq {
     type Reply = (u64, u64, u64);
+    const NAME: &'static str = "manta.test.Seq";
 }
 
 impl Actor for Sequence {
@@ -297,7 +300,11 @@ async fn asking_for_the_wrong_message_type_is_an_error_not_a_misdelivery() {
     match forged.ask(Other("hi".into()), DEADLINE).await {
         Err(AskError::Send(e)) => {
             assert!(
-                matches!(e.failure, SendFailure::Rejected(ref r) if r.contains("Cmd")),
+                matches!(
+                    e.failure,
+                    SendFailure::Rejected(manta_actors::WireError::WrongType { ref actual, .. })
+                        if actual.ends_with("Cmd")
+                ),
                 "{:?}",
                 e.failure
             );
@@ -465,14 +472,42 @@ async fn remote_spawn_by_role_lands_on_a_matching_node() {
             .spawn_on::<Cmd>(&none, "counter", args(0), None)
             .await
             .unwrap_err();
+    assert!(
+        matches!(err, manta_actors::SpawnError::NoNodeMatches(ref p) if **p == none),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("no alive node matches"), "{err}");
-    // Unknown kinds and bad args are reported by the target node.
+    // Unknown kinds and bad args are reported by the target node: this
+    // very node...
     let err =
         t.a.cluster()
             .spawn_on::<Cmd>(&placement, "nope", args(0), None)
             .await
             .unwrap_err();
-    assert!(err.to_string().contains("nope"), "{err}");
+    assert_eq!(err, manta_actors::SpawnError::UnknownKind("nope".into()));
+    // ...or another one, as a typed error whose source chain names the node and the cause.
+    let err =
+        t.b.cluster()
+            .spawn_on::<Cmd>(&placement, "nope", args(0), None)
+            .await
+            .unwrap_err();
+    match &err {
+        manta_actors::SpawnError::Remote { node, source } => {
+            assert_eq!(*node, t.a.identity().peer_id().to_string());
+            assert_eq!(
+                **source,
+                manta_actors::WireError::Spawn(Box::new(manta_actors::SpawnError::UnknownKind(
+                    "nope".into()
+                )))
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let chain = manta_actors::error_chain(&err);
+    assert!(
+        chain.contains("spawn failed: unknown actor kind `nope`"),
+        "{chain}"
+    );
 }
 
 #[tokio::test]
@@ -580,6 +615,7 @@ enum Blob {
 
 impl Message for Blob {
     type Reply = u64;
+    const NAME: &'static str = "manta.test.Blob";
 }
 
 struct Store(u64, u64);
@@ -609,6 +645,7 @@ struct Fetch {
 
 impl Message for Fetch {
     type Reply = serde_bytes::ByteBuf;
+    const NAME: &'static str = "manta.test.Fetch";
 }
 
 struct Source;
@@ -721,7 +758,13 @@ async fn large_payloads_are_chunked_and_arrive_whole_without_stalling_small_mess
         .tell(Blob::Put(vec![0u8; manta_cluster::MAX_FRAME + 1]))
         .unwrap_err();
     assert!(
-        matches!(err.failure, SendFailure::Encode(_)),
+        matches!(
+            err.failure,
+            SendFailure::TooLarge {
+                limit: manta_cluster::MAX_FRAME,
+                ..
+            }
+        ),
         "{:?}",
         err.failure
     );
@@ -824,4 +867,63 @@ async fn distinct_remote_actors_have_distinct_ids() {
     assert_eq!(set.len(), 2);
     let a = p.a.identity().peer_id().to_string();
     assert_eq!(x.id().to_string(), format!("<{a}/x>"));
+}
+
+/// Two builds of one message type: the same wire name, but (as two
+/// compilers or two crate layouts would give) different Rust paths.
+mod build_one {
+    #[derive(Debug, serde::Serialize, serde::Deserialize, manta_actors::Message)]
+    #[message(reply = u32, name = "manta.test.Square")]
+    pub(super) struct Square(pub(super) u32);
+}
+mod build_two {
+    #[derive(Debug, serde::Serialize, serde::Deserialize, manta_actors::Message)]
+    #[message(reply = u32, name = "manta.test.Square")]
+    pub(super) struct Square(pub(super) u32);
+}
+
+struct Squarer;
+
+impl Actor for Squarer {
+    type Msg = build_one::Square;
+    async fn handle(
+        &mut self,
+        msg: build_one::Square,
+        _: &mut Context<build_one::Square>,
+    ) -> Result<u32, ActorError> {
+        Ok(msg.0 * msg.0)
+    }
+}
+
+/// Issue 15, API 3: the wire check compares the message type's declared
+/// name (`Message::NAME`), not `std::any::type_name` (which std does not
+/// promise to keep across compiler versions): a node whose type has another
+/// Rust path but the same name is understood, and the derive's default name
+/// is the source path, not a compiler-made string.
+#[tokio::test]
+async fn nodes_agree_on_a_message_type_by_its_declared_name() {
+    use manta_actors::Message as _;
+    assert_ne!(
+        std::any::type_name::<build_one::Square>(),
+        std::any::type_name::<build_two::Square>()
+    );
+    assert_eq!(build_one::Square::NAME, build_two::Square::NAME);
+    assert_eq!(
+        manta_actors::message_type_name::<build_two::Square>(),
+        "manta.test.Square"
+    );
+    #[derive(Debug, Serialize, Deserialize, manta_actors::Message)]
+    struct Defaulted;
+    assert_eq!(Defaulted::NAME, concat!(module_path!(), "::Defaulted"));
+
+    let (p, sys_a) = pair("names").await;
+    sys_a.spawn_named("sq", Squarer).await.unwrap();
+    published(&p.b, "sq").await;
+    let sq = p.b.where_is::<build_two::Square>("sq").unwrap();
+    assert_eq!(sq.ask(build_two::Square(12), DEADLINE).await.unwrap(), 144);
+    // A type with another name is still refused.
+    match p.b.where_is::<Cmd>("sq") {
+        Err(LookupError::WrongType { .. }) => {}
+        other => panic!("unexpected {other:?}"),
+    }
 }

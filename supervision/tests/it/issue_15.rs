@@ -169,3 +169,136 @@ async fn backoff_starts_over_once_the_child_has_run_a_whole_period() {
     assert_eq!(ms, [100, 200, 400, 800, 100]);
     sup.shutdown().await;
 }
+
+/// Issue 15, API 7: a nested start failure is a chain of typed errors, not
+/// one flattened string: root -> `sub` (a supervisor) -> `db` (a worker
+/// whose `started` failed).
+#[tokio::test]
+async fn a_nested_start_failure_keeps_every_cause_as_a_source() {
+    use manta_actors::{ExitReason, SpawnError, error_chain};
+    use manta_supervision::SupervisorError;
+    struct NoDb;
+    impl Actor for NoDb {
+        type Msg = ProbeMsg;
+        async fn started(&mut self, _: &mut Context<ProbeMsg>) -> Result<(), ActorError> {
+            Err("database unreachable".into())
+        }
+        async fn handle(
+            &mut self,
+            _: ProbeMsg,
+            _: &mut Context<ProbeMsg>,
+        ) -> Result<(), ActorError> {
+            Ok(())
+        }
+    }
+    let spec = SupervisorSpec::new("root").child(ChildSpec::supervisor(
+        SupervisorSpec::new("sub").child(ChildSpec::worker("db", factory("no-db", || NoDb))),
+    ));
+    let err = manta_supervision::Supervisor::start(&manta_actors::ActorSystem::new(), spec)
+        .await
+        .unwrap_err();
+    match &err {
+        SupervisorError::StartFailed {
+            child,
+            error:
+                SpawnError::Child {
+                    child: inner,
+                    source,
+                },
+        } => {
+            assert_eq!((child.as_str(), inner.as_str()), ("sub", "db"));
+            assert_eq!(
+                **source,
+                SpawnError::Startup(ExitReason::Failed("database unreachable".into()))
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // Walking `source()` gives every level once.
+    let mut levels = 0;
+    let mut e: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+    while let Some(x) = e {
+        levels += 1;
+        e = x.source();
+    }
+    assert_eq!(levels, 3);
+    assert_eq!(
+        error_chain(&err),
+        "child `sub` failed to start: child `db` failed to start: actor failed to start: failed: database unreachable"
+    );
+}
+
+/// Starts once, then fails to start every time after.
+struct StartsOnce;
+
+impl Actor for StartsOnce {
+    type Msg = ProbeMsg;
+    async fn handle(&mut self, msg: ProbeMsg, _: &mut Context<ProbeMsg>) -> Result<(), ActorError> {
+        match msg {
+            ProbeMsg::Exit(_) => Err("told to fail".into()),
+            ProbeMsg::Ping => Ok(()),
+        }
+    }
+}
+
+/// Found while writing docs/architecture.md: without backoff, a restart
+/// that failed to start and exceeded the intensity terminated the children
+/// but the supervisor's failure was dropped, so it kept running with no
+/// children instead of escalating to its parent.
+#[tokio::test]
+async fn a_failed_restart_over_the_intensity_fails_the_supervisor() {
+    use manta_actors::ExitReason;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let starts = Arc::new(AtomicU32::new(0));
+    let n = Arc::clone(&starts);
+    struct Gate(bool);
+    impl Actor for Gate {
+        type Msg = ProbeMsg;
+        async fn started(&mut self, _: &mut Context<ProbeMsg>) -> Result<(), ActorError> {
+            if self.0 {
+                Ok(())
+            } else {
+                Err("cannot start again".into())
+            }
+        }
+        async fn handle(
+            &mut self,
+            msg: ProbeMsg,
+            ctx: &mut Context<ProbeMsg>,
+        ) -> Result<(), ActorError> {
+            StartsOnce.handle(msg, ctx).await
+        }
+    }
+    let spec = SupervisorSpec::new("sup")
+        .intensity(1, Duration::from_secs(5))
+        .child(ChildSpec::worker(
+            "w",
+            factory("starts-once", move || {
+                Gate(n.fetch_add(1, Ordering::SeqCst) == 0)
+            }),
+        ));
+    let (sup, mut rx) = crate::start(spec).await;
+    until(&mut rx, |e| short(e) == "start w #0").await;
+    let kids = sup.which_children().await.unwrap();
+    let w = kids[0]
+        .handle
+        .clone()
+        .unwrap()
+        .downcast::<ProbeMsg>()
+        .unwrap();
+    w.tell(ProbeMsg::Exit(ExitKind::Failure)).unwrap();
+    let evs = until(&mut rx, |e| matches!(e, SupervisorEvent::Escalated { .. })).await;
+    assert_eq!(
+        shorts(&evs),
+        ["exit w restart", "startfail w", "escalate sup by w"]
+    );
+    let reason = tokio::time::timeout(crate::DEADLINE, sup.monitor().wait())
+        .await
+        .expect("the supervisor exits");
+    assert!(
+        matches!(&reason, ExitReason::Failed(m) if m.contains("exceeded its restart intensity")),
+        "{reason}"
+    );
+    assert_eq!(starts.load(Ordering::SeqCst), 2);
+}

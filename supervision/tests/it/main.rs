@@ -54,6 +54,7 @@ pub enum ProbeMsg {
 
 impl Message for ProbeMsg {
     type Reply = ();
+    const NAME: &'static str = "manta.test.ProbeMsg";
 }
 
 /// A test child. With `stuck_on_stop` its `stopped` hook never returns, so a

@@ -187,9 +187,17 @@ async fn a_child_that_fails_to_start_fails_the_supervisor_start() {
     let err = Supervisor::start(&ActorSystem::new(), spec)
         .await
         .unwrap_err();
-    let text = err.to_string();
+    match &err {
+        manta_supervision::SupervisorError::StartFailed {
+            child,
+            error: manta_actors::SpawnError::Startup(ExitReason::Failed(m)),
+        } => assert!(child == "broken" && m.contains("no database"), "{err:?}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    let text = manta_actors::error_chain(&err);
     assert!(
-        text.contains("broken") && text.contains("no database"),
+        text.contains("child `broken` failed to start: actor failed to start")
+            && text.contains("no database"),
         "{text}"
     );
     // What had started was stopped again.

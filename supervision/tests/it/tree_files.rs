@@ -155,8 +155,18 @@ async fn a_placed_worker_without_a_cluster_fails_to_start_with_a_clear_error() {
     let spec = load_str(src, "placed.toml", &kinds()).unwrap();
     let err = Supervisor::start(&ActorSystem::new(), spec)
         .await
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            manta_supervision::SupervisorError::StartFailed {
+                error: manta_actors::SpawnError::NeedsCluster { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = manta_actors::error_chain(&err);
     assert!(
         err.contains("needs a cluster node") && err.contains("manta node --tree"),
         "{err}"

@@ -1,0 +1,96 @@
+//! Derive macros for Manta. Use them through `manta_actors` (or `manta`),
+//! which re-exports them beside the traits they implement.
+
+use proc_macro::TokenStream;
+use quote::quote;
+use syn::{DeriveInput, LitStr, Type, parse_macro_input};
+
+/// Implements `manta_actors::Message` for a serde type.
+///
+/// ```text
+/// #[derive(Debug, Serialize, Deserialize, Message)]
+/// #[message(reply = u64)]                 // default: ()
+/// #[message(name = "bank.Account")]       // default: the module path and type name
+/// enum Account { Deposit(u64), Balance }
+/// ```
+///
+/// The name is the type's identity on the wire. Its default,
+/// `concat!(module_path!(), "::", "Account")`, is fixed by the source (not
+/// by the compiler, as `std::any::type_name` is), so nodes built by
+/// different compilers agree; moving or renaming the type changes it, so
+/// set `name` explicitly for types whose path may change while older nodes
+/// still run. The generated impl names `::manta_actors` when the crate
+/// depends on manta-actors, `::manta::actors` otherwise; `#[message(crate =
+/// "path")]` sets it.
+#[proc_macro_derive(Message, attributes(message))]
+pub fn derive_message(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    match expand(&input) {
+        Ok(ts) => ts.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
+}
+
+fn expand(input: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
+    let mut reply: Option<Type> = None;
+    let mut name: Option<LitStr> = None;
+    let mut krate: Option<syn::Path> = None;
+    for attr in input.attrs.iter().filter(|a| a.path().is_ident("message")) {
+        attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("reply") {
+                reply = Some(meta.value()?.parse()?);
+                Ok(())
+            } else if meta.path.is_ident("name") {
+                name = Some(meta.value()?.parse()?);
+                Ok(())
+            } else if meta.path.is_ident("crate") {
+                let lit: LitStr = meta.value()?.parse()?;
+                krate = Some(lit.parse()?);
+                Ok(())
+            } else {
+                Err(meta.error("expected `reply = Type`, `name = \"...\"` or `crate = \"path\"`"))
+            }
+        })?;
+    }
+    let ident = &input.ident;
+    let (impl_g, ty_g, where_c) = input.generics.split_for_impl();
+    let reply = match reply {
+        Some(t) => quote!(#t),
+        None => quote!(()),
+    };
+    let name = match name {
+        Some(n) => quote!(#n),
+        None => {
+            let s = ident.to_string();
+            quote!(::core::concat!(::core::module_path!(), "::", #s))
+        }
+    };
+    let krate = match krate {
+        Some(p) => quote!(#p),
+        None => default_crate_path(),
+    };
+    Ok(quote! {
+        impl #impl_g #krate::Message for #ident #ty_g #where_c {
+            type Reply = #reply;
+            const NAME: &'static str = #name;
+        }
+    })
+}
+
+/// Where `Message` lives for the crate being compiled: `::manta_actors` when
+/// it depends on manta-actors itself (or is it), else the facade's
+/// `::manta::actors`. `#[message(crate = "...")]` overrides it (a renamed
+/// dependency, say).
+fn default_crate_path() -> proc_macro2::TokenStream {
+    let pkg = std::env::var("CARGO_PKG_NAME").unwrap_or_default();
+    let direct = pkg == "manta-actors"
+        || std::env::var("CARGO_MANIFEST_DIR")
+            .ok()
+            .and_then(|d| std::fs::read_to_string(std::path::Path::new(&d).join("Cargo.toml")).ok())
+            .is_some_and(|m| m.contains("manta-actors"));
+    if direct {
+        quote!(::manta_actors)
+    } else {
+        quote!(::manta::actors)
+    }
+}
