@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use manta::{Actor, ActorError, ActorSystem, Context, Message};
+use manta::{Actor, ActorError, ActorSystem, Context, Message, ReplyTo};
 use ractor::{ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 
@@ -19,11 +19,10 @@ const BATCH: u64 = 1_000;
 #[derive(Debug, Serialize, Deserialize)]
 enum Msg {
     Add(i64),
-    Get,
+    Get(ReplyTo<i64>),
 }
 
 impl Message for Msg {
-    type Reply = i64;
     const NAME: &'static str = "manta.bench.Msg";
 }
 
@@ -31,11 +30,14 @@ struct MantaCounter(i64);
 
 impl Actor for MantaCounter {
     type Msg = Msg;
-    async fn handle(&mut self, msg: Msg, _: &mut Context<Msg>) -> Result<i64, ActorError> {
-        if let Msg::Add(n) = msg {
-            self.0 += n;
+    async fn handle(&mut self, msg: Msg, _: &mut Context<Msg>) -> Result<(), ActorError> {
+        match msg {
+            Msg::Add(n) => self.0 += n,
+            Msg::Get(r) => {
+                r.send(self.0);
+            }
         }
-        Ok(self.0)
+        Ok(())
     }
 }
 

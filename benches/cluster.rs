@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use manta::{Actor, ActorError, ActorSystem, Context, Message, SendFailure};
+use manta::{Actor, ActorError, ActorSystem, Context, Message, ReplyTo, SendFailure};
 use manta_cluster::{ClusterSecret, query_status};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,11 +26,12 @@ use common::{
 #[derive(Debug, Serialize, Deserialize)]
 enum Sink {
     Put(#[serde(with = "serde_bytes")] Vec<u8>),
-    Count,
+    /// Puts, then answers the bytes received.
+    PutAck(#[serde(with = "serde_bytes")] Vec<u8>, ReplyTo<u64>),
+    Count(ReplyTo<u64>),
 }
 
 impl Message for Sink {
-    type Reply = u64;
     const NAME: &'static str = "manta.bench.Sink";
 }
 
@@ -38,15 +39,22 @@ struct Counter(u64, u64);
 
 impl Actor for Counter {
     type Msg = Sink;
-    async fn handle(&mut self, msg: Sink, _: &mut Context<Sink>) -> Result<u64, ActorError> {
+    async fn handle(&mut self, msg: Sink, _: &mut Context<Sink>) -> Result<(), ActorError> {
         match msg {
             Sink::Put(b) => {
                 self.0 += 1;
                 self.1 += b.len() as u64;
-                Ok(self.1)
             }
-            Sink::Count => Ok(self.0),
+            Sink::PutAck(b, r) => {
+                self.0 += 1;
+                self.1 += b.len() as u64;
+                r.send(self.1);
+            }
+            Sink::Count(r) => {
+                r.send(self.0);
+            }
         }
+        Ok(())
     }
 }
 
@@ -253,10 +261,10 @@ async fn remote_benches(dir: &Path, rows: &mut Vec<Row>) {
         // The messages exist before the clock starts, as the anchors'
         // buffer does: building a message is the caller's work, not the
         // transport's (and a fresh buffer's page faults are slow here).
-        let msgs: Vec<Sink> = (0..count).map(|_| Sink::Put(data.clone())).collect();
+        let msgs: Vec<Vec<u8>> = (0..count).map(|_| data.clone()).collect();
         let start = Instant::now();
         for m in msgs {
-            sink.ask(m, t).await.expect("put");
+            sink.ask(|r| Sink::PutAck(m, r), t).await.expect("put");
         }
         let manta_bps = (size * count) as f64 / start.elapsed().as_secs_f64();
         let start = Instant::now();

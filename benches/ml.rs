@@ -23,8 +23,8 @@ use manta_cluster::ClusterSecret;
 use manta_ml::data::{Batch, ShardPlan, shard_batches};
 use manta_ml::device::CpuBackend;
 use manta_ml::job::{Env, in_process_runtime};
-use manta_ml::loader::{Delivery, Loader, LoaderArgs, LoaderFeed, LoaderMsg, LoaderReply};
-use manta_ml::ps::{Gradients, Mode, ParamServer, PsArgs, PsMsg, PsReply};
+use manta_ml::loader::{Delivery, Loader, LoaderArgs, LoaderFeed, LoaderMsg};
+use manta_ml::ps::{Gradients, Mode, ParamServer, Params, PsArgs, PsMsg};
 use manta_ml::reference::train_reference;
 use manta_ml::{DatasetSpec, ModelSpec, OptimizerConfig, TrainConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -296,13 +296,19 @@ async fn loaders(rows: &mut Vec<Row>) {
             let mut grant = 9;
             loop {
                 match l
-                    .ask(LoaderMsg::Take { at: None, grant }, Duration::from_secs(10))
+                    .ask(
+                        |reply| LoaderMsg::Take {
+                            at: None,
+                            grant,
+                            reply,
+                        },
+                        Duration::from_secs(10),
+                    )
                     .await
                     .unwrap()
                 {
-                    LoaderReply::Delivery(Delivery::Batch(b)) => rows_seen += b.rows() as u64,
-                    LoaderReply::Delivery(Delivery::EndOfData { .. }) => break,
-                    other => panic!("{other:?}"),
+                    Delivery::Batch(b) => rows_seen += b.rows() as u64,
+                    Delivery::EndOfData { .. } => break,
                 }
                 grant = 1;
             }
@@ -422,18 +428,19 @@ async fn push_pull(rows: &mut Vec<Row>) {
     // values just received) and answered with the next parameters.
     let pulled = ps
         .ask(
-            PsMsg::Pull {
+            |reply| PsMsg::Pull {
                 worker: 0,
                 min_version: 0,
+                reply,
             },
             t,
         )
         .await
         .unwrap();
-    let (mut version, mut params) = match pulled {
-        PsReply::Params { version, params } => (version, params),
-        other => panic!("{other:?}"),
-    };
+    let Params {
+        mut version,
+        mut params,
+    } = pulled;
     for i in 0..6 {
         let start = Instant::now();
         // A move: nothing else holds what the reply decoded.
@@ -441,21 +448,16 @@ async fn push_pull(rows: &mut Vec<Row>) {
             .into_iter()
             .map(|p| p.values)
             .collect();
-        let reply = ps
-            .ask(
-                PsMsg::PushPull(Gradients {
-                    worker: 0,
-                    version,
-                    grads,
-                    loss: 0.0,
-                    samples: 1,
-                }),
-                t,
-            )
-            .await
-            .unwrap();
+        let g = Gradients {
+            worker: 0,
+            version,
+            grads,
+            loss: 0.0,
+            samples: 1,
+        };
+        let reply = ps.ask(|reply| PsMsg::PushPull(g, reply), t).await.unwrap();
         match reply {
-            PsReply::Params {
+            Params {
                 version: v,
                 params: p,
             } if v == version + 1 => {

@@ -21,7 +21,6 @@ use serde::{Deserialize, Serialize};
 struct Fail;
 
 impl Message for Fail {
-    type Reply = ();
     const NAME: &'static str = "manta.bench.Fail";
 }
 

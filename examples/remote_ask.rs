@@ -62,7 +62,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ledger = b.where_is::<CounterMsg>("ledger")?;
     println!("b found `ledger` on another node: {}", !ledger.is_local());
     let total = ledger
-        .ask(CounterMsg::Add(2), Duration::from_secs(2))
+        .ask(|r| CounterMsg::AddAndGet(2, r), Duration::from_secs(2))
         .await?;
     println!("remote ask answered: {total}");
     assert_eq!(total, 42);

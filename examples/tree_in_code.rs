@@ -84,7 +84,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ledger = system.lookup::<CounterMsg>("ledger")?;
     ledger.tell(CounterMsg::Add(40))?;
     let total = ledger
-        .ask(CounterMsg::Add(2), Duration::from_secs(1))
+        .ask(|r| CounterMsg::AddAndGet(2, r), Duration::from_secs(1))
         .await?;
     println!("ledger total: {total}");
 

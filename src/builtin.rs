@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use manta_actors::{Actor, ActorError, Context, ExitReason, KindRegistry, Message};
+use manta_actors::{Actor, ActorError, Context, ExitReason, KindRegistry, Message, ReplyTo};
 use manta_supervision::parse_duration;
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -65,14 +65,15 @@ pub struct TickerArgs {
 }
 
 /// Messages of timer-driven built-in kinds.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub enum TimerMsg {
     /// The timer fired.
     Tick,
+    /// How often it has fired.
+    Ticks(ReplyTo<u64>),
 }
 
 impl Message for TimerMsg {
-    type Reply = u64;
     const NAME: &'static str = "manta.builtin.TimerMsg";
 }
 
@@ -89,7 +90,8 @@ fn start_timer(ctx: &Context<TimerMsg>, every: Duration, repeat: bool) {
     });
 }
 
-/// Logs a message every interval; answers with its tick count.
+/// Logs a message every interval; answers [`TimerMsg::Ticks`] with its tick
+/// count.
 #[derive(Debug)]
 pub struct Ticker {
     args: TickerArgs,
@@ -113,12 +115,19 @@ impl Actor for Ticker {
 
     async fn handle(
         &mut self,
-        _msg: TimerMsg,
+        msg: TimerMsg,
         ctx: &mut Context<TimerMsg>,
-    ) -> Result<u64, ActorError> {
-        self.ticks += 1;
-        tracing::info!(actor = %ctx.myself().id(), ticks = self.ticks, "{}", self.args.message);
-        Ok(self.ticks)
+    ) -> Result<(), ActorError> {
+        match msg {
+            TimerMsg::Tick => {
+                self.ticks += 1;
+                tracing::info!(actor = %ctx.myself().id(), ticks = self.ticks, "{}", self.args.message);
+            }
+            TimerMsg::Ticks(r) => {
+                r.send(self.ticks);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -170,9 +179,13 @@ impl Actor for Flaky {
 
     async fn handle(
         &mut self,
-        _msg: TimerMsg,
+        msg: TimerMsg,
         ctx: &mut Context<TimerMsg>,
-    ) -> Result<u64, ActorError> {
+    ) -> Result<(), ActorError> {
+        if let TimerMsg::Ticks(r) = msg {
+            r.send(0);
+            return Ok(());
+        }
         let after = manta_supervision::format_duration(self.args.fail_after);
         match self.args.mode {
             FlakyMode::Error => return Err(format!("scheduled failure after {after}").into()),
@@ -182,7 +195,7 @@ impl Actor for Flaky {
                 "scheduled after {after}"
             )))),
         }
-        Ok(0)
+        Ok(())
     }
 }
 
@@ -196,16 +209,17 @@ pub struct CounterArgs {
 }
 
 /// Messages of the `counter` kind.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub enum CounterMsg {
     /// Add to the value.
     Add(i64),
-    /// Read the value.
-    Get,
+    /// Add to the value, then answer it.
+    AddAndGet(i64, ReplyTo<i64>),
+    /// Answer the value.
+    Get(ReplyTo<i64>),
 }
 
 impl Message for CounterMsg {
-    type Reply = i64;
     const NAME: &'static str = "manta.builtin.CounterMsg";
 }
 
@@ -229,10 +243,17 @@ impl Actor for Counter {
         &mut self,
         msg: CounterMsg,
         _: &mut Context<CounterMsg>,
-    ) -> Result<i64, ActorError> {
-        if let CounterMsg::Add(n) = msg {
-            self.value += n;
+    ) -> Result<(), ActorError> {
+        match msg {
+            CounterMsg::Add(n) => self.value += n,
+            CounterMsg::AddAndGet(n, r) => {
+                self.value += n;
+                r.send(self.value);
+            }
+            CounterMsg::Get(r) => {
+                r.send(self.value);
+            }
         }
-        Ok(self.value)
+        Ok(())
     }
 }

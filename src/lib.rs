@@ -27,15 +27,15 @@
 //! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Debug, Serialize, Deserialize, Message)]
-//! #[message(reply = String)]
-//! enum Greet { Hello(String) }
+//! enum Greet { Hello(String, ReplyTo<String>) }
 //!
 //! struct Greeter;
 //! impl Actor for Greeter {
 //!     type Msg = Greet;
-//!     async fn handle(&mut self, msg: Greet, _: &mut Context<Greet>) -> Result<String, ActorError> {
-//!         let Greet::Hello(name) = msg;
-//!         Ok(format!("hello, {name}"))
+//!     async fn handle(&mut self, msg: Greet, _: &mut Context<Greet>) -> Result<(), ActorError> {
+//!         let Greet::Hello(name, reply) = msg;
+//!         reply.send(format!("hello, {name}"));
+//!         Ok(())
 //!     }
 //! }
 //!
@@ -49,7 +49,7 @@
 //! )
 //! .await?;
 //! let greeter = system.lookup::<Greet>("greeter")?;
-//! let reply = greeter.ask(Greet::Hello("Ada".into()), Duration::from_secs(1)).await?;
+//! let reply = greeter.ask(|r| Greet::Hello("Ada".into(), r), Duration::from_secs(1)).await?;
 //! assert_eq!(reply, "hello, Ada");
 //! sup.shutdown().await;
 //! # Ok(()) }
@@ -70,8 +70,9 @@ pub struct ReadmeDoctests;
 
 pub use manta_actors::{
     Actor, ActorError, ActorHandle, ActorId, ActorSystem, AnyHandle, AskError, ChildFactory,
-    Context, ErasedHandle, ExitReason, KindRegistry, LookupError, Message, Monitor, RemoteActor,
-    SendError, SendFailure, SpawnError, SpawnOptions, StartContext, factory,
+    CodecError, Context, ErasedHandle, ExitReason, KindRegistry, LookupError, Message, Monitor,
+    RemoteActor, ReplyTo, SendError, SendFailure, SpawnError, SpawnOptions, StartContext,
+    WireError, error_chain, factory,
 };
 pub use manta_supervision::{
     Backoff, ChildCounts, ChildInfo, ChildSpec, ChildStart, ChildState, ChildType, EventBus,

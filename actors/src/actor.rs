@@ -8,29 +8,31 @@ use std::sync::{Arc, Mutex};
 use futures::FutureExt;
 use ractor::{ActorProcessingErr, ActorRef};
 
-use crate::error::ActorError;
+use crate::error::{ActorError, WireError};
 use crate::exit::{ExitReason, ExitSignal};
-use crate::handle::{ActorHandle, Envelope, ReplyPort};
+use crate::handle::{ActorHandle, Envelope};
 use crate::message::Message;
 use crate::system::ActorSystem;
 
 /// A Manta actor: its state is `self`, its messages are `Self::Msg`.
 ///
 /// ```
-/// use manta_actors::{Actor, ActorError, Context, Message};
+/// use manta_actors::{Actor, ActorError, Context, Message, ReplyTo};
 /// use serde::{Deserialize, Serialize};
 ///
 /// #[derive(Debug, Serialize, Deserialize, Message)]
-/// #[message(reply = i64)]
-/// enum CounterMsg { Add(i64), Get }
+/// enum CounterMsg { Add(i64), Get(ReplyTo<i64>) }
 ///
 /// struct Counter(i64);
 ///
 /// impl Actor for Counter {
 ///     type Msg = CounterMsg;
-///     async fn handle(&mut self, msg: CounterMsg, _ctx: &mut Context<CounterMsg>) -> Result<i64, ActorError> {
-///         if let CounterMsg::Add(n) = msg { self.0 += n; }
-///         Ok(self.0)
+///     async fn handle(&mut self, msg: CounterMsg, _ctx: &mut Context<CounterMsg>) -> Result<(), ActorError> {
+///         match msg {
+///             CounterMsg::Add(n) => self.0 += n,
+///             CounterMsg::Get(r) => { r.send(self.0); }
+///         }
+///         Ok(())
 ///     }
 /// }
 /// ```
@@ -47,15 +49,18 @@ pub trait Actor: Send + Sized + 'static {
         async { Ok(()) }
     }
 
-    /// Handles one message. The returned value answers an `ask` (and is
-    /// dropped for a `tell`). An error or a panic stops the actor with
-    /// [`ExitReason::Failed`] or [`ExitReason::Panicked`]; its supervisor
-    /// decides what happens next.
+    /// Handles one message; requests carry their [`ReplyTo`](crate::ReplyTo)
+    /// to answer with. An error or a panic stops the actor with
+    /// [`ExitReason::Failed`] or [`ExitReason::Panicked`] (and the reply
+    /// handles the handler dropped unsent tell their askers so); its
+    /// supervisor decides what happens next. Returning an [`ExitReason`] as
+    /// the error (`Err(ExitReason::Normal.into())`, or `Shutdown`) stops the
+    /// actor with that reason instead: a normal exit, not a failure.
     fn handle(
         &mut self,
         msg: Self::Msg,
         ctx: &mut Context<Self::Msg>,
-    ) -> impl Future<Output = Result<<Self::Msg as Message>::Reply, ActorError>> + Send;
+    ) -> impl Future<Output = Result<(), ActorError>> + Send;
 
     /// Runs after a graceful stop (not after a failure or a kill).
     fn stopped(
@@ -74,37 +79,6 @@ pub struct Context<M: Message> {
     myself: ActorHandle<M>,
     system: ActorSystem,
     stop: Option<ExitReason>,
-    reply: Option<ReplyPort<M::Reply>>,
-}
-
-/// The reply of an `ask` whose answer is sent later (see
-/// [`Context::defer_reply`]). Dropping it unsent makes the asker's `ask` fail
-/// with [`AskError::NoReply`](crate::AskError::NoReply).
-#[must_use = "an unsent deferred reply leaves the asker without an answer"]
-pub struct ReplyTo<R> {
-    port: ReplyPort<R>,
-}
-
-impl<R> ReplyTo<R> {
-    /// Sends the reply. Returns `false` when the asker has gone (it timed
-    /// out or was cancelled).
-    pub fn send(self, reply: R) -> bool {
-        self.port.send(reply)
-    }
-
-    /// Whether the asker is still waiting (for an asker on another node:
-    /// until the reply is sent, as its timeout is not known here).
-    pub fn is_waiting(&self) -> bool {
-        self.port.is_waiting()
-    }
-}
-
-impl<R> std::fmt::Debug for ReplyTo<R> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReplyTo")
-            .field("waiting", &self.is_waiting())
-            .finish()
-    }
 }
 
 impl<M: Message> Context<M> {
@@ -122,15 +96,6 @@ impl<M: Message> Context<M> {
     /// (its reply, if any, is still sent).
     pub fn stop(&mut self, reason: ExitReason) {
         self.stop = Some(reason);
-    }
-
-    /// Takes the reply channel of the `ask` being handled, so that the
-    /// answer can be sent later (after other messages have been handled):
-    /// the value `handle` returns is then dropped. `None` for a `tell`, or
-    /// when called twice. Use it for barriers and long polls, where an actor
-    /// must keep serving while a caller waits.
-    pub fn defer_reply(&mut self) -> Option<ReplyTo<M::Reply>> {
-        self.reply.take().map(|port| ReplyTo { port })
     }
 }
 
@@ -225,7 +190,6 @@ impl<A: Actor> ractor::Actor for Adapter<A> {
             myself: ActorHandle::local(myself, Arc::clone(&self.guard.exit)),
             system,
             stop: None,
-            reply: None,
         };
         let failure = match AssertUnwindSafe(actor.started(&mut ctx))
             .catch_unwind()
@@ -251,28 +215,34 @@ impl<A: Actor> ractor::Actor for Adapter<A> {
         env: Self::Msg,
         st: &mut Running<A>,
     ) -> Result<(), ActorProcessingErr> {
-        let (msg, reply) = match env {
-            Envelope::Tell(m) => (m, None),
-            Envelope::Ask(m, tx) => (m, Some(tx)),
-        };
-        st.ctx.reply = reply;
-        let outcome = AssertUnwindSafe(st.actor.handle(msg, &mut st.ctx))
-            .catch_unwind()
-            .await;
+        let Envelope(msg) = env;
+        let outcome = crate::reply::scoped(
+            AssertUnwindSafe(st.actor.handle(msg, &mut st.ctx)).catch_unwind(),
+            |outcome| {
+                WireError::NoReply(match outcome {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(ExitReason::from_failure(e.as_ref())),
+                    Err(p) => Some(ExitReason::Panicked(panic_text(p.as_ref()))),
+                })
+            },
+        )
+        .await;
         let reason = match outcome {
-            Ok(Ok(r)) => {
-                if let Some(port) = st.ctx.reply.take() {
-                    // The asker may have given up (timeout); that is its business.
-                    let _ = port.send(r);
-                }
+            Ok(Ok(())) => {
                 if let Some(reason) = st.ctx.stop.take() {
                     st.ctx.myself.stop(reason);
                 }
                 return Ok(());
             }
-            Ok(Err(e)) => ExitReason::Failed(e.to_string()),
+            Ok(Err(e)) => ExitReason::from_failure(e.as_ref()),
             Err(p) => ExitReason::Panicked(panic_text(p.as_ref())),
         };
+        if reason.is_normal() {
+            // The handler asked to exit normally (`Err(ExitReason::Normal.into())`):
+            // a stop, not a failure.
+            st.ctx.myself.stop(reason);
+            return Ok(());
+        }
         tracing::debug!(actor = %st.ctx.myself.id(), %reason, "actor failed");
         self.guard.finish(reason.clone());
         Err(Box::new(reason))

@@ -91,6 +91,11 @@ pub enum AskError<M> {
     /// The reply could not be decoded (remote actors only).
     #[error("reply could not be decoded")]
     Decode(#[source] CodecError),
+    /// The request reached the actor's node but was refused there (no
+    /// actor of that name, another message type, undecodable): the message
+    /// is on the other node, so it cannot come back.
+    #[error("refused by the remote node")]
+    Rejected(#[source] WireError),
 }
 
 /// Spawning an actor failed.

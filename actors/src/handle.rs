@@ -5,13 +5,13 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use ractor::{ActorCell, ActorRef, MessagingErr};
-use tokio::sync::oneshot;
+use serde::de::DeserializeOwned;
 
 use crate::error::{AskError, CodecError, SendError, SendFailure, WireError};
 use crate::exit::{ExitReason, ExitSignal, Monitor};
-use crate::message::{Message, encode_wire, message_type_name};
+use crate::message::{Message, message_type_name};
+use crate::reply::{Answer, ReplyRoute, ReplyTo};
 
 /// Identifies an actor: a process-local id, or a node and the name the
 /// actor is registered under there.
@@ -43,53 +43,7 @@ impl fmt::Display for ActorId {
 }
 
 /// The envelope Manta puts around a user message on ractor's mailbox.
-pub(crate) enum Envelope<M: Message> {
-    Tell(M),
-    Ask(M, ReplyPort<M::Reply>),
-}
-
-/// Called with the reply of an ask delivered from another node, or with the
-/// error that stopped it.
-pub type WireReply = Box<dyn FnOnce(Result<WireBody, WireError>) + Send>;
-
-/// Replies whose encoding is larger than this reach the transport as
-/// [`WireBody::Value`].
-const VALUE_REPLY_MIN: usize = 64 * 1024;
-
-/// The reply of an ask from another node, on its way to the wire.
-pub enum WireBody {
-    /// Already encoded (postcard).
-    Bytes(Vec<u8>),
-    /// The reply itself: the transport encodes it straight into its frames,
-    /// so a large reply is never held whole in a buffer of its own.
-    Value(Box<dyn EncodeWire>),
-}
-
-impl WireBody {
-    /// The encoded bytes, in one buffer.
-    pub fn into_bytes(self) -> Result<Vec<u8>, WireError> {
-        match self {
-            WireBody::Bytes(b) => Ok(b),
-            WireBody::Value(v) => {
-                let mut out = Vec::with_capacity(v.encoded_len()?);
-                v.encode_to(&mut |piece| {
-                    out.extend_from_slice(piece);
-                    Ok(())
-                })?;
-                Ok(out)
-            }
-        }
-    }
-}
-
-impl std::fmt::Debug for WireBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            WireBody::Bytes(b) => write!(f, "WireBody::Bytes({} bytes)", b.len()),
-            WireBody::Value(_) => f.write_str("WireBody::Value(..)"),
-        }
-    }
-}
+pub(crate) struct Envelope<M: Message>(pub(crate) M);
 
 /// A value that can write its postcard encoding in pieces.
 pub trait EncodeWire: Send {
@@ -153,87 +107,15 @@ impl postcard::ser_flavors::Flavor for PiecesFlavor<'_> {
     }
 }
 
-type ReplyFn<R> = Box<dyn FnOnce(Result<R, WireError>) + Send>;
-
-/// Where the reply of an ask goes: a channel the asker awaits (local asks),
-/// or a function that forwards it at once (asks from another node, whose
-/// reply the actor's own task encodes and queues for the wire, with no task
-/// in between). A function port dropped unsent is called with
-/// [`WireError::NoReply`], as a closed channel tells a local asker.
-pub(crate) struct ReplyPort<R>(Option<Port<R>>);
-
-enum Port<R> {
-    Channel(oneshot::Sender<R>),
-    Call(ReplyFn<R>),
-}
-
-impl<R> ReplyPort<R> {
-    pub(crate) fn channel(tx: oneshot::Sender<R>) -> Self {
-        Self(Some(Port::Channel(tx)))
-    }
-
-    fn call(f: ReplyFn<R>) -> Self {
-        Self(Some(Port::Call(f)))
-    }
-
-    /// Sends the reply; `false` when the asker has gone.
-    pub(crate) fn send(mut self, reply: R) -> bool {
-        match self.0.take() {
-            Some(Port::Channel(tx)) => tx.send(reply).is_ok(),
-            Some(Port::Call(f)) => {
-                f(Ok(reply));
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Whether the asker may still be waiting (a remote asker's timeout is
-    /// not known here, so a function port always says yes).
-    pub(crate) fn is_waiting(&self) -> bool {
-        match &self.0 {
-            Some(Port::Channel(tx)) => !tx.is_closed(),
-            Some(Port::Call(_)) => true,
-            None => false,
-        }
-    }
-
-    /// Takes the function back without calling it (the message never
-    /// reached the mailbox).
-    fn disarm(mut self) -> Option<ReplyFn<R>> {
-        match self.0.take() {
-            Some(Port::Call(f)) => Some(f),
-            _ => None,
-        }
-    }
-}
-
-impl<R> Drop for ReplyPort<R> {
-    fn drop(&mut self) {
-        if let Some(Port::Call(f)) = self.0.take() {
-            f(Err(WireError::NoReply(None)));
-        }
-    }
-}
-
-impl<M: Message> Envelope<M> {
-    fn into_message(self) -> M {
-        match self {
-            Envelope::Tell(m) | Envelope::Ask(m, _) => m,
-        }
-    }
-}
-
 /// What a transport must provide so that an [`ActorHandle`] can address an
 /// actor on another node. The cluster crate implements it; local code never
 /// sees the difference.
 pub trait RemoteActor<M: Message>: Send + Sync + 'static {
     /// The remote actor's id.
     fn id(&self) -> ActorId;
-    /// Fire-and-forget delivery; the message comes back on failure.
+    /// Delivery; the message comes back on failure. The reply handles a
+    /// message carries are encoded through [`crate::wire::encode_with`].
     fn tell(&self, msg: M) -> Result<(), SendError<M>>;
-    /// Request/reply with a timeout.
-    fn ask(&self, msg: M, timeout: Duration) -> BoxFuture<'static, Result<M::Reply, AskError<M>>>;
     /// Asks the remote actor to stop.
     fn stop(&self, reason: ExitReason);
     /// Kills the remote actor.
@@ -317,29 +199,51 @@ impl<M: Message> ActorHandle<M> {
     /// message comes back inside the error.
     pub fn tell(&self, msg: M) -> Result<(), SendError<M>> {
         match &*self.inner {
-            Inner::Local(l) => l
-                .actor
-                .cast(Envelope::Tell(msg))
-                .map_err(|e| l.send_error(e)),
+            Inner::Local(l) => l.actor.cast(Envelope(msg)).map_err(|e| l.send_error(e)),
             Inner::Remote(r) => r.tell(msg),
         }
     }
 
-    /// Sends a message and waits up to `timeout` for the reply.
-    pub async fn ask(&self, msg: M, timeout: Duration) -> Result<M::Reply, AskError<M>> {
+    /// Sends the request `make` builds around a fresh [`ReplyTo<R>`] and
+    /// waits up to `timeout` for its answer. The reply type comes from the
+    /// variant: `counter.ask(CounterMsg::Get, t)` for `Get(ReplyTo<i64>)`,
+    /// `wallet.ask(|r| Account::Withdraw(5, r), t)` for a variant with more
+    /// fields.
+    pub async fn ask<R>(
+        &self,
+        make: impl FnOnce(ReplyTo<R>) -> M,
+        timeout: Duration,
+    ) -> Result<R, AskError<M>>
+    where
+        R: DeserializeOwned + Send + 'static,
+    {
+        let (reply, rx) = ReplyTo::channel();
+        self.tell(make(reply)).map_err(AskError::Send)?;
+        let answer = match tokio::time::timeout(timeout, rx).await {
+            Err(_) => return Err(AskError::Timeout(timeout)),
+            // Every path that drops a reply handle answers first; a closed
+            // channel is one dropped with its runtime.
+            Ok(Err(_)) => return Err(AskError::NoReply(self.local_exit())),
+            Ok(Ok(a)) => a,
+        };
+        match answer {
+            Answer::Value(r) => Ok(r),
+            Answer::Wire(Ok(bytes)) => postcard::from_bytes(bytes.bytes())
+                .map_err(|e| AskError::Decode(CodecError::new(std::any::type_name::<R>(), e))),
+            Answer::Wire(Err(e)) => Err(match e {
+                WireError::NoReply(r) => AskError::NoReply(r.or_else(|| self.local_exit())),
+                WireError::ActorGone(r) => AskError::NoReply(r.or_else(|| self.local_exit())),
+                WireError::NodeDown(n) => AskError::NoReply(Some(ExitReason::NodeDown(n))),
+                WireError::Timeout(_) => AskError::Timeout(timeout),
+                other => AskError::Rejected(other),
+            }),
+        }
+    }
+
+    fn local_exit(&self) -> Option<ExitReason> {
         match &*self.inner {
-            Inner::Local(l) => {
-                let (tx, rx) = oneshot::channel();
-                l.actor
-                    .cast(Envelope::Ask(msg, ReplyPort::channel(tx)))
-                    .map_err(|e| AskError::Send(l.send_error(e)))?;
-                match tokio::time::timeout(timeout, rx).await {
-                    Ok(Ok(reply)) => Ok(reply),
-                    Ok(Err(_)) => Err(AskError::NoReply(l.exit.reason())),
-                    Err(_) => Err(AskError::Timeout(timeout)),
-                }
-            }
-            Inner::Remote(r) => r.ask(msg, timeout).await,
+            Inner::Local(l) => l.exit.reason(),
+            Inner::Remote(_) => None,
         }
     }
 
@@ -392,10 +296,7 @@ impl<M: Message> LocalRef<M> {
     fn send_error(&self, e: MessagingErr<Envelope<M>>) -> SendError<M> {
         let failure = SendFailure::ActorGone(self.exit.reason());
         match e {
-            MessagingErr::SendErr(env) => SendError {
-                message: env.into_message(),
-                failure,
-            },
+            MessagingErr::SendErr(Envelope(message)) => SendError { message, failure },
             // `cast` only ever hands back SendErr with the message; the other
             // variants cannot carry it, and ractor does not produce them for
             // a typed local cast.
@@ -429,51 +330,11 @@ pub trait ErasedHandle: Send + Sync + 'static {
     fn monitor(&self) -> Monitor;
     /// The typed handle, for downcasting.
     fn as_any(&self) -> &dyn Any;
-    /// Delivers a postcard-encoded message (from another node).
-    fn tell_wire(&self, body: &[u8]) -> Result<(), WireError> {
-        let _ = body;
+    /// Delivers a postcard-encoded message from another node; the reply
+    /// handles it carries answer through `route`.
+    fn tell_wire(&self, body: &[u8], route: &Arc<dyn ReplyRoute>) -> Result<(), WireError> {
+        let _ = (body, route);
         Err(WireError::NotAddressable)
-    }
-    /// Delivers a postcard-encoded request and returns the encoded reply.
-    fn ask_wire(
-        &self,
-        body: &[u8],
-        timeout: Duration,
-    ) -> BoxFuture<'static, Result<Vec<u8>, WireError>> {
-        let _ = (body, timeout);
-        Box::pin(async { Err(WireError::NotAddressable) })
-    }
-    /// Delivers a postcard-encoded request; `done` gets the encoded reply.
-    /// The default awaits [`ask_wire`](Self::ask_wire) on a task; local
-    /// actors call `done` from their own task when they reply.
-    fn ask_wire_with(&self, body: &[u8], timeout: Duration, done: WireReply) {
-        reply_when_done(self.ask_wire(body, timeout), done);
-    }
-}
-
-/// Awaits a wire ask on a task of its own and hands its outcome to `done`.
-fn reply_when_done(reply: BoxFuture<'static, Result<Vec<u8>, WireError>>, done: WireReply) {
-    tokio::spawn(async move { done(reply.await.map(WireBody::Bytes)) });
-}
-
-/// A reply encoded for the wire.
-fn encode_reply<R: serde::Serialize>(reply: &R) -> Result<Vec<u8>, WireError> {
-    encode_wire(reply)
-        .map_err(|e| WireError::Encode(CodecError::new(std::any::type_name::<R>(), e)))
-}
-
-fn decode_error<M: Message>(e: postcard::Error) -> CodecError {
-    CodecError::new(M::NAME, e)
-}
-
-fn wire_send_error(f: SendFailure) -> WireError {
-    match f {
-        SendFailure::ActorGone(r) => WireError::ActorGone(r),
-        SendFailure::NodeDown(n) => WireError::NodeDown(n),
-        SendFailure::Backpressure => WireError::Backpressure,
-        SendFailure::Encode(e) => WireError::Encode(e),
-        SendFailure::TooLarge { size, limit } => WireError::TooLarge { size, limit },
-        SendFailure::Rejected(e) => e,
     }
 }
 
@@ -499,58 +360,22 @@ impl<M: Message> ErasedHandle for ActorHandle<M> {
     fn as_any(&self) -> &dyn Any {
         self
     }
-    fn tell_wire(&self, body: &[u8]) -> Result<(), WireError> {
-        let msg: M =
-            postcard::from_bytes(body).map_err(|e| WireError::Decode(decode_error::<M>(e)))?;
-        self.tell(msg).map_err(|e| wire_send_error(e.failure))
-    }
-    fn ask_wire(
-        &self,
-        body: &[u8],
-        timeout: Duration,
-    ) -> BoxFuture<'static, Result<Vec<u8>, WireError>> {
-        let decoded: Result<M, _> = postcard::from_bytes(body);
-        let me = self.clone();
-        Box::pin(async move {
-            let msg = decoded.map_err(|e| WireError::Decode(decode_error::<M>(e)))?;
-            match me.ask(msg, timeout).await {
-                Ok(reply) => encode_reply(&reply),
-                Err(AskError::Send(e)) => Err(wire_send_error(e.failure)),
-                Err(AskError::Timeout(d)) => Err(WireError::Timeout(d.as_millis() as u64)),
-                Err(AskError::NoReply(r)) => Err(WireError::NoReply(r)),
-                Err(AskError::Decode(e)) => Err(WireError::Decode(e)),
-            }
+    fn tell_wire(&self, body: &[u8], route: &Arc<dyn ReplyRoute>) -> Result<(), WireError> {
+        let msg: M = crate::reply::decode_with(Arc::clone(route), || postcard::from_bytes(body))
+            .map_err(|e| WireError::Decode(CodecError::new(M::NAME, e)))?;
+        self.tell(msg).map_err(|e| {
+            let err = match e.failure {
+                SendFailure::ActorGone(r) => WireError::ActorGone(r),
+                SendFailure::NodeDown(n) => WireError::NodeDown(n),
+                SendFailure::Backpressure => WireError::Backpressure,
+                SendFailure::Encode(c) => WireError::Encode(c),
+                SendFailure::TooLarge { size, limit } => WireError::TooLarge { size, limit },
+                SendFailure::Rejected(w) => w,
+            };
+            // The asker hears why: the message never reached the actor.
+            crate::reply::drop_failing(e.message, err.clone());
+            err
         })
-    }
-    fn ask_wire_with(&self, body: &[u8], timeout: Duration, done: WireReply) {
-        let Inner::Local(l) = &*self.inner else {
-            return reply_when_done(self.ask_wire(body, timeout), done);
-        };
-        let msg: M = match postcard::from_bytes(body) {
-            Ok(m) => m,
-            Err(e) => return done(Err(WireError::Decode(decode_error::<M>(e)))),
-        };
-        // No timer here: the asker on the other node times out by itself.
-        let exit = Arc::clone(&l.exit);
-        let port = ReplyPort::call(Box::new(move |r: Result<M::Reply, WireError>| {
-            done(match r {
-                // Large replies go to the transport as they are (it
-                // encodes them into its frames); small ones are encoded here.
-                Ok(reply) => match reply.encoded_len() {
-                    Ok(n) if n > VALUE_REPLY_MIN => Ok(WireBody::Value(Box::new(reply))),
-                    _ => encode_reply(&reply).map(WireBody::Bytes),
-                },
-                Err(WireError::NoReply(None)) => Err(WireError::NoReply(exit.reason())),
-                Err(e) => Err(e),
-            })
-        }));
-        if let Err(MessagingErr::SendErr(Envelope::Ask(_, port))) =
-            l.actor.cast(Envelope::Ask(msg, port))
-        {
-            if let Some(f) = port.disarm() {
-                f(Err(WireError::ActorGone(l.exit.reason())));
-            }
-        }
     }
 }
 
@@ -607,21 +432,10 @@ impl AnyHandle {
     pub fn monitor(&self) -> Monitor {
         self.0.monitor()
     }
-    /// Delivers a postcard-encoded message.
-    pub fn tell_wire(&self, body: &[u8]) -> Result<(), WireError> {
-        self.0.tell_wire(body)
-    }
-    /// Delivers a postcard-encoded request; returns the encoded reply.
-    pub fn ask_wire(
-        &self,
-        body: &[u8],
-        timeout: Duration,
-    ) -> BoxFuture<'static, Result<Vec<u8>, WireError>> {
-        self.0.ask_wire(body, timeout)
-    }
-    /// Delivers a postcard-encoded request; `done` is called with the
-    /// encoded reply (by a local actor's own task, as it replies).
-    pub fn ask_wire_with(&self, body: &[u8], timeout: Duration, done: WireReply) {
-        self.0.ask_wire_with(body, timeout, done)
+    /// Delivers a postcard-encoded message from another node (the
+    /// transport's entry point); its reply handles answer through `route`.
+    #[doc(hidden)]
+    pub fn tell_wire(&self, body: &[u8], route: &Arc<dyn ReplyRoute>) -> Result<(), WireError> {
+        self.0.tell_wire(body, route)
     }
 }

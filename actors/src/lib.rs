@@ -18,27 +18,31 @@
 //!   resolves to it.
 //!
 //! ## Modules
-//! `message` (the [`Message`] trait), `actor` (trait, context, ractor
-//! adapter), `handle` (handles), `system` (system and names), `kind` (kinds),
-//! `exit` (exit reasons and monitors), `error` (error types).
+//! `message` (the [`Message`] trait), [`reply`] (typed reply handles),
+//! `actor` (trait, context, ractor adapter), `handle` (handles), `system`
+//! (system and names), `kind` (kinds), `exit` (exit reasons and monitors),
+//! `error` (error types).
 //!
 //! ## Example
 //!
 //! ```
 //! use std::time::Duration;
-//! use manta_actors::{Actor, ActorError, ActorSystem, Context, Message};
+//! use manta_actors::{Actor, ActorError, ActorSystem, Context, Message, ReplyTo};
 //! use serde::{Deserialize, Serialize};
 //!
+//! // Requests carry their reply handle, typed: `Get` answers an i64.
 //! #[derive(Debug, Serialize, Deserialize, Message)]
-//! #[message(reply = i64)]
-//! enum CounterMsg { Add(i64), Get }
+//! enum CounterMsg { Add(i64), Get(ReplyTo<i64>) }
 //!
 //! struct Counter(i64);
 //! impl Actor for Counter {
 //!     type Msg = CounterMsg;
-//!     async fn handle(&mut self, msg: CounterMsg, _: &mut Context<CounterMsg>) -> Result<i64, ActorError> {
-//!         if let CounterMsg::Add(n) = msg { self.0 += n; }
-//!         Ok(self.0)
+//!     async fn handle(&mut self, msg: CounterMsg, _: &mut Context<CounterMsg>) -> Result<(), ActorError> {
+//!         match msg {
+//!             CounterMsg::Add(n) => self.0 += n,
+//!             CounterMsg::Get(reply) => { reply.send(self.0); }
+//!         }
+//!         Ok(())
 //!     }
 //! }
 //!
@@ -58,23 +62,35 @@ mod handle;
 mod kind;
 mod message;
 mod placement;
+pub mod reply;
 mod system;
 
-pub use actor::{Actor, Context, ReplyTo, panic_text};
+pub use actor::{Actor, Context, panic_text};
 pub use error::{
     ActorError, AskError, CodecError, LookupError, SendError, SendFailure, SpawnError, WireError,
     error_chain,
 };
 pub use exit::{ExitReason, ExitSignal, Monitor};
-pub use handle::{
-    ActorHandle, ActorId, AnyHandle, EncodeWire, ErasedHandle, RemoteActor, WireBody, WireReply,
-};
+pub use handle::{ActorHandle, ActorId, AnyHandle, ErasedHandle, RemoteActor};
 pub use kind::{ArgsError, ChildFactory, KindError, KindRegistry, StartContext, factory};
 /// `#[derive(Message)]`: see [`Message`](trait@Message).
 pub use manta_macros::Message;
-pub use message::{Message, encode_wire, message_type_name};
+pub use message::{Message, message_type_name};
 pub use placement::{Placement, Placer, Resources};
+pub use reply::ReplyTo;
 pub use system::{ActorSystem, SpawnOptions};
+
+/// The contract between the actor core and a transport (manta-cluster):
+/// how messages and their reply handles cross the wire. Not for
+/// application code.
+#[doc(hidden)]
+pub mod wire {
+    pub use crate::handle::EncodeWire;
+    pub use crate::message::encode_wire;
+    pub use crate::reply::{
+        PendingReply, ReplyRegistry, ReplyRoute, WireBytes, decode_with, encode_with,
+    };
+}
 
 /// The ractor version Manta runs on, for code that needs its cells.
 pub use ractor;
@@ -83,6 +99,6 @@ pub use ractor;
 pub mod prelude {
     pub use crate::{
         Actor, ActorError, ActorHandle, ActorSystem, AskError, Context, ExitReason, Message,
-        SendError,
+        ReplyTo, SendError,
     };
 }

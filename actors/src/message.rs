@@ -6,17 +6,17 @@ use serde::{Serialize, de::DeserializeOwned};
 ///
 /// Messages are plain serde types so that the very same value can be handed
 /// to a local actor in memory or serialised for an actor on another node.
-/// Each message type names the type its actor answers an `ask` with (actors
-/// that are only ever told use `()`), and its identity on the wire,
+/// A variant that wants an answer carries a [`ReplyTo<T>`](crate::ReplyTo)
+/// with its own reply type `T`; [`ActorHandle::ask`](crate::ActorHandle::ask)
+/// builds it. Each message type also has an identity on the wire,
 /// [`NAME`](Message::NAME). Derive it:
 ///
 /// ```
-/// use manta_actors::Message;
+/// use manta_actors::{Message, ReplyTo};
 /// use serde::{Deserialize, Serialize};
 ///
 /// #[derive(Debug, Serialize, Deserialize, Message)]
-/// #[message(reply = i64)]
-/// enum CounterMsg { Add(i64), Get }
+/// enum CounterMsg { Add(i64), Get(ReplyTo<i64>) }
 ///
 /// assert!(CounterMsg::NAME.ends_with("::CounterMsg"));
 /// ```
@@ -25,16 +25,12 @@ use serde::{Serialize, de::DeserializeOwned};
 ///
 /// ```
 /// # use serde::{Deserialize, Serialize};
-/// # #[derive(Debug, Serialize, Deserialize)] enum CounterMsg { Add(i64), Get }
+/// # #[derive(Debug, Serialize, Deserialize)] enum CounterMsg { Add(i64) }
 /// impl manta_actors::Message for CounterMsg {
-///     type Reply = i64;
 ///     const NAME: &'static str = "example.CounterMsg";
 /// }
 /// ```
 pub trait Message: Serialize + DeserializeOwned + Send + 'static {
-    /// What the actor answers to an `ask` with this message type.
-    type Reply: Serialize + DeserializeOwned + Send + 'static;
-
     /// The message type's identity: a lookup by name (local or on another
     /// node), a remote spawn and every frame on the wire check it, so two
     /// nodes agree on a type exactly when they give it the same name. It is

@@ -364,7 +364,6 @@ enum ProxyMsg {
 }
 
 impl Message for ProxyMsg {
-    type Reply = ();
     const NAME: &'static str = "manta.cluster.ProxyMsg";
 }
 
@@ -452,17 +451,6 @@ impl manta_actors::ErasedHandle for ProxyHandle {
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
-    fn tell_wire(&self, body: &[u8]) -> Result<(), WireError> {
-        self.remote.tell_wire(body)
-    }
-    fn ask_wire(
-        &self,
-        body: &[u8],
-        timeout: Duration,
-    ) -> BoxFuture<'static, Result<Vec<u8>, WireError>> {
-        self.remote.ask_wire(body, timeout)
-    }
-    fn ask_wire_with(&self, body: &[u8], timeout: Duration, done: manta_actors::WireReply) {
-        self.remote.ask_wire_with(body, timeout, done)
-    }
+    // No `tell_wire`: bytes for a placed child go to the node it runs on,
+    // never relayed through this one (their reply ids belong to the asker).
 }

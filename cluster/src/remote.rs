@@ -13,13 +13,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, StreamProtocol};
+use manta_actors::wire::{EncodeWire, PendingReply, ReplyRegistry, ReplyRoute, WireBytes};
 use manta_actors::{
-    ActorHandle, ActorId, ActorSystem, AskError, CodecError, EncodeWire, ExitReason, ExitSignal,
-    Message, Monitor, RemoteActor, SendError, SendFailure, WireBody, WireError, WireReply,
-    message_type_name,
+    ActorHandle, ActorId, ActorSystem, CodecError, ExitReason, ExitSignal, Message, Monitor,
+    RemoteActor, SendError, SendFailure, WireError, message_type_name,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -27,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 /// The stream protocol of actor traffic.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/manta/actors/1");
 /// Frame format version.
-pub const FRAME_VERSION: u8 = 1;
+pub const FRAME_VERSION: u8 = 2;
 /// Largest frame accepted (bigger ones close the stream).
 pub const MAX_FRAME: usize = 64 * 1024 * 1024;
 /// Frames queued per peer before senders see backpressure.
@@ -46,6 +45,9 @@ const RESERVE_LIMIT: usize = 16 * 1024 * 1024;
 /// Reassembly buffers a node keeps for the next large messages (each up to
 /// a whole frame): at most this many, whatever the number of peers.
 const KEPT_BUFFERS: usize = 2;
+/// The pending-reply table is swept of abandoned entries each time it
+/// doubles past the size left by the last sweep, from this size on.
+const SWEEP_MIN: u64 = 1024;
 
 /// The bytes of a successful reply (encoded as one byte string).
 #[derive(Debug, Serialize, Deserialize)]
@@ -59,17 +61,46 @@ struct ReplyBody<'a>(#[serde(with = "serde_bytes", borrow)] Cow<'a, [u8]>);
 struct ReplyBytes {
     buf: Vec<u8>,
     range: std::ops::Range<usize>,
+    /// Where the buffer goes back once the reply is decoded (large replies).
+    pool: Option<Arc<Mutex<Vec<Vec<u8>>>>>,
 }
 
 impl ReplyBytes {
     fn owned(buf: Vec<u8>) -> Self {
         let range = 0..buf.len();
-        ReplyBytes { buf, range }
+        ReplyBytes {
+            buf,
+            range,
+            pool: None,
+        }
     }
+}
 
+impl WireBytes for ReplyBytes {
     fn bytes(&self) -> &[u8] {
         // `range` lies within `buf` by construction (see `read_loop`).
         self.buf.get(self.range.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for ReplyBytes {
+    fn drop(&mut self) {
+        if let Some(pool) = &self.pool {
+            keep_in(pool, std::mem::take(&mut self.buf));
+        }
+    }
+}
+
+/// Keeps a large message's buffer for the next one (at most
+/// [`KEPT_BUFFERS`]; small or oversized buffers are dropped).
+fn keep_in(pool: &Mutex<Vec<Vec<u8>>>, mut buf: Vec<u8>) {
+    if buf.capacity() <= CHUNK || buf.capacity() > MAX_FRAME + CHUNK {
+        return;
+    }
+    let mut kept = lock(pool);
+    if kept.len() < KEPT_BUFFERS {
+        buf.clear();
+        kept.push(buf);
     }
 }
 
@@ -86,15 +117,17 @@ enum Frame<'a> {
         #[serde(with = "serde_bytes", borrow)]
         body: Cow<'a, [u8]>,
     },
-    Ask {
-        id: u64,
+    /// A tell whose message carries reply handles: `replies` are their
+    /// ids, so that a request the receiver refuses (no such actor, another
+    /// type, undecodable) is answered at once.
+    Request {
+        replies: Vec<u64>,
         #[serde(borrow)]
         to: Cow<'a, str>,
         #[serde(borrow)]
         ty: Cow<'a, str>,
         #[serde(with = "serde_bytes", borrow)]
         body: Cow<'a, [u8]>,
-        timeout_ms: u64,
     },
     Reply {
         id: u64,
@@ -183,19 +216,18 @@ enum Outgoing<'a, B> {
         ty: &'a str,
         body: B,
     },
-    Ask {
-        id: u64,
+    Request {
+        replies: &'a [u64],
         to: &'a str,
         ty: &'a str,
         body: B,
-        timeout_ms: u64,
     },
 }
 
 impl<M: Serialize> Outgoing<'_, Inline<'_, M>> {
     fn target(&self) -> &str {
         match self {
-            Outgoing::Tell { to, .. } | Outgoing::Ask { to, .. } => to,
+            Outgoing::Tell { to, .. } | Outgoing::Request { to, .. } => to,
         }
     }
 
@@ -204,19 +236,17 @@ impl<M: Serialize> Outgoing<'_, Inline<'_, M>> {
     fn encode(&self) -> Result<Encoded, WireError> {
         let (head, len) = match self {
             Outgoing::Tell { to, ty, body } => (Outgoing::Tell { to, ty, body: () }, body.len),
-            Outgoing::Ask {
-                id,
+            Outgoing::Request {
+                replies,
                 to,
                 ty,
                 body,
-                timeout_ms,
             } => (
-                Outgoing::Ask {
-                    id: *id,
+                Outgoing::Request {
+                    replies,
                     to,
                     ty,
                     body: (),
-                    timeout_ms: *timeout_ms,
                 },
                 body.len,
             ),
@@ -452,7 +482,7 @@ fn encode_sized<F: Serialize + ?Sized>(frame: &F, size: usize) -> Result<Encoded
     postcard::serialize_with_flavor(frame, FrameSink::new(size)?).map_err(encode_error)
 }
 
-type Pending = oneshot::Sender<Result<ReplyBytes, WireError>>;
+type Pending = Box<dyn PendingReply>;
 
 struct Link {
     tx: mpsc::Sender<Vec<u8>>,
@@ -477,7 +507,7 @@ impl Frame<'_> {
     /// The actor a frame is for, where ordering matters.
     fn target(&self) -> Option<&str> {
         match self {
-            Frame::Tell { to, .. } | Frame::Ask { to, .. } => Some(to),
+            Frame::Tell { to, .. } | Frame::Request { to, .. } => Some(to),
             Frame::Stop { to, .. } | Frame::Kill { to } | Frame::Watch { to } => Some(to),
             _ => None,
         }
@@ -494,6 +524,8 @@ struct Inner {
     watched: Mutex<HashMap<(PeerId, String), Arc<ExitSignal>>>,
     next_id: AtomicU64,
     bad_frames: AtomicU64,
+    /// Replies from a node other than the one the request went to (dropped).
+    forged_replies: AtomicU64,
     /// Actor streams that broke and were replaced by a fresh one.
     reopened: AtomicU64,
     /// Writes to fail on purpose (tests of the reopen path), and how many
@@ -503,7 +535,9 @@ struct Inner {
     /// Reassembly buffers of large messages already handled, for the next
     /// ones: a fresh buffer costs a page fault per 4 KiB on the core that
     /// also decrypts the stream (on the bench machine, about 1 ms per MiB).
-    kept: Mutex<Vec<Vec<u8>>>,
+    kept: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// Pending replies at which closed ones are next swept out.
+    sweep_at: AtomicU64,
 }
 
 /// Remote messaging for one node.
@@ -537,10 +571,12 @@ impl Remoting {
                 watched: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 bad_frames: AtomicU64::new(0),
+                forged_replies: AtomicU64::new(0),
                 reopened: AtomicU64::new(0),
                 failing_writes: AtomicU64::new(0),
                 passing_writes: AtomicU64::new(0),
-                kept: Mutex::new(Vec::new()),
+                kept: Arc::new(Mutex::new(Vec::new())),
+                sweep_at: AtomicU64::new(SWEEP_MIN),
             }),
         };
         match incoming {
@@ -614,8 +650,8 @@ impl Remoting {
                 .filter_map(|id| p.remove(&id).map(|(_, tx)| tx))
                 .collect()
         };
-        for tx in failed {
-            let _ = tx.send(Err(WireError::NodeDown(peer.to_string())));
+        for p in failed {
+            p.deliver(Err(WireError::NodeDown(peer.to_string())));
         }
         let gone: Vec<Arc<ExitSignal>> = {
             let mut w = lock(&self.inner.watched);
@@ -956,18 +992,14 @@ impl Remoting {
                         }
                     };
                     if let Some((id, range)) = reply {
-                        let waiting = lock(&self.inner.pending).remove(&id);
-                        match waiting {
-                            Some((_, tx)) => {
-                                // An ask that gave up in the meantime
-                                // hands the buffer straight back.
-                                if let Err(Ok(back)) = tx.send(Ok(ReplyBytes { buf: whole, range }))
-                                {
-                                    self.keep(back.buf);
-                                }
-                            }
-                            None => self.keep(whole),
-                        }
+                        // The asker hands the buffer back once it has decoded
+                        // the reply (or at once, if it gave up).
+                        let bytes = ReplyBytes {
+                            buf: whole,
+                            range,
+                            pool: Some(Arc::clone(&self.inner.kept)),
+                        };
+                        self.answer(peer, id, Ok(Box::new(bytes)));
                     } else {
                         self.keep(whole);
                     }
@@ -987,14 +1019,51 @@ impl Remoting {
 
     /// Keeps a large message's buffer for the next one (at most
     /// [`KEPT_BUFFERS`]; small or oversized buffers are dropped).
-    fn keep(&self, mut buf: Vec<u8>) {
-        if buf.capacity() <= CHUNK || buf.capacity() > MAX_FRAME + CHUNK {
-            return;
+    /// The route back to `peer` for the reply handles of its requests.
+    fn route(&self, peer: PeerId) -> Arc<dyn ReplyRoute> {
+        Arc::new(PeerRoute {
+            remoting: self.clone(),
+            peer,
+        })
+    }
+
+    fn keep(&self, buf: Vec<u8>) {
+        keep_in(&self.inner.kept, buf);
+    }
+
+    /// Keeps `pending` for an answer from `peer`; returns its id. Entries
+    /// whose asker gave up are swept out as the table grows, so a peer that
+    /// never answers cannot grow it without bound.
+    fn register(&self, peer: PeerId, pending: Pending) -> u64 {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut p = lock(&self.inner.pending);
+        p.insert(id, (peer, pending));
+        if p.len() as u64 >= self.inner.sweep_at.load(Ordering::Relaxed) {
+            p.retain(|_, (_, w)| !w.is_closed());
+            let next = (2 * p.len() as u64).max(SWEEP_MIN);
+            self.inner.sweep_at.store(next, Ordering::Relaxed);
         }
-        let mut kept = lock(&self.inner.kept);
-        if kept.len() < KEPT_BUFFERS {
-            buf.clear();
-            kept.push(buf);
+        id
+    }
+
+    /// Delivers the answer to request `id` — only if `peer` is the node the
+    /// request went to: another member cannot answer or fail it.
+    fn answer(&self, peer: PeerId, id: u64, answer: Result<Box<dyn WireBytes>, WireError>) {
+        let waiting = {
+            let mut p = lock(&self.inner.pending);
+            match p.get(&id) {
+                Some((to, _)) if *to == peer => p.remove(&id),
+                Some(_) => {
+                    drop(p);
+                    self.inner.forged_replies.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(target: "manta::remote", %peer, id, "reply from a node the request did not go to; dropped");
+                    None
+                }
+                None => None,
+            }
+        };
+        if let Some((_, w)) = waiting {
+            w.deliver(answer);
         }
     }
 
@@ -1021,44 +1090,46 @@ impl Remoting {
     fn dispatch(&self, peer: PeerId, frame: Frame<'_>) {
         match frame {
             Frame::Tell { to, ty, body } => {
-                if let Err(e) = self.target(&to, &ty).and_then(|h| h.tell_wire(&body)) {
+                let route = self.route(peer);
+                if let Err(e) = self
+                    .target(&to, &ty)
+                    .and_then(|h| h.tell_wire(&body, &route))
+                {
                     tracing::debug!(target: "manta::remote", %peer, %to, error = %e, "remote tell dropped");
                 }
             }
-            Frame::Ask {
-                id,
+            Frame::Request {
+                replies,
                 to,
                 ty,
                 body,
-                timeout_ms,
             } => {
-                let me = self.clone();
-                let done: WireReply = Box::new(move |result| {
-                    let sent = match result {
-                        Ok(WireBody::Value(v)) => {
-                            me.send_as(peer, None, || encode_reply_value(id, &*v))
-                        }
-                        other => me.send(
-                            peer,
-                            &Frame::reply(id, other.and_then(WireBody::into_bytes)),
-                        ),
-                    };
-                    if let Err(e) = sent {
-                        tracing::debug!(target: "manta::remote", %peer, error = %e, "reply not sent");
+                let route = self.route(peer);
+                let refused = match self.target(&to, &ty) {
+                    Err(e) => Some(e),
+                    // Once the message decoded, its reply handles answer
+                    // for themselves (also when the actor is gone).
+                    Ok(h) => match h.tell_wire(&body, &route) {
+                        Err(e @ WireError::Decode(_)) => Some(e),
+                        _ => None,
+                    },
+                };
+                if let Some(e) = refused {
+                    tracing::debug!(target: "manta::remote", %peer, %to, error = %e, "remote request refused");
+                    for id in replies {
+                        route.reply(id, Err(e.clone()));
                     }
-                });
-                // A local actor calls `done` from its own task as it replies:
-                // no task and no channel between its reply and the wire.
-                match self.target(&to, &ty) {
-                    Ok(h) => h.ask_wire_with(&body, Duration::from_millis(timeout_ms), done),
-                    Err(e) => done(Err(e)),
                 }
             }
             Frame::Chunk { .. } => {}
             Frame::Reply { id, result } => {
-                if let Some((_, tx)) = lock(&self.inner.pending).remove(&id) {
-                    let _ = tx.send(result.map(|b| ReplyBytes::owned(b.0.into_owned())));
-                }
+                self.answer(
+                    peer,
+                    id,
+                    result.map(|b| {
+                        Box::new(ReplyBytes::owned(b.0.into_owned())) as Box<dyn WireBytes>
+                    }),
+                );
             }
             Frame::Stop { to, reason } => {
                 if let Some(h) = self.inner.system.lookup_any(&to) {
@@ -1133,9 +1204,8 @@ impl Remoting {
     ) -> Result<String, WireError> {
         let args_json = serde_json::to_string(args)
             .map_err(|e| WireError::Encode(CodecError::new("spawn arguments (JSON)", e)))?;
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        lock(&self.inner.pending).insert(id, (peer, tx));
+        let (tx, rx) = oneshot::channel::<Result<Box<dyn WireBytes>, WireError>>();
+        let id = self.register(peer, Box::new(tx));
         let frame = Frame::Spawn {
             id,
             kind: kind.to_owned(),
@@ -1170,6 +1240,10 @@ impl Remoting {
     pub fn handle<M: Message>(&self, peer: PeerId, name: &str) -> ActorHandle<M> {
         ActorHandle::remote(Arc::new(RemoteRef::<M> {
             addr: self.addr(peer, name),
+            replies: Arc::new(PeerReplies {
+                remoting: self.clone(),
+                peer,
+            }),
             _m: PhantomData,
         }))
     }
@@ -1186,7 +1260,58 @@ impl Remoting {
 /// A named actor on another node.
 pub struct RemoteRef<M> {
     addr: Addr,
+    replies: Arc<dyn ReplyRegistry>,
     _m: PhantomData<fn(M)>,
+}
+
+/// Registers the reply handles of requests to one peer: only that peer may
+/// answer them.
+struct PeerReplies {
+    remoting: Remoting,
+    peer: PeerId,
+}
+
+impl ReplyRegistry for PeerReplies {
+    fn register(&self, pending: Box<dyn PendingReply>) -> u64 {
+        self.remoting.register(self.peer, pending)
+    }
+}
+
+/// Answers requests from one peer: a reply handle decoded from its
+/// messages sends through this.
+struct PeerRoute {
+    remoting: Remoting,
+    peer: PeerId,
+}
+
+/// Replies whose encoding is larger than this are encoded straight into
+/// their frames, never held whole in a buffer of their own.
+const VALUE_REPLY_MIN: usize = 64 * 1024;
+
+impl ReplyRoute for PeerRoute {
+    fn reply(&self, id: u64, answer: Result<Box<dyn EncodeWire>, WireError>) {
+        let (r, peer) = (&self.remoting, self.peer);
+        let sent = match answer {
+            Ok(v) => match v.encoded_len() {
+                Ok(n) if n > VALUE_REPLY_MIN => {
+                    r.send_as(peer, None, || encode_reply_value(id, &*v))
+                }
+                Ok(n) => {
+                    let mut out = Vec::with_capacity(n);
+                    let encoded = v.encode_to(&mut |piece| {
+                        out.extend_from_slice(piece);
+                        Ok(())
+                    });
+                    r.send(peer, &Frame::reply(id, encoded.map(|()| out)))
+                }
+                Err(e) => r.send(peer, &Frame::reply(id, Err(e))),
+            },
+            Err(e) => r.send(peer, &Frame::reply(id, Err(e))),
+        };
+        if let Err(e) = sent {
+            tracing::debug!(target: "manta::remote", %peer, error = %e, "reply not sent");
+        }
+    }
 }
 
 fn send_failure(e: WireError) -> SendFailure {
@@ -1207,74 +1332,43 @@ impl<M: Message> RemoteActor<M> for RemoteRef<M> {
     }
 
     fn tell(&self, msg: M) -> Result<(), SendError<M>> {
-        let sent = Inline::new(&msg)
+        let addr = &self.addr;
+        // The size pass registers the reply handles the message carries
+        // (under this peer); the write pass writes the same ids.
+        let (measured, replies) =
+            manta_actors::wire::encode_with(Arc::clone(&self.replies), || Inline::new(&msg));
+        let sent = measured
             .map_err(|e| WireError::Encode(CodecError::new(M::NAME, e)))
             .and_then(|body| {
-                let frame = Outgoing::Tell {
-                    to: &self.addr.name,
-                    ty: message_type_name::<M>(),
-                    body,
-                };
-                self.addr
-                    .remoting
-                    .send_as(self.addr.peer, Some(frame.target()), || frame.encode())
-            });
-        sent.map_err(|e| SendError {
-            message: msg,
-            failure: send_failure(e),
-        })
-    }
-
-    fn ask(&self, msg: M, timeout: Duration) -> BoxFuture<'static, Result<M::Reply, AskError<M>>> {
-        let remoting = self.addr.remoting.clone();
-        let peer = self.addr.peer;
-        let name = self.addr.name.clone();
-        Box::pin(async move {
-            let id = remoting.inner.next_id.fetch_add(1, Ordering::Relaxed);
-            let (tx, rx) = oneshot::channel();
-            lock(&remoting.inner.pending).insert(id, (peer, tx));
-            let sent = Inline::new(&msg)
-                .map_err(|e| WireError::Encode(CodecError::new(M::NAME, e)))
-                .and_then(|body| {
-                    let frame = Outgoing::Ask {
-                        id,
-                        to: &name,
-                        ty: message_type_name::<M>(),
+                let ty = message_type_name::<M>();
+                if replies.is_empty() {
+                    let frame = Outgoing::Tell {
+                        to: &addr.name,
+                        ty,
                         body,
-                        timeout_ms: timeout.as_millis() as u64,
                     };
-                    remoting.send_as(peer, Some(frame.target()), || frame.encode())
-                });
-            if let Err(e) = sent {
-                lock(&remoting.inner.pending).remove(&id);
-                return Err(AskError::Send(SendError {
-                    message: msg,
-                    failure: send_failure(e),
-                }));
-            }
-            let outcome = tokio::time::timeout(timeout, rx).await;
-            lock(&remoting.inner.pending).remove(&id);
-            match outcome {
-                Err(_) => Err(AskError::Timeout(timeout)),
-                Ok(Err(_)) => Err(AskError::NoReply(Some(ExitReason::NodeDown(
-                    peer.to_string(),
-                )))),
-                Ok(Ok(Ok(reply))) => {
-                    let value = postcard::from_bytes(reply.bytes()).map_err(|e| {
-                        AskError::Decode(CodecError::new(std::any::type_name::<M::Reply>(), e))
-                    });
-                    remoting.keep(reply.buf);
-                    value
+                    addr.remoting
+                        .send_as(addr.peer, Some(frame.target()), || frame.encode())
+                } else {
+                    let frame = Outgoing::Request {
+                        replies: &replies,
+                        to: &addr.name,
+                        ty,
+                        body,
+                    };
+                    addr.remoting
+                        .send_as(addr.peer, Some(frame.target()), || frame.encode())
                 }
-                Ok(Ok(Err(e))) => Err(match e {
-                    WireError::Timeout(_) => AskError::Timeout(timeout),
-                    WireError::NoReply(r) => AskError::NoReply(r),
-                    WireError::Decode(d) => AskError::Decode(d),
-                    other => AskError::Send(SendError {
-                        message: msg,
-                        failure: send_failure(other),
-                    }),
-                }),
+            });
+        sent.map_err(|e| {
+            // Nothing went out: forget the replies it would have had.
+            let mut p = lock(&addr.remoting.inner.pending);
+            for id in &replies {
+                p.remove(id);
+            }
+            SendError {
+                message: msg,
+                failure: send_failure(e),
             }
         })
     }
@@ -1334,16 +1428,8 @@ impl manta_actors::ErasedHandle for RemoteAny {
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
-    fn tell_wire(&self, body: &[u8]) -> Result<(), WireError> {
-        self.addr.remoting.send(
-            self.addr.peer,
-            &Frame::Tell {
-                to: Cow::Borrowed(&self.addr.name),
-                ty: Cow::Borrowed(self.ty),
-                body: Cow::Borrowed(body),
-            },
-        )
-    }
+    // No `tell_wire`: this node does not relay bytes to another one (the
+    // reply ids inside belong to the node that sent them).
 }
 
 /// Where a named remote actor lives: what every remote handle shares.
@@ -1379,7 +1465,7 @@ impl Addr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use manta_actors::encode_wire;
+    use manta_actors::wire::encode_wire;
 
     #[test]
     fn a_reply_carries_its_bytes_as_one_string_in_the_old_layout() {
@@ -1401,14 +1487,13 @@ mod tests {
     }
 
     #[test]
-    fn a_decoded_ask_borrows_its_target_type_and_body_from_the_buffer() {
+    fn a_decoded_request_borrows_its_target_type_and_body_from_the_buffer() {
         let body: Vec<u8> = (0..200u8).collect();
-        let Encoded::Small(bytes) = encode(&Frame::Ask {
-            id: 1,
+        let Encoded::Small(bytes) = encode(&Frame::Request {
+            replies: vec![1, u64::MAX],
             to: Cow::Borrowed("sink"),
             ty: Cow::Borrowed("bench::Sink"),
             body: Cow::Borrowed(&body),
-            timeout_ms: 5,
         })
         .unwrap() else {
             panic!("a small frame")
@@ -1416,13 +1501,15 @@ mod tests {
         let len = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
         assert_eq!((len, bytes[4]), (bytes.len() - 4, FRAME_VERSION));
         match postcard::from_bytes::<Frame>(&bytes[5..]).unwrap() {
-            Frame::Ask {
-                id: 1,
+            Frame::Request {
+                replies,
                 to: Cow::Borrowed("sink"),
                 ty: Cow::Borrowed("bench::Sink"),
                 body: Cow::Borrowed(b),
-                timeout_ms: 5,
-            } => assert_eq!(b, &body[..]),
+            } => {
+                assert_eq!(b, &body[..]);
+                assert_eq!(replies, [1, u64::MAX]);
+            }
             other => panic!("decoded as {other:?} (or copied)"),
         }
     }
@@ -1503,7 +1590,7 @@ mod tests {
     }
 
     #[test]
-    fn a_typed_tell_or_ask_encodes_as_the_frame_of_its_encoded_body() {
+    fn a_typed_tell_or_request_encodes_as_the_frame_of_its_encoded_body() {
         // Small, exactly around one chunk, and several chunks.
         for blob in [10, CHUNK - 700, CHUNK, 3 * CHUNK + 5] {
             let msg = sample(blob);
@@ -1522,25 +1609,20 @@ mod tests {
             })
             .unwrap();
             assert!(written(tell) == want, "tell of a {blob}-byte blob");
-            let ask = Outgoing::Ask {
-                id: u64::MAX,
+            let ask = Outgoing::Request {
+                replies: &[u64::MAX, 3],
                 to: "sink",
                 ty: "t::Sample",
                 body: Inline::new(&msg).unwrap(),
-                timeout_ms: 12_345,
             }
             .encode()
             .unwrap();
             let got = written(ask);
             match postcard::from_bytes::<Frame>(&got).unwrap() {
-                Frame::Ask {
-                    id,
-                    to,
-                    body,
-                    timeout_ms,
-                    ..
+                Frame::Request {
+                    replies, to, body, ..
                 } => {
-                    assert_eq!((id, &*to, timeout_ms), (u64::MAX, "sink", 12_345));
+                    assert_eq!((&replies[..], &*to), (&[u64::MAX, 3][..], "sink"));
                     assert_eq!(postcard::from_bytes::<Sample>(&body).unwrap(), msg);
                 }
                 other => panic!("decoded as {other:?}"),
@@ -1626,12 +1708,11 @@ mod tests {
                 got.err()
             );
             let msg = Fickle(std::cell::Cell::new(start), grows);
-            let got = Outgoing::Ask {
-                id: 1,
+            let got = Outgoing::Request {
+                replies: &[1],
                 to: "x",
                 ty: "y",
                 body: Inline::new(&msg).unwrap(),
-                timeout_ms: 1,
             }
             .encode();
             assert!(

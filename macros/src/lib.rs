@@ -3,15 +3,14 @@
 
 use proc_macro::TokenStream;
 use quote::quote;
-use syn::{DeriveInput, LitStr, Type, parse_macro_input};
+use syn::{DeriveInput, LitStr, parse_macro_input};
 
 /// Implements `manta_actors::Message` for a serde type.
 ///
 /// ```text
 /// #[derive(Debug, Serialize, Deserialize, Message)]
-/// #[message(reply = u64)]                 // default: ()
 /// #[message(name = "bank.Account")]       // default: the module path and type name
-/// enum Account { Deposit(u64), Balance }
+/// enum Account { Deposit(u64), Balance(ReplyTo<u64>) }
 /// ```
 ///
 /// The name is the type's identity on the wire. Its default,
@@ -32,14 +31,13 @@ pub fn derive_message(input: TokenStream) -> TokenStream {
 }
 
 fn expand(input: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
-    let mut reply: Option<Type> = None;
     let mut name: Option<LitStr> = None;
     let mut krate: Option<syn::Path> = None;
     for attr in input.attrs.iter().filter(|a| a.path().is_ident("message")) {
         attr.parse_nested_meta(|meta| {
             if meta.path.is_ident("reply") {
-                reply = Some(meta.value()?.parse()?);
-                Ok(())
+                Err(meta
+                    .error("replies are typed per request: give the variant a `ReplyTo<T>` field"))
             } else if meta.path.is_ident("name") {
                 name = Some(meta.value()?.parse()?);
                 Ok(())
@@ -48,16 +46,12 @@ fn expand(input: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
                 krate = Some(lit.parse()?);
                 Ok(())
             } else {
-                Err(meta.error("expected `reply = Type`, `name = \"...\"` or `crate = \"path\"`"))
+                Err(meta.error("expected `name = \"...\"` or `crate = \"path\"`"))
             }
         })?;
     }
     let ident = &input.ident;
     let (impl_g, ty_g, where_c) = input.generics.split_for_impl();
-    let reply = match reply {
-        Some(t) => quote!(#t),
-        None => quote!(()),
-    };
     let name = match name {
         Some(n) => quote!(#n),
         None => {
@@ -71,7 +65,6 @@ fn expand(input: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
     };
     Ok(quote! {
         impl #impl_g #krate::Message for #ident #ty_g #where_c {
-            type Reply = #reply;
             const NAME: &'static str = #name;
         }
     })

@@ -17,7 +17,7 @@ use crate::directory::Directory;
 use crate::error::MlError;
 use crate::loader::LoaderArgs;
 use crate::model::{Mlp, ModelSpec, ParamTensor, accuracy};
-use crate::ps::{Mode, PsArgs, PsMsg, PsReply, PsStatus, assign_shards};
+use crate::ps::{Mode, Params, PsArgs, PsMsg, PsStatus, assign_shards};
 use crate::worker::WorkerArgs;
 use crate::{LOADER_KIND, PS_KIND, WORKER_KIND};
 
@@ -342,10 +342,7 @@ impl RunningJob {
         let mut out = Vec::new();
         for i in 0..self.names.ps.len() {
             match self.ps(i).await?.ask(PsMsg::Status, ASK).await {
-                Ok(PsReply::Status(s)) => out.push(s),
-                Ok(other) => {
-                    return Err(MlError::Actor(format!("unexpected status reply {other:?}")));
-                }
+                Ok(s) => out.push(s),
                 Err(e) => {
                     return Err(MlError::Actor(format!(
                         "status of {}: {e}",
@@ -362,24 +359,20 @@ impl RunningJob {
         let owner = assign_shards(&self.model, self.names.ps.len() as u32);
         let mut shards = Vec::new();
         for i in 0..self.names.ps.len() {
-            let reply = self
+            let Params { params, .. } = self
                 .ps(i)
                 .await?
                 .ask(
-                    PsMsg::Pull {
+                    |reply| PsMsg::Pull {
                         worker: u32::MAX,
                         min_version: 0,
+                        reply,
                     },
                     ASK,
                 )
                 .await
                 .map_err(|e| MlError::Actor(format!("pull from {}: {e}", self.names.ps[i])))?;
-            match reply {
-                PsReply::Params { params, .. } => {
-                    shards.push(std::sync::Arc::unwrap_or_clone(params).into_iter())
-                }
-                other => return Err(MlError::Actor(format!("unexpected pull reply {other:?}"))),
-            }
+            shards.push(std::sync::Arc::unwrap_or_clone(params).into_iter());
         }
         owner
             .iter()
@@ -441,7 +434,7 @@ impl RunningJob {
             if let Ok(ps0) = self.ps(0).await {
                 let _ = ps0
                     .ask(
-                        PsMsg::WaitVersion(next_epoch_version),
+                        |reply| PsMsg::WaitVersion(next_epoch_version, reply),
                         Duration::from_millis(500),
                     )
                     .await;
@@ -509,17 +502,12 @@ impl RunningJob {
         if let Some(dir) = &self.checkpoint_dir {
             for i in 0..self.names.ps.len() {
                 match self.ps(i).await?.ask(PsMsg::Checkpoint, ASK).await {
-                    Ok(PsReply::Saved(_)) => {}
-                    Ok(PsReply::Rejected(why)) => {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(why)) => {
                         return Err(MlError::Checkpoint {
                             path: dir.display().to_string(),
                             message: why,
                         });
-                    }
-                    Ok(other) => {
-                        return Err(MlError::Actor(format!(
-                            "unexpected checkpoint reply {other:?}"
-                        )));
                     }
                     Err(e) => {
                         return Err(MlError::Actor(format!(

@@ -25,7 +25,7 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use manta_actors::{Actor, ActorError, ActorHandle, Context, Message};
+use manta_actors::{Actor, ActorError, ActorHandle, Context, Message, ReplyTo};
 use serde::{Deserialize, Serialize};
 
 use crate::MlError;
@@ -94,10 +94,12 @@ pub enum LoaderMsg {
         at: Option<Cursor>,
         /// Credits granted with this request.
         grant: u32,
+        /// Where the batch (or the end of the data) goes.
+        reply: ReplyTo<Delivery>,
     },
-    /// Takes up to `max` batches (at least one, at most [`MAX_TAKE`]); the
-    /// reply is [`LoaderReply::Deliveries`], whose last element is
-    /// [`Delivery::EndOfData`] if the data ran out. `grant` and `at` work as
+    /// Takes up to `max` batches (at least one, at most [`MAX_TAKE`]): the
+    /// reply lists them in order, its last element [`Delivery::EndOfData`]
+    /// if the data ran out. `grant` and `at` work as
     /// in [`LoaderMsg::Take`]; each batch returned uses one credit.
     TakeMany {
         /// Seek here first (if different from the loader's position).
@@ -106,25 +108,13 @@ pub enum LoaderMsg {
         grant: u32,
         /// The most batches wanted.
         max: u32,
+        /// Where the batches go.
+        reply: ReplyTo<Vec<Delivery>>,
     },
     /// Reports counters.
-    Stats,
+    Stats(ReplyTo<LoaderStats>),
     /// Prepares one batch ahead (sent by the loader to itself).
     Fill,
-}
-
-/// What a loader answers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum LoaderReply {
-    /// Nothing to say (grant, fill).
-    Ack,
-    /// A batch or the end of the data.
-    Delivery(Delivery),
-    /// The answer to [`LoaderMsg::TakeMany`]: batches in order, then
-    /// `EndOfData` if the data ran out.
-    Deliveries(Vec<Delivery>),
-    /// Counters.
-    Stats(LoaderStats),
 }
 
 /// The answer to a take.
@@ -161,7 +151,6 @@ pub struct LoaderStats {
 }
 
 impl Message for LoaderMsg {
-    type Reply = LoaderReply;
     const NAME: &'static str = "manta.ml.LoaderMsg";
 }
 
@@ -399,12 +388,11 @@ impl Actor for Loader {
         &mut self,
         msg: LoaderMsg,
         ctx: &mut Context<LoaderMsg>,
-    ) -> Result<LoaderReply, ActorError> {
+    ) -> Result<(), ActorError> {
         match msg {
             LoaderMsg::Grant(n) => {
                 self.credits = self.credits.saturating_add(n);
                 self.schedule_fill(ctx);
-                Ok(LoaderReply::Ack)
             }
             LoaderMsg::Fill => {
                 self.fill_pending = false;
@@ -421,33 +409,39 @@ impl Actor for Loader {
                     self.prepare_at = self.advance(at);
                 }
                 self.schedule_fill(ctx);
-                Ok(LoaderReply::Ack)
             }
-            LoaderMsg::Take { at, grant } => {
+            LoaderMsg::Take { at, grant, reply } => {
                 let first = self.take(at, grant, 1, ctx)?.pop();
                 // `take` serves at least one delivery.
-                first
-                    .map(LoaderReply::Delivery)
-                    .ok_or_else(|| crate::fail("loader served nothing"))
+                let first = first.ok_or_else(|| crate::fail("loader served nothing"))?;
+                reply.send(first);
             }
-            LoaderMsg::TakeMany { at, grant, max } => {
-                Ok(LoaderReply::Deliveries(self.take(at, grant, max, ctx)?))
+            LoaderMsg::TakeMany {
+                at,
+                grant,
+                max,
+                reply,
+            } => {
+                reply.send(self.take(at, grant, max, ctx)?);
             }
-            LoaderMsg::Stats => Ok(LoaderReply::Stats(LoaderStats {
-                next: self.next,
-                buffered: self.buffer.len() as u32,
-                credits: self.credits,
-                max_buffered: self.max_buffered,
-                served: self.served,
-                shard_rows: self.rows.len() as u32,
-                batches_per_epoch: self.bpe,
-                resumed_at: self.resumed_at,
-            })),
+            LoaderMsg::Stats(reply) => {
+                reply.send(LoaderStats {
+                    next: self.next,
+                    buffered: self.buffer.len() as u32,
+                    credits: self.credits,
+                    max_buffered: self.max_buffered,
+                    served: self.served,
+                    shard_rows: self.rows.len() as u32,
+                    batches_per_epoch: self.bpe,
+                    resumed_at: self.resumed_at,
+                });
+            }
         }
+        Ok(())
     }
 }
 
-type Pending = futures::future::BoxFuture<'static, Result<LoaderReply, MlError>>;
+type Pending = futures::future::BoxFuture<'static, Result<Vec<Delivery>, MlError>>;
 
 /// Reads a loader in order, a chunk of batches per message, with the next
 /// chunk always requested while the current one is consumed.
@@ -507,10 +501,11 @@ impl LoaderFeed {
         let mut ask: Pending = Box::pin(async move {
             loader
                 .ask(
-                    LoaderMsg::TakeMany {
+                    |reply| LoaderMsg::TakeMany {
                         at: None,
                         grant,
                         max: chunk,
+                        reply,
                     },
                     timeout,
                 )
@@ -535,13 +530,7 @@ impl LoaderFeed {
             let Some(pending) = self.pending.take() else {
                 return Ok(None);
             };
-            let reply = pending.await?;
-            let LoaderReply::Deliveries(ds) = reply else {
-                return Err(MlError::Actor(format!(
-                    "loader answered a chunk request with {reply:?}"
-                )));
-            };
-            for d in ds {
+            for d in pending.await? {
                 match d {
                     Delivery::Batch(b) => self.ready.push_back(b),
                     Delivery::EndOfData { epochs } => self.ended = Some(epochs),

@@ -123,7 +123,7 @@ pub struct Gradients {
     pub samples: u32,
 }
 
-/// Messages of a parameter-server shard.
+/// Messages of a parameter-server shard. Requests carry their typed reply.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum PsMsg {
     /// The shard's parameters, at `min_version` or later (sync mode waits
@@ -133,61 +133,54 @@ pub enum PsMsg {
         worker: u32,
         /// The version wanted.
         min_version: u64,
+        /// Where the parameters go.
+        reply: ReplyTo<Params>,
     },
-    /// Gradients of the shard's parameters.
-    Push(Gradients),
+    /// Gradients of the shard's parameters; answers what became of them,
+    /// or why they do not fit this shard (e.g. wrong shapes; the shard keeps
+    /// running).
+    Push(Gradients, ReplyTo<Result<Pushed, String>>),
     /// A worker has finished its data.
     WorkerDone {
         /// The worker.
         worker: u32,
     },
     /// Reports counters.
-    Status,
-    /// Answers once the version reaches the given one, or training is done.
-    WaitVersion(u64),
-    /// Writes a checkpoint now.
-    Checkpoint,
+    Status(ReplyTo<PsStatus>),
+    /// Answers the version once it reaches the given one, or training is
+    /// done.
+    WaitVersion(u64, ReplyTo<u64>),
+    /// Writes a checkpoint now; answers its path.
+    Checkpoint(ReplyTo<Result<String, String>>),
     /// A push followed by a pull, in one round trip: the gradients are taken
     /// as by [`PsMsg::Push`] (a stale or malformed push is counted and
     /// dropped), then the reply is what a pull of the next version
     /// (`min_version: version + 1`) answers: in sync mode, once every worker
     /// has pushed for this version. A training step costs one message per
     /// shard instead of a push and a pull.
-    PushPull(Gradients),
+    PushPull(Gradients, ReplyTo<Params>),
 }
 
-/// What a shard answers.
+/// A shard's parameters at a version: what pulls answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum PsReply {
-    /// Parameters of this shard.
-    Params {
-        /// Their version.
-        version: u64,
-        /// The shard's parameters, in model order: shared with the shard
-        /// (no copy per pull; the shard copies them only if it must update
-        /// them while a reply still holds them). `Arc::unwrap_or_clone`
-        /// gives a puller its own. Encoded as a plain list.
-        #[serde(with = "crate::wire::shared")]
-        params: Arc<Vec<ParamTensor>>,
-    },
-    /// A push was taken (or dropped as stale).
-    Pushed {
-        /// Whether the gradients will be applied.
-        accepted: bool,
-        /// The shard's version now.
-        version: u64,
-    },
-    /// A request that does not fit this shard (e.g. wrong gradient shapes);
-    /// the shard keeps running.
-    Rejected(String),
-    /// Counters.
-    Status(PsStatus),
-    /// The version reached.
-    Version(u64),
-    /// A checkpoint was written here.
-    Saved(String),
-    /// Nothing to say.
-    Ack,
+pub struct Params {
+    /// Their version.
+    pub version: u64,
+    /// The shard's parameters, in model order: shared with the shard (no
+    /// copy per pull; the shard copies them only if it must update them
+    /// while a reply still holds them). `Arc::unwrap_or_clone` gives a
+    /// puller its own. Encoded as a plain list.
+    #[serde(with = "crate::wire::shared")]
+    pub params: Arc<Vec<ParamTensor>>,
+}
+
+/// What became of a push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pushed {
+    /// Whether the gradients will be applied (false: too stale).
+    pub accepted: bool,
+    /// The shard's version now.
+    pub version: u64,
 }
 
 /// A shard's counters.
@@ -214,7 +207,6 @@ pub struct PsStatus {
 }
 
 impl Message for PsMsg {
-    type Reply = PsReply;
     const NAME: &'static str = "manta.ml.PsMsg";
 }
 
@@ -247,8 +239,8 @@ pub struct ParamServer {
     last_loss: f32,
     rejected: u64,
     pending: BTreeMap<u32, (Vec<Vec<f32>>, f32, u32)>,
-    waiting_pulls: Vec<(u32, u64, ReplyTo<PsReply>)>,
-    waiting_versions: Vec<(u64, ReplyTo<PsReply>)>,
+    waiting_pulls: Vec<(u32, u64, ReplyTo<Params>)>,
+    waiting_versions: Vec<(u64, ReplyTo<u64>)>,
     done: BTreeSet<u32>,
     restored_from: Option<u64>,
     last_checkpoint: Option<String>,
@@ -286,33 +278,31 @@ impl ParamServer {
         self.done.len() as u32 >= self.args.workers
     }
 
-    fn reply_params(&self) -> PsReply {
-        PsReply::Params {
+    fn reply_params(&self) -> Params {
+        Params {
             version: self.version,
             params: Arc::clone(&self.params),
         }
     }
 
     /// Answers a pull: the parameters now, or (sync mode, when this worker
-    /// has pushed for the current version and wants a later one) a deferred
-    /// reply sent once the version moves on.
-    fn pull(&mut self, worker: u32, min_version: u64, ctx: &mut Context<PsMsg>) -> PsReply {
+    /// has pushed for the current version and wants a later one) once the
+    /// version moves on.
+    fn pull(&mut self, worker: u32, min_version: u64, reply: ReplyTo<Params>) {
         let wait = matches!(self.args.mode, Mode::Sync)
             && min_version > self.version
             && self.pending.contains_key(&worker);
         if wait {
-            if let Some(reply) = ctx.defer_reply() {
-                self.waiting_pulls.push((worker, min_version, reply));
-            }
-            return PsReply::Ack;
+            self.waiting_pulls.push((worker, min_version, reply));
+        } else {
+            reply.send(self.reply_params());
         }
-        self.reply_params()
     }
 
     /// Takes a worker's gradients computed on `version`: checked, then (sync)
     /// held until every worker has pushed for this version and applied as
     /// their average, or (async) applied unless too stale.
-    fn push(&mut self, g: Gradients) -> PsReply {
+    fn push(&mut self, g: Gradients) -> Result<Pushed, String> {
         let Gradients {
             worker,
             version,
@@ -323,7 +313,7 @@ impl ParamServer {
         if let Err(e) = self.check_grads(&grads) {
             self.rejected += 1;
             tracing::warn!(shard = self.args.shard, worker, error = %e, "push rejected");
-            return PsReply::Rejected(e);
+            return Err(e);
         }
         let fresh = match self.args.mode {
             Mode::Sync => version == self.version,
@@ -331,10 +321,10 @@ impl ParamServer {
         };
         if !fresh {
             self.rejected += 1;
-            return PsReply::Pushed {
+            return Ok(Pushed {
                 accepted: false,
                 version: self.version,
-            };
+            });
         }
         match self.args.mode {
             Mode::Sync => {
@@ -351,10 +341,10 @@ impl ParamServer {
                 self.after_update();
             }
         }
-        PsReply::Pushed {
+        Ok(Pushed {
             accepted: true,
             version: self.version,
-        }
+        })
     }
 
     /// Sync mode: applies the average of the pending gradients.
@@ -453,7 +443,7 @@ impl ParamServer {
         let mut still = Vec::new();
         for (v, reply) in self.waiting_versions.drain(..) {
             if v <= version || done {
-                let _ = reply.send(PsReply::Version(version));
+                let _ = reply.send(version);
             } else {
                 still.push((v, reply));
             }
@@ -599,54 +589,52 @@ impl Actor for ParamServer {
         Ok(())
     }
 
-    async fn handle(
-        &mut self,
-        msg: PsMsg,
-        ctx: &mut Context<PsMsg>,
-    ) -> Result<PsReply, ActorError> {
+    async fn handle(&mut self, msg: PsMsg, _: &mut Context<PsMsg>) -> Result<(), ActorError> {
         match msg {
             PsMsg::Pull {
                 worker,
                 min_version,
-            } => Ok(self.pull(worker, min_version, ctx)),
-            PsMsg::Push(g) => Ok(self.push(g)),
-            PsMsg::PushPull(g) => {
+                reply,
+            } => self.pull(worker, min_version, reply),
+            PsMsg::Push(g, reply) => {
+                reply.send(self.push(g));
+            }
+            PsMsg::PushPull(g, reply) => {
                 let (worker, next) = (g.worker, g.version.saturating_add(1));
                 // The outcome of the push is counted (and a rejection
                 // logged) by `push`; the pull answers either way.
                 let _ = self.push(g);
-                Ok(self.pull(worker, next, ctx))
+                self.pull(worker, next, reply);
             }
             PsMsg::WorkerDone { worker } => {
                 self.done.insert(worker);
                 self.wake_versions();
-                Ok(PsReply::Ack)
             }
-            PsMsg::Status => Ok(PsReply::Status(PsStatus {
-                shard: self.args.shard,
-                version: self.version,
-                last_loss: self.last_loss,
-                samples: self.samples,
-                rejected: self.rejected,
-                done_workers: self.done.len() as u32,
-                done: self.is_done(),
-                restored_from: self.restored_from,
-                last_checkpoint: self.last_checkpoint.clone(),
-            })),
-            PsMsg::WaitVersion(v) => {
+            PsMsg::Status(reply) => {
+                reply.send(PsStatus {
+                    shard: self.args.shard,
+                    version: self.version,
+                    last_loss: self.last_loss,
+                    samples: self.samples,
+                    rejected: self.rejected,
+                    done_workers: self.done.len() as u32,
+                    done: self.is_done(),
+                    restored_from: self.restored_from,
+                    last_checkpoint: self.last_checkpoint.clone(),
+                });
+            }
+            PsMsg::WaitVersion(v, reply) => {
                 if v <= self.version || self.is_done() {
-                    return Ok(PsReply::Version(self.version));
-                }
-                if let Some(reply) = ctx.defer_reply() {
+                    reply.send(self.version);
+                } else {
                     self.waiting_versions.push((v, reply));
                 }
-                Ok(PsReply::Ack)
             }
-            PsMsg::Checkpoint => match self.save() {
-                Ok(path) => Ok(PsReply::Saved(path)),
-                Err(e) => Ok(PsReply::Rejected(e.to_string())),
-            },
+            PsMsg::Checkpoint(reply) => {
+                reply.send(self.save().map_err(|e| e.to_string()));
+            }
         }
+        Ok(())
     }
 }
 

@@ -11,16 +11,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
-use manta_actors::{Actor, ActorError, ActorHandle, Context, Message};
+use manta_actors::{Actor, ActorError, ActorHandle, Context, Message, ReplyTo};
 use serde::{Deserialize, Serialize};
 
 use crate::data::Batch;
 use crate::device::{DeviceSpec, OnBackend, with_backend};
 use crate::directory::Directory;
 use crate::error::MlError;
-use crate::loader::{Cursor, Delivery, LoaderMsg, LoaderReply};
+use crate::loader::{Cursor, Delivery, LoaderMsg};
 use crate::model::{Mlp, ModelSpec, ParamTensor, loss_and_grads};
-use crate::ps::{Gradients, Mode, PsMsg, PsReply, assign_shards};
+use crate::ps::{Gradients, Mode, Params, PsMsg, assign_shards};
 
 /// Arguments of a worker (kind `manta.worker`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,7 +57,7 @@ pub enum WorkerMsg {
     /// Runs one training step (the worker sends these to itself).
     Step,
     /// Reports counters.
-    Stats,
+    Stats(ReplyTo<WorkerStats>),
 }
 
 /// A worker's counters.
@@ -72,7 +72,6 @@ pub struct WorkerStats {
 }
 
 impl Message for WorkerMsg {
-    type Reply = Option<WorkerStats>;
     const NAME: &'static str = "manta.ml.WorkerMsg";
 }
 
@@ -175,7 +174,7 @@ struct Held {
 
 impl Held {
     fn from_replies(
-        replies: Vec<Result<PsReply, manta_actors::AskError<PsMsg>>>,
+        replies: Vec<Result<Params, manta_actors::AskError<PsMsg>>>,
         what: &str,
     ) -> Result<Self, MlError> {
         let mut held = Held {
@@ -184,14 +183,9 @@ impl Held {
         };
         for (i, r) in replies.into_iter().enumerate() {
             match r {
-                Ok(PsReply::Params { version, params }) => {
+                Ok(Params { version, params }) => {
                     held.versions.push(version);
                     held.params.push(params);
-                }
-                Ok(other) => {
-                    return Err(MlError::Actor(format!(
-                        "parameter server {i} answered a {what} with {other:?}"
-                    )));
                 }
                 Err(e) => {
                     return Err(MlError::Actor(format!(
@@ -256,24 +250,22 @@ impl Ahead {
         let grant = if self.granted { 1 } else { self.prefetch + 1 };
         let reply = loader
             .ask(
-                LoaderMsg::Take {
+                |reply| LoaderMsg::Take {
                     at: Some(Cursor::of_step(step, self.bpe)),
                     grant,
+                    reply,
                 },
                 REQUEST_TIMEOUT,
             )
             .await;
         match reply {
-            Ok(LoaderReply::Delivery(d)) => {
+            Ok(d) => {
                 self.granted = true;
                 if let Delivery::Batch(b) = d {
                     self.batch = Some(b);
                 }
                 Ok(())
             }
-            Ok(other) => Err(MlError::Actor(format!(
-                "loader answered a take with {other:?}"
-            ))),
             Err(e) => {
                 // A loader restarted elsewhere gets its credits again.
                 self.granted = false;
@@ -364,9 +356,10 @@ impl Worker {
                 let min_version = if sync { self.next } else { 0 };
                 let pulls = join_all(ps.iter().map(|p| {
                     p.ask(
-                        PsMsg::Pull {
+                        |reply| PsMsg::Pull {
                             worker: index,
                             min_version,
+                            reply,
                         },
                         REQUEST_TIMEOUT,
                     )
@@ -431,16 +424,14 @@ impl Worker {
         // pushes are counted by the parameter server.
         let pushes = join_all(ps.iter().zip(per_shard).zip(&held.versions).map(
             |((p, grads), &version)| {
-                p.ask(
-                    PsMsg::PushPull(Gradients {
-                        worker: index,
-                        version,
-                        grads,
-                        loss,
-                        samples,
-                    }),
-                    REQUEST_TIMEOUT,
-                )
+                let g = Gradients {
+                    worker: index,
+                    version,
+                    grads,
+                    loss,
+                    samples,
+                };
+                p.ask(|reply| PsMsg::PushPull(g, reply), REQUEST_TIMEOUT)
             },
         ));
         let (replies, filled) = futures::join!(pushes, self.ahead.fill_for(&loader, step + 1));
@@ -507,12 +498,15 @@ impl Actor for Worker {
         &mut self,
         msg: WorkerMsg,
         ctx: &mut Context<WorkerMsg>,
-    ) -> Result<Option<WorkerStats>, ActorError> {
+    ) -> Result<(), ActorError> {
         match msg {
-            WorkerMsg::Stats => Ok(Some(self.stats.clone())),
+            WorkerMsg::Stats(reply) => {
+                reply.send(self.stats.clone());
+                Ok(())
+            }
             WorkerMsg::Step => {
                 if self.stats.finished {
-                    return Ok(None);
+                    return Ok(());
                 }
                 match self.step().await {
                     Ok(StepOutcome::Continue) => {
@@ -552,7 +546,7 @@ impl Actor for Worker {
                         });
                     }
                 }
-                Ok(None)
+                Ok(())
             }
         }
     }

@@ -460,7 +460,7 @@ async fn lookup_ask_spawn_and_node_down_across_real_processes() {
     assert!(!ledger.is_local());
     assert_eq!(
         ledger
-            .ask(CounterMsg::Add(5), Duration::from_secs(5))
+            .ask(|r| CounterMsg::AddAndGet(5, r), Duration::from_secs(5))
             .await
             .unwrap(),
         5

@@ -42,7 +42,7 @@ async fn failed_tell_gives_the_message_back() {
         err.failure,
         SendFailure::ActorGone(Some(ExitReason::Normal))
     );
-    assert_eq!(err.into_message(), Cmd::Add(7));
+    assert!(matches!(err.into_message(), Cmd::Add(7)));
 }
 
 #[tokio::test]
@@ -51,8 +51,8 @@ async fn failed_ask_gives_the_message_back() {
     let h = sys.spawn(Counter::default()).await.unwrap();
     h.kill();
     h.monitor().wait().await;
-    match h.ask(Cmd::Add(3), T).await {
-        Err(AskError::Send(e)) => assert_eq!(e.message, Cmd::Add(3)),
+    match h.ask(|r| Cmd::AddGet(3, r), T).await {
+        Err(AskError::Send(e)) => assert!(matches!(e.message, Cmd::AddGet(3, _))),
         other => panic!("expected a send error, got {other:?}"),
     }
 }
@@ -61,7 +61,10 @@ async fn failed_ask_gives_the_message_back() {
 async fn ask_to_an_actor_that_fails_while_handling_it_reports_no_reply() {
     let sys = ActorSystem::new();
     let h = sys.spawn(Counter::default()).await.unwrap();
-    let err = h.ask(Cmd::Fail("boom".into()), T).await.unwrap_err();
+    let err = h
+        .ask(|r| Cmd::FailAsked("boom".into(), r), T)
+        .await
+        .unwrap_err();
     match err {
         AskError::NoReply(Some(ExitReason::Failed(m))) => assert_eq!(m, "boom"),
         other => panic!("unexpected {other:?}"),
@@ -78,7 +81,7 @@ async fn a_panic_in_a_handler_stops_only_that_actor() {
         bad.monitor().wait().await,
         ExitReason::Panicked("kaboom".into())
     );
-    assert_eq!(good.ask(Cmd::Add(1), T).await.unwrap(), 1);
+    assert_eq!(good.ask(|r| Cmd::AddGet(1, r), T).await.unwrap(), 1);
 }
 
 #[tokio::test]
@@ -101,99 +104,195 @@ fn public_handles_are_send_and_sync() {
     is_send_sync::<manta_actors::KindRegistry>();
 }
 
+/// A transport in one process: what manta-cluster does between two nodes,
+/// minus the network. The asker side registers reply handles while
+/// encoding; the actor side routes answers back to them.
+mod loopback {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use manta_actors::WireError;
+    use manta_actors::wire::{EncodeWire, PendingReply, ReplyRegistry, ReplyRoute};
+
+    #[derive(Default)]
+    pub(crate) struct Loop {
+        pending: Mutex<HashMap<u64, Box<dyn PendingReply>>>,
+        next: Mutex<u64>,
+        /// Sizes of the encoded answers routed back.
+        pub(crate) answers: Mutex<Vec<usize>>,
+    }
+
+    impl ReplyRegistry for Loop {
+        fn register(&self, pending: Box<dyn PendingReply>) -> u64 {
+            let mut n = self.next.lock().unwrap();
+            *n += 1;
+            self.pending.lock().unwrap().insert(*n, pending);
+            *n
+        }
+    }
+
+    impl ReplyRoute for Loop {
+        fn reply(&self, id: u64, answer: Result<Box<dyn EncodeWire>, WireError>) {
+            let Some(p) = self.pending.lock().unwrap().remove(&id) else {
+                return;
+            };
+            let answer = answer.map(|v| {
+                let mut out = Vec::new();
+                v.encode_to(&mut |piece| {
+                    out.extend_from_slice(piece);
+                    Ok(())
+                })
+                .unwrap();
+                self.answers.lock().unwrap().push(out.len());
+                Box::new(out) as Box<dyn manta_actors::wire::WireBytes>
+            });
+            p.deliver(answer);
+        }
+    }
+
+    impl Loop {
+        pub(crate) fn waiting(&self) -> usize {
+            self.pending.lock().unwrap().len()
+        }
+    }
+
+    pub(crate) fn new() -> Arc<Loop> {
+        Arc::new(Loop::default())
+    }
+
+    pub(crate) fn registry(l: &Arc<Loop>) -> Arc<dyn ReplyRegistry> {
+        l.clone()
+    }
+
+    pub(crate) fn route(l: &Arc<Loop>) -> Arc<dyn ReplyRoute> {
+        l.clone()
+    }
+}
+
+/// The remote side of an `ActorHandle` over the loopback transport.
+struct Wired {
+    to: manta_actors::AnyHandle,
+    lp: std::sync::Arc<loopback::Loop>,
+}
+
+impl manta_actors::RemoteActor<Cmd> for Wired {
+    fn id(&self) -> manta_actors::ActorId {
+        manta_actors::ActorId::Remote {
+            node: "loop".into(),
+            name: "c".into(),
+        }
+    }
+    fn tell(&self, msg: Cmd) -> Result<(), manta_actors::SendError<Cmd>> {
+        let (bytes, ids) = manta_actors::wire::encode_with(loopback::registry(&self.lp), || {
+            postcard::to_allocvec(&msg)
+        });
+        let bytes = bytes.unwrap();
+        if let Err(e) = self.to.tell_wire(&bytes, &loopback::route(&self.lp)) {
+            // What the cluster does for a refused request: fail its replies.
+            for id in ids {
+                manta_actors::wire::ReplyRoute::reply(&*self.lp, id, Err(e.clone()));
+            }
+        }
+        Ok(())
+    }
+    fn stop(&self, reason: ExitReason) {
+        self.to.stop(reason)
+    }
+    fn kill(&self) {
+        self.to.kill()
+    }
+    fn monitor(&self) -> manta_actors::Monitor {
+        self.to.monitor()
+    }
+}
+
+/// Issue 15, API 1: a request's reply handle crosses the wire as an id and
+/// the answer comes back typed; a handler that fails drops it and the asker
+/// hears why; bytes that are not the actor's message type are refused.
 #[tokio::test]
-async fn serialised_messages_reach_an_erased_handle() {
+async fn requests_and_their_typed_replies_cross_the_wire() {
     use manta_actors::WireError;
     let sys = ActorSystem::new();
     let h = sys.spawn_named("c", Counter::default()).await.unwrap();
-    let any = sys.lookup_any("c").unwrap();
-    any.tell_wire(&postcard::to_allocvec(&Cmd::Add(5)).unwrap())
-        .unwrap();
-    let reply = any
-        .ask_wire(&postcard::to_allocvec(&Cmd::Add(1)).unwrap(), T)
-        .await
-        .unwrap();
-    assert_eq!(postcard::from_bytes::<i64>(&reply).unwrap(), 6);
+    let lp = loopback::new();
+    let remote = ActorHandle::remote(std::sync::Arc::new(Wired {
+        to: sys.lookup_any("c").unwrap(),
+        lp: lp.clone(),
+    }));
+    remote.tell(Cmd::Add(5)).unwrap();
+    assert_eq!(remote.ask(|r| Cmd::AddGet(1, r), T).await.unwrap(), 6);
+    assert_eq!(remote.ask(Cmd::Get, T).await.unwrap(), 6);
+    assert_eq!(*lp.answers.lock().unwrap(), [1, 1], "an i64 6 is one byte");
     // Bytes that are not a Cmd are refused, not misdelivered.
+    let any = sys.lookup_any("c").unwrap();
     assert!(matches!(
-        any.tell_wire(&[0xff, 0xff, 0xff]),
+        any.tell_wire(&[0xff, 0xff, 0xff], &loopback::route(&lp)),
         Err(WireError::Decode(_))
     ));
-    h.stop(manta_actors::ExitReason::Normal);
-    h.monitor().wait().await;
-    assert!(matches!(
-        any.tell_wire(&postcard::to_allocvec(&Cmd::Get).unwrap()),
-        Err(WireError::ActorGone(Some(manta_actors::ExitReason::Normal)))
-    ));
+    // The handler fails while holding the request's reply handle.
+    match remote.ask(|r| Cmd::FailAsked("boom".into(), r), T).await {
+        Err(AskError::NoReply(Some(ExitReason::Failed(m)))) => assert_eq!(m, "boom"),
+        other => panic!("expected NoReply(Failed), got {other:?}"),
+    }
+    assert_eq!(h.monitor().wait().await, ExitReason::Failed("boom".into()));
+    // A request to an actor that is gone: its reply handle is failed too.
+    match remote.ask(Cmd::Get, T).await {
+        Err(AskError::NoReply(Some(ExitReason::Failed(m)))) => assert_eq!(m, "boom"),
+        other => panic!("expected NoReply(Failed), got {other:?}"),
+    }
+    assert_eq!(lp.waiting(), 0, "every request was answered");
     assert_eq!(sys.registered_types(), vec![]);
 }
 
-/// Calls `ask_wire_with` and returns what its reply function got.
-async fn ask_with(
-    any: &manta_actors::AnyHandle,
-    body: &[u8],
-) -> Result<Vec<u8>, manta_actors::WireError> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    any.ask_wire_with(
-        body,
-        T,
-        Box::new(move |r| {
-            let _ = tx.send(r);
-        }),
-    );
-    tokio::time::timeout(T, rx)
-        .await
-        .expect("the reply function is called")
-        .expect("called once")
-        .and_then(manta_actors::WireBody::into_bytes)
-}
-
-/// Asks from another node hand the actor a reply function instead of a
-/// channel: it gets the encoded reply, or the error, exactly once.
+/// A reply handle serialises only inside the transport.
 #[tokio::test]
-async fn wire_asks_reach_the_reply_function_with_the_reply_or_the_error() {
-    use manta_actors::WireError;
-    let sys = ActorSystem::new();
-    let h = sys.spawn_named("c", Counter::default()).await.unwrap();
-    let any = sys.lookup_any("c").unwrap();
-    let add = |n: i64| postcard::to_allocvec(&Cmd::Add(n)).unwrap();
-    let reply = ask_with(&any, &add(4)).await.unwrap();
-    assert_eq!(postcard::from_bytes::<i64>(&reply).unwrap(), 4);
-    // Bytes that are not a Cmd: a decode error, and the actor is untouched.
-    assert!(matches!(
-        ask_with(&any, &[0xff, 0xff, 0xff]).await,
-        Err(WireError::Decode(_))
-    ));
-    // The actor fails while handling it: no reply, with the reason.
-    let fail = postcard::to_allocvec(&Cmd::Fail("boom".into())).unwrap();
-    match ask_with(&any, &fail).await {
-        Err(WireError::NoReply(Some(ExitReason::Failed(m)))) => assert_eq!(m, "boom"),
-        other => panic!("expected NoReply(Failed), got {other:?}"),
-    }
-    h.monitor().wait().await;
-    // Gone: the function is called with the send error, not left hanging.
-    assert!(matches!(
-        ask_with(&any, &add(1)).await,
-        Err(WireError::ActorGone(Some(ExitReason::Failed(_))))
-    ));
+async fn a_reply_handle_is_not_serialisable_outside_the_transport() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let probe = ActorHandle::remote(std::sync::Arc::new(Capture(Mutex::new(Some(tx)))));
+    let ask = tokio::spawn(async move { probe.ask(Cmd::Get, T).await });
+    let msg = tokio::task::spawn_blocking(move || rx.recv().unwrap())
+        .await
+        .unwrap();
+    ask.abort();
+    let err = postcard::to_allocvec(&msg).unwrap_err();
+    assert!(matches!(err, postcard::Error::SerdeSerCustom), "{err:?}");
 }
 
-/// A barrier: `Wait` is answered only once `Open` arrives (deferred replies).
+use std::sync::Mutex;
+
+/// A "remote" actor that keeps the message it is told.
+struct Capture(Mutex<Option<std::sync::mpsc::Sender<Cmd>>>);
+
+impl manta_actors::RemoteActor<Cmd> for Capture {
+    fn id(&self) -> manta_actors::ActorId {
+        manta_actors::ActorId::Local(0)
+    }
+    fn tell(&self, msg: Cmd) -> Result<(), manta_actors::SendError<Cmd>> {
+        if let Some(tx) = self.0.lock().unwrap().take() {
+            let _ = tx.send(msg);
+        }
+        Ok(())
+    }
+    fn stop(&self, _: ExitReason) {}
+    fn kill(&self) {}
+    fn monitor(&self) -> manta_actors::Monitor {
+        manta_actors::ExitSignal::new().monitor()
+    }
+}
+
+/// A barrier: `Wait` is answered only once `Open` arrives (kept replies).
 mod barrier {
     use std::time::Duration;
 
     use manta_actors::{Actor, ActorError, ActorSystem, AskError, Context, Message, ReplyTo};
     use serde::{Deserialize, Serialize};
 
-    #[derive(Debug, Serialize, Deserialize)]
+    #[derive(Debug, Serialize, Deserialize, Message)]
     enum Gate {
-        Wait,
-        Open(u32),
-        Waiting,
-    }
-    impl Message for Gate {
-        type Reply = u32;
-        const NAME: &'static str = "manta.test.Gate";
+        Wait(ReplyTo<u32>),
+        Waiting(ReplyTo<usize>),
+        Open(u32, ReplyTo<usize>),
+        DropAll,
     }
 
     #[derive(Default)]
@@ -203,31 +302,38 @@ mod barrier {
 
     impl Actor for Barrier {
         type Msg = Gate;
-        async fn handle(&mut self, msg: Gate, ctx: &mut Context<Gate>) -> Result<u32, ActorError> {
+        async fn handle(&mut self, msg: Gate, _: &mut Context<Gate>) -> Result<(), ActorError> {
             match msg {
-                Gate::Wait => {
-                    let r = ctx.defer_reply().expect("an ask has a reply to defer");
-                    assert!(ctx.defer_reply().is_none(), "a reply is deferred once");
-                    self.waiting.push(r);
-                    Ok(0) // dropped: the reply was deferred
+                Gate::Wait(r) => self.waiting.push(r),
+                Gate::Waiting(r) => {
+                    r.send(self.waiting.len());
                 }
-                Gate::Open(v) => {
-                    let n = self.waiting.len() as u32;
-                    for r in self.waiting.drain(..) {
-                        assert!(r.send(v));
+                Gate::Open(v, r) => {
+                    let n = self.waiting.len();
+                    for w in self.waiting.drain(..) {
+                        assert!(w.send(v));
                     }
-                    Ok(n)
+                    r.send(n);
                 }
-                Gate::Waiting => Ok(self.waiting.len() as u32),
+                Gate::DropAll => self.waiting.clear(),
             }
+            Ok(())
+        }
+    }
+
+    async fn parked(b: &manta_actors::ActorHandle<Gate>, n: usize) {
+        let t = Duration::from_secs(5);
+        let deadline = tokio::time::Instant::now() + t;
+        while b.ask(Gate::Waiting, t).await.unwrap() < n {
+            assert!(tokio::time::Instant::now() < deadline, "asks never parked");
+            tokio::task::yield_now().await;
         }
     }
 
     #[tokio::test]
-    async fn deferred_replies_arrive_later_and_the_actor_keeps_serving() {
-        let system = ActorSystem::new();
-        let b = system.spawn(Barrier::default()).await.unwrap();
+    async fn kept_replies_arrive_later_and_the_actor_keeps_serving() {
         let t = Duration::from_secs(5);
+        let b = ActorSystem::new().spawn(Barrier::default()).await.unwrap();
         let w1 = tokio::spawn({
             let b = b.clone();
             async move { b.ask(Gate::Wait, t).await.unwrap() }
@@ -236,95 +342,73 @@ mod barrier {
             let b = b.clone();
             async move { b.ask(Gate::Wait, t).await.unwrap() }
         });
-        // The actor answers other asks while two are parked.
-        let deadline = tokio::time::Instant::now() + t;
-        while b.ask(Gate::Waiting, t).await.unwrap() < 2 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "waiters never parked"
-            );
-            tokio::task::yield_now().await;
-        }
-        assert!(!w1.is_finished() && !w2.is_finished());
-        assert_eq!(b.ask(Gate::Open(7), t).await.unwrap(), 2);
-        assert_eq!(w1.await.unwrap(), 7);
-        assert_eq!(w2.await.unwrap(), 7);
-        // A tell has no reply to defer.
-        b.tell(Gate::Waiting).unwrap();
+        parked(&b, 2).await;
+        assert_eq!(b.ask(|r| Gate::Open(7, r), t).await.unwrap(), 2);
+        assert_eq!((w1.await.unwrap(), w2.await.unwrap()), (7, 7));
     }
 
+    /// Dropped outside a handler's failure, the asker gets `NoReply(None)`.
     #[tokio::test]
-    async fn a_dropped_deferred_reply_fails_the_ask_with_no_reply() {
-        let system = ActorSystem::new();
-        let b = system.spawn(Barrier::default()).await.unwrap();
-        let waiter = tokio::spawn({
-            let b = b.clone();
-            async move { b.ask(Gate::Wait, Duration::from_secs(5)).await }
-        });
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while b.ask(Gate::Waiting, Duration::from_secs(5)).await.unwrap() < 1 {
-            assert!(tokio::time::Instant::now() < deadline);
-            tokio::task::yield_now().await;
-        }
-        b.kill();
-        match waiter.await.unwrap() {
-            Err(AskError::NoReply(_)) => {}
-            other => panic!("expected NoReply, got {other:?}"),
-        }
-    }
-
-    /// A deferred reply to an ask from another node is sent through its
-    /// reply function when the barrier opens, and one dropped unsent (the
-    /// actor killed) still calls the function, with `NoReply`.
-    #[tokio::test]
-    async fn deferred_wire_replies_are_sent_later_or_fail_with_no_reply() {
-        use manta_actors::WireError;
-        let system = ActorSystem::new();
-        let b = system
-            .spawn_named("gate", Barrier::default())
-            .await
-            .unwrap();
-        let any = system.lookup_any("gate").unwrap();
+    async fn a_dropped_kept_reply_fails_the_ask_with_no_reply() {
         let t = Duration::from_secs(5);
-        let wait = postcard::to_allocvec(&Gate::Wait).unwrap();
-        let parked = |n: u32| {
+        let b = ActorSystem::new().spawn(Barrier::default()).await.unwrap();
+        let w = tokio::spawn({
             let b = b.clone();
-            async move {
-                let deadline = tokio::time::Instant::now() + t;
-                while b.ask(Gate::Waiting, t).await.unwrap() < n {
-                    assert!(tokio::time::Instant::now() < deadline, "never parked");
-                    tokio::task::yield_now().await;
-                }
-            }
-        };
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let send = |tx: tokio::sync::mpsc::UnboundedSender<_>| -> manta_actors::WireReply {
-            Box::new(move |r| {
-                let _ = tx.send(r);
-            })
-        };
-        any.ask_wire_with(&wait, t, send(tx.clone()));
-        parked(1).await;
-        assert!(rx.try_recv().is_err(), "answered before the gate opened");
-        assert_eq!(b.ask(Gate::Open(9), t).await.unwrap(), 1);
-        let got = tokio::time::timeout(t, rx.recv()).await.unwrap().unwrap();
-        assert_eq!(
-            postcard::from_bytes::<u32>(&got.unwrap().into_bytes().unwrap()).unwrap(),
-            9
-        );
-        any.ask_wire_with(&wait, t, send(tx));
-        parked(1).await;
-        b.kill();
-        match tokio::time::timeout(t, rx.recv()).await.unwrap() {
-            Some(Err(WireError::NoReply(_))) => {}
-            other => panic!("expected NoReply, got {other:?}"),
+            async move { b.ask(Gate::Wait, t).await }
+        });
+        parked(&b, 1).await;
+        b.tell(Gate::DropAll).unwrap();
+        match w.await.unwrap() {
+            Err(AskError::NoReply(None)) => {}
+            other => panic!("expected NoReply(None), got {other:?}"),
         }
+    }
+}
+
+/// Issue 15, API 6: a handler that returns a normal or shutdown exit as its
+/// error stops the actor with that reason (a normal exit, its `stopped`
+/// hook runs), not with a failure.
+#[tokio::test]
+async fn a_handler_can_exit_normally_by_returning_the_reason() {
+    use manta_actors::{Actor, ActorError, Context, Message};
+    #[derive(Debug, serde::Serialize, serde::Deserialize, Message)]
+    enum Quit {
+        With(ExitReason),
+    }
+    struct Quitter(std::sync::Arc<std::sync::atomic::AtomicBool>);
+    impl Actor for Quitter {
+        type Msg = Quit;
+        async fn handle(&mut self, msg: Quit, _: &mut Context<Quit>) -> Result<(), ActorError> {
+            let Quit::With(r) = msg;
+            Err(r.into())
+        }
+        async fn stopped(&mut self, _: &ExitReason, _: &mut Context<Quit>) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let sys = ActorSystem::new();
+    for reason in [
+        ExitReason::Normal,
+        ExitReason::Shutdown(Some("done".into())),
+        ExitReason::Failed("real failure".into()),
+    ] {
+        let stopped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let h = sys.spawn(Quitter(stopped.clone())).await.unwrap();
+        h.tell(Quit::With(reason.clone())).unwrap();
+        assert_eq!(h.monitor().wait().await, reason);
+        // Only a normal exit is a graceful stop that runs `stopped`.
+        assert_eq!(
+            stopped.load(std::sync::atomic::Ordering::SeqCst),
+            reason.is_normal(),
+            "{reason}"
+        );
     }
 }
 
 #[test]
 fn a_reply_writes_its_encoding_in_pieces_and_stops_at_the_first_refusal() {
-    use manta_actors::{EncodeWire, WireBody, WireError};
+    use manta_actors::WireError;
+    use manta_actors::wire::EncodeWire;
     let v = (7u64, "x".to_string(), vec![1u32; 1000]);
     let mut got = Vec::new();
     v.encode_to(&mut |p| {
@@ -334,10 +418,6 @@ fn a_reply_writes_its_encoding_in_pieces_and_stops_at_the_first_refusal() {
     .unwrap();
     assert_eq!(got, postcard::to_allocvec(&v).unwrap());
     assert_eq!(v.encoded_len().unwrap(), got.len());
-    assert_eq!(
-        WireBody::Value(Box::new(v.clone())).into_bytes().unwrap(),
-        got
-    );
     let mut calls = 0;
     let err = v
         .encode_to(&mut |_| {
@@ -347,48 +427,4 @@ fn a_reply_writes_its_encoding_in_pieces_and_stops_at_the_first_refusal() {
         .unwrap_err();
     assert!(matches!(err, WireError::Backpressure), "{err:?}");
     assert_eq!(calls, 1, "no piece after the first refusal");
-}
-
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct Fill(usize);
-
-impl manta_actors::Message for Fill {
-    type Reply = Vec<u8>;
-    const NAME: &'static str = "manta.test.Fill";
-}
-
-struct Filler;
-
-impl manta_actors::Actor for Filler {
-    type Msg = Fill;
-    async fn handle(
-        &mut self,
-        msg: Fill,
-        _: &mut manta_actors::Context<Fill>,
-    ) -> Result<Vec<u8>, manta_actors::ActorError> {
-        Ok((0..msg.0).map(|i| (i % 13) as u8).collect())
-    }
-}
-
-#[tokio::test]
-async fn large_replies_reach_the_transport_unencoded_and_small_ones_encoded() {
-    use manta_actors::WireBody;
-    let sys = ActorSystem::new();
-    let _h = sys.spawn_named("filler", Filler).await.unwrap();
-    let any = sys.lookup_any("filler").unwrap();
-    for (n, value) in [(10usize, false), (200_000, true)] {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        any.ask_wire_with(
-            &postcard::to_allocvec(&Fill(n)).unwrap(),
-            T,
-            Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        );
-        let body = tokio::time::timeout(T, rx).await.unwrap().unwrap().unwrap();
-        assert_eq!(matches!(body, WireBody::Value(_)), value, "{n}: {body:?}");
-        let bytes = body.into_bytes().unwrap();
-        let got: Vec<u8> = postcard::from_bytes(&bytes).unwrap();
-        assert_eq!(got, (0..n).map(|i| (i % 13) as u8).collect::<Vec<u8>>());
-    }
 }

@@ -29,7 +29,7 @@ async fn a_kind_spawns_from_its_args() {
         .await
         .unwrap();
     let h = any.downcast::<Cmd>().expect("a counter takes Cmd");
-    assert_eq!(h.ask(Cmd::Add(1), T).await.unwrap(), 42);
+    assert_eq!(h.ask(|r| Cmd::AddGet(1, r), T).await.unwrap(), 42);
     assert_eq!(sys.lookup::<Cmd>("c").unwrap().id(), h.id());
     assert!(kinds.message_type("counter").unwrap().ends_with("Cmd"));
 }

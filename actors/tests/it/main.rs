@@ -7,24 +7,24 @@ mod kinds;
 mod monitors;
 mod names;
 
-use manta_actors::{Actor, ActorError, Context, ExitReason, Message};
+use manta_actors::{Actor, ActorError, Context, ExitReason, Message, ReplyTo};
 use serde::{Deserialize, Serialize};
 
-/// A counter that can be told to misbehave.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A counter that can be told to misbehave. Requests carry their reply.
+#[derive(Debug, Serialize, Deserialize, Message)]
+#[message(name = "manta.test.Cmd")]
 pub enum Cmd {
     Add(i64),
-    Get,
+    /// Adds, then answers the new value.
+    AddGet(i64, ReplyTo<i64>),
+    Get(ReplyTo<i64>),
     Fail(String),
+    /// Fails while handling a request.
+    FailAsked(String, ReplyTo<i64>),
     Panic(String),
     Stop(ExitReason),
     /// Never returns: the actor ignores graceful stops while in here.
     Hang,
-}
-
-impl Message for Cmd {
-    type Reply = i64;
-    const NAME: &'static str = "manta.test.Cmd";
 }
 
 #[derive(Debug, Default)]
@@ -37,11 +37,17 @@ pub struct Counter {
 impl Actor for Counter {
     type Msg = Cmd;
 
-    async fn handle(&mut self, msg: Cmd, ctx: &mut Context<Cmd>) -> Result<i64, ActorError> {
+    async fn handle(&mut self, msg: Cmd, ctx: &mut Context<Cmd>) -> Result<(), ActorError> {
         match msg {
             Cmd::Add(n) => self.value += n,
-            Cmd::Get => {}
-            Cmd::Fail(why) => return Err(why.into()),
+            Cmd::AddGet(n, r) => {
+                self.value += n;
+                r.send(self.value);
+            }
+            Cmd::Get(r) => {
+                r.send(self.value);
+            }
+            Cmd::Fail(why) | Cmd::FailAsked(why, _) => return Err(why.into()),
             Cmd::Panic(why) => panic!("{why}"),
             Cmd::Stop(reason) => ctx.stop(reason),
             Cmd::Hang => {
@@ -49,17 +55,13 @@ impl Actor for Counter {
                 futures::future::pending::<()>().await
             }
         }
-        Ok(self.value)
+        Ok(())
     }
 }
 
 /// Another message type, for wrong-type lookups.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, Message)]
+#[message(name = "manta.test.Other")]
 pub struct Other;
-
-impl Message for Other {
-    type Reply = ();
-    const NAME: &'static str = "manta.test.Other";
-}
 
 pub const T: std::time::Duration = std::time::Duration::from_secs(5);

@@ -276,29 +276,29 @@ async fn membership_events_reach_a_subscribed_actor() {
     #[derive(Debug, Serialize, Deserialize)]
     enum Watch {
         Event(MemberEvent),
-        Seen,
+        Seen(manta_actors::ReplyTo<Vec<String>>),
     }
     impl Message for Watch {
-        type Reply = Vec<String>;
         const NAME: &'static str = "manta.test.Watch";
     }
     struct Watcher(Vec<String>, std::sync::Arc<tokio::sync::Notify>);
     impl Actor for Watcher {
         type Msg = Watch;
-        async fn handle(
-            &mut self,
-            msg: Watch,
-            _: &mut Context<Watch>,
-        ) -> Result<Vec<String>, ActorError> {
-            if let Watch::Event(ev) = msg {
-                self.0.push(match ev {
-                    MemberEvent::NodeUp(m) => format!("up {}", m.name),
-                    MemberEvent::NodeDown(m) => format!("down {}", m.name),
-                    MemberEvent::NodeLeft(m) => format!("left {}", m.name),
-                });
-                self.1.notify_one();
+        async fn handle(&mut self, msg: Watch, _: &mut Context<Watch>) -> Result<(), ActorError> {
+            match msg {
+                Watch::Event(ev) => {
+                    self.0.push(match ev {
+                        MemberEvent::NodeUp(m) => format!("up {}", m.name),
+                        MemberEvent::NodeDown(m) => format!("down {}", m.name),
+                        MemberEvent::NodeLeft(m) => format!("left {}", m.name),
+                    });
+                    self.1.notify_one();
+                }
+                Watch::Seen(r) => {
+                    r.send(self.0.clone());
+                }
             }
-            Ok(self.0.clone())
+            Ok(())
         }
     }
 

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use manta_actors::{
-    Actor, ActorError, ActorSystem, AskError, Context, ExitReason, LookupError, Message,
+    Actor, ActorError, ActorSystem, AskError, Context, ExitReason, LookupError, Message, ReplyTo,
     SendFailure,
 };
 use manta_cluster::{ClusterSecret, Node, NodeConfig};
@@ -12,37 +12,37 @@ use serde::{Deserialize, Serialize};
 
 use crate::{DEADLINE, wait_view};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, Message)]
+#[message(name = "manta.test.Cmd")]
 enum Cmd {
     Add(i64),
-    Get,
+    AddGet(i64, ReplyTo<i64>),
+    Get(ReplyTo<i64>),
     Fail,
+    FailAsked(ReplyTo<i64>),
 }
 
-impl Message for Cmd {
-    type Reply = i64;
-    const NAME: &'static str = "manta.test.Cmd";
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Other(String);
-
-impl Message for Other {
-    type Reply = ();
-    const NAME: &'static str = "manta.test.Other";
-}
+#[derive(Debug, Serialize, Deserialize, Message)]
+#[message(name = "manta.test.Other")]
+struct Other(String, ReplyTo<()>);
 
 struct Counter(i64);
 
 impl Actor for Counter {
     type Msg = Cmd;
-    async fn handle(&mut self, msg: Cmd, _: &mut Context<Cmd>) -> Result<i64, ActorError> {
+    async fn handle(&mut self, msg: Cmd, _: &mut Context<Cmd>) -> Result<(), ActorError> {
         match msg {
             Cmd::Add(n) => self.0 += n,
-            Cmd::Get => {}
-            Cmd::Fail => return Err("told to fail".into()),
+            Cmd::AddGet(n, r) => {
+                self.0 += n;
+                r.send(self.0);
+            }
+            Cmd::Get(r) => {
+                r.send(self.0);
+            }
+            Cmd::Fail | Cmd::FailAsked(_) => return Err("told to fail".into()),
         }
-        Ok(self.0)
+        Ok(())
     }
 }
 
@@ -128,7 +128,7 @@ async fn named_lookup_tell_and_ask_across_nodes() {
     // The owning node finds its own actor locally.
     assert!(p.a.where_is::<Cmd>("ledger").unwrap().is_local());
     // An actor failing while handling a remote ask: the asker hears of it.
-    match remote.ask(Cmd::Fail, DEADLINE).await {
+    match remote.ask(Cmd::FailAsked, DEADLINE).await {
         Err(AskError::NoReply(Some(ExitReason::Failed(m)))) => assert_eq!(m, "told to fail"),
         other => panic!("unexpected {other:?}"),
     }
@@ -144,14 +144,23 @@ async fn a_broken_actor_stream_is_replaced_and_the_failed_write_sent_again() {
     sys_a.spawn_named("tally", Counter(0)).await.unwrap();
     published(&p.b, "tally").await;
     let remote = p.b.where_is::<Cmd>("tally").unwrap();
-    assert_eq!(remote.ask(Cmd::Add(1), DEADLINE).await.unwrap(), 1);
+    assert_eq!(
+        remote.ask(|r| Cmd::AddGet(1, r), DEADLINE).await.unwrap(),
+        1
+    );
     // The request's write fails (b's stream to a).
     p.b.remoting().fail_writes(0, 1);
-    assert_eq!(remote.ask(Cmd::Add(1), DEADLINE).await.unwrap(), 2);
+    assert_eq!(
+        remote.ask(|r| Cmd::AddGet(1, r), DEADLINE).await.unwrap(),
+        2
+    );
     assert_eq!(p.b.remoting().reopened_streams(), 1);
     // The reply's write fails (a's stream to b).
     p.a.remoting().fail_writes(0, 1);
-    assert_eq!(remote.ask(Cmd::Add(1), DEADLINE).await.unwrap(), 3);
+    assert_eq!(
+        remote.ask(|r| Cmd::AddGet(1, r), DEADLINE).await.unwrap(),
+        3
+    );
     assert_eq!(p.a.remoting().reopened_streams(), 1);
     // Tells after the reopen keep their order behind the retried write.
     p.b.remoting().fail_writes(0, 1);
@@ -173,29 +182,29 @@ struct Sequence {
 enum Seq {
     Put(u64, #[serde(with = "serde_bytes")] Vec<u8>),
     /// (next expected, out of order, bytes received)
-    Check,
+    Check(ReplyTo<(u64, u64, u64)>),
 }
 
 impl Message for Seq {
-    type Reply = (u64, u64, u64);
     const NAME: &'static str = "manta.test.Seq";
 }
 
 impl Actor for Sequence {
     type Msg = Seq;
-    async fn handle(
-        &mut self,
-        msg: Seq,
-        _: &mut Context<Seq>,
-    ) -> Result<(u64, u64, u64), ActorError> {
-        if let Seq::Put(n, pad) = msg {
-            if n != self.next {
-                self.out_of_order += 1;
+    async fn handle(&mut self, msg: Seq, _: &mut Context<Seq>) -> Result<(), ActorError> {
+        match msg {
+            Seq::Put(n, pad) => {
+                if n != self.next {
+                    self.out_of_order += 1;
+                }
+                self.next = n + 1;
+                self.bytes += pad.len() as u64;
             }
-            self.next = n + 1;
-            self.bytes += pad.len() as u64;
+            Seq::Check(r) => {
+                r.send((self.next, self.out_of_order, self.bytes));
+            }
         }
-        Ok((self.next, self.out_of_order, self.bytes))
+        Ok(())
     }
 }
 
@@ -254,7 +263,10 @@ async fn a_message_cut_by_a_broken_stream_is_dropped_and_the_next_ones_arrive() 
     published(&p.b, "store").await;
     let store = p.b.where_is::<Blob>("store").unwrap();
     assert_eq!(
-        store.ask(Blob::Put(vec![1; 10]), DEADLINE).await.unwrap(),
+        store
+            .ask(|r| Blob::PutGet(vec![1; 10], r), DEADLINE)
+            .await
+            .unwrap(),
         10
     );
     // 640 KiB: 10 chunks; the 4th write fails.
@@ -262,7 +274,10 @@ async fn a_message_cut_by_a_broken_stream_is_dropped_and_the_next_ones_arrive() 
     store.tell(Blob::Put(pattern(640 << 10))).unwrap();
     let small = pattern(1000);
     assert_eq!(
-        store.ask(Blob::Put(small.clone()), DEADLINE).await.unwrap(),
+        store
+            .ask(|r| Blob::PutGet(small.clone(), r), DEADLINE)
+            .await
+            .unwrap(),
         1010,
         "the cut message is lost (at most once), the next one arrives"
     );
@@ -297,19 +312,18 @@ async fn asking_for_the_wrong_message_type_is_an_error_not_a_misdelivery() {
     // Bypassing the lookup, the receiving node still checks the type.
     let peer = p.a.identity().peer_id();
     let forged = p.b.remoting().handle::<Other>(peer, "ledger");
-    match forged.ask(Other("hi".into()), DEADLINE).await {
-        Err(AskError::Send(e)) => {
-            assert!(
-                matches!(
-                    e.failure,
-                    SendFailure::Rejected(manta_actors::WireError::WrongType { ref actual, .. })
-                        if actual.ends_with("Cmd")
-                ),
-                "{:?}",
-                e.failure
-            );
-            assert_eq!(e.message.0, "hi");
+    // The request left this node, so it cannot come back: the refusal
+    // answers its reply handle at once, typed.
+    match forged.ask(|r| Other("hi".into(), r), DEADLINE).await {
+        Err(AskError::Rejected(manta_actors::WireError::WrongType { actual, .. })) => {
+            assert!(actual.ends_with("Cmd"), "{actual}")
         }
+        other => panic!("unexpected {other:?}"),
+    }
+    // A request to a name nobody holds is refused the same way.
+    let nobody = p.b.remoting().handle::<Cmd>(peer, "nobody");
+    match nobody.ask(Cmd::Get, DEADLINE).await {
+        Err(AskError::Rejected(manta_actors::WireError::NotFound(n))) => assert_eq!(n, "nobody"),
         other => panic!("unexpected {other:?}"),
     }
     assert_eq!(local.ask(Cmd::Get, DEADLINE).await.unwrap(), 7);
@@ -321,7 +335,10 @@ async fn a_dead_node_reaches_remote_monitors_as_node_down() {
     sys_a.spawn_named("ledger", Counter(0)).await.unwrap();
     published(&p.b, "ledger").await;
     let remote = p.b.where_is::<Cmd>("ledger").unwrap();
-    assert_eq!(remote.ask(Cmd::Add(1), DEADLINE).await.unwrap(), 1);
+    assert_eq!(
+        remote.ask(|r| Cmd::AddGet(1, r), DEADLINE).await.unwrap(),
+        1
+    );
     let monitor = remote.monitor();
     p.a.kill_for_test().await;
     let reason = tokio::time::timeout(DEADLINE, monitor.wait())
@@ -337,7 +354,7 @@ async fn a_dead_node_reaches_remote_monitors_as_node_down() {
         "{:?}",
         err.failure
     );
-    assert_eq!(err.message, Cmd::Add(5));
+    assert!(matches!(err.message, Cmd::Add(5)));
 }
 
 #[tokio::test]
@@ -443,7 +460,7 @@ async fn remote_spawn_by_role_lands_on_a_matching_node() {
             .await
             .unwrap();
     assert!(!h.is_local());
-    assert_eq!(h.ask(Cmd::Add(1), DEADLINE).await.unwrap(), 6);
+    assert_eq!(h.ask(|r| Cmd::AddGet(1, r), DEADLINE).await.unwrap(), 6);
     let on_b = t.b.system().lookup::<Cmd>("c1").is_ok();
     let on_c = t.c.system().lookup::<Cmd>("c1").is_ok();
     assert!(
@@ -558,7 +575,7 @@ async fn a_child_on_a_dead_node_is_restarted_on_a_live_one() {
     assert!(matches!(exit, Some(ExitReason::NodeDown(_))), "{evs:#?}");
     // The replacement runs on the surviving worker and answers.
     let w = survivor.system().lookup::<Cmd>("w").unwrap();
-    assert_eq!(w.ask(Cmd::Add(3), DEADLINE).await.unwrap(), 3);
+    assert_eq!(w.ask(|r| Cmd::AddGet(3, r), DEADLINE).await.unwrap(), 3);
     let info = &sup.which_children().await.unwrap()[0];
     assert_eq!(info.restarts, 1);
     // Supervisor shutdown stops the remote child through its proxy.
@@ -610,11 +627,12 @@ async fn a_process_group_spans_nodes() {
 #[derive(Debug, Serialize, Deserialize)]
 enum Blob {
     Put(Vec<u8>),
-    Total,
+    /// Puts, then answers the bytes stored.
+    PutGet(Vec<u8>, ReplyTo<u64>),
+    Total(ReplyTo<u64>),
 }
 
 impl Message for Blob {
-    type Reply = u64;
     const NAME: &'static str = "manta.test.Blob";
 }
 
@@ -622,17 +640,23 @@ struct Store(u64, u64);
 
 impl Actor for Store {
     type Msg = Blob;
-    async fn handle(&mut self, msg: Blob, _: &mut Context<Blob>) -> Result<u64, ActorError> {
-        match msg {
-            Blob::Put(bytes) => {
-                // Bytes and a position-weighted checksum: corruption or
-                // reordering inside a payload changes it.
-                self.0 += bytes.len() as u64;
-                self.1 = self.1.wrapping_add(checksum(&bytes));
-                Ok(self.0)
+    async fn handle(&mut self, msg: Blob, _: &mut Context<Blob>) -> Result<(), ActorError> {
+        let (bytes, reply) = match msg {
+            Blob::Put(bytes) => (bytes, None),
+            Blob::PutGet(bytes, r) => (bytes, Some(r)),
+            Blob::Total(r) => {
+                r.send(self.1);
+                return Ok(());
             }
-            Blob::Total => Ok(self.1),
+        };
+        // Bytes and a position-weighted checksum: corruption or reordering
+        // inside a payload changes it.
+        self.0 += bytes.len() as u64;
+        self.1 = self.1.wrapping_add(checksum(&bytes));
+        if let Some(r) = reply {
+            r.send(self.0);
         }
+        Ok(())
     }
 }
 
@@ -641,10 +665,10 @@ impl Actor for Store {
 struct Fetch {
     n: usize,
     shift: u8,
+    reply: ReplyTo<serde_bytes::ByteBuf>,
 }
 
 impl Message for Fetch {
-    type Reply = serde_bytes::ByteBuf;
     const NAME: &'static str = "manta.test.Fetch";
 }
 
@@ -652,17 +676,14 @@ struct Source;
 
 impl Actor for Source {
     type Msg = Fetch;
-    async fn handle(
-        &mut self,
-        msg: Fetch,
-        _: &mut Context<Fetch>,
-    ) -> Result<serde_bytes::ByteBuf, ActorError> {
-        Ok(serde_bytes::ByteBuf::from(
+    async fn handle(&mut self, msg: Fetch, _: &mut Context<Fetch>) -> Result<(), ActorError> {
+        msg.reply.send(serde_bytes::ByteBuf::from(
             pattern(msg.n)
                 .into_iter()
                 .map(|b| b.wrapping_add(msg.shift))
                 .collect::<Vec<u8>>(),
-        ))
+        ));
+        Ok(())
     }
 }
 
@@ -690,7 +711,10 @@ async fn large_replies_arrive_whole_and_their_buffers_serve_the_next_messages() 
     ];
     for (i, n) in sizes.into_iter().enumerate() {
         let shift = i as u8 * 37;
-        let got = source.ask(Fetch { n, shift }, DEADLINE).await.unwrap();
+        let got = source
+            .ask(|reply| Fetch { n, shift, reply }, DEADLINE)
+            .await
+            .unwrap();
         let want: Vec<u8> = pattern(n)
             .into_iter()
             .map(|b| b.wrapping_add(shift))
@@ -700,7 +724,10 @@ async fn large_replies_arrive_whole_and_their_buffers_serve_the_next_messages() 
     }
     let big = pattern(2 << 20);
     assert_eq!(
-        store.ask(Blob::Put(big.clone()), DEADLINE).await.unwrap(),
+        store
+            .ask(|r| Blob::PutGet(big.clone(), r), DEADLINE)
+            .await
+            .unwrap(),
         2 << 20
     );
     assert_eq!(
@@ -734,7 +761,10 @@ async fn large_payloads_are_chunked_and_arrive_whole_without_stalling_small_mess
     let ledger = p.b.where_is::<Cmd>("ledger").unwrap();
     let one = pattern(1 << 20);
     assert_eq!(
-        store.ask(Blob::Put(one.clone()), DEADLINE).await.unwrap(),
+        store
+            .ask(|r| Blob::PutGet(one.clone(), r), DEADLINE)
+            .await
+            .unwrap(),
         1 << 20
     );
     // 6 MiB (96 chunks) keeps this debug-build test quick; the benchmark
@@ -743,10 +773,16 @@ async fn large_payloads_are_chunked_and_arrive_whole_without_stalling_small_mess
     store.tell(Blob::Put(big.clone())).unwrap();
     // A small ask to another actor, sent after the big tell, is answered
     // (its frames go on the small-message lane, between the chunks)...
-    assert_eq!(ledger.ask(Cmd::Add(1), DEADLINE).await.unwrap(), 1);
+    assert_eq!(
+        ledger.ask(|r| Cmd::AddGet(1, r), DEADLINE).await.unwrap(),
+        1
+    );
     // ...while messages to the same actor keep their order.
     assert_eq!(
-        store.ask(Blob::Put(vec![]), DEADLINE).await.unwrap(),
+        store
+            .ask(|r| Blob::PutGet(vec![], r), DEADLINE)
+            .await
+            .unwrap(),
         (1 << 20) + (6 << 20)
     );
     assert_eq!(
@@ -801,7 +837,10 @@ async fn garbage_on_an_actor_stream_is_counted_and_the_node_keeps_serving() {
         .expect("bad frame counted");
     }
     let ledger = p.b.where_is::<Cmd>("ledger").unwrap();
-    assert_eq!(ledger.ask(Cmd::Add(2), DEADLINE).await.unwrap(), 2);
+    assert_eq!(
+        ledger.ask(|r| Cmd::AddGet(2, r), DEADLINE).await.unwrap(),
+        2
+    );
 }
 
 /// Issue 15, bug 1: names generated for unnamed placed actors came from the
@@ -873,13 +912,13 @@ async fn distinct_remote_actors_have_distinct_ids() {
 /// compilers or two crate layouts would give) different Rust paths.
 mod build_one {
     #[derive(Debug, serde::Serialize, serde::Deserialize, manta_actors::Message)]
-    #[message(reply = u32, name = "manta.test.Square")]
-    pub(super) struct Square(pub(super) u32);
+    #[message(name = "manta.test.Square")]
+    pub(super) struct Square(pub(super) u32, pub(super) manta_actors::ReplyTo<u32>);
 }
 mod build_two {
     #[derive(Debug, serde::Serialize, serde::Deserialize, manta_actors::Message)]
-    #[message(reply = u32, name = "manta.test.Square")]
-    pub(super) struct Square(pub(super) u32);
+    #[message(name = "manta.test.Square")]
+    pub(super) struct Square(pub(super) u32, pub(super) manta_actors::ReplyTo<u32>);
 }
 
 struct Squarer;
@@ -890,8 +929,9 @@ impl Actor for Squarer {
         &mut self,
         msg: build_one::Square,
         _: &mut Context<build_one::Square>,
-    ) -> Result<u32, ActorError> {
-        Ok(msg.0 * msg.0)
+    ) -> Result<(), ActorError> {
+        msg.1.send(msg.0 * msg.0);
+        Ok(())
     }
 }
 
@@ -920,7 +960,12 @@ async fn nodes_agree_on_a_message_type_by_its_declared_name() {
     sys_a.spawn_named("sq", Squarer).await.unwrap();
     published(&p.b, "sq").await;
     let sq = p.b.where_is::<build_two::Square>("sq").unwrap();
-    assert_eq!(sq.ask(build_two::Square(12), DEADLINE).await.unwrap(), 144);
+    assert_eq!(
+        sq.ask(|r| build_two::Square(12, r), DEADLINE)
+            .await
+            .unwrap(),
+        144
+    );
     // A type with another name is still refused.
     match p.b.where_is::<Cmd>("sq") {
         Err(LookupError::WrongType { .. }) => {}

@@ -3,7 +3,7 @@ use std::time::Duration;
 use manta_actors::{ActorHandle, ActorSystem, factory};
 use manta_ml::data::{Batch, ShardPlan, shard_batches};
 use manta_ml::loader::{
-    Cursor, Delivery, Loader, LoaderArgs, LoaderFeed, LoaderMsg, LoaderReply, LoaderStats, MAX_TAKE,
+    Cursor, Delivery, Loader, LoaderArgs, LoaderFeed, LoaderMsg, LoaderStats, MAX_TAKE,
 };
 use manta_supervision::{ChildSpec, EventBus, Supervisor, SupervisorEvent, SupervisorSpec};
 
@@ -27,10 +27,9 @@ fn args(seed: u64, epochs: u32, prefetch: u32) -> LoaderArgs {
 }
 
 async fn take(l: &ActorHandle<LoaderMsg>, at: Option<Cursor>, grant: u32) -> Delivery {
-    match l.ask(LoaderMsg::Take { at, grant }, T).await.unwrap() {
-        LoaderReply::Delivery(d) => d,
-        other => panic!("unexpected reply {other:?}"),
-    }
+    l.ask(|reply| LoaderMsg::Take { at, grant, reply }, T)
+        .await
+        .unwrap()
 }
 
 async fn batch(l: &ActorHandle<LoaderMsg>) -> Batch {
@@ -41,10 +40,7 @@ async fn batch(l: &ActorHandle<LoaderMsg>) -> Batch {
 }
 
 async fn stats(l: &ActorHandle<LoaderMsg>) -> LoaderStats {
-    match l.ask(LoaderMsg::Stats, T).await.unwrap() {
-        LoaderReply::Stats(s) => s,
-        other => panic!("unexpected reply {other:?}"),
-    }
+    l.ask(LoaderMsg::Stats, T).await.unwrap()
 }
 
 /// Asks for stats until `pred` holds (each ask is a round trip through the
@@ -148,16 +144,14 @@ async fn chunked_takes_and_the_feed_serve_the_same_sequence_as_single_takes() {
         epoch: 1,
         batch: bpe as u32 - 2,
     };
-    let chunk = |r: LoaderReply| match r {
-        LoaderReply::Deliveries(d) => d,
-        other => panic!("unexpected reply {other:?}"),
-    };
+    let chunk = |d: Vec<Delivery>| d;
     let ds = chunk(
         m.ask(
-            LoaderMsg::TakeMany {
+            |reply| LoaderMsg::TakeMany {
                 at: Some(at),
                 grant: 0,
                 max: 4,
+                reply,
             },
             T,
         )
@@ -173,10 +167,11 @@ async fn chunked_takes_and_the_feed_serve_the_same_sequence_as_single_takes() {
     // A huge request is cut to MAX_TAKE (or ends with EndOfData first).
     let rest = chunk(
         m.ask(
-            LoaderMsg::TakeMany {
+            |reply| LoaderMsg::TakeMany {
                 at: None,
                 grant: 0,
                 max: u32::MAX,
+                reply,
             },
             T,
         )
@@ -194,10 +189,11 @@ async fn chunked_takes_and_the_feed_serve_the_same_sequence_as_single_takes() {
     // max 0 still serves one.
     let last = chunk(
         m.ask(
-            LoaderMsg::TakeMany {
+            |reply| LoaderMsg::TakeMany {
                 at: None,
                 grant: 0,
                 max: 0,
+                reply,
             },
             T,
         )
@@ -213,7 +209,7 @@ async fn a_consumer_that_stops_taking_bounds_the_loaders_buffer_by_its_credits()
     // A deep prefetch, but only 3 credits.
     let l = system.spawn(Loader::new(args(0, 50, 64))).await.unwrap();
     assert_eq!(stats(&l).await.buffered, 0, "no credits, nothing prepared");
-    l.ask(LoaderMsg::Grant(3), T).await.unwrap();
+    l.tell(LoaderMsg::Grant(3)).unwrap();
     let s = stats_until(&l, |s| s.buffered == 3).await;
     assert_eq!(s.credits, 3);
     // The consumer now stalls: however long the loader runs, it holds 3.
@@ -237,7 +233,7 @@ async fn a_consumer_that_stops_taking_bounds_the_loaders_buffer_by_its_credits()
     assert!(stats(&l).await.max_buffered <= 3);
     // Prefetch depth also bounds it when credits are plenty.
     let p = system.spawn(Loader::new(args(0, 50, 2))).await.unwrap();
-    p.ask(LoaderMsg::Grant(100), T).await.unwrap();
+    p.tell(LoaderMsg::Grant(100)).unwrap();
     let s = stats_until(&p, |s| s.buffered == 2).await;
     for _ in 0..20 {
         assert_eq!(stats(&p).await.buffered, 2);

@@ -4,7 +4,7 @@ use manta_actors::ActorSystem;
 use manta_ml::data::{Batch, ShardPlan, shard_batches};
 use manta_ml::device::CpuBackend;
 use manta_ml::job::{self, Env, Progress};
-use manta_ml::ps::{Gradients, Mode, ParamServer, PsArgs, PsMsg, PsReply};
+use manta_ml::ps::{Gradients, Mode, ParamServer, Params, PsArgs, PsMsg, Pushed};
 use manta_ml::reference::train_reference;
 use manta_ml::{MlError, ModelSpec, OptimizerConfig, ParamTensor, TrainConfig};
 
@@ -197,14 +197,11 @@ async fn a_killed_parameter_server_resumes_from_its_checkpoint_and_training_reac
     ));
     let running = job::start(&cfg, Env::InProcess).await.unwrap();
     let ps = running.ps(0).await.unwrap();
-    match ps
-        .ask(PsMsg::WaitVersion(300), Duration::from_secs(60))
+    let v = ps
+        .ask(|r| PsMsg::WaitVersion(300, r), Duration::from_secs(60))
         .await
-        .unwrap()
-    {
-        PsReply::Version(v) => assert!(v >= 300),
-        other => panic!("{other:?}"),
-    }
+        .unwrap();
+    assert!(v >= 300);
     ps.kill();
     let report = running.finish(|_| {}).await.unwrap();
     let resumed = report
@@ -277,74 +274,94 @@ async fn a_parameter_server_rejects_malformed_pushes_and_keeps_serving() {
     let wrong = vec![vec![0.0; 12], vec![0.0; 3], vec![0.0; 5], vec![0.0; 2]];
     let reply = ps
         .ask(
-            PsMsg::Push(Gradients {
-                worker: 0,
-                version: 0,
-                grads: wrong,
-                loss: 1.0,
-                samples: 1,
-            }),
+            |r| {
+                PsMsg::Push(
+                    Gradients {
+                        worker: 0,
+                        version: 0,
+                        grads: wrong,
+                        loss: 1.0,
+                        samples: 1,
+                    },
+                    r,
+                )
+            },
             t,
         )
         .await
         .unwrap();
     match reply {
-        PsReply::Rejected(why) => assert!(
+        Err(why) => assert!(
             why.contains("layers.1.weight") && why.contains("5 values"),
             "{why}"
         ),
         other => panic!("{other:?}"),
     }
     let nan = vec![vec![f32::NAN; 12], vec![0.0; 3], vec![0.0; 6], vec![0.0; 2]];
-    assert!(matches!(
-        ps.ask(
-            PsMsg::Push(Gradients {
-                worker: 0,
-                version: 0,
-                grads: nan,
-                loss: 1.0,
-                samples: 1
-            }),
-            t
+    let refused = ps
+        .ask(
+            |r| {
+                PsMsg::Push(
+                    Gradients {
+                        worker: 0,
+                        version: 0,
+                        grads: nan,
+                        loss: 1.0,
+                        samples: 1,
+                    },
+                    r,
+                )
+            },
+            t,
         )
         .await
-        .unwrap(),
-        PsReply::Rejected(_)
-    ));
+        .unwrap();
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|why| why.contains("NaN or infinity")),
+        "{refused:?}"
+    );
     // Still alive, still at version 0, and a good push is applied.
     let good = vec![vec![1.0; 12], vec![1.0; 3], vec![1.0; 6], vec![1.0; 2]];
     match ps
         .ask(
-            PsMsg::Push(Gradients {
-                worker: 0,
-                version: 0,
-                grads: good,
-                loss: 1.0,
-                samples: 1,
-            }),
-            t,
-        )
-        .await
-        .unwrap()
-    {
-        PsReply::Pushed {
-            accepted: true,
-            version: 1,
-        } => {}
-        other => panic!("{other:?}"),
-    }
-    match ps
-        .ask(
-            PsMsg::Pull {
-                worker: 0,
-                min_version: 0,
+            |r| {
+                PsMsg::Push(
+                    Gradients {
+                        worker: 0,
+                        version: 0,
+                        grads: good,
+                        loss: 1.0,
+                        samples: 1,
+                    },
+                    r,
+                )
             },
             t,
         )
         .await
         .unwrap()
     {
-        PsReply::Params { version: 1, params } => {
+        Ok(Pushed {
+            accepted: true,
+            version: 1,
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    match ps
+        .ask(
+            |reply| PsMsg::Pull {
+                worker: 0,
+                min_version: 0,
+                reply,
+            },
+            t,
+        )
+        .await
+        .unwrap()
+    {
+        Params { version: 1, params } => {
             let init = model.init(0);
             assert!((params[0].values[0] - (init[0].values[0] - 0.1)).abs() < 1e-6);
         }
@@ -455,20 +472,16 @@ async fn push_pull_answers_with_the_next_version_once_every_worker_has_pushed() 
     let t = Duration::from_secs(5);
     let grads = |v: f32| vec![vec![v; 12], vec![v; 3], vec![v; 6], vec![v; 2]];
     let push_pull = |worker: u32, version: u64, grads: Vec<Vec<f32>>| {
-        PsMsg::PushPull(Gradients {
+        let g = Gradients {
             worker,
             version,
             grads,
             loss: 1.0,
             samples: 4,
-        })
+        };
+        move |r| PsMsg::PushPull(g, r)
     };
-    let status = || async {
-        match ps.ask(PsMsg::Status, t).await.unwrap() {
-            PsReply::Status(s) => s,
-            other => panic!("{other:?}"),
-        }
-    };
+    let status = || async { ps.ask(PsMsg::Status, t).await.unwrap() };
     // Worker 0 pushes for version 0; its answer waits for worker 1. The
     // status asked after it proves the push was handled (same mailbox).
     let first = ps.ask(push_pull(0, 0, grads(1.0)), t);
@@ -487,7 +500,7 @@ async fn push_pull_answers_with_the_next_version_once_every_worker_has_pushed() 
         .await
         .unwrap()
     {
-        PsReply::Params { version: 0, .. } => {}
+        Params { version: 0, .. } => {}
         other => panic!("{other:?}"),
     }
     assert_eq!(status().await.rejected, 1);
@@ -499,7 +512,7 @@ async fn push_pull_answers_with_the_next_version_once_every_worker_has_pushed() 
     let init = model.init(0);
     for reply in [first, second] {
         match reply {
-            PsReply::Params { version: 1, params } => {
+            Params { version: 1, params } => {
                 for (p, i) in params.iter().zip(&init) {
                     for (v, w) in p.values.iter().zip(&i.values) {
                         assert!((v - (w - 0.1 * 2.0)).abs() < 1e-6, "{v} vs {w}");
@@ -512,7 +525,7 @@ async fn push_pull_answers_with_the_next_version_once_every_worker_has_pushed() 
     // A stale push (version 0 again) is dropped, counted, and answered with
     // the current version without waiting.
     match ps.ask(push_pull(0, 0, grads(9.0)), t).await.unwrap() {
-        PsReply::Params { version: 1, .. } => {}
+        Params { version: 1, .. } => {}
         other => panic!("{other:?}"),
     }
     let s = status().await;

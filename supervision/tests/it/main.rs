@@ -53,7 +53,6 @@ pub enum ProbeMsg {
 }
 
 impl Message for ProbeMsg {
-    type Reply = ();
     const NAME: &'static str = "manta.test.ProbeMsg";
 }
 
