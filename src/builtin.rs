@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use manta_actors::{Actor, ActorError, Context, ExitReason, KindRegistry, Message, ReplyTo};
+use manta_actors::{Actor, ActorError, Context, ExitReason, Kind, KindRegistry, Message, ReplyTo};
 use manta_supervision::parse_duration;
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -199,8 +199,13 @@ impl Actor for Flaky {
     }
 }
 
+/// The typed token of the `counter` kind, for `Cluster::spawn_on`.
+pub fn counter_kind() -> Kind<CounterArgs, CounterMsg> {
+    Kind::named("counter")
+}
+
 /// Arguments of the `counter` kind.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CounterArgs {
     /// Initial value.

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use crate::actor::Actor;
 use crate::error::SpawnError;
 use crate::handle::AnyHandle;
-use crate::message::message_type_name;
+use crate::message::{Message, message_type_name};
 use crate::system::{ActorSystem, SpawnOptions};
 
 /// Where and how a child is being started.
@@ -88,7 +88,7 @@ trait ErasedKind: Send + Sync + 'static {
     fn prepare_value(&self, args: toml::Value) -> Result<Arc<dyn ChildFactory>, String>;
 }
 
-struct Kind<A, Args, F> {
+struct KindEntry<A, Args, F> {
     name: String,
     make: Arc<F>,
     _p: PhantomData<fn(Args) -> A>,
@@ -116,7 +116,7 @@ where
     }
 }
 
-impl<A, Args, F> Kind<A, Args, F>
+impl<A, Args, F> KindEntry<A, Args, F>
 where
     A: Actor,
     Args: DeserializeOwned + Clone + Send + Sync + 'static,
@@ -132,7 +132,7 @@ where
     }
 }
 
-impl<A, Args, F> ErasedKind for Kind<A, Args, F>
+impl<A, Args, F> ErasedKind for KindEntry<A, Args, F>
 where
     A: Actor,
     Args: DeserializeOwned + Clone + Send + Sync + 'static,
@@ -157,6 +157,51 @@ where
             .try_into()
             .map_err(|e: toml::de::Error| e.message().to_owned())?;
         Ok(self.prepared(args))
+    }
+}
+
+/// A registered actor kind, typed: its name, the type of its arguments and
+/// the message type of its actors. [`KindRegistry::register`] returns it;
+/// [`Kind::named`] names a kind registered elsewhere (on the nodes that
+/// host it), and a spawn through it is refused before anything starts when
+/// that kind's message type differs.
+pub struct Kind<Args, M> {
+    name: Arc<str>,
+    _p: PhantomData<fn(Args) -> M>,
+}
+
+impl<Args, M: Message> Kind<Args, M> {
+    /// The kind registered as `name` whose arguments are `Args` and whose
+    /// actors take `M`.
+    pub fn named(name: impl Into<String>) -> Self {
+        Self {
+            name: Arc::from(name.into()),
+            _p: PhantomData,
+        }
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl<Args, M> Clone for Kind<Args, M> {
+    fn clone(&self) -> Self {
+        Self {
+            name: Arc::clone(&self.name),
+            _p: PhantomData,
+        }
+    }
+}
+
+impl<Args, M: Message> fmt::Debug for Kind<Args, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Kind")
+            .field("name", &self.name)
+            .field("args", &std::any::type_name::<Args>())
+            .field("message", &M::NAME)
+            .finish()
     }
 }
 
@@ -203,21 +248,23 @@ impl KindRegistry {
     }
 
     /// Registers (or replaces) a kind: `make` builds the actor from its
-    /// decoded arguments.
-    pub fn register<A, Args, F>(&self, kind: impl Into<String>, make: F)
+    /// decoded arguments. Returns the kind's typed token, which remote
+    /// spawns take (so the arguments and the handle are typed).
+    pub fn register<A, Args, F>(&self, kind: impl Into<String>, make: F) -> Kind<Args, A::Msg>
     where
         A: Actor,
         Args: DeserializeOwned + Clone + Send + Sync + 'static,
         F: Fn(Args) -> A + Send + Sync + 'static,
     {
         let name = kind.into();
-        let entry = Arc::new(Kind {
+        let entry = Arc::new(KindEntry {
             name: name.clone(),
             make: Arc::new(make),
             _p: PhantomData,
         });
         let mut kinds = self.kinds.write().unwrap_or_else(|e| e.into_inner());
-        kinds.insert(name, entry);
+        kinds.insert(name.clone(), entry);
+        Kind::named(name)
     }
 
     /// Registers (or replaces) every kind of `other` here too.

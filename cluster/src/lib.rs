@@ -57,7 +57,7 @@ pub use identity::NodeIdentity;
 pub use membership::{Member, MemberEvent, MemberState, Membership, MembershipConfig};
 pub use mesh::{Mesh, MeshConfig, MeshStats};
 pub use node::{CLIENT_LABEL, Names, Node, ReadyLine};
-pub use place::{Cluster, PLACEMENT_WAIT, SPAWN_TIMEOUT};
+pub use place::{Cluster, PLACEMENT_WAIT, SPAWN_TIMEOUT, SpawnOn};
 pub use remote::{
     BULK_QUEUE, CHUNK, FRAME_VERSION, MAX_FRAME, PEER_QUEUE, PROTOCOL, RemoteRef, Remoting,
 };

@@ -13,7 +13,7 @@ use futures::future::BoxFuture;
 use libp2p::PeerId;
 use manta_actors::{
     Actor, ActorError, ActorHandle, ActorSystem, AnyHandle, ChildFactory, Context, ExitReason,
-    Message, Placement, Placer, SpawnError, SpawnOptions, StartContext, WireError,
+    Kind, Message, Placement, Placer, SpawnError, SpawnOptions, StartContext, WireError,
     message_type_name,
 };
 use serde::{Deserialize, Serialize};
@@ -31,6 +31,15 @@ pub const PLACEMENT_WAIT: Duration = Duration::from_secs(10);
 /// How long a placement counts towards its node's load before gossip
 /// reports the actor it started.
 const RECENT_PLACEMENT: Duration = Duration::from_secs(3);
+
+/// Where a [`Cluster::spawn_on`] puts an actor, and under which name.
+#[derive(Debug, Clone, Default)]
+pub struct SpawnOn {
+    /// The nodes it may run on (default: any alive member).
+    pub placement: Placement,
+    /// The name it is registered under there (generated when `None`).
+    pub name: Option<String>,
+}
 
 /// A cloneable handle to a node's cluster services: lookup, placement,
 /// remote spawn.
@@ -180,10 +189,49 @@ impl Cluster {
         }
     }
 
-    /// Spawns `kind` with `args` on a node matching `placement` (now: no
-    /// waiting for nodes to join), registered there as `name` (generated
-    /// when `None`); returns a handle that works from anywhere.
-    pub async fn spawn_on<M: Message>(
+    /// Spawns an actor of `kind` with `args` on a node matching
+    /// `on.placement` (now: no waiting for nodes to join), registered there
+    /// as `on.name` (generated when `None`); returns a handle that works
+    /// from anywhere. The kind's token types the arguments and the handle:
+    /// a node whose kind of that name takes another message type refuses
+    /// before anything starts ([`SpawnError::WrongMessageType`]).
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: manta_cluster::Cluster) -> Result<(), manta_actors::SpawnError> {
+    /// # #[derive(Clone, serde::Serialize, serde::Deserialize)] struct CounterArgs { start: i64 }
+    /// # #[derive(Debug, serde::Serialize, serde::Deserialize, manta_actors::Message)]
+    /// # enum CounterMsg { Add(i64) }
+    /// use manta_actors::{Kind, Placement};
+    /// use manta_cluster::SpawnOn;
+    /// // Returned by `kinds.register("counter", ...)`, or named for a kind
+    /// // registered on the nodes that host it:
+    /// let counter = Kind::<CounterArgs, CounterMsg>::named("counter");
+    /// let on = SpawnOn {
+    ///     placement: Placement { role: Some("worker".into()), ..Default::default() },
+    ///     name: Some("acct-9".into()),
+    /// };
+    /// let acct = cluster.spawn_on(&counter, &CounterArgs { start: 0 }, &on).await?;
+    /// acct.tell(CounterMsg::Add(1)).ok();
+    /// # Ok(()) }
+    /// ```
+    pub async fn spawn_on<Args: Serialize, M: Message>(
+        &self,
+        kind: &Kind<Args, M>,
+        args: &Args,
+        on: &SpawnOn,
+    ) -> Result<ActorHandle<M>, SpawnError> {
+        let name = kind.name();
+        let args = toml::Value::try_from(args).map_err(|e| SpawnError::BadArgs {
+            kind: name.to_owned(),
+            message: e.to_string(),
+        })?;
+        self.spawn_kind::<M>(&on.placement, name, args, on.name.clone())
+            .await
+    }
+
+    /// [`spawn_on`](Self::spawn_on) for a kind known by name only, with
+    /// arguments as a TOML value (what tree files give).
+    pub async fn spawn_kind<M: Message>(
         &self,
         placement: &Placement,
         kind: &str,
@@ -195,16 +243,24 @@ impl Cluster {
             expected: message_type_name::<M>().to_owned(),
             actual: actual.to_owned(),
         };
-        // Refused before anything starts when this node knows the kind...
+        // Refused before anything starts when this node knows the kind (and
+        // by the target node otherwise)...
         if let Some(actual) = self.system.kinds().message_type(kind) {
             if actual != message_type_name::<M>() {
                 return Err(wrong_type(actual));
             }
         }
         let (any, remote) = self
-            .spawn_any(placement, kind, args, name, Duration::ZERO)
+            .spawn_any(
+                placement,
+                kind,
+                args,
+                name,
+                Some(message_type_name::<M>()),
+                Duration::ZERO,
+            )
             .await?;
-        // ...and checked again against what the target node started.
+        // ...and checked again against what was started.
         if any.message_type() != message_type_name::<M>() {
             any.stop(ExitReason::Shutdown(Some(
                 "spawned with the wrong message type".into(),
@@ -227,6 +283,7 @@ impl Cluster {
         kind: &str,
         args: toml::Value,
         name: Option<String>,
+        message: Option<&str>,
         wait: Duration,
     ) -> Result<(AnyHandle, Option<(PeerId, String)>), SpawnError> {
         let peer = self.choose_waiting(placement, wait).await?;
@@ -254,7 +311,7 @@ impl Cluster {
         }
         let ty = self
             .remoting
-            .spawn_remote(peer, kind, &args, &name, SPAWN_TIMEOUT)
+            .spawn_remote(peer, kind, &args, &name, message, SPAWN_TIMEOUT)
             .await
             .map_err(|e| match e {
                 WireError::Spawn(e) => SpawnError::Remote {
@@ -330,7 +387,14 @@ impl ChildFactory for PlacedFactory {
         let placement = self.placement.clone();
         Box::pin(async move {
             let (remote, _) = cluster
-                .spawn_any(&placement, &kind, args, ctx.name.clone(), PLACEMENT_WAIT)
+                .spawn_any(
+                    &placement,
+                    &kind,
+                    args,
+                    ctx.name.clone(),
+                    None,
+                    PLACEMENT_WAIT,
+                )
                 .await?;
             if remote.cell().is_some() {
                 // Placed on this very node: supervise it directly.

@@ -18,7 +18,7 @@ use libp2p::{PeerId, StreamProtocol};
 use manta_actors::wire::{EncodeWire, PendingReply, ReplyRegistry, ReplyRoute, WireBytes};
 use manta_actors::{
     ActorHandle, ActorId, ActorSystem, CodecError, ExitReason, ExitSignal, Message, Monitor,
-    RemoteActor, SendError, SendFailure, WireError, message_type_name,
+    RemoteActor, SendError, SendFailure, SpawnError, WireError, message_type_name,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -160,6 +160,9 @@ enum Frame<'a> {
         kind: String,
         args_json: String,
         name: String,
+        /// The message type the spawner expects the kind's actors to take
+        /// (empty: any); a kind of another type is refused before it starts.
+        message: String,
     },
     /// A piece of a large frame (the postcard encoding of a whole `Frame`,
     /// cut into [`CHUNK`]-byte pieces sent in order on the bulk lane).
@@ -1146,10 +1149,11 @@ impl Remoting {
                 kind,
                 args_json,
                 name,
+                message,
             } => {
                 let me = self.clone();
                 tokio::spawn(async move {
-                    let result = me.spawn_here(&kind, &args_json, &name).await;
+                    let result = me.spawn_here(&kind, &args_json, &name, &message).await;
                     if let Err(e) = me.send(peer, &Frame::reply(id, result)) {
                         tracing::debug!(target: "manta::remote", %peer, error = %e, "spawn reply not sent");
                     }
@@ -1179,10 +1183,20 @@ impl Remoting {
         kind: &str,
         args_json: &str,
         name: &str,
+        message: &str,
     ) -> Result<Vec<u8>, WireError> {
+        let system = &self.inner.system;
+        if let Some(actual) = system.kinds().message_type(kind) {
+            if !message.is_empty() && actual != message {
+                return Err(WireError::Spawn(Box::new(SpawnError::WrongMessageType {
+                    kind: kind.to_owned(),
+                    expected: message.to_owned(),
+                    actual: actual.to_owned(),
+                })));
+            }
+        }
         let args: toml::Value = serde_json::from_str(args_json)
             .map_err(|e| WireError::Decode(CodecError::new("spawn arguments (JSON)", e)))?;
-        let system = &self.inner.system;
         let h = system
             .kinds()
             .spawn(system, kind, args, Some(name.to_owned()))
@@ -1193,13 +1207,15 @@ impl Remoting {
     }
 
     /// Asks `peer` to spawn `kind` registered as `name`; returns the
-    /// message type of the new actor.
+    /// message type of the new actor. With `message` set, `peer` refuses a
+    /// kind whose actors take another type before starting anything.
     pub async fn spawn_remote(
         &self,
         peer: PeerId,
         kind: &str,
         args: &toml::Value,
         name: &str,
+        message: Option<&str>,
         timeout: Duration,
     ) -> Result<String, WireError> {
         let args_json = serde_json::to_string(args)
@@ -1211,6 +1227,7 @@ impl Remoting {
             kind: kind.to_owned(),
             args_json,
             name: name.to_owned(),
+            message: message.unwrap_or_default().to_owned(),
         };
         if let Err(e) = self.send(peer, &frame) {
             lock(&self.inner.pending).remove(&id);

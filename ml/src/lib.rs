@@ -44,7 +44,7 @@ pub use model::{Mlp, ModelSpec, ParamTensor};
 pub use optim::OptimizerConfig;
 pub use ps::Mode;
 
-use manta_actors::{ActorError, KindRegistry};
+use manta_actors::{ActorError, Kind, KindRegistry};
 
 /// Kind name of parameter-server shards.
 pub const PS_KIND: &str = "manta.ps";
@@ -52,6 +52,22 @@ pub const PS_KIND: &str = "manta.ps";
 pub const LOADER_KIND: &str = "manta.loader";
 /// Kind name of workers.
 pub const WORKER_KIND: &str = "manta.worker";
+
+/// The typed token of the parameter-server kind ([`PS_KIND`]), for
+/// `Cluster::spawn_on`.
+pub fn ps_kind() -> Kind<ps::PsArgs, ps::PsMsg> {
+    Kind::named(PS_KIND)
+}
+
+/// The typed token of the loader kind ([`LOADER_KIND`]).
+pub fn loader_kind() -> Kind<loader::LoaderArgs, loader::LoaderMsg> {
+    Kind::named(LOADER_KIND)
+}
+
+/// The typed token of the worker kind ([`WORKER_KIND`]).
+pub fn worker_kind() -> Kind<worker::WorkerArgs, worker::WorkerMsg> {
+    Kind::named(WORKER_KIND)
+}
 
 /// Registers the training actor kinds; workers find their peers through
 /// `directory`.

@@ -477,11 +477,13 @@ async fn lookup_ask_spawn_and_node_down_across_real_processes() {
     };
     let spawned = me
         .cluster()
-        .spawn_on::<CounterMsg>(
-            &placement,
-            "counter",
-            toml::Value::Table("start = 1".parse().unwrap()),
-            Some("spawned".into()),
+        .spawn_on(
+            &manta::builtin::counter_kind(),
+            &manta::builtin::CounterArgs { start: 1 },
+            &manta::cluster::SpawnOn {
+                placement,
+                name: Some("spawned".into()),
+            },
         )
         .await
         .unwrap();

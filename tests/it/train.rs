@@ -202,7 +202,7 @@ async fn a_loader_on_another_node_feeds_the_planned_sequence_through_loader_feed
     use manta_cluster::MemberState;
     use manta_ml::DatasetSpec;
     use manta_ml::data::{Batch, ShardPlan, shard_batches};
-    use manta_ml::loader::{LoaderArgs, LoaderFeed, LoaderMsg};
+    use manta_ml::loader::{LoaderArgs, LoaderFeed};
     use std::time::Duration;
 
     let dir = Scratch::new("remote-loader");
@@ -238,11 +238,13 @@ async fn a_loader_on_another_node_feeds_the_planned_sequence_through_loader_feed
     };
     let loader = me
         .cluster()
-        .spawn_on::<LoaderMsg>(
-            &placement,
-            "manta.loader",
-            toml::Value::try_from(&args).unwrap(),
-            Some("remote.loader".into()),
+        .spawn_on(
+            &manta::ml::loader_kind(),
+            &args,
+            &manta::cluster::SpawnOn {
+                placement,
+                name: Some("remote.loader".into()),
+            },
         )
         .await
         .unwrap();

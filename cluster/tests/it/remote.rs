@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use manta_actors::{
-    Actor, ActorError, ActorSystem, AskError, Context, ExitReason, LookupError, Message, ReplyTo,
-    SendFailure,
+    Actor, ActorError, ActorSystem, AskError, Context, ExitReason, Kind, LookupError, Message,
+    ReplyTo, SendFailure,
 };
-use manta_cluster::{ClusterSecret, Node, NodeConfig};
+use manta_cluster::{ClusterSecret, Node, NodeConfig, SpawnOn};
 use serde::{Deserialize, Serialize};
 
 use crate::{DEADLINE, wait_view};
@@ -386,7 +386,7 @@ async fn the_exit_of_a_remote_actor_reaches_its_monitors() {
     assert_eq!(r, ExitReason::Failed("told to fail".into()));
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct CounterArgs {
     start: i64,
 }
@@ -456,7 +456,14 @@ async fn remote_spawn_by_role_lands_on_a_matching_node() {
     };
     let h =
         t.a.cluster()
-            .spawn_on::<Cmd>(&placement, "counter", args(5), Some("c1".into()))
+            .spawn_on(
+                &Kind::<CounterArgs, Cmd>::named("counter"),
+                &CounterArgs { start: 5 },
+                &SpawnOn {
+                    placement: placement.clone(),
+                    name: Some("c1".into()),
+                },
+            )
             .await
             .unwrap();
     assert!(!h.is_local());
@@ -475,7 +482,14 @@ async fn remote_spawn_by_role_lands_on_a_matching_node() {
     };
     let local =
         t.b.cluster()
-            .spawn_on::<Cmd>(&placement, "counter", args(1), Some("on-a".into()))
+            .spawn_on(
+                &Kind::<CounterArgs, Cmd>::named("counter"),
+                &CounterArgs { start: 1 },
+                &SpawnOn {
+                    placement: placement.clone(),
+                    name: Some("on-a".into()),
+                },
+            )
             .await
             .unwrap();
     assert_eq!(local.ask(Cmd::Get, DEADLINE).await.unwrap(), 1);
@@ -486,7 +500,14 @@ async fn remote_spawn_by_role_lands_on_a_matching_node() {
     };
     let err =
         t.a.cluster()
-            .spawn_on::<Cmd>(&none, "counter", args(0), None)
+            .spawn_on(
+                &Kind::<CounterArgs, Cmd>::named("counter"),
+                &CounterArgs { start: 0 },
+                &SpawnOn {
+                    placement: none.clone(),
+                    name: None,
+                },
+            )
             .await
             .unwrap_err();
     assert!(
@@ -498,14 +519,28 @@ async fn remote_spawn_by_role_lands_on_a_matching_node() {
     // very node...
     let err =
         t.a.cluster()
-            .spawn_on::<Cmd>(&placement, "nope", args(0), None)
+            .spawn_on(
+                &Kind::<CounterArgs, Cmd>::named("nope"),
+                &CounterArgs { start: 0 },
+                &SpawnOn {
+                    placement: placement.clone(),
+                    name: None,
+                },
+            )
             .await
             .unwrap_err();
     assert_eq!(err, manta_actors::SpawnError::UnknownKind("nope".into()));
     // ...or another one, as a typed error whose source chain names the node and the cause.
     let err =
         t.b.cluster()
-            .spawn_on::<Cmd>(&placement, "nope", args(0), None)
+            .spawn_on(
+                &Kind::<CounterArgs, Cmd>::named("nope"),
+                &CounterArgs { start: 0 },
+                &SpawnOn {
+                    placement: placement.clone(),
+                    name: None,
+                },
+            )
             .await
             .unwrap_err();
     match &err {
@@ -856,12 +891,26 @@ async fn unnamed_actors_placed_by_different_nodes_get_distinct_names() {
     };
     let from_a =
         t.a.cluster()
-            .spawn_on::<Cmd>(&on_c, "counter", args(1), None)
+            .spawn_on(
+                &Kind::<CounterArgs, Cmd>::named("counter"),
+                &CounterArgs { start: 1 },
+                &SpawnOn {
+                    placement: on_c.clone(),
+                    name: None,
+                },
+            )
             .await
             .unwrap();
     let from_b =
         t.b.cluster()
-            .spawn_on::<Cmd>(&on_c, "counter", args(2), None)
+            .spawn_on(
+                &Kind::<CounterArgs, Cmd>::named("counter"),
+                &CounterArgs { start: 2 },
+                &SpawnOn {
+                    placement: on_c.clone(),
+                    name: None,
+                },
+            )
             .await
             .unwrap();
     // Two actors on c, each answering for itself.
@@ -971,4 +1020,67 @@ async fn nodes_agree_on_a_message_type_by_its_declared_name() {
         Err(LookupError::WrongType { .. }) => {}
         other => panic!("unexpected {other:?}"),
     }
+}
+
+/// Issue 15, API 2: a typed kind token. A spawn whose token's message type
+/// differs from the target node's kind of that name is refused there before
+/// anything starts (this node does not know the kind, so it cannot check).
+#[tokio::test]
+async fn a_typed_spawn_of_a_kind_with_another_message_type_starts_nothing() {
+    let t = trio("typed-kinds").await;
+    // Only b and c host "remote-counter" (taking `Cmd`); a knows nothing of it.
+    for n in [&t.b, &t.c] {
+        n.system()
+            .kinds()
+            .register("remote-counter", |a: CounterArgs| Counter(a.start));
+    }
+    assert!(!t.a.system().kinds().contains("remote-counter"));
+    let on_b = SpawnOn {
+        placement: manta_actors::Placement {
+            node: Some("b".into()),
+            ..Default::default()
+        },
+        name: Some("typed".into()),
+    };
+    let wrong = Kind::<CounterArgs, Other>::named("remote-counter");
+    let err =
+        t.a.cluster()
+            .spawn_on(&wrong, &CounterArgs { start: 1 }, &on_b)
+            .await
+            .unwrap_err();
+    match &err {
+        manta_actors::SpawnError::Remote { source, .. } => match &**source {
+            manta_actors::WireError::Spawn(e) => assert!(
+                matches!(&**e, manta_actors::SpawnError::WrongMessageType { kind, expected, actual }
+                    if kind == "remote-counter" && expected == "manta.test.Other" && actual == "manta.test.Cmd"),
+                "{e:?}"
+            ),
+            other => panic!("unexpected {other:?}"),
+        },
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(
+        t.b.system().lookup_any("typed").is_none(),
+        "nothing was started"
+    );
+    // The right token spawns it, typed end to end.
+    let right = Kind::<CounterArgs, Cmd>::named("remote-counter");
+    let h =
+        t.a.cluster()
+            .spawn_on(&right, &CounterArgs { start: 40 }, &on_b)
+            .await
+            .unwrap();
+    assert_eq!(h.ask(|r| Cmd::AddGet(2, r), DEADLINE).await.unwrap(), 42);
+    assert!(t.b.system().lookup::<Cmd>("typed").is_ok());
+    // A token of a kind this node knows with another type: refused here.
+    let local_wrong = Kind::<CounterArgs, Other>::named("counter");
+    let err =
+        t.a.cluster()
+            .spawn_on(&local_wrong, &CounterArgs { start: 1 }, &on_b)
+            .await
+            .unwrap_err();
+    assert!(
+        matches!(err, manta_actors::SpawnError::WrongMessageType { .. }),
+        "{err:?}"
+    );
 }
