@@ -35,6 +35,18 @@ pub trait ChildFactory: Send + Sync + 'static {
     fn start(&self, ctx: StartContext) -> BoxFuture<'static, Result<AnyHandle, SpawnError>>;
     /// A short description for logs and introspection (e.g. the kind name).
     fn describe(&self) -> String;
+    /// The same kind of child with other arguments (OTP's extra start
+    /// arguments for a dynamic supervisor's template). Factories of a
+    /// registered kind decode `args` as the kind's argument type; others
+    /// take none.
+    fn with_args(&self, args: toml::Value) -> Result<Arc<dyn ChildFactory>, SpawnError> {
+        let _ = args;
+        Err(SpawnError::BadArgs {
+            kind: self.describe(),
+            message: "this child is not started from an actor kind, so it takes no arguments"
+                .to_owned(),
+        })
+    }
 }
 
 /// A [`ChildFactory`] from a closure that builds the actor.
@@ -104,7 +116,7 @@ struct KindFactory<A, Args, F> {
 impl<A, Args, F> ChildFactory for KindFactory<A, Args, F>
 where
     A: Actor,
-    Args: Clone + Send + Sync + 'static,
+    Args: DeserializeOwned + Clone + Send + Sync + 'static,
     F: Fn(Args) -> A + Send + Sync + 'static,
 {
     fn start(&self, ctx: StartContext) -> BoxFuture<'static, Result<AnyHandle, SpawnError>> {
@@ -113,6 +125,20 @@ where
     }
     fn describe(&self) -> String {
         self.kind.clone()
+    }
+    fn with_args(&self, args: toml::Value) -> Result<Arc<dyn ChildFactory>, SpawnError> {
+        let args: Args = args
+            .try_into()
+            .map_err(|e: toml::de::Error| SpawnError::BadArgs {
+                kind: self.kind.clone(),
+                message: e.message().to_owned(),
+            })?;
+        Ok(Arc::new(KindFactory {
+            kind: self.kind.clone(),
+            args,
+            make: Arc::clone(&self.make),
+            _a: PhantomData,
+        }))
     }
 }
 

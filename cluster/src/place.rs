@@ -420,6 +420,21 @@ impl ChildFactory for PlacedFactory {
     fn describe(&self) -> String {
         format!("{} placed by {:?}", self.kind, self.placement)
     }
+
+    fn with_args(&self, args: toml::Value) -> Result<Arc<dyn ChildFactory>, SpawnError> {
+        // Checked here when this node knows the kind; the target node
+        // decodes them again.
+        let kinds = self.cluster.system.kinds();
+        if kinds.contains(&self.kind) {
+            kinds.prepare(&self.kind, args.clone())?;
+        }
+        Ok(Arc::new(PlacedFactory {
+            cluster: self.cluster.clone(),
+            kind: self.kind.clone(),
+            args,
+            placement: self.placement.clone(),
+        }))
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]

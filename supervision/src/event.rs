@@ -1,7 +1,7 @@
 //! Supervisor lifecycle events: every start, exit, restart and escalation.
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use manta_actors::{ActorId, ExitReason};
 use tokio::sync::broadcast;
@@ -38,6 +38,8 @@ pub enum SupervisorEvent {
     ChildStarted {
         /// Supervisor name.
         supervisor: String,
+        /// When it happened.
+        at: SystemTime,
         /// Child id.
         child: String,
         /// The new actor.
@@ -49,8 +51,12 @@ pub enum SupervisorEvent {
     ChildExited {
         /// Supervisor name.
         supervisor: String,
+        /// When it happened.
+        at: SystemTime,
         /// Child id.
         child: String,
+        /// The instance that exited.
+        actor: Option<ActorId>,
         /// Why it exited.
         reason: ExitReason,
         /// What the supervisor does about it.
@@ -60,8 +66,12 @@ pub enum SupervisorEvent {
     ChildTerminated {
         /// Supervisor name.
         supervisor: String,
+        /// When it happened.
+        at: SystemTime,
         /// Child id.
         child: String,
+        /// The instance that was stopped.
+        actor: ActorId,
         /// The exit observed.
         reason: ExitReason,
         /// The graceful stop timed out and the child was killed.
@@ -73,6 +83,8 @@ pub enum SupervisorEvent {
     ChildDropped {
         /// Supervisor name.
         supervisor: String,
+        /// When it happened.
+        at: SystemTime,
         /// Child id.
         child: String,
     },
@@ -80,6 +92,8 @@ pub enum SupervisorEvent {
     StartFailed {
         /// Supervisor name.
         supervisor: String,
+        /// When it happened.
+        at: SystemTime,
         /// Child id.
         child: String,
         /// The error.
@@ -89,6 +103,8 @@ pub enum SupervisorEvent {
     RestartScheduled {
         /// Supervisor name.
         supervisor: String,
+        /// When it happened.
+        at: SystemTime,
         /// The children to restart, in order.
         children: Vec<String>,
         /// The delay.
@@ -99,6 +115,8 @@ pub enum SupervisorEvent {
     Escalated {
         /// Supervisor name.
         supervisor: String,
+        /// When it happened.
+        at: SystemTime,
         /// The child whose exit exceeded the intensity.
         child: String,
         /// That child's exit reason.
@@ -108,12 +126,28 @@ pub enum SupervisorEvent {
     SupervisorStopped {
         /// Supervisor name.
         supervisor: String,
+        /// When it happened.
+        at: SystemTime,
         /// Why.
         reason: ExitReason,
     },
 }
 
 impl SupervisorEvent {
+    /// When the supervisor decided (wall clock, for logs and reports).
+    pub fn at(&self) -> SystemTime {
+        match self {
+            SupervisorEvent::ChildStarted { at, .. }
+            | SupervisorEvent::ChildExited { at, .. }
+            | SupervisorEvent::ChildTerminated { at, .. }
+            | SupervisorEvent::ChildDropped { at, .. }
+            | SupervisorEvent::StartFailed { at, .. }
+            | SupervisorEvent::RestartScheduled { at, .. }
+            | SupervisorEvent::Escalated { at, .. }
+            | SupervisorEvent::SupervisorStopped { at, .. } => *at,
+        }
+    }
+
     /// The supervisor the event is about.
     pub fn supervisor(&self) -> &str {
         match self {
@@ -137,6 +171,7 @@ impl fmt::Display for SupervisorEvent {
                 child,
                 actor,
                 restarts,
+                ..
             } => {
                 if *restarts == 0 {
                     write!(f, "[{supervisor}] started {child} as {actor}")
@@ -152,12 +187,14 @@ impl fmt::Display for SupervisorEvent {
                 child,
                 reason,
                 action,
+                ..
             } => write!(f, "[{supervisor}] {child} exited ({reason}) -> {action}"),
             SupervisorEvent::ChildTerminated {
                 supervisor,
                 child,
                 reason,
                 forced,
+                ..
             } => {
                 let how = if *forced {
                     ", killed after shutdown timeout"
@@ -166,7 +203,9 @@ impl fmt::Display for SupervisorEvent {
                 };
                 write!(f, "[{supervisor}] terminated {child} ({reason}{how})")
             }
-            SupervisorEvent::ChildDropped { supervisor, child } => {
+            SupervisorEvent::ChildDropped {
+                supervisor, child, ..
+            } => {
                 write!(
                     f,
                     "[{supervisor}] dropped temporary {child} (not restarted)"
@@ -176,11 +215,13 @@ impl fmt::Display for SupervisorEvent {
                 supervisor,
                 child,
                 error,
+                ..
             } => write!(f, "[{supervisor}] failed to start {child}: {error}"),
             SupervisorEvent::RestartScheduled {
                 supervisor,
                 children,
                 delay,
+                ..
             } => write!(
                 f,
                 "[{supervisor}] restarting {} in {delay:?} (backoff)",
@@ -190,11 +231,14 @@ impl fmt::Display for SupervisorEvent {
                 supervisor,
                 child,
                 reason,
+                ..
             } => write!(
                 f,
                 "[{supervisor}] ESCALATING: restart intensity exceeded by {child} ({reason}); terminating children and failing"
             ),
-            SupervisorEvent::SupervisorStopped { supervisor, reason } => {
+            SupervisorEvent::SupervisorStopped {
+                supervisor, reason, ..
+            } => {
                 write!(f, "[{supervisor}] stopped ({reason})")
             }
         }

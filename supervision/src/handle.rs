@@ -6,10 +6,12 @@ use std::sync::Arc;
 
 use manta_actors::ractor::{ActorCell, ActorRef};
 use manta_actors::{
-    ActorId, AnyHandle, ChildFactory, ErasedHandle, ExitReason, ExitSignal, Monitor, SpawnError,
+    ActorHandle, ActorId, AnyHandle, ErasedHandle, ExitReason, ExitSignal, Message, Monitor,
+    SpawnError,
 };
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast, oneshot};
 
+use crate::event::{EventBus, SupervisorEvent};
 use crate::spec::{ChildSpec, ChildType, Restart};
 use crate::supervisor::SupMsg;
 
@@ -89,6 +91,20 @@ pub enum SupervisorError {
     /// The spec is invalid.
     #[error("invalid supervisor spec: {0}")]
     InvalidSpec(String),
+    /// The child exists but is not running now (terminated, or waiting for
+    /// a restart).
+    #[error("child `{0}` is not running")]
+    ChildNotRunning(String),
+    /// The child takes another message type than the one asked for.
+    #[error("child `{child}` takes `{actual}`, not `{expected}`")]
+    WrongType {
+        /// The child's id.
+        child: String,
+        /// The message type asked for.
+        expected: &'static str,
+        /// The message type it takes.
+        actual: String,
+    },
     /// The operation is for the other kind of supervisor (dynamic vs static).
     #[error("{0}")]
     WrongKind(&'static str),
@@ -115,6 +131,7 @@ pub struct SupervisorHandle {
     pub(crate) actor: ActorRef<SupMsg>,
     pub(crate) exit: Arc<ExitSignal>,
     pub(crate) name: String,
+    pub(crate) events: EventBus,
 }
 
 impl fmt::Debug for SupervisorHandle {
@@ -140,6 +157,31 @@ impl SupervisorHandle {
     /// The supervisor's ractor cell.
     pub fn cell(&self) -> ActorCell {
         self.actor.get_cell()
+    }
+
+    /// Subscribes to the events of this supervisor's tree from now on (the
+    /// bus its spec was given, or the one it made: no need to create it
+    /// before starting the tree).
+    pub fn subscribe(&self) -> broadcast::Receiver<SupervisorEvent> {
+        self.events.subscribe()
+    }
+
+    /// The running child `id`, typed: its current instance (a restarted
+    /// child has a new one).
+    pub async fn child<M: Message>(&self, id: &str) -> Result<ActorHandle<M>, SupervisorError> {
+        let kids = self.which_children().await?;
+        let c = kids
+            .into_iter()
+            .find(|c| c.id == id)
+            .ok_or_else(|| SupervisorError::NotFound(id.to_owned()))?;
+        let h = c
+            .handle
+            .ok_or_else(|| SupervisorError::ChildNotRunning(id.to_owned()))?;
+        h.downcast::<M>().ok_or_else(|| SupervisorError::WrongType {
+            child: id.to_owned(),
+            expected: M::NAME,
+            actual: h.message_type().to_owned(),
+        })
     }
 
     async fn call<T>(
@@ -176,14 +218,22 @@ impl SupervisorHandle {
         self.call(|tx| SupMsg::StartDynamic(None, tx)).await?
     }
 
-    /// Starts a child from the template's restart and shutdown settings with
-    /// another factory (OTP's extra start arguments).
-    pub async fn start_dynamic_with(
+    /// Starts a child from the template with other arguments (OTP's extra
+    /// start arguments): the same kind, the template's restart and shutdown
+    /// settings, `args` decoded as the kind's argument type. A template not
+    /// made from a kind takes no arguments (an error).
+    pub async fn start_dynamic_with<Args: serde::Serialize>(
         &self,
-        factory: Arc<dyn ChildFactory>,
+        args: &Args,
     ) -> Result<(String, AnyHandle), SupervisorError> {
-        self.call(|tx| SupMsg::StartDynamic(Some(factory), tx))
-            .await?
+        let args = toml::Value::try_from(args).map_err(|e| SupervisorError::StartFailed {
+            child: "(template)".to_owned(),
+            error: SpawnError::BadArgs {
+                kind: "(template)".to_owned(),
+                message: e.to_string(),
+            },
+        })?;
+        self.call(|tx| SupMsg::StartDynamic(Some(args), tx)).await?
     }
 
     /// Stops a child with its shutdown mode. A static child's spec is kept

@@ -2,13 +2,11 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
 use manta_actors::ractor::{self, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
-use manta_actors::{
-    ActorSystem, AnyHandle, ChildFactory, ExitReason, ExitSignal, SpawnError, StartContext,
-};
+use manta_actors::{ActorSystem, AnyHandle, ExitReason, ExitSignal, SpawnError, StartContext};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -25,7 +23,8 @@ pub(crate) enum SupMsg {
     WhichChildren(oneshot::Sender<Vec<ChildInfo>>),
     CountChildren(oneshot::Sender<ChildCounts>),
     StartChild(Box<ChildSpec>, Reply<AnyHandle>),
-    StartDynamic(Option<Arc<dyn ChildFactory>>, Reply<(String, AnyHandle)>),
+    /// From the template, with other arguments when given.
+    StartDynamic(Option<toml::Value>, Reply<(String, AnyHandle)>),
     TerminateChild(String, Reply<()>),
     RestartChild(String, Reply<AnyHandle>),
     DeleteChild(String, Reply<()>),
@@ -68,6 +67,7 @@ fn spawn_supervisor(
         spec.validate().map_err(SupervisorError::InvalidSpec)?;
         let exit = Arc::new(ExitSignal::new());
         let events = spec.events.clone().unwrap_or_default();
+        let events_handle = events.clone();
         let name = spec.name.clone();
         let actor = SupActor {
             exit: Arc::clone(&exit),
@@ -84,7 +84,12 @@ fn spawn_supervisor(
             None => ractor::Actor::spawn(None, actor, args).await,
         };
         match spawned {
-            Ok((actor, _join)) => Ok(SupervisorHandle { actor, exit, name }),
+            Ok((actor, _join)) => Ok(SupervisorHandle {
+                actor,
+                exit,
+                name,
+                events: events_handle,
+            }),
             Err(ractor::SpawnErr::StartupFailed(err)) => {
                 Err(match err.downcast::<SupervisorError>() {
                     Ok(e) => *e,
@@ -116,6 +121,7 @@ impl Drop for SupActor {
             tracing::warn!(target: "manta::supervisor", supervisor = %self.name, "supervisor killed");
             self.events.emit(SupervisorEvent::SupervisorStopped {
                 supervisor: self.name.clone(),
+                at: SystemTime::now(),
                 reason: ExitReason::Killed,
             });
         }
@@ -333,6 +339,7 @@ impl SupState {
         child.started = Some(Instant::now());
         let ev = SupervisorEvent::ChildStarted {
             supervisor: self.name.clone(),
+            at: SystemTime::now(),
             child: child.spec.id.clone(),
             actor: handle.id(),
             restarts: child.restarts,
@@ -353,7 +360,9 @@ impl SupState {
         let (reason, forced) = shutdown_child(&handle, mode).await;
         self.emit(SupervisorEvent::ChildTerminated {
             supervisor: self.name.clone(),
+            at: SystemTime::now(),
             child: id,
+            actor: handle.id(),
             reason,
             forced,
         });
@@ -386,6 +395,7 @@ impl SupState {
     async fn escalate(&mut self, child: String, reason: ExitReason) -> ActorProcessingErr {
         self.emit(SupervisorEvent::Escalated {
             supervisor: self.name.clone(),
+            at: SystemTime::now(),
             child: child.clone(),
             reason: reason.clone(),
         });
@@ -403,11 +413,11 @@ impl SupState {
         idx: usize,
         reason: ExitReason,
     ) -> Result<(), ActorProcessingErr> {
-        let (id, restart_type) = {
+        let (id, restart_type, actor) = {
             let c = &mut self.children[idx];
-            c.handle = None;
+            let actor = c.handle.take().map(|h| h.id());
             c.state = ChildState::Terminated;
-            (c.spec.id.clone(), c.spec.restart)
+            (c.spec.id.clone(), c.spec.restart, actor)
         };
         let restart = match restart_type {
             Restart::Permanent => true,
@@ -418,7 +428,9 @@ impl SupState {
             let remove = restart_type == Restart::Temporary || self.is_dynamic();
             self.emit(SupervisorEvent::ChildExited {
                 supervisor: self.name.clone(),
+                at: SystemTime::now(),
                 child: id,
+                actor,
                 reason,
                 action: if remove {
                     ExitAction::Remove
@@ -434,7 +446,9 @@ impl SupState {
         if !self.add_restart() {
             self.emit(SupervisorEvent::ChildExited {
                 supervisor: self.name.clone(),
+                at: SystemTime::now(),
                 child: id.clone(),
+                actor: actor.clone(),
                 reason: reason.clone(),
                 action: ExitAction::Escalate,
             });
@@ -442,7 +456,9 @@ impl SupState {
         }
         self.emit(SupervisorEvent::ChildExited {
             supervisor: self.name.clone(),
+            at: SystemTime::now(),
             child: id.clone(),
+            actor,
             reason,
             action: ExitAction::Restart,
         });
@@ -469,6 +485,7 @@ impl SupState {
                 let dropped = self.children.remove(j);
                 self.emit(SupervisorEvent::ChildDropped {
                     supervisor: self.name.clone(),
+                    at: SystemTime::now(),
                     child: dropped.spec.id,
                 });
             } else {
@@ -518,6 +535,7 @@ impl SupState {
             Some(delay) if !delay.is_zero() => {
                 self.emit(SupervisorEvent::RestartScheduled {
                     supervisor: self.name.clone(),
+                    at: SystemTime::now(),
                     children: ids.clone(),
                     delay,
                 });
@@ -553,6 +571,7 @@ impl SupState {
             if let Err(e) = self.start_at(idx, true).await {
                 self.emit(SupervisorEvent::StartFailed {
                     supervisor: self.name.clone(),
+                    at: SystemTime::now(),
                     child: id.clone(),
                     error: manta_actors::error_chain(&e),
                 });
@@ -573,7 +592,7 @@ impl SupState {
 
     async fn start_dynamic(
         &mut self,
-        factory: Option<Arc<dyn ChildFactory>>,
+        args: Option<toml::Value>,
     ) -> Result<(String, AnyHandle), SupervisorError> {
         let Some(template) = &self.template else {
             return Err(SupervisorError::WrongKind(
@@ -583,8 +602,19 @@ impl SupState {
         self.seq += 1;
         let mut spec = template.clone();
         spec.id = format!("{}-{}", template.id, self.seq);
-        if let Some(f) = factory {
-            spec.start = ChildStart::Factory(f);
+        if let Some(args) = args {
+            let ChildStart::Factory(f) = &spec.start else {
+                return Err(SupervisorError::WrongKind(
+                    "a supervisor template takes no start arguments",
+                ));
+            };
+            let with = f
+                .with_args(args)
+                .map_err(|error| SupervisorError::StartFailed {
+                    child: spec.id.clone(),
+                    error,
+                })?;
+            spec.start = ChildStart::Factory(with);
         }
         let id = spec.id.clone();
         self.children.push(Child::new(spec, ChildState::Restarting));
@@ -610,8 +640,8 @@ impl SupState {
                 let r = self.add_child(*spec).await;
                 let _ = tx.send(r);
             }
-            SupMsg::StartDynamic(factory, tx) => {
-                let r = self.start_dynamic(factory).await;
+            SupMsg::StartDynamic(args, tx) => {
+                let r = self.start_dynamic(args).await;
                 let _ = tx.send(r);
             }
             SupMsg::TerminateChild(id, tx) => {
@@ -741,6 +771,7 @@ impl ractor::Actor for SupActor {
                 if let Err(error) = st.start_at(idx, false).await {
                     st.emit(SupervisorEvent::StartFailed {
                         supervisor: st.name.clone(),
+                        at: SystemTime::now(),
                         child: id.clone(),
                         error: error.to_string(),
                     });
@@ -811,6 +842,7 @@ impl ractor::Actor for SupActor {
         let reason = self.exit.take_pending().unwrap_or(ExitReason::Normal);
         st.emit(SupervisorEvent::SupervisorStopped {
             supervisor: st.name.clone(),
+            at: SystemTime::now(),
             reason: reason.clone(),
         });
         self.exit.set(reason);

@@ -302,3 +302,123 @@ async fn a_failed_restart_over_the_intensity_fails_the_supervisor() {
     );
     assert_eq!(starts.load(Ordering::SeqCst), 2);
 }
+
+/// Issue 15, API 6: supervision as users reach for it. A typed handle to a
+/// child by id; events subscribed after start, carrying the instance's id
+/// and a timestamp; OTP's extra start arguments for a dynamic template
+/// made from a kind (the same kind, other arguments).
+#[tokio::test]
+async fn typed_children_late_subscribers_and_start_arguments() {
+    use manta_actors::{ActorSystem, KindRegistry, Message};
+    use manta_supervision::{SupervisorError, tree};
+
+    #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+    struct Start {
+        value: i64,
+    }
+    #[derive(Debug, serde::Serialize, serde::Deserialize, Message)]
+    enum Val {
+        Get(manta_actors::ReplyTo<i64>),
+        Fail,
+    }
+    struct Holder(i64);
+    impl Actor for Holder {
+        type Msg = Val;
+        async fn handle(&mut self, msg: Val, _: &mut Context<Val>) -> Result<(), ActorError> {
+            match msg {
+                Val::Get(r) => {
+                    r.send(self.0);
+                    Ok(())
+                }
+                Val::Fail => Err("told to fail".into()),
+            }
+        }
+    }
+    let kinds = KindRegistry::new();
+    kinds.register("holder", |a: Start| Holder(a.value));
+    let src = r#"
+[[children]]
+id = "h"
+kind = "holder"
+args = { value = 7 }
+
+[[children]]
+id = "pool"
+strategy = "simple_one_for_one"
+
+  [[children.children]]
+  id = "item"
+  kind = "holder"
+  restart = "temporary"
+  args = { value = 0 }
+"#;
+    let spec = tree::load_str(src, "t.toml", &kinds).unwrap();
+    let system = ActorSystem::with_kinds(kinds);
+    let sup = manta_supervision::Supervisor::start(&system, spec)
+        .await
+        .unwrap();
+    // Subscribed after start: no bus was made for it beforehand.
+    let mut rx = sup.subscribe();
+    let h = sup.child::<Val>("h").await.unwrap();
+    assert_eq!(h.ask(Val::Get, Duration::from_secs(5)).await.unwrap(), 7);
+    match sup.child::<ProbeMsg>("h").await {
+        Err(SupervisorError::WrongType { child, actual, .. }) => {
+            assert_eq!(child, "h");
+            assert!(actual.ends_with("Val"), "{actual}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(matches!(
+        sup.child::<Val>("nope").await,
+        Err(SupervisorError::NotFound(_))
+    ));
+    let before = std::time::SystemTime::now();
+    h.tell(Val::Fail).unwrap();
+    let evs = until(&mut rx, |e| short(e) == "start h #1").await;
+    match &evs[0] {
+        SupervisorEvent::ChildExited {
+            child, actor, at, ..
+        } => {
+            assert_eq!(child, "h");
+            assert_eq!(actor.as_ref(), Some(&h.id()), "the instance that exited");
+            assert!(*at >= before);
+        }
+        other => panic!("unexpected {other}"),
+    }
+    let h2 = sup.child::<Val>("h").await.unwrap();
+    assert_ne!(h2.id(), h.id(), "a restarted child is a new instance");
+    // Extra start arguments: the template's kind with other args.
+    let pool = sup
+        .which_children()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.id == "pool")
+        .unwrap()
+        .handle
+        .unwrap()
+        .downcast_ref::<manta_supervision::SupervisorHandle>()
+        .cloned()
+        .unwrap();
+    let (id, item) = pool.start_dynamic_with(&Start { value: 41 }).await.unwrap();
+    assert_eq!(id, "item-1");
+    let item = item.downcast::<Val>().unwrap();
+    assert_eq!(
+        item.ask(Val::Get, Duration::from_secs(5)).await.unwrap(),
+        41
+    );
+    // Arguments that do not fit the kind are refused, nothing starts.
+    #[derive(serde::Serialize)]
+    struct Wrong {
+        value: &'static str,
+    }
+    assert!(matches!(
+        pool.start_dynamic_with(&Wrong { value: "x" }).await,
+        Err(SupervisorError::StartFailed {
+            error: manta_actors::SpawnError::BadArgs { .. },
+            ..
+        })
+    ));
+    assert_eq!(pool.which_children().await.unwrap().len(), 1);
+    sup.shutdown().await;
+}
