@@ -272,7 +272,11 @@ pub async fn node(
     directory.bind(node.names());
     // ...and loaded again with the node as placer for placed children.
     let tree_spec = match &tree_path {
-        Some(path) => Some(tree::load_file_with(path, &kinds, Some(node.cluster()))?),
+        Some(path) => Some(
+            tree::Loader::new(&kinds)
+                .placer(node.cluster())
+                .file(path)?,
+        ),
         None => None,
     };
     writeln!(out, "{}", node.ready_line())?;

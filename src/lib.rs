@@ -43,9 +43,7 @@
 //! let system = ActorSystem::new();
 //! let sup = Supervisor::start(
 //!     &system,
-//!     SupervisorSpec::new("root").child(
-//!         ChildSpec::worker("greeter", manta::factory("greeter", || Greeter)).register("greeter"),
-//!     ),
+//!     SupervisorSpec::new("root").child(ChildSpec::actor("greeter", || Greeter).registered()),
 //! )
 //! .await?;
 //! let greeter = system.lookup::<Greet>("greeter")?;

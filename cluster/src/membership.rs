@@ -815,8 +815,9 @@ impl Membership {
     }
 
     /// Stops gossip without a word, as `kill -9` would: no leave, no restart
-    /// (tests use it for failure detection in one process).
-    #[doc(hidden)]
+    /// (tests use it for failure detection in one process). Feature
+    /// `testing` only.
+    #[cfg(feature = "testing")]
     pub async fn kill_for_test(&self) {
         self.inner
             .stopping
@@ -828,8 +829,8 @@ impl Membership {
     }
 
     /// Aborts the gossip task as a crash would (tests use it to prove the
-    /// watcher restarts gossip).
-    #[doc(hidden)]
+    /// watcher restarts gossip). Feature `testing` only.
+    #[cfg(feature = "testing")]
     pub async fn crash_gossip_for_test(&self) {
         if let Some(h) = self.inner.handle.lock().await.as_ref() {
             h.abort();

@@ -240,7 +240,8 @@ impl Node {
     }
 
     /// Stops gossip and the mesh without a word, as `kill -9` would.
-    #[doc(hidden)]
+    /// Feature `testing` only.
+    #[cfg(feature = "testing")]
     pub async fn kill_for_test(&self) {
         self.membership.kill_for_test().await;
         self.mesh.shutdown();

@@ -612,8 +612,8 @@ impl Remoting {
 
     /// Lets the next `skip` writes to actor streams through, then makes `n`
     /// fail as if the connection had closed under them: fault injection for
-    /// tests of the reopen path.
-    #[doc(hidden)]
+    /// tests of the reopen path. Feature `testing` only.
+    #[cfg(feature = "testing")]
     pub fn fail_writes(&self, skip: u64, n: u64) {
         self.inner.passing_writes.store(skip, Ordering::Relaxed);
         self.inner.failing_writes.store(n, Ordering::Relaxed);

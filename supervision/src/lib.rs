@@ -46,8 +46,8 @@
 //! let spec = SupervisorSpec::new("root")
 //!     .strategy(Strategy::OneForAll)
 //!     .intensity(3, Duration::from_secs(10))
-//!     .child(ChildSpec::worker("a", factory("worker", || Worker)))
-//!     .child(ChildSpec::worker("b", factory("worker", || Worker)));
+//!     .child(ChildSpec::actor("a", || Worker))
+//!     .child(ChildSpec::actor("b", || Worker));
 //! let sup = Supervisor::start(&system, spec).await?;
 //! assert_eq!(sup.count_children().await?.active, 2);
 //! sup.shutdown().await;

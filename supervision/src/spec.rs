@@ -5,7 +5,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use manta_actors::ChildFactory;
+use manta_actors::{Actor, ChildFactory};
 
 use crate::event::EventBus;
 
@@ -191,6 +191,19 @@ impl ChildSpec {
         }
     }
 
+    /// A worker built by `make` each time it starts, with the id naming it
+    /// in logs too: `ChildSpec::actor("wallet", || Wallet::default())`
+    /// (add [`registered`](Self::registered) to find it by that name).
+    pub fn actor<A, F>(id: impl Into<String>, make: F) -> Self
+    where
+        A: Actor,
+        F: Fn() -> A + Send + Sync + 'static,
+    {
+        let id = id.into();
+        let f = manta_actors::factory(id.clone(), make);
+        Self::worker(id, f)
+    }
+
     /// A nested supervisor: permanent, `infinity` shutdown. Its id is the
     /// spec's name.
     pub fn supervisor(spec: SupervisorSpec) -> Self {
@@ -218,6 +231,12 @@ impl ChildSpec {
     /// Registers the child under `name` each time it starts.
     pub fn register(mut self, name: impl Into<String>) -> Self {
         self.register = Some(name.into());
+        self
+    }
+
+    /// Registers the child under its id each time it starts.
+    pub fn registered(mut self) -> Self {
+        self.register = Some(self.id.clone());
         self
     }
 

@@ -97,50 +97,83 @@ impl fmt::Display for TreeErrors {
     }
 }
 
-/// Reads and checks a tree file. The root supervisor's default name is the
-/// file's stem. Workers with a `placement` get a factory that fails at start
-/// (they need a cluster node: see [`load_file_with`]).
+/// Loads tree files: checks every problem before anything starts and
+/// builds the spec. It knows the kinds a tree may name and, on a cluster
+/// node, the [`Placer`] that starts workers with a `placement` on a
+/// matching node (without one, such a worker's start fails with an error
+/// saying it needs a cluster node).
+///
+/// ```no_run
+/// # fn demo(kinds: &manta_actors::KindRegistry, placer: &dyn manta_actors::Placer) -> Result<(), manta_supervision::tree::TreeErrors> {
+/// use manta_supervision::tree::Loader;
+/// let spec = Loader::new(kinds).file("examples/tree.toml".as_ref())?;
+/// let placed = Loader::new(kinds).placer(placer).file("examples/cluster-demo.toml".as_ref())?;
+/// # let _ = (spec, placed); Ok(()) }
+/// ```
+#[derive(Clone, Copy)]
+pub struct Loader<'a> {
+    kinds: &'a KindRegistry,
+    placer: Option<&'a dyn Placer>,
+}
+
+impl std::fmt::Debug for Loader<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loader")
+            .field("kinds", self.kinds)
+            .field("placer", &self.placer.is_some())
+            .finish()
+    }
+}
+
+impl<'a> Loader<'a> {
+    /// A loader for trees naming `kinds`.
+    pub fn new(kinds: &'a KindRegistry) -> Self {
+        Self {
+            kinds,
+            placer: None,
+        }
+    }
+
+    /// Starts placed workers through `placer` (a cluster node).
+    pub fn placer(mut self, placer: &'a dyn Placer) -> Self {
+        self.placer = Some(placer);
+        self
+    }
+
+    /// Reads and checks a tree file. The root supervisor's default name is
+    /// the file's stem.
+    pub fn file(&self, path: &Path) -> Result<SupervisorSpec, TreeErrors> {
+        let file = path.display().to_string();
+        let src = std::fs::read_to_string(path).map_err(|e| {
+            TreeErrors(vec![TreeError {
+                file: file.clone(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read file: {e}"),
+                value: None,
+            }])
+        })?;
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "root".to_owned());
+        load_str_named(&src, &file, &stem, self.kinds, self.placer)
+    }
+
+    /// Checks a tree given as text; `file` names it in error positions.
+    pub fn str(&self, src: &str, file: &str) -> Result<SupervisorSpec, TreeErrors> {
+        load_str_named(src, file, "root", self.kinds, self.placer)
+    }
+}
+
+/// `Loader::new(kinds).file(path)`: a tree file without a placer.
 pub fn load_file(path: &Path, kinds: &KindRegistry) -> Result<SupervisorSpec, TreeErrors> {
-    load_file_with(path, kinds, None)
+    Loader::new(kinds).file(path)
 }
 
-/// Like [`load_file`]; workers with a `placement` are started through
-/// `placer` (a cluster node) on a matching node.
-pub fn load_file_with(
-    path: &Path,
-    kinds: &KindRegistry,
-    placer: Option<&dyn Placer>,
-) -> Result<SupervisorSpec, TreeErrors> {
-    let file = path.display().to_string();
-    let src = std::fs::read_to_string(path).map_err(|e| {
-        TreeErrors(vec![TreeError {
-            file: file.clone(),
-            line: 0,
-            column: 0,
-            message: format!("cannot read file: {e}"),
-            value: None,
-        }])
-    })?;
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "root".to_owned());
-    load_str_named(&src, &file, &stem, kinds, placer)
-}
-
-/// Checks a tree given as text; `file` is used in error positions.
+/// `Loader::new(kinds).str(src, file)`: a tree as text without a placer.
 pub fn load_str(src: &str, file: &str, kinds: &KindRegistry) -> Result<SupervisorSpec, TreeErrors> {
-    load_str_named(src, file, "root", kinds, None)
-}
-
-/// Like [`load_str`], placing workers that carry a `placement` through `placer`.
-pub fn load_str_with(
-    src: &str,
-    file: &str,
-    kinds: &KindRegistry,
-    placer: Option<&dyn Placer>,
-) -> Result<SupervisorSpec, TreeErrors> {
-    load_str_named(src, file, "root", kinds, placer)
+    Loader::new(kinds).str(src, file)
 }
 
 fn load_str_named(
