@@ -1084,3 +1084,23 @@ async fn a_typed_spawn_of_a_kind_with_another_message_type_starts_nothing() {
         "{err:?}"
     );
 }
+
+/// A request to a name whose handle takes no bytes from the wire (here: a
+/// handle to an actor on yet another node, registered locally) is refused
+/// at once, typed; before the fix nobody answered and the asker waited for
+/// its whole timeout.
+#[tokio::test]
+async fn a_request_to_a_handle_that_takes_no_bytes_is_refused_at_once() {
+    let (p, sys_a) = pair("not-addressable").await;
+    let b_id = p.b.identity().peer_id();
+    let relay = p.a.remoting().erased_handle(b_id, "elsewhere", Cmd::NAME);
+    sys_a.register_any("relay", relay).unwrap();
+    published(&p.b, "relay").await;
+    let a_id = p.a.identity().peer_id();
+    let h = p.b.remoting().handle::<Cmd>(a_id, "relay");
+    // A timeout here (what the asker got before) fails the match.
+    match h.ask(Cmd::Get, DEADLINE).await {
+        Err(AskError::Rejected(manta_actors::WireError::NotAddressable)) => {}
+        other => panic!("unexpected {other:?}"),
+    }
+}

@@ -1,0 +1,685 @@
+//! The frame codec: what travels on an actor stream and how it is encoded.
+//! A frame goes out as one small frame, or, if its encoding exceeds
+//! [`CHUNK`], cut into chunks as it is written (a large message is never
+//! held whole on the way out). Pure: no I/O, no state.
+
+use std::borrow::Cow;
+
+use manta_actors::wire::EncodeWire;
+use manta_actors::{CodecError, ExitReason, WireError};
+use serde::{Deserialize, Serialize};
+
+use super::{CHUNK, FRAME_VERSION, MAX_FRAME};
+
+/// What travels on an actor stream. Tells and asks borrow their target,
+/// type and body: from the sender's handle when encoding, from the receive
+/// buffer when decoding (no copy of a large body on either side).
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum Frame<'a> {
+    Tell {
+        #[serde(borrow)]
+        to: Cow<'a, str>,
+        #[serde(borrow)]
+        ty: Cow<'a, str>,
+        #[serde(with = "serde_bytes", borrow)]
+        body: Cow<'a, [u8]>,
+    },
+    /// A tell whose message carries reply handles: `replies` are their
+    /// ids, so that a request the receiver refuses (no such actor, another
+    /// type, undecodable) is answered at once.
+    Request {
+        replies: Vec<u64>,
+        #[serde(borrow)]
+        to: Cow<'a, str>,
+        #[serde(borrow)]
+        ty: Cow<'a, str>,
+        #[serde(with = "serde_bytes", borrow)]
+        body: Cow<'a, [u8]>,
+    },
+    Reply {
+        id: u64,
+        /// Bytes, not a sequence: a large reply is not encoded and decoded
+        /// one element at a time (the wire format is the same). Decoding
+        /// borrows them from the receive buffer.
+        #[serde(borrow)]
+        result: Result<ReplyBody<'a>, WireError>,
+    },
+    Stop {
+        to: String,
+        reason: ExitReason,
+    },
+    Kill {
+        to: String,
+    },
+    /// Tell me when `to` exits.
+    Watch {
+        to: String,
+    },
+    /// `to` exited (answer to `Watch`; at once if it is not there).
+    Exited {
+        to: String,
+        reason: ExitReason,
+    },
+    /// Spawn `kind` with `args` (JSON of a TOML value) registered as `name`;
+    /// answered by a `Reply` carrying the actor's message type.
+    Spawn {
+        id: u64,
+        kind: String,
+        args_json: String,
+        name: String,
+        /// The message type the spawner expects the kind's actors to take
+        /// (empty: any); a kind of another type is refused before it starts.
+        message: String,
+    },
+    /// A piece of a large frame (the postcard encoding of a whole `Frame`,
+    /// cut into [`CHUNK`]-byte pieces sent in order on the bulk lane).
+    Chunk {
+        msg: u64,
+        index: u32,
+        count: u32,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+}
+
+impl Frame<'_> {
+    pub(super) fn reply(id: u64, result: Result<Vec<u8>, WireError>) -> Self {
+        Frame::Reply {
+            id,
+            result: result.map(|v| ReplyBody(Cow::Owned(v))),
+        }
+    }
+
+    /// The actor a frame is for, where ordering matters.
+    pub(super) fn target(&self) -> Option<&str> {
+        match self {
+            Frame::Tell { to, .. } | Frame::Request { to, .. } => Some(to),
+            Frame::Stop { to, .. } | Frame::Kill { to } | Frame::Watch { to } => Some(to),
+            _ => None,
+        }
+    }
+}
+
+/// The bytes of a successful reply (encoded as one byte string).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub(super) struct ReplyBody<'a>(#[serde(with = "serde_bytes", borrow)] pub(super) Cow<'a, [u8]>);
+
+/// Postcard's index of [`Frame::Chunk`] (its first byte on the wire, after
+/// the version). Chunks are written and read through [`ChunkRef`], without
+/// copying the piece into a `Frame` first; a unit test checks that both
+/// encodings agree.
+pub(super) const CHUNK_VARIANT: u8 = 8;
+
+/// The fields of [`Frame::Chunk`], borrowing the piece.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct ChunkRef<'a> {
+    pub(super) msg: u64,
+    pub(super) index: u32,
+    pub(super) count: u32,
+    #[serde(with = "serde_bytes", borrow)]
+    pub(super) data: &'a [u8],
+}
+
+pub(super) enum Encoded {
+    Small(Vec<u8>),
+    Chunks(Vec<Vec<u8>>),
+}
+
+/// Encodes a frame for the wire: one small frame, or the chunks of a large
+/// one, written straight into their buffers.
+pub(super) fn encode<F: Serialize + ?Sized>(frame: &F) -> Result<Encoded, WireError> {
+    let size = postcard::experimental::serialized_size(frame).map_err(encode_error)?;
+    encode_sized(frame, size)
+}
+
+/// [`encode`] of a frame whose encoding takes `size` bytes (if it takes
+/// more or fewer, that is an error, not a bad frame).
+fn encode_sized<F: Serialize + ?Sized>(frame: &F, size: usize) -> Result<Encoded, WireError> {
+    postcard::serialize_with_flavor(frame, FrameSink::new(size)?).map_err(encode_error)
+}
+
+/// Encodes the successful reply `id` from the reply itself, as
+/// `Frame::reply(id, Ok(its encoding))` would be (a unit test checks), but
+/// without a buffer of the whole encoding first.
+pub(super) fn encode_reply_value(id: u64, v: &dyn EncodeWire) -> Result<Encoded, WireError> {
+    use postcard::ser_flavors::Flavor;
+    let len = v.encoded_len()?;
+    // The frame up to the reply's bytes: that of an empty reply, less its
+    // one-byte length (0), plus the real length (at most 13 + 10 bytes).
+    let mut buf = [0u8; 40];
+    let n = postcard::to_slice(&Frame::reply(id, Ok(Vec::new())), &mut buf)
+        .map_err(encode_error)?
+        .len()
+        - 1;
+    let m = postcard::to_slice(&(len as u64), &mut buf[n..])
+        .map_err(encode_error)?
+        .len();
+    let head = &buf[..n + m];
+    let mut sink = FrameSink::new(head.len() + len)?;
+    sink.try_extend(head).map_err(encode_error)?;
+    v.encode_to(&mut |piece| sink.try_extend(piece).map_err(encode_error))?;
+    sink.finalize().map_err(encode_error)
+}
+
+/// A tell or ask as its sender writes it. It encodes exactly as the
+/// matching [`Frame`] variant (same variant index, same fields in the same
+/// order; a unit test checks), but the body can be an [`Inline`] message
+/// instead of a buffer holding its encoding.
+#[derive(Serialize)]
+pub(super) enum Outgoing<'a, B> {
+    Tell {
+        to: &'a str,
+        ty: &'a str,
+        body: B,
+    },
+    Request {
+        replies: &'a [u64],
+        to: &'a str,
+        ty: &'a str,
+        body: B,
+    },
+}
+
+impl<M: Serialize> Outgoing<'_, Inline<'_, M>> {
+    pub(super) fn target(&self) -> &str {
+        match self {
+            Outgoing::Tell { to, .. } | Outgoing::Request { to, .. } => to,
+        }
+    }
+
+    /// Encodes the frame. Its size comes from the message's size already
+    /// measured, not from another pass over the message.
+    pub(super) fn encode(&self) -> Result<Encoded, WireError> {
+        let (head, len) = match self {
+            Outgoing::Tell { to, ty, body } => (Outgoing::Tell { to, ty, body: () }, body.len),
+            Outgoing::Request {
+                replies,
+                to,
+                ty,
+                body,
+            } => (
+                Outgoing::Request {
+                    replies,
+                    to,
+                    ty,
+                    body: (),
+                },
+                body.len,
+            ),
+        };
+        // A unit body takes no bytes; the real one is its length's varint
+        // and its encoding.
+        let head = postcard::experimental::serialized_size(&head).map_err(encode_error)?;
+        let prefix =
+            postcard::experimental::serialized_size(&(len as u64)).map_err(encode_error)?;
+        encode_sized(self, head + prefix + len)
+    }
+}
+
+/// A message written where a byte string holding its postcard encoding
+/// would be: the length as a varint (a `u64` and a byte string's length
+/// are both LEB128 varints in postcard), then the encoding itself. The
+/// receiver decodes the byte string as usual; the sender never builds it.
+pub(super) struct Inline<'a, M> {
+    msg: &'a M,
+    len: usize,
+}
+
+impl<'a, M: Serialize> Inline<'a, M> {
+    pub(super) fn new(msg: &'a M) -> Result<Self, postcard::Error> {
+        Ok(Inline {
+            len: postcard::experimental::serialized_size(msg)?,
+            msg,
+        })
+    }
+}
+
+impl<M: Serialize> Serialize for Inline<'_, M> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut t = s.serialize_tuple(2)?;
+        t.serialize_element(&(self.len as u64))?;
+        t.serialize_element(self.msg)?;
+        t.end()
+    }
+}
+
+/// Where a frame's bytes go as they are encoded, once its size is known:
+/// one small frame, or the chunks of a large one.
+enum FrameSink {
+    Small { out: Vec<u8>, size: usize },
+    Chunks(Chunker),
+}
+
+impl FrameSink {
+    fn new(size: usize) -> Result<Self, WireError> {
+        if size > MAX_FRAME {
+            return Err(WireError::TooLarge {
+                size,
+                limit: MAX_FRAME,
+            });
+        }
+        if size > CHUNK {
+            return Chunker::new(rand::random(), size)
+                .map(FrameSink::Chunks)
+                .map_err(encode_error);
+        }
+        // Length (filled in at the end) and version, then the frame, in a
+        // buffer of exactly its size.
+        let mut out = Vec::with_capacity(5 + size);
+        out.extend_from_slice(&[0, 0, 0, 0, FRAME_VERSION]);
+        Ok(FrameSink::Small { out, size })
+    }
+}
+
+impl postcard::ser_flavors::Flavor for FrameSink {
+    type Output = Encoded;
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.try_extend(&[data])
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        match self {
+            FrameSink::Small { out, size } => {
+                if out.len() + data.len() > 5 + *size {
+                    return Err(postcard::Error::SerializeBufferFull);
+                }
+                out.extend_from_slice(data);
+                Ok(())
+            }
+            FrameSink::Chunks(c) => c.try_extend(data),
+        }
+    }
+
+    fn finalize(self) -> postcard::Result<Encoded> {
+        match self {
+            FrameSink::Small { mut out, size } => {
+                if out.len() != 5 + size {
+                    return Err(postcard::Error::SerializeBufferFull);
+                }
+                let len = (out.len() - 4) as u32;
+                out[..4].copy_from_slice(&len.to_be_bytes());
+                Ok(Encoded::Small(out))
+            }
+            FrameSink::Chunks(c) => c.finalize().map(Encoded::Chunks),
+        }
+    }
+}
+
+/// A postcard output that cuts the encoding of one large frame into wire
+/// chunks as it is written, so a large message is never held whole on
+/// the way out: each byte is written once, into a chunk-sized buffer the
+/// allocator can reuse (a fresh buffer of the whole message costs a page
+/// fault per 4 KiB, which on the bench machine was slower than sending).
+struct Chunker {
+    msg: u64,
+    count: u32,
+    /// Frame bytes not yet given a chunk.
+    left: usize,
+    /// Bytes the current chunk still takes.
+    room: usize,
+    cur: Vec<u8>,
+    done: Vec<Vec<u8>>,
+}
+
+impl Chunker {
+    fn new(msg: u64, size: usize) -> postcard::Result<Self> {
+        let mut c = Chunker {
+            msg,
+            count: size.div_ceil(CHUNK) as u32,
+            left: size,
+            room: 0,
+            cur: Vec::new(),
+            done: Vec::with_capacity(size.div_ceil(CHUNK)),
+        };
+        c.start()?;
+        Ok(c)
+    }
+
+    /// Opens the next chunk: length (filled in when full), version,
+    /// variant, then [`ChunkRef`]'s fields up to its piece's length.
+    fn start(&mut self) -> postcard::Result<()> {
+        let data = self.left.min(CHUNK);
+        let mut head = Vec::with_capacity(6 + 24 + data);
+        head.extend_from_slice(&[0, 0, 0, 0, FRAME_VERSION, CHUNK_VARIANT]);
+        let index = self.done.len() as u32;
+        self.cur = postcard::to_extend(&(self.msg, index, self.count, data as u64), head)?;
+        self.room = data;
+        self.left -= data;
+        Ok(())
+    }
+}
+
+impl postcard::ser_flavors::Flavor for Chunker {
+    type Output = Vec<Vec<u8>>;
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.try_extend(&[data])
+    }
+
+    fn try_extend(&mut self, mut data: &[u8]) -> postcard::Result<()> {
+        while !data.is_empty() {
+            if self.room == 0 {
+                // More bytes than the size pass counted.
+                return Err(postcard::Error::SerializeBufferFull);
+            }
+            let n = self.room.min(data.len());
+            self.cur.extend_from_slice(&data[..n]);
+            self.room -= n;
+            data = &data[n..];
+            if self.room == 0 {
+                let mut full = std::mem::take(&mut self.cur);
+                let len = (full.len() - 4) as u32;
+                full[..4].copy_from_slice(&len.to_be_bytes());
+                self.done.push(full);
+                if self.left > 0 {
+                    self.start()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<Vec<Vec<u8>>> {
+        if self.room != 0 || self.left != 0 {
+            // Fewer bytes than the size pass counted.
+            return Err(postcard::Error::SerializeBufferFull);
+        }
+        Ok(self.done)
+    }
+}
+
+/// The error of a frame whose encoding was not the size measured for it
+/// (or that postcard could not encode).
+fn encode_error(e: postcard::Error) -> WireError {
+    match e {
+        postcard::Error::SerializeBufferFull => WireError::Encode(CodecError::new(
+            "frame",
+            "the message encoded to another size than measured",
+        )),
+        other => WireError::Encode(CodecError::new("frame", other)),
+    }
+}
+
+/// One chunk on the wire: length, version, variant, fields (what
+/// [`Chunker`] writes, built from a whole piece; for tests).
+#[cfg(test)]
+fn wire_chunk(c: &ChunkRef<'_>) -> Result<Vec<u8>, WireError> {
+    let mut out = Vec::with_capacity(4 + 2 + 24 + c.data.len());
+    out.extend_from_slice(&[0, 0, 0, 0, FRAME_VERSION, CHUNK_VARIANT]);
+    let mut out = postcard::to_extend(c, out).map_err(encode_error)?;
+    let len = (out.len() - 4) as u32;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use manta_actors::wire::encode_wire;
+
+    #[test]
+    fn a_reply_carries_its_bytes_as_one_string_in_the_old_layout() {
+        let bytes = postcard::to_allocvec(&Frame::reply(5, Ok(vec![9, 8, 7]))).unwrap();
+        // Reply (variant 2), id 5, Ok (0), length 3, the bytes: what a
+        // derived `Result<Vec<u8>, _>` wrote.
+        assert_eq!(bytes, [2, 5, 0, 3, 9, 8, 7]);
+        match postcard::from_bytes::<Frame>(&bytes).unwrap() {
+            Frame::Reply { id: 5, result } => assert_eq!(*result.unwrap().0, [9, 8, 7]),
+            other => panic!("decoded as {other:?}"),
+        }
+        let err = Frame::reply(6, Err(WireError::NotFound("x".into())));
+        let bytes = postcard::to_allocvec(&err).unwrap();
+        let back = postcard::from_bytes::<Frame>(&bytes).unwrap();
+        assert!(matches!(
+            back,
+            Frame::Reply { id: 6, result: Err(WireError::NotFound(n)) } if n == "x"
+        ));
+    }
+
+    #[test]
+    fn a_decoded_request_borrows_its_target_type_and_body_from_the_buffer() {
+        let body: Vec<u8> = (0..200u8).collect();
+        let Encoded::Small(bytes) = encode(&Frame::Request {
+            replies: vec![1, u64::MAX],
+            to: Cow::Borrowed("sink"),
+            ty: Cow::Borrowed("bench::Sink"),
+            body: Cow::Borrowed(&body),
+        })
+        .unwrap() else {
+            panic!("a small frame")
+        };
+        let len = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
+        assert_eq!((len, bytes[4]), (bytes.len() - 4, FRAME_VERSION));
+        match postcard::from_bytes::<Frame>(&bytes[5..]).unwrap() {
+            Frame::Request {
+                replies,
+                to: Cow::Borrowed("sink"),
+                ty: Cow::Borrowed("bench::Sink"),
+                body: Cow::Borrowed(b),
+            } => {
+                assert_eq!(b, &body[..]);
+                assert_eq!(replies, [1, u64::MAX]);
+            }
+            other => panic!("decoded as {other:?} (or copied)"),
+        }
+    }
+
+    #[test]
+    fn a_chunk_written_through_chunk_ref_decodes_as_frame_chunk() {
+        let data: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
+        let bytes = wire_chunk(&ChunkRef {
+            msg: u64::MAX - 7,
+            index: 3,
+            count: 200,
+            data: &data,
+        })
+        .unwrap();
+        let len = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
+        assert_eq!(len, bytes.len() - 4, "the length prefix counts the rest");
+        assert_eq!(bytes[4], FRAME_VERSION);
+        match postcard::from_bytes::<Frame>(&bytes[5..]).unwrap() {
+            Frame::Chunk {
+                msg,
+                index,
+                count,
+                data: d,
+            } => assert_eq!((msg, index, count, d), (u64::MAX - 7, 3, 200, data.clone())),
+            other => panic!("decoded as {other:?}"),
+        }
+        // And the other way: a Frame::Chunk reads back through ChunkRef.
+        let frame = postcard::to_allocvec(&Frame::Chunk {
+            msg: 9,
+            index: 1,
+            count: 2,
+            data: data.clone(),
+        })
+        .unwrap();
+        assert_eq!(frame[0], CHUNK_VARIANT);
+        let c = postcard::from_bytes::<ChunkRef<'_>>(&frame[1..]).unwrap();
+        assert_eq!((c.msg, c.index, c.count, c.data), (9, 1, 2, &data[..]));
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Sample {
+        name: String,
+        #[serde(with = "serde_bytes")]
+        blob: Vec<u8>,
+        nums: Vec<u32>,
+    }
+
+    fn sample(blob: usize) -> Sample {
+        Sample {
+            name: "ünïcode".into(),
+            blob: (0..blob).map(|i| (i * 7) as u8).collect(),
+            nums: (0..300).map(|i| i * 1_000_003).collect(),
+        }
+    }
+
+    /// The frame a typed send writes, reassembled from its chunks if large.
+    fn written(e: Encoded) -> Vec<u8> {
+        match e {
+            Encoded::Small(b) => b[5..].to_vec(),
+            Encoded::Chunks(chunks) => {
+                let mut whole = Vec::new();
+                for (i, c) in chunks.iter().enumerate() {
+                    let len = u32::from_be_bytes(c[..4].try_into().unwrap()) as usize;
+                    assert_eq!(
+                        len,
+                        c.len() - 4,
+                        "chunk {i}: the length prefix counts the rest"
+                    );
+                    assert_eq!((c[4], c[5]), (FRAME_VERSION, CHUNK_VARIANT));
+                    let r = postcard::from_bytes::<ChunkRef<'_>>(&c[6..]).unwrap();
+                    assert_eq!((r.index, r.count), (i as u32, chunks.len() as u32));
+                    assert!(r.data.len() <= CHUNK);
+                    whole.extend_from_slice(r.data);
+                }
+                whole
+            }
+        }
+    }
+
+    #[test]
+    fn a_typed_tell_or_request_encodes_as_the_frame_of_its_encoded_body() {
+        // Small, exactly around one chunk, and several chunks.
+        for blob in [10, CHUNK - 700, CHUNK, 3 * CHUNK + 5] {
+            let msg = sample(blob);
+            let body = encode_wire(&msg).unwrap();
+            let tell = Outgoing::Tell {
+                to: "sink",
+                ty: "t::Sample",
+                body: Inline::new(&msg).unwrap(),
+            }
+            .encode()
+            .unwrap();
+            let want = postcard::to_allocvec(&Frame::Tell {
+                to: Cow::Borrowed("sink"),
+                ty: Cow::Borrowed("t::Sample"),
+                body: Cow::Borrowed(&body),
+            })
+            .unwrap();
+            assert!(written(tell) == want, "tell of a {blob}-byte blob");
+            let ask = Outgoing::Request {
+                replies: &[u64::MAX, 3],
+                to: "sink",
+                ty: "t::Sample",
+                body: Inline::new(&msg).unwrap(),
+            }
+            .encode()
+            .unwrap();
+            let got = written(ask);
+            match postcard::from_bytes::<Frame>(&got).unwrap() {
+                Frame::Request {
+                    replies, to, body, ..
+                } => {
+                    assert_eq!((&replies[..], &*to), (&[u64::MAX, 3][..], "sink"));
+                    assert_eq!(postcard::from_bytes::<Sample>(&body).unwrap(), msg);
+                }
+                other => panic!("decoded as {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn large_frames_are_cut_into_full_chunks_and_a_last_partial_one() {
+        let chunks = |n: usize| match encode(&Frame::Reply {
+            id: 1,
+            result: Ok(ReplyBody(Cow::Owned(vec![1u8; n]))),
+        })
+        .unwrap()
+        {
+            Encoded::Small(_) => 1,
+            Encoded::Chunks(c) => {
+                let pieces: Vec<usize> = c.iter().map(|c| c.len()).collect();
+                assert!(pieces[..pieces.len() - 1].iter().all(|l| *l == pieces[0]));
+                c.len()
+            }
+        };
+        // Reply frame: variant, id, Ok tag, length varint (3 bytes), bytes.
+        assert_eq!(chunks(CHUNK - 6), 1);
+        assert_eq!(chunks(CHUNK - 5), 2);
+        assert_eq!(chunks(4 * CHUNK - 6), 4);
+        assert_eq!(chunks(4 * CHUNK), 5);
+        let too_big = encode(&Frame::Reply {
+            id: 1,
+            result: Ok(ReplyBody(Cow::Owned(vec![0u8; MAX_FRAME]))),
+        });
+        assert!(matches!(
+            too_big,
+            Err(WireError::TooLarge {
+                limit: MAX_FRAME,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_reply_encoded_from_its_value_is_the_frame_of_its_encoded_bytes() {
+        for blob in [0, 100, CHUNK - 700, CHUNK, 5 * CHUNK + 3] {
+            let msg = sample(blob);
+            let want =
+                postcard::to_allocvec(&Frame::reply(u64::MAX - 1, Ok(encode_wire(&msg).unwrap())))
+                    .unwrap();
+            let got = written(encode_reply_value(u64::MAX - 1, &msg).unwrap());
+            assert!(got == want, "reply with a {blob}-byte blob");
+        }
+    }
+
+    /// Encodes 100 bytes longer (or shorter) each time it is encoded.
+    struct Fickle(std::cell::Cell<usize>, bool);
+
+    impl Serialize for Fickle {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let n = self.0.get();
+            self.0.set(if self.1 { n + 100 } else { n - 100 });
+            s.serialize_bytes(&vec![7u8; n])
+        }
+    }
+
+    #[test]
+    fn a_message_whose_size_changes_between_passes_is_an_error_not_a_bad_frame() {
+        // Small and large frames, growing and shrinking, through the
+        // generic encoder, a typed send's and a reply value's.
+        for (start, grows) in [
+            (1500, true),
+            (1500, false),
+            (3 * CHUNK, true),
+            (3 * CHUNK, false),
+        ] {
+            let msg = Fickle(std::cell::Cell::new(start), grows);
+            let got = encode(&Outgoing::Tell {
+                to: "x",
+                ty: "y",
+                body: &msg,
+            });
+            assert!(
+                matches!(got, Err(WireError::Encode(_))),
+                "{start} bytes, grows {grows}: {:?}",
+                got.err()
+            );
+            let msg = Fickle(std::cell::Cell::new(start), grows);
+            let got = Outgoing::Request {
+                replies: &[1],
+                to: "x",
+                ty: "y",
+                body: Inline::new(&msg).unwrap(),
+            }
+            .encode();
+            assert!(
+                matches!(got, Err(WireError::Encode(_))),
+                "typed, {start} bytes, grows {grows}: {:?}",
+                got.err()
+            );
+            let msg = Fickle(std::cell::Cell::new(start), grows);
+            let got = encode_reply_value(1, &msg);
+            assert!(
+                matches!(got, Err(WireError::Encode(_))),
+                "reply, {start} bytes, grows {grows}: {:?}",
+                got.err()
+            );
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Handles to remote actors, where a send starts: [`RemoteRef`] (typed;
+//! a tell is measured, its reply handles registered, then encoded straight
+//! into its frame) and `RemoteAny` (erased, message type known by name),
+//! both over an [`Addr`]: a peer and an actor name.
+
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
+
+use libp2p::PeerId;
+use manta_actors::wire::ReplyRegistry;
+use manta_actors::{
+    ActorId, CodecError, ExitReason, Message, Monitor, RemoteActor, SendError, SendFailure,
+    WireError, message_type_name,
+};
+
+use super::frame::{Frame, Inline, Outgoing};
+use super::{Remoting, lock};
+
+/// A named actor on another node.
+pub struct RemoteRef<M> {
+    pub(super) addr: Addr,
+    pub(super) replies: Arc<dyn ReplyRegistry>,
+    pub(super) _m: PhantomData<fn(M)>,
+}
+
+impl<M: Message> RemoteActor<M> for RemoteRef<M> {
+    fn id(&self) -> ActorId {
+        self.addr.id()
+    }
+
+    fn tell(&self, msg: M) -> Result<(), SendError<M>> {
+        let addr = &self.addr;
+        // The size pass registers the reply handles the message carries
+        // (under this peer); the write pass writes the same ids.
+        let (measured, replies) =
+            manta_actors::wire::encode_with(Arc::clone(&self.replies), || Inline::new(&msg));
+        let sent = measured
+            .map_err(|e| WireError::Encode(CodecError::new(M::NAME, e)))
+            .and_then(|body| {
+                let ty = message_type_name::<M>();
+                if replies.is_empty() {
+                    let frame = Outgoing::Tell {
+                        to: &addr.name,
+                        ty,
+                        body,
+                    };
+                    addr.remoting
+                        .send_as(addr.peer, Some(frame.target()), || frame.encode())
+                } else {
+                    let frame = Outgoing::Request {
+                        replies: &replies,
+                        to: &addr.name,
+                        ty,
+                        body,
+                    };
+                    addr.remoting
+                        .send_as(addr.peer, Some(frame.target()), || frame.encode())
+                }
+            });
+        sent.map_err(|e| {
+            // Nothing went out: forget the replies it would have had.
+            let mut p = lock(&addr.remoting.inner.pending);
+            for id in &replies {
+                p.remove(id);
+            }
+            SendError {
+                message: msg,
+                failure: send_failure(e),
+            }
+        })
+    }
+
+    fn stop(&self, reason: ExitReason) {
+        self.addr.stop(reason)
+    }
+
+    fn kill(&self) {
+        self.addr.kill()
+    }
+
+    fn monitor(&self) -> Monitor {
+        self.addr.monitor()
+    }
+}
+
+fn send_failure(e: WireError) -> SendFailure {
+    match e {
+        WireError::NodeDown(n) => SendFailure::NodeDown(n),
+        WireError::Backpressure => SendFailure::Backpressure,
+        WireError::ActorGone(r) => SendFailure::ActorGone(r),
+        WireError::NotFound(_) => SendFailure::ActorGone(None),
+        WireError::Encode(e) => SendFailure::Encode(e),
+        WireError::TooLarge { size, limit } => SendFailure::TooLarge { size, limit },
+        other => SendFailure::Rejected(other),
+    }
+}
+
+/// A remote actor whose message type is known only by name.
+pub(super) struct RemoteAny {
+    pub(super) addr: Addr,
+    pub(super) ty: &'static str,
+}
+
+impl manta_actors::ErasedHandle for RemoteAny {
+    fn id(&self) -> ActorId {
+        self.addr.id()
+    }
+    fn cell(&self) -> Option<manta_actors::ractor::ActorCell> {
+        None
+    }
+    fn message_type(&self) -> &'static str {
+        self.ty
+    }
+    fn stop(&self, reason: ExitReason) {
+        self.addr.stop(reason)
+    }
+    fn kill(&self) {
+        self.addr.kill()
+    }
+    fn monitor(&self) -> Monitor {
+        self.addr.monitor()
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    // No `tell_wire`: this node does not relay bytes to another one (the
+    // reply ids inside belong to the node that sent them).
+}
+
+/// Interns message type names learnt from the wire (a small, finite set) so
+/// that erased handles can report them as `&'static str`.
+pub(super) fn intern(ty: &str) -> &'static str {
+    static NAMES: std::sync::LazyLock<Mutex<std::collections::HashSet<&'static str>>> =
+        std::sync::LazyLock::new(|| Mutex::new(std::collections::HashSet::new()));
+    let mut names = lock(&NAMES);
+    if let Some(n) = names.get(ty) {
+        return n;
+    }
+    let leaked: &'static str = Box::leak(ty.to_owned().into_boxed_str());
+    names.insert(leaked);
+    leaked
+}
+
+/// Where a named remote actor lives: what every remote handle shares.
+pub(super) struct Addr {
+    remoting: Remoting,
+    peer: PeerId,
+    name: String,
+}
+
+impl Addr {
+    fn id(&self) -> ActorId {
+        ActorId::Remote {
+            node: self.peer.to_string(),
+            name: self.name.clone(),
+        }
+    }
+
+    fn stop(&self, reason: ExitReason) {
+        let to = self.name.clone();
+        let _ = self.remoting.send(self.peer, &Frame::Stop { to, reason });
+    }
+
+    fn kill(&self) {
+        let to = self.name.clone();
+        let _ = self.remoting.send(self.peer, &Frame::Kill { to });
+    }
+
+    fn monitor(&self) -> Monitor {
+        self.remoting.watch(self.peer, &self.name).monitor()
+    }
+}
+
+impl Remoting {
+    pub(super) fn addr(&self, peer: PeerId, name: &str) -> Addr {
+        Addr {
+            remoting: self.clone(),
+            peer,
+            name: name.to_owned(),
+        }
+    }
+}
