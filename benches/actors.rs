@@ -24,6 +24,8 @@ enum Msg {
 
 impl Message for Msg {
     const NAME: &'static str = "manta.bench.Msg";
+    const DECODE: Option<manta_actors::wire::Decode<Self>> =
+        Some(manta_actors::wire::decode::<Self>);
 }
 
 struct MantaCounter(i64);

@@ -33,6 +33,8 @@ enum Sink {
 
 impl Message for Sink {
     const NAME: &'static str = "manta.bench.Sink";
+    const DECODE: Option<manta_actors::wire::Decode<Self>> =
+        Some(manta_actors::wire::decode::<Self>);
 }
 
 struct Counter(u64, u64);

@@ -22,6 +22,8 @@ struct Fail;
 
 impl Message for Fail {
     const NAME: &'static str = "manta.bench.Fail";
+    const DECODE: Option<manta_actors::wire::Decode<Self>> =
+        Some(manta_actors::wire::decode::<Self>);
 }
 
 struct Worker;

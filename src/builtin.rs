@@ -75,6 +75,8 @@ pub enum TimerMsg {
 
 impl Message for TimerMsg {
     const NAME: &'static str = "manta.builtin.TimerMsg";
+    const DECODE: Option<manta_actors::wire::Decode<Self>> =
+        Some(manta_actors::wire::decode::<Self>);
 }
 
 /// Sends `msg` to the actor after `every`, repeatedly while it lives.
@@ -226,6 +228,8 @@ pub enum CounterMsg {
 
 impl Message for CounterMsg {
     const NAME: &'static str = "manta.builtin.CounterMsg";
+    const DECODE: Option<manta_actors::wire::Decode<Self>> =
+        Some(manta_actors::wire::decode::<Self>);
 }
 
 /// A counter.

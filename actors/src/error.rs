@@ -148,6 +148,13 @@ pub enum SpawnError {
         /// The message type the kind's actors take.
         actual: String,
     },
+    /// The kind's actors take a local-only message type
+    /// (`#[message(local)]`): they cannot be spawned for another node.
+    #[error("kind `{kind}` takes a local-only message type: it cannot be spawned for another node")]
+    LocalOnly {
+        /// The kind.
+        kind: String,
+    },
     /// No alive node matches the placement.
     #[error("no alive node matches {0:?}")]
     NoNodeMatches(Box<Placement>),

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{ActorCell, ActorRef, MessagingErr};
-use serde::de::DeserializeOwned;
 
 use crate::error::{AskError, CodecError, SendError, SendFailure, WireError};
 use crate::exit::{ExitReason, ExitSignal, Monitor};
@@ -209,14 +208,11 @@ impl<M: Message> ActorHandle<M> {
     /// variant: `counter.ask(CounterMsg::Get, t)` for `Get(ReplyTo<i64>)`,
     /// `wallet.ask(|r| Account::Withdraw(5, r), t)` for a variant with more
     /// fields.
-    pub async fn ask<R>(
+    pub async fn ask<R: Send + 'static>(
         &self,
         make: impl FnOnce(ReplyTo<R>) -> M,
         timeout: Duration,
-    ) -> Result<R, AskError<M>>
-    where
-        R: DeserializeOwned + Send + 'static,
-    {
+    ) -> Result<R, AskError<M>> {
         let (reply, rx) = ReplyTo::channel();
         self.tell(make(reply)).map_err(AskError::Send)?;
         let answer = match tokio::time::timeout(timeout, rx).await {
@@ -228,9 +224,9 @@ impl<M: Message> ActorHandle<M> {
         };
         match answer {
             Answer::Value(r) => Ok(r),
-            Answer::Wire(Ok(bytes)) => postcard::from_bytes(bytes.bytes())
+            Answer::Bytes(bytes, decode) => decode(bytes.bytes())
                 .map_err(|e| AskError::Decode(CodecError::new(std::any::type_name::<R>(), e))),
-            Answer::Wire(Err(e)) => Err(match e {
+            Answer::Failed(e) => Err(match e {
                 WireError::NoReply(r) => AskError::NoReply(r.or_else(|| self.local_exit())),
                 WireError::ActorGone(r) => AskError::NoReply(r.or_else(|| self.local_exit())),
                 WireError::NodeDown(n) => AskError::NoReply(Some(ExitReason::NodeDown(n))),
@@ -361,7 +357,9 @@ impl<M: Message> ErasedHandle for ActorHandle<M> {
         self
     }
     fn tell_wire(&self, body: &[u8], route: &Arc<dyn ReplyRoute>) -> Result<(), WireError> {
-        let msg: M = crate::reply::decode_with(Arc::clone(route), || postcard::from_bytes(body))
+        // A local-only message type: other nodes cannot address this actor.
+        let decode = M::DECODE.ok_or(WireError::NotAddressable)?;
+        let msg: M = crate::reply::decode_with(Arc::clone(route), || decode(body))
             .map_err(|e| WireError::Decode(CodecError::new(M::NAME, e)))?;
         self.tell(msg).map_err(|e| {
             let err = match e.failure {

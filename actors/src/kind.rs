@@ -92,6 +92,7 @@ pub type ArgsError = toml::de::Error;
 
 trait ErasedKind: Send + Sync + 'static {
     fn message_type(&self) -> &'static str;
+    fn remote(&self) -> bool;
     fn args_type(&self) -> &'static str;
     fn prepare_toml(
         &self,
@@ -166,6 +167,9 @@ where
 {
     fn message_type(&self) -> &'static str {
         message_type_name::<A::Msg>()
+    }
+    fn remote(&self) -> bool {
+        <A::Msg as Message>::DECODE.is_some()
     }
     fn args_type(&self) -> &'static str {
         std::any::type_name::<Args>()
@@ -320,6 +324,12 @@ impl KindRegistry {
     /// The message type an actor of `kind` takes.
     pub fn message_type(&self, kind: &str) -> Option<&'static str> {
         self.get(kind).map(|k| k.message_type())
+    }
+
+    /// Whether actors of `kind` can be addressed from other nodes (their
+    /// message type is not local-only); `None` for an unknown kind.
+    pub fn is_remote(&self, kind: &str) -> Option<bool> {
+        self.get(kind).map(|k| k.remote())
     }
 
     /// The argument type of `kind`.

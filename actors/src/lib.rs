@@ -75,7 +75,7 @@ pub use handle::{ActorHandle, ActorId, AnyHandle, ErasedHandle, RemoteActor};
 pub use kind::{ArgsError, ChildFactory, Kind, KindError, KindRegistry, StartContext, factory};
 /// `#[derive(Message)]`: see [`Message`](trait@Message).
 pub use manta_macros::Message;
-pub use message::{Message, message_type_name};
+pub use message::{Message, RemoteMessage, message_type_name};
 pub use placement::{Placement, Placer, Resources};
 pub use reply::ReplyTo;
 pub use system::{ActorSystem, SpawnOptions};
@@ -86,7 +86,7 @@ pub use system::{ActorSystem, SpawnOptions};
 #[doc(hidden)]
 pub mod wire {
     pub use crate::handle::EncodeWire;
-    pub use crate::message::encode_wire;
+    pub use crate::message::{Decode, decode, encode_wire};
     pub use crate::reply::{
         PendingReply, ReplyRegistry, ReplyRoute, WireBytes, decode_with, encode_with,
     };

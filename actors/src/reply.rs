@@ -74,8 +74,11 @@ impl WireBytes for Vec<u8> {
 pub(crate) enum Answer<R> {
     /// The reply itself (same node).
     Value(R),
-    /// The reply's encoding, or why there is none (from the wire).
-    Wire(Result<Box<dyn WireBytes>, WireError>),
+    /// The reply's encoding from another node, with its decoder (the asker
+    /// decodes it on its own task, and needs no serde bound to do so).
+    Bytes(Box<dyn WireBytes>, fn(&[u8]) -> Result<R, postcard::Error>),
+    /// Why there is no reply.
+    Failed(WireError),
 }
 
 type Forward<R> = Box<dyn FnOnce(Result<R, WireError>) + Send>;
@@ -167,7 +170,7 @@ impl<R: Send + 'static> Drop for ReplyTo<R> {
 fn fail_state<R>(state: State<R>, err: WireError) {
     match state {
         State::Local(tx) => {
-            let _ = tx.send(Answer::Wire(Err(err)));
+            let _ = tx.send(Answer::Failed(err));
         }
         State::Forward(f) => f(Err(err)),
         State::Sent(_) | State::Done => {}
@@ -256,9 +259,12 @@ pub trait PendingReply: Send {
 
 struct LocalPending<R>(oneshot::Sender<Answer<R>>);
 
-impl<R: Send> PendingReply for LocalPending<R> {
+impl<R: DeserializeOwned + Send> PendingReply for LocalPending<R> {
     fn deliver(self: Box<Self>, answer: Result<Box<dyn WireBytes>, WireError>) {
-        let _ = self.0.send(Answer::Wire(answer));
+        let _ = self.0.send(match answer {
+            Ok(bytes) => Answer::Bytes(bytes, crate::message::decode::<R>),
+            Err(e) => Answer::Failed(e),
+        });
     }
     fn is_closed(&self) -> bool {
         self.0.is_closed()

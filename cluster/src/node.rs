@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use manta_actors::{ActorHandle, ActorSystem, LookupError, Message, message_type_name};
+use manta_actors::{ActorHandle, ActorSystem, LookupError, RemoteMessage, message_type_name};
 
 use crate::membership::{
     MemberEvent, MemberState, Membership, MembershipConfig, actor_types, keys,
@@ -213,13 +213,13 @@ impl Node {
 
     /// Every member of process group `group` across the cluster that takes
     /// messages of type `M` (members of another type are left out).
-    pub fn group<M: Message>(&self, group: &str) -> Vec<ActorHandle<M>> {
+    pub fn group<M: RemoteMessage>(&self, group: &str) -> Vec<ActorHandle<M>> {
         self.names().group(group)
     }
 
     /// Finds the actor registered as `name` anywhere in the cluster (this
     /// node first), checking that it takes messages of type `M`.
-    pub fn where_is<M: Message>(&self, name: &str) -> Result<ActorHandle<M>, LookupError> {
+    pub fn where_is<M: RemoteMessage>(&self, name: &str) -> Result<ActorHandle<M>, LookupError> {
         self.names().where_is(name)
     }
 
@@ -359,7 +359,7 @@ impl std::fmt::Debug for Names {
 impl Names {
     /// Every member of process group `group` across the cluster that takes
     /// messages of type `M` (members of another type are left out).
-    pub fn group<M: Message>(&self, group: &str) -> Vec<ActorHandle<M>> {
+    pub fn group<M: RemoteMessage>(&self, group: &str) -> Vec<ActorHandle<M>> {
         let mut out = self.system.group::<M>(group);
         let me = self.membership.node_id().to_owned();
         for m in self.membership.members() {
@@ -386,7 +386,7 @@ impl Names {
 
     /// Finds the actor registered as `name` anywhere in the cluster (this
     /// node first), checking that it takes messages of type `M`.
-    pub fn where_is<M: Message>(&self, name: &str) -> Result<ActorHandle<M>, LookupError> {
+    pub fn where_is<M: RemoteMessage>(&self, name: &str) -> Result<ActorHandle<M>, LookupError> {
         match self.system.lookup::<M>(name) {
             Err(LookupError::NotFound(_)) => {}
             other => return other,

@@ -13,8 +13,8 @@ use futures::future::BoxFuture;
 use libp2p::PeerId;
 use manta_actors::{
     Actor, ActorError, ActorHandle, ActorSystem, AnyHandle, ChildFactory, Context, ExitReason,
-    Kind, Message, Placement, Placer, SpawnError, SpawnOptions, StartContext, WireError,
-    message_type_name,
+    Kind, Message, Placement, Placer, RemoteMessage, SpawnError, SpawnOptions, StartContext,
+    WireError, message_type_name,
 };
 use serde::{Deserialize, Serialize};
 
@@ -214,7 +214,7 @@ impl Cluster {
     /// acct.tell(CounterMsg::Add(1)).ok();
     /// # Ok(()) }
     /// ```
-    pub async fn spawn_on<Args: Serialize, M: Message>(
+    pub async fn spawn_on<Args: Serialize, M: RemoteMessage>(
         &self,
         kind: &Kind<Args, M>,
         args: &Args,
@@ -231,7 +231,7 @@ impl Cluster {
 
     /// [`spawn_on`](Self::spawn_on) for a kind known by name only, with
     /// arguments as a TOML value (what tree files give).
-    pub async fn spawn_kind<M: Message>(
+    pub async fn spawn_kind<M: RemoteMessage>(
         &self,
         placement: &Placement,
         kind: &str,
@@ -444,6 +444,8 @@ enum ProxyMsg {
 
 impl Message for ProxyMsg {
     const NAME: &'static str = "manta.cluster.ProxyMsg";
+    const DECODE: Option<manta_actors::wire::Decode<Self>> =
+        Some(manta_actors::wire::decode::<Self>);
 }
 
 /// Stands in for a remote child under a local supervisor.

@@ -13,6 +13,11 @@ use syn::{DeriveInput, LitStr, parse_macro_input};
 /// enum Account { Deposit(u64), Balance(ReplyTo<u64>) }
 /// ```
 ///
+/// `#[message(local)]` marks a type that never leaves its node (it may hold
+/// a channel, an `Arc`, a tensor on a device): it needs no serde, and other
+/// nodes cannot address its actors (`where_is`, `spawn_on` and remote
+/// handles take only serde types, and a node refuses requests for it).
+///
 /// The name is the type's identity on the wire. Its default,
 /// `concat!(module_path!(), "::", "Account")`, is fixed by the source (not
 /// by the compiler, as `std::any::type_name` is), so nodes built by
@@ -32,12 +37,16 @@ pub fn derive_message(input: TokenStream) -> TokenStream {
 
 fn expand(input: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
     let mut name: Option<LitStr> = None;
+    let mut local = false;
     let mut krate: Option<syn::Path> = None;
     for attr in input.attrs.iter().filter(|a| a.path().is_ident("message")) {
         attr.parse_nested_meta(|meta| {
             if meta.path.is_ident("reply") {
                 Err(meta
                     .error("replies are typed per request: give the variant a `ReplyTo<T>` field"))
+            } else if meta.path.is_ident("local") {
+                local = true;
+                Ok(())
             } else if meta.path.is_ident("name") {
                 name = Some(meta.value()?.parse()?);
                 Ok(())
@@ -46,7 +55,7 @@ fn expand(input: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
                 krate = Some(lit.parse()?);
                 Ok(())
             } else {
-                Err(meta.error("expected `name = \"...\"` or `crate = \"path\"`"))
+                Err(meta.error("expected `name = \"...\"`, `local` or `crate = \"path\"`"))
             }
         })?;
     }
@@ -63,9 +72,15 @@ fn expand(input: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
         Some(p) => quote!(#p),
         None => default_crate_path(),
     };
+    let decode = if local {
+        quote!(::core::option::Option::None)
+    } else {
+        quote!(::core::option::Option::Some(#krate::wire::decode::<Self>))
+    };
     Ok(quote! {
         impl #impl_g #krate::Message for #ident #ty_g #where_c {
             const NAME: &'static str = #name;
+            const DECODE: ::core::option::Option<#krate::wire::Decode<Self>> = #decode;
         }
     })
 }

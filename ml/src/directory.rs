@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use manta_actors::{ActorHandle, ActorSystem, LookupError, Message};
+use manta_actors::{ActorHandle, ActorSystem, LookupError, RemoteMessage};
 use manta_cluster::Names;
 
 /// Name resolution for the actors of a training job.
@@ -31,7 +31,7 @@ impl Directory {
     }
 
     /// Finds the actor registered as `name`, checking its message type.
-    pub fn resolve<M: Message>(&self, name: &str) -> Result<ActorHandle<M>, LookupError> {
+    pub fn resolve<M: RemoteMessage>(&self, name: &str) -> Result<ActorHandle<M>, LookupError> {
         match self {
             Directory::Local(system) => system.lookup(name),
             Directory::Cluster(cell) => match cell.get() {

@@ -152,6 +152,8 @@ pub struct LoaderStats {
 
 impl Message for LoaderMsg {
     const NAME: &'static str = "manta.ml.LoaderMsg";
+    const DECODE: Option<manta_actors::wire::Decode<Self>> =
+        Some(manta_actors::wire::decode::<Self>);
 }
 
 /// A data-loader actor.

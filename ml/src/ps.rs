@@ -208,6 +208,8 @@ pub struct PsStatus {
 
 impl Message for PsMsg {
     const NAME: &'static str = "manta.ml.PsMsg";
+    const DECODE: Option<manta_actors::wire::Decode<Self>> =
+        Some(manta_actors::wire::decode::<Self>);
 }
 
 /// A checkpoint file's content.

@@ -73,6 +73,8 @@ pub struct WorkerStats {
 
 impl Message for WorkerMsg {
     const NAME: &'static str = "manta.ml.WorkerMsg";
+    const DECODE: Option<manta_actors::wire::Decode<Self>> =
+        Some(manta_actors::wire::decode::<Self>);
 }
 
 /// How long one request to a loader or parameter server may take. Long:

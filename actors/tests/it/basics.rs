@@ -428,3 +428,65 @@ fn a_reply_writes_its_encoding_in_pieces_and_stops_at_the_first_refusal() {
     assert!(matches!(err, WireError::Backpressure), "{err:?}");
     assert_eq!(calls, 1, "no piece after the first refusal");
 }
+
+/// Issue 15, API 1: a message type that never leaves its node needs no
+/// serde: it may carry a channel and an `Arc`, and answer a reply type that
+/// is not serde either. Other nodes cannot address its actors: bytes for it
+/// are refused (`NotAddressable`), and `where_is`/`spawn_on`/remote handles
+/// take only `RemoteMessage` types, so using it there does not compile.
+#[tokio::test]
+async fn a_local_only_message_needs_no_serde_and_is_not_addressable_from_the_wire() {
+    use manta_actors::{Actor, ActorError, Context, Message, ReplyTo, WireError};
+    use std::sync::Arc;
+
+    struct NotSerde(Arc<std::sync::Mutex<Vec<u32>>>);
+
+    #[derive(Debug, Message)]
+    #[message(local)]
+    enum Local {
+        Push(u32, tokio::sync::mpsc::UnboundedSender<usize>),
+        Shared(ReplyTo<NotSerde>),
+    }
+
+    impl std::fmt::Debug for NotSerde {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("NotSerde")
+        }
+    }
+
+    #[derive(Default)]
+    struct Keeper(Arc<std::sync::Mutex<Vec<u32>>>);
+
+    impl Actor for Keeper {
+        type Msg = Local;
+        async fn handle(&mut self, msg: Local, _: &mut Context<Local>) -> Result<(), ActorError> {
+            match msg {
+                Local::Push(v, done) => {
+                    let mut g = self.0.lock().unwrap();
+                    g.push(v);
+                    let _ = done.send(g.len());
+                }
+                Local::Shared(r) => {
+                    r.send(NotSerde(Arc::clone(&self.0)));
+                }
+            }
+            Ok(())
+        }
+    }
+
+    assert!(Local::DECODE.is_none());
+    let sys = ActorSystem::new();
+    let h = sys.spawn_named("keeper", Keeper::default()).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    h.tell(Local::Push(7, tx)).unwrap();
+    assert_eq!(rx.recv().await, Some(1));
+    let shared = h.ask(Local::Shared, T).await.unwrap();
+    assert_eq!(*shared.0.lock().unwrap(), [7]);
+    // Bytes from another node for it are refused before any decoding.
+    let lp = loopback::new();
+    let any = sys.lookup_any("keeper").unwrap();
+    assert!(matches!(
+        any.tell_wire(&[0, 7], &loopback::route(&lp)),
+        Err(WireError::NotAddressable)
+    ));
+}

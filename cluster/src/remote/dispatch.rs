@@ -140,6 +140,13 @@ impl Remoting {
                 })));
             }
         }
+        // A kind whose actors take a local-only message type is not spawned
+        // for another node: it could never address the actor.
+        if system.kinds().is_remote(kind) == Some(false) {
+            return Err(WireError::Spawn(Box::new(SpawnError::LocalOnly {
+                kind: kind.to_owned(),
+            })));
+        }
         let args: toml::Value = serde_json::from_str(args_json)
             .map_err(|e| WireError::Decode(CodecError::new("spawn arguments (JSON)", e)))?;
         let h = system

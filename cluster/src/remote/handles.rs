@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use libp2p::PeerId;
 use manta_actors::wire::ReplyRegistry;
 use manta_actors::{
-    ActorId, CodecError, ExitReason, Message, Monitor, RemoteActor, SendError, SendFailure,
+    ActorId, CodecError, ExitReason, Monitor, RemoteActor, RemoteMessage, SendError, SendFailure,
     WireError, message_type_name,
 };
 
@@ -23,7 +23,7 @@ pub struct RemoteRef<M> {
     pub(super) _m: PhantomData<fn(M)>,
 }
 
-impl<M: Message> RemoteActor<M> for RemoteRef<M> {
+impl<M: RemoteMessage> RemoteActor<M> for RemoteRef<M> {
     fn id(&self) -> ActorId {
         self.addr.id()
     }

@@ -40,7 +40,7 @@ use futures::StreamExt;
 use libp2p::{PeerId, StreamProtocol};
 use manta_actors::wire::{PendingReply, WireBytes};
 use manta_actors::{
-    ActorHandle, ActorSystem, CodecError, ExitReason, ExitSignal, Message, WireError,
+    ActorHandle, ActorSystem, CodecError, ExitReason, ExitSignal, RemoteMessage, WireError,
 };
 use tokio::sync::oneshot;
 
@@ -311,7 +311,7 @@ impl Remoting {
     }
 
     /// A handle to the actor registered as `name` on `peer`.
-    pub fn handle<M: Message>(&self, peer: PeerId, name: &str) -> ActorHandle<M> {
+    pub fn handle<M: RemoteMessage>(&self, peer: PeerId, name: &str) -> ActorHandle<M> {
         ActorHandle::remote(Arc::new(RemoteRef::<M> {
             addr: self.addr(peer, name),
             replies: Arc::new(PeerReplies {

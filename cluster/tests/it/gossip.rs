@@ -280,6 +280,8 @@ async fn membership_events_reach_a_subscribed_actor() {
     }
     impl Message for Watch {
         const NAME: &'static str = "manta.test.Watch";
+        const DECODE: Option<manta_actors::wire::Decode<Self>> =
+            Some(manta_actors::wire::decode::<Self>);
     }
     struct Watcher(Vec<String>, std::sync::Arc<tokio::sync::Notify>);
     impl Actor for Watcher {

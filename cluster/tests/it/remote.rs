@@ -187,6 +187,8 @@ enum Seq {
 
 impl Message for Seq {
     const NAME: &'static str = "manta.test.Seq";
+    const DECODE: Option<manta_actors::wire::Decode<Self>> =
+        Some(manta_actors::wire::decode::<Self>);
 }
 
 impl Actor for Sequence {
@@ -669,6 +671,8 @@ enum Blob {
 
 impl Message for Blob {
     const NAME: &'static str = "manta.test.Blob";
+    const DECODE: Option<manta_actors::wire::Decode<Self>> =
+        Some(manta_actors::wire::decode::<Self>);
 }
 
 struct Store(u64, u64);
@@ -705,6 +709,8 @@ struct Fetch {
 
 impl Message for Fetch {
     const NAME: &'static str = "manta.test.Fetch";
+    const DECODE: Option<manta_actors::wire::Decode<Self>> =
+        Some(manta_actors::wire::decode::<Self>);
 }
 
 struct Source;
@@ -1103,4 +1109,93 @@ async fn a_request_to_a_handle_that_takes_no_bytes_is_refused_at_once() {
         Err(AskError::Rejected(manta_actors::WireError::NotAddressable)) => {}
         other => panic!("unexpected {other:?}"),
     }
+}
+
+mod local_only {
+    /// Node a's type: never leaves its node (holds a channel).
+    #[derive(Debug, manta_actors::Message)]
+    #[message(local, name = "manta.test.Local")]
+    pub(super) enum Local {
+        Ping(
+            manta_actors::ReplyTo<u32>,
+            #[allow(dead_code)] Option<tokio::sync::mpsc::UnboundedSender<()>>,
+        ),
+    }
+
+    /// What a peer that believes the type crosses nodes would send.
+    #[derive(Debug, serde::Serialize, serde::Deserialize, manta_actors::Message)]
+    #[message(name = "manta.test.Local")]
+    pub(super) enum Twin {
+        Ping(manta_actors::ReplyTo<u32>),
+    }
+
+    pub(super) struct Pinger;
+
+    impl manta_actors::Actor for Pinger {
+        type Msg = Local;
+        async fn handle(
+            &mut self,
+            msg: Local,
+            _: &mut manta_actors::Context<Local>,
+        ) -> Result<(), manta_actors::ActorError> {
+            let Local::Ping(r, _) = msg;
+            r.send(1);
+            Ok(())
+        }
+    }
+}
+
+/// Issue 15, API 1: an actor whose message type is local-only cannot be
+/// reached or spawned from another node: a request for it is refused at
+/// once (typed), and a remote spawn of its kind is refused before anything
+/// starts.
+#[tokio::test]
+async fn a_local_only_actor_is_refused_to_other_nodes() {
+    let (p, sys_a) = pair("local-only").await;
+    let here = sys_a
+        .spawn_named("pinger", local_only::Pinger)
+        .await
+        .unwrap();
+    assert_eq!(
+        here.ask(|r| local_only::Local::Ping(r, None), DEADLINE)
+            .await
+            .unwrap(),
+        1
+    );
+    published(&p.b, "pinger").await;
+    let a_id = p.a.identity().peer_id();
+    let twin = p.b.remoting().handle::<local_only::Twin>(a_id, "pinger");
+    match twin.ask(local_only::Twin::Ping, DEADLINE).await {
+        Err(AskError::Rejected(manta_actors::WireError::NotAddressable)) => {}
+        other => panic!("unexpected {other:?}"),
+    }
+    // Its kind is not spawned for another node.
+    sys_a
+        .kinds()
+        .register("pinger", |_: CounterArgs| local_only::Pinger);
+    let on_a = SpawnOn {
+        placement: manta_actors::Placement {
+            node: Some("a".into()),
+            ..Default::default()
+        },
+        name: Some("remote-pinger".into()),
+    };
+    let err =
+        p.b.cluster()
+            .spawn_on(
+                &Kind::<CounterArgs, local_only::Twin>::named("pinger"),
+                &CounterArgs { start: 0 },
+                &on_a,
+            )
+            .await
+            .unwrap_err();
+    match &err {
+        manta_actors::SpawnError::Remote { source, .. } => assert!(
+            matches!(&**source, manta_actors::WireError::Spawn(e)
+                if matches!(&**e, manta_actors::SpawnError::LocalOnly { kind } if kind == "pinger")),
+            "{source:?}"
+        ),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(sys_a.lookup_any("remote-pinger").is_none());
 }

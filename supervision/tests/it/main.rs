@@ -54,6 +54,8 @@ pub enum ProbeMsg {
 
 impl Message for ProbeMsg {
     const NAME: &'static str = "manta.test.ProbeMsg";
+    const DECODE: Option<manta_actors::wire::Decode<Self>> =
+        Some(manta_actors::wire::decode::<Self>);
 }
 
 /// A test child. With `stuck_on_stop` its `stopped` hook never returns, so a
