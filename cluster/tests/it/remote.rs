@@ -445,6 +445,18 @@ async fn trio(tag: &str) -> Trio {
     }
 }
 
+/// The typed token of a counter kind registered as `name`.
+fn counter(name: &str) -> Kind<CounterArgs, Cmd> {
+    Kind::named(name)
+}
+
+fn on(placement: &manta_actors::Placement, name: Option<String>) -> SpawnOn {
+    SpawnOn {
+        placement: placement.clone(),
+        name,
+    }
+}
+
 fn args(start: i64) -> toml::Value {
     toml::Value::Table(format!("start = {start}").parse().unwrap())
 }
@@ -459,12 +471,9 @@ async fn remote_spawn_by_role_lands_on_a_matching_node() {
     let h =
         t.a.cluster()
             .spawn_on(
-                &Kind::<CounterArgs, Cmd>::named("counter"),
+                &counter("counter"),
                 &CounterArgs { start: 5 },
-                &SpawnOn {
-                    placement: placement.clone(),
-                    name: Some("c1".into()),
-                },
+                &on(&placement, Some("c1".into())),
             )
             .await
             .unwrap();
@@ -485,12 +494,9 @@ async fn remote_spawn_by_role_lands_on_a_matching_node() {
     let local =
         t.b.cluster()
             .spawn_on(
-                &Kind::<CounterArgs, Cmd>::named("counter"),
+                &counter("counter"),
                 &CounterArgs { start: 1 },
-                &SpawnOn {
-                    placement: placement.clone(),
-                    name: Some("on-a".into()),
-                },
+                &on(&placement, Some("on-a".into())),
             )
             .await
             .unwrap();
@@ -503,12 +509,9 @@ async fn remote_spawn_by_role_lands_on_a_matching_node() {
     let err =
         t.a.cluster()
             .spawn_on(
-                &Kind::<CounterArgs, Cmd>::named("counter"),
+                &counter("counter"),
                 &CounterArgs { start: 0 },
-                &SpawnOn {
-                    placement: none.clone(),
-                    name: None,
-                },
+                &on(&none, None),
             )
             .await
             .unwrap_err();
@@ -522,12 +525,9 @@ async fn remote_spawn_by_role_lands_on_a_matching_node() {
     let err =
         t.a.cluster()
             .spawn_on(
-                &Kind::<CounterArgs, Cmd>::named("nope"),
+                &counter("nope"),
                 &CounterArgs { start: 0 },
-                &SpawnOn {
-                    placement: placement.clone(),
-                    name: None,
-                },
+                &on(&placement, None),
             )
             .await
             .unwrap_err();
@@ -536,12 +536,9 @@ async fn remote_spawn_by_role_lands_on_a_matching_node() {
     let err =
         t.b.cluster()
             .spawn_on(
-                &Kind::<CounterArgs, Cmd>::named("nope"),
+                &counter("nope"),
                 &CounterArgs { start: 0 },
-                &SpawnOn {
-                    placement: placement.clone(),
-                    name: None,
-                },
+                &on(&placement, None),
             )
             .await
             .unwrap_err();
@@ -898,24 +895,18 @@ async fn unnamed_actors_placed_by_different_nodes_get_distinct_names() {
     let from_a =
         t.a.cluster()
             .spawn_on(
-                &Kind::<CounterArgs, Cmd>::named("counter"),
+                &counter("counter"),
                 &CounterArgs { start: 1 },
-                &SpawnOn {
-                    placement: on_c.clone(),
-                    name: None,
-                },
+                &on(&on_c, None),
             )
             .await
             .unwrap();
     let from_b =
         t.b.cluster()
             .spawn_on(
-                &Kind::<CounterArgs, Cmd>::named("counter"),
+                &counter("counter"),
                 &CounterArgs { start: 2 },
-                &SpawnOn {
-                    placement: on_c.clone(),
-                    name: None,
-                },
+                &on(&on_c, None),
             )
             .await
             .unwrap();
