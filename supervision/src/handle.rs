@@ -12,7 +12,7 @@ use manta_actors::{
 use tokio::sync::{broadcast, oneshot};
 
 use crate::event::{EventBus, SupervisorEvent};
-use crate::spec::{ChildSpec, ChildType, Restart};
+use crate::spec::{ChildSpec, ChildType, Restart, SpecError};
 use crate::supervisor::SupMsg;
 
 /// A child's state as reported by `which_children`.
@@ -90,7 +90,7 @@ pub enum SupervisorError {
     },
     /// The spec is invalid.
     #[error("invalid supervisor spec: {0}")]
-    InvalidSpec(String),
+    InvalidSpec(SpecError),
     /// The child exists but is not running now (terminated, or waiting for
     /// a restart).
     #[error("child `{0}` is not running")]
@@ -119,7 +119,7 @@ impl From<SupervisorError> for SpawnError {
                 child,
                 source: Box::new(error),
             },
-            SupervisorError::InvalidSpec(m) => SpawnError::InvalidSpec(m),
+            SupervisorError::InvalidSpec(e) => SpawnError::InvalidSpec(e.to_string()),
             other => SpawnError::Startup(ExitReason::Failed(other.to_string())),
         }
     }

@@ -66,6 +66,6 @@ pub use event::{EventBus, ExitAction, SupervisorEvent};
 pub use handle::{ChildCounts, ChildInfo, ChildState, SupervisorError, SupervisorHandle};
 pub use spec::{
     Backoff, ChildSpec, ChildStart, ChildType, DEFAULT_WORKER_SHUTDOWN, Restart, Shutdown,
-    Strategy, SupervisorSpec,
+    SpecError, Strategy, SupervisorSpec,
 };
 pub use supervisor::Supervisor;

@@ -326,26 +326,49 @@ impl SupervisorSpec {
 
     /// Checks the spec: unique child ids, one template for a dynamic
     /// supervisor. Nested specs are checked too.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SpecError> {
         let mut seen = std::collections::HashSet::new();
         for c in &self.children {
             if !seen.insert(c.id.as_str()) {
-                return Err(format!(
-                    "supervisor `{}`: duplicate child id `{}`",
-                    self.name, c.id
-                ));
+                return Err(SpecError::DuplicateChild {
+                    supervisor: self.name.clone(),
+                    child: c.id.clone(),
+                });
             }
             if let ChildStart::Supervisor(s) = &c.start {
                 s.validate()?;
             }
         }
         if self.strategy == Strategy::SimpleOneForOne && self.children.len() != 1 {
-            return Err(format!(
-                "supervisor `{}`: simple_one_for_one needs exactly one child template, found {}",
-                self.name,
-                self.children.len()
-            ));
+            return Err(SpecError::TemplateCount {
+                supervisor: self.name.clone(),
+                found: self.children.len(),
+            });
         }
         Ok(())
     }
+}
+
+/// What is wrong with a [`SupervisorSpec`] built in code (tree files report
+/// their problems with positions, see [`crate::tree`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// Two children of one supervisor share an id.
+    #[error("supervisor `{supervisor}`: duplicate child id `{child}`")]
+    DuplicateChild {
+        /// The supervisor.
+        supervisor: String,
+        /// The id given twice.
+        child: String,
+    },
+    /// A `simple_one_for_one` supervisor needs exactly one child template.
+    #[error(
+        "supervisor `{supervisor}`: simple_one_for_one needs exactly one child template, found {found}"
+    )]
+    TemplateCount {
+        /// The supervisor.
+        supervisor: String,
+        /// How many children it was given.
+        found: usize,
+    },
 }

@@ -112,10 +112,23 @@ async fn invalid_specs_are_refused_before_starting() {
         .child(ChildSpec::worker("a", probe()));
     let err = Supervisor::start(&system, dup).await.unwrap_err();
     assert!(err.to_string().contains("duplicate child id `a`"), "{err}");
+    // Typed, so a caller can match what was wrong (issue 15, API 7).
+    match &err {
+        manta_supervision::SupervisorError::InvalidSpec(
+            manta_supervision::SpecError::DuplicateChild { supervisor, child },
+        ) => assert_eq!((supervisor.as_str(), child.as_str()), ("s", "a")),
+        other => panic!("unexpected {other:?}"),
+    }
     let no_template = SupervisorSpec::new("s").strategy(Strategy::SimpleOneForOne);
     let err = Supervisor::start(&system, no_template).await.unwrap_err();
     assert!(
         err.to_string().contains("exactly one child template"),
         "{err}"
     );
+    assert!(matches!(
+        err,
+        manta_supervision::SupervisorError::InvalidSpec(
+            manta_supervision::SpecError::TemplateCount { found: 0, .. }
+        )
+    ));
 }
