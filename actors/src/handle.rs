@@ -187,6 +187,8 @@ impl<M: Message> ActorHandle<M> {
     }
 
     /// The ractor cell of a local actor (for linking); `None` for remote ones.
+    /// Supervision plumbing, not application API.
+    #[doc(hidden)]
     pub fn cell(&self) -> Option<ActorCell> {
         match &*self.inner {
             Inner::Local(l) => Some(l.actor.get_cell()),
@@ -314,7 +316,8 @@ fn unreachable_send_error<T>(e: MessagingErr<T>) -> ! {
 pub trait ErasedHandle: Send + Sync + 'static {
     /// The actor's id.
     fn id(&self) -> ActorId;
-    /// The ractor cell of a local actor.
+    /// The ractor cell of a local actor (supervision plumbing).
+    #[doc(hidden)]
     fn cell(&self) -> Option<ActorCell>;
     /// The message type the actor takes.
     fn message_type(&self) -> &'static str;
@@ -327,7 +330,8 @@ pub trait ErasedHandle: Send + Sync + 'static {
     /// The typed handle, for downcasting.
     fn as_any(&self) -> &dyn Any;
     /// Delivers a postcard-encoded message from another node; the reply
-    /// handles it carries answer through `route`.
+    /// handles it carries answer through `route` (the transport's hook).
+    #[doc(hidden)]
     fn tell_wire(&self, body: &[u8], route: &Arc<dyn ReplyRoute>) -> Result<(), WireError> {
         let _ = (body, route);
         Err(WireError::NotAddressable)
@@ -411,6 +415,7 @@ impl AnyHandle {
         self.0.id()
     }
     /// The ractor cell of a local actor.
+    #[doc(hidden)]
     pub fn cell(&self) -> Option<ActorCell> {
         self.0.cell()
     }

@@ -22,7 +22,8 @@ use crate::system::{ActorSystem, SpawnOptions};
 pub struct StartContext {
     /// The system to spawn into.
     pub system: ActorSystem,
-    /// The supervisor to link the child to.
+    /// The supervisor to link the child to (supervision plumbing).
+    #[doc(hidden)]
     pub link: Option<ActorCell>,
     /// A name to register the child under.
     pub name: Option<String>,

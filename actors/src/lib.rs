@@ -92,7 +92,9 @@ pub mod wire {
     };
 }
 
-/// The ractor version Manta runs on, for code that needs its cells.
+/// The ractor version Manta runs on (supervision plumbing, not application
+/// API).
+#[doc(hidden)]
 pub use ractor;
 
 /// Everything most actor code needs.

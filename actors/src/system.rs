@@ -19,7 +19,8 @@ pub struct SpawnOptions {
     /// Register the actor under this name (unique in the system).
     pub name: Option<String>,
     /// Link the actor to this supervisor: it receives the actor's exit and
-    /// the actor is stopped with it.
+    /// the actor is stopped with it (supervision plumbing).
+    #[doc(hidden)]
     pub link: Option<ActorCell>,
 }
 

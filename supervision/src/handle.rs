@@ -154,7 +154,8 @@ impl SupervisorHandle {
         ActorId::Local(self.actor.get_id().pid())
     }
 
-    /// The supervisor's ractor cell.
+    /// The supervisor's ractor cell (supervision plumbing).
+    #[doc(hidden)]
     pub fn cell(&self) -> ActorCell {
         self.actor.get_cell()
     }

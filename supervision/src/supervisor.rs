@@ -46,7 +46,9 @@ impl Supervisor {
         spawn_supervisor(system.clone(), spec, None).await
     }
 
-    /// Like [`Supervisor::start`], linked to a parent supervisor's cell.
+    /// Like [`Supervisor::start`], linked to a parent supervisor's cell
+    /// (supervision plumbing).
+    #[doc(hidden)]
     pub async fn start_linked(
         system: &ActorSystem,
         spec: SupervisorSpec,
