@@ -406,6 +406,32 @@ async fn membership_benches(dir: &Path, rows: &mut Vec<Row>) {
                 "target ≤ 5 s".into(),
             ));
         }
+        if n == 10 {
+            // A silent failure: the process stops answering (SIGSTOP) but
+            // its sockets stay open, so only the failure detector can tell.
+            let mut victim = procs.remove(3);
+            let vid = victim.id.clone();
+            let pid = victim.child.id().to_string();
+            let start = Instant::now();
+            let stopped = Command::new("kill")
+                .args(["-STOP", &pid])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(stopped, "SIGSTOP {pid}");
+            let refs: Vec<&Proc> = procs.iter().collect();
+            all_see(&refs, &secret, |st| {
+                st.nodes.iter().any(|x| x.id == vid && x.state == "dead")
+            })
+            .await;
+            rows.push(Row(
+                "SIGSTOP (silent) → dead on all 9 survivors (defaults)".into(),
+                format!("{:.0} ms", start.elapsed().as_secs_f64() * 1e3),
+                "—".into(),
+                "target ≤ 5 s".into(),
+            ));
+            let _ = victim.child.kill();
+            let _ = victim.child.wait();
+        }
         for mut p in procs {
             let _ = p.child.kill();
             let _ = p.child.wait();
