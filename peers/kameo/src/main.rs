@@ -119,9 +119,24 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+fn has_taskset() -> bool {
+    std::process::Command::new("taskset")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 async fn driver() {
     let exe = std::env::current_exe().expect("exe");
-    let mut child = tokio::process::Command::new(exe)
+    // Like Manta's bench: the peer on core 1, the driver on core 0.
+    let mut child = if has_taskset() {
+        let mut c = tokio::process::Command::new("taskset");
+        c.args(["-c", "1"]).arg(exe);
+        c
+    } else {
+        tokio::process::Command::new(exe)
+    };
+    let mut child = child
         .arg("peer")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -154,51 +169,19 @@ async fn driver() {
 
     println!("| measure | kameo 0.22 (TCP + noise + yamux, no PSK) |");
     println!("|---|---|");
-    // 200,000 like Manta's bench unless KAMEO_TELLS says otherwise.
-    let n: u64 = std::env::var("KAMEO_TELLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200_000);
-    let payload = vec![7u8; 100];
-    // A remote tell is one request-response substream in kameo: 200,000 at
-    // once exceed its stream limits ("max sub-streams reached") and are
-    // dropped. So tells go in windows of 64, each followed by an ask (which
-    // paces them; substreams are not ordered, so it cannot count them),
-    // and the clock stops once the count shows every tell arrived.
-    let before = sink.ask(&Count).await.expect("count");
-    let window = 64u64;
-    let start = Instant::now();
-    let mut sent = 0;
-    let mut failed = None;
-    while sent < n && failed.is_none() {
-        for _ in 0..window {
-            sink.tell(&Put(payload.clone())).send().expect("tell");
-        }
-        sent += window;
-        if let Err(e) = sink.ask(&Count).await {
-            failed = Some(format!("ask after {sent} tells: {e}"));
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut arrived = 0;
-    while failed.is_none() && arrived < sent && Instant::now() < deadline {
-        arrived = sink.ask(&Count).await.map(|c| c - before).unwrap_or(0);
-    }
-    let rate = arrived as f64 / start.elapsed().as_secs_f64();
-    match failed {
-        None if arrived == sent => println!(
-            "| 100-byte tell throughput (windows of {window}, each followed by an ask) | {rate:.0} msgs/s |"
-        ),
-        None => {
-            println!("| 100-byte tell throughput | only {arrived} of {sent} arrived within 30 s |")
-        }
-        Some(e) => println!("| 100-byte tell throughput | failed: {e} |"),
-    }
+    // One message, built before any clock; kameo sends by reference.
+    let put = Put(vec![7u8; 100]);
+    // No tell-throughput figure: a remote tell is one request-response
+    // substream in kameo, and 200,000 at once exceed its stream limits
+    // ("max sub-streams reached") and are dropped, so a throughput needs
+    // windows paced by asks — which measures ask round trips, not tells
+    // (BENCHMARKS.md, "Known gaps in method"). What a burst delivers is
+    // reported instead.
     // Unwindowed, as Manta's bench sends them: how many arrive.
     let burst = 2_000u64;
     let c0 = sink.ask(&Count).await.expect("count");
     for _ in 0..burst {
-        let _ = sink.tell(&Put(payload.clone())).send();
+        let _ = sink.tell(&put).send();
     }
     let arrived = match sink.ask(&Count).await {
         Ok(c) => format!("{} of {burst} arrived", c - c0),
@@ -221,11 +204,12 @@ async fn driver() {
     );
 
     for (size, count) in [(1usize << 20, 64usize), (16 << 20, 8)] {
-        let data = vec![3u8; size];
+        // The messages exist before the clock starts, as Manta's do.
+        let msgs: Vec<Put> = (0..count).map(|_| Put(vec![3u8; size])).collect();
         let start = Instant::now();
         let mut failed = None;
-        for _ in 0..count {
-            if let Err(e) = sink.ask(&Put(data.clone())).await {
+        for m in &msgs {
+            if let Err(e) = sink.ask(m).await {
                 failed = Some(e.to_string());
                 break;
             }
@@ -243,11 +227,22 @@ async fn driver() {
     let _ = child.wait().await;
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
-    if std::env::args().nth(1).as_deref() == Some("peer") {
-        peer().await;
+fn main() {
+    let is_peer = std::env::args().nth(1).as_deref() == Some("peer");
+    if !is_peer && has_taskset() {
+        // Pinned before the runtime starts, so that tokio sizes itself to
+        // one core, as Manta's and ractor_cluster's bench drivers do.
+        let _ = std::process::Command::new("taskset")
+            .args(["-p", "-c", "0", &std::process::id().to_string()])
+            .output();
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    if is_peer {
+        rt.block_on(peer());
     } else {
-        driver().await;
+        rt.block_on(driver());
     }
 }
