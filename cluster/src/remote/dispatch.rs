@@ -17,13 +17,14 @@ use super::reader::ReplyBytes;
 use super::{Pending, Remoting, SWEEP_MIN, lock};
 
 impl Remoting {
-    pub(super) fn dispatch(&self, peer: PeerId, frame: Frame<'_>) {
+    /// Handles one frame from `peer`; `route` is the way back to it for the
+    /// reply handles its messages carry (one per stream, not per message).
+    pub(super) fn dispatch(&self, peer: PeerId, route: &Arc<dyn ReplyRoute>, frame: Frame<'_>) {
         match frame {
             Frame::Tell { to, ty, body } => {
-                let route = self.route(peer);
                 if let Err(e) = self
                     .target(&to, &ty)
-                    .and_then(|h| h.tell_wire(&body, &route))
+                    .and_then(|h| h.tell_wire(&body, route))
                 {
                     tracing::debug!(target: "manta::remote", %peer, %to, error = %e, "remote tell dropped");
                 }
@@ -34,7 +35,6 @@ impl Remoting {
                 ty,
                 body,
             } => {
-                let route = self.route(peer);
                 let refused = match self.target(&to, &ty) {
                     Err(e) => Some(e),
                     // Refused before decoding (undecodable, or a name whose
@@ -42,7 +42,7 @@ impl Remoting {
                     // else will answer. Once the message decoded, its reply
                     // handles answer for themselves (also when the actor is
                     // gone).
-                    Ok(h) => match h.tell_wire(&body, &route) {
+                    Ok(h) => match h.tell_wire(&body, route) {
                         Err(e @ (WireError::Decode(_) | WireError::NotAddressable)) => Some(e),
                         _ => None,
                     },
@@ -200,7 +200,7 @@ impl Remoting {
     }
 
     /// The route back to `peer` for the reply handles of its requests.
-    fn route(&self, peer: PeerId) -> Arc<dyn ReplyRoute> {
+    pub(super) fn route(&self, peer: PeerId) -> Arc<dyn ReplyRoute> {
         Arc::new(PeerRoute {
             remoting: self.clone(),
             peer,

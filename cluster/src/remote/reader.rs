@@ -26,6 +26,7 @@ impl Remoting {
         // One receive buffer, reused (frames are at most MAX_WIRE_FRAME).
         let mut buf = Vec::new();
         let mut partial = Reassembly::default();
+        let route = self.route(peer);
         loop {
             if stream.read_exact(&mut len_buf).await.is_err() {
                 return;
@@ -72,7 +73,7 @@ impl Remoting {
                     }
                     // Dispatch decodes the message out of the buffer.
                     Ok(frame) => {
-                        self.dispatch(peer, frame);
+                        self.dispatch(peer, &route, frame);
                         None
                     }
                 };
@@ -92,7 +93,7 @@ impl Remoting {
             }
             // (Chunks were handled above: every one starts with CHUNK_VARIANT.)
             match postcard::from_bytes::<Frame>(&buf[1..]) {
-                Ok(frame) => self.dispatch(peer, frame),
+                Ok(frame) => self.dispatch(peer, &route, frame),
                 Err(e) => {
                     self.bad(peer, &format!("undecodable frame: {e}"));
                     return;
