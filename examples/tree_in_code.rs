@@ -31,7 +31,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .child(
             ChildSpec::worker(
                 "ledger",
-                kinds.prepare("counter", toml::Value::Table("start = 0".parse()?))?,
+                kinds.prepare("counter", serde_json::json!({ "start": 0 }))?,
             )
             .register("ledger"),
         )

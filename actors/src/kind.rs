@@ -40,7 +40,7 @@ pub trait ChildFactory: Send + Sync + 'static {
     /// arguments for a dynamic supervisor's template). Factories of a
     /// registered kind decode `args` as the kind's argument type; others
     /// take none.
-    fn with_args(&self, args: toml::Value) -> Result<Arc<dyn ChildFactory>, SpawnError> {
+    fn with_args(&self, args: ArgsValue) -> Result<Arc<dyn ChildFactory>, SpawnError> {
         let _ = args;
         Err(SpawnError::BadArgs {
             kind: self.describe(),
@@ -88,18 +88,39 @@ async fn spawn_child<A: Actor>(actor: A, ctx: StartContext) -> Result<AnyHandle,
     Ok(h.into_any())
 }
 
-/// Decodes a kind's arguments; the error type of the decoder.
-pub type ArgsError = toml::de::Error;
+/// A kind's arguments before they are decoded into the kind's argument
+/// type: a self-describing value. Tree files give it from their TOML, remote
+/// spawns from the serde value of the typed arguments (carried as JSON), code
+/// from `serde_json::json!`.
+pub type ArgsValue = serde_json::Value;
+
+/// A kind's arguments did not fit its argument type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{message}", if path.is_empty() { String::new() } else { format!("at `{path}`: ") })]
+pub struct ArgsError {
+    /// Where in the arguments: `field`, `list[2]`, `outer.inner`; empty for
+    /// the arguments as a whole.
+    pub path: String,
+    /// What was wrong, as serde says it.
+    pub message: String,
+}
+
+/// Decodes `value` as `T`, naming the path of the value that did not fit.
+pub fn decode_args<T: DeserializeOwned>(value: ArgsValue) -> Result<T, ArgsError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        ArgsError {
+            path: if path == "." { String::new() } else { path },
+            message: e.into_inner().to_string(),
+        }
+    })
+}
 
 trait ErasedKind: Send + Sync + 'static {
     fn message_type(&self) -> &'static str;
     fn remote(&self) -> bool;
     fn args_type(&self) -> &'static str;
-    fn prepare_toml(
-        &self,
-        args: toml::Spanned<toml::de::DeValue<'_>>,
-    ) -> Result<Arc<dyn ChildFactory>, ArgsError>;
-    fn prepare_value(&self, args: toml::Value) -> Result<Arc<dyn ChildFactory>, String>;
+    fn prepare_value(&self, args: ArgsValue) -> Result<Arc<dyn ChildFactory>, ArgsError>;
 }
 
 struct KindEntry<A, Args, F> {
@@ -128,13 +149,11 @@ where
     fn describe(&self) -> String {
         self.kind.clone()
     }
-    fn with_args(&self, args: toml::Value) -> Result<Arc<dyn ChildFactory>, SpawnError> {
-        let args: Args = args
-            .try_into()
-            .map_err(|e: toml::de::Error| SpawnError::BadArgs {
-                kind: self.kind.clone(),
-                message: e.message().to_owned(),
-            })?;
+    fn with_args(&self, args: ArgsValue) -> Result<Arc<dyn ChildFactory>, SpawnError> {
+        let args: Args = decode_args(args).map_err(|e| SpawnError::BadArgs {
+            kind: self.kind.clone(),
+            message: e.to_string(),
+        })?;
         Ok(Arc::new(KindFactory {
             kind: self.kind.clone(),
             args,
@@ -175,19 +194,8 @@ where
     fn args_type(&self) -> &'static str {
         std::any::type_name::<Args>()
     }
-    fn prepare_toml(
-        &self,
-        args: toml::Spanned<toml::de::DeValue<'_>>,
-    ) -> Result<Arc<dyn ChildFactory>, ArgsError> {
-        let de = toml::de::ValueDeserializer::from(args);
-        let args = Args::deserialize(de)?;
-        Ok(self.prepared(args))
-    }
-    fn prepare_value(&self, args: toml::Value) -> Result<Arc<dyn ChildFactory>, String> {
-        let args: Args = args
-            .try_into()
-            .map_err(|e: toml::de::Error| e.message().to_owned())?;
-        Ok(self.prepared(args))
+    fn prepare_value(&self, args: ArgsValue) -> Result<Arc<dyn ChildFactory>, ArgsError> {
+        Ok(self.prepared(decode_args(args)?))
     }
 }
 
@@ -338,17 +346,18 @@ impl KindRegistry {
         self.get(kind).map(|k| k.args_type())
     }
 
-    /// Decodes `kind`'s arguments from a spanned TOML value (errors carry the
-    /// span of the offending value) into a factory.
-    pub fn prepare_toml(
+    /// Decodes `kind`'s arguments into a factory; the error says whether the
+    /// kind is unknown or which value of the arguments did not fit (tree
+    /// loaders map its path back to the place in their file).
+    pub fn prepare_args(
         &self,
         kind: &str,
-        args: toml::Spanned<toml::de::DeValue<'_>>,
+        args: ArgsValue,
     ) -> Result<Arc<dyn ChildFactory>, KindError> {
         let k = self
             .get(kind)
             .ok_or_else(|| KindError::Unknown(kind.to_owned()))?;
-        k.prepare_toml(args).map_err(KindError::Args)
+        k.prepare_value(args).map_err(KindError::Args)
     }
 
     /// Decodes `kind`'s arguments from a value built in code (or received
@@ -356,16 +365,15 @@ impl KindRegistry {
     pub fn prepare(
         &self,
         kind: &str,
-        args: toml::Value,
+        args: ArgsValue,
     ) -> Result<Arc<dyn ChildFactory>, SpawnError> {
-        let k = self
-            .get(kind)
-            .ok_or_else(|| SpawnError::UnknownKind(kind.to_owned()))?;
-        k.prepare_value(args)
-            .map_err(|message| SpawnError::BadArgs {
+        self.prepare_args(kind, args).map_err(|e| match e {
+            KindError::Unknown(k) => SpawnError::UnknownKind(k),
+            KindError::Args(e) => SpawnError::BadArgs {
                 kind: kind.to_owned(),
-                message,
-            })
+                message: e.to_string(),
+            },
+        })
     }
 
     /// Spawns an actor of `kind` with `args`.
@@ -373,7 +381,7 @@ impl KindRegistry {
         &self,
         system: &ActorSystem,
         kind: &str,
-        args: toml::Value,
+        args: ArgsValue,
         name: Option<String>,
     ) -> Result<AnyHandle, SpawnError> {
         let f = self.prepare(kind, args)?;
@@ -386,13 +394,13 @@ impl KindRegistry {
     }
 }
 
-/// Preparing a kind from TOML failed.
+/// Preparing a kind from its arguments failed.
 #[derive(Debug, thiserror::Error)]
 pub enum KindError {
     /// No such kind.
     #[error("unknown actor kind `{0}`")]
     Unknown(String),
     /// The arguments do not fit the kind's argument type.
-    #[error("{0}")]
+    #[error(transparent)]
     Args(ArgsError),
 }

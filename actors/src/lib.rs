@@ -72,7 +72,10 @@ pub use error::{
 };
 pub use exit::{ExitReason, ExitSignal, Monitor};
 pub use handle::{ActorHandle, ActorId, AnyHandle, ErasedHandle, RemoteActor};
-pub use kind::{ArgsError, ChildFactory, Kind, KindError, KindRegistry, StartContext, factory};
+pub use kind::{
+    ArgsError, ArgsValue, ChildFactory, Kind, KindError, KindRegistry, StartContext, decode_args,
+    factory,
+};
 /// `#[derive(Message)]`: see [`Message`](trait@Message).
 pub use manta_macros::Message;
 pub use message::{Message, RemoteMessage, message_type_name};

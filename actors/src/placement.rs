@@ -50,7 +50,7 @@ pub trait Placer: Send + Sync + 'static {
     fn factory(
         &self,
         kind: &str,
-        args: toml::Value,
+        args: crate::kind::ArgsValue,
         placement: &Placement,
     ) -> Result<Arc<dyn ChildFactory>, SpawnError>;
 }

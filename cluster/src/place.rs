@@ -12,9 +12,9 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use libp2p::PeerId;
 use manta_actors::{
-    Actor, ActorError, ActorHandle, ActorSystem, AnyHandle, ChildFactory, Context, ExitReason,
-    Kind, Message, Placement, Placer, RemoteMessage, SpawnError, SpawnOptions, StartContext,
-    WireError, message_type_name,
+    Actor, ActorError, ActorHandle, ActorSystem, AnyHandle, ArgsValue, ChildFactory, Context,
+    ExitReason, Kind, Message, Placement, Placer, RemoteMessage, SpawnError, SpawnOptions,
+    StartContext, WireError, message_type_name,
 };
 use serde::{Deserialize, Serialize};
 
@@ -221,7 +221,7 @@ impl Cluster {
         on: &SpawnOn,
     ) -> Result<ActorHandle<M>, SpawnError> {
         let name = kind.name();
-        let args = toml::Value::try_from(args).map_err(|e| SpawnError::BadArgs {
+        let args = serde_json::to_value(args).map_err(|e| SpawnError::BadArgs {
             kind: name.to_owned(),
             message: e.to_string(),
         })?;
@@ -230,12 +230,12 @@ impl Cluster {
     }
 
     /// [`spawn_on`](Self::spawn_on) for a kind known by name only, with
-    /// arguments as a TOML value (what tree files give).
+    /// arguments as a self-describing value (what tree files give).
     pub async fn spawn_kind<M: RemoteMessage>(
         &self,
         placement: &Placement,
         kind: &str,
-        args: toml::Value,
+        args: ArgsValue,
         name: Option<String>,
     ) -> Result<ActorHandle<M>, SpawnError> {
         let wrong_type = |actual: &str| SpawnError::WrongMessageType {
@@ -281,7 +281,7 @@ impl Cluster {
         &self,
         placement: &Placement,
         kind: &str,
-        args: toml::Value,
+        args: ArgsValue,
         name: Option<String>,
         message: Option<&str>,
         wait: Duration,
@@ -355,7 +355,7 @@ impl Placer for Cluster {
     fn factory(
         &self,
         kind: &str,
-        args: toml::Value,
+        args: ArgsValue,
         placement: &Placement,
     ) -> Result<Arc<dyn ChildFactory>, SpawnError> {
         if !self.system.kinds().contains(kind) {
@@ -375,7 +375,7 @@ impl Placer for Cluster {
 struct PlacedFactory {
     cluster: Cluster,
     kind: String,
-    args: toml::Value,
+    args: ArgsValue,
     placement: Placement,
 }
 
@@ -421,7 +421,7 @@ impl ChildFactory for PlacedFactory {
         format!("{} placed by {:?}", self.kind, self.placement)
     }
 
-    fn with_args(&self, args: toml::Value) -> Result<Arc<dyn ChildFactory>, SpawnError> {
+    fn with_args(&self, args: ArgsValue) -> Result<Arc<dyn ChildFactory>, SpawnError> {
         // Checked here when this node knows the kind; the target node
         // decodes them again.
         let kinds = self.cluster.system.kinds();

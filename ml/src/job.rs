@@ -173,8 +173,8 @@ fn local_system() -> (ActorSystem, Directory) {
     (system, directory)
 }
 
-fn value<T: Serialize>(what: &str, v: &T) -> Result<toml::Value, MlError> {
-    toml::Value::try_from(v)
+fn value<T: Serialize>(what: &str, v: &T) -> Result<manta_actors::ArgsValue, MlError> {
+    serde_json::to_value(v)
         .map_err(|e| MlError::Config(format!("{what}: cannot encode arguments: {e}")))
 }
 
@@ -222,7 +222,7 @@ pub async fn start(config: &TrainConfig, env: Env<'_>) -> Result<RunningJob, MlE
         }
     };
     let make = |kind: &str,
-                args: toml::Value,
+                args: manta_actors::ArgsValue,
                 placement: &manta_actors::Placement|
      -> Result<std::sync::Arc<dyn ChildFactory>, MlError> {
         match placer {

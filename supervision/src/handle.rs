@@ -227,7 +227,7 @@ impl SupervisorHandle {
         &self,
         args: &Args,
     ) -> Result<(String, AnyHandle), SupervisorError> {
-        let args = toml::Value::try_from(args).map_err(|e| SupervisorError::StartFailed {
+        let args = serde_json::to_value(args).map_err(|e| SupervisorError::StartFailed {
             child: "(template)".to_owned(),
             error: SpawnError::BadArgs {
                 kind: "(template)".to_owned(),

@@ -24,7 +24,7 @@ pub(crate) enum SupMsg {
     CountChildren(oneshot::Sender<ChildCounts>),
     StartChild(Box<ChildSpec>, Reply<AnyHandle>),
     /// From the template, with other arguments when given.
-    StartDynamic(Option<toml::Value>, Reply<(String, AnyHandle)>),
+    StartDynamic(Option<manta_actors::ArgsValue>, Reply<(String, AnyHandle)>),
     TerminateChild(String, Reply<()>),
     RestartChild(String, Reply<AnyHandle>),
     DeleteChild(String, Reply<()>),
@@ -594,7 +594,7 @@ impl SupState {
 
     async fn start_dynamic(
         &mut self,
-        args: Option<toml::Value>,
+        args: Option<manta_actors::ArgsValue>,
     ) -> Result<(String, AnyHandle), SupervisorError> {
         let Some(template) = &self.template else {
             return Err(SupervisorError::WrongKind(

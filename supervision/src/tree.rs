@@ -43,7 +43,8 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use manta_actors::{
-    AnyHandle, ChildFactory, KindError, KindRegistry, Placement, Placer, SpawnError, StartContext,
+    AnyHandle, ArgsValue, ChildFactory, KindError, KindRegistry, Placement, Placer, SpawnError,
+    StartContext,
 };
 use serde::de::DeserializeOwned;
 use toml::Spanned;
@@ -522,9 +523,11 @@ impl<'s> Checker<'s> {
                     &empty
                 }
             };
-            let factory = match self.kinds.prepare_toml(&kind, args.clone()) {
-                Ok(f) => Some(f),
-                Err(KindError::Unknown(k)) => {
+            let value = self.args_value(args, &label);
+            let factory = match value.clone().map(|v| self.kinds.prepare_args(&kind, v)) {
+                None => None,
+                Some(Ok(f)) => Some(f),
+                Some(Err(KindError::Unknown(k))) => {
                     let known = self.kinds.names();
                     self.error(
                         kind_v.span(),
@@ -535,14 +538,14 @@ impl<'s> Checker<'s> {
                     );
                     None
                 }
-                Err(KindError::Args(e)) => {
-                    let at = e.span().unwrap_or_else(|| args.span());
+                Some(Err(KindError::Args(e))) => {
+                    let at = span_at(args, &e.path, &e.message);
                     let ty = self.kinds.args_type(&kind).unwrap_or("?");
                     self.error(
                         at,
                         format!(
                             "args of worker `{label}` do not fit kind `{kind}` ({ty}): {}",
-                            e.message().trim()
+                            e.message.trim()
                         ),
                     );
                     None
@@ -552,7 +555,6 @@ impl<'s> Checker<'s> {
                 None => factory,
                 Some(pv) => {
                     let placement: Option<Placement> = self.de(pv, "placement");
-                    let value: Option<toml::Value> = self.de(args, "args");
                     match (factory, placement, value) {
                         (Some(_), Some(placement), Some(value)) => {
                             self.placed(&kind, value, &placement, pv.span())
@@ -579,11 +581,24 @@ impl<'s> Checker<'s> {
         Some(spec)
     }
 
+    /// A worker's `args` as the self-describing value kinds decode.
+    fn args_value(&mut self, args: &Spanned<DeValue<'_>>, label: &str) -> Option<ArgsValue> {
+        if let DeValue::Table(_) = args.get_ref() {
+            self.de(args, &format!("args of worker `{label}`"))
+        } else {
+            self.error(
+                args.span(),
+                format!("args of worker `{label}` must be a table"),
+            );
+            None
+        }
+    }
+
     /// A factory for a worker placed in a cluster.
     fn placed(
         &mut self,
         kind: &str,
-        args: toml::Value,
+        args: ArgsValue,
         placement: &Placement,
         at: Range<usize>,
     ) -> Option<Arc<dyn ChildFactory>> {
@@ -705,4 +720,63 @@ impl ChildFactory for NeedsCluster {
     fn describe(&self) -> String {
         format!("{} (needs a cluster)", self.kind)
     }
+}
+
+/// The span of the value at `path` (`a.b[2].c`, as `serde_path_to_error`
+/// writes it) inside `root`: an unknown field's key, else the deepest value
+/// found (a missing field names its table).
+fn span_at(root: &Spanned<DeValue<'_>>, path: &str, message: &str) -> Range<usize> {
+    let unknown = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next());
+    // The path of an unknown field may end in the field itself: its key is
+    // found in the table above.
+    let path = match unknown {
+        Some(field) if path == field => "",
+        Some(field) => path
+            .strip_suffix(field)
+            .and_then(|p| p.strip_suffix('.'))
+            .unwrap_or(path),
+        None => path,
+    };
+    let at = value_at(root, path);
+    if let (Some(field), DeValue::Table(t)) = (unknown, at.get_ref()) {
+        if let Some((k, _)) = t.iter().find(|(k, _)| k.get_ref() == field) {
+            return k.span();
+        }
+    }
+    at.span()
+}
+
+fn value_at<'a, 'b>(root: &'a Spanned<DeValue<'b>>, path: &str) -> &'a Spanned<DeValue<'b>> {
+    let mut at = root;
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        let (key, indices) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        if !key.is_empty() {
+            let DeValue::Table(t) = at.get_ref() else {
+                break;
+            };
+            match t.iter().find(|(k, _)| k.get_ref() == key) {
+                Some((_, v)) => at = v,
+                None => break,
+            }
+        }
+        for index in indices
+            .split(['[', ']'])
+            .filter(|s| !s.is_empty())
+            .map(str::parse::<usize>)
+        {
+            let (Ok(i), DeValue::Array(items)) = (index, at.get_ref()) else {
+                return at;
+            };
+            match items.get(i) {
+                Some(v) => at = v,
+                None => return at,
+            }
+        }
+    }
+    at
 }

@@ -147,7 +147,7 @@ impl Remoting {
                 kind: kind.to_owned(),
             })));
         }
-        let args: toml::Value = serde_json::from_str(args_json)
+        let args: manta_actors::ArgsValue = serde_json::from_str(args_json)
             .map_err(|e| WireError::Decode(CodecError::new("spawn arguments (JSON)", e)))?;
         let h = system
             .kinds()

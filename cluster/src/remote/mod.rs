@@ -270,7 +270,7 @@ impl Remoting {
         &self,
         peer: PeerId,
         kind: &str,
-        args: &toml::Value,
+        args: &manta_actors::ArgsValue,
         name: &str,
         message: Option<&str>,
         timeout: Duration,

@@ -457,8 +457,8 @@ fn on(placement: &manta_actors::Placement, name: Option<String>) -> SpawnOn {
     }
 }
 
-fn args(start: i64) -> toml::Value {
-    toml::Value::Table(format!("start = {start}").parse().unwrap())
+fn args(start: i64) -> manta_actors::ArgsValue {
+    serde_json::json!({ "start": start })
 }
 
 #[tokio::test]
