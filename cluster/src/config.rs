@@ -87,6 +87,74 @@ impl Default for FailureDetection {
     }
 }
 
+/// What one member can make this node hold (`[limits]`): bounds for
+/// peers that hold the secret but may misbehave.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// MiB of partly received large messages from one peer (default 136:
+    /// two of the largest, 64 MiB, messages and a margin; at least 64).
+    #[serde(default = "d_partial_peer")]
+    pub partial_per_peer_mib: usize,
+    /// MiB of partly received large messages from all peers together
+    /// (default 512; at least 64). A new large message that does not fit
+    /// waits, its stream unread, up to `partial_expiry`.
+    #[serde(default = "d_partial_node")]
+    pub partial_per_node_mib: usize,
+    /// A partly received message that gets no chunk for this long is
+    /// dropped (default `"30s"`).
+    #[serde(default = "d_partial_expiry", deserialize_with = "de_duration")]
+    pub partial_expiry: Duration,
+}
+
+fn d_partial_peer() -> usize {
+    crate::remote::RemoteLimits::default().partial_per_peer >> 20
+}
+fn d_partial_node() -> usize {
+    crate::remote::RemoteLimits::default().partial_per_node >> 20
+}
+fn d_partial_expiry() -> Duration {
+    crate::remote::RemoteLimits::default().partial_expiry
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            partial_per_peer_mib: d_partial_peer(),
+            partial_per_node_mib: d_partial_node(),
+            partial_expiry: d_partial_expiry(),
+        }
+    }
+}
+
+impl Limits {
+    /// The limits the remoting layer enforces; an error names a value too
+    /// small to receive the largest message.
+    pub fn remote(&self) -> Result<crate::remote::RemoteLimits, ClusterError> {
+        let least = crate::remote::MAX_FRAME >> 20;
+        for (key, v) in [
+            ("partial_per_peer_mib", self.partial_per_peer_mib),
+            ("partial_per_node_mib", self.partial_per_node_mib),
+        ] {
+            if v < least {
+                return Err(ClusterError::Config(format!(
+                    "limits.{key} = {v} is below {least} MiB, the largest message"
+                )));
+            }
+        }
+        if self.partial_expiry.is_zero() {
+            return Err(ClusterError::Config(
+                "limits.partial_expiry must be longer than zero".to_owned(),
+            ));
+        }
+        Ok(crate::remote::RemoteLimits {
+            partial_per_peer: self.partial_per_peer_mib.saturating_mul(1 << 20),
+            partial_per_node: self.partial_per_node_mib.saturating_mul(1 << 20),
+            partial_expiry: self.partial_expiry,
+        })
+    }
+}
+
 fn d_name() -> String {
     "node".to_owned()
 }
@@ -146,6 +214,9 @@ pub struct NodeConfig {
     /// placement names it (it gossips the label `manta.client = "true"`).
     #[serde(default)]
     pub client: bool,
+    /// Bounds on what one member can make this node hold.
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 impl Default for NodeConfig {
@@ -164,6 +235,7 @@ impl Default for NodeConfig {
             failure_detection: FailureDetection::default(),
             tree: None,
             client: false,
+            limits: Limits::default(),
         }
     }
 }

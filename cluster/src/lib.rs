@@ -51,7 +51,7 @@ mod secret;
 mod status;
 mod transport;
 
-pub use config::{FailureDetection, NodeConfig, Resources};
+pub use config::{FailureDetection, Limits, NodeConfig, Resources};
 pub use error::ClusterError;
 pub use identity::NodeIdentity;
 pub use membership::{Member, MemberEvent, MemberState, Membership, MembershipConfig};
@@ -59,7 +59,8 @@ pub use mesh::{Mesh, MeshConfig, MeshStats};
 pub use node::{CLIENT_LABEL, Names, Node, ReadyLine};
 pub use place::{Cluster, PLACEMENT_WAIT, SPAWN_TIMEOUT, SpawnOn};
 pub use remote::{
-    BULK_QUEUE, CHUNK, FRAME_VERSION, MAX_FRAME, PEER_QUEUE, PROTOCOL, RemoteRef, Remoting,
+    BULK_QUEUE, CHUNK, FRAME_VERSION, MAX_FRAME, PEER_QUEUE, PROTOCOL, RemoteLimits, RemoteRef,
+    Remoting,
 };
 pub use secret::ClusterSecret;
 pub use status::{ClusterStatus, NodeStatus, query_status};

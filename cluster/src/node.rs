@@ -143,7 +143,11 @@ impl Node {
         mc.keys
             .insert(keys::P2P.to_owned(), mesh.listen_addr().to_string());
         mc.mesh_gate = Some(gate);
-        let remoting = Remoting::start(system.clone(), mesh.stream_control());
+        let remoting = Remoting::start_with(
+            system.clone(),
+            mesh.stream_control(),
+            config.limits.remote()?,
+        );
         let gossip_interval = mc.gossip_interval;
         let membership = Membership::start(mc).await?;
         tokio::spawn(reconcile(membership.clone(), mesh.clone()));

@@ -173,6 +173,7 @@ impl Remoting {
                 Some(_) => {
                     drop(p);
                     self.inner.forged_replies.fetch_add(1, Ordering::Relaxed);
+                    self.inner.partials.moved.notify_waiters();
                     tracing::warn!(target: "manta::remote", %peer, id, "reply from a node the request did not go to; dropped");
                     None
                 }

@@ -405,8 +405,8 @@ fn encode_error(e: postcard::Error) -> WireError {
 
 /// One chunk on the wire: length, version, variant, fields (what
 /// [`Chunker`] writes, built from a whole piece; for tests).
-#[cfg(test)]
-fn wire_chunk(c: &ChunkRef<'_>) -> Result<Vec<u8>, WireError> {
+#[cfg(any(test, feature = "testing"))]
+pub(super) fn wire_chunk(c: &ChunkRef<'_>) -> Result<Vec<u8>, WireError> {
     let mut out = Vec::with_capacity(4 + 2 + 24 + c.data.len());
     out.extend_from_slice(&[0, 0, 0, 0, FRAME_VERSION, CHUNK_VARIANT]);
     let mut out = postcard::to_extend(c, out).map_err(encode_error)?;

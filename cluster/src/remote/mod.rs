@@ -66,10 +66,9 @@ pub const CHUNK: usize = 64 * 1024;
 pub const BULK_QUEUE: usize = MAX_FRAME / CHUNK;
 /// Largest frame on the wire: a chunk with its header.
 const MAX_WIRE_FRAME: usize = CHUNK + 256;
-/// Large messages being reassembled per stream at once.
-const MAX_PARTIAL: usize = 16;
-/// The most reserved ahead for one large message being reassembled.
-const RESERVE_LIMIT: usize = 16 * 1024 * 1024;
+/// Large messages being reassembled per stream at once (a sender writes
+/// one message's chunks in order, so it has one at a time per stream).
+const MAX_PARTIAL: usize = 4;
 /// Reassembly buffers a node keeps for the next large messages (each up to
 /// a whole frame): at most this many, whatever the number of peers.
 const KEPT_BUFFERS: usize = 2;
@@ -78,6 +77,38 @@ const KEPT_BUFFERS: usize = 2;
 const SWEEP_MIN: u64 = 1024;
 
 type Pending = Box<dyn PendingReply>;
+
+/// What one peer (a member holding the cluster secret, so trusted to
+/// connect but not to behave) can make this node hold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteLimits {
+    /// Bytes of partly received large messages from one peer, counted at
+    /// their declared size when their first chunk arrives (memory itself
+    /// is taken as chunks arrive). A peer going over is misbehaving (a
+    /// sender has at most one message in reassembly per stream): the stream
+    /// is closed and counted. Default 136 MiB: two of the largest messages
+    /// and a margin.
+    pub partial_per_peer: usize,
+    /// Bytes of partly received large messages from all peers together. A
+    /// new message that does not fit waits, its stream unread (TCP
+    /// backpressure to its sender), until others complete or expire; after
+    /// `partial_expiry` of waiting the stream is closed and counted.
+    /// Default 512 MiB.
+    pub partial_per_node: usize,
+    /// A partial message that receives no chunk for this long is dropped
+    /// and its bytes released (counted). Default 30 s.
+    pub partial_expiry: std::time::Duration,
+}
+
+impl Default for RemoteLimits {
+    fn default() -> Self {
+        Self {
+            partial_per_peer: 2 * MAX_FRAME + 8 * 1024 * 1024,
+            partial_per_node: 512 * 1024 * 1024,
+            partial_expiry: Duration::from_secs(30),
+        }
+    }
+}
 
 struct Inner {
     system: ActorSystem,
@@ -103,6 +134,8 @@ struct Inner {
     kept: Arc<Mutex<Vec<Vec<u8>>>>,
     /// Pending replies at which closed ones are next swept out.
     sweep_at: AtomicU64,
+    /// Large messages being reassembled, of every peer, within budgets.
+    partials: reader::Partials,
 }
 
 /// Remote messaging for one node.
@@ -123,8 +156,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Remoting {
-    /// Starts accepting actor streams for `system`.
-    pub fn start(system: ActorSystem, mut control: libp2p_stream::Control) -> Remoting {
+    /// Starts accepting actor streams for `system`, with the default
+    /// [`RemoteLimits`].
+    pub fn start(system: ActorSystem, control: libp2p_stream::Control) -> Remoting {
+        Self::start_with(system, control, RemoteLimits::default())
+    }
+
+    /// Starts accepting actor streams for `system` within `limits`.
+    pub fn start_with(
+        system: ActorSystem,
+        mut control: libp2p_stream::Control,
+        limits: RemoteLimits,
+    ) -> Remoting {
         let incoming = control.accept(PROTOCOL);
         let r = Remoting {
             inner: Arc::new(Inner {
@@ -142,8 +185,10 @@ impl Remoting {
                 passing_writes: AtomicU64::new(0),
                 kept: Arc::new(Mutex::new(Vec::new())),
                 sweep_at: AtomicU64::new(SWEEP_MIN),
+                partials: reader::Partials::new(limits),
             }),
         };
+        tokio::spawn(reader::expire_partials(Arc::downgrade(&r.inner)));
         match incoming {
             Ok(mut incoming) => {
                 let me = r.clone();
@@ -165,11 +210,89 @@ impl Remoting {
         self.inner.bad_frames.load(Ordering::Relaxed)
     }
 
+    /// Replies that came from a node other than the one asked (dropped).
+    pub fn forged_replies(&self) -> u64 {
+        self.inner.forged_replies.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `done` holds of this node's counters (checked each time
+    /// one of them moves), for at most `deadline`; whether it held.
+    pub async fn wait_counters(
+        &self,
+        deadline: Duration,
+        done: impl Fn(&Remoting) -> bool,
+    ) -> bool {
+        tokio::time::timeout(deadline, async {
+            loop {
+                let moved = self.inner.partials.moved.notified();
+                tokio::pin!(moved);
+                moved.as_mut().enable();
+                if done(self) {
+                    return;
+                }
+                moved.await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    /// Large messages dropped in reassembly: expired (no chunk for
+    /// [`RemoteLimits::partial_expiry`]) or refused over a budget.
+    pub fn dropped_partials(&self) -> u64 {
+        self.inner.partials.dropped()
+    }
+
+    /// Bytes of partly received large messages held now (declared sizes),
+    /// all peers together.
+    pub fn partial_bytes(&self) -> usize {
+        self.inner.partials.bytes()
+    }
+
     /// Outgoing actor streams that broke while their peer was still a
     /// member and were replaced by a fresh stream (the write that failed
     /// was sent again on it).
     pub fn reopened_streams(&self) -> u64 {
         self.inner.reopened.load(Ordering::Relaxed)
+    }
+
+    /// Opens a raw actor stream to `peer` for crafted frames: what a member
+    /// that holds the secret but does not run Manta's writer can send.
+    /// Feature `testing` only.
+    #[cfg(feature = "testing")]
+    pub async fn raw_stream_for_test(&self, peer: PeerId) -> std::io::Result<libp2p::Stream> {
+        let mut control = lock(&self.inner.control).clone();
+        control
+            .open_stream(peer, PROTOCOL)
+            .await
+            .map_err(std::io::Error::other)
+    }
+
+    /// A chunk frame as it goes on the wire (length prefix included).
+    /// Feature `testing` only.
+    #[cfg(feature = "testing")]
+    pub fn chunk_frame_for_test(msg: u64, index: u32, count: u32, data: &[u8]) -> Vec<u8> {
+        frame::wire_chunk(&frame::ChunkRef {
+            msg,
+            index,
+            count,
+            data,
+        })
+        .unwrap_or_default()
+    }
+
+    /// A reply frame answering request `id` with `body` (the encoding of
+    /// the reply value), as it goes on the wire. Feature `testing` only.
+    #[cfg(feature = "testing")]
+    pub fn reply_frame_for_test(id: u64, body: &[u8]) -> Vec<u8> {
+        let f = Frame::Reply {
+            id,
+            result: Ok(frame::ReplyBody(std::borrow::Cow::Borrowed(body))),
+        };
+        match frame::encode(&f) {
+            Ok(frame::Encoded::Small(bytes)) => bytes,
+            _ => Vec::new(),
+        }
     }
 
     /// Lets the next `skip` writes to actor streams through, then makes `n`
@@ -204,6 +327,7 @@ impl Remoting {
         self.node_signal(peer)
             .set(ExitReason::NodeDown(peer.to_string()));
         lock(&self.inner.links).remove(&peer);
+        self.inner.partials.forget(peer);
         let failed: Vec<Pending> = {
             let mut p = lock(&self.inner.pending);
             let ids: Vec<u64> = p

@@ -6,26 +6,33 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use futures::AsyncReadExt;
 use libp2p::PeerId;
 use manta_actors::wire::WireBytes;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 use super::frame::{CHUNK_VARIANT, ChunkRef, Frame, ReplyBody};
 use super::{
-    CHUNK, FRAME_VERSION, KEPT_BUFFERS, MAX_FRAME, MAX_PARTIAL, MAX_WIRE_FRAME, RESERVE_LIMIT,
-    Remoting, lock,
+    CHUNK, FRAME_VERSION, Inner, KEPT_BUFFERS, MAX_FRAME, MAX_PARTIAL, MAX_WIRE_FRAME,
+    RemoteLimits, Remoting, lock,
 };
 
 impl Remoting {
-    pub(super) async fn read_loop(self, peer: PeerId, mut stream: libp2p::Stream) {
+    pub(super) async fn read_loop(self, peer: PeerId, stream: libp2p::Stream) {
+        let stream_no = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        self.read_frames(peer, stream_no, stream).await;
+        self.inner.partials.stream_ended(peer, stream_no);
+    }
+
+    async fn read_frames(&self, peer: PeerId, stream_no: u64, mut stream: libp2p::Stream) {
         let mut len_buf = [0u8; 4];
         // One receive buffer, reused (frames are at most MAX_WIRE_FRAME).
         let mut buf = Vec::new();
-        let mut partial = Reassembly::default();
         let route = self.route(peer);
         loop {
             if stream.read_exact(&mut len_buf).await.is_err() {
@@ -49,7 +56,12 @@ impl Remoting {
                     self.bad(peer, "undecodable chunk");
                     return;
                 };
-                let whole = match partial.add(peer, &c, &self.inner.kept) {
+                let added = self
+                    .inner
+                    .partials
+                    .add(peer, stream_no, &c, &self.inner.kept)
+                    .await;
+                let whole = match added {
                     Ok(Some(whole)) => whole,
                     Ok(None) => continue,
                     Err(what) => {
@@ -110,65 +122,261 @@ impl Remoting {
 
     fn bad(&self, peer: PeerId, what: &str) {
         let n = self.inner.bad_frames.fetch_add(1, Ordering::Relaxed) + 1;
+        self.inner.partials.moved.notify_waiters();
         tracing::warn!(target: "manta::remote", %peer, total = n, "{what}; closing the stream");
     }
 }
 
-/// Large messages being reassembled on one stream, from their chunks.
-#[derive(Default)]
-struct Reassembly {
-    /// Large messages being reassembled: msg -> (count, next index, bytes).
-    partial: HashMap<u64, (u32, u32, Vec<u8>)>,
+/// Large messages being reassembled, from their chunks, for every peer:
+/// the budgets of [`RemoteLimits`] (per peer, per node) and the expiry of
+/// partial messages that stopped receiving chunks.
+pub(super) struct Partials {
+    limits: RemoteLimits,
+    /// The node's budget in units of one chunk's declared size.
+    budget: Arc<Semaphore>,
+    units: u32,
+    state: Mutex<HashMap<PeerId, PeerPartials>>,
+    /// Declared bytes of every partial message, all peers together.
+    bytes: AtomicUsize,
+    dropped: AtomicU64,
+    /// Woken whenever a counter of the node's remoting moves.
+    pub(super) moved: tokio::sync::Notify,
 }
 
-impl Reassembly {
-    /// Adds chunk `c` from `peer` to its message: the whole message once
-    /// its last chunk is in; `None` while chunks are still to come, or for
-    /// a chunk of a message that cannot be completed (dropped); or what is
-    /// wrong, for a chunk that closes the stream. A new message's buffer is
-    /// one of the node's `kept` ones where there is one.
-    fn add(
-        &mut self,
+#[derive(Default)]
+struct PeerPartials {
+    declared: usize,
+    /// By (stream, message): a message's chunks all come on one stream.
+    msgs: HashMap<(u64, u64), Partial>,
+}
+
+struct Partial {
+    count: u32,
+    next: u32,
+    declared: usize,
+    buf: Vec<u8>,
+    last: Instant,
+    /// Its share of the node's budget, given back when it is dropped.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Partials {
+    pub(super) fn new(limits: RemoteLimits) -> Self {
+        let units = u32::try_from(limits.partial_per_node / CHUNK).unwrap_or(u32::MAX);
+        Self {
+            budget: Arc::new(Semaphore::new(units as usize)),
+            units,
+            limits,
+            state: Mutex::new(HashMap::new()),
+            bytes: AtomicUsize::new(0),
+            dropped: AtomicU64::new(0),
+            moved: tokio::sync::Notify::new(),
+        }
+    }
+
+    pub(super) fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Adds chunk `c` of `peer`'s stream `stream` to its message: the whole
+    /// message once its last chunk is in; `None` while chunks are still to
+    /// come, or for a chunk of a message that cannot be completed here
+    /// (dropped); or what is wrong, for a chunk that closes the stream. A
+    /// message's first chunk waits (the stream unread) while the node's
+    /// budget is taken, at most `partial_expiry`. A new message's buffer is
+    /// one of the node's `kept` ones where there is one; it grows as chunks
+    /// arrive, never past the declared size.
+    pub(super) async fn add(
+        &self,
         peer: PeerId,
+        stream: u64,
         c: &ChunkRef<'_>,
         kept: &Mutex<Vec<Vec<u8>>>,
     ) -> Result<Option<Vec<u8>>, &'static str> {
-        if c.index != 0 && !self.partial.contains_key(&c.msg) {
-            // The rest of a message whose first chunks went out on
-            // a stream that broke (the sender reopened and sent the
-            // failed chunk again here): it cannot be completed.
-            tracing::debug!(target: "manta::remote", %peer, msg = c.msg, index = c.index, "dropping the tail of a message cut by a broken stream");
-            return Ok(None);
-        }
-        if !self.partial.contains_key(&c.msg) && self.partial.len() >= MAX_PARTIAL {
-            return Err("too many large messages in flight");
-        }
-        if c.count as usize > MAX_FRAME.div_ceil(CHUNK) {
+        if c.count == 0 || c.count as usize > MAX_FRAME.div_ceil(CHUNK) {
             return Err("message too large");
         }
-        let mut entry = match self.partial.entry(c.msg) {
-            Entry::Occupied(o) => o,
-            Entry::Vacant(v) => {
-                // Reserved up front, but never more than RESERVE_LIMIT
-                // per message on a peer's word; beyond it the buffer
-                // grows as data actually arrives.
-                let want = (c.count as usize).saturating_mul(CHUNK);
-                let mut whole = lock(kept).pop().unwrap_or_default();
-                whole.reserve(want.min(RESERVE_LIMIT));
-                v.insert_entry((c.count, 0, whole))
+        let declared = c.count as usize * CHUNK;
+        let key = (stream, c.msg);
+        {
+            let mut state = lock(&self.state);
+            let pp = state.entry(peer).or_default();
+            if let Some(p) = pp.msgs.get_mut(&key) {
+                if p.count != c.count || p.next != c.index || p.buf.len() + c.data.len() > declared
+                {
+                    return Err("chunk out of sequence or message too large");
+                }
+                append(&mut p.buf, c.data, declared);
+                p.next += 1;
+                p.last = Instant::now();
+                if p.next != p.count {
+                    return Ok(None);
+                }
+                return Ok(self.complete(pp, key));
+            }
+            if c.data.len() > declared {
+                return Err("chunk out of sequence or message too large");
+            }
+            if c.index != 0 {
+                // The rest of a message whose first chunks went out on a
+                // stream that broke (the sender reopened and sent the failed
+                // chunk again here), or that expired: it cannot be completed.
+                tracing::debug!(target: "manta::remote", %peer, msg = c.msg, index = c.index, "dropping the tail of a message not started here");
+                return Ok(None);
+            }
+            if pp.msgs.keys().filter(|(s, _)| *s == stream).count() >= MAX_PARTIAL {
+                return Err("too many large messages in flight");
+            }
+            if pp.declared + declared > self.limits.partial_per_peer {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                return Err("over the peer's budget of partly received messages");
+            }
+        }
+        if c.count > self.units {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return Err("larger than the node's budget of partly received messages");
+        }
+        let budget = Arc::clone(&self.budget);
+        let permit = match budget.clone().try_acquire_many_owned(c.count) {
+            Ok(p) => p,
+            Err(_) => {
+                tracing::debug!(target: "manta::remote", %peer, declared, "waiting for the node's budget of partly received messages");
+                match tokio::time::timeout(
+                    self.limits.partial_expiry,
+                    budget.acquire_many_owned(c.count),
+                )
+                .await
+                {
+                    Ok(Ok(p)) => p,
+                    // The semaphore is never closed; a timeout is the only way.
+                    _ => {
+                        self.dropped.fetch_add(1, Ordering::Relaxed);
+                        return Err("the node's budget of partly received messages stayed taken");
+                    }
+                }
             }
         };
-        let (count, next, whole) = entry.get_mut();
-        if *count != c.count || *next != c.index || whole.len() + c.data.len() > MAX_FRAME {
-            return Err("chunk out of sequence or message too large");
+        let mut state = lock(&self.state);
+        let pp = state.entry(peer).or_default();
+        if pp.declared + declared > self.limits.partial_per_peer {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return Err("over the peer's budget of partly received messages");
         }
-        *next += 1;
-        whole.extend_from_slice(c.data);
-        if *next != c.count {
-            return Ok(None);
+        let mut buf = lock(kept).pop().unwrap_or_default();
+        append(&mut buf, c.data, declared);
+        pp.declared += declared;
+        self.bytes.fetch_add(declared, Ordering::Relaxed);
+        pp.msgs.insert(
+            key,
+            Partial {
+                count: c.count,
+                next: 1,
+                declared,
+                buf,
+                last: Instant::now(),
+                _permit: permit,
+            },
+        );
+        self.moved.notify_waiters();
+        if c.count == 1 {
+            return Ok(self.complete(pp, key));
         }
-        Ok(Some(entry.remove().2))
+        Ok(None)
     }
+
+    fn complete(&self, pp: &mut PeerPartials, key: (u64, u64)) -> Option<Vec<u8>> {
+        let p = pp.msgs.remove(&key)?;
+        pp.declared -= p.declared;
+        self.bytes.fetch_sub(p.declared, Ordering::Relaxed);
+        Some(p.buf)
+    }
+
+    /// Drops what `keep` refuses, releasing its budget; how many.
+    fn drop_where(&self, mut drop: impl FnMut(&PeerId, &(u64, u64), &Partial) -> bool) -> u64 {
+        let mut state = lock(&self.state);
+        let mut n = 0;
+        for (peer, pp) in state.iter_mut() {
+            let gone: Vec<(u64, u64)> = pp
+                .msgs
+                .iter()
+                .filter(|(k, p)| drop(peer, k, p))
+                .map(|(k, _)| *k)
+                .collect();
+            for k in gone {
+                if self.complete(pp, k).is_some() {
+                    n += 1;
+                }
+            }
+        }
+        state.retain(|_, pp| !pp.msgs.is_empty());
+        n
+    }
+
+    /// `peer`'s stream `stream` ended: its partial messages can never
+    /// complete.
+    pub(super) fn stream_ended(&self, peer: PeerId, stream: u64) {
+        self.drop_where(|p, (s, _), _| *p == peer && *s == stream);
+    }
+
+    /// `peer` is gone: every partial message of it is dropped.
+    pub(super) fn forget(&self, peer: PeerId) {
+        self.drop_where(|p, _, _| *p == peer);
+    }
+
+    /// Drops partial messages that received no chunk for `partial_expiry`;
+    /// how many.
+    fn expire(&self, now: Instant) -> u64 {
+        let expiry = self.limits.partial_expiry;
+        let n = self.drop_where(|peer, (_, msg), p| {
+            let stale = now.duration_since(p.last) >= expiry;
+            if stale {
+                tracing::warn!(target: "manta::remote", %peer, msg, received = p.buf.len(), declared = p.declared, "a partly received message got no chunk for {expiry:?}; dropped");
+            }
+            stale
+        });
+        self.dropped.fetch_add(n, Ordering::Relaxed);
+        n
+    }
+}
+
+/// Expires stale partial messages while the node's remoting lives.
+pub(super) async fn expire_partials(inner: Weak<Inner>) {
+    let every = match inner.upgrade() {
+        Some(i) => (i.partials.limits.partial_expiry / 4)
+            .clamp(Duration::from_millis(10), Duration::from_secs(5)),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match inner.upgrade() {
+            Some(i) => {
+                if i.partials.expire(Instant::now()) > 0 {
+                    i.partials.moved.notify_waiters();
+                }
+            }
+            None => return,
+        }
+    }
+}
+
+/// Appends `data`, growing `buf` by doubling but never past `declared`
+/// (memory is taken as chunks arrive, not on the sender's word).
+fn append(buf: &mut Vec<u8>, data: &[u8], declared: usize) {
+    if buf.capacity() < buf.len() + data.len() {
+        let more = buf
+            .len()
+            .max(CHUNK)
+            .min(declared.saturating_sub(buf.len()))
+            .max(data.len());
+        buf.reserve_exact(more);
+    }
+    buf.extend_from_slice(data);
 }
 
 /// A reply's bytes as the waiting ask gets them: `buf[range]`. A large
@@ -234,59 +442,163 @@ mod tests {
         }
     }
 
-    #[test]
-    fn chunks_in_order_make_the_whole_message_in_a_kept_buffer() {
-        let (peer, mut r) = (PeerId::random(), Reassembly::default());
+    fn partials() -> Partials {
+        Partials::new(RemoteLimits::default())
+    }
+
+    #[tokio::test]
+    async fn chunks_in_order_make_the_whole_message_in_a_kept_buffer() {
+        let (peer, r) = (PeerId::random(), partials());
         let kept = Mutex::new(vec![Vec::with_capacity(2 * CHUNK)]);
-        assert_eq!(r.add(peer, &chunk(7, 0, 3, b"ab"), &kept), Ok(None));
+        assert_eq!(
+            r.add(peer, 1, &chunk(7, 0, 3, b"ab"), &kept).await,
+            Ok(None)
+        );
         assert!(lock(&kept).is_empty(), "the kept buffer is taken");
-        // Another message in between does not disturb the first.
-        assert_eq!(r.add(peer, &chunk(8, 0, 2, b"x"), &kept), Ok(None));
-        assert_eq!(r.add(peer, &chunk(7, 1, 3, b"cd"), &kept), Ok(None));
-        let whole = r.add(peer, &chunk(7, 2, 3, b"e"), &kept).unwrap().unwrap();
+        assert_eq!(r.bytes(), 3 * CHUNK, "counted at its declared size");
+        // Another message in between (another stream) does not disturb it.
+        assert_eq!(r.add(peer, 2, &chunk(7, 0, 2, b"x"), &kept).await, Ok(None));
+        assert_eq!(
+            r.add(peer, 1, &chunk(7, 1, 3, b"cd"), &kept).await,
+            Ok(None)
+        );
+        let whole = r.add(peer, 1, &chunk(7, 2, 3, b"e"), &kept).await;
+        let whole = whole.unwrap().unwrap();
         assert_eq!(
             (&whole[..], whole.capacity() >= 2 * CHUNK),
             (&b"abcde"[..], true)
         );
         assert_eq!(
-            r.add(peer, &chunk(8, 1, 2, b"y"), &kept),
+            r.add(peer, 2, &chunk(7, 1, 2, b"y"), &kept).await,
             Ok(Some(b"xy".to_vec()))
         );
-        assert!(r.partial.is_empty());
+        assert_eq!(r.bytes(), 0);
+        assert_eq!(
+            r.budget.available_permits(),
+            r.units as usize,
+            "all budget back"
+        );
     }
 
-    #[test]
-    fn the_tail_of_a_message_never_started_here_is_dropped() {
-        let (peer, mut r) = (PeerId::random(), Reassembly::default());
+    #[tokio::test]
+    async fn the_tail_of_a_message_never_started_here_is_dropped() {
+        let (peer, r) = (PeerId::random(), partials());
         let kept = Mutex::new(Vec::new());
-        assert_eq!(r.add(peer, &chunk(7, 1, 3, b"cd"), &kept), Ok(None));
-        assert_eq!(r.add(peer, &chunk(7, 2, 3, b"e"), &kept), Ok(None));
-        assert!(r.partial.is_empty());
+        assert_eq!(
+            r.add(peer, 1, &chunk(7, 1, 3, b"cd"), &kept).await,
+            Ok(None)
+        );
+        assert_eq!(r.add(peer, 1, &chunk(7, 2, 3, b"e"), &kept).await, Ok(None));
+        // Started on stream 1, continued on stream 2: not the same message.
+        assert_eq!(r.add(peer, 1, &chunk(8, 0, 3, b"a"), &kept).await, Ok(None));
+        assert_eq!(r.add(peer, 2, &chunk(8, 1, 3, b"b"), &kept).await, Ok(None));
+        assert_eq!(r.bytes(), 3 * CHUNK);
     }
 
-    #[test]
-    fn a_bad_sequence_or_size_is_an_error() {
+    #[tokio::test]
+    async fn a_bad_sequence_or_size_is_an_error() {
         let peer = PeerId::random();
         let kept = Mutex::new(Vec::new());
-        let mut r = Reassembly::default();
-        r.add(peer, &chunk(7, 0, 3, b"ab"), &kept).unwrap();
-        let skipped = r.add(peer, &chunk(7, 2, 3, b"e"), &kept);
+        let r = partials();
+        r.add(peer, 1, &chunk(7, 0, 3, b"ab"), &kept).await.unwrap();
+        let skipped = r.add(peer, 1, &chunk(7, 2, 3, b"e"), &kept).await;
         assert_eq!(skipped, Err("chunk out of sequence or message too large"));
-        let recounted = r.add(peer, &chunk(7, 1, 4, b"cd"), &kept);
+        let recounted = r.add(peer, 1, &chunk(7, 1, 4, b"cd"), &kept).await;
         assert_eq!(recounted, Err("chunk out of sequence or message too large"));
         let most = MAX_FRAME.div_ceil(CHUNK) as u32;
-        let huge = r.add(peer, &chunk(8, 0, most + 1, b"x"), &kept);
+        let huge = r.add(peer, 1, &chunk(8, 0, most + 1, b"x"), &kept).await;
         assert_eq!(huge, Err("message too large"));
-        let mut r = Reassembly::default();
+        let none = r.add(peer, 1, &chunk(9, 0, 0, b""), &kept).await;
+        assert_eq!(none, Err("message too large"));
+        let over = r
+            .add(peer, 1, &chunk(10, 0, 1, &vec![0; CHUNK + 1]), &kept)
+            .await;
+        assert!(
+            over == Err("chunk out of sequence or message too large"),
+            "a first chunk larger than its message was accepted"
+        );
+        let r = partials();
         for msg in 0..MAX_PARTIAL as u64 {
-            r.add(peer, &chunk(msg, 0, 2, b"x"), &kept).unwrap();
+            r.add(peer, 1, &chunk(msg, 0, 2, b"x"), &kept)
+                .await
+                .unwrap();
         }
-        let one_more = r.add(peer, &chunk(99, 0, 2, b"x"), &kept);
+        let one_more = r.add(peer, 1, &chunk(99, 0, 2, b"x"), &kept).await;
         assert_eq!(one_more, Err("too many large messages in flight"));
         // A message already in flight still takes its next chunk.
         assert_eq!(
-            r.add(peer, &chunk(0, 1, 2, b"y"), &kept),
+            r.add(peer, 1, &chunk(0, 1, 2, b"y"), &kept).await,
             Ok(Some(b"xy".to_vec()))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_peer_cannot_hold_more_than_its_budget_whatever_its_streams() {
+        let (peer, other) = (PeerId::random(), PeerId::random());
+        let kept = Mutex::new(Vec::new());
+        let r = partials();
+        let most = MAX_FRAME.div_ceil(CHUNK) as u32;
+        // Two of the largest messages fit (one per stream)...
+        r.add(peer, 1, &chunk(1, 0, most, b"x"), &kept)
+            .await
+            .unwrap();
+        r.add(peer, 2, &chunk(1, 0, most, b"x"), &kept)
+            .await
+            .unwrap();
+        // ...a third, on a third stream, is over the peer's budget.
+        let third = r.add(peer, 3, &chunk(1, 0, most, b"x"), &kept).await;
+        assert_eq!(
+            third,
+            Err("over the peer's budget of partly received messages")
+        );
+        assert_eq!(r.dropped(), 1);
+        // Another peer is not affected.
+        r.add(other, 1, &chunk(1, 0, most, b"x"), &kept)
+            .await
+            .unwrap();
+        assert_eq!(r.bytes(), 3 * MAX_FRAME);
+        // Memory was taken for what arrived, not for what was declared.
+        let held: usize = lock(&r.state)
+            .values()
+            .flat_map(|pp| pp.msgs.values())
+            .map(|p| p.buf.capacity())
+            .sum();
+        assert!(held <= 3 * CHUNK, "{held} bytes held for 3 bytes received");
+        r.stream_ended(peer, 1);
+        r.forget(other);
+        assert_eq!(r.bytes(), MAX_FRAME);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_node_budget_waits_then_expiry_frees_it() {
+        let limits = RemoteLimits {
+            partial_per_node: 3 * CHUNK,
+            partial_expiry: Duration::from_secs(30),
+            ..RemoteLimits::default()
+        };
+        let r = Arc::new(Partials::new(limits));
+        let kept = Mutex::new(Vec::new());
+        let (a, b) = (PeerId::random(), PeerId::random());
+        r.add(a, 1, &chunk(1, 0, 2, b"x"), &kept).await.unwrap();
+        // b's message does not fit yet: it waits...
+        let waiting = {
+            let r = Arc::clone(&r);
+            tokio::spawn(async move {
+                let kept = Mutex::new(Vec::new());
+                r.add(b, 1, &chunk(1, 0, 2, b"y"), &kept).await
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(!waiting.is_finished(), "admitted over the node's budget");
+        // ...until a's stalled message expires.
+        r.expire(Instant::now() + Duration::from_secs(30));
+        assert_eq!(waiting.await.unwrap(), Ok(None));
+        assert_eq!((r.dropped(), r.bytes()), (1, 2 * CHUNK));
+        // A first chunk that waits longer than the expiry gives up.
+        let late = r.add(a, 2, &chunk(1, 0, 2, b"z"), &kept).await;
+        assert_eq!(
+            late,
+            Err("the node's budget of partly received messages stayed taken")
         );
     }
 }

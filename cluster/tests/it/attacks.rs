@@ -1,0 +1,230 @@
+//! Issue 16: what a member holding the cluster secret can still try. Each
+//! attack is carried out by a real node of the cluster (a crafted peer: it
+//! joined with the secret, then writes frames of its own making on a raw
+//! actor stream over the authenticated mesh).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::AsyncWriteExt;
+use manta_actors::{Actor, ActorError, ActorSystem, Context, Message, ReplyTo};
+use manta_cluster::{ClusterSecret, MemberState, Node, NodeConfig, Remoting};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::{DEADLINE, wait_view};
+
+const MIB: usize = 1 << 20;
+
+struct Dir(std::path::PathBuf);
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Nodes `names` of one sealed cluster (the first is the seed), each with
+/// `tune` applied to its config.
+async fn cluster(tag: &str, names: &[&str], tune: impl Fn(&mut NodeConfig)) -> (Vec<Node>, Dir) {
+    let dir = std::env::temp_dir().join(format!("manta-attack-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("secret");
+    ClusterSecret::write_new(&secret).unwrap();
+    let mut nodes: Vec<Node> = Vec::new();
+    for name in names {
+        let mut c = NodeConfig {
+            name: (*name).to_owned(),
+            key_file: Some(dir.join(format!("{name}.key"))),
+            secret_file: Some(secret.clone()),
+            seeds: nodes
+                .first()
+                .map(|n| vec![n.membership().gossip_addr().to_string()])
+                .unwrap_or_default(),
+            ..NodeConfig::default()
+        };
+        c.failure_detection.gossip_interval = Duration::from_millis(100);
+        tune(&mut c);
+        nodes.push(Node::start(c, ActorSystem::new()).await.unwrap());
+    }
+    for n in &nodes {
+        wait_view(n.membership(), "every node alive", |v| {
+            v.iter().filter(|m| m.state == MemberState::Alive).count() == names.len()
+        })
+        .await;
+    }
+    (nodes, Dir(dir))
+}
+
+/// A raw actor stream from `from` to `to`, once the mesh connects them.
+async fn raw_stream(from: &Node, to: &Node) -> libp2p::Stream {
+    let peer = to.identity().peer_id();
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            match from.remoting().raw_stream_for_test(peer).await {
+                Ok(s) => return s,
+                Err(_) => {
+                    let mut c = from.mesh().connected();
+                    if !c.borrow_and_update().contains(&peer) {
+                        let _ = c.changed().await;
+                    } else {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            }
+        }
+    })
+    .await
+    .expect("a raw stream to a member")
+}
+
+async fn wait(node: &Node, what: &str, done: impl Fn(&Remoting) -> bool) {
+    assert!(
+        node.remoting().wait_counters(DEADLINE, done).await,
+        "timed out waiting for {what}"
+    );
+}
+
+#[derive(Debug, Serialize, Deserialize, Message)]
+#[message(name = "manta.test.Held")]
+enum Held {
+    Hold(ReplyTo<i64>),
+    Release(i64),
+    Get(ReplyTo<i64>),
+}
+
+/// Keeps the reply of `Hold` until `Release`.
+struct Holder {
+    held: Option<ReplyTo<i64>>,
+    holding: Arc<Notify>,
+}
+
+impl Actor for Holder {
+    type Msg = Held;
+    async fn handle(&mut self, msg: Held, _: &mut Context<Held>) -> Result<(), ActorError> {
+        match msg {
+            Held::Hold(r) => {
+                self.held = Some(r);
+                self.holding.notify_one();
+            }
+            Held::Release(v) => {
+                if let Some(r) = self.held.take() {
+                    r.send(v);
+                }
+            }
+            Held::Get(r) => {
+                r.send(1);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Item 1: partly received messages are capped per peer whatever the number
+/// of streams, and a stalled one expires; the member's ordinary traffic
+/// still goes through.
+#[tokio::test]
+async fn a_member_cannot_make_a_node_hold_partial_messages_beyond_its_budget() {
+    let (nodes, _dir) = cluster("partial", &["a", "m"], |c| {
+        c.limits.partial_per_peer_mib = 64;
+        c.limits.partial_expiry = Duration::from_millis(500);
+    })
+    .await;
+    let (a, m) = (&nodes[0], &nodes[1]);
+    let holding = Arc::new(Notify::new());
+    a.system()
+        .spawn_named(
+            "holder",
+            Holder {
+                held: None,
+                holding: Arc::clone(&holding),
+            },
+        )
+        .await
+        .unwrap();
+    // The first chunk of a 64 MiB message on one stream: all of the
+    // member's budget, declared, with 64 KiB actually sent.
+    let mut first = raw_stream(m, a).await;
+    let piece = vec![7u8; 64 * 1024];
+    first
+        .write_all(&Remoting::chunk_frame_for_test(1, 0, 1024, &piece))
+        .await
+        .unwrap();
+    first.flush().await.unwrap();
+    wait(a, "the first message in reassembly", |r| {
+        r.partial_bytes() == 64 * MIB
+    })
+    .await;
+    // A second one, on a second stream: over the peer's budget, refused.
+    let mut second = raw_stream(m, a).await;
+    second
+        .write_all(&Remoting::chunk_frame_for_test(2, 0, 2, &piece))
+        .await
+        .unwrap();
+    second.flush().await.unwrap();
+    wait(a, "the second message refused", |r| {
+        r.dropped_partials() >= 1
+    })
+    .await;
+    assert!(a.remoting().bad_frames() >= 1, "the stream was closed");
+    assert_eq!(a.remoting().partial_bytes(), 64 * MIB);
+    // The member's ordinary traffic still reaches the node.
+    let holder = m
+        .remoting()
+        .handle::<Held>(a.identity().peer_id(), "holder");
+    assert_eq!(holder.ask(Held::Get, DEADLINE).await.unwrap(), 1);
+    // The stalled first message expires although its stream stays open.
+    wait(a, "the stalled message expired", |r| {
+        r.dropped_partials() >= 2 && r.partial_bytes() == 0
+    })
+    .await;
+    drop(first);
+}
+
+/// Item 2: a reply is taken only from the node the request went to. A third
+/// member answers every plausible request id of the asking node; the ask
+/// still gets the real reply and every forged one is counted.
+#[tokio::test]
+async fn a_reply_from_a_node_not_asked_is_dropped_and_counted() {
+    let (nodes, _dir) = cluster("forge", &["a", "b", "m"], |_| {}).await;
+    let (a, b, m) = (&nodes[0], &nodes[1], &nodes[2]);
+    let holding = Arc::new(Notify::new());
+    b.system()
+        .spawn_named(
+            "holder",
+            Holder {
+                held: None,
+                holding: Arc::clone(&holding),
+            },
+        )
+        .await
+        .unwrap();
+    let holder = a
+        .remoting()
+        .handle::<Held>(b.identity().peer_id(), "holder");
+    let asked = {
+        let holder = holder.clone();
+        tokio::spawn(async move { holder.ask(Held::Hold, DEADLINE).await })
+    };
+    tokio::time::timeout(DEADLINE, holding.notified())
+        .await
+        .expect("the request reached b");
+    // The forger's replies: 666 for every id a could have used.
+    let forged = postcard::to_allocvec(&666i64).unwrap();
+    let mut raw = raw_stream(m, a).await;
+    for id in 0..4096u64 {
+        raw.write_all(&Remoting::reply_frame_for_test(id, &forged))
+            .await
+            .unwrap();
+    }
+    raw.flush().await.unwrap();
+    wait(a, "the forged reply counted", |r| r.forged_replies() >= 1).await;
+    assert!(!asked.is_finished(), "a forged reply completed the ask");
+    holder.tell(Held::Release(7)).unwrap();
+    assert_eq!(asked.await.unwrap().unwrap(), 7);
+    assert_eq!(
+        a.remoting().bad_frames(),
+        0,
+        "well-formed frames, not bad ones"
+    );
+}
