@@ -48,21 +48,20 @@ pub(crate) mod keys {
     pub(crate) const SIG: &str = "sig";
 }
 
-/// What a node signs: a domain tag, its id and generation, then every key
-/// but the signature, in key order, each length-prefixed.
-fn signed_bytes<'a>(
-    node_id: &str,
-    generation: u64,
-    keys: impl Iterator<Item = (&'a str, &'a str)>,
-) -> Vec<u8> {
+/// What a node signs: a domain tag, everything its gossip identity is made
+/// of (id, generation, gossip address: a copy of the node at another
+/// address does not verify), then every key but the signature, in key
+/// order, each length-prefixed.
+fn signed_bytes<'a>(id: &ChitchatId, keys: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(b"manta-gossip-keys-v1\0");
+    out.extend_from_slice(b"manta-gossip-keys-v2\0");
     let mut put = |b: &[u8]| {
         out.extend_from_slice(&(b.len() as u32).to_be_bytes());
         out.extend_from_slice(b);
     };
-    put(node_id.as_bytes());
-    put(&generation.to_be_bytes());
+    put(id.node_id.as_bytes());
+    put(&id.generation_id.to_be_bytes());
+    put(id.gossip_advertise_addr.to_string().as_bytes());
     let sorted: BTreeMap<&str, &str> = keys.filter(|(k, _)| *k != keys::SIG).collect();
     for (k, v) in sorted {
         put(k.as_bytes());
@@ -71,14 +70,13 @@ fn signed_bytes<'a>(
     out
 }
 
-/// The signature of `keys` as node `node_id`, generation `generation`.
+/// The signature of `keys` as the node incarnation `id`.
 fn sign_keys<'a>(
     signer: &Keypair,
-    node_id: &str,
-    generation: u64,
+    id: &ChitchatId,
     keys: impl Iterator<Item = (&'a str, &'a str)>,
 ) -> Option<String> {
-    match signer.sign(&signed_bytes(node_id, generation, keys)) {
+    match signer.sign(&signed_bytes(id, keys)) {
         Ok(sig) => Some(crate::hex::encode(&sig)),
         Err(e) => {
             tracing::error!(target: "manta::membership", error = %e, "cannot sign this node's gossip keys");
@@ -92,12 +90,7 @@ fn sign_keys<'a>(
 fn resign(c: &mut chitchat::Chitchat, signer: Option<&Keypair>) {
     let Some(signer) = signer else { return };
     let id = c.self_chitchat_id().clone();
-    let sig = sign_keys(
-        signer,
-        &id.node_id,
-        id.generation_id,
-        c.self_node_state().key_values(),
-    );
+    let sig = sign_keys(signer, &id, c.self_node_state().key_values());
     if let Some(sig) = sig {
         c.self_node_state().set(keys::SIG, sig);
     }
@@ -109,13 +102,10 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Checks that `keys` carry node `node_id`'s signature for `generation`.
-fn verify_keys(
-    node_id: &str,
-    generation: u64,
-    keys: &BTreeMap<String, String>,
-) -> Result<(), &'static str> {
-    let peer: PeerId = node_id.parse().map_err(|_| "its id is not a peer id")?;
+/// Checks that `keys` carry the signature of node incarnation `id` (its
+/// id, generation and gossip address).
+fn verify_keys(id: &ChitchatId, keys: &BTreeMap<String, String>) -> Result<(), &'static str> {
+    let peer: PeerId = id.node_id.parse().map_err(|_| "its id is not a peer id")?;
     // The id's multihash: code 0 (identity), a one-byte length (ed25519
     // keys are 36 bytes in protobuf), then the key itself.
     let hash = peer.to_bytes();
@@ -127,11 +117,7 @@ fn verify_keys(
         .map_err(|_| "its peer id's public key cannot be decoded")?;
     let sig = keys.get(keys::SIG).ok_or("its keys are not signed")?;
     let sig = crate::hex::decode(sig).map_err(|_| "its signature is not hex")?;
-    let msg = signed_bytes(
-        node_id,
-        generation,
-        keys.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-    );
+    let msg = signed_bytes(id, keys.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     if key.verify(&msg, &sig) {
         Ok(())
     } else {
@@ -288,12 +274,14 @@ struct Inner {
     /// task is not mistaken for a crash.
     stopping: std::sync::atomic::AtomicBool,
     restarts: std::sync::atomic::AtomicU64,
-    /// The last keys of each (node, generation) whose signature verified:
-    /// a delta that updates some keys before their signature arrives
-    /// leaves the node as it was, not unsigned.
-    verified: std::sync::Mutex<HashMap<(String, u64), BTreeMap<String, String>>>,
-    /// (node, generation) pairs whose keys never verified, already logged.
-    rejected: std::sync::Mutex<std::collections::HashSet<(String, u64)>>,
+    /// The last keys of each node incarnation (id, generation, gossip
+    /// address) whose signature verified: a delta that updates some keys
+    /// before their signature arrives leaves the node as it was, not
+    /// unsigned.
+    verified: std::sync::Mutex<HashMap<ChitchatId, BTreeMap<String, String>>>,
+    /// Incarnations whose keys never verified (logged once), with the keys
+    /// that failed: unchanged keys are not checked again every round.
+    rejected: std::sync::Mutex<HashMap<ChitchatId, BTreeMap<String, String>>>,
     /// How many such pairs were seen in all.
     rejected_total: std::sync::atomic::AtomicU64,
 }
@@ -328,18 +316,17 @@ async fn spawn_gossip(
 ) -> Result<ChitchatHandle, ClusterError> {
     let generation = generation_now();
     keys.retain(|(k, _)| k != keys::SIG);
+    let chitchat_id = ChitchatId::new(config.node_id.clone(), generation, local);
     if let Some(signer) = &config.signer {
         let sig = sign_keys(
             signer,
-            &config.node_id,
-            generation,
+            &chitchat_id,
             keys.iter().map(|(k, v)| (k.as_str(), v.as_str())),
         );
         if let Some(sig) = sig {
             keys.push((keys::SIG.to_owned(), sig));
         }
     }
-    let chitchat_id = ChitchatId::new(config.node_id.clone(), generation, local);
     let cc = ChitchatConfig {
         chitchat_id,
         cluster_id: cluster_id(config.secret.as_ref(), &config.cluster),
@@ -393,7 +380,7 @@ impl Membership {
             stopping: std::sync::atomic::AtomicBool::new(false),
             restarts: std::sync::atomic::AtomicU64::new(0),
             verified: std::sync::Mutex::new(HashMap::new()),
-            rejected: std::sync::Mutex::new(std::collections::HashSet::new()),
+            rejected: std::sync::Mutex::new(HashMap::new()),
             rejected_total: std::sync::atomic::AtomicU64::new(0),
         });
         let m = Membership { inner };
@@ -581,11 +568,17 @@ impl Membership {
                 })
             })
             .collect();
-        // Keep only the newest generation of each node.
+        // Keep only the newest generation of each node; of two copies of
+        // one generation (which a valid signature, covering the gossip
+        // address, rules out) the live one, never a dead copy over it.
         let mut newest: BTreeMap<String, Member> = BTreeMap::new();
         for m in members {
             match newest.get(&m.id) {
-                Some(old) if old.generation >= m.generation => {}
+                Some(old)
+                    if old.generation > m.generation
+                        || (old.generation == m.generation
+                            && (old.state == MemberState::Alive
+                                || m.state != MemberState::Alive)) => {}
                 _ => {
                     newest.insert(m.id.clone(), m);
                 }
@@ -692,15 +685,13 @@ impl Membership {
         if self.inner.config.signer.is_none() {
             return states;
         }
-        let present: std::collections::HashSet<(String, u64)> = states
-            .iter()
-            .map(|(id, _, _)| (id.node_id.to_string(), id.generation_id))
-            .collect();
+        let present: std::collections::HashSet<ChitchatId> =
+            states.iter().map(|(id, _, _)| id.clone()).collect();
         let mut verified = lock(&self.inner.verified);
         let mut rejected = lock(&self.inner.rejected);
         // Forgotten nodes are forgotten here too.
         verified.retain(|k, _| present.contains(k));
-        rejected.retain(|k| present.contains(k));
+        rejected.retain(|k, _| present.contains(k));
         let mut out = Vec::with_capacity(states.len());
         for (id, state, keys) in states {
             // This incarnation's own state needs no proof; any other one
@@ -710,21 +701,29 @@ impl Membership {
                 out.push((id, state, keys));
                 continue;
             }
-            let pair = (id.node_id.to_string(), id.generation_id);
             // Unchanged since it last verified: no signature check again.
-            if verified.get(&pair) == Some(&keys) {
+            if verified.get(&id) == Some(&keys) {
                 out.push((id, state, keys));
                 continue;
             }
-            match verify_keys(&id.node_id, id.generation_id, &keys) {
+            // Unchanged since it last failed: no check again either.
+            if rejected.get(&id) == Some(&keys) {
+                if let Some(last) = verified.get(&id) {
+                    out.push((id, state, last.clone()));
+                }
+                continue;
+            }
+            match verify_keys(&id, &keys) {
                 Ok(()) => {
-                    verified.insert(pair, keys.clone());
+                    rejected.remove(&id);
+                    verified.insert(id.clone(), keys.clone());
                     out.push((id, state, keys));
                 }
                 Err(why) => {
-                    if let Some(last) = verified.get(&pair) {
+                    let first = rejected.insert(id.clone(), keys).is_none();
+                    if let Some(last) = verified.get(&id) {
                         out.push((id, state, last.clone()));
-                    } else if rejected.insert(pair) {
+                    } else if first {
                         self.inner
                             .rejected_total
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -852,8 +851,7 @@ mod tests {
             .collect();
         let sig = sign_keys(
             kp,
-            &id,
-            generation,
+            &incarnation(&id, generation),
             keys.iter().map(|(k, v)| (k.as_str(), v.as_str())),
         )
         .unwrap();
@@ -861,55 +859,69 @@ mod tests {
         (id, keys)
     }
 
+    fn incarnation(id: &str, generation: u64) -> ChitchatId {
+        ChitchatId::new(
+            id.to_owned(),
+            generation,
+            SocketAddr::from(([127, 0, 0, 1], 7000)),
+        )
+    }
+
+    fn verify(
+        id: &str,
+        generation: u64,
+        keys: &BTreeMap<String, String>,
+    ) -> Result<(), &'static str> {
+        verify_keys(&incarnation(id, generation), keys)
+    }
+
     #[test]
     fn signed_keys_verify_and_every_change_breaks_them() {
         let kp = Keypair::generate_ed25519();
         let (id, keys) = signed(&kp, 7);
-        assert_eq!(verify_keys(&id, 7, &keys), Ok(()));
+        assert_eq!(verify(&id, 7, &keys), Ok(()));
         let bad = "its signature does not match its keys";
-        assert_eq!(verify_keys(&id, 8, &keys), Err(bad), "another generation");
+        assert_eq!(verify(&id, 8, &keys), Err(bad), "another generation");
+        // A copy of the node, keys and signature, at another gossip
+        // address (issue 16, item 3).
+        let elsewhere = ChitchatId::new(id.clone(), 7, SocketAddr::from(([127, 0, 0, 1], 7001)));
+        assert_eq!(verify_keys(&elsewhere, &keys), Err(bad), "another address");
         let mut changed = keys.clone();
         changed.insert("roles".into(), "x".into());
-        assert_eq!(verify_keys(&id, 7, &changed), Err(bad), "a changed value");
+        assert_eq!(verify(&id, 7, &changed), Err(bad), "a changed value");
         let mut added = keys.clone();
         added.insert("status".into(), "left".into());
-        assert_eq!(verify_keys(&id, 7, &added), Err(bad), "an added key");
+        assert_eq!(verify(&id, 7, &added), Err(bad), "an added key");
         let other = Keypair::generate_ed25519()
             .public()
             .to_peer_id()
             .to_string();
-        assert_eq!(verify_keys(&other, 7, &keys), Err(bad), "another node's id");
+        assert_eq!(verify(&other, 7, &keys), Err(bad), "another node's id");
         let mut unsigned = keys.clone();
         unsigned.remove(keys::SIG);
-        assert_eq!(
-            verify_keys(&id, 7, &unsigned),
-            Err("its keys are not signed")
-        );
+        assert_eq!(verify(&id, 7, &unsigned), Err("its keys are not signed"));
         let mut garbled = keys.clone();
         garbled.insert(keys::SIG.into(), "zz".into());
-        assert_eq!(
-            verify_keys(&id, 7, &garbled),
-            Err("its signature is not hex")
-        );
-        assert_eq!(verify_keys("n1", 7, &keys), Err("its id is not a peer id"));
+        assert_eq!(verify(&id, 7, &garbled), Err("its signature is not hex"));
+        assert_eq!(verify("n1", 7, &keys), Err("its id is not a peer id"));
         // A PeerId that is a hash of its key (no key inside) cannot vouch,
         // nor can one whose inline bytes are not a key.
         let hashed = "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N";
         assert!(hashed.parse::<PeerId>().is_ok());
         assert_eq!(
-            verify_keys(hashed, 7, &keys),
+            verify(hashed, 7, &keys),
             Err("its peer id does not embed a public key")
         );
         assert_eq!(
-            verify_keys(&PeerId::random().to_string(), 7, &keys),
+            verify(&PeerId::random().to_string(), 7, &keys),
             Err("its peer id's public key cannot be decoded")
         );
     }
 
     #[test]
     fn length_prefixes_keep_keys_and_values_apart() {
-        let a = signed_bytes("n", 1, [("ab", "c")].into_iter());
-        let b = signed_bytes("n", 1, [("a", "bc")].into_iter());
+        let a = signed_bytes(&incarnation("n", 1), [("ab", "c")].into_iter());
+        let b = signed_bytes(&incarnation("n", 1), [("a", "bc")].into_iter());
         assert_ne!(a, b);
     }
 }

@@ -263,9 +263,13 @@ async fn reconcile(membership: Membership, mesh: Mesh) {
     // admitted us closes our connections until its gossip catches up.
     let mut last_dial: std::collections::HashMap<libp2p::PeerId, tokio::time::Instant> =
         Default::default();
+    let mut refused: std::collections::HashSet<libp2p::PeerId> = Default::default();
     loop {
         let members = view.borrow_and_update().clone();
         let up = connected.borrow_and_update().clone();
+        // Dial times and refusals of nodes gossip no longer knows go.
+        last_dial.retain(|p, _| members.iter().any(|m| m.id == p.to_string()));
+        refused.retain(|p| members.iter().any(|m| m.id == p.to_string()));
         for m in members.iter().filter(|m| m.id != me) {
             let Ok(peer) = m.id.parse::<libp2p::PeerId>() else {
                 continue;
@@ -278,9 +282,15 @@ async fn reconcile(membership: Membership, mesh: Mesh) {
                         .get(&peer)
                         .is_some_and(|t| now.duration_since(*t) < Duration::from_millis(500));
                     if !up.contains(&peer) && !recent {
-                        if let Some(addr) = m.keys.get(keys::P2P).and_then(|a| a.parse().ok()) {
-                            last_dial.insert(peer, now);
-                            mesh.dial(peer, addr);
+                        match m.keys.get(keys::P2P).map(|a| dialable(a, peer, m.gossip)) {
+                            Some(Ok(addr)) => {
+                                last_dial.insert(peer, now);
+                                mesh.dial(peer, addr);
+                            }
+                            Some(Err(why)) if refused.insert(peer) => {
+                                tracing::warn!(target: "manta::node", node = %peer, name = %m.name, "not dialling the mesh address it gossips: {why}");
+                            }
+                            _ => {}
                         }
                     }
                 }
@@ -293,6 +303,50 @@ async fn reconcile(membership: Membership, mesh: Mesh) {
             _ = tick.tick() => {}
         }
     }
+}
+
+/// The mesh address a member gossips, if this node will dial it: a plain
+/// `/ip4|ip6/IP/tcp/PORT` (optionally `/p2p/` its own id) on the host of
+/// its signed gossip address (an unspecified IP means that host). A member
+/// cannot make the others dial a third party's service, a DNS name or a
+/// relay; and the dial is bound to its PeerId, so noise refuses anybody else.
+fn dialable(
+    addr: &str,
+    peer: libp2p::PeerId,
+    gossip: std::net::SocketAddr,
+) -> Result<libp2p::Multiaddr, String> {
+    use libp2p::multiaddr::Protocol;
+    let parsed: libp2p::Multiaddr = addr
+        .parse()
+        .map_err(|e| format!("`{addr}` is not a multiaddr ({e})"))?;
+    let mut parts = parsed.iter();
+    let ip: std::net::IpAddr = match parts.next() {
+        Some(Protocol::Ip4(ip)) => ip.into(),
+        Some(Protocol::Ip6(ip)) => ip.into(),
+        _ => return Err(format!("`{addr}` does not start with an IP address")),
+    };
+    let port = match parts.next() {
+        Some(Protocol::Tcp(port)) => port,
+        _ => return Err(format!("`{addr}` is not a TCP address")),
+    };
+    match parts.next() {
+        None => {}
+        Some(Protocol::P2p(id)) if id == peer && parts.next().is_none() => {}
+        Some(_) => {
+            return Err(format!(
+                "`{addr}` has more than IP, TCP port and its own id"
+            ));
+        }
+    }
+    let ip = if ip.is_unspecified() { gossip.ip() } else { ip };
+    if ip != gossip.ip() {
+        return Err(format!(
+            "`{addr}` is on another host than its gossip address {gossip}"
+        ));
+    }
+    let mut out = libp2p::Multiaddr::from(ip);
+    out.push(Protocol::Tcp(port));
+    Ok(out)
 }
 
 /// Node-down and node-up reach remote handles: their monitors fire with
@@ -415,5 +469,40 @@ impl Names {
             return Ok(self.remoting.handle::<M>(peer, name));
         }
         Err(LookupError::NotFound(name.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dialable;
+
+    #[test]
+    fn only_plain_tcp_addresses_on_the_members_gossip_host_are_dialled() {
+        let peer = libp2p::PeerId::random();
+        let gossip: std::net::SocketAddr = "10.0.0.5:7000".parse().unwrap();
+        let ok = |a: &str| dialable(a, peer, gossip).map(|m| m.to_string());
+        assert_eq!(
+            ok("/ip4/10.0.0.5/tcp/9000"),
+            Ok("/ip4/10.0.0.5/tcp/9000".into())
+        );
+        assert_eq!(
+            ok(&format!("/ip4/10.0.0.5/tcp/9000/p2p/{peer}")),
+            Ok("/ip4/10.0.0.5/tcp/9000".into())
+        );
+        // Listening on every interface: its gossip host.
+        assert_eq!(
+            ok("/ip4/0.0.0.0/tcp/9000"),
+            Ok("/ip4/10.0.0.5/tcp/9000".into())
+        );
+        for bad in [
+            "/ip4/10.0.0.6/tcp/22",
+            "/dns4/example.com/tcp/80",
+            "/ip4/10.0.0.5/udp/9000/quic-v1",
+            "/ip4/10.0.0.5/tcp/9000/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA",
+            "/ip4/10.0.0.5/tcp/9000/ws",
+            "not an address",
+        ] {
+            assert!(dialable(bad, peer, gossip).is_err(), "{bad} was dialable");
+        }
     }
 }

@@ -309,24 +309,20 @@ impl Cluster {
                 .await?;
             return Ok((h, None));
         }
+        let remote = |e: WireError| SpawnError::Remote {
+            node: peer.to_string(),
+            source: Box::new(e),
+        };
         let ty = self
             .remoting
             .spawn_remote(peer, kind, &args, &name, message, SPAWN_TIMEOUT)
             .await
-            .map_err(|e| match e {
-                WireError::Spawn(e) => SpawnError::Remote {
-                    node: peer.to_string(),
-                    source: Box::new(WireError::Spawn(e)),
-                },
-                other => SpawnError::Remote {
-                    node: peer.to_string(),
-                    source: Box::new(other),
-                },
-            })?;
-        Ok((
-            self.remoting.erased_handle(peer, &name, &ty),
-            Some((peer, name)),
-        ))
+            .map_err(remote)?;
+        let handle = self
+            .remoting
+            .erased_handle(peer, &name, &ty)
+            .map_err(remote)?;
+        Ok((handle, Some((peer, name))))
     }
 }
 

@@ -14,7 +14,7 @@ use manta_actors::{CodecError, ExitReason, SpawnError, WireError};
 
 use super::frame::{Frame, encode_reply_value};
 use super::reader::ReplyBytes;
-use super::{Pending, Remoting, SWEEP_MIN, lock};
+use super::{MAX_SPAWNS_PER_PEER, Pending, Remoting, SWEEP_MIN, lock};
 
 impl Remoting {
     /// Handles one frame from `peer`; `route` is the way back to it for the
@@ -81,31 +81,65 @@ impl Remoting {
                 name,
                 message,
             } => {
+                {
+                    let mut serving = lock(&self.inner.serving);
+                    let s = serving.entry(peer).or_default();
+                    if s.spawns >= MAX_SPAWNS_PER_PEER {
+                        drop(serving);
+                        tracing::warn!(target: "manta::remote", %peer, %kind, "spawn refused: {MAX_SPAWNS_PER_PEER} of this node's spawns already running");
+                        let refused: Result<Vec<u8>, WireError> = Err(WireError::Backpressure);
+                        let _ = self.send(peer, &Frame::reply(id, refused));
+                        return;
+                    }
+                    s.spawns += 1;
+                }
                 let me = self.clone();
                 tokio::spawn(async move {
                     let result = me.spawn_here(&kind, &args_json, &name, &message).await;
+                    if let Some(s) = lock(&me.inner.serving).get_mut(&peer) {
+                        s.spawns = s.spawns.saturating_sub(1);
+                    }
                     if let Err(e) = me.send(peer, &Frame::reply(id, result)) {
                         tracing::debug!(target: "manta::remote", %peer, error = %e, "spawn reply not sent");
                     }
                 });
             }
-            Frame::Watch { to } => {
-                let me = self.clone();
-                let target = self.inner.system.lookup_any(&to);
-                tokio::spawn(async move {
-                    let reason = match target {
-                        Some(h) => h.monitor().wait().await,
-                        None => ExitReason::Failed(format!("no actor named `{to}`")),
-                    };
-                    let _ = me.send(peer, &Frame::Exited { to, reason });
-                });
-            }
+            Frame::Watch { to } => self.serve_watch(peer, to),
             Frame::Exited { to, reason } => {
                 if let Some(s) = lock(&self.inner.watched).remove(&(peer, to)) {
                     s.set(reason);
                 }
             }
         }
+    }
+
+    /// Tells `peer` when the actor `to` exits. One task per (peer, actor),
+    /// however many times it asks; none for an actor that is not there
+    /// (answered at once). So what a peer can make this node run is
+    /// bounded by the actors it has.
+    fn serve_watch(&self, peer: PeerId, to: String) {
+        let Some(target) = self.inner.system.lookup_any(&to) else {
+            let reason = ExitReason::Failed(format!("no actor named `{to}`"));
+            let _ = self.send(peer, &Frame::Exited { to, reason });
+            return;
+        };
+        let mut serving = lock(&self.inner.serving);
+        let s = serving.entry(peer).or_default();
+        if s.watches.contains_key(&to) {
+            return;
+        }
+        let me = self.clone();
+        let name = to.clone();
+        let task = tokio::spawn(async move {
+            let reason = target.monitor().wait().await;
+            if let Some(s) = lock(&me.inner.serving).get_mut(&peer) {
+                s.watches.remove(&name);
+            }
+            me.inner.partials.moved.notify_waiters();
+            let _ = me.send(peer, &Frame::Exited { to: name, reason });
+        });
+        s.watches.insert(to, task.abort_handle());
+        self.inner.partials.moved.notify_waiters();
     }
 
     fn target(&self, to: &str, ty: &str) -> Result<manta_actors::AnyHandle, WireError> {

@@ -127,18 +127,28 @@ impl manta_actors::ErasedHandle for RemoteAny {
     // reply ids inside belong to the node that sent them).
 }
 
+/// The longest message type name taken from the wire.
+pub(super) const MAX_TYPE_NAME: usize = 256;
+/// The most message type names learnt from the wire that a node keeps.
+pub(super) const MAX_TYPE_NAMES: usize = 4096;
+
 /// Interns message type names learnt from the wire (a small, finite set) so
-/// that erased handles can report them as `&'static str`.
-pub(super) fn intern(ty: &str) -> &'static str {
+/// that erased handles can report them as `&'static str`. `None` for a name
+/// longer than [`MAX_TYPE_NAME`] or one past [`MAX_TYPE_NAMES`]: what peers
+/// can make a node keep forever is bounded.
+pub(super) fn intern(ty: &str) -> Option<&'static str> {
     static NAMES: std::sync::LazyLock<Mutex<std::collections::HashSet<&'static str>>> =
         std::sync::LazyLock::new(|| Mutex::new(std::collections::HashSet::new()));
     let mut names = lock(&NAMES);
     if let Some(n) = names.get(ty) {
-        return n;
+        return Some(n);
+    }
+    if ty.len() > MAX_TYPE_NAME || names.len() >= MAX_TYPE_NAMES {
+        return None;
     }
     let leaked: &'static str = Box::leak(ty.to_owned().into_boxed_str());
     names.insert(leaked);
-    leaked
+    Some(leaked)
 }
 
 /// Where a named remote actor lives: what every remote handle shares.

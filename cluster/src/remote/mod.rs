@@ -72,6 +72,9 @@ const MAX_PARTIAL: usize = 4;
 /// Reassembly buffers a node keeps for the next large messages (each up to
 /// a whole frame): at most this many, whatever the number of peers.
 const KEPT_BUFFERS: usize = 2;
+/// Spawns a peer can have running here at once; more are refused with
+/// backpressure (each one is a task, and may start a supervision tree).
+const MAX_SPAWNS_PER_PEER: usize = 32;
 /// The pending-reply table is swept of abandoned entries each time it
 /// doubles past the size left by the last sweep, from this size on.
 const SWEEP_MIN: u64 = 1024;
@@ -136,6 +139,16 @@ struct Inner {
     sweep_at: AtomicU64,
     /// Large messages being reassembled, of every peer, within budgets.
     partials: reader::Partials,
+    /// What this node does for each peer: its spawns running, and one
+    /// watch task per actor it watches (a watch of an actor already
+    /// watched adds nothing), ended when the peer goes down.
+    serving: Mutex<HashMap<PeerId, Serving>>,
+}
+
+#[derive(Default)]
+struct Serving {
+    spawns: usize,
+    watches: HashMap<String, tokio::task::AbortHandle>,
 }
 
 /// Remote messaging for one node.
@@ -186,6 +199,7 @@ impl Remoting {
                 kept: Arc::new(Mutex::new(Vec::new())),
                 sweep_at: AtomicU64::new(SWEEP_MIN),
                 partials: reader::Partials::new(limits),
+                serving: Mutex::new(HashMap::new()),
             }),
         };
         tokio::spawn(reader::expire_partials(Arc::downgrade(&r.inner)));
@@ -235,6 +249,15 @@ impl Remoting {
         })
         .await
         .is_ok()
+    }
+
+    /// Watches this node serves for other nodes (one per watched actor
+    /// and peer).
+    pub fn served_watches(&self) -> usize {
+        lock(&self.inner.serving)
+            .values()
+            .map(|s| s.watches.len())
+            .sum()
     }
 
     /// Large messages dropped in reassembly: expired (no chunk for
@@ -295,6 +318,16 @@ impl Remoting {
         }
     }
 
+    /// A watch frame for the actor `to`, as it goes on the wire. Feature
+    /// `testing` only.
+    #[cfg(feature = "testing")]
+    pub fn watch_frame_for_test(to: &str) -> Vec<u8> {
+        match frame::encode(&Frame::Watch { to: to.to_owned() }) {
+            Ok(frame::Encoded::Small(bytes)) => bytes,
+            _ => Vec::new(),
+        }
+    }
+
     /// Lets the next `skip` writes to actor streams through, then makes `n`
     /// fail as if the connection had closed under them: fault injection for
     /// tests of the reopen path. Feature `testing` only.
@@ -328,6 +361,11 @@ impl Remoting {
             .set(ExitReason::NodeDown(peer.to_string()));
         lock(&self.inner.links).remove(&peer);
         self.inner.partials.forget(peer);
+        if let Some(s) = lock(&self.inner.serving).remove(&peer) {
+            for w in s.watches.into_values() {
+                w.abort();
+            }
+        }
         let failed: Vec<Pending> = {
             let mut p = lock(&self.inner.pending);
             let ids: Vec<u64> = p
@@ -419,19 +457,46 @@ impl Remoting {
         match outcome {
             Err(_) => Err(WireError::Timeout(timeout.as_millis() as u64)),
             Ok(Err(_)) => Err(WireError::NodeDown(peer.to_string())),
-            Ok(Ok(Ok(ty))) => String::from_utf8(ty.bytes().to_vec())
-                .map_err(|e| WireError::Decode(CodecError::new("message type name", e))),
+            Ok(Ok(Ok(ty))) => {
+                let ty = std::str::from_utf8(ty.bytes())
+                    .map_err(|e| WireError::Decode(CodecError::new("message type name", e)))?;
+                // Learnt once, kept for good: bounded in size and number.
+                intern(ty).map(str::to_owned).ok_or_else(|| {
+                    WireError::Decode(CodecError::new(
+                        "message type name",
+                        format!(
+                            "{} bytes, or one name too many (at most {} bytes, {} names)",
+                            ty.len(),
+                            handles::MAX_TYPE_NAME,
+                            handles::MAX_TYPE_NAMES
+                        ),
+                    ))
+                })
+            }
             Ok(Ok(Err(e))) => Err(e),
         }
     }
 
     /// An erased handle to the actor `name` on `peer`, which takes messages
-    /// of type `ty` (a type name learnt at run time).
-    pub fn erased_handle(&self, peer: PeerId, name: &str, ty: &str) -> manta_actors::AnyHandle {
-        manta_actors::AnyHandle::new(Arc::new(RemoteAny {
+    /// of type `ty` (a type name learnt at run time, as
+    /// [`spawn_remote`](Self::spawn_remote) returns it); an error for a
+    /// name too long, or one past the names a node keeps.
+    pub fn erased_handle(
+        &self,
+        peer: PeerId,
+        name: &str,
+        ty: &str,
+    ) -> Result<manta_actors::AnyHandle, WireError> {
+        let ty = intern(ty).ok_or_else(|| {
+            WireError::Decode(CodecError::new(
+                "message type name",
+                "too long, or one name too many",
+            ))
+        })?;
+        Ok(manta_actors::AnyHandle::new(Arc::new(RemoteAny {
             addr: self.addr(peer, name),
-            ty: intern(ty),
-        }))
+            ty,
+        })))
     }
 
     /// A handle to the actor registered as `name` on `peer`.

@@ -228,3 +228,56 @@ async fn a_reply_from_a_node_not_asked_is_dropped_and_counted() {
         "well-formed frames, not bad ones"
     );
 }
+
+/// Item 4: watches of one actor asked for again and again cost one task.
+#[tokio::test]
+async fn repeated_watches_of_one_actor_cost_one_task() {
+    let (nodes, _dir) = cluster("watch", &["a", "m"], |_| {}).await;
+    let (a, m) = (&nodes[0], &nodes[1]);
+    let holding = Arc::new(Notify::new());
+    let h = a
+        .system()
+        .spawn_named(
+            "holder",
+            Holder {
+                held: None,
+                holding: Arc::clone(&holding),
+            },
+        )
+        .await
+        .unwrap();
+    let mut raw = raw_stream(m, a).await;
+    for _ in 0..2000 {
+        raw.write_all(&Remoting::watch_frame_for_test("holder"))
+            .await
+            .unwrap();
+        raw.write_all(&Remoting::watch_frame_for_test("nobody"))
+            .await
+            .unwrap();
+    }
+    // Last on the same stream, a watch of a second actor: once it is
+    // served, every frame before it was read.
+    let other = a
+        .system()
+        .spawn_named(
+            "other",
+            Holder {
+                held: None,
+                holding: Arc::clone(&holding),
+            },
+        )
+        .await
+        .unwrap();
+    raw.write_all(&Remoting::watch_frame_for_test("other"))
+        .await
+        .unwrap();
+    raw.flush().await.unwrap();
+    wait(a, "both watches served", |r| r.served_watches() == 2).await;
+    other.stop(manta_actors::ExitReason::Shutdown(None));
+    wait(a, "the second watch ended", |r| r.served_watches() == 1).await;
+    h.stop(manta_actors::ExitReason::Shutdown(None));
+    wait(a, "the watch ended with the actor", |r| {
+        r.served_watches() == 0
+    })
+    .await;
+}

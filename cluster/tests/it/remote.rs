@@ -1090,7 +1090,10 @@ async fn a_typed_spawn_of_a_kind_with_another_message_type_starts_nothing() {
 async fn a_request_to_a_handle_that_takes_no_bytes_is_refused_at_once() {
     let (p, sys_a) = pair("not-addressable").await;
     let b_id = p.b.identity().peer_id();
-    let relay = p.a.remoting().erased_handle(b_id, "elsewhere", Cmd::NAME);
+    let relay =
+        p.a.remoting()
+            .erased_handle(b_id, "elsewhere", Cmd::NAME)
+            .unwrap();
     sys_a.register_any("relay", relay).unwrap();
     published(&p.b, "relay").await;
     let a_id = p.a.identity().peer_id();
