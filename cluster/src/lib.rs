@@ -55,7 +55,7 @@ pub use config::{FailureDetection, Limits, NodeConfig, Resources};
 pub use error::ClusterError;
 pub use identity::NodeIdentity;
 pub use membership::{Member, MemberEvent, MemberState, Membership, MembershipConfig};
-pub use mesh::{Mesh, MeshConfig, MeshStats};
+pub use mesh::{MAX_PENDING_INCOMING, Mesh, MeshConfig, MeshStats, SECRET_DEADLINE};
 pub use node::{CLIENT_LABEL, Names, Node, ReadyLine};
 pub use place::{Cluster, PLACEMENT_WAIT, SPAWN_TIMEOUT, SpawnOn};
 pub use remote::{

@@ -12,7 +12,10 @@ use futures::StreamExt;
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::{Boxed, upgrade};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, Transport, allow_block_list, noise, ping, tcp, yamux};
+use libp2p::{
+    Multiaddr, PeerId, Swarm, Transport, allow_block_list, connection_limits, noise, ping, tcp,
+    yamux,
+};
 use libp2p_identity::Keypair;
 use tokio::sync::{mpsc, watch};
 
@@ -30,7 +33,22 @@ pub struct MeshConfig {
     pub psk: Option<PreSharedKey>,
     /// How long an idle connection is kept (long: actor traffic is bursty).
     pub idle_timeout: Duration,
+    /// Inbound connections still in their handshakes at once; more are
+    /// closed as they arrive, so strangers holding idle handshakes cannot
+    /// take the node's file descriptors. Members still join: both ends of
+    /// a pair dial each other, and outbound dials are not counted here.
+    pub max_pending_incoming: u32,
+    /// How long a peer has to prove the cluster secret (the private-network
+    /// handshake) before its connection is closed.
+    pub secret_deadline: Duration,
 }
+
+/// Default [`MeshConfig::max_pending_incoming`].
+pub const MAX_PENDING_INCOMING: u32 = 128;
+/// Default [`MeshConfig::secret_deadline`].
+pub const SECRET_DEADLINE: Duration = Duration::from_secs(3);
+/// Established connections one peer may hold with this node.
+const MAX_PER_PEER: u32 = 8;
 
 impl std::fmt::Debug for MeshConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -43,6 +61,7 @@ impl std::fmt::Debug for MeshConfig {
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    limits: connection_limits::Behaviour,
     allow: allow_block_list::Behaviour<allow_block_list::AllowedPeers>,
     ping: ping::Behaviour,
     streams: libp2p_stream::Behaviour,
@@ -113,10 +132,20 @@ fn transport(cfg: &MeshConfig) -> Result<Boxed<(PeerId, StreamMuxerBox)>, Cluste
         noise::Config::new(&cfg.keypair).map_err(|e| ClusterError::Mesh(format!("noise: {e}")))?;
     let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
     let timeout = Duration::from_secs(10);
+    let deadline = cfg.secret_deadline;
     Ok(match cfg.psk {
-        // pnet first: a peer without the secret cannot even start noise.
+        // pnet first: a peer without the secret cannot even start noise,
+        // and one that does not prove it quickly is closed.
         Some(psk) => tcp
-            .and_then(move |socket, _| pnet::handshake(socket, psk))
+            .and_then(move |socket, _| async move {
+                match tokio::time::timeout(deadline, pnet::handshake(socket, psk)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no private-network handshake within the deadline",
+                    )),
+                }
+            })
             .upgrade(upgrade::Version::V1)
             .authenticate(noise)
             .multiplex(yamux::Config::default())
@@ -135,7 +164,11 @@ impl Mesh {
     /// Listens and starts the swarm task.
     pub async fn start(cfg: MeshConfig) -> Result<Mesh, ClusterError> {
         let peer_id = cfg.keypair.public().to_peer_id();
+        let limits = connection_limits::ConnectionLimits::default()
+            .with_max_pending_incoming(Some(cfg.max_pending_incoming))
+            .with_max_established_per_peer(Some(MAX_PER_PEER));
         let behaviour = Behaviour {
+            limits: connection_limits::Behaviour::new(limits),
             allow: allow_block_list::Behaviour::default(),
             ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(1))),
             streams: libp2p_stream::Behaviour::new(),

@@ -95,6 +95,8 @@ impl Node {
                 .as_ref()
                 .map(|s| crate::pnet::PreSharedKey::new(mesh_psk(s))),
             idle_timeout: Duration::from_secs(3600),
+            max_pending_incoming: crate::mesh::MAX_PENDING_INCOMING,
+            secret_deadline: crate::mesh::SECRET_DEADLINE,
         })
         .await?;
         let (gate_tx, gate) = watch::channel(BTreeSet::new());

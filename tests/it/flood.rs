@@ -1,0 +1,119 @@
+//! Issue 16, item 6: a stranger (no secret) holding thousands of idle
+//! handshakes open on a node's mesh port, against a real `manta node`
+//! process with a soft and hard limit of 1,024 file descriptors (a common
+//! service default). A member must still join while the flood goes on.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+
+use crate::cluster::{secret, test_node, wait_view};
+use crate::{Running, Scratch};
+
+/// Idle connections the stranger keeps open: well past the node's 1,024
+/// descriptors.
+const FLOOD: usize = 2000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_joins_while_a_stranger_holds_thousands_of_idle_handshakes() {
+    let dir = Scratch::new("flood");
+    let secret = secret(&dir, "secret");
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("ulimit -n 1024 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_manta"))
+        .args(["node", "--name", "a", "--gossip", "127.0.0.1:0"])
+        .arg("--key-file")
+        .arg(dir.0.join("a.key"))
+        .arg("--secret-file")
+        .arg(&secret);
+    let mut a = Running::start(cmd);
+    let line = a.wait_for("ready id=");
+    let field = |k: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{k}=")).map(str::to_owned))
+            .unwrap_or_else(|| panic!("no {k}= in `{line}`"))
+    };
+    let (a_id, gossip, p2p) = (field("id"), field("gossip"), field("p2p"));
+    let port: u16 = p2p
+        .split('/')
+        .skip_while(|p| *p != "tcp")
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no TCP port in {p2p}"));
+
+    // The stranger: FLOOD connections that say nothing, each reopened as
+    // soon as the node closes it (paced a little, as a real attacker
+    // would be to keep the pressure without burning its own CPU).
+    let stop = Arc::new(AtomicBool::new(false));
+    let opened = Arc::new(AtomicU64::new(0));
+    let more = Arc::new(tokio::sync::Notify::new());
+    let mut flood = Vec::new();
+    for _ in 0..FLOOD {
+        let (stop, opened, more) = (Arc::clone(&stop), Arc::clone(&opened), Arc::clone(&more));
+        flood.push(tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            while !stop.load(Ordering::Relaxed) {
+                match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                    Ok(mut c) => {
+                        opened.fetch_add(1, Ordering::Relaxed);
+                        more.notify_waiters();
+                        // Held until the node closes it (or the test ends).
+                        while let Ok(n) = c.read(&mut buf).await {
+                            if n == 0 || stop.load(Ordering::Relaxed) {
+                                break;
+                            }
+                        }
+                    }
+                    Err(_) => {}
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }));
+    }
+    // The flood is on: more connections than the node has descriptors.
+    tokio::time::timeout(crate::DEADLINE, async {
+        loop {
+            let next = more.notified();
+            tokio::pin!(next);
+            next.as_mut().enable();
+            if opened.load(Ordering::Relaxed) >= FLOOD as u64 {
+                break;
+            }
+            next.await;
+        }
+    })
+    .await
+    .expect("the stranger's connections opened");
+
+    // A member joins through a's gossip and must see a alive: gossip and an
+    // authenticated mesh connection both ways.
+    let b = test_node(
+        &dir,
+        "b",
+        &secret,
+        &gossip,
+        false,
+        manta::ActorSystem::new(),
+    )
+    .await;
+    wait_view(&b, "a seen alive by the joining member", |v| {
+        v.iter()
+            .any(|m| m.id == a_id && m.state == manta_cluster::MemberState::Alive)
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for f in flood {
+        f.abort();
+    }
+    b.leave().await;
+    let _ = a.child.kill();
+    assert!(
+        !a.drain().contains("panicked"),
+        "the node panicked:\n{}",
+        a.output()
+    );
+}
