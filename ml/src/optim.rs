@@ -154,9 +154,90 @@ impl OptimizerConfig {
         }
     }
 
-    /// Applies one step to `param` with gradient `grad` (same length).
-    pub fn step(&self, lr: f32, param: &mut [f32], grad: &[f32], state: &mut Option<SlotState>) {
-        debug_assert_eq!(param.len(), grad.len());
+    /// The optimizer's name, as errors give it.
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Sgd { .. } => "SGD",
+            Self::Adam { .. } => "Adam",
+        }
+    }
+
+    /// Checks that `state` (as a checkpoint restores it) belongs to this
+    /// optimizer and fits a parameter of `len` values: the same kind, every
+    /// vector `len` long, an Adam step count of at least 1 (a saved state
+    /// has taken a step; 0 or below makes the bias corrections divide by
+    /// zero or take roots of negatives).
+    pub fn check_state(&self, len: usize, state: Option<&SlotState>) -> Result<(), StateError> {
+        let length = |vector: &'static str, found: usize| {
+            if found == len {
+                Ok(())
+            } else {
+                Err(StateError::Length {
+                    vector,
+                    expected: len,
+                    found,
+                })
+            }
+        };
+        match (self, state) {
+            (_, None) => Ok(()),
+            (Self::Sgd { .. }, Some(SlotState::Sgd { velocity })) => match velocity {
+                Some(v) => length("velocity", v.len()),
+                None => Ok(()),
+            },
+            (
+                Self::Adam { .. },
+                Some(SlotState::Adam {
+                    time,
+                    moment1,
+                    moment2,
+                }),
+            ) => {
+                if *time < 1 {
+                    return Err(StateError::Time(*time));
+                }
+                length("moment1", moment1.len())?;
+                length("moment2", moment2.len())
+            }
+            (_, Some(found)) => Err(StateError::Kind {
+                expected: self.name(),
+                found: found.name(),
+            }),
+        }
+    }
+
+    /// Checks that a step can be applied to a parameter of `len` values
+    /// holding `state`: [`OptimizerConfig::check_state`], and an Adam step
+    /// count that can still go up. Nothing fails in [`OptimizerConfig::step`]
+    /// once this has passed (with a gradient of `len` values).
+    pub fn check_step(&self, len: usize, state: Option<&SlotState>) -> Result<(), StateError> {
+        self.check_state(len, state)?;
+        match state {
+            Some(SlotState::Adam { time, .. }) if time.checked_add(1).is_none() => {
+                Err(StateError::TimeOverflow(*time))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Applies one step to `param` with gradient `grad`. Refused, with
+    /// nothing changed, when the gradient's length is not the parameter's
+    /// or [`OptimizerConfig::check_step`] fails.
+    pub fn step(
+        &self,
+        lr: f32,
+        param: &mut [f32],
+        grad: &[f32],
+        state: &mut Option<SlotState>,
+    ) -> Result<(), StateError> {
+        if grad.len() != param.len() {
+            return Err(StateError::Length {
+                vector: "gradient",
+                expected: param.len(),
+                found: grad.len(),
+            });
+        }
+        self.check_step(param.len(), state.as_ref())?;
         match *self {
             Self::Sgd {
                 momentum,
@@ -204,15 +285,19 @@ impl OptimizerConfig {
                 // moments start at zero: 0 * beta + x == x, the same values
                 // as starting from the first gradient). No temporary
                 // vectors, and the loop vectorises.
-                let (time, mut m1, mut m2) = match state.take() {
-                    Some(SlotState::Adam {
-                        time,
-                        moment1,
-                        moment2,
-                    }) if moment1.len() == grad.len() && moment2.len() == grad.len() => {
-                        (time + 1, moment1, moment2)
+                // `check_step` has passed: a state here is Adam's, with
+                // moments of the gradient's length and a count that can go up.
+                let time = match state {
+                    Some(SlotState::Adam { time, .. }) => {
+                        time.checked_add(1).ok_or(StateError::TimeOverflow(*time))?
                     }
-                    _ => (1, vec![0.0; grad.len()], vec![0.0; grad.len()]),
+                    _ => 1,
+                };
+                let (mut m1, mut m2) = match state.take() {
+                    Some(SlotState::Adam {
+                        moment1, moment2, ..
+                    }) => (moment1, moment2),
+                    _ => (vec![0.0; grad.len()], vec![0.0; grad.len()]),
                 };
                 let bc2 = (1.0 - beta2.powi(time)).sqrt();
                 let combined = bc2 / (1.0 - beta1.powi(time));
@@ -246,7 +331,48 @@ impl OptimizerConfig {
                 });
             }
         }
+        Ok(())
     }
+}
+
+impl SlotState {
+    /// The optimizer this state is for, as errors give it.
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Sgd { .. } => "SGD",
+            Self::Adam { .. } => "Adam",
+        }
+    }
+}
+
+/// Why an optimizer state does not fit a parameter, or cannot take another
+/// step.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    /// The state of another optimizer.
+    #[error("{found} state, but the optimizer is {expected}")]
+    Kind {
+        /// The configured optimizer.
+        expected: &'static str,
+        /// The optimizer the state is for.
+        found: &'static str,
+    },
+    /// A vector whose length is not the parameter's.
+    #[error("{vector}: expected {expected}, found {found}")]
+    Length {
+        /// `velocity`, `moment1`, `moment2` or `gradient`.
+        vector: &'static str,
+        /// The parameter's length.
+        expected: usize,
+        /// The vector's.
+        found: usize,
+    },
+    /// An Adam step count below 1.
+    #[error("Adam step count {0}: a saved state has taken at least one step")]
+    Time(i32),
+    /// An Adam step count that cannot go up.
+    #[error("Adam step count {0}: another step would overflow it")]
+    TimeOverflow(i32),
 }
 
 /// The constants of one Adam step (bias corrections folded in).
@@ -298,7 +424,59 @@ fn decayed(param: &[f32], grad: &[f32], penalty: f32) -> Vec<f32> {
 
 #[cfg(test)]
 mod tests {
-    use super::{OptimizerConfig, SlotState};
+    use super::{OptimizerConfig, SlotState, StateError};
+
+    /// A step that cannot be taken is refused with nothing changed: a
+    /// gradient of another length, a state of another optimizer or length,
+    /// an Adam step count that would overflow.
+    #[test]
+    fn a_step_that_does_not_fit_is_refused_and_changes_nothing() {
+        let adam = OptimizerConfig::adam();
+        let mut w = vec![1.0f32; 4];
+        let full = |time| {
+            Some(SlotState::Adam {
+                time,
+                moment1: vec![0.5; 4],
+                moment2: vec![0.25; 4],
+            })
+        };
+        let mut st = full(i32::MAX);
+        assert_eq!(
+            adam.step(0.1, &mut w, &[1.0; 4], &mut st),
+            Err(StateError::TimeOverflow(i32::MAX))
+        );
+        assert_eq!((&w, &st), (&vec![1.0; 4], &full(i32::MAX)));
+        let mut st = full(3);
+        assert_eq!(
+            adam.step(0.1, &mut w, &[1.0; 3], &mut st),
+            Err(StateError::Length {
+                vector: "gradient",
+                expected: 4,
+                found: 3
+            })
+        );
+        let mut sgd_state = Some(SlotState::Sgd {
+            velocity: Some(vec![0.0; 3]),
+        });
+        assert_eq!(
+            OptimizerConfig::sgd(0.9).step(0.1, &mut w, &[1.0; 4], &mut sgd_state),
+            Err(StateError::Length {
+                vector: "velocity",
+                expected: 4,
+                found: 3
+            })
+        );
+        assert_eq!(
+            adam.step(0.1, &mut w, &[1.0; 4], &mut sgd_state),
+            Err(StateError::Kind {
+                expected: "Adam",
+                found: "SGD"
+            })
+        );
+        assert_eq!((&w, &st), (&vec![1.0; 4], &full(3)));
+        assert_eq!(adam.step(0.1, &mut w, &[1.0; 4], &mut st), Ok(()));
+        assert!(matches!(st, Some(SlotState::Adam { time: 4, .. })));
+    }
 
     /// Adam as written before the one-pass loop: decayed gradient copy,
     /// moments from the first gradient, then the update.
@@ -360,7 +538,7 @@ mod tests {
                     let g: Vec<f32> = (0..len)
                         .map(|i| (((i * 53 + step * 17) % 97) as f32 - 48.0) / (7.0 + step as f32))
                         .collect();
-                    opt.step(1e-3, &mut w, &g, &mut st);
+                    opt.step(1e-3, &mut w, &g, &mut st).unwrap();
                     adam_reference((0.9, 0.999, 1e-5, wd), 1e-3, &mut w_ref, &g, &mut st_ref);
                     assert_eq!(
                         w, w_ref,

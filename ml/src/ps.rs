@@ -10,9 +10,25 @@
 //!   were computed on parameters more than `staleness` versions old.
 //! - **Checkpoints** every `every` versions: parameters, optimizer state and
 //!   version, written atomically; a restarted shard resumes from its newest
-//!   readable checkpoint.
+//!   checkpoint that fits: one larger than this shard's checkpoints can be is
+//!   refused before it is read, and every vector of one that is read is
+//!   checked against the model and the optimizer ([`CheckpointError`]; the
+//!   refusals are in [`PsStatus::refused_checkpoints`]).
+//!
+//! Only the job's workers count: a shard of a job with `workers` workers
+//! takes pushes, push-pulls and worker-done messages from workers
+//! `0..workers` (their indices) and refuses, counts and (once) logs any
+//! other id ([`PushError::NotInJob`]). In a sync round each worker counts
+//! once (its first push; a repeat is [`PushError::AlreadyPushed`]), and a
+//! worker is done once. Pulls are open to any id (`u32::MAX` is the
+//! driver's): they change nothing.
+//!
+//! The version counter never wraps: at `u64::MAX` an update is refused
+//! ([`PushError::VersionOverflow`]), as is one an optimizer state cannot
+//! take ([`PushError::Optimizer`]); nothing changes then.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -21,7 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::MlError;
 use crate::model::{ModelSpec, ParamTensor};
-use crate::optim::{OptimizerConfig, SlotState};
+use crate::optim::{OptimizerConfig, SlotState, StateError};
 
 /// How gradients are combined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,7 +92,8 @@ pub struct PsArgs {
     pub lr: f32,
     /// Sync or async.
     pub mode: Mode,
-    /// Number of workers.
+    /// Number of workers: the job's workers are those with indices
+    /// `0..workers`, and only they count.
     pub workers: u32,
     /// Checkpoints (optional).
     #[serde(default)]
@@ -137,10 +154,12 @@ pub enum PsMsg {
         reply: ReplyTo<Params>,
     },
     /// Gradients of the shard's parameters; answers what became of them,
-    /// or why they do not fit this shard (e.g. wrong shapes; the shard keeps
-    /// running).
+    /// or why they were refused ([`PushError`] as text: wrong shapes, a
+    /// worker outside the job, a repeat within a sync round, a counter at
+    /// its limit; the shard keeps running).
     Push(Gradients, ReplyTo<Result<Pushed, String>>),
-    /// A worker has finished its data.
+    /// A worker has finished its data (counted once per worker; an id
+    /// outside the job is refused and counted in [`PsStatus::foreign`]).
     WorkerDone {
         /// The worker.
         worker: u32,
@@ -192,10 +211,18 @@ pub struct PsStatus {
     pub version: u64,
     /// Loss of the last update (mean over its gradients).
     pub last_loss: f32,
-    /// Rows behind the applied updates.
+    /// Rows behind the applied updates (saturating at `u64::MAX`).
     pub samples: u64,
-    /// Pushes dropped as stale or malformed.
+    /// Pushes (and push-pulls) dropped: stale, malformed, from a worker
+    /// outside the job, repeated within a sync round, or refused at a
+    /// counter's limit.
     pub rejected: u64,
+    /// Pushes, push-pulls and worker-done messages refused because they
+    /// named a worker outside the job (`0..workers`).
+    pub foreign: u64,
+    /// Pushes repeated by a worker within one sync round, and repeated
+    /// worker-done messages: not counted again.
+    pub duplicates: u64,
     /// Workers that have finished.
     pub done_workers: u32,
     /// Whether every worker has finished.
@@ -204,6 +231,195 @@ pub struct PsStatus {
     pub restored_from: Option<u64>,
     /// The newest checkpoint written or loaded.
     pub last_checkpoint: Option<String>,
+    /// Checkpoints refused when the shard started, newest first, each as
+    /// its [`CheckpointError`] (the file, and what does not fit); at most
+    /// [`MAX_REFUSALS_KEPT`].
+    pub refused_checkpoints: Vec<String>,
+}
+
+/// How many refused checkpoints [`PsStatus::refused_checkpoints`] lists.
+pub const MAX_REFUSALS_KEPT: usize = 16;
+
+/// Why a push (or the push of a push-pull) was refused. The reply of
+/// [`PsMsg::Push`] carries it as text.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PushError {
+    /// The pusher is not one of the job's workers.
+    #[error("worker {worker} is not one of this job's workers 0..{workers}; push refused")]
+    NotInJob {
+        /// The id the push named.
+        worker: u32,
+        /// The job's worker count.
+        workers: u32,
+    },
+    /// The worker's gradient for this sync round is already held.
+    #[error(
+        "worker {worker} has already pushed for version {version}; its first push is the one counted"
+    )]
+    AlreadyPushed {
+        /// The worker.
+        worker: u32,
+        /// The round's version.
+        version: u64,
+    },
+    /// The number of gradients is not the number of tensors this shard owns.
+    #[error("shard {shard} owns {expected} parameter tensors, the push carries {found} gradients")]
+    Count {
+        /// The shard.
+        shard: u32,
+        /// Tensors it owns.
+        expected: usize,
+        /// Gradients pushed.
+        found: usize,
+    },
+    /// A gradient's length is not its parameter's.
+    #[error(
+        "gradient of {tensor} has {found} values, the parameter has {expected} (shape {shape:?})"
+    )]
+    Length {
+        /// The parameter.
+        tensor: String,
+        /// Its number of values.
+        expected: usize,
+        /// The gradient's.
+        found: usize,
+        /// Its shape.
+        shape: Vec<usize>,
+    },
+    /// A gradient holds NaN or infinity.
+    #[error("gradient of {tensor} holds NaN or infinity")]
+    NotFinite {
+        /// The parameter.
+        tensor: String,
+    },
+    /// The version counter is at its limit.
+    #[error(
+        "version {version} is the last the version counter holds: another update would overflow it"
+    )]
+    VersionOverflow {
+        /// The shard's version.
+        version: u64,
+    },
+    /// An optimizer state cannot take the update.
+    #[error("optimizer state of {tensor}: {source}")]
+    Optimizer {
+        /// The parameter.
+        tensor: String,
+        /// What is wrong.
+        source: StateError,
+    },
+}
+
+/// Why a checkpoint file was not restored. Each names the file.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CheckpointError {
+    /// It could not be opened or read.
+    #[error("checkpoint {path}: {message}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        message: String,
+    },
+    /// It is larger than a checkpoint of this shard can be (refused before
+    /// it is read).
+    #[error(
+        "checkpoint {path}: {size} bytes, more than the {limit} bytes a checkpoint of this shard can take"
+    )]
+    TooLarge {
+        /// The file.
+        path: String,
+        /// Its size.
+        size: u64,
+        /// The most a checkpoint of this shard takes, with a margin.
+        limit: u64,
+    },
+    /// It does not decode as a checkpoint (cut short, or not one).
+    #[error("checkpoint {path}: not a readable checkpoint: {message}")]
+    Decode {
+        /// The file.
+        path: String,
+        /// The decoder's error.
+        message: String,
+    },
+    /// Bytes follow the checkpoint's end.
+    #[error("checkpoint {path}: {trailing} bytes after the checkpoint's end")]
+    Trailing {
+        /// The file.
+        path: String,
+        /// How many.
+        trailing: usize,
+    },
+    /// Another format version, model or shard layout.
+    #[error("checkpoint {path}: written for another {what}: expected {expected}, found {found}")]
+    Layout {
+        /// The file.
+        path: String,
+        /// `format`, `model` or `shard layout`.
+        what: &'static str,
+        /// This shard's.
+        expected: String,
+        /// The file's.
+        found: String,
+    },
+    /// A list of the wrong length.
+    #[error("checkpoint {path}: {what}: expected {expected}, found {found}")]
+    Count {
+        /// The file.
+        path: String,
+        /// `parameter tensors` or `optimizer states`.
+        what: &'static str,
+        /// This shard's.
+        expected: usize,
+        /// The file's.
+        found: usize,
+    },
+    /// A tensor of another name where the model has this one.
+    #[error("checkpoint {path}: tensor {index}: name: expected {expected}, found {found}")]
+    Name {
+        /// The file.
+        path: String,
+        /// Its place among the shard's tensors.
+        index: usize,
+        /// The model's.
+        expected: String,
+        /// The file's.
+        found: String,
+    },
+    /// A tensor of another shape.
+    #[error("checkpoint {path}: {tensor}: shape: expected {expected:?}, found {found:?}")]
+    Shape {
+        /// The file.
+        path: String,
+        /// The tensor.
+        tensor: String,
+        /// The model's.
+        expected: Vec<usize>,
+        /// The file's.
+        found: Vec<usize>,
+    },
+    /// A tensor with the wrong number of values.
+    #[error("checkpoint {path}: {tensor}: parameter values: expected {expected}, found {found}")]
+    Length {
+        /// The file.
+        path: String,
+        /// The tensor.
+        tensor: String,
+        /// The model's.
+        expected: usize,
+        /// The file's.
+        found: usize,
+    },
+    /// An optimizer state that does not fit its tensor or the optimizer.
+    #[error("checkpoint {path}: {tensor}: optimizer state: {source}")]
+    Optimizer {
+        /// The file.
+        path: String,
+        /// The tensor.
+        tensor: String,
+        /// What does not fit.
+        source: StateError,
+    },
 }
 
 impl Message for PsMsg {
@@ -240,12 +456,17 @@ pub struct ParamServer {
     samples: u64,
     last_loss: f32,
     rejected: u64,
+    foreign: u64,
+    duplicates: u64,
+    /// Whether a message from outside the job has been logged (once).
+    foreign_logged: bool,
     pending: BTreeMap<u32, (Vec<Vec<f32>>, f32, u32)>,
     waiting_pulls: Vec<(u32, u64, ReplyTo<Params>)>,
     waiting_versions: Vec<(u64, ReplyTo<u64>)>,
     done: BTreeSet<u32>,
     restored_from: Option<u64>,
     last_checkpoint: Option<String>,
+    refused_checkpoints: Vec<String>,
 }
 
 impl ParamServer {
@@ -260,13 +481,46 @@ impl ParamServer {
             samples: 0,
             last_loss: f32::NAN,
             rejected: 0,
+            foreign: 0,
+            duplicates: 0,
+            foreign_logged: false,
             pending: BTreeMap::new(),
             waiting_pulls: Vec::new(),
             waiting_versions: Vec::new(),
             done: BTreeSet::new(),
             restored_from: None,
             last_checkpoint: None,
+            refused_checkpoints: Vec::new(),
         }
+    }
+
+    /// Whether `worker` is one of the job's workers (`0..workers`); if not,
+    /// the message (`what`) is counted and, the first time, logged.
+    fn admit(&mut self, worker: u32, what: &str) -> Result<(), PushError> {
+        if worker < self.args.workers {
+            return Ok(());
+        }
+        self.foreign += 1;
+        if self.foreign_logged {
+            tracing::debug!(
+                shard = self.args.shard,
+                worker,
+                workers = self.args.workers,
+                "{what} from a worker outside the job refused"
+            );
+        } else {
+            self.foreign_logged = true;
+            tracing::warn!(
+                shard = self.args.shard,
+                worker,
+                workers = self.args.workers,
+                "{what} from a worker outside the job refused; later ones are only counted (PsStatus::foreign)"
+            );
+        }
+        Err(PushError::NotInJob {
+            worker,
+            workers: self.args.workers,
+        })
     }
 
     fn shard_dir(&self) -> Option<PathBuf> {
@@ -304,7 +558,7 @@ impl ParamServer {
     /// Takes a worker's gradients computed on `version`: checked, then (sync)
     /// held until every worker has pushed for this version and applied as
     /// their average, or (async) applied unless too stale.
-    fn push(&mut self, g: Gradients) -> Result<Pushed, String> {
+    fn push(&mut self, g: Gradients) -> Result<Pushed, PushError> {
         let Gradients {
             worker,
             version,
@@ -312,6 +566,10 @@ impl ParamServer {
             loss,
             samples,
         } = g;
+        if let Err(e) = self.admit(worker, "push") {
+            self.rejected += 1;
+            return Err(e);
+        }
         if let Err(e) = self.check_grads(&grads) {
             self.rejected += 1;
             tracing::warn!(shard = self.args.shard, worker, error = %e, "push rejected");
@@ -328,18 +586,38 @@ impl ParamServer {
                 version: self.version,
             });
         }
+        if matches!(self.args.mode, Mode::Sync) && self.pending.contains_key(&worker) {
+            self.rejected += 1;
+            self.duplicates += 1;
+            tracing::debug!(
+                shard = self.args.shard,
+                worker,
+                version,
+                "repeated push within a sync round refused"
+            );
+            return Err(PushError::AlreadyPushed { worker, version });
+        }
+        // Refused here, before it is held or anything changes, rather than
+        // when the update is applied.
+        if let Err(e) = self.check_update() {
+            self.rejected += 1;
+            tracing::warn!(shard = self.args.shard, worker, error = %e, "push refused");
+            return Err(e);
+        }
         match self.args.mode {
             Mode::Sync => {
                 self.pending.insert(worker, (grads, loss, samples));
+                // Only the job's workers are held, each once: every one has
+                // pushed for this version.
                 if self.pending.len() as u32 >= self.args.workers {
-                    self.apply_pending();
+                    self.apply_pending()?;
                     self.after_update();
                 }
             }
             Mode::Async { .. } => {
-                self.samples += u64::from(samples);
+                self.apply(&grads)?;
+                self.samples = self.samples.saturating_add(u64::from(samples));
                 self.last_loss = loss;
-                self.apply(&grads);
                 self.after_update();
             }
         }
@@ -349,11 +627,32 @@ impl ParamServer {
         })
     }
 
+    /// Whether an update can be applied now: the version counter can go up
+    /// and every optimizer state can take a step.
+    fn check_update(&self) -> Result<(), PushError> {
+        if self.version.checked_add(1).is_none() {
+            return Err(PushError::VersionOverflow {
+                version: self.version,
+            });
+        }
+        for (p, st) in self.params.iter().zip(&self.opt) {
+            self.args
+                .optimizer
+                .check_step(p.values.len(), st.as_ref())
+                .map_err(|source| PushError::Optimizer {
+                    tensor: p.name.clone(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
     /// Sync mode: applies the average of the pending gradients.
-    fn apply_pending(&mut self) {
+    fn apply_pending(&mut self) -> Result<(), PushError> {
         let n = self.pending.len() as f32;
         let mut sum: Vec<Vec<f32>> = Vec::new();
         let mut loss_sum = 0.0;
+        let mut samples = 0u64;
         // Sum in worker order, so the result does not depend on arrival
         // order. The first gradient is the accumulator: the same sums as
         // starting from zeros (0 + a == a, up to the sign of a zero, which no
@@ -369,7 +668,7 @@ impl ParamServer {
                 }
             }
             loss_sum += l;
-            self.samples += u64::from(s);
+            samples = samples.saturating_add(u64::from(s));
         }
         if n > 1.0 {
             for acc in &mut sum {
@@ -378,45 +677,65 @@ impl ParamServer {
                 }
             }
         }
+        self.apply(&sum)?;
         self.last_loss = loss_sum / n;
-        self.apply(&sum);
+        self.samples = self.samples.saturating_add(samples);
+        Ok(())
     }
 
-    fn check_grads(&self, grads: &[Vec<f32>]) -> Result<(), String> {
+    fn check_grads(&self, grads: &[Vec<f32>]) -> Result<(), PushError> {
         if grads.len() != self.params.len() {
-            return Err(format!(
-                "shard {} owns {} parameter tensors, the push carries {} gradients",
-                self.args.shard,
-                self.params.len(),
-                grads.len()
-            ));
+            return Err(PushError::Count {
+                shard: self.args.shard,
+                expected: self.params.len(),
+                found: grads.len(),
+            });
         }
         for (p, g) in self.params.iter().zip(grads) {
             if p.values.len() != g.len() {
-                return Err(format!(
-                    "gradient of {} has {} values, the parameter has {} (shape {:?})",
-                    p.name,
-                    g.len(),
-                    p.values.len(),
-                    p.shape
-                ));
+                return Err(PushError::Length {
+                    tensor: p.name.clone(),
+                    expected: p.values.len(),
+                    found: g.len(),
+                    shape: p.shape.clone(),
+                });
             }
             if !all_finite(g) {
-                return Err(format!("gradient of {} holds NaN or infinity", p.name));
+                return Err(PushError::NotFinite {
+                    tensor: p.name.clone(),
+                });
             }
         }
         Ok(())
     }
 
-    fn apply(&mut self, grads: &[Vec<f32>]) {
+    /// Applies one update (gradients checked by `check_grads`). Checked
+    /// first by `check_update`, so that it applies whole or not at all.
+    fn apply(&mut self, grads: &[Vec<f32>]) -> Result<(), PushError> {
+        self.check_update()?;
+        let next = self
+            .version
+            .checked_add(1)
+            .ok_or(PushError::VersionOverflow {
+                version: self.version,
+            })?;
         let lr = self.args.lr;
         // A copy only if a reply still holds the parameters (a remote one
         // being written, say); otherwise updated in place.
         let params = Arc::make_mut(&mut self.params);
         for ((p, g), st) in params.iter_mut().zip(grads).zip(self.opt.iter_mut()) {
-            self.args.optimizer.step(lr, &mut p.values, g, st);
+            // Cannot fail: `check_update` passed and `check_grads` matched
+            // every gradient's length to its parameter's.
+            self.args
+                .optimizer
+                .step(lr, &mut p.values, g, st)
+                .map_err(|source| PushError::Optimizer {
+                    tensor: p.name.clone(),
+                    source,
+                })?;
         }
-        self.version += 1;
+        self.version = next;
+        Ok(())
     }
 
     fn after_update(&mut self) {
@@ -493,28 +812,14 @@ impl ParamServer {
         Ok(shown)
     }
 
+    /// Resumes from the newest checkpoint that fits; those that do not are
+    /// logged and listed in the status.
     fn restore(&mut self) {
         let Some(dir) = self.shard_dir() else { return };
         let mut all = list_checkpoints(&dir);
         all.sort();
         for path in all.iter().rev() {
-            let loaded = std::fs::read(path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| postcard::from_bytes::<CheckpointFile>(&b).map_err(|e| e.to_string()))
-                .and_then(|f| {
-                    if f.magic != MAGIC
-                        || f.model != self.args.model
-                        || f.shard != self.args.shard
-                        || f.shards != self.args.shards
-                        || f.params.len() != self.params.len()
-                        || f.optimizer.len() != self.params.len()
-                    {
-                        Err("written for another model or shard layout".to_owned())
-                    } else {
-                        Ok(f)
-                    }
-                });
-            match loaded {
+            match self.load(path) {
                 Ok(f) => {
                     tracing::info!(shard = self.args.shard, version = f.version, path = %path.display(), "parameter server resumes from checkpoint");
                     self.params = Arc::new(f.params);
@@ -526,11 +831,188 @@ impl ParamServer {
                     return;
                 }
                 Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "skipping unreadable checkpoint")
+                    tracing::warn!(shard = self.args.shard, error = %e, "checkpoint refused");
+                    if self.refused_checkpoints.len() < MAX_REFUSALS_KEPT {
+                        self.refused_checkpoints.push(e.to_string());
+                    }
                 }
             }
         }
     }
+
+    /// Reads one checkpoint file, bounded by the most a checkpoint of this
+    /// shard can take, and checks it against the model, the shard layout
+    /// and the optimizer.
+    fn load(&self, path: &Path) -> Result<CheckpointFile, CheckpointError> {
+        let shown = path.display().to_string();
+        let io = |e: std::io::Error| CheckpointError::Io {
+            path: shown.clone(),
+            message: e.to_string(),
+        };
+        let limit = checkpoint_limit(&self.args.model, &self.owned);
+        let file = std::fs::File::open(path).map_err(io)?;
+        let size = file.metadata().map_err(io)?.len();
+        if size > limit {
+            return Err(CheckpointError::TooLarge {
+                path: shown,
+                size,
+                limit,
+            });
+        }
+        // Bounded again while reading, should the file grow meanwhile.
+        let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+        file.take(limit.saturating_add(1))
+            .read_to_end(&mut bytes)
+            .map_err(io)?;
+        let read = bytes.len() as u64;
+        if read > limit {
+            return Err(CheckpointError::TooLarge {
+                path: shown,
+                size: read,
+                limit,
+            });
+        }
+        let (f, rest) = postcard::take_from_bytes::<CheckpointFile>(&bytes).map_err(|e| {
+            CheckpointError::Decode {
+                path: shown.clone(),
+                message: e.to_string(),
+            }
+        })?;
+        if !rest.is_empty() {
+            return Err(CheckpointError::Trailing {
+                path: shown,
+                trailing: rest.len(),
+            });
+        }
+        self.check_restored(&f, &shown)?;
+        Ok(f)
+    }
+
+    /// Checks a decoded checkpoint against this shard: format, model and
+    /// shard layout, then every tensor this shard owns (name, shape, number
+    /// of values) and its optimizer state.
+    fn check_restored(&self, f: &CheckpointFile, path: &str) -> Result<(), CheckpointError> {
+        let layout = |what, expected: String, found: String| CheckpointError::Layout {
+            path: path.to_owned(),
+            what,
+            expected,
+            found,
+        };
+        if f.magic != MAGIC {
+            return Err(layout("format", MAGIC.to_owned(), f.magic.clone()));
+        }
+        if f.model != self.args.model {
+            return Err(layout(
+                "model",
+                format!("{:?}", self.args.model.widths()),
+                format!("{:?}", f.model.widths()),
+            ));
+        }
+        if (f.shard, f.shards) != (self.args.shard, self.args.shards) {
+            let of = |s: u32, n: u32| format!("shard {s} of {n}");
+            return Err(layout(
+                "shard layout",
+                of(self.args.shard, self.args.shards),
+                of(f.shard, f.shards),
+            ));
+        }
+        let count = |what, found: usize| {
+            if found == self.owned.len() {
+                Ok(())
+            } else {
+                Err(CheckpointError::Count {
+                    path: path.to_owned(),
+                    what,
+                    expected: self.owned.len(),
+                    found,
+                })
+            }
+        };
+        count("parameter tensors", f.params.len())?;
+        count("optimizer states", f.optimizer.len())?;
+        let shapes = self.args.model.shapes();
+        for (k, ((&i, p), st)) in self
+            .owned
+            .iter()
+            .zip(&f.params)
+            .zip(&f.optimizer)
+            .enumerate()
+        {
+            // `owned` holds indices of `shapes` (from `assign_shards` over the
+            // same model), so `get` finds each; a miss would be refused too.
+            let Some((name, shape)) = shapes.get(i) else {
+                return Err(CheckpointError::Count {
+                    path: path.to_owned(),
+                    what: "parameter tensors",
+                    expected: shapes.len(),
+                    found: i + 1,
+                });
+            };
+            if p.name != *name {
+                return Err(CheckpointError::Name {
+                    path: path.to_owned(),
+                    index: k,
+                    expected: name.clone(),
+                    found: p.name.clone(),
+                });
+            }
+            if p.shape != *shape {
+                return Err(CheckpointError::Shape {
+                    path: path.to_owned(),
+                    tensor: name.clone(),
+                    expected: shape.clone(),
+                    found: p.shape.clone(),
+                });
+            }
+            let len = shape.iter().product::<usize>();
+            if p.values.len() != len {
+                return Err(CheckpointError::Length {
+                    path: path.to_owned(),
+                    tensor: name.clone(),
+                    expected: len,
+                    found: p.values.len(),
+                });
+            }
+            self.args
+                .optimizer
+                .check_state(len, st.as_ref())
+                .map_err(|source| CheckpointError::Optimizer {
+                    path: path.to_owned(),
+                    tensor: name.clone(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// The most bytes a checkpoint of the shard owning `owned` (indices into
+/// `model`'s parameters) can take, with a margin: every length prefix and
+/// number at its longest (10-byte varints), each tensor's name, shape and
+/// values, and the largest optimizer state (Adam: two moments of the
+/// tensor's length; an SGD velocity is one).
+fn checkpoint_limit(model: &ModelSpec, owned: &[usize]) -> u64 {
+    const VARINT: u64 = 10;
+    const MARGIN: u64 = 64 << 10;
+    let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    let shapes = model.shapes();
+    // Magic; model (inputs, classes, hidden widths and their count); shard,
+    // shards, version, samples; the two list lengths.
+    let mut limit = (as_u64(MAGIC.len()) + VARINT)
+        .saturating_add(VARINT.saturating_mul(as_u64(model.hidden.len()).saturating_add(3)))
+        .saturating_add(6 * VARINT);
+    for (name, shape) in owned.iter().filter_map(|&i| shapes.get(i)) {
+        let values = as_u64(shape.iter().product::<usize>()).saturating_mul(4);
+        // Name; shape (count and dimensions); values; then the optimizer
+        // slot: option and variant tags, step count, two moments.
+        let tensor = (as_u64(name.len()) + VARINT)
+            .saturating_add(VARINT.saturating_mul(as_u64(shape.len()).saturating_add(1)))
+            .saturating_add(VARINT.saturating_add(values))
+            .saturating_add(2 + VARINT)
+            .saturating_add(2u64.saturating_mul(VARINT.saturating_add(values)));
+        limit = limit.saturating_add(tensor);
+    }
+    limit.saturating_add(MARGIN)
 }
 
 /// Whether no value is NaN or infinite (their exponent bits are all ones).
@@ -570,6 +1052,11 @@ impl Actor for ParamServer {
             .model
             .validate()
             .map_err(|e| crate::fail(e.to_string()))?;
+        if self.args.workers == 0 {
+            return Err(crate::fail(
+                "a parameter-server shard needs at least one worker",
+            ));
+        }
         if self.args.shards == 0 || self.args.shard >= self.args.shards {
             return Err(crate::fail(format!(
                 "parameter-server shard {} out of range (shards: {})",
@@ -599,7 +1086,7 @@ impl Actor for ParamServer {
                 reply,
             } => self.pull(worker, min_version, reply),
             PsMsg::Push(g, reply) => {
-                reply.send(self.push(g));
+                reply.send(self.push(g).map_err(|e| e.to_string()));
             }
             PsMsg::PushPull(g, reply) => {
                 let (worker, next) = (g.worker, g.version.saturating_add(1));
@@ -609,8 +1096,13 @@ impl Actor for ParamServer {
                 self.pull(worker, next, reply);
             }
             PsMsg::WorkerDone { worker } => {
-                self.done.insert(worker);
-                self.wake_versions();
+                if self.admit(worker, "worker-done").is_ok() {
+                    if !self.done.insert(worker) {
+                        self.duplicates += 1;
+                        tracing::debug!(shard = self.args.shard, worker, "repeated worker-done");
+                    }
+                    self.wake_versions();
+                }
             }
             PsMsg::Status(reply) => {
                 reply.send(PsStatus {
@@ -619,10 +1111,13 @@ impl Actor for ParamServer {
                     last_loss: self.last_loss,
                     samples: self.samples,
                     rejected: self.rejected,
+                    foreign: self.foreign,
+                    duplicates: self.duplicates,
                     done_workers: self.done.len() as u32,
                     done: self.is_done(),
                     restored_from: self.restored_from,
                     last_checkpoint: self.last_checkpoint.clone(),
+                    refused_checkpoints: self.refused_checkpoints.clone(),
                 });
             }
             PsMsg::WaitVersion(v, reply) => {

@@ -5,6 +5,7 @@
 
 mod data;
 mod loader;
+mod ps;
 mod training;
 
 use std::path::PathBuf;
