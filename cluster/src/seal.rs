@@ -67,8 +67,12 @@ pub enum Kind {
     Gossip = 0,
     /// A membership query from `manta status`.
     StatusRequest = 1,
-    /// The answer: the node's view as JSON.
+    /// The answer: the request's id, then the node's view as JSON.
     StatusReply = 2,
+    /// The answer to a status request without a valid cookie: the
+    /// request's id and a cookie bound to the requester's address, no
+    /// larger than the request (so a spoofed request reflects nothing).
+    StatusCookie = 3,
 }
 
 impl Kind {
@@ -77,6 +81,7 @@ impl Kind {
             0 => Some(Kind::Gossip),
             1 => Some(Kind::StatusRequest),
             2 => Some(Kind::StatusReply),
+            3 => Some(Kind::StatusCookie),
             _ => None,
         }
     }
@@ -101,11 +106,13 @@ pub enum DropReason {
     Overloaded,
     /// Opened but chitchat could not decode it.
     Undecodable,
+    /// A status request over the rate of full answers.
+    RateLimited,
 }
 
 impl DropReason {
     /// Every reason, for counters.
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::Truncated,
         DropReason::Oversized,
         DropReason::Malformed,
@@ -114,6 +121,7 @@ impl DropReason {
         DropReason::Replayed,
         DropReason::Overloaded,
         DropReason::Undecodable,
+        DropReason::RateLimited,
     ];
 
     /// A short name for logs and counters.
@@ -127,6 +135,7 @@ impl DropReason {
             DropReason::Replayed => "replayed",
             DropReason::Overloaded => "overloaded",
             DropReason::Undecodable => "undecodable",
+            DropReason::RateLimited => "rate_limited",
         }
     }
 }

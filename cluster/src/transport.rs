@@ -2,7 +2,7 @@
 //! Bytes that do not open are counted, logged and dropped: they never reach
 //! chitchat's decoder.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -105,6 +105,8 @@ pub struct SealedTransport {
     /// Nonces seen, kept across the sockets gossip opens (a restart of
     /// gossip must not make recent datagrams replayable).
     replay: Arc<Mutex<ReplayGuard>>,
+    cookies: Arc<Cookies>,
+    status_rate: Arc<Mutex<StatusRate>>,
 }
 
 impl std::fmt::Debug for SealedTransport {
@@ -127,6 +129,8 @@ impl SealedTransport {
             board: Arc::new(RwLock::new(b"{\"nodes\":[]}".to_vec())),
             prebound: Arc::new(Mutex::new(None)),
             replay: ReplayGuard::shared(),
+            cookies: Arc::new(Cookies::new()),
+            status_rate: Arc::new(Mutex::new(StatusRate::default())),
         }
     }
 
@@ -203,6 +207,8 @@ impl Transport for SealedTransport {
             buf: vec![0u8; MAX_DATAGRAM + 1].into_boxed_slice(),
             stats: Arc::clone(&self.stats),
             board: Arc::clone(&self.board),
+            cookies: Arc::clone(&self.cookies),
+            status_rate: Arc::clone(&self.status_rate),
         }))
     }
 }
@@ -261,6 +267,113 @@ struct SealedSocket {
     buf: Box<[u8]>,
     stats: Arc<GossipStats>,
     board: StatusBoard,
+    cookies: Arc<Cookies>,
+    status_rate: Arc<Mutex<StatusRate>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Each critical section is one counter update: a poisoned lock is
+    // still consistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The plaintext of a status request: a random id (echoed in the answer,
+/// which binds the answer to its request) and the cookie the node gave
+/// this address (zeros before there is one).
+pub(crate) const STATUS_REQUEST_LEN: usize = 32;
+
+pub(crate) struct StatusRequest {
+    pub(crate) id: [u8; 16],
+    pub(crate) cookie: [u8; 16],
+}
+
+impl StatusRequest {
+    pub(crate) fn parse(b: &[u8]) -> Option<StatusRequest> {
+        if b.len() != STATUS_REQUEST_LEN {
+            return None;
+        }
+        let mut id = [0u8; 16];
+        let mut cookie = [0u8; 16];
+        id.copy_from_slice(&b[..16]);
+        cookie.copy_from_slice(&b[16..]);
+        Some(StatusRequest { id, cookie })
+    }
+
+    pub(crate) fn encode(&self) -> [u8; STATUS_REQUEST_LEN] {
+        let mut out = [0u8; STATUS_REQUEST_LEN];
+        out[..16].copy_from_slice(&self.id);
+        out[16..].copy_from_slice(&self.cookie);
+        out
+    }
+}
+
+/// Status cookies: HKDF-SHA256 of a node-local random key over the
+/// requester's address and a 30 s time bucket (the current and the last
+/// bucket are accepted).
+struct Cookies {
+    key: [u8; 32],
+}
+
+const COOKIE_BUCKET_MS: u64 = 30_000;
+
+impl Cookies {
+    fn new() -> Self {
+        Self {
+            key: rand::random(),
+        }
+    }
+
+    fn at(&self, addr: SocketAddr, bucket: u64) -> [u8; 16] {
+        let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(&bucket.to_be_bytes()), &self.key);
+        let mut out = [0u8; 16];
+        // 16 bytes is far below HKDF-SHA256's output limit.
+        let _ = hk.expand(addr.to_string().as_bytes(), &mut out);
+        out
+    }
+
+    fn cookie(&self, addr: SocketAddr, now: u64) -> [u8; 16] {
+        self.at(addr, now / COOKIE_BUCKET_MS)
+    }
+
+    fn valid(&self, cookie: &[u8; 16], addr: SocketAddr, now: u64) -> bool {
+        let b = now / COOKIE_BUCKET_MS;
+        *cookie != [0; 16]
+            && (*cookie == self.at(addr, b) || *cookie == self.at(addr, b.saturating_sub(1)))
+    }
+}
+
+/// Full status answers per second: per source IP and in all.
+#[derive(Default)]
+struct StatusRate {
+    second: u64,
+    total: u32,
+    per_ip: HashMap<std::net::IpAddr, u32>,
+}
+
+/// Full status answers one source IP gets per second.
+const STATUS_PER_IP: u32 = 8;
+/// Full status answers a node gives per second in all.
+const STATUS_TOTAL: u32 = 64;
+
+impl StatusRate {
+    fn allow(&mut self, ip: std::net::IpAddr, now_ms: u64) -> bool {
+        let second = now_ms / 1000;
+        if second != self.second {
+            self.second = second;
+            self.total = 0;
+            self.per_ip.clear();
+        }
+        if self.total >= STATUS_TOTAL || self.per_ip.len() >= STATUS_TOTAL as usize {
+            return false;
+        }
+        let n = self.per_ip.entry(ip).or_insert(0);
+        if *n >= STATUS_PER_IP {
+            return false;
+        }
+        *n += 1;
+        self.total += 1;
+        true
+    }
 }
 
 fn transient(e: &std::io::Error) -> bool {
@@ -283,9 +396,34 @@ impl SealedSocket {
         }
     }
 
-    fn answer_status(&self, to: SocketAddr) {
-        let body = self.board.read().unwrap_or_else(|e| e.into_inner()).clone();
-        match self.sealer.seal(Kind::StatusReply, &body, now_ms()) {
+    /// Answers a status request: a cookie for the requester's address
+    /// first (a datagram no larger than the request), the node's view only
+    /// to a request that carries that cookie (so its source address is
+    /// real: it received the cookie), within a rate per source and in all.
+    fn answer_status(&self, to: SocketAddr, request: &[u8]) {
+        let Some(req) = StatusRequest::parse(request) else {
+            self.dropped(DropReason::Malformed, to, request.len());
+            return;
+        };
+        let now = now_ms();
+        if !self.cookies.valid(&req.cookie, to, now) {
+            let mut reply = Vec::with_capacity(STATUS_REQUEST_LEN);
+            reply.extend_from_slice(&req.id);
+            reply.extend_from_slice(&self.cookies.cookie(to, now));
+            if let Ok(dgrams) = self.sealer.seal(Kind::StatusCookie, &reply, now) {
+                for d in dgrams {
+                    let _ = self.socket.try_send_to(&d, to);
+                }
+            }
+            return;
+        }
+        if !lock(&self.status_rate).allow(to.ip(), now) {
+            self.dropped(DropReason::RateLimited, to, request.len());
+            return;
+        }
+        let mut body = req.id.to_vec();
+        body.extend_from_slice(&self.board.read().unwrap_or_else(|e| e.into_inner()));
+        match self.sealer.seal(Kind::StatusReply, &body, now) {
             Ok(dgrams) => {
                 for d in dgrams {
                     // Non-blocking: recv must stay cancel-safe; a reply lost
@@ -461,8 +599,8 @@ impl Socket for SealedSocket {
                         self.dropped(DropReason::Overloaded, from, n);
                     }
                 }
-                Ok(Some((Kind::StatusRequest, _))) => self.answer_status(from),
-                Ok(Some((Kind::StatusReply, _))) | Ok(None) => {}
+                Ok(Some((Kind::StatusRequest, request))) => self.answer_status(from, &request),
+                Ok(Some((Kind::StatusReply | Kind::StatusCookie, _))) | Ok(None) => {}
                 Err(reason) => self.dropped(reason, from, n),
             }
         }

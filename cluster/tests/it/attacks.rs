@@ -281,3 +281,84 @@ async fn repeated_watches_of_one_actor_cost_one_task() {
     })
     .await;
 }
+
+/// Item 7: `manta status` is no amplifier. A request without the node's
+/// cookie gets a cookie no larger than itself; the view goes only to an
+/// address that proved it receives (the cookie came back from it), within
+/// a rate.
+#[tokio::test]
+async fn a_status_request_draws_no_more_than_its_size_until_the_sender_proves_its_address() {
+    use manta_cluster::seal::{Kind, Opener, Sealer, now_ms};
+    let (nodes, dir) = cluster("status", &["a"], |_| {}).await;
+    let a = &nodes[0];
+    let secret = ClusterSecret::read(&dir.0.join("secret")).unwrap();
+    let sealer = Sealer::new(Some(&secret));
+    let mut opener = Opener::new(sealer.clone(), 30_000);
+    let target = a.membership().gossip_addr();
+    let me = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let spoofed = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let id = [7u8; 16];
+    let request = |cookie: [u8; 16]| {
+        let mut plain = id.to_vec();
+        plain.extend_from_slice(&cookie);
+        let mut d = sealer.seal(Kind::StatusRequest, &plain, now_ms()).unwrap();
+        assert_eq!(d.len(), 1);
+        d.remove(0)
+    };
+    let mut buf = vec![0u8; 70_000];
+    // Without a cookie: a cookie, in a datagram no larger than the request.
+    let first = request([0; 16]);
+    me.send_to(&first, target).await.unwrap();
+    let (n, from) = tokio::time::timeout(DEADLINE, me.recv_from(&mut buf))
+        .await
+        .expect("an answer")
+        .unwrap();
+    assert!(
+        n <= first.len(),
+        "answer {n} bytes to a request of {}",
+        first.len()
+    );
+    let (kind, body) = opener.accept(&buf[..n], from, now_ms()).unwrap().unwrap();
+    assert_eq!(kind, Kind::StatusCookie);
+    assert_eq!(&body[..16], &id);
+    let mut cookie = [0u8; 16];
+    cookie.copy_from_slice(&body[16..32]);
+    // The cookie from another address (a spoofer that did not receive it):
+    // still only a cookie.
+    spoofed.send_to(&request(cookie), target).await.unwrap();
+    let (n, from) = tokio::time::timeout(DEADLINE, spoofed.recv_from(&mut buf))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let (kind, _) = opener.accept(&buf[..n], from, now_ms()).unwrap().unwrap();
+    assert_eq!(
+        kind,
+        Kind::StatusCookie,
+        "a cookie from another address was taken"
+    );
+    // From the address it was given to: the view, bound to the request.
+    me.send_to(&request(cookie), target).await.unwrap();
+    let (n, from) = tokio::time::timeout(DEADLINE, me.recv_from(&mut buf))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let (kind, body) = opener.accept(&buf[..n], from, now_ms()).unwrap().unwrap();
+    assert_eq!(kind, Kind::StatusReply);
+    assert_eq!(&body[..16], &id);
+    let view: serde_json::Value = serde_json::from_slice(&body[16..]).unwrap();
+    assert!(view["nodes"].is_array());
+    // Full answers are rate-limited per source: 40 requests at once get at
+    // most two seconds' worth.
+    for _ in 0..40 {
+        me.send_to(&request(cookie), target).await.unwrap();
+    }
+    let stats = a.membership().stats();
+    let mut activity = stats.activity();
+    tokio::time::timeout(DEADLINE, async {
+        while stats.dropped().get("rate_limited").copied().unwrap_or(0) < 24 {
+            activity.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("requests over the rate dropped and counted");
+}
