@@ -71,7 +71,9 @@ pub use error::{
     error_chain,
 };
 pub use exit::{ExitReason, ExitSignal, Monitor};
-pub use handle::{ActorHandle, ActorId, AnyHandle, ErasedHandle, RemoteActor};
+pub use handle::{
+    ActorHandle, ActorId, AnyHandle, ErasedHandle, REMOTE_MAILBOX_BYTES, RemoteActor,
+};
 pub use kind::{
     ArgsError, ArgsValue, ChildFactory, Kind, KindError, KindRegistry, StartContext, decode_args,
     factory,

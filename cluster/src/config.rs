@@ -105,6 +105,15 @@ pub struct Limits {
     /// dropped (default `"30s"`).
     #[serde(default = "d_partial_expiry", deserialize_with = "de_duration")]
     pub partial_expiry: Duration,
+    /// MiB of messages from other nodes one actor may have waiting
+    /// (default 160); past it they are refused with backpressure. An actor
+    /// with nothing waiting takes any one message.
+    #[serde(default = "d_remote_inbox")]
+    pub remote_inbox_mib: usize,
+}
+
+fn d_remote_inbox() -> usize {
+    manta_actors::REMOTE_MAILBOX_BYTES >> 20
 }
 
 fn d_partial_peer() -> usize {
@@ -123,6 +132,7 @@ impl Default for Limits {
             partial_per_peer_mib: d_partial_peer(),
             partial_per_node_mib: d_partial_node(),
             partial_expiry: d_partial_expiry(),
+            remote_inbox_mib: d_remote_inbox(),
         }
     }
 }

@@ -145,6 +145,7 @@ impl Node {
         mc.keys
             .insert(keys::P2P.to_owned(), mesh.listen_addr().to_string());
         mc.mesh_gate = Some(gate);
+        system.set_remote_inbox_limit(config.limits.remote_inbox_mib.saturating_mul(1 << 20));
         let remoting = Remoting::start_with(
             system.clone(),
             mesh.stream_control(),

@@ -362,3 +362,100 @@ async fn a_status_request_draws_no_more_than_its_size_until_the_sender_proves_it
     .await
     .expect("requests over the rate dropped and counted");
 }
+
+#[derive(Debug, Serialize, Deserialize, Message)]
+#[message(name = "manta.test.Bulk")]
+enum Bulk {
+    /// Blocks the actor until `Open`.
+    Wait,
+    Load(#[serde(with = "serde_bytes")] Vec<u8>, ReplyTo<usize>),
+}
+
+struct Slow {
+    open: Arc<Notify>,
+}
+
+impl Actor for Slow {
+    type Msg = Bulk;
+    async fn handle(&mut self, msg: Bulk, _: &mut Context<Bulk>) -> Result<(), ActorError> {
+        match msg {
+            Bulk::Wait => self.open.notified().await,
+            Bulk::Load(b, r) => {
+                r.send(b.len());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Item 4: a member cannot grow a slow actor's mailbox without bound.
+/// Requests past the actor's inbox budget are refused with backpressure at
+/// once; those within it are answered once the actor gets to them.
+#[tokio::test]
+async fn a_member_cannot_grow_a_slow_actors_mailbox_without_bound() {
+    let (nodes, _dir) = cluster("inbox", &["a", "m"], |c| c.limits.remote_inbox_mib = 8).await;
+    let (a, m) = (&nodes[0], &nodes[1]);
+    let open = Arc::new(Notify::new());
+    let slow = a
+        .system()
+        .spawn_named(
+            "slow",
+            Slow {
+                open: Arc::clone(&open),
+            },
+        )
+        .await
+        .unwrap();
+    slow.tell(Bulk::Wait).unwrap();
+    let remote = m.remoting().handle::<Bulk>(a.identity().peer_id(), "slow");
+    const LOAD: usize = 256 << 10;
+    // The first takes the empty inbox whatever its size, then 8 MiB.
+    let fit = (8 << 20) / (LOAD + 1024);
+    let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..fit + 4 {
+        let (remote, done_tx) = (remote.clone(), done_tx.clone());
+        tokio::spawn(async move {
+            // The sender's own queue (64 MiB of chunks per peer) pushes back
+            // first: retried, as a user would; only the answer counts.
+            let r = loop {
+                match remote
+                    .ask(|r| Bulk::Load(vec![1u8; LOAD], r), DEADLINE)
+                    .await
+                {
+                    Err(manta_actors::AskError::Send(e))
+                        if matches!(e.failure, manta_actors::SendFailure::Backpressure) =>
+                    {
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                    Ok(n) => break Ok(n),
+                    Err(manta_actors::AskError::Rejected(w)) => break Err(w.to_string()),
+                    Err(other) => {
+                        break Err(format!(
+                            "other: {}",
+                            other.to_string().chars().take(200).collect::<String>()
+                        ));
+                    }
+                }
+            };
+            let _ = done_tx.send(r);
+        });
+    }
+    // While the actor is stuck nothing is answered: the first four results
+    // are the requests over its inbox budget, refused at once.
+    for _ in 0..4 {
+        let r = tokio::time::timeout(DEADLINE, done.recv())
+            .await
+            .expect("a refusal while the actor is blocked")
+            .unwrap();
+        assert_eq!(r, Err(manta_actors::WireError::Backpressure.to_string()));
+    }
+    // Once it moves, every request within the budget is answered.
+    open.notify_one();
+    for _ in 0..fit {
+        let r = tokio::time::timeout(DEADLINE, done.recv())
+            .await
+            .expect("an answer once the actor moves")
+            .unwrap();
+        assert_eq!(r.unwrap(), LOAD);
+    }
+}
