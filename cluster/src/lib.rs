@@ -36,6 +36,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bulk;
 mod config;
 mod error;
 mod hex;
