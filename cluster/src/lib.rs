@@ -64,5 +64,5 @@ pub use remote::{
     Remoting,
 };
 pub use secret::ClusterSecret;
-pub use status::{ClusterStatus, NodeStatus, query_status};
+pub use status::{ClusterStatus, NodeStatus, query_status, query_status_in};
 pub use transport::{GossipStats, SealedTransport};

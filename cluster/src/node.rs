@@ -93,7 +93,7 @@ impl Node {
             listen: p2p_listen,
             psk: secret
                 .as_ref()
-                .map(|s| crate::pnet::PreSharedKey::new(mesh_psk(s))),
+                .map(|s| crate::pnet::PreSharedKey::new(mesh_psk(s, &config.cluster))),
             idle_timeout: Duration::from_secs(3600),
             max_pending_incoming: crate::mesh::MAX_PENDING_INCOMING,
             secret_deadline: crate::mesh::SECRET_DEADLINE,

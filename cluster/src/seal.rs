@@ -171,10 +171,14 @@ pub fn cluster_id(secret: Option<&ClusterSecret>, cluster: &str) -> String {
     format!("{cluster}-{tag}")
 }
 
-/// The libp2p private-network key for a secret (a different derivation
-/// than the gossip key).
-pub fn mesh_psk(secret: &ClusterSecret) -> [u8; 32] {
-    derive(Some(secret), "", "mesh-psk")
+/// The cluster name a node has unless its config names another.
+pub const DEFAULT_CLUSTER: &str = "manta";
+
+/// The libp2p private-network key for a secret and cluster name (a
+/// different derivation than the gossip key): two clusters sharing a
+/// secret file still cannot connect.
+pub fn mesh_psk(secret: &ClusterSecret, cluster: &str) -> [u8; 32] {
+    derive(Some(secret), cluster, "mesh-psk")
 }
 
 /// Seals and opens datagrams for one cluster.
@@ -209,11 +213,17 @@ pub struct Fragment {
 }
 
 impl Sealer {
-    /// A sealer keyed by `secret` (or the development key). The key does
-    /// not depend on the cluster name, so `manta status` needs only the
-    /// secret; the name separates clusters through chitchat's cluster id.
+    /// A sealer keyed by `secret` (or the development key) for the
+    /// default cluster name ([`DEFAULT_CLUSTER`]).
     pub fn new(secret: Option<&ClusterSecret>) -> Self {
-        let key = derive(secret, "", "gossip-seal");
+        Self::for_cluster(secret, DEFAULT_CLUSTER)
+    }
+
+    /// A sealer keyed by `secret` (or the development key) and the cluster
+    /// name: clusters that share a secret file cannot open each other's
+    /// datagrams.
+    pub fn for_cluster(secret: Option<&ClusterSecret>, cluster: &str) -> Self {
+        let key = derive(secret, cluster, "gossip-seal");
         Self {
             cipher: XChaCha20Poly1305::new(Key::from_slice(&key)),
         }
@@ -693,6 +703,20 @@ mod tests {
         // Gossip restarted: a new socket, a new opener, the same memory.
         let mut after = Opener::with_replay(s, 30_000, shared);
         assert_eq!(after.accept(&d[0], addr(), now), Err(DropReason::Replayed));
+    }
+
+    #[test]
+    fn clusters_sharing_a_secret_cannot_open_each_others_datagrams() {
+        let secret = ClusterSecret::generate();
+        let a = Sealer::for_cluster(Some(&secret), "a");
+        let mut b = Opener::new(Sealer::for_cluster(Some(&secret), "b"), 30_000);
+        let now = now_ms();
+        let d = a.seal(Kind::Gossip, b"x", now).unwrap();
+        assert_eq!(
+            b.accept(&d[0], addr(), now),
+            Err(DropReason::Unauthenticated)
+        );
+        assert_ne!(mesh_psk(&secret, "a"), mesh_psk(&secret, "b"));
     }
 
     #[test]

@@ -40,10 +40,22 @@ pub struct ClusterStatus {
 }
 
 /// Asks the nodes at `seeds` for their view of the cluster; the first
-/// answer wins. Retries every 250 ms until `timeout`.
+/// answer wins. Retries every 250 ms until `timeout`. For a cluster of the
+/// default name; [`query_status_in`] names another.
 pub async fn query_status(
     seeds: &[SocketAddr],
     secret: Option<&ClusterSecret>,
+    timeout: Duration,
+) -> Result<ClusterStatus, ClusterError> {
+    query_status_in(seeds, secret, crate::seal::DEFAULT_CLUSTER, timeout).await
+}
+
+/// [`query_status`] of the cluster named `cluster` (its gossip is keyed by
+/// the secret and the name).
+pub async fn query_status_in(
+    seeds: &[SocketAddr],
+    secret: Option<&ClusterSecret>,
+    cluster: &str,
     timeout: Duration,
 ) -> Result<ClusterStatus, ClusterError> {
     if seeds.is_empty() {
@@ -57,7 +69,7 @@ pub async fn query_status(
         SocketAddr::from(([0u16; 8], 0))
     };
     let socket = UdpSocket::bind(bind).await?;
-    let sealer = Sealer::new(secret);
+    let sealer = Sealer::for_cluster(secret, cluster);
     let mut opener = Opener::new(sealer.clone(), 30_000);
     let mut buf = vec![0u8; 65_536];
     let deadline = tokio::time::Instant::now() + timeout;
