@@ -4,6 +4,9 @@
 //! of the best throughput (smaller records mean less buffered per record
 //! and earlier first bytes).
 
+#![allow(missing_docs)]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a bench fails by panicking
+
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use manta_cluster::bulk::{LaneSecrets, RECORD_HEADER, Side, lane_keys};
 
