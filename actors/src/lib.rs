@@ -67,8 +67,8 @@ mod system;
 
 pub use actor::{Actor, Context, panic_text};
 pub use error::{
-    ActorError, AskError, CodecError, LookupError, SendError, SendFailure, SpawnError, WireError,
-    error_chain,
+    ActorError, AskError, CodecError, LookupError, SendError, SendFailure, SpawnError, SpecError,
+    WireError, error_chain,
 };
 pub use exit::{ExitReason, ExitSignal, Monitor};
 pub use handle::{
