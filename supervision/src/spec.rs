@@ -80,7 +80,9 @@ impl Backoff {
             .min(self.max);
         if self.random_factor > 0.0 {
             let jitter = rand::random::<f64>() * self.random_factor;
-            base.mul_f64(1.0 + jitter)
+            // `mul_f64` panics past `Duration::MAX`; saturate instead.
+            Duration::try_from_secs_f64(base.as_secs_f64() * (1.0 + jitter))
+                .unwrap_or(Duration::MAX)
         } else {
             base
         }
