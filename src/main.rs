@@ -179,26 +179,36 @@ fn init_logging(default: &str) {
     }));
 }
 
-async fn stop_signal() {
+/// Resolves on Ctrl-C or SIGTERM. The SIGTERM handler is installed when
+/// this is called, not when the future is first polled: a SIGTERM that
+/// arrives just after the `ready` line, before the node awaits it, still
+/// stops the node gracefully instead of killing the process. (Ctrl-C
+/// before then still ends the process at once, as it always did.)
+fn stop_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let term = signal(SignalKind::terminate());
+        async move {
+            match term {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
                 }
-            }
-            Err(e) => {
-                tracing::warn!("cannot listen for SIGTERM ({e}); only Ctrl-C stops the tree");
-                let _ = tokio::signal::ctrl_c().await;
+                Err(e) => {
+                    tracing::warn!("cannot listen for SIGTERM ({e}); only Ctrl-C stops the tree");
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

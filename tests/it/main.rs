@@ -4,6 +4,7 @@
 
 mod cli;
 mod cluster;
+mod hardening;
 mod train;
 
 use std::io::{BufRead, BufReader};
