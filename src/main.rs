@@ -100,7 +100,7 @@ struct NodeArgs {
     /// Cluster name.
     #[arg(long)]
     cluster: Option<String>,
-    /// libp2p listen multiaddr (reserved for the mesh).
+    /// libp2p mesh listen multiaddr (default /ip4/127.0.0.1/tcp/0).
     #[arg(long)]
     listen: Option<String>,
     /// Gossip address, host:port (port 0 picks a free one).
@@ -115,6 +115,10 @@ struct NodeArgs {
     /// Cluster secret file (see `manta secret`).
     #[arg(long)]
     secret_file: Option<PathBuf>,
+    /// Without --secret-file, listen on a non-loopback address anyway (an
+    /// open cluster anyone who reaches it can join; refused without this).
+    #[arg(long)]
+    insecure: bool,
     /// Key file holding the node identity (created if missing).
     #[arg(long)]
     key_file: Option<PathBuf>,
@@ -149,6 +153,9 @@ impl NodeArgs {
         }
         if self.secret_file.is_some() {
             c.secret_file = self.secret_file;
+        }
+        if self.insecure {
+            c.insecure = true;
         }
         if self.key_file.is_some() {
             c.key_file = self.key_file;
