@@ -73,6 +73,7 @@ impl Node {
     /// actors registered by name in `system` become reachable from the
     /// whole cluster.
     pub async fn start(config: NodeConfig, system: ActorSystem) -> Result<Node, ClusterError> {
+        config.validate()?;
         let identity = NodeIdentity::load_or_create(&config.key_path())?;
         let secret = match &config.secret_file {
             Some(p) => Some(ClusterSecret::read(p)?),
