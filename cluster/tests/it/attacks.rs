@@ -99,6 +99,13 @@ struct Holder {
     holding: Arc<Notify>,
 }
 
+fn holder(holding: &Arc<Notify>) -> Holder {
+    Holder {
+        held: None,
+        holding: Arc::clone(holding),
+    }
+}
+
 impl Actor for Holder {
     type Msg = Held;
     async fn handle(&mut self, msg: Held, _: &mut Context<Held>) -> Result<(), ActorError> {
@@ -133,13 +140,7 @@ async fn a_member_cannot_make_a_node_hold_partial_messages_beyond_its_budget() {
     let (a, m) = (&nodes[0], &nodes[1]);
     let holding = Arc::new(Notify::new());
     a.system()
-        .spawn_named(
-            "holder",
-            Holder {
-                held: None,
-                holding: Arc::clone(&holding),
-            },
-        )
+        .spawn_named("holder", holder(&holding))
         .await
         .unwrap();
     // The first chunk of a 64 MiB message on one stream: all of the
@@ -190,13 +191,7 @@ async fn a_reply_from_a_node_not_asked_is_dropped_and_counted() {
     let (a, b, m) = (&nodes[0], &nodes[1], &nodes[2]);
     let holding = Arc::new(Notify::new());
     b.system()
-        .spawn_named(
-            "holder",
-            Holder {
-                held: None,
-                holding: Arc::clone(&holding),
-            },
-        )
+        .spawn_named("holder", holder(&holding))
         .await
         .unwrap();
     let holder = a
@@ -237,13 +232,7 @@ async fn repeated_watches_of_one_actor_cost_one_task() {
     let holding = Arc::new(Notify::new());
     let h = a
         .system()
-        .spawn_named(
-            "holder",
-            Holder {
-                held: None,
-                holding: Arc::clone(&holding),
-            },
-        )
+        .spawn_named("holder", holder(&holding))
         .await
         .unwrap();
     let mut raw = raw_stream(m, a).await;
@@ -259,13 +248,7 @@ async fn repeated_watches_of_one_actor_cost_one_task() {
     // served, every frame before it was read.
     let other = a
         .system()
-        .spawn_named(
-            "other",
-            Holder {
-                held: None,
-                holding: Arc::clone(&holding),
-            },
-        )
+        .spawn_named("other", holder(&holding))
         .await
         .unwrap();
     raw.write_all(&Remoting::watch_frame_for_test("other"))
@@ -415,27 +398,18 @@ async fn a_member_cannot_grow_a_slow_actors_mailbox_without_bound() {
     for _ in 0..fit + 4 {
         let (remote, done_tx) = (remote.clone(), done_tx.clone());
         tokio::spawn(async move {
-            // The sender's own queue (64 MiB of chunks per peer) pushes back
-            // first: retried, as a user would; only the answer counts.
-            let r = loop {
-                match remote
-                    .ask(|r| Bulk::Load(vec![1u8; LOAD], r), DEADLINE)
-                    .await
-                {
-                    Err(manta_actors::AskError::Send(e))
-                        if matches!(e.failure, manta_actors::SendFailure::Backpressure) =>
-                    {
-                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                    }
-                    Ok(n) => break Ok(n),
-                    Err(manta_actors::AskError::Rejected(w)) => break Err(w.to_string()),
-                    Err(other) => {
-                        break Err(format!(
-                            "other: {}",
-                            other.to_string().chars().take(200).collect::<String>()
-                        ));
-                    }
-                }
+            // 35 x 256 KiB fit the sender's own 64 MiB queue: every
+            // answer comes from the serving node.
+            let r = match remote
+                .ask(|r| Bulk::Load(vec![1u8; LOAD], r), DEADLINE)
+                .await
+            {
+                Ok(n) => Ok(n),
+                Err(manta_actors::AskError::Rejected(w)) => Err(w.to_string()),
+                Err(other) => Err(format!(
+                    "other: {}",
+                    other.to_string().chars().take(200).collect::<String>()
+                )),
             };
             let _ = done_tx.send(r);
         });
