@@ -42,6 +42,8 @@ pub(crate) mod keys {
     pub(crate) const RESOURCES: &str = "resources";
     pub(crate) const ACTORS: &str = "actors";
     pub(crate) const P2P: &str = "p2p";
+    /// The bulk lane's address (`IP:PORT`), where the node has one.
+    pub(crate) const BULK: &str = "bulk";
     pub(crate) const GROUPS: &str = "groups";
     pub(crate) const STATUS: &str = "status";
     /// The node's ed25519 signature over all its other keys (hex).
