@@ -170,6 +170,11 @@ impl Node {
         tokio::spawn(reconcile(membership.clone(), mesh.clone()));
         tokio::spawn(follow_membership(membership.clone(), remoting.clone()));
         tokio::spawn(follow_lanes(membership.clone(), remoting.clone()));
+        tokio::spawn(report_lanes(
+            membership.clone(),
+            remoting.clone(),
+            gossip_interval,
+        ));
         tokio::spawn(publish_names(
             membership.clone(),
             system.clone(),
@@ -431,6 +436,26 @@ async fn follow_lanes(membership: Membership, remoting: Remoting) {
         if view.changed().await.is_err() {
             break;
         }
+    }
+}
+
+/// Keeps `manta status`'s lane column in step: which lane this node uses
+/// to each live member, checked every `every`.
+async fn report_lanes(membership: Membership, remoting: Remoting, every: Duration) {
+    let me = membership.node_id().to_owned();
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let lanes = membership
+            .members()
+            .into_iter()
+            .filter(|m| m.id != me && m.state == MemberState::Alive)
+            .filter_map(|m| {
+                let peer = m.id.parse::<libp2p::PeerId>().ok()?;
+                Some((m.id, remoting.lane_use(peer).as_str().to_owned()))
+            })
+            .collect();
+        membership.set_lanes(lanes);
     }
 }
 

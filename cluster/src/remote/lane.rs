@@ -785,6 +785,7 @@ impl Remoting {
             }
         });
         bulk.opened.fetch_add(1, Ordering::Relaxed);
+        self.inner.partials.moved.notify_waiters();
         Ok(Conn {
             wr,
             sealer,
@@ -854,6 +855,7 @@ impl Remoting {
             let resend = unacked.len() as u64;
             if resend > 0 {
                 bulk.resent.fetch_add(resend, Ordering::Relaxed);
+                self.inner.partials.moved.notify_waiters();
             }
             while let Some(m) = unacked.pop_back() {
                 todo.push_front(m);

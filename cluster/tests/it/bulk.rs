@@ -100,6 +100,7 @@ impl Drop for TempDir {
 struct Nodes {
     nodes: Vec<Node>,
     systems: Vec<ActorSystem>,
+    secret: Option<ClusterSecret>,
     _dir: TempDir,
 }
 
@@ -152,6 +153,7 @@ async fn cluster(
     Nodes {
         nodes,
         systems,
+        secret: secret.then(|| ClusterSecret::read(&secret_file).unwrap()),
         _dir: TempDir(dir),
     }
 }
@@ -161,6 +163,37 @@ impl Nodes {
         self.nodes[from]
             .where_is::<Load>(&format!("sink-{to}"))
             .unwrap()
+    }
+
+    /// Polls node `at`'s `manta status` answer until the lane it shows for
+    /// node `to` is `want` (bounded by the deadline).
+    async fn status_lane(&self, at: usize, to: usize, want: &str) {
+        let addr = self.nodes[at].membership().gossip_addr();
+        let id = self.peer(to).to_string();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let mut last = None;
+        while tokio::time::Instant::now() < deadline {
+            tick.tick().await;
+            let st = manta_cluster::query_status_in(
+                &[addr],
+                self.secret.as_ref(),
+                "manta",
+                Duration::from_secs(2),
+            )
+            .await;
+            if let Ok(st) = st {
+                last = st
+                    .nodes
+                    .iter()
+                    .find(|n| n.id == id)
+                    .and_then(|n| n.lane.clone());
+                if last.as_deref() == Some(want) {
+                    return;
+                }
+            }
+        }
+        panic!("status of node {at} shows lane {last:?} for node {to}, not {want:?}");
     }
 
     fn peer(&self, i: usize) -> libp2p_identity::PeerId {
@@ -222,6 +255,7 @@ async fn large_messages_take_the_lane_whole_and_in_order_with_a_secret() {
     );
     assert!(a.lane_messages() >= 1, "the large reply went on a's lane");
     assert_eq!(b.lane_use(c.peer(0)), LaneUse::Bulk);
+    c.status_lane(1, 0, "bulk").await;
     assert_eq!((a.lane_bad_records(), b.lane_bad_records()), (0, 0));
     assert_eq!((a.bad_frames(), b.bad_frames()), (0, 0));
     // Over the limit: refused at the sender, message handed back.
@@ -636,6 +670,7 @@ async fn a_lane_that_cannot_be_opened_falls_back_to_the_mesh() {
     assert_eq!(check(&sink).await.1, 0, "in order");
     assert_eq!(b.lane_fallbacks(), 1);
     assert_eq!(b.lane_use(c.peer(0)), LaneUse::MeshFallback);
+    c.status_lane(1, 0, "mesh (lane failed)").await;
     assert_eq!(b.lane_messages(), 0);
 }
 
