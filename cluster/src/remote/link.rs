@@ -203,11 +203,16 @@ impl Remoting {
             .get()
             .map_or(usize::MAX, |b| b.settings.max_inflight);
         if link.lane.is_none() {
+            // Starting the lane needs the runtime; from a plain thread the
+            // message goes over the mesh instead.
+            let Ok(rt) = tokio::runtime::Handle::try_current() else {
+                return link.queue_mesh_bulk(records_to_mesh(&records), target);
+            };
             let (tx, rx) = mpsc::unbounded_channel();
             let bytes = Arc::new(AtomicUsize::new(0));
             // A session per lane link: its messages are numbered from 1.
             let session = rand::random();
-            tokio::spawn(self.clone().lane_loop(
+            rt.spawn(self.clone().lane_loop(
                 peer,
                 session,
                 rx,
