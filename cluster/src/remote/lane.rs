@@ -41,9 +41,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::frame::{
-    Encoded, Frame, LANE_HEAD, LaneGrant, Recorder, encode, records_to_mesh,
-};
+use super::frame::{Encoded, Frame, LANE_HEAD, LaneGrant, Recorder, encode, records_to_mesh};
 use super::{FRAME_VERSION, MAX_FRAME, Remoting, lock};
 use crate::bulk::{
     LaneSecrets, RECORD_HEADER, RECORD_TAG, RecordOpener, RecordSealer, Side, lane_keys,
@@ -65,6 +63,8 @@ const PENDING_HANDSHAKES: usize = 64;
 const BARRIER_WAIT: Duration = Duration::from_secs(10);
 /// How long the ticket exchange and the connection may take.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Records sealed or opened between two yields to the runtime (256 KiB).
+const YIELD_EVERY: usize = 4;
 /// Sender sessions remembered per peer (dedupe and barriers).
 const SESSIONS_PER_PEER: usize = 8;
 
@@ -429,7 +429,12 @@ impl Conn {
     async fn write(&mut self, m: &mut LaneMsg, bulk: &Bulk) -> std::io::Result<()> {
         m.first = self.sealer.next_record();
         m.sealed = 0;
-        for r in m.records.iter_mut() {
+        for (i, r) in m.records.iter_mut().enumerate() {
+            if i % YIELD_EVERY == YIELD_EVERY - 1 {
+                // Sealing a large message is CPU work: let small messages'
+                // tasks on this core run in between.
+                tokio::task::yield_now().await;
+            }
             self.sealer.seal(r).map_err(std::io::Error::other)?;
             m.sealed += 1;
             m.written = true;
@@ -704,7 +709,13 @@ impl Remoting {
         whole.clear();
         whole.reserve_exact(len + RECORD_TAG);
         whole.extend_from_slice(head);
+        let mut records = 0usize;
         while whole.len() < len {
+            records += 1;
+            if records % YIELD_EVERY == 0 {
+                // Opening is CPU work too (see `Conn::write`).
+                tokio::task::yield_now().await;
+            }
             let mut h = [0u8; RECORD_HEADER];
             if rd.read_exact(&mut h).await.is_err() {
                 return Ok(None);
