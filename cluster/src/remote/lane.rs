@@ -83,7 +83,7 @@ pub struct BulkSettings {
 impl Default for BulkSettings {
     fn default() -> Self {
         Self {
-            threshold: super::CHUNK,
+            threshold: 16 * 1024,
             max_inflight: 2 * MAX_FRAME,
             ticket_deadline: Duration::from_secs(3),
         }
