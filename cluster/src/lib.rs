@@ -38,6 +38,8 @@
 
 mod config;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod hex;
 mod identity;
 mod membership;
