@@ -2,7 +2,7 @@
 //!
 //! | kind | args | what it does |
 //! |---|---|---|
-//! | `ticker` | `interval` (duration, default `"1s"`), `message` (default `"tick"`) | logs `message` every `interval` |
+//! | `ticker` | `interval` (duration > 0, default `"1s"`), `message` (default `"tick"`) | logs `message` every `interval` |
 //! | `flaky` | `fail_after` (duration), `mode` (`"error"`, `"panic"`, `"normal"`, `"shutdown"`) | exits that way `fail_after` after each start |
 //! | `counter` | `start` (integer, default 0) | answers [`CounterMsg`] |
 
@@ -44,6 +44,18 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     parse_duration(&s).map_err(serde::de::Error::custom)
 }
 
+/// A period: longer than zero (a zero interval would spin, sending
+/// ticks as fast as the runtime allows).
+fn de_period<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let v = de_duration(d)?;
+    if v.is_zero() {
+        return Err(serde::de::Error::custom(
+            "interval must be longer than zero",
+        ));
+    }
+    Ok(v)
+}
+
 fn one_second() -> Duration {
     Duration::from_secs(1)
 }
@@ -56,8 +68,8 @@ fn tick() -> String {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TickerArgs {
-    /// How often to tick.
-    #[serde(default = "one_second", deserialize_with = "de_duration")]
+    /// How often to tick (longer than zero).
+    #[serde(default = "one_second", deserialize_with = "de_period")]
     pub interval: Duration,
     /// What to log.
     #[serde(default = "tick")]

@@ -21,10 +21,12 @@ pub const DEMO_TREE: &str = include_str!("../examples/demo.toml");
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     /// A cluster operation failed.
-    #[error("{0}")]
+    // Transparent: the `error: ...` line prints the message once, not
+    // once for this variant and again for its source.
+    #[error(transparent)]
     Cluster(#[from] manta_cluster::ClusterError),
     /// A tree file is invalid.
-    #[error("{0}")]
+    #[error(transparent)]
     Tree(#[from] TreeErrors),
     /// The tree failed to start (the source chain says which child and why).
     #[error("the supervision tree failed to start")]
@@ -36,7 +38,7 @@ pub enum CliError {
     #[error("cannot write output: {0}")]
     Io(#[from] std::io::Error),
     /// Training failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Ml(#[from] manta_ml::MlError),
 }
 
@@ -347,35 +349,73 @@ pub async fn status(
         addrs.push(a);
     }
     let st = query_status(&addrs, secret.as_ref(), timeout).await?;
+    print_status(&st, json, out)?;
+    Ok(())
+}
+
+/// Prints a status answer as `manta status` does: one JSON object, or a
+/// table. Names, roles, actors and the rest come from other nodes, so the
+/// table shows control characters (ESC, CR, LF, ...) and bidirectional
+/// overrides escaped (`\u{1b}`, `\n`), never raw: a node cannot move the
+/// cursor, recolour or rewrite the operator's terminal. JSON escapes them
+/// itself.
+pub fn print_status(
+    st: &manta_cluster::ClusterStatus,
+    json: bool,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
     if json {
         let nodes = serde_json::json!({ "nodes": st.nodes, "dropped": st.dropped });
-        writeln!(out, "{nodes}")?;
-    } else {
+        return writeln!(out, "{nodes}");
+    }
+    writeln!(
+        out,
+        "{:<54} {:<12} {:<6} {:<21} {:<16} actors",
+        "id", "name", "state", "gossip", "roles"
+    )?;
+    for n in &st.nodes {
         writeln!(
             out,
-            "{:<54} {:<12} {:<6} {:<21} {:<16} actors",
-            "id", "name", "state", "gossip", "roles"
+            "{:<54} {:<12} {:<6} {:<21} {:<16} {}",
+            terminal_safe(&n.id),
+            terminal_safe(&n.name),
+            terminal_safe(&n.state),
+            terminal_safe(&n.gossip),
+            terminal_safe(&n.roles.join(",")),
+            terminal_safe(&n.actors.join(","))
         )?;
-        for n in &st.nodes {
-            writeln!(
-                out,
-                "{:<54} {:<12} {:<6} {:<21} {:<16} {}",
-                n.id,
-                n.name,
-                n.state,
-                n.gossip,
-                n.roles.join(","),
-                n.actors.join(",")
-            )?;
-        }
-        if !st.dropped.is_empty() {
-            let d: Vec<String> = st.dropped.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            writeln!(
-                out,
-                "datagrams dropped by the answering node: {}",
-                d.join(" ")
-            )?;
-        }
+    }
+    if !st.dropped.is_empty() {
+        let d: Vec<String> = st
+            .dropped
+            .iter()
+            .map(|(k, v)| format!("{}={v}", terminal_safe(k)))
+            .collect();
+        writeln!(
+            out,
+            "datagrams dropped by the answering node: {}",
+            d.join(" ")
+        )?;
     }
     Ok(())
+}
+
+/// `text` with control characters and bidirectional-text overrides
+/// escaped as Rust writes them (`\u{1b}`, `\n`, `\u{202e}`).
+pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    fn unsafe_char(c: char) -> bool {
+        c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    }
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }

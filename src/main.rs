@@ -100,7 +100,7 @@ struct NodeArgs {
     /// Cluster name.
     #[arg(long)]
     cluster: Option<String>,
-    /// libp2p listen multiaddr (reserved for the mesh).
+    /// libp2p mesh listen multiaddr (default /ip4/127.0.0.1/tcp/0).
     #[arg(long)]
     listen: Option<String>,
     /// Gossip address, host:port (port 0 picks a free one).
@@ -115,6 +115,10 @@ struct NodeArgs {
     /// Cluster secret file (see `manta secret`).
     #[arg(long)]
     secret_file: Option<PathBuf>,
+    /// Without --secret-file, listen on a non-loopback address anyway (an
+    /// open cluster anyone who reaches it can join; refused without this).
+    #[arg(long)]
+    insecure: bool,
     /// Key file holding the node identity (created if missing).
     #[arg(long)]
     key_file: Option<PathBuf>,
@@ -150,6 +154,9 @@ impl NodeArgs {
         if self.secret_file.is_some() {
             c.secret_file = self.secret_file;
         }
+        if self.insecure {
+            c.insecure = true;
+        }
         if self.key_file.is_some() {
             c.key_file = self.key_file;
         }
@@ -179,26 +186,36 @@ fn init_logging(default: &str) {
     }));
 }
 
-async fn stop_signal() {
+/// Resolves on Ctrl-C or SIGTERM. The SIGTERM handler is installed when
+/// this is called, not when the future is first polled: a SIGTERM that
+/// arrives just after the `ready` line, before the node awaits it, still
+/// stops the node gracefully instead of killing the process. (Ctrl-C
+/// before then still ends the process at once, as it always did.)
+fn stop_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let term = signal(SignalKind::terminate());
+        async move {
+            match term {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
                 }
-            }
-            Err(e) => {
-                tracing::warn!("cannot listen for SIGTERM ({e}); only Ctrl-C stops the tree");
-                let _ = tokio::signal::ctrl_c().await;
+                Err(e) => {
+                    tracing::warn!("cannot listen for SIGTERM ({e}); only Ctrl-C stops the tree");
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

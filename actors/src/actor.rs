@@ -128,14 +128,21 @@ pub(crate) struct Running<A: Actor> {
 /// failure, or when a kill drops the actor's task.
 pub(crate) struct ExitGuard {
     exit: Arc<ExitSignal>,
+    pub(crate) inbox: Arc<crate::handle::Inbox>,
     system: ActorSystem,
     name: Mutex<Option<String>>,
 }
 
 impl ExitGuard {
-    pub(crate) fn new(exit: Arc<ExitSignal>, system: ActorSystem, name: Option<String>) -> Self {
+    pub(crate) fn new(
+        exit: Arc<ExitSignal>,
+        inbox: Arc<crate::handle::Inbox>,
+        system: ActorSystem,
+        name: Option<String>,
+    ) -> Self {
         Self {
             exit,
+            inbox,
             system,
             name: Mutex::new(name),
         }
@@ -187,7 +194,11 @@ impl<A: Actor> ractor::Actor for Adapter<A> {
     ) -> Result<Running<A>, ActorProcessingErr> {
         let StartArgs { mut actor, system } = args;
         let mut ctx = Context {
-            myself: ActorHandle::local(myself, Arc::clone(&self.guard.exit)),
+            myself: ActorHandle::local(
+                myself,
+                Arc::clone(&self.guard.exit),
+                Arc::clone(&self.guard.inbox),
+            ),
             system,
             stop: None,
         };
@@ -215,7 +226,9 @@ impl<A: Actor> ractor::Actor for Adapter<A> {
         env: Self::Msg,
         st: &mut Running<A>,
     ) -> Result<(), ActorProcessingErr> {
-        let Envelope(msg) = env;
+        // A remote message's share of the inbox is given back as the actor
+        // takes it.
+        let Envelope(msg, _credit) = env;
         let outcome = crate::reply::scoped(
             AssertUnwindSafe(st.actor.handle(msg, &mut st.ctx)).catch_unwind(),
             |outcome| {

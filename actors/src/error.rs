@@ -123,7 +123,7 @@ pub enum SpawnError {
     },
     /// A supervisor spec is invalid.
     #[error("invalid supervisor spec: {0}")]
-    InvalidSpec(String),
+    InvalidSpec(SpecError),
     /// The requested name is taken.
     #[error("name `{0}` is already registered")]
     NameTaken(String),
@@ -259,4 +259,28 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
         next = e.source();
     }
     out
+}
+
+/// What is wrong with a supervisor spec built in code (manta-supervision's
+/// `SupervisorSpec::validate`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, thiserror::Error)]
+pub enum SpecError {
+    /// Two children of one supervisor share an id.
+    #[error("supervisor `{supervisor}`: duplicate child id `{child}`")]
+    DuplicateChild {
+        /// The supervisor.
+        supervisor: String,
+        /// The id given twice.
+        child: String,
+    },
+    /// A `simple_one_for_one` supervisor needs exactly one child template.
+    #[error(
+        "supervisor `{supervisor}`: simple_one_for_one needs exactly one child template, found {found}"
+    )]
+    TemplateCount {
+        /// The supervisor.
+        supervisor: String,
+        /// How many children it was given.
+        found: usize,
+    },
 }

@@ -41,8 +41,71 @@ impl fmt::Display for ActorId {
     }
 }
 
-/// The envelope Manta puts around a user message on ractor's mailbox.
-pub(crate) struct Envelope<M: Message>(pub(crate) M);
+/// The envelope Manta puts around a user message on ractor's mailbox; a
+/// message that came from another node carries its share of the actor's
+/// budget for such messages, given back when the actor takes it.
+pub(crate) struct Envelope<M: Message>(pub(crate) M, pub(crate) Option<Credit>);
+
+/// Bytes of messages from other nodes that one actor may have waiting in
+/// its mailbox by default (their encoded size plus a fixed overhead each;
+/// see [`ActorSystem::set_remote_inbox_limit`]). Past it a remote tell is
+/// refused with backpressure: a peer cannot grow a slow actor's mailbox
+/// without bound. Four 40 MB parameter pushes fit.
+///
+/// [`ActorSystem::set_remote_inbox_limit`]: crate::ActorSystem::set_remote_inbox_limit
+pub const REMOTE_MAILBOX_BYTES: usize = 160 * 1024 * 1024;
+/// What one queued message counts besides its encoded bytes.
+const REMOTE_MESSAGE_OVERHEAD: usize = 128;
+
+/// An actor's budget for messages from other nodes, shared by its handles.
+#[derive(Debug)]
+pub(crate) struct Inbox {
+    bytes: std::sync::atomic::AtomicUsize,
+    limit: usize,
+}
+
+impl Inbox {
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            bytes: std::sync::atomic::AtomicUsize::new(0),
+            limit,
+        }
+    }
+}
+
+/// One queued remote message's share of its actor's [`Inbox`].
+pub(crate) struct Credit {
+    inbox: Arc<Inbox>,
+    bytes: usize,
+}
+
+impl Credit {
+    /// Takes `bytes` of `inbox`, or `None` when that would pass its limit.
+    fn take(inbox: &Arc<Inbox>, bytes: usize) -> Option<Credit> {
+        use std::sync::atomic::Ordering;
+        inbox
+            .bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                let after = held.checked_add(bytes)?;
+                // An empty inbox takes any one message: a limit below the
+                // largest message still lets it through, one at a time.
+                (held == 0 || after <= inbox.limit).then_some(after)
+            })
+            .ok()?;
+        Some(Credit {
+            inbox: Arc::clone(inbox),
+            bytes,
+        })
+    }
+}
+
+impl Drop for Credit {
+    fn drop(&mut self) {
+        self.inbox
+            .bytes
+            .fetch_sub(self.bytes, std::sync::atomic::Ordering::AcqRel);
+    }
+}
 
 /// A value that can write its postcard encoding in pieces.
 pub trait EncodeWire: Send {
@@ -126,6 +189,7 @@ pub trait RemoteActor<M: Message>: Send + Sync + 'static {
 pub(crate) struct LocalRef<M: Message> {
     pub(crate) actor: ActorRef<Envelope<M>>,
     pub(crate) exit: Arc<ExitSignal>,
+    pub(crate) inbox: Arc<Inbox>,
 }
 
 enum Inner<M: Message> {
@@ -160,9 +224,13 @@ impl<M: Message> fmt::Debug for ActorHandle<M> {
 }
 
 impl<M: Message> ActorHandle<M> {
-    pub(crate) fn local(actor: ActorRef<Envelope<M>>, exit: Arc<ExitSignal>) -> Self {
+    pub(crate) fn local(
+        actor: ActorRef<Envelope<M>>,
+        exit: Arc<ExitSignal>,
+        inbox: Arc<Inbox>,
+    ) -> Self {
         Self {
-            inner: Arc::new(Inner::Local(LocalRef { actor, exit })),
+            inner: Arc::new(Inner::Local(LocalRef { actor, exit, inbox })),
         }
     }
 
@@ -200,7 +268,10 @@ impl<M: Message> ActorHandle<M> {
     /// message comes back inside the error.
     pub fn tell(&self, msg: M) -> Result<(), SendError<M>> {
         match &*self.inner {
-            Inner::Local(l) => l.actor.cast(Envelope(msg)).map_err(|e| l.send_error(e)),
+            Inner::Local(l) => l
+                .actor
+                .cast(Envelope(msg, None))
+                .map_err(|e| l.send_error(e)),
             Inner::Remote(r) => r.tell(msg),
         }
     }
@@ -294,7 +365,7 @@ impl<M: Message> LocalRef<M> {
     fn send_error(&self, e: MessagingErr<Envelope<M>>) -> SendError<M> {
         let failure = SendFailure::ActorGone(self.exit.reason());
         match e {
-            MessagingErr::SendErr(Envelope(message)) => SendError { message, failure },
+            MessagingErr::SendErr(Envelope(message, _)) => SendError { message, failure },
             // `cast` only ever hands back SendErr with the message; the other
             // variants cannot carry it, and ractor does not produce them for
             // a typed local cast.
@@ -363,9 +434,26 @@ impl<M: Message> ErasedHandle for ActorHandle<M> {
     fn tell_wire(&self, body: &[u8], route: &Arc<dyn ReplyRoute>) -> Result<(), WireError> {
         // A local-only message type: other nodes cannot address this actor.
         let decode = M::DECODE.ok_or(WireError::NotAddressable)?;
+        // Local actors take messages from other nodes within their inbox
+        // budget; counted before decoding, so a refused message costs
+        // nothing more.
+        let credit = match &*self.inner {
+            Inner::Local(l) => Some(
+                Credit::take(&l.inbox, body.len() + REMOTE_MESSAGE_OVERHEAD)
+                    .ok_or(WireError::Backpressure)?,
+            ),
+            Inner::Remote(_) => None,
+        };
         let msg: M = crate::reply::decode_with(Arc::clone(route), || decode(body))
             .map_err(|e| WireError::Decode(CodecError::new(M::NAME, e)))?;
-        self.tell(msg).map_err(|e| {
+        let sent = match &*self.inner {
+            Inner::Local(l) => l
+                .actor
+                .cast(Envelope(msg, credit))
+                .map_err(|e| l.send_error(e)),
+            Inner::Remote(_) => self.tell(msg),
+        };
+        sent.map_err(|e| {
             let err = match e.failure {
                 SendFailure::ActorGone(r) => WireError::ActorGone(r),
                 SendFailure::NodeDown(n) => WireError::NodeDown(n),

@@ -67,11 +67,13 @@ mod system;
 
 pub use actor::{Actor, Context, panic_text};
 pub use error::{
-    ActorError, AskError, CodecError, LookupError, SendError, SendFailure, SpawnError, WireError,
-    error_chain,
+    ActorError, AskError, CodecError, LookupError, SendError, SendFailure, SpawnError, SpecError,
+    WireError, error_chain,
 };
 pub use exit::{ExitReason, ExitSignal, Monitor};
-pub use handle::{ActorHandle, ActorId, AnyHandle, ErasedHandle, RemoteActor};
+pub use handle::{
+    ActorHandle, ActorId, AnyHandle, ErasedHandle, REMOTE_MAILBOX_BYTES, RemoteActor,
+};
 pub use kind::{
     ArgsError, ArgsValue, ChildFactory, Kind, KindError, KindRegistry, StartContext, decode_args,
     factory,

@@ -28,6 +28,9 @@ struct SystemInner {
     names: Mutex<BTreeMap<String, AnyHandle>>,
     groups: Mutex<BTreeMap<String, std::collections::BTreeSet<String>>>,
     kinds: KindRegistry,
+    /// Inbox budget of actors spawned from now on, for messages from other
+    /// nodes.
+    remote_inbox: std::sync::atomic::AtomicUsize,
 }
 
 /// An actor system: the name registry and the actor kinds of one node.
@@ -60,6 +63,25 @@ impl ActorSystem {
         Self::with_kinds(KindRegistry::new())
     }
 
+    /// Bytes of messages from other nodes each actor spawned from now on may
+    /// have waiting (default [`REMOTE_MAILBOX_BYTES`]); past it remote tells
+    /// and requests to that actor are refused with backpressure. An actor
+    /// with nothing waiting takes any one message, however large.
+    ///
+    /// [`REMOTE_MAILBOX_BYTES`]: crate::REMOTE_MAILBOX_BYTES
+    pub fn set_remote_inbox_limit(&self, bytes: usize) {
+        self.inner
+            .remote_inbox
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// See [`set_remote_inbox_limit`](Self::set_remote_inbox_limit).
+    pub fn remote_inbox_limit(&self) -> usize {
+        self.inner
+            .remote_inbox
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// A system using (sharing) this kind registry.
     pub fn with_kinds(kinds: KindRegistry) -> Self {
         Self {
@@ -67,6 +89,9 @@ impl ActorSystem {
                 names: Mutex::new(BTreeMap::new()),
                 groups: Mutex::new(BTreeMap::new()),
                 kinds,
+                remote_inbox: std::sync::atomic::AtomicUsize::new(
+                    crate::handle::REMOTE_MAILBOX_BYTES,
+                ),
             }),
         }
     }
@@ -115,12 +140,14 @@ impl ActorSystem {
             }
         }
         let exit = Arc::new(ExitSignal::new());
+        let inbox = Arc::new(crate::handle::Inbox::new(self.remote_inbox_limit()));
         let args = StartArgs {
             actor,
             system: self.clone(),
         };
         let adapter = Adapter::<A>::new(ExitGuard::new(
             Arc::clone(&exit),
+            Arc::clone(&inbox),
             self.clone(),
             opts.name.clone(),
         ));
@@ -129,7 +156,7 @@ impl ActorSystem {
             None => ractor::Actor::spawn(None, adapter, args).await,
         };
         let (actor_ref, _join) = spawned.map_err(|e| SpawnError::Startup(startup_reason(e)))?;
-        let handle = ActorHandle::local(actor_ref, exit);
+        let handle = ActorHandle::local(actor_ref, exit, inbox);
         if let Some(name) = opts.name {
             if let Err(e) = self.register(name, &handle) {
                 handle.kill();

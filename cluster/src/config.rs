@@ -1,6 +1,7 @@
 //! Node configuration: a TOML file, overridden by command-line flags.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -8,12 +9,40 @@ use serde::{Deserialize, Deserializer};
 
 use crate::error::ClusterError;
 
+/// The longest duration a node config accepts (a year): longer ones are
+/// surely mistakes, and a deadline that far ahead overflows `Instant`
+/// arithmetic (chitchat adds `dead_node_grace_period` to an `Instant`).
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A duration of the config: longer than zero (every one of them paces a
+/// timer, and `tokio::time::interval` panics on zero) and at most
+/// [`MAX_DURATION`].
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
-    parse_duration(&s).map_err(serde::de::Error::custom)
+    let v = parse_duration(&s).map_err(serde::de::Error::custom)?;
+    if v.is_zero() {
+        return Err(serde::de::Error::custom(format!(
+            "duration `{s}` must be longer than zero"
+        )));
+    }
+    Ok(v)
 }
 
-/// `"250ms"`, `"5s"`, `"2m"`.
+fn de_phi<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let v = f64::deserialize(d)?;
+    check_phi(v).map_err(serde::de::Error::custom)?;
+    Ok(v)
+}
+
+fn check_phi(v: f64) -> Result<(), String> {
+    if v.is_finite() && v > 0.0 {
+        Ok(())
+    } else {
+        Err(format!("phi_threshold must be a positive number, not {v}"))
+    }
+}
+
+/// `"250ms"`, `"5s"`, `"2m"`, at most [`MAX_DURATION`].
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t
@@ -39,7 +68,12 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
             ));
         }
     };
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("duration `{s}` is out of range"))
+    match Duration::try_from_secs_f64(secs) {
+        Ok(d) if d <= MAX_DURATION => Ok(d),
+        _ => Err(format!(
+            "duration `{s}` is longer than the limit of 8760h (a year)"
+        )),
+    }
 }
 
 /// Resources a node offers (for placement).
@@ -49,11 +83,12 @@ pub use manta_actors::Resources;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FailureDetection {
-    /// Gossip round interval (default `"200ms"`).
+    /// Gossip round interval (default `"200ms"`). Every duration here is
+    /// longer than zero and at most 8760h (a year).
     #[serde(default = "d_gossip", deserialize_with = "de_duration")]
     pub gossip_interval: Duration,
-    /// Phi-accrual threshold (default 8).
-    #[serde(default = "d_phi")]
+    /// Phi-accrual threshold (default 8; a positive number).
+    #[serde(default = "d_phi", deserialize_with = "de_phi")]
     pub phi_threshold: f64,
     /// Longest heartbeat interval counted (default `"2s"`).
     #[serde(default = "d_max", deserialize_with = "de_duration")]
@@ -105,6 +140,15 @@ pub struct Limits {
     /// dropped (default `"30s"`).
     #[serde(default = "d_partial_expiry", deserialize_with = "de_duration")]
     pub partial_expiry: Duration,
+    /// MiB of messages from other nodes one actor may have waiting
+    /// (default 160); past it they are refused with backpressure. An actor
+    /// with nothing waiting takes any one message.
+    #[serde(default = "d_remote_inbox")]
+    pub remote_inbox_mib: usize,
+}
+
+fn d_remote_inbox() -> usize {
+    manta_actors::REMOTE_MAILBOX_BYTES >> 20
 }
 
 fn d_partial_peer() -> usize {
@@ -123,6 +167,7 @@ impl Default for Limits {
             partial_per_peer_mib: d_partial_peer(),
             partial_per_node_mib: d_partial_node(),
             partial_expiry: d_partial_expiry(),
+            remote_inbox_mib: d_remote_inbox(),
         }
     }
 }
@@ -200,6 +245,12 @@ pub struct NodeConfig {
     /// Cluster secret file; without one the cluster is open.
     #[serde(default)]
     pub secret_file: Option<PathBuf>,
+    /// Run an open cluster (no `secret_file`) on a non-loopback address
+    /// anyway (`manta node --insecure`). Without it such a node refuses to
+    /// start: anyone who can reach an open cluster can join it and spawn
+    /// and stop actors.
+    #[serde(default)]
+    pub insecure: bool,
     /// Key file (default `manta-<name>.key` in the working directory).
     #[serde(default)]
     pub key_file: Option<PathBuf>,
@@ -231,6 +282,7 @@ impl Default for NodeConfig {
             labels: BTreeMap::new(),
             resources: Resources::default(),
             secret_file: None,
+            insecure: false,
             key_file: None,
             failure_detection: FailureDetection::default(),
             tree: None,
@@ -251,18 +303,10 @@ impl NodeConfig {
         Self::parse(&text, &path.display().to_string())
     }
 
-    /// Parses config text.
+    /// Parses config text. Errors name the line and column (in characters).
     pub fn parse(text: &str, file: &str) -> Result<Self, ClusterError> {
         toml::from_str(text).map_err(|e: toml::de::Error| {
-            let (line, col) = e
-                .span()
-                .map(|s| {
-                    let before = &text[..s.start.min(text.len())];
-                    let line = before.matches('\n').count() + 1;
-                    let col = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
-                    (line, col)
-                })
-                .unwrap_or((0, 0));
+            let (line, col) = e.span().map(|s| position(text, s.start)).unwrap_or((0, 0));
             ClusterError::File {
                 path: file.to_owned(),
                 what: "node config",
@@ -271,11 +315,114 @@ impl NodeConfig {
         })
     }
 
+    /// Checks what the file format alone cannot: [`Node::start`](crate::Node::start)
+    /// runs this first, so a config built in code or changed by flags is
+    /// held to the same rules.
+    ///
+    /// - Without a `secret_file`, both listen addresses (the mesh's
+    ///   `listen` and `gossip`) must be loopback (127.0.0.0/8, `::1`)
+    ///   unless `insecure` is set. An unspecified address (`0.0.0.0`,
+    ///   `::`) listens on every interface, so it is not loopback.
+    /// - Durations are longer than zero and at most 8760h (a year);
+    ///   `phi_threshold` is a positive number.
+    /// - `name`, `cluster`, roles and labels contain no control characters
+    ///   (they are printed by `manta status` and in logs).
+    pub fn validate(&self) -> Result<(), ClusterError> {
+        let fd = &self.failure_detection;
+        for (field, d) in [
+            ("gossip_interval", fd.gossip_interval),
+            ("max_interval", fd.max_interval),
+            ("dead_node_grace_period", fd.dead_node_grace_period),
+        ] {
+            if d.is_zero() || d > MAX_DURATION {
+                return Err(ClusterError::Config(format!(
+                    "failure_detection.{field} is {d:?}; it must be longer than zero and at most 8760h (a year)"
+                )));
+            }
+        }
+        check_phi(fd.phi_threshold)
+            .map_err(|e| ClusterError::Config(format!("failure_detection.{e}")))?;
+        check_printable("node name", &self.name)?;
+        check_printable("cluster name", &self.cluster)?;
+        for r in &self.roles {
+            check_printable("role", r)?;
+        }
+        for (k, v) in &self.labels {
+            check_printable("label name", k)?;
+            check_printable("label value", v)?;
+        }
+        if self.secret_file.is_none() && !self.insecure {
+            let mesh: libp2p::Multiaddr = self.listen.parse().map_err(|e| {
+                ClusterError::Config(format!("listen address `{}`: {e}", self.listen))
+            })?;
+            let mesh_ip = match mesh.iter().next() {
+                Some(libp2p::multiaddr::Protocol::Ip4(ip)) => Some(IpAddr::V4(ip)),
+                Some(libp2p::multiaddr::Protocol::Ip6(ip)) => Some(IpAddr::V6(ip)),
+                _ => None,
+            };
+            if !mesh_ip.is_some_and(is_loopback) {
+                return Err(open_on_network("mesh listen address", &self.listen));
+            }
+            let gossip = crate::node::resolve(&self.gossip, "gossip address")?;
+            if !is_loopback(gossip.ip()) {
+                return Err(open_on_network("gossip address", &self.gossip));
+            }
+        }
+        Ok(())
+    }
+
     /// The key file path.
     pub fn key_path(&self) -> PathBuf {
         self.key_file
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("manta-{}.key", self.name)))
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`. An
+/// offset inside a character counts as that character.
+fn position(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    (
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count() + 1,
+    )
+}
+
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+fn open_on_network(what: &str, addr: &str) -> ClusterError {
+    ClusterError::Config(format!(
+        "refusing to listen on {what} `{addr}` without a cluster secret: it is not a loopback \
+         address, and anyone who can reach an open cluster can join it and spawn and stop \
+         actors. Create a secret with `manta secret FILE` and pass --secret-file FILE \
+         (`secret_file` in the config), or pass --insecure (`insecure = true`) to run an \
+         open cluster on this address anyway"
+    ))
+}
+
+/// Refuses text with control characters (ESC, CR, LF, ...): it would reach
+/// terminals through `manta status` and logs.
+fn check_printable(what: &str, text: &str) -> Result<(), ClusterError> {
+    match text.chars().find(|c| c.is_control()) {
+        None => Ok(()),
+        Some(c) => Err(ClusterError::Config(format!(
+            "{what} \"{}\" contains the control character U+{:04X}; names, roles and labels must be printable",
+            text.escape_debug(),
+            u32::from(c)
+        ))),
     }
 }
 

@@ -36,6 +36,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bulk;
 mod config;
 mod error;
 #[doc(hidden)]
@@ -65,5 +66,5 @@ pub use remote::{
     Remoting,
 };
 pub use secret::ClusterSecret;
-pub use status::{ClusterStatus, NodeStatus, query_status};
+pub use status::{ClusterStatus, NodeStatus, query_status, query_status_in};
 pub use transport::{GossipStats, SealedTransport};

@@ -357,7 +357,7 @@ impl Membership {
         let socket = UdpSocket::bind(config.listen).await?;
         let local = socket.local_addr()?;
         let transport = SealedTransport::new(
-            Sealer::new(config.secret.as_ref()),
+            Sealer::for_cluster(config.secret.as_ref(), &config.cluster),
             config.replay_window.as_millis() as u64,
         )
         .with_socket(socket);

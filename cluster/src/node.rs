@@ -73,6 +73,7 @@ impl Node {
     /// actors registered by name in `system` become reachable from the
     /// whole cluster.
     pub async fn start(config: NodeConfig, system: ActorSystem) -> Result<Node, ClusterError> {
+        config.validate()?;
         let identity = NodeIdentity::load_or_create(&config.key_path())?;
         let secret = match &config.secret_file {
             Some(p) => Some(ClusterSecret::read(p)?),
@@ -93,7 +94,7 @@ impl Node {
             listen: p2p_listen,
             psk: secret
                 .as_ref()
-                .map(|s| crate::pnet::PreSharedKey::new(mesh_psk(s))),
+                .map(|s| crate::pnet::PreSharedKey::new(mesh_psk(s, &config.cluster))),
             idle_timeout: Duration::from_secs(3600),
             max_pending_incoming: crate::mesh::MAX_PENDING_INCOMING,
             secret_deadline: crate::mesh::SECRET_DEADLINE,
@@ -145,6 +146,7 @@ impl Node {
         mc.keys
             .insert(keys::P2P.to_owned(), mesh.listen_addr().to_string());
         mc.mesh_gate = Some(gate);
+        system.set_remote_inbox_limit(config.limits.remote_inbox_mib.saturating_mul(1 << 20));
         let remoting = Remoting::start_with(
             system.clone(),
             mesh.stream_control(),

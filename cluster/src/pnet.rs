@@ -76,6 +76,16 @@ enum Simd {
 }
 
 impl Simd {
+    /// What tests print about the path they ran.
+    #[cfg(test)]
+    fn name(self) -> &'static str {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2(_) => "AVX2 (8 blocks at a time)",
+            Simd::Portable => "portable (one block at a time)",
+        }
+    }
+
     fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         if let Some(v3) = pulp::x86::V3::try_new() {
@@ -246,6 +256,22 @@ impl XSalsa20 {
         self.counter = self.counter.wrapping_add(8);
     }
 
+    /// Moves to byte `pos` of the keystream (RustCrypto's
+    /// `StreamCipherSeek::seek`), so tests reach the block counter's carry
+    /// into its high word, 256 GiB in.
+    #[cfg(test)]
+    fn seek(&mut self, pos: u64) {
+        self.counter = pos / 64;
+        self.used = BATCH;
+        let skip = (pos % 64) as usize;
+        if skip > 0 {
+            let mut batch = [0u8; BATCH];
+            self.next_batch(&mut batch);
+            self.batch = batch;
+            self.used = skip;
+        }
+    }
+
     /// XORs the next `data.len()` bytes of keystream into `data`.
     pub fn apply_keystream(&mut self, mut data: &mut [u8]) {
         // Left over from the last call.
@@ -388,13 +414,157 @@ mod tests {
         salsa20::XSalsa20::new(key.into(), nonce.into()).apply_keystream(data);
     }
 
+    /// The portable path and, where the CPU has it, the AVX2 one; says
+    /// on stderr which run (`cargo test -- --nocapture` shows it).
     fn both_paths() -> Vec<Simd> {
         let mut v = vec![Simd::Portable];
         let detected = Simd::detect();
         if !matches!(detected, Simd::Portable) {
             v.push(detected);
+        } else {
+            eprintln!("pnet: this CPU has no AVX2: only the portable path runs");
         }
         v
+    }
+
+    /// Hex to bytes, for the vectors below.
+    fn unhex(s: &str) -> Vec<u8> {
+        crate::hex::decode(s).unwrap()
+    }
+
+    /// libsodium's XSalsa20 test, `test/default/stream.c` with its expected
+    /// output `test/default/stream.exp` (the key and nonce are NaCl's
+    /// `firstkey` and `nonce` from "Cryptography in NaCl", also in NaCl's
+    /// `tests/stream.c`).
+    const KAT_KEY: &str = "1b27556473e985d462cd51197a9a46c76009549eac6474f206c4ee0844f68389";
+    const KAT_NONCE: &str = "69696ee955b62b73cd62bda875fc73d68219e0036b7a0b37";
+    /// SHA-256 of the first 4,194,304 bytes of keystream (stream.exp line 1).
+    const KAT_SHA256_4MIB: &str =
+        "662b9d0e3463029156069b12f918691a98f7dfb2ca0393c96bbfc6b1fbd630a2";
+    /// The last of stream.exp's 64 prefix lines: 64 bytes set to 63
+    /// (`0x3f`), the first 63 of them overwritten by keystream.
+    const KAT_FIRST_63: &str = "eea6a7251c1e72916d11c2cb214d3c252539121d8e234e652d651fa4c8cff880309e645a74e9e0a60d8243acd9177ab51a1beb8d5a2f5d700c093c5e5585573f";
+    /// Keystream blocks 2^32 - 1, 2^32 and 2^32 + 1 (192 bytes):
+    /// `crypto_stream_xsalsa20_xor_ic(.., 192, nonce, (1ULL << 32) - 1, firstkey)`
+    /// on zeros, the last line of stream.exp. The block counter carries
+    /// into its high word after the first of them.
+    const KAT_AT_2_32_MINUS_1: &str = "b46af0bf761b78533e01a0dd7e07216c9710ef35f09a28d1e5fa469b602472ca5085f6dbcc6a6b51fb89986f8feca85658d05701f5677d0bb340a1f2c769547219f5420c62ffff7d1304dad82b6dec2bdc59ec12a9e18a774eed128c2c90610a9d4c75c0817d64817a76bbc12746971ae897af210a072c1bc9fb044e086b7bfe85fad95d5c2bbb28c12de5755b1ccde63e93cc892b4d2bcbd7dc0706b094c2492e329e3b9a98a9cbc7d01031cf1d5861f576e1291df6286c28146b0b4df9ad44";
+
+    fn kat_cipher(simd: Simd) -> XSalsa20 {
+        let key: [u8; 32] = unhex(KAT_KEY).try_into().unwrap();
+        let nonce: [u8; 24] = unhex(KAT_NONCE).try_into().unwrap();
+        XSalsa20::with_simd(&key, &nonce, simd)
+    }
+
+    #[test]
+    fn the_keystream_matches_libsodiums_published_vectors() {
+        use sha2::Digest;
+        for simd in both_paths() {
+            eprintln!("pnet known-answer test: {} path", simd.name());
+            // `crypto_stream` writes the keystream itself: XOR it into zeros.
+            let mut first = [0u8; 64];
+            kat_cipher(simd).apply_keystream(&mut first[..63]);
+            first[63] = 63;
+            assert_eq!(first.to_vec(), unhex(KAT_FIRST_63), "{}", simd.name());
+
+            let mut four_mib = vec![0u8; 4_194_304];
+            let mut c = kat_cipher(simd);
+            // Uneven pieces: partial batches and batch boundaries.
+            for piece in four_mib.chunks_mut(4_097) {
+                c.apply_keystream(piece);
+            }
+            let digest = sha2::Sha256::digest(&four_mib);
+            assert_eq!(
+                crate::hex::encode(&digest),
+                KAT_SHA256_4MIB,
+                "{}",
+                simd.name()
+            );
+
+            let mut carry = [0u8; 192];
+            let mut c = kat_cipher(simd);
+            c.seek(((1u64 << 32) - 1) * 64);
+            c.apply_keystream(&mut carry);
+            assert_eq!(
+                carry.to_vec(),
+                unhex(KAT_AT_2_32_MINUS_1),
+                "{}",
+                simd.name()
+            );
+        }
+    }
+
+    #[test]
+    fn the_block_counter_carries_into_its_high_word_like_rustcrypto() {
+        use salsa20::cipher::StreamCipherSeek;
+        let key = [0x5au8; 32];
+        let nonce: [u8; 24] = std::array::from_fn(|i| i as u8 * 11);
+        for simd in both_paths() {
+            eprintln!("pnet 2^32 block-counter carry: {} path", simd.name());
+            // Start 0..=9 blocks before the carry, on and off block
+            // boundaries, so the carry falls on every lane of a batch and
+            // on a batch boundary; ~2 kB each in uneven pieces.
+            for blocks_before in 0..=9u64 {
+                for offset in [0u64, 1, 63] {
+                    let pos = ((1u64 << 32) - blocks_before) * 64 + offset;
+                    let mut want = vec![0u8; 2_000];
+                    let mut reference = salsa20::XSalsa20::new(&key.into(), &nonce.into());
+                    reference.seek(pos);
+                    reference.apply_keystream(&mut want);
+                    let mut got = vec![0u8; 2_000];
+                    let mut c = XSalsa20::with_simd(&key, &nonce, simd);
+                    c.seek(pos);
+                    let mut at = 0;
+                    for step in [1usize, 62, 513, 64, 700, 3].iter().cycle() {
+                        if at == got.len() {
+                            break;
+                        }
+                        let end = (at + step).min(got.len());
+                        c.apply_keystream(&mut got[at..end]);
+                        at = end;
+                    }
+                    assert!(
+                        got == want,
+                        "{}: keystream differs from RustCrypto's at byte {pos} (block 2^32 - {blocks_before}, offset {offset})",
+                        simd.name()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_avx2_and_portable_paths_give_the_same_bytes() {
+        let detected = Simd::detect();
+        if matches!(detected, Simd::Portable) {
+            eprintln!(
+                "pnet: this CPU has no AVX2; the AVX2 path was NOT compared (only {} exists here)",
+                Simd::Portable.name()
+            );
+            return;
+        }
+        eprintln!(
+            "pnet: comparing the {} path with the {} path",
+            detected.name(),
+            Simd::Portable.name()
+        );
+        for seed in 0..16u64 {
+            let key: [u8; 32] = std::array::from_fn(|i| (seed * 29 + i as u64 * 5) as u8);
+            let nonce: [u8; 24] = std::array::from_fn(|i| (seed * 17 + i as u64) as u8);
+            // From the start, around the carry into the high counter word,
+            // and far into the stream (block 2^58 - 41).
+            for pos in [0, ((1u64 << 32) - 5) * 64 + 7, (u64::MAX / 64 - 40) * 64] {
+                let mut a = vec![0u8; 1_500 + seed as usize * 37];
+                let mut b = a.clone();
+                let mut fast = XSalsa20::with_simd(&key, &nonce, detected);
+                let mut portable = XSalsa20::with_simd(&key, &nonce, Simd::Portable);
+                fast.seek(pos);
+                portable.seek(pos);
+                fast.apply_keystream(&mut a);
+                portable.apply_keystream(&mut b);
+                assert!(a == b, "the paths differ (seed {seed}, byte {pos})");
+            }
+        }
     }
 
     #[test]
@@ -426,8 +596,9 @@ mod tests {
 
     #[test]
     fn the_keystream_is_right_far_into_the_stream() {
-        // Past 2^32 bytes' worth of blocks is out of reach; past several
-        // thousand batches (counter words well above one batch) is not.
+        // Several thousand batches in, one piece after another (the carry
+        // into the counter's high word, 2^32 blocks in, is tested with
+        // `seek` above).
         let key = [9u8; 32];
         let nonce = [4u8; 24];
         let mut want = vec![0u8; 5 << 20];

@@ -1,11 +1,13 @@
 //! Sealed datagrams: every gossip datagram is authenticated and encrypted
-//! with ChaCha20-Poly1305 under a key derived (HKDF-SHA256) from the
-//! cluster secret and name. Nothing that fails to open reaches chitchat.
+//! with XChaCha20-Poly1305 under a key derived (HKDF-SHA256) from the
+//! cluster secret. Nothing that fails to open reaches chitchat. The 192-bit
+//! random nonces never collide under one long-lived key (96-bit ones would
+//! after some 2^32 datagrams).
 //!
 //! Wire format of one datagram (all integers big-endian):
 //!
 //! ```text
-//! version u8 | kind u8 | timestamp_ms u64 | nonce [12] | msg_id u64 | index u16 | count u16 | ciphertext+tag
+//! version u8 | kind u8 | timestamp_ms u64 | nonce [24] | msg_id u64 | index u16 | count u16 | ciphertext+tag
 //! `------------------------ authenticated (AEAD associated data) -------------------------'
 //! ```
 //!
@@ -13,23 +15,32 @@
 //! [`MAX_FRAGMENTS`] fragments sharing a `msg_id`, each sealed on its own,
 //! and reassembled within bounded buffers. Datagrams whose timestamp is
 //! outside the replay window, or whose nonce was already seen within it,
-//! are dropped.
+//! are dropped. A nonce is remembered until the window has passed its
+//! datagram's timestamp (not its arrival: a datagram stamped ahead of this
+//! clock stays remembered as long as it could be replayed);
+//! when the bounded set of nonces is full, the oldest is forgotten and
+//! every datagram stamped at or before it is refused from then on, so a
+//! forgotten nonce can never be replayed. The set outlives gossip restarts
+//! ([`ReplayGuard`] is shared by every socket a transport opens).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 use hkdf::Hkdf;
 use sha2::Sha256;
 
 use crate::secret::ClusterSecret;
 
 /// Wire-format version.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
+/// Nonce bytes (XChaCha20-Poly1305).
+pub const NONCE_LEN: usize = 24;
 /// Header bytes before the ciphertext.
-pub const HEADER_LEN: usize = 1 + 1 + 8 + 12 + 8 + 2 + 2;
+pub const HEADER_LEN: usize = 1 + 1 + 8 + NONCE_LEN + 8 + 2 + 2;
 const TAG_LEN: usize = 16;
 /// The largest UDP payload.
 pub const MAX_DATAGRAM: usize = 65_507;
@@ -41,7 +52,8 @@ pub const MAX_FRAGMENTS: u16 = 8;
 pub const MAX_REASSEMBLY_BYTES: usize = 4 * 1024 * 1024;
 /// Most partly received messages buffered.
 pub const MAX_PENDING_MESSAGES: usize = 64;
-const MAX_SEEN_NONCES: usize = 200_000;
+/// Most nonces remembered for the replay check.
+pub const MAX_SEEN_NONCES: usize = 200_000;
 
 /// The open development key used when a cluster has no secret: it keeps
 /// random bytes and scanners out, not attackers.
@@ -55,8 +67,12 @@ pub enum Kind {
     Gossip = 0,
     /// A membership query from `manta status`.
     StatusRequest = 1,
-    /// The answer: the node's view as JSON.
+    /// The answer: the request's id, then the node's view as JSON.
     StatusReply = 2,
+    /// The answer to a status request without a valid cookie: the
+    /// request's id and a cookie bound to the requester's address, no
+    /// larger than the request (so a spoofed request reflects nothing).
+    StatusCookie = 3,
 }
 
 impl Kind {
@@ -65,6 +81,7 @@ impl Kind {
             0 => Some(Kind::Gossip),
             1 => Some(Kind::StatusRequest),
             2 => Some(Kind::StatusReply),
+            3 => Some(Kind::StatusCookie),
             _ => None,
         }
     }
@@ -89,11 +106,13 @@ pub enum DropReason {
     Overloaded,
     /// Opened but chitchat could not decode it.
     Undecodable,
+    /// A status request over the rate of full answers.
+    RateLimited,
 }
 
 impl DropReason {
     /// Every reason, for counters.
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::Truncated,
         DropReason::Oversized,
         DropReason::Malformed,
@@ -102,6 +121,7 @@ impl DropReason {
         DropReason::Replayed,
         DropReason::Overloaded,
         DropReason::Undecodable,
+        DropReason::RateLimited,
     ];
 
     /// A short name for logs and counters.
@@ -115,6 +135,7 @@ impl DropReason {
             DropReason::Replayed => "replayed",
             DropReason::Overloaded => "overloaded",
             DropReason::Undecodable => "undecodable",
+            DropReason::RateLimited => "rate_limited",
         }
     }
 }
@@ -150,16 +171,20 @@ pub fn cluster_id(secret: Option<&ClusterSecret>, cluster: &str) -> String {
     format!("{cluster}-{tag}")
 }
 
-/// The libp2p private-network key for a secret (a different derivation
-/// than the gossip key).
-pub fn mesh_psk(secret: &ClusterSecret) -> [u8; 32] {
-    derive(Some(secret), "", "mesh-psk")
+/// The cluster name a node has unless its config names another.
+pub const DEFAULT_CLUSTER: &str = "manta";
+
+/// The libp2p private-network key for a secret and cluster name (a
+/// different derivation than the gossip key): two clusters sharing a
+/// secret file still cannot connect.
+pub fn mesh_psk(secret: &ClusterSecret, cluster: &str) -> [u8; 32] {
+    derive(Some(secret), cluster, "mesh-psk")
 }
 
 /// Seals and opens datagrams for one cluster.
 #[derive(Clone)]
 pub struct Sealer {
-    cipher: ChaCha20Poly1305,
+    cipher: XChaCha20Poly1305,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -176,7 +201,7 @@ pub struct Fragment {
     /// Sender's clock, ms since the epoch.
     pub timestamp_ms: u64,
     /// The datagram's nonce.
-    pub nonce: [u8; 12],
+    pub nonce: [u8; NONCE_LEN],
     /// Groups the fragments of one message.
     pub msg_id: u64,
     /// 0-based index.
@@ -188,13 +213,19 @@ pub struct Fragment {
 }
 
 impl Sealer {
-    /// A sealer keyed by `secret` (or the development key). The key does
-    /// not depend on the cluster name, so `manta status` needs only the
-    /// secret; the name separates clusters through chitchat's cluster id.
+    /// A sealer keyed by `secret` (or the development key) for the
+    /// default cluster name ([`DEFAULT_CLUSTER`]).
     pub fn new(secret: Option<&ClusterSecret>) -> Self {
-        let key = derive(secret, "", "gossip-seal");
+        Self::for_cluster(secret, DEFAULT_CLUSTER)
+    }
+
+    /// A sealer keyed by `secret` (or the development key) and the cluster
+    /// name: clusters that share a secret file cannot open each other's
+    /// datagrams.
+    pub fn for_cluster(secret: Option<&ClusterSecret>, cluster: &str) -> Self {
+        let key = derive(secret, cluster, "gossip-seal");
         Self {
-            cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
+            cipher: XChaCha20Poly1305::new(Key::from_slice(&key)),
         }
     }
 
@@ -216,7 +247,7 @@ impl Sealer {
         let count = chunks.len() as u16;
         let mut out = Vec::with_capacity(chunks.len());
         for (i, chunk) in chunks.into_iter().enumerate() {
-            let nonce: [u8; 12] = rand::random();
+            let nonce: [u8; NONCE_LEN] = rand::random();
             let mut dgram = Vec::with_capacity(HEADER_LEN + chunk.len() + TAG_LEN);
             dgram.push(VERSION);
             dgram.push(kind as u8);
@@ -228,7 +259,7 @@ impl Sealer {
             let ct = self
                 .cipher
                 .encrypt(
-                    Nonce::from_slice(&nonce),
+                    XNonce::from_slice(&nonce),
                     Payload {
                         msg: chunk,
                         aad: &dgram[..HEADER_LEN],
@@ -260,15 +291,16 @@ impl Sealer {
             u64::from_be_bytes(a)
         };
         let timestamp_ms = be64(&header[2..10]);
-        let mut nonce = [0u8; 12];
-        nonce.copy_from_slice(&header[10..22]);
-        let msg_id = be64(&header[22..30]);
-        let index = u16::from_be_bytes([header[30], header[31]]);
-        let count = u16::from_be_bytes([header[32], header[33]]);
+        let mut nonce = [0u8; NONCE_LEN];
+        let at = 10 + NONCE_LEN;
+        nonce.copy_from_slice(&header[10..at]);
+        let msg_id = be64(&header[at..at + 8]);
+        let index = u16::from_be_bytes([header[at + 8], header[at + 9]]);
+        let count = u16::from_be_bytes([header[at + 10], header[at + 11]]);
         let payload = self
             .cipher
             .decrypt(
-                Nonce::from_slice(&nonce),
+                XNonce::from_slice(&nonce),
                 Payload {
                     msg: ct,
                     aad: header,
@@ -298,13 +330,82 @@ struct Partial {
     first_ms: u64,
 }
 
+/// The replay check's memory: nonces seen within the window, each kept
+/// until the window has passed its datagram's timestamp (when a replay
+/// would be stale anyway), at most
+/// [`MAX_SEEN_NONCES`]; when full, the oldest goes and `floor` rises to its
+/// time (datagrams stamped at or before the floor are refused). Shared
+/// across gossip restarts.
+#[derive(Debug, Default)]
+pub struct ReplayGuard {
+    seen: HashSet<[u8; NONCE_LEN]>,
+    by_time: BTreeSet<(u64, [u8; NONCE_LEN])>,
+    floor_ms: u64,
+}
+
+impl ReplayGuard {
+    /// A guard to share between the openers of one node.
+    pub fn shared() -> Arc<Mutex<ReplayGuard>> {
+        Arc::new(Mutex::new(ReplayGuard::default()))
+    }
+
+    /// Nonces remembered now.
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// Whether none is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+
+    /// Checks a datagram stamped `ts` (already within the window of `now`)
+    /// and remembers its nonce.
+    fn check(
+        &mut self,
+        nonce: [u8; NONCE_LEN],
+        ts: u64,
+        now: u64,
+        window: u64,
+    ) -> Result<(), DropReason> {
+        let horizon = now.saturating_sub(window);
+        while let Some(&(t, n)) = self.by_time.first() {
+            if t >= horizon {
+                break;
+            }
+            self.by_time.pop_first();
+            self.seen.remove(&n);
+        }
+        if ts <= self.floor_ms {
+            return Err(DropReason::Stale);
+        }
+        if self.seen.contains(&nonce) {
+            return Err(DropReason::Replayed);
+        }
+        while self.seen.len() >= MAX_SEEN_NONCES {
+            let Some((t, n)) = self.by_time.pop_first() else {
+                break;
+            };
+            self.seen.remove(&n);
+            // Every datagram whose nonce could have been the one forgotten
+            // is stamped at or before `t`.
+            self.floor_ms = self.floor_ms.max(t);
+        }
+        if ts <= self.floor_ms {
+            return Err(DropReason::Stale);
+        }
+        self.seen.insert(nonce);
+        self.by_time.insert((ts, nonce));
+        Ok(())
+    }
+}
+
 /// Opens datagrams from the network: authentication, replay window,
 /// reassembly, all with bounded memory.
 pub struct Opener {
     sealer: Sealer,
     window_ms: u64,
-    seen: HashSet<[u8; 12]>,
-    seen_order: VecDeque<(u64, [u8; 12])>,
+    replay: Arc<Mutex<ReplayGuard>>,
     partial: HashMap<(SocketAddr, u64), Partial>,
     partial_bytes: usize,
 }
@@ -313,20 +414,25 @@ impl std::fmt::Debug for Opener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Opener")
             .field("window_ms", &self.window_ms)
-            .field("seen", &self.seen.len())
             .field("partial", &self.partial.len())
             .finish()
     }
 }
 
 impl Opener {
-    /// An opener accepting timestamps within `window_ms` of its clock.
+    /// An opener accepting timestamps within `window_ms` of its clock, with
+    /// a replay memory of its own.
     pub fn new(sealer: Sealer, window_ms: u64) -> Self {
+        Self::with_replay(sealer, window_ms, ReplayGuard::shared())
+    }
+
+    /// An opener whose replay memory is `replay` (shared with the openers
+    /// before and after it, so a restart of gossip forgets no nonce).
+    pub fn with_replay(sealer: Sealer, window_ms: u64, replay: Arc<Mutex<ReplayGuard>>) -> Self {
         Self {
             sealer,
             window_ms,
-            seen: HashSet::new(),
-            seen_order: VecDeque::new(),
+            replay,
             partial: HashMap::new(),
             partial_bytes: 0,
         }
@@ -334,14 +440,6 @@ impl Opener {
 
     fn expire(&mut self, now_ms: u64) {
         let horizon = now_ms.saturating_sub(self.window_ms);
-        while let Some(&(ts, n)) = self.seen_order.front() {
-            if ts < horizon || self.seen_order.len() > MAX_SEEN_NONCES {
-                self.seen_order.pop_front();
-                self.seen.remove(&n);
-            } else {
-                break;
-            }
-        }
         let mut freed = 0;
         self.partial.retain(|_, p| {
             let keep = p.first_ms >= horizon;
@@ -366,11 +464,12 @@ impl Opener {
         if frag.timestamp_ms.abs_diff(now_ms) > self.window_ms {
             return Err(DropReason::Stale);
         }
-        if !self.seen.insert(frag.nonce) {
-            return Err(DropReason::Replayed);
-        }
-        self.seen_order
-            .push_back((frag.timestamp_ms.min(now_ms), frag.nonce));
+        self.replay
+            .lock()
+            // Each critical section is one check-and-insert: a poisoned
+            // lock still holds a consistent set.
+            .unwrap_or_else(|e| e.into_inner())
+            .check(frag.nonce, frag.timestamp_ms, now_ms, self.window_ms)?;
         if frag.count == 1 {
             return Ok(Some((frag.kind, frag.payload)));
         }
@@ -545,6 +644,79 @@ mod tests {
         assert!(o.accept(&d[0], addr(), later).unwrap().is_some());
         assert_eq!(o.partial.len(), 0);
         assert_eq!(o.partial_bytes, 0);
+    }
+
+    #[test]
+    fn a_datagram_stamped_ahead_cannot_be_replayed_once_its_arrival_leaves_the_window() {
+        let (s, mut o) = pair();
+        let now = now_ms();
+        let d = s.seal(Kind::Gossip, b"x", now + 25_000).unwrap();
+        assert!(o.accept(&d[0], addr(), now).unwrap().is_some());
+        // 40 s later its stamp is still within the window of the clock.
+        assert_eq!(
+            o.accept(&d[0], addr(), now + 40_000),
+            Err(DropReason::Replayed)
+        );
+    }
+
+    #[test]
+    fn a_full_nonce_set_refuses_what_it_forgets_instead_of_accepting_replays() {
+        let mut g = ReplayGuard::default();
+        let now = 1_000_000;
+        let nonce = |i: usize| {
+            let mut n = [0u8; NONCE_LEN];
+            n[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            n
+        };
+        // The oldest first, then the set filled within the window.
+        g.check(nonce(0), now - 100, now, 30_000).unwrap();
+        for i in 1..MAX_SEEN_NONCES {
+            g.check(nonce(i), now, now, 30_000).unwrap();
+        }
+        assert_eq!(g.len(), MAX_SEEN_NONCES);
+        // One more: the oldest is forgotten...
+        let mut fresh = nonce(0);
+        fresh[23] = 1;
+        g.check(fresh, now + 1, now + 1, 30_000).unwrap();
+        assert_eq!(g.len(), MAX_SEEN_NONCES);
+        // ...and its replay is refused all the same.
+        assert_eq!(
+            g.check(nonce(0), now - 100, now + 1, 30_000),
+            Err(DropReason::Stale)
+        );
+        assert_eq!(
+            g.check(nonce(5), now, now + 1, 30_000),
+            Err(DropReason::Replayed)
+        );
+    }
+
+    #[test]
+    fn the_replay_memory_outlives_the_opener() {
+        let secret = ClusterSecret::generate();
+        let s = Sealer::new(Some(&secret));
+        let shared = ReplayGuard::shared();
+        let now = now_ms();
+        let d = s.seal(Kind::Gossip, b"x", now).unwrap();
+        let mut before = Opener::with_replay(s.clone(), 30_000, Arc::clone(&shared));
+        assert!(before.accept(&d[0], addr(), now).unwrap().is_some());
+        drop(before);
+        // Gossip restarted: a new socket, a new opener, the same memory.
+        let mut after = Opener::with_replay(s, 30_000, shared);
+        assert_eq!(after.accept(&d[0], addr(), now), Err(DropReason::Replayed));
+    }
+
+    #[test]
+    fn clusters_sharing_a_secret_cannot_open_each_others_datagrams() {
+        let secret = ClusterSecret::generate();
+        let a = Sealer::for_cluster(Some(&secret), "a");
+        let mut b = Opener::new(Sealer::for_cluster(Some(&secret), "b"), 30_000);
+        let now = now_ms();
+        let d = a.seal(Kind::Gossip, b"x", now).unwrap();
+        assert_eq!(
+            b.accept(&d[0], addr(), now),
+            Err(DropReason::Unauthenticated)
+        );
+        assert_ne!(mesh_psk(&secret, "a"), mesh_psk(&secret, "b"));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use tokio::net::UdpSocket;
 use crate::error::ClusterError;
 use crate::seal::{Kind, Opener, Sealer, now_ms};
 use crate::secret::ClusterSecret;
+use crate::transport::StatusRequest;
 
 /// One member as `manta status --json` prints it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,10 +40,22 @@ pub struct ClusterStatus {
 }
 
 /// Asks the nodes at `seeds` for their view of the cluster; the first
-/// answer wins. Retries every 250 ms until `timeout`.
+/// answer wins. Retries every 250 ms until `timeout`. For a cluster of the
+/// default name; [`query_status_in`] names another.
 pub async fn query_status(
     seeds: &[SocketAddr],
     secret: Option<&ClusterSecret>,
+    timeout: Duration,
+) -> Result<ClusterStatus, ClusterError> {
+    query_status_in(seeds, secret, crate::seal::DEFAULT_CLUSTER, timeout).await
+}
+
+/// [`query_status`] of the cluster named `cluster` (its gossip is keyed by
+/// the secret and the name).
+pub async fn query_status_in(
+    seeds: &[SocketAddr],
+    secret: Option<&ClusterSecret>,
+    cluster: &str,
     timeout: Duration,
 ) -> Result<ClusterStatus, ClusterError> {
     if seeds.is_empty() {
@@ -56,16 +69,26 @@ pub async fn query_status(
         SocketAddr::from(([0u16; 8], 0))
     };
     let socket = UdpSocket::bind(bind).await?;
-    let sealer = Sealer::new(secret);
+    let sealer = Sealer::for_cluster(secret, cluster);
     let mut opener = Opener::new(sealer.clone(), 30_000);
     let mut buf = vec![0u8; 65_536];
     let deadline = tokio::time::Instant::now() + timeout;
+    // One id for this query: answers to anything else are not ours.
+    let id: [u8; 16] = rand::random();
+    let request = |cookie: [u8; 16]| {
+        sealer
+            .seal(
+                Kind::StatusRequest,
+                &StatusRequest { id, cookie }.encode(),
+                now_ms(),
+            )
+            .map_err(ClusterError::Gossip)
+    };
+    let mut cookies: std::collections::HashMap<SocketAddr, [u8; 16]> = Default::default();
     loop {
         for seed in seeds {
-            let dgrams = sealer
-                .seal(Kind::StatusRequest, &[], now_ms())
-                .map_err(ClusterError::Gossip)?;
-            for d in dgrams {
+            let cookie = cookies.get(seed).copied().unwrap_or_default();
+            for d in request(cookie)? {
                 // A seed that is down just does not answer.
                 let _ = socket.send_to(&d, seed).await;
             }
@@ -74,15 +97,28 @@ pub async fn query_status(
         loop {
             let until = retry.min(deadline);
             match tokio::time::timeout_at(until, socket.recv_from(&mut buf)).await {
-                Ok(Ok((n, from))) => {
-                    if let Ok(Some((Kind::StatusReply, body))) =
-                        opener.accept(&buf[..n], from, now_ms())
-                    {
-                        return serde_json::from_slice(&body).map_err(|e| {
+                Ok(Ok((n, from))) => match opener.accept(&buf[..n], from, now_ms()) {
+                    // The node wants proof that this address is ours: the
+                    // cookie it sent here, back at once.
+                    Ok(Some((Kind::StatusCookie, answer))) => {
+                        let Some(got) = StatusRequest::parse(&answer) else {
+                            continue;
+                        };
+                        if got.id != id {
+                            continue;
+                        }
+                        cookies.insert(from, got.cookie);
+                        for d in request(got.cookie)? {
+                            let _ = socket.send_to(&d, from).await;
+                        }
+                    }
+                    Ok(Some((Kind::StatusReply, body))) if body.get(..16) == Some(&id[..]) => {
+                        return serde_json::from_slice(&body[16..]).map_err(|e| {
                             ClusterError::Gossip(format!("malformed status reply from {from}: {e}"))
                         });
                     }
-                }
+                    _ => {}
+                },
                 Ok(Err(e)) => return Err(ClusterError::Io(e)),
                 Err(_) => break,
             }

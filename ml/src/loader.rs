@@ -256,6 +256,18 @@ impl Loader {
     }
 
     fn seek(&mut self, at: Cursor) {
+        // A cursor past its epoch's last batch (a consumer's word, possibly
+        // from another node) means the same step as its normal form: it
+        // would otherwise index past the epoch's order.
+        let at = if at.batch >= self.bpe && self.bpe > 0 {
+            let epoch = u64::from(at.epoch) + u64::from(at.batch / self.bpe);
+            Cursor {
+                epoch: u32::try_from(epoch).unwrap_or(u32::MAX),
+                batch: at.batch % self.bpe,
+            }
+        } else {
+            at
+        };
         if at != self.next {
             tracing::debug!(shard = self.args.shard, from = ?self.next, to = ?at, "loader seeks");
             self.buffer.clear();

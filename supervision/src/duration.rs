@@ -2,7 +2,13 @@
 
 use std::time::Duration;
 
-/// Parses `"250ms"`, `"5s"`, `"1.5s"`, `"2m"`, `"1h"`, `"100us"`.
+/// The longest duration [`parse_duration`] accepts: a year (`"8760h"`).
+/// Longer ones are surely mistakes, and arithmetic on them overflows
+/// (`Instant + d`, a backoff stretched by its `random_factor`).
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Parses `"250ms"`, `"5s"`, `"1.5s"`, `"2m"`, `"1h"`, `"100us"`, up to
+/// [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t
@@ -27,7 +33,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             ));
         }
     };
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("duration `{s}` is out of range"))
+    match Duration::try_from_secs_f64(secs) {
+        Ok(d) if d <= MAX_DURATION => Ok(d),
+        _ => Err(format!(
+            "duration `{s}` is longer than the limit of 8760h (a year)"
+        )),
+    }
 }
 
 /// Formats a duration the way [`parse_duration`] reads it.
@@ -61,6 +72,17 @@ mod tests {
         );
         assert!(parse_duration("s").unwrap_err().contains("does not start"));
         assert!(parse_duration("1.2.3s").unwrap_err().contains("malformed"));
+        assert_eq!(parse_duration("8760h"), Ok(MAX_DURATION));
+        for long in [
+            "8761h".to_owned(),
+            "4000000000000000h".to_owned(),
+            format!("{}s", "9".repeat(400)),
+        ] {
+            assert!(
+                parse_duration(&long).is_err_and(|e| e.contains("longer than the limit")),
+                "{long}"
+            );
+        }
     }
 
     #[test]

@@ -119,7 +119,7 @@ impl From<SupervisorError> for SpawnError {
                 child,
                 source: Box::new(error),
             },
-            SupervisorError::InvalidSpec(e) => SpawnError::InvalidSpec(e.to_string()),
+            SupervisorError::InvalidSpec(e) => SpawnError::InvalidSpec(e),
             other => SpawnError::Startup(ExitReason::Failed(other.to_string())),
         }
     }

@@ -61,7 +61,7 @@ mod spec;
 mod supervisor;
 pub mod tree;
 
-pub use duration::{format_duration, parse_duration};
+pub use duration::{MAX_DURATION, format_duration, parse_duration};
 pub use event::{EventBus, ExitAction, SupervisorEvent};
 pub use handle::{ChildCounts, ChildInfo, ChildState, SupervisorError, SupervisorHandle};
 pub use spec::{

@@ -80,7 +80,9 @@ impl Backoff {
             .min(self.max);
         if self.random_factor > 0.0 {
             let jitter = rand::random::<f64>() * self.random_factor;
-            base.mul_f64(1.0 + jitter)
+            // `mul_f64` panics past `Duration::MAX`; saturate instead.
+            Duration::try_from_secs_f64(base.as_secs_f64() * (1.0 + jitter))
+                .unwrap_or(Duration::MAX)
         } else {
             base
         }
@@ -350,25 +352,7 @@ impl SupervisorSpec {
 }
 
 /// What is wrong with a [`SupervisorSpec`] built in code (tree files report
-/// their problems with positions, see [`crate::tree`]).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SpecError {
-    /// Two children of one supervisor share an id.
-    #[error("supervisor `{supervisor}`: duplicate child id `{child}`")]
-    DuplicateChild {
-        /// The supervisor.
-        supervisor: String,
-        /// The id given twice.
-        child: String,
-    },
-    /// A `simple_one_for_one` supervisor needs exactly one child template.
-    #[error(
-        "supervisor `{supervisor}`: simple_one_for_one needs exactly one child template, found {found}"
-    )]
-    TemplateCount {
-        /// The supervisor.
-        supervisor: String,
-        /// How many children it was given.
-        found: usize,
-    },
-}
+/// their problems with positions, see [`crate::tree`]). Defined in
+/// manta-actors so that a start failure ([`manta_actors::SpawnError`]) can
+/// carry it.
+pub use manta_actors::SpecError;

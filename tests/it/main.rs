@@ -5,6 +5,7 @@
 mod cli;
 mod cluster;
 mod flood;
+mod hardening;
 mod train;
 
 use std::io::{BufRead, BufReader};

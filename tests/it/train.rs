@@ -136,7 +136,7 @@ fn training_on_a_cluster_survives_the_sigkill_of_a_workers_node() {
     // Long enough to still be running when the node dies.
     let cfg_text = std::fs::read_to_string(&cfg)
         .unwrap()
-        .replace("epochs = 40", "epochs = 100")
+        .replace("epochs = 40", "epochs = 200")
         .replace("hidden = [128]", "hidden = [64]");
     std::fs::write(&cfg, cfg_text).unwrap();
     let mut cmd = manta();
@@ -145,7 +145,9 @@ fn training_on_a_cluster_survives_the_sigkill_of_a_workers_node() {
         .arg("--config")
         .arg(&cfg);
     let mut job = Running::start(cmd);
-    if let Err(e) = job.try_wait_for("epoch 2/100") {
+    // The driver prints the latest epoch reached, so under load it may skip
+    // some: wait for the first one it prints, whichever.
+    if let Err(e) = job.try_wait_for("/200  loss") {
         // Seen once in CI (a 30 s stall before epoch 2): keep every node's
         // output with the failure.
         panic!(
@@ -185,7 +187,7 @@ fn training_on_a_cluster_survives_the_sigkill_of_a_workers_node() {
     let out = job.output();
     assert!(status.success(), "{out}");
     let report = last_json(&out);
-    assert_eq!(report["steps"], 100 * 23, "every step was applied");
+    assert_eq!(report["steps"], 200 * 23, "every step was applied");
     let acc = report["test_accuracy"].as_f64().unwrap();
     assert!(acc >= 0.95, "accuracy {acc}");
     ps.p.child.kill().ok();

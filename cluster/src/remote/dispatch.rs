@@ -26,7 +26,14 @@ impl Remoting {
                     .target(&to, &ty)
                     .and_then(|h| h.tell_wire(&body, route))
                 {
-                    tracing::debug!(target: "manta::remote", %peer, %to, error = %e, "remote tell dropped");
+                    if matches!(e, WireError::Backpressure) {
+                        let n = self.inner.refused_tells.fetch_add(1, Ordering::Relaxed) + 1;
+                        if n <= 5 || n % 1000 == 0 {
+                            tracing::warn!(target: "manta::remote", %peer, %to, total = n, "remote tell refused: the actor's inbox is full");
+                        }
+                    } else {
+                        tracing::debug!(target: "manta::remote", %peer, %to, error = %e, "remote tell dropped");
+                    }
                 }
             }
             Frame::Request {
@@ -42,8 +49,14 @@ impl Remoting {
                     // else will answer. Once the message decoded, its reply
                     // handles answer for themselves (also when the actor is
                     // gone).
+                    // So is a message over the actor's inbox budget (checked
+                    // before decoding).
                     Ok(h) => match h.tell_wire(&body, route) {
-                        Err(e @ (WireError::Decode(_) | WireError::NotAddressable)) => Some(e),
+                        Err(
+                            e @ (WireError::Decode(_)
+                            | WireError::NotAddressable
+                            | WireError::Backpressure),
+                        ) => Some(e),
                         _ => None,
                     },
                 };

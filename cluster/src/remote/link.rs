@@ -90,13 +90,35 @@ impl Remoting {
             .as_ref()
             .is_some_and(|t| lock(&link.inflight).get(t).copied().unwrap_or(0) > 0);
         let result = match encoded {
-            Encoded::Small(bytes) if behind_large => match link.bulk.try_send((bytes, None)) {
-                Ok(()) => Ok(()),
-                Err(mpsc::error::TrySendError::Full(_)) => Err(WireError::Backpressure),
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    Err(WireError::NodeDown(peer.to_string()))
+            // Behind a large message to the same actor: it follows it on the
+            // bulk lane and counts as in flight there until written, so a
+            // small message sent after it cannot overtake it on the small
+            // lane once the large one is out.
+            Encoded::Small(bytes) if behind_large => {
+                if let Some(t) = &target {
+                    *lock(&link.inflight).entry(t.clone()).or_insert(0) += 1;
                 }
-            },
+                match link.bulk.try_send((bytes, target.clone())) {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        if let Some(t) = &target {
+                            let mut f = lock(&link.inflight);
+                            if let Some(n) = f.get_mut(t) {
+                                *n -= 1;
+                                if *n == 0 {
+                                    f.remove(t);
+                                }
+                            }
+                        }
+                        match e {
+                            mpsc::error::TrySendError::Full(_) => Err(WireError::Backpressure),
+                            mpsc::error::TrySendError::Closed(_) => {
+                                Err(WireError::NodeDown(peer.to_string()))
+                            }
+                        }
+                    }
+                }
+            }
             Encoded::Small(bytes) => match link.tx.try_send(bytes) {
                 Ok(()) => Ok(()),
                 Err(mpsc::error::TrySendError::Full(_)) => Err(WireError::Backpressure),

@@ -125,6 +125,8 @@ struct Inner {
     bad_frames: AtomicU64,
     /// Replies from a node other than the one the request went to (dropped).
     forged_replies: AtomicU64,
+    /// Remote tells refused because their actor's inbox was full.
+    refused_tells: AtomicU64,
     /// Actor streams that broke and were replaced by a fresh one.
     reopened: AtomicU64,
     /// Writes to fail on purpose (tests of the reopen path), and how many
@@ -193,6 +195,7 @@ impl Remoting {
                 next_id: AtomicU64::new(1),
                 bad_frames: AtomicU64::new(0),
                 forged_replies: AtomicU64::new(0),
+                refused_tells: AtomicU64::new(0),
                 reopened: AtomicU64::new(0),
                 failing_writes: AtomicU64::new(0),
                 passing_writes: AtomicU64::new(0),
@@ -222,6 +225,12 @@ impl Remoting {
     /// Frames received that were malformed (the stream was closed).
     pub fn bad_frames(&self) -> u64 {
         self.inner.bad_frames.load(Ordering::Relaxed)
+    }
+
+    /// Remote tells refused because their actor's inbox was full (see
+    /// `ActorSystem::set_remote_inbox_limit`).
+    pub fn refused_tells(&self) -> u64 {
+        self.inner.refused_tells.load(Ordering::Relaxed)
     }
 
     /// Replies that came from a node other than the one asked (dropped).

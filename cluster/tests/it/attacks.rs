@@ -99,6 +99,13 @@ struct Holder {
     holding: Arc<Notify>,
 }
 
+fn holder(holding: &Arc<Notify>) -> Holder {
+    Holder {
+        held: None,
+        holding: Arc::clone(holding),
+    }
+}
+
 impl Actor for Holder {
     type Msg = Held;
     async fn handle(&mut self, msg: Held, _: &mut Context<Held>) -> Result<(), ActorError> {
@@ -133,13 +140,7 @@ async fn a_member_cannot_make_a_node_hold_partial_messages_beyond_its_budget() {
     let (a, m) = (&nodes[0], &nodes[1]);
     let holding = Arc::new(Notify::new());
     a.system()
-        .spawn_named(
-            "holder",
-            Holder {
-                held: None,
-                holding: Arc::clone(&holding),
-            },
-        )
+        .spawn_named("holder", holder(&holding))
         .await
         .unwrap();
     // The first chunk of a 64 MiB message on one stream: all of the
@@ -190,13 +191,7 @@ async fn a_reply_from_a_node_not_asked_is_dropped_and_counted() {
     let (a, b, m) = (&nodes[0], &nodes[1], &nodes[2]);
     let holding = Arc::new(Notify::new());
     b.system()
-        .spawn_named(
-            "holder",
-            Holder {
-                held: None,
-                holding: Arc::clone(&holding),
-            },
-        )
+        .spawn_named("holder", holder(&holding))
         .await
         .unwrap();
     let holder = a
@@ -237,13 +232,7 @@ async fn repeated_watches_of_one_actor_cost_one_task() {
     let holding = Arc::new(Notify::new());
     let h = a
         .system()
-        .spawn_named(
-            "holder",
-            Holder {
-                held: None,
-                holding: Arc::clone(&holding),
-            },
-        )
+        .spawn_named("holder", holder(&holding))
         .await
         .unwrap();
     let mut raw = raw_stream(m, a).await;
@@ -259,13 +248,7 @@ async fn repeated_watches_of_one_actor_cost_one_task() {
     // served, every frame before it was read.
     let other = a
         .system()
-        .spawn_named(
-            "other",
-            Holder {
-                held: None,
-                holding: Arc::clone(&holding),
-            },
-        )
+        .spawn_named("other", holder(&holding))
         .await
         .unwrap();
     raw.write_all(&Remoting::watch_frame_for_test("other"))
@@ -280,4 +263,173 @@ async fn repeated_watches_of_one_actor_cost_one_task() {
         r.served_watches() == 0
     })
     .await;
+}
+
+/// Item 7: `manta status` is no amplifier. A request without the node's
+/// cookie gets a cookie no larger than itself; the view goes only to an
+/// address that proved it receives (the cookie came back from it), within
+/// a rate.
+#[tokio::test]
+async fn a_status_request_draws_no_more_than_its_size_until_the_sender_proves_its_address() {
+    use manta_cluster::seal::{Kind, Opener, Sealer, now_ms};
+    let (nodes, dir) = cluster("status", &["a"], |_| {}).await;
+    let a = &nodes[0];
+    let secret = ClusterSecret::read(&dir.0.join("secret")).unwrap();
+    let sealer = Sealer::new(Some(&secret));
+    let mut opener = Opener::new(sealer.clone(), 30_000);
+    let target = a.membership().gossip_addr();
+    let me = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let spoofed = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let id = [7u8; 16];
+    let request = |cookie: [u8; 16]| {
+        let mut plain = id.to_vec();
+        plain.extend_from_slice(&cookie);
+        let mut d = sealer.seal(Kind::StatusRequest, &plain, now_ms()).unwrap();
+        assert_eq!(d.len(), 1);
+        d.remove(0)
+    };
+    let mut buf = vec![0u8; 70_000];
+    // Without a cookie: a cookie, in a datagram no larger than the request.
+    let first = request([0; 16]);
+    me.send_to(&first, target).await.unwrap();
+    let (n, from) = tokio::time::timeout(DEADLINE, me.recv_from(&mut buf))
+        .await
+        .expect("an answer")
+        .unwrap();
+    assert!(
+        n <= first.len(),
+        "answer {n} bytes to a request of {}",
+        first.len()
+    );
+    let (kind, body) = opener.accept(&buf[..n], from, now_ms()).unwrap().unwrap();
+    assert_eq!(kind, Kind::StatusCookie);
+    assert_eq!(&body[..16], &id);
+    let mut cookie = [0u8; 16];
+    cookie.copy_from_slice(&body[16..32]);
+    // The cookie from another address (a spoofer that did not receive it):
+    // still only a cookie.
+    spoofed.send_to(&request(cookie), target).await.unwrap();
+    let (n, from) = tokio::time::timeout(DEADLINE, spoofed.recv_from(&mut buf))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let (kind, _) = opener.accept(&buf[..n], from, now_ms()).unwrap().unwrap();
+    assert_eq!(
+        kind,
+        Kind::StatusCookie,
+        "a cookie from another address was taken"
+    );
+    // From the address it was given to: the view, bound to the request.
+    me.send_to(&request(cookie), target).await.unwrap();
+    let (n, from) = tokio::time::timeout(DEADLINE, me.recv_from(&mut buf))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let (kind, body) = opener.accept(&buf[..n], from, now_ms()).unwrap().unwrap();
+    assert_eq!(kind, Kind::StatusReply);
+    assert_eq!(&body[..16], &id);
+    let view: serde_json::Value = serde_json::from_slice(&body[16..]).unwrap();
+    assert!(view["nodes"].is_array());
+    // Full answers are rate-limited per source: 40 requests at once get at
+    // most two seconds' worth.
+    for _ in 0..40 {
+        me.send_to(&request(cookie), target).await.unwrap();
+    }
+    let stats = a.membership().stats();
+    let mut activity = stats.activity();
+    tokio::time::timeout(DEADLINE, async {
+        while stats.dropped().get("rate_limited").copied().unwrap_or(0) < 24 {
+            activity.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("requests over the rate dropped and counted");
+}
+
+#[derive(Debug, Serialize, Deserialize, Message)]
+#[message(name = "manta.test.Bulk")]
+enum Bulk {
+    /// Blocks the actor until `Open`.
+    Wait,
+    Load(#[serde(with = "serde_bytes")] Vec<u8>, ReplyTo<usize>),
+}
+
+struct Slow {
+    open: Arc<Notify>,
+}
+
+impl Actor for Slow {
+    type Msg = Bulk;
+    async fn handle(&mut self, msg: Bulk, _: &mut Context<Bulk>) -> Result<(), ActorError> {
+        match msg {
+            Bulk::Wait => self.open.notified().await,
+            Bulk::Load(b, r) => {
+                r.send(b.len());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Item 4: a member cannot grow a slow actor's mailbox without bound.
+/// Requests past the actor's inbox budget are refused with backpressure at
+/// once; those within it are answered once the actor gets to them.
+#[tokio::test]
+async fn a_member_cannot_grow_a_slow_actors_mailbox_without_bound() {
+    let (nodes, _dir) = cluster("inbox", &["a", "m"], |c| c.limits.remote_inbox_mib = 8).await;
+    let (a, m) = (&nodes[0], &nodes[1]);
+    let open = Arc::new(Notify::new());
+    let slow = a
+        .system()
+        .spawn_named(
+            "slow",
+            Slow {
+                open: Arc::clone(&open),
+            },
+        )
+        .await
+        .unwrap();
+    slow.tell(Bulk::Wait).unwrap();
+    let remote = m.remoting().handle::<Bulk>(a.identity().peer_id(), "slow");
+    const LOAD: usize = 256 << 10;
+    // The first takes the empty inbox whatever its size, then 8 MiB.
+    let fit = (8 << 20) / (LOAD + 1024);
+    let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..fit + 4 {
+        let (remote, done_tx) = (remote.clone(), done_tx.clone());
+        tokio::spawn(async move {
+            // 35 x 256 KiB fit the sender's own 64 MiB queue: every
+            // answer comes from the serving node.
+            let r = match remote
+                .ask(|r| Bulk::Load(vec![1u8; LOAD], r), DEADLINE)
+                .await
+            {
+                Ok(n) => Ok(n),
+                Err(manta_actors::AskError::Rejected(w)) => Err(w.to_string()),
+                Err(other) => Err(format!(
+                    "other: {}",
+                    other.to_string().chars().take(200).collect::<String>()
+                )),
+            };
+            let _ = done_tx.send(r);
+        });
+    }
+    // While the actor is stuck nothing is answered: the first four results
+    // are the requests over its inbox budget, refused at once.
+    for _ in 0..4 {
+        let r = tokio::time::timeout(DEADLINE, done.recv())
+            .await
+            .expect("a refusal while the actor is blocked")
+            .unwrap();
+        assert_eq!(r, Err(manta_actors::WireError::Backpressure.to_string()));
+    }
+    // Once it moves, every request within the budget is answered.
+    open.notify_one();
+    for _ in 0..fit {
+        let r = tokio::time::timeout(DEADLINE, done.recv())
+            .await
+            .expect("an answer once the actor moves")
+            .unwrap();
+        assert_eq!(r.unwrap(), LOAD);
+    }
 }

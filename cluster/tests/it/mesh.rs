@@ -8,7 +8,7 @@ async fn mesh(psk: Option<&ClusterSecret>) -> Mesh {
     Mesh::start(MeshConfig {
         keypair: Keypair::generate_ed25519(),
         listen: "/ip4/127.0.0.1/tcp/0".parse().unwrap(),
-        psk: psk.map(|s| PreSharedKey::new(manta_cluster::seal::mesh_psk(s))),
+        psk: psk.map(|s| PreSharedKey::new(manta_cluster::seal::mesh_psk(s, "manta"))),
         idle_timeout: Duration::from_secs(60),
         max_pending_incoming: manta_cluster::MAX_PENDING_INCOMING,
         secret_deadline: manta_cluster::SECRET_DEADLINE,

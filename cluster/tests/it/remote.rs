@@ -254,6 +254,58 @@ async fn small_frames_in_bursts_arrive_in_the_order_sent() {
     );
 }
 
+/// Small tells sent while a large tell to the same actor is on its way,
+/// with the sender yielding between them so the large one finishes while
+/// some small ones still wait behind it: none overtakes another (a small
+/// frame that followed a large one onto the bulk lane counts as in flight
+/// there, so the next small one follows it too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_tells_behind_a_large_one_keep_their_order() {
+    let (p, sys_a) = pair("mixed-order").await;
+    sys_a
+        .spawn_named(
+            "seq",
+            Sequence {
+                next: 0,
+                out_of_order: 0,
+                bytes: 0,
+            },
+        )
+        .await
+        .unwrap();
+    published(&p.b, "seq").await;
+    let seq = p.b.where_is::<Seq>("seq").unwrap();
+    let mut n = 0u64;
+    let mut padding = 0u64;
+    for round in 0..150u64 {
+        // A large tell (cut into chunks), retried while the bulk queue is
+        // full...
+        let large = 150 << 10;
+        loop {
+            match seq.tell(Seq::Put(n, vec![round as u8; large])) {
+                Ok(()) => break,
+                Err(e) if matches!(e.failure, SendFailure::Backpressure) => {
+                    tokio::task::yield_now().await
+                }
+                Err(e) => panic!("tell failed: {}", e.failure),
+            }
+        }
+        n += 1;
+        padding += large as u64;
+        // ...then small ones, the writer running between them.
+        for _ in 0..(round % 6 + 1) {
+            seq.tell(Seq::Put(n, vec![1; 8])).unwrap();
+            n += 1;
+            padding += 8;
+            tokio::task::yield_now().await;
+        }
+    }
+    assert_eq!(
+        seq.ask(Seq::Check, DEADLINE).await.unwrap(),
+        (n, 0, padding)
+    );
+}
+
 /// A stream that breaks in the middle of a chunked message: the chunks
 /// already sent are gone with it, the tail arriving on the fresh stream is
 /// dropped quietly (not taken for garbage, which would close that stream

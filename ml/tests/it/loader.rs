@@ -106,6 +106,25 @@ async fn batches_are_deterministic_for_a_seed_with_explicit_epochs_and_end() {
         Delivery::Batch(x) => assert_eq!(x, expected[(bpe + 3) as usize]),
         other => panic!("{other:?}"),
     }
+    // A cursor past the epoch's last batch (found by fuzzing: it panicked
+    // the loader) means the same step in normal form.
+    let past = Cursor {
+        epoch: 0,
+        batch: bpe + 3,
+    };
+    match take(&b, Some(past), 0).await {
+        Delivery::Batch(x) => assert_eq!(x, expected[(bpe + 3) as usize]),
+        other => panic!("{other:?}"),
+    }
+    // Far past the end: the end, not a panic.
+    let beyond = Cursor {
+        epoch: 0,
+        batch: u32::MAX,
+    };
+    assert!(matches!(
+        take(&b, Some(beyond), 0).await,
+        Delivery::EndOfData { .. }
+    ));
 }
 
 #[tokio::test]

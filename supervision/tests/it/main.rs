@@ -5,6 +5,7 @@
 mod dynamic;
 mod intensity;
 mod issue_15;
+mod limits;
 mod matrix;
 mod shutdown;
 mod tracing_events;
