@@ -58,7 +58,7 @@ pub mod builtin;
 pub mod cli;
 #[cfg(feature = "cli")]
 mod demo_cluster;
-#[cfg(feature = "ml")]
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 #[cfg(feature = "cli")]

@@ -14,8 +14,9 @@
 //! - `MANTA_FUZZ_WRITE_SEEDS=dir` writes every target's seeds as files
 //!   (`fuzz/seeds/` for cargo-fuzz comes from this).
 //!
-//! See FUZZING.md.
-#![cfg(feature = "ml")]
+//! The targets need the feature `fuzzing`, which this package's tests get
+//! from its dev-dependency on itself. See FUZZING.md.
+#![cfg(feature = "fuzzing")]
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::panic::AssertUnwindSafe;

@@ -1,48 +1,39 @@
 //! Fuzzing entry points: not API (hidden from the docs, may change at any
-//! time). Each `fuzz_*` function hands arbitrary bytes to one of this
-//! crate's decoders of untrusted input the way a node does, and panics only
-//! when an invariant breaks; each `*_seeds` function returns valid
-//! encodings to start from. `fuzz/` (cargo-fuzz, libFuzzer) and the stable
-//! runner (`tests/fuzz.rs` at the repository root) both call them through
-//! the table in `manta::fuzzing`; FUZZING.md says how to run them and what
-//! they found.
+//! time; feature `fuzzing` only). Each `fuzz_*` function hands arbitrary
+//! bytes to one of this crate's decoders of untrusted input the way a node
+//! does, and panics only when an invariant breaks; each `*_seeds` function
+//! returns valid encodings to start from. `fuzz/` (cargo-fuzz, libFuzzer)
+//! and the stable runner (`tests/fuzz.rs` at the repository root) both call
+//! them through the table in `manta::fuzzing`; FUZZING.md says how to run
+//! them and what they found.
 //!
-//! The frame codec is compiled here a second time from its own source
-//! (`remote/frame.rs`, through `#[path]`): its types are private to the
-//! remoting module, and this way the fuzzer runs exactly the decoder the
-//! read loop runs without the remoting module exposing anything.
+//! The frame codec's entry points live in `remote::fuzz` (a child of the
+//! remoting module, so they run its private codec itself) and are
+//! re-exported here.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed check is the finding
 
-use std::borrow::Cow;
 use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 use chitchat::transport::{Socket, UdpSocket as ChitchatUdp};
 use chitchat::{ChitchatEnvelope, ChitchatMessage, ProtocolVersion};
-use manta_actors::{ExitReason, WireError};
 
-use crate::remote::{CHUNK, FRAME_VERSION, MAX_FRAME};
+pub use crate::remote::fuzz::{
+    frame_seeds, fuzz_frame, fuzz_large_message, large_message_seeds, stops, stream_pieces,
+    stream_seeds, tell_on_the_wire,
+};
 use crate::seal::{
-    HEADER_LEN, Kind, MAX_DATAGRAM, MAX_FRAGMENT_PAYLOAD, MAX_FRAGMENTS, MAX_PENDING_MESSAGES,
-    MAX_REASSEMBLY_BYTES, Opener, Sealer, VERSION,
+    DEFAULT_CLUSTER, HEADER_LEN, Kind, MAX_DATAGRAM, MAX_FRAGMENT_PAYLOAD, MAX_FRAGMENTS,
+    MAX_PENDING_MESSAGES, MAX_REASSEMBLY_BYTES, NONCE_LEN, Opener, ReplayGuard, Sealer, VERSION,
 };
 use crate::secret::ClusterSecret;
 use crate::status::{ClusterStatus, NodeStatus};
-
-/// The frame codec of `remote`, from its own source file.
-#[allow(dead_code, unreachable_pub, clippy::duplicate_mod)]
-#[path = "remote/frame.rs"]
-mod frame;
-
-use frame::{CHUNK_VARIANT, ChunkRef, Encoded, Frame, ReplyBody};
-
-/// `remote::MAX_WIRE_FRAME` (private there): the read loop closes a
-/// stream on a longer frame before decoding anything.
-const MAX_WIRE_FRAME: usize = CHUNK + 256;
+use crate::transport::{STATUS_REQUEST_LEN, StatusRequest};
 
 /// The secret every fuzzed cluster shares: inputs are sealed with it, so
 /// they get past authentication.
@@ -213,313 +204,45 @@ fn varint(mut v: u64) -> Vec<u8> {
     }
 }
 
-// ---- the frame codec (remote actor streams) --------------------------------
-
-/// The bytes of the frame an encoding carries, without the length prefix and
-/// version: a small frame as it is, a large one reassembled from its chunks
-/// (each checked the way the read loop checks it).
-fn written(e: Encoded) -> Vec<u8> {
-    match e {
-        Encoded::Small(b) => {
-            let len = u32::from_be_bytes(b[..4].try_into().unwrap()) as usize;
-            assert_eq!(len, b.len() - 4, "a small frame's length prefix");
-            assert!(
-                len <= MAX_WIRE_FRAME,
-                "a small frame longer than the reader takes"
-            );
-            assert_eq!(b[4], FRAME_VERSION);
-            b[5..].to_vec()
-        }
-        Encoded::Chunks(chunks) => {
-            let mut whole = Vec::new();
-            for (i, c) in chunks.iter().enumerate() {
-                let len = u32::from_be_bytes(c[..4].try_into().unwrap()) as usize;
-                assert_eq!(len, c.len() - 4, "chunk {i}: length prefix");
-                assert!(
-                    len <= MAX_WIRE_FRAME,
-                    "chunk {i}: longer than the reader takes"
-                );
-                assert_eq!((c[4], c[5]), (FRAME_VERSION, CHUNK_VARIANT));
-                let r = postcard::from_bytes::<ChunkRef<'_>>(&c[6..]).unwrap();
-                assert_eq!((r.index, r.count), (i as u32, chunks.len() as u32));
-                whole.extend_from_slice(r.data);
-            }
-            whole
-        }
-    }
-}
-
-/// A decoded frame encodes again, and that encoding decodes to the same
-/// frame.
-fn round_trip(f: &Frame<'_>) {
-    let shown = format!("{f:?}");
-    let _ = f.target();
-    match frame::encode(f) {
-        Ok(e) => {
-            let bytes = written(e);
-            let back = postcard::from_bytes::<Frame<'_>>(&bytes)
-                .unwrap_or_else(|e| panic!("a re-encoded frame does not decode ({e}): {shown}"));
-            assert_eq!(
-                format!("{back:?}"),
-                shown,
-                "a frame changed in a round trip"
-            );
-        }
-        // Only a frame larger than MAX_FRAME cannot be sent; a decoded one
-        // came from at most MAX_FRAME bytes.
-        Err(e) => panic!("a decoded frame does not encode: {e}: {shown}"),
-    }
-}
-
-/// One frame as the read loop of an actor stream gets it (after its `u32`
-/// length prefix): the version byte, then a chunk of a large message or a
-/// whole frame. Checks what the loop checks, decodes what it decodes, and
-/// that every frame it accepts survives a round trip through the writer.
-pub fn fuzz_frame(data: &[u8]) {
-    if data.is_empty() || data.len() > MAX_WIRE_FRAME || data[0] != FRAME_VERSION {
-        return; // the stream is closed before any decoding
-    }
-    if data.get(1) == Some(&CHUNK_VARIANT) {
-        if let Ok(c) = postcard::from_bytes::<ChunkRef<'_>>(&data[2..]) {
-            assert!(c.data.len() <= data.len());
-            // The writer's encoding of the same chunk decodes to it.
-            let mut out = vec![FRAME_VERSION, CHUNK_VARIANT];
-            out = postcard::to_extend(&c, out).unwrap();
-            let back = postcard::from_bytes::<ChunkRef<'_>>(&out[2..]).unwrap();
-            assert_eq!(
-                (back.msg, back.index, back.count, back.data),
-                (c.msg, c.index, c.count, c.data)
-            );
-        }
-        return;
-    }
-    if let Ok(f) = postcard::from_bytes::<Frame<'_>>(&data[1..]) {
-        round_trip(&f);
-    }
-}
-
-/// A large message as the read loop decodes it once its chunks are
-/// reassembled (at most [`MAX_FRAME`] bytes): a chunk inside is refused, a
-/// reply keeps its bytes where they are (the range the loop computes must lie
-/// in the buffer and hold the reply), anything else goes to dispatch.
-pub fn fuzz_large_message(data: &[u8]) {
-    if data.len() > MAX_FRAME {
-        return;
-    }
-    match postcard::from_bytes::<Frame<'_>>(data) {
-        Err(_) | Ok(Frame::Chunk { .. }) => {}
-        Ok(Frame::Reply {
-            id,
-            result: Ok(ReplyBody(Cow::Borrowed(body))),
-        }) => {
-            // What `read_frames` computes.
-            let start = (body.as_ptr() as usize).wrapping_sub(data.as_ptr() as usize);
-            let range = start..start + body.len();
-            assert_eq!(
-                data.get(range),
-                Some(body),
-                "reply range outside the buffer"
-            );
-            round_trip(&Frame::Reply {
-                id,
-                result: Ok(ReplyBody(Cow::Borrowed(body))),
-            });
-        }
-        Ok(f) => round_trip(&f),
-    }
-}
-
-/// Real frames of every kind, as the reader gets them (version byte first,
-/// no length prefix).
-pub fn frame_seeds() -> Vec<Vec<u8>> {
-    let small = |f: &Frame<'_>| match frame::encode(f) {
-        Ok(Encoded::Small(b)) => b[4..].to_vec(),
-        _ => Vec::new(),
-    };
-    let body: Vec<u8> = (0..40u8).collect();
-    let mut out = vec![
-        small(&Frame::Tell {
-            to: "ledger".into(),
-            ty: "manta.builtin.CounterMsg".into(),
-            body: Cow::Borrowed(&body),
-        }),
-        small(&Frame::Request {
-            replies: vec![1, 7, u64::MAX],
-            to: "ps-0".into(),
-            ty: "manta.ml.PsMsg".into(),
-            body: Cow::Borrowed(&body),
-        }),
-        small(&Frame::reply(3, Ok(body.clone()))),
-        small(&Frame::reply(4, Err(WireError::NotFound("x".into())))),
-        small(&Frame::reply(
-            5,
-            Err(WireError::NoReply(Some(ExitReason::Killed))),
-        )),
-        small(&Frame::reply(
-            6,
-            Err(WireError::WrongType {
-                expected: "a".into(),
-                actual: "b".into(),
-            }),
-        )),
-        small(&Frame::Stop {
-            to: "a".into(),
-            reason: ExitReason::Shutdown(Some("bye".into())),
-        }),
-        small(&Frame::Kill { to: "a".into() }),
-        small(&Frame::Watch { to: "a".into() }),
-        small(&Frame::Exited {
-            to: "a".into(),
-            reason: ExitReason::Panicked("boom".into()),
-        }),
-        small(&Frame::Spawn {
-            id: 9,
-            kind: "counter".into(),
-            args_json: "{\"start\":3}".into(),
-            name: "acct-9".into(),
-            message: "manta.builtin.CounterMsg".into(),
-        }),
-    ];
-    let chunk = ChunkRef {
-        msg: 77,
-        index: 0,
-        count: 2,
-        data: &body,
-    };
-    out.push(postcard::to_extend(&chunk, vec![FRAME_VERSION, CHUNK_VARIANT]).unwrap());
-    out.retain(|s| !s.is_empty());
-    out
-}
-
-/// Whole large messages (what chunks reassemble to): a reply and a tell.
-pub fn large_message_seeds() -> Vec<Vec<u8>> {
-    let body: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
-    vec![
-        postcard::to_allocvec(&Frame::reply(12, Ok(body.clone()))).unwrap(),
-        postcard::to_allocvec(&Frame::Tell {
-            to: "sink".into(),
-            ty: "t::Sample".into(),
-            body: Cow::Borrowed(&body),
-        })
-        .unwrap(),
-    ]
-}
-
-// ---- whole actor streams (cluster/tests/it/fuzz_stream.rs) -----------------
-
-/// A stream input as pieces: each a `u32` little-endian length and that
-/// many bytes of one frame (version byte first), at most 64 of them.
-pub fn stream_pieces(data: &[u8]) -> Vec<&[u8]> {
-    let mut out = Vec::new();
-    let mut rest = data;
-    while rest.len() >= 4 && out.len() < 64 {
-        let n = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        rest = &rest[4..];
-        let (a, b) = rest.split_at(n.min(rest.len()));
-        out.push(a);
-        rest = b;
-    }
-    out
-}
-
-fn stream_input(frames: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for f in frames {
-        out.extend_from_slice(&(f.len() as u32).to_le_bytes());
-        out.extend_from_slice(f);
-    }
-    out
-}
-
-/// The frames of `e` as the reader gets them (without length prefixes).
-fn bodies(e: Encoded) -> Vec<Vec<u8>> {
-    match e {
-        Encoded::Small(b) => vec![b[4..].to_vec()],
-        Encoded::Chunks(c) => c.into_iter().map(|c| c[4..].to_vec()).collect(),
-    }
-}
-
-/// A tell of `body` to the actor `to` of message type `ty`, with its length
-/// prefix: what a peer's writer puts on an actor stream.
-pub fn tell_on_the_wire(to: &str, ty: &str, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for b in bodies(
-        frame::encode(&Frame::Tell {
-            to: to.into(),
-            ty: ty.into(),
-            body: Cow::Borrowed(body),
-        })
-        .expect("a tell encodes"),
-    ) {
-        out.extend_from_slice(&(b.len() as u32).to_be_bytes());
-        out.extend_from_slice(&b);
-    }
-    out
-}
-
-/// Whether a frame would stop or kill the actor `name` (the stream fuzzer
-/// keeps its probe alive).
-pub fn stops(frame: &[u8], name: &str) -> bool {
-    let Some(body) = frame.get(1..) else {
-        return false;
-    };
-    matches!(
-        postcard::from_bytes::<Frame<'_>>(body),
-        Ok(Frame::Stop { to, .. } | Frame::Kill { to }) if to == name
-    )
-}
-
-/// Stream inputs: the frames of every kind, a large tell in chunks to
-/// `to` (an actor of type `ty` taking `body`), and both together.
-pub fn stream_seeds(to: &str, ty: &str, body: &[u8]) -> Vec<Vec<u8>> {
-    let small = frame_seeds();
-    let large = bodies(
-        frame::encode(&Frame::Tell {
-            to: to.into(),
-            ty: ty.into(),
-            body: Cow::Borrowed(body),
-        })
-        .expect("a tell encodes"),
-    );
-    let reply =
-        bodies(frame::encode(&Frame::reply(99, Ok(vec![5u8; 2 * CHUNK]))).expect("a reply"));
-    let mut all = small.clone();
-    all.extend(large.iter().cloned());
-    let mut out: Vec<Vec<u8>> = small
-        .iter()
-        .map(|f| stream_input(std::slice::from_ref(f)))
-        .collect();
-    out.push(stream_input(&large));
-    out.push(stream_input(&reply));
-    out.push(stream_input(&all));
-    out
-}
-
 // ---- sealed datagrams (gossip and status) ----------------------------------
 
-/// The gossip cipher of [`fuzz_secret`], derived as `seal` derives it
-/// (HKDF-SHA256, salt `manta-cluster-v1`, info `gossip-seal\0`), so that
-/// datagrams with any header (count 0, index past count, unknown kinds) can
-/// be sealed. `fuzz_opener` checks that its datagrams open with the real
-/// opener, so a change of derivation there fails here, not silently.
-fn fuzz_cipher() -> ChaCha20Poly1305 {
-    let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(b"manta-cluster-v1"), fuzz_secret().as_bytes());
-    let mut key = [0u8; 32];
-    let _ = hk.expand(b"gossip-seal\0", &mut key);
-    ChaCha20Poly1305::new(Key::from_slice(&key))
+/// The cluster every fuzzed node belongs to: not the default name, so that
+/// the key derivation that takes the cluster name is the one exercised.
+pub const FUZZ_CLUSTER: &str = "fuzz";
+
+/// The real sealer of the fuzzed cluster ([`fuzz_secret`], [`FUZZ_CLUSTER`]).
+pub fn fuzz_sealer() -> Sealer {
+    Sealer::for_cluster(Some(&fuzz_secret()), FUZZ_CLUSTER)
 }
 
+/// The gossip cipher of [`fuzz_secret`] for `cluster`, derived as `seal`
+/// derives it (HKDF-SHA256, salt `manta-cluster-v1`, info
+/// `gossip-seal\0CLUSTER`; XChaCha20-Poly1305), so that datagrams with any
+/// header (count 0, index past count, unknown kinds and versions) can be
+/// sealed. `fuzz_opener` checks that its well-formed datagrams open with the
+/// real opener, and this module's tests that the real sealer's datagrams
+/// open with this cipher, so a change of derivation or layout in `seal`
+/// fails here, not silently.
+fn fuzz_cipher(cluster: &str) -> XChaCha20Poly1305 {
+    let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(b"manta-cluster-v1"), fuzz_secret().as_bytes());
+    let mut key = [0u8; 32];
+    // 32 bytes is far below HKDF-SHA256's output limit.
+    let _ = hk.expand(format!("gossip-seal\0{cluster}").as_bytes(), &mut key);
+    XChaCha20Poly1305::new(Key::from_slice(&key))
+}
+
+/// A datagram header as `seal` lays it out (v2).
 struct Header {
     version: u8,
     kind: u8,
     timestamp_ms: u64,
-    nonce: [u8; 12],
+    nonce: [u8; NONCE_LEN],
     msg_id: u64,
     index: u16,
     count: u16,
 }
 
-fn craft(cipher: &ChaCha20Poly1305, h: &Header, payload: &[u8]) -> Vec<u8> {
+fn craft(cipher: &XChaCha20Poly1305, h: &Header, payload: &[u8]) -> Vec<u8> {
     let mut d = Vec::with_capacity(HEADER_LEN + payload.len() + 16);
     d.push(h.version);
     d.push(h.kind);
@@ -528,9 +251,10 @@ fn craft(cipher: &ChaCha20Poly1305, h: &Header, payload: &[u8]) -> Vec<u8> {
     d.extend_from_slice(&h.msg_id.to_be_bytes());
     d.extend_from_slice(&h.index.to_be_bytes());
     d.extend_from_slice(&h.count.to_be_bytes());
+    assert_eq!(d.len(), HEADER_LEN, "the header layout of seal v2");
     let ct = cipher
         .encrypt(
-            Nonce::from_slice(&h.nonce),
+            XNonce::from_slice(&h.nonce),
             Payload {
                 msg: payload,
                 aad: &d[..HEADER_LEN],
@@ -539,6 +263,11 @@ fn craft(cipher: &ChaCha20Poly1305, h: &Header, payload: &[u8]) -> Vec<u8> {
         .unwrap();
     d.extend_from_slice(&ct);
     d
+}
+
+/// The nonce of a sealed datagram (at least a header long).
+fn nonce_of(dgram: &[u8]) -> [u8; NONCE_LEN] {
+    dgram[10..10 + NONCE_LEN].try_into().unwrap()
 }
 
 fn from_addr(n: u8) -> SocketAddr {
@@ -557,29 +286,36 @@ const MAX_OPS: usize = 96;
 const WINDOW_MS: u64 = 30_000;
 
 /// The gossip opener with the cluster key known: every input is a program of
-/// up to [`MAX_OPS`] datagrams handed to one [`Opener`] as the clock moves
+/// up to [`MAX_OPS`] datagrams handed to an [`Opener`] as the clock moves
 /// on. Most are sealed with the cluster's key with fuzzed headers (version,
 /// kind, timestamp, nonce, message id, fragment index and count, size up to
 /// past a UDP datagram) so that they get past authentication; others are
-/// unauthenticated bytes, replays and tampered copies of earlier ones.
+/// unauthenticated bytes, datagrams sealed with the same secret for another
+/// cluster name, replays and tampered copies of earlier ones. Gossip may
+/// restart between two datagrams: a new opener takes over the replay memory
+/// (as the sealed transport's sockets share one).
 ///
-/// Checks: what a stranger sends (raw or tampered bytes) never opens; a
-/// fresh, well-formed, single-fragment datagram of this key within the
-/// window always opens to exactly what was sealed; whole messages are never
-/// longer than [`MAX_FRAGMENTS`] fragments; at most
-/// [`MAX_PENDING_MESSAGES`] partial messages are held. Its memory bound
+/// Checks: what a stranger or another cluster sends (raw, tampered, or
+/// sealed under the other cluster's key) never opens; a fresh, well-formed,
+/// single-fragment datagram of this key within the window always opens to
+/// exactly what was sealed; a nonce opens at most once, restarts included;
+/// whole messages are never longer than [`MAX_FRAGMENTS`] fragments; at
+/// most [`MAX_PENDING_MESSAGES`] partial messages are held. Its memory bound
 /// ([`MAX_REASSEMBLY_BYTES`] and a margin) is checked by the runners'
 /// counting allocators.
 pub fn fuzz_opener(data: &[u8]) {
     let mut input = Input(data);
-    let cipher = fuzz_cipher();
-    let mut opener = Opener::new(Sealer::new(Some(&fuzz_secret())), WINDOW_MS);
+    let ours = fuzz_cipher(FUZZ_CLUSTER);
+    // The same secret, another cluster's name: another key.
+    let theirs = fuzz_cipher(DEFAULT_CLUSTER);
+    let replay = ReplayGuard::shared();
+    let mut opener = Opener::with_replay(fuzz_sealer(), WINDOW_MS, Arc::clone(&replay));
     let mut now: u64 = 1_700_000_000_000;
     // The last few datagrams, for replays and tampering (not all: the
     // harness's own memory counts against the bound).
     let mut recent: VecDeque<Vec<u8>> = VecDeque::new();
     let mut counter: u64 = 0;
-    let mut accepted = std::collections::HashSet::new();
+    let mut accepted = HashSet::new();
     for _ in 0..MAX_OPS {
         if input.is_empty() {
             break;
@@ -612,16 +348,23 @@ pub fn fuzz_opener(data: &[u8]) {
                 }
             },
             _ => {
+                // flags: bit 0 a version of the input's, bit 1 a repeated
+                // nonce, bit 2 sealed for the other cluster, bit 3 gossip
+                // restarts first, bits 5..8 the payload's size.
                 let flags = input.u8();
+                if flags & 8 != 0 {
+                    opener = Opener::with_replay(fuzz_sealer(), WINDOW_MS, Arc::clone(&replay));
+                }
                 let version = if flags & 1 != 0 { input.u8() } else { VERSION };
-                let kind = input.u8() % 4;
+                // Kinds 0..=3 exist; 4 does not.
+                let kind = input.u8() % 5;
                 let skew = i64::from(input.u16() as i16) * 8;
                 let timestamp_ms = now.saturating_add_signed(skew);
                 counter += 1;
                 let nonce = if flags & 2 != 0 {
-                    [input.u8(); 12]
+                    [input.u8(); NONCE_LEN]
                 } else {
-                    let mut n = [0xee; 12];
+                    let mut n = [0xee; NONCE_LEN];
                     n[..8].copy_from_slice(&counter.to_be_bytes());
                     n
                 };
@@ -644,13 +387,16 @@ pub fn fuzz_opener(data: &[u8]) {
                     index,
                     count,
                 };
-                let d = craft(&cipher, &h, &payload);
+                let foreign = flags & 4 != 0;
+                let d = craft(if foreign { &theirs } else { &ours }, &h, &payload);
                 let fresh = flags & 2 == 0;
                 let valid = version == VERSION
-                    && kind < 3
+                    && kind < 4
                     && skew.unsigned_abs() <= WINDOW_MS
                     && d.len() <= MAX_DATAGRAM;
-                let expect = if fresh && valid && count == 1 && index == 0 {
+                let expect = if foreign {
+                    Expect::Refused
+                } else if fresh && valid && count == 1 && index == 0 {
                     Expect::Whole(kind, payload)
                 } else {
                     Expect::Anything
@@ -670,7 +416,7 @@ pub fn fuzz_opener(data: &[u8]) {
                 }
                 other => panic!(
                     "a fresh single-fragment datagram of the key was refused: {other:?} \
-                     (a changed key derivation in seal.rs?)"
+                     (a changed key derivation or header layout in seal.rs?)"
                 ),
             },
             _ => {}
@@ -678,12 +424,16 @@ pub fn fuzz_opener(data: &[u8]) {
         if let Ok(Some((_, body))) = &got {
             assert!(body.len() <= usize::from(MAX_FRAGMENTS) * MAX_FRAGMENT_PAYLOAD);
         }
-        // A nonce opens once: a datagram is taken at most once while its
-        // timestamp is within the window (and it is never taken outside).
+        // A datagram opens once: it is taken at most once while its
+        // timestamp is within the window (and never outside), across
+        // restarts of gossip too. Identified by nonce and tag, not by nonce
+        // alone: a key holder may seal another datagram under a nonce once
+        // the first has left the window, and that is no replay.
         if got.is_ok() {
-            let nonce: [u8; 12] = dgram[10..22].try_into().unwrap();
+            let nonce = nonce_of(&dgram);
+            let tag: [u8; 16] = dgram[dgram.len() - 16..].try_into().unwrap();
             assert!(
-                accepted.insert(nonce),
+                accepted.insert((nonce, tag)),
                 "a replayed datagram was accepted twice (nonce {nonce:02x?}, now {now})"
             );
         }
@@ -697,7 +447,7 @@ pub fn fuzz_opener(data: &[u8]) {
             partial <= MAX_PENDING_MESSAGES,
             "{partial} partial messages held"
         );
-        // Replays and tampering start from authentic datagrams only (a
+        // Replays and tampering start from sealed datagrams only (a
         // tampered copy tampered again can be the original).
         if (op >> 2) & 7 >= 3 {
             if recent.len() == 4 {
@@ -715,7 +465,8 @@ enum Expect {
 }
 
 /// Op programs for [`fuzz_opener`]: single datagrams, a message in three
-/// fragments (in and out of order), a replay, a tampered copy, garbage.
+/// fragments (in and out of order), a replay, a tampered copy, garbage, a
+/// datagram of another cluster, a replay across a restart of gossip.
 pub fn opener_seeds() -> Vec<Vec<u8>> {
     // op: bits 2..5 choose (0 raw, 1 replay, 2 tamper, 3.. sealed), 5..8
     // advance the clock; sealed: flags, kind, skew (2), msg id, count,
@@ -739,13 +490,20 @@ pub fn opener_seeds() -> Vec<Vec<u8>> {
     replay.extend([2 << 2, 0, 5, 0, 1]);
     replay.extend([0, 8, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]);
     out.push(replay);
+    // A status cookie (kind 3) of another cluster sharing the secret.
+    out.push(sealed(0xe4, 3, 1, 1, 0, 32));
+    // Gossip restarts between a datagram and its replay.
+    let mut restart = sealed(0xe0, 0, 1, 1, 0, 9);
+    restart.extend(sealed(0xe8, 0, 2, 1, 0, 9));
+    restart.extend([1 << 2, 0, 1 << 2, 1]);
+    out.push(restart);
     out
 }
 
 /// Opens `payload` sealed as `kind` with the real sealer and opener, as a
 /// node does; `None` when it is too large to seal.
 fn through_the_opener(kind: Kind, payload: &[u8]) -> Option<Vec<u8>> {
-    let sealer = Sealer::new(Some(&fuzz_secret()));
+    let sealer = fuzz_sealer();
     let mut opener = Opener::new(sealer.clone(), WINDOW_MS);
     let now = crate::seal::now_ms();
     let dgrams = sealer.seal(kind, payload, now).ok()?;
@@ -767,6 +525,9 @@ fn through_the_opener(kind: Kind, payload: &[u8]) -> Option<Vec<u8>> {
     );
     Some(whole)
 }
+
+/// How long a loopback datagram may take through chitchat's sockets.
+const LOOPBACK_DEADLINE: Duration = Duration::from_secs(10);
 
 /// chitchat's decoder, driven through public API only as the transport
 /// drives it: plaintext replayed over loopback into a chitchat UDP socket,
@@ -837,7 +598,7 @@ impl Codec {
                 .expect("loopback send");
             let mut got = None;
             loop {
-                let out = tokio::time::timeout(Duration::from_secs(10), dec.recv())
+                let out = tokio::time::timeout(LOOPBACK_DEADLINE, dec.recv())
                     .await
                     .expect("the sentinel arrives")
                     .expect("chitchat's socket works");
@@ -861,7 +622,10 @@ impl Codec {
         rt.block_on(async {
             enc.send(*sink_addr, envelope).await.expect("loopback send");
             let mut buf = vec![0u8; MAX_DATAGRAM + 1];
-            let (n, _) = sink.recv_from(&mut buf).await.expect("loopback receive");
+            let (n, _) = tokio::time::timeout(LOOPBACK_DEADLINE, sink.recv_from(&mut buf))
+                .await
+                .expect("chitchat's encoding arrives")
+                .expect("loopback receive");
             buf.truncate(n);
             buf
         })
@@ -917,20 +681,37 @@ pub fn fuzz_gossip(data: &[u8]) {
     });
 }
 
-/// A status reply after opening (`manta status`): JSON of the answering
-/// node's view. One that decodes encodes back to the same view.
+/// The id of the fuzzed `manta status` query (a client draws a random one).
+const STATUS_ID: [u8; 16] = [0x51; 16];
+
+/// What a `manta status` client opens (`query_status_in`), sealed and
+/// opened for real: a status reply (the query's id, then the answering
+/// node's view as JSON) or a cookie answer (the query's id and a cookie:
+/// the layout of a status request, which is also what a node parses from
+/// one). Checks: bytes that parse as a request or cookie answer are exactly
+/// its encoding; a reply to this query (its id first) whose view decodes
+/// encodes back to the same view; a reply to another query is not read.
 pub fn fuzz_status_reply(data: &[u8]) {
     let Some(plain) = through_the_opener(Kind::StatusReply, data) else {
         return;
     };
-    if let Ok(s) = serde_json::from_slice::<ClusterStatus>(&plain) {
+    match StatusRequest::parse(&plain) {
+        Some(r) => assert!(r.encode()[..] == plain[..], "a status request changed"),
+        None => assert_ne!(plain.len(), STATUS_REQUEST_LEN),
+    }
+    // As `query_status_in` takes a reply.
+    if plain.get(..16) != Some(&STATUS_ID[..]) {
+        return;
+    }
+    if let Ok(s) = serde_json::from_slice::<ClusterStatus>(&plain[16..]) {
         let again = serde_json::to_vec(&s).unwrap();
         let back: ClusterStatus = serde_json::from_slice(&again).unwrap();
         assert_eq!(back, s);
     }
 }
 
-/// A real status reply.
+/// A real status reply (the view as a node's status board has it), an
+/// empty one, a reply to another query and a cookie answer.
 pub fn status_reply_seeds() -> Vec<Vec<u8>> {
     let s = ClusterStatus {
         nodes: vec![NodeStatus {
@@ -943,7 +724,23 @@ pub fn status_reply_seeds() -> Vec<Vec<u8>> {
         }],
         dropped: BTreeMap::from([("stale".to_owned(), 3)]),
     };
-    vec![serde_json::to_vec(&s).unwrap(), b"{\"nodes\":[]}".to_vec()]
+    let reply = |id: [u8; 16], view: &[u8]| {
+        let mut r = id.to_vec();
+        r.extend_from_slice(view);
+        r
+    };
+    let view = serde_json::to_vec(&s).unwrap();
+    vec![
+        reply(STATUS_ID, &view),
+        reply(STATUS_ID, b"{\"nodes\":[]}"),
+        reply([0x52; 16], &view),
+        StatusRequest {
+            id: STATUS_ID,
+            cookie: [0xc0; 16],
+        }
+        .encode()
+        .to_vec(),
+    ]
 }
 
 /// Real gossip: the messages a running node (sealed, signing its keys, with
@@ -966,6 +763,7 @@ async fn capture_gossip() -> Option<Vec<Vec<u8>>> {
     let id = crate::identity::NodeIdentity::generate();
     let lo = SocketAddr::from(([127, 0, 0, 1], 0));
     let mut config = MembershipConfig::new(id.peer_id().to_string(), "seed-node", lo);
+    config.cluster = FUZZ_CLUSTER.to_owned();
     config.secret = Some(secret.clone());
     config.signer = Some(id.keypair().clone());
     config.gossip_interval = Duration::from_millis(50);
@@ -979,7 +777,20 @@ async fn capture_gossip() -> Option<Vec<Vec<u8>>> {
         "manta.builtin.CounterMsg".to_owned(),
     )]))
     .await;
-    // Ask with an empty digest: the node answers with everything it knows.
+    let captured = ask_for_everything(&node, &secret).await;
+    node.leave().await;
+    captured
+}
+
+/// Asks `node` for everything it knows (a `Syn` with an empty digest) three
+/// times; the question and the answers (`SynAck`s) as plaintext. Each answer
+/// is awaited, and asked for again if a datagram was lost, within a
+/// deadline.
+async fn ask_for_everything(
+    node: &crate::membership::Membership,
+    secret: &ClusterSecret,
+) -> Option<Vec<Vec<u8>>> {
+    let lo = SocketAddr::from(([127, 0, 0, 1], 0));
     let mut codec_enc = ChitchatUdp::open(lo).await.ok()?;
     let sink = tokio::net::UdpSocket::bind(lo).await.ok()?;
     codec_enc
@@ -988,7 +799,7 @@ async fn capture_gossip() -> Option<Vec<Vec<u8>>> {
             ChitchatEnvelope {
                 version: ProtocolVersion::V0,
                 message: ChitchatMessage::Syn {
-                    cluster_id: crate::seal::cluster_id(Some(&secret), "manta"),
+                    cluster_id: crate::seal::cluster_id(Some(secret), FUZZ_CLUSTER),
                     digest: Default::default(),
                 },
             },
@@ -996,30 +807,43 @@ async fn capture_gossip() -> Option<Vec<Vec<u8>>> {
         .await
         .ok()?;
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
-    let (n, _) = sink.recv_from(&mut buf).await.ok()?;
+    let (n, _) = tokio::time::timeout(LOOPBACK_DEADLINE, sink.recv_from(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
     let syn = buf[..n].to_vec();
     let me = tokio::net::UdpSocket::bind(lo).await.ok()?;
-    let sealer = Sealer::new(Some(&secret));
+    let sealer = fuzz_sealer();
     let mut opener = Opener::new(sealer.clone(), WINDOW_MS);
     let mut out = vec![syn.clone(), SENTINEL.to_vec()];
-    for _ in 0..3 {
+    let deadline = tokio::time::Instant::now() + LOOPBACK_DEADLINE;
+    let mut answers = 0;
+    'ask: while answers < 3 {
         for d in sealer
             .seal(Kind::Gossip, &syn, crate::seal::now_ms())
             .ok()?
         {
             me.send_to(&d, node.gossip_addr()).await.ok()?;
         }
-        let got = tokio::time::timeout(Duration::from_secs(2), me.recv_from(&mut buf)).await;
-        if let Ok(Ok((n, from))) = got {
-            if let Ok(Some((Kind::Gossip, plain))) =
-                opener.accept(&buf[..n], from, crate::seal::now_ms())
-            {
-                out.push(plain);
+        // The answer, or (after a second without one) the question again.
+        let resend = (tokio::time::Instant::now() + Duration::from_secs(1)).min(deadline);
+        loop {
+            match tokio::time::timeout_at(resend, me.recv_from(&mut buf)).await {
+                Ok(Ok((n, from))) => {
+                    if let Ok(Some((Kind::Gossip, plain))) =
+                        opener.accept(&buf[..n], from, crate::seal::now_ms())
+                    {
+                        out.push(plain);
+                        answers += 1;
+                        continue 'ask;
+                    }
+                }
+                Ok(Err(_)) => return None,
+                Err(_) if tokio::time::Instant::now() >= deadline => break 'ask,
+                Err(_) => continue 'ask,
             }
         }
-        tokio::time::sleep(Duration::from_millis(60)).await;
     }
-    node.leave().await;
     Some(out)
 }
 
@@ -1052,27 +876,47 @@ pub fn fuzz_secret_file(data: &[u8]) {
     }
 }
 
-/// Node-config durations (`"250ms"`): what parses is finite and not
-/// negative (a `Duration`), and formatting it the way the config would
-/// needs no more than a second pass.
+/// Node-config durations (`"250ms"`): what parses is at most 8760h, and
+/// formatting it the way the config would needs no more than a second
+/// pass.
 pub fn fuzz_config_duration(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
     if let Ok(d) = crate::config::parse_duration(text) {
+        assert!(
+            d <= crate::config::MAX_DURATION,
+            "{text:?} parses to {d:?}, past the limit"
+        );
         let again = crate::config::parse_duration(&format!("{}ms", d.as_millis()));
         assert!(again.is_ok(), "{d:?} from {text:?} does not parse back");
     }
 }
 
-/// A node config file (TOML): parse, then derive the remoting limits and
-/// key path a node would.
+/// A node config file (TOML): parse, then the checks `Node::start` runs
+/// first (`validate`), and the remoting limits and key path a node derives.
+/// A config that validates has durations in (0, 8760h].
 pub fn fuzz_node_config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
     match crate::config::NodeConfig::parse(text, "fuzz.toml") {
         Ok(c) => {
+            // Without a secret file (and not `insecure`), `validate`
+            // resolves the gossip address: only where that is an address
+            // already, so that the fuzzer never asks a name resolver.
+            if (c.secret_file.is_some() || c.insecure || c.gossip.parse::<SocketAddr>().is_ok())
+                && c.validate().is_ok()
+            {
+                let fd = &c.failure_detection;
+                for d in [
+                    fd.gossip_interval,
+                    fd.max_interval,
+                    fd.dead_node_grace_period,
+                ] {
+                    assert!(!d.is_zero() && d <= crate::config::MAX_DURATION, "{d:?}");
+                }
+            }
             let _ = c.limits.remote();
             let _ = c.key_path();
         }
@@ -1155,5 +999,76 @@ mod tests {
             fuzz_status_reply(&s);
         }
         assert!(frame_seeds().len() >= 12);
+    }
+
+    /// The gossip seeds are what a node answers (when loopback sockets can
+    /// be had: without, the capture falls back to one message).
+    #[test]
+    fn gossip_seeds_are_a_nodes_answers() {
+        let seeds = gossip_seeds();
+        if seeds.len() == 1 {
+            return;
+        }
+        assert_eq!(seeds.len(), 5, "the question, the sentinel, three answers");
+        let mut codec = Codec::new();
+        let question = codec.decode(&seeds[0]).expect("the question decodes");
+        assert!(matches!(question.message, ChitchatMessage::Syn { .. }));
+        for s in &seeds[2..] {
+            let answer = codec.decode(s).expect("an answer decodes");
+            let ChitchatMessage::SynAck { delta, .. } = answer.message else {
+                panic!("not a SynAck: {answer:?}");
+            };
+            let shown = format!("{delta:?}");
+            assert!(shown.contains("manta.builtin.CounterMsg"), "{shown}");
+        }
+    }
+
+    /// The opener target crafts datagrams itself: they must be what `seal`
+    /// writes (layout, key derivation), or the target fuzzes something
+    /// else.
+    #[test]
+    fn crafted_datagrams_are_the_sealers() {
+        let now = 1_700_000_000_000;
+        let real = fuzz_sealer()
+            .seal(Kind::StatusCookie, b"cookie", now)
+            .unwrap()
+            .remove(0);
+        assert_eq!((real[0], real[1]), (VERSION, Kind::StatusCookie as u8));
+        assert_eq!(real[2..10], now.to_be_bytes());
+        assert_eq!(real[HEADER_LEN - 4..HEADER_LEN], [0, 0, 0, 1]);
+        let nonce = nonce_of(&real);
+        let (header, ct) = real.split_at(HEADER_LEN);
+        let plain = fuzz_cipher(FUZZ_CLUSTER)
+            .decrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: ct,
+                    aad: header,
+                },
+            )
+            .expect("the real sealer's datagram opens with the fuzzer's key");
+        assert_eq!(plain, b"cookie");
+        let h = Header {
+            version: VERSION,
+            kind: Kind::Gossip as u8,
+            timestamp_ms: now,
+            nonce: [7; NONCE_LEN],
+            msg_id: 3,
+            index: 0,
+            count: 1,
+        };
+        let ours = craft(&fuzz_cipher(FUZZ_CLUSTER), &h, b"hi");
+        let f = fuzz_sealer().open(&ours).expect("a crafted datagram opens");
+        assert_eq!(
+            (f.kind, f.nonce, f.msg_id, f.payload),
+            (Kind::Gossip, [7; NONCE_LEN], 3, b"hi".to_vec())
+        );
+        let theirs = craft(&fuzz_cipher(DEFAULT_CLUSTER), &h, b"hi");
+        assert!(fuzz_sealer().open(&theirs).is_err());
+        assert!(
+            Sealer::for_cluster(Some(&fuzz_secret()), DEFAULT_CLUSTER)
+                .open(&theirs)
+                .is_ok()
+        );
     }
 }

@@ -11,7 +11,6 @@
 //! released when streams end, and the node still serves its actors after.
 //! `MANTA_FUZZ_ITERS` inputs (default 300); FUZZING.md.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -20,10 +19,14 @@ use manta_actors::{Actor, ActorError, ActorSystem, Context, Message};
 use manta_cluster::fuzzing::{Rng, mutate, stops, stream_pieces, stream_seeds, tell_on_the_wire};
 use manta_cluster::{ClusterSecret, MemberState, Node, NodeConfig};
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use crate::{DEADLINE, wait_view};
 
 const MIB: usize = 1 << 20;
+/// How long one input may take to be handled up to its probe (or to close
+/// its stream as bad).
+const STUCK: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Serialize, Deserialize, Message)]
 #[message(name = "manta.test.FuzzProbe")]
@@ -32,8 +35,8 @@ enum FuzzProbe {
     Blob(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
-/// Remembers the last `Seen` it got.
-struct Probe(Arc<AtomicU64>);
+/// Publishes the last `Seen` it got.
+struct Probe(watch::Sender<u64>);
 
 impl Actor for Probe {
     type Msg = FuzzProbe;
@@ -43,7 +46,7 @@ impl Actor for Probe {
         _: &mut Context<FuzzProbe>,
     ) -> Result<(), ActorError> {
         if let FuzzProbe::Seen(n) = msg {
-            self.0.store(n, Ordering::SeqCst);
+            self.0.send_replace(n);
         }
         Ok(())
     }
@@ -81,13 +84,21 @@ impl Drop for Dir {
     }
 }
 
+/// A raw actor stream from `from` to `to`, once the mesh connects them.
 async fn raw_stream(from: &Node, to: &Node) -> libp2p::Stream {
     let peer = to.identity().peer_id();
     tokio::time::timeout(DEADLINE, async {
         loop {
             match from.remoting().raw_stream_for_test(peer).await {
                 Ok(s) => return s,
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(_) => {
+                    let mut c = from.mesh().connected();
+                    if !c.borrow_and_update().contains(&peer) {
+                        let _ = c.changed().await;
+                    } else {
+                        tokio::task::yield_now().await;
+                    }
+                }
             }
         }
     })
@@ -124,7 +135,7 @@ async fn fuzzed_actor_streams_never_panic_stall_or_exceed_the_reassembly_budgets
         // Spawns from the fuzzer find a kind (the seeds' `counter`).
         let kinds = manta_actors::KindRegistry::new();
         kinds.register("counter", |_: serde_json::Value| {
-            Probe(Arc::new(AtomicU64::new(0)))
+            Probe(watch::Sender::new(0))
         });
         nodes.push(
             Node::start(c, ActorSystem::with_kinds(kinds))
@@ -139,9 +150,9 @@ async fn fuzzed_actor_streams_never_panic_stall_or_exceed_the_reassembly_budgets
         .await;
     }
     let (a, m) = (&nodes[0], &nodes[1]);
-    let seen = Arc::new(AtomicU64::new(0));
+    let (seen_tx, mut seen) = watch::channel(0u64);
     a.system()
-        .spawn_named("probe", Probe(Arc::clone(&seen)))
+        .spawn_named("probe", Probe(seen_tx))
         .await
         .unwrap();
     let blob = manta_actors::wire::encode_wire(&FuzzProbe::Blob(vec![3u8; 150_000])).unwrap();
@@ -194,25 +205,26 @@ async fn fuzzed_actor_streams_never_panic_stall_or_exceed_the_reassembly_budgets
         let _ = stream.flush().await;
         // Handled up to the probe, or closed as bad (a first chunk may wait
         // for the node's budget up to the expiry first).
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            if seen.load(Ordering::SeqCst) == i {
-                break;
+        let handled = tokio::select! {
+            biased;
+            r = tokio::time::timeout(STUCK, seen.wait_for(|n| *n == i)) => {
+                r.is_ok_and(|r| r.is_ok())
             }
-            if a.remoting().bad_frames() > bad_before {
-                closed += 1;
-                let _ = stream.close().await;
-                stream = raw_stream(m, a).await;
-                break;
+            bad = a.remoting().wait_counters(STUCK, |r| r.bad_frames() > bad_before) => {
+                if bad {
+                    closed += 1;
+                    let _ = stream.close().await;
+                    stream = raw_stream(m, a).await;
+                }
+                bad
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "input {i} left the stream stuck: {} frames, first bytes {:02x?}",
-                frames.len(),
-                &input[..input.len().min(64)]
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        };
+        assert!(
+            handled,
+            "input {i} left the stream stuck: {} frames, first bytes {:02x?}",
+            frames.len(),
+            &input[..input.len().min(64)]
+        );
         let held = a.remoting().partial_bytes();
         assert!(
             held <= 128 * MIB,
@@ -239,11 +251,12 @@ async fn fuzzed_actor_streams_never_panic_stall_or_exceed_the_reassembly_budgets
     let last = u64::MAX;
     s.write_all(&probe_frame(last)).await.unwrap();
     s.flush().await.unwrap();
-    let t = tokio::time::Instant::now() + DEADLINE;
-    while seen.load(Ordering::SeqCst) != last {
-        assert!(tokio::time::Instant::now() < t, "the node stopped serving");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    assert!(
+        tokio::time::timeout(DEADLINE, seen.wait_for(|n| *n == last))
+            .await
+            .is_ok_and(|r| r.is_ok()),
+        "the node stopped serving"
+    );
     println!(
         "fuzz_stream: {} inputs in {:.2?}, {closed} closed a stream as bad, {skipped} skipped (would stop the probe), {} bad frames",
         iters + corpus.len(),
