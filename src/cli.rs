@@ -370,18 +370,19 @@ pub fn print_status(
     }
     writeln!(
         out,
-        "{:<54} {:<12} {:<6} {:<21} {:<16} actors",
-        "id", "name", "state", "gossip", "roles"
+        "{:<54} {:<12} {:<6} {:<21} {:<16} {:<24} actors",
+        "id", "name", "state", "gossip", "roles", "lane"
     )?;
     for n in &st.nodes {
         writeln!(
             out,
-            "{:<54} {:<12} {:<6} {:<21} {:<16} {}",
+            "{:<54} {:<12} {:<6} {:<21} {:<16} {:<24} {}",
             terminal_safe(&n.id),
             terminal_safe(&n.name),
             terminal_safe(&n.state),
             terminal_safe(&n.gossip),
             terminal_safe(&n.roles.join(",")),
+            terminal_safe(n.lane.as_deref().unwrap_or("-")),
             terminal_safe(&n.actors.join(","))
         )?;
     }

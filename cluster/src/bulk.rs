@@ -10,9 +10,8 @@
 //! A record on the wire: `length u32 (big-endian) | ciphertext | tag [16]`,
 //! the length (of the ciphertext) authenticated as associated data.
 //!
-//! Not yet here (issue 17 goes on): the lane's listener and dialer, the
-//! ticket exchange over the mesh, ordering against the mesh lane, the
-//! fallback and the `[bulk]` config.
+//! The lane itself (listener, dialer, ticket exchange over the mesh,
+//! ordering against the mesh stream, fallback) is `remote::lane`.
 
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use ring::hkdf;
@@ -145,6 +144,29 @@ impl RecordSealer {
         record.extend_from_slice(tag.as_ref());
         Ok(())
     }
+
+    /// The number the next sealed record gets (its nonce).
+    pub fn next_record(&self) -> u64 {
+        self.next
+    }
+
+    /// Undoes [`seal`](Self::seal) of record number `n` (sealed by this
+    /// sealer): the record is back to its unsealed layout, to be sealed
+    /// again on another lane (a message resent after its lane died).
+    pub fn unseal(&self, n: u64, record: &mut Vec<u8>) -> Result<(), RecordError> {
+        if record.len() < RECORD_HEADER + RECORD_TAG {
+            return Err(RecordError::Unauthentic(n));
+        }
+        let mut header = [0u8; RECORD_HEADER];
+        header.copy_from_slice(&record[..RECORD_HEADER]);
+        let len = self
+            .key
+            .open_in_place(nonce(n), Aad::from(header), &mut record[RECORD_HEADER..])
+            .map_err(|_| RecordError::Unauthentic(n))?
+            .len();
+        record.truncate(RECORD_HEADER + len);
+        Ok(())
+    }
 }
 
 /// Opens the records one direction of a lane receives, in order.
@@ -262,6 +284,27 @@ mod tests {
         let (_, mut stranger) = lane_keys(&other, Side::Listener).unwrap();
         let (h, b) = split(&mut second);
         assert!(stranger.open(h, b).is_err());
+    }
+
+    #[test]
+    fn an_unsealed_record_is_sealed_again_under_another_lane() {
+        let (old, new) = (LaneSecrets::fresh(), LaneSecrets::fresh());
+        let (mut send, _) = lane_keys(&old, Side::Dialer).unwrap();
+        send.seal(&mut record(b"skip")).unwrap();
+        let n = send.next_record();
+        let mut r = record(b"resend me");
+        send.seal(&mut r).unwrap();
+        assert!(
+            send.unseal(n + 1, &mut r.clone()).is_err(),
+            "another number"
+        );
+        send.unseal(n, &mut r).unwrap();
+        assert_eq!(&r[RECORD_HEADER..], b"resend me");
+        let (mut send2, _) = lane_keys(&new, Side::Dialer).unwrap();
+        let (_, mut recv2) = lane_keys(&new, Side::Listener).unwrap();
+        send2.seal(&mut r).unwrap();
+        let (h, b) = split(&mut r);
+        assert_eq!(recv2.open(h, b).unwrap(), b"resend me");
     }
 
     #[test]

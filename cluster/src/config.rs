@@ -200,6 +200,102 @@ impl Limits {
     }
 }
 
+/// The bulk lane (`[bulk]`): large messages on a TCP connection of their
+/// own per peer, keyed over the mesh (README, "Bulk lane").
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkConfig {
+    /// Whether this node has a lane (default `true`). Off, its large
+    /// messages go over the mesh and it gossips no lane, so peers send it
+    /// theirs over the mesh too.
+    #[serde(default = "d_true")]
+    pub enabled: bool,
+    /// Where the lane listens, `IP:PORT` (port 0: any free one). Default:
+    /// the IP of the gossip address, any free port. Peers only dial a lane
+    /// on the host of a node's signed gossip address.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// Frames of at least this many encoded bytes take the lane (default
+    /// 65536, measured: BENCHMARKS.md, "bulk lane"; 1 to 64 MiB).
+    #[serde(default = "d_threshold")]
+    pub threshold: usize,
+    /// MiB queued or unacknowledged on one peer's lane before senders see
+    /// backpressure (default 128; at least 64, the largest message).
+    #[serde(default = "d_inflight")]
+    pub max_inflight_mib: usize,
+    /// How long a lane connection has to present its ticket (default
+    /// `"3s"`, at most a minute).
+    #[serde(default = "d_ticket", deserialize_with = "de_duration")]
+    pub ticket_deadline: Duration,
+}
+
+fn d_true() -> bool {
+    true
+}
+fn d_threshold() -> usize {
+    crate::remote::BulkSettings::default().threshold
+}
+fn d_inflight() -> usize {
+    crate::remote::BulkSettings::default().max_inflight >> 20
+}
+fn d_ticket() -> Duration {
+    crate::remote::BulkSettings::default().ticket_deadline
+}
+
+impl Default for BulkConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: None,
+            threshold: d_threshold(),
+            max_inflight_mib: d_inflight(),
+            ticket_deadline: d_ticket(),
+        }
+    }
+}
+
+impl BulkConfig {
+    /// The settings the remoting layer takes; an error names the value.
+    pub fn settings(&self) -> Result<crate::remote::BulkSettings, ClusterError> {
+        let max = crate::remote::MAX_FRAME;
+        if self.threshold == 0 || self.threshold > max {
+            return Err(ClusterError::Config(format!(
+                "bulk.threshold = {} must be 1 to {max} bytes",
+                self.threshold
+            )));
+        }
+        if self.max_inflight_mib < max >> 20 {
+            return Err(ClusterError::Config(format!(
+                "bulk.max_inflight_mib = {} is below {} MiB, the largest message",
+                self.max_inflight_mib,
+                max >> 20
+            )));
+        }
+        if self.ticket_deadline.is_zero() || self.ticket_deadline > Duration::from_secs(60) {
+            return Err(ClusterError::Config(format!(
+                "bulk.ticket_deadline is {:?}; it must be longer than zero and at most 1m",
+                self.ticket_deadline
+            )));
+        }
+        Ok(crate::remote::BulkSettings {
+            threshold: self.threshold,
+            max_inflight: self.max_inflight_mib.saturating_mul(1 << 20),
+            ticket_deadline: self.ticket_deadline,
+        })
+    }
+
+    /// Where the lane listens, the gossip address's IP by default.
+    pub fn listen_addr(
+        &self,
+        gossip: std::net::SocketAddr,
+    ) -> Result<std::net::SocketAddr, ClusterError> {
+        match &self.listen {
+            None => Ok(std::net::SocketAddr::new(gossip.ip(), 0)),
+            Some(a) => crate::node::resolve(a, "bulk.listen"),
+        }
+    }
+}
+
 fn d_name() -> String {
     "node".to_owned()
 }
@@ -268,6 +364,9 @@ pub struct NodeConfig {
     /// Bounds on what one member can make this node hold.
     #[serde(default)]
     pub limits: Limits,
+    /// The bulk lane.
+    #[serde(default)]
+    pub bulk: BulkConfig,
 }
 
 impl Default for NodeConfig {
@@ -288,6 +387,7 @@ impl Default for NodeConfig {
             tree: None,
             client: false,
             limits: Limits::default(),
+            bulk: BulkConfig::default(),
         }
     }
 }
@@ -367,6 +467,15 @@ impl NodeConfig {
             if !is_loopback(gossip.ip()) {
                 return Err(open_on_network("gossip address", &self.gossip));
             }
+            if self.bulk.enabled && !is_loopback(self.bulk.listen_addr(gossip)?.ip()) {
+                let listen = self.bulk.listen.clone().unwrap_or_default();
+                return Err(open_on_network("bulk.listen", &listen));
+            }
+        }
+        if self.bulk.enabled {
+            self.bulk.settings()?;
+            self.bulk
+                .listen_addr(crate::node::resolve(&self.gossip, "gossip address")?)?;
         }
         Ok(())
     }

@@ -55,7 +55,7 @@ mod secret;
 mod status;
 mod transport;
 
-pub use config::{FailureDetection, Limits, NodeConfig, Resources};
+pub use config::{BulkConfig, FailureDetection, Limits, NodeConfig, Resources};
 pub use error::ClusterError;
 pub use identity::NodeIdentity;
 pub use membership::{Member, MemberEvent, MemberState, Membership, MembershipConfig};
@@ -63,8 +63,8 @@ pub use mesh::{MAX_PENDING_INCOMING, Mesh, MeshConfig, MeshStats, SECRET_DEADLIN
 pub use node::{CLIENT_LABEL, Names, Node, ReadyLine};
 pub use place::{Cluster, PLACEMENT_WAIT, SPAWN_TIMEOUT, SpawnOn};
 pub use remote::{
-    BULK_QUEUE, CHUNK, FRAME_VERSION, MAX_FRAME, PEER_QUEUE, PROTOCOL, RemoteLimits, RemoteRef,
-    Remoting,
+    BULK_QUEUE, BulkSettings, CHUNK, FRAME_VERSION, LaneUse, MAX_FRAME, PEER_QUEUE, PROTOCOL,
+    RemoteLimits, RemoteRef, Remoting,
 };
 pub use secret::ClusterSecret;
 pub use status::{ClusterStatus, NodeStatus, query_status, query_status_in};

@@ -42,6 +42,8 @@ pub(crate) mod keys {
     pub(crate) const RESOURCES: &str = "resources";
     pub(crate) const ACTORS: &str = "actors";
     pub(crate) const P2P: &str = "p2p";
+    /// The bulk lane's address (`IP:PORT`), where the node has one.
+    pub(crate) const BULK: &str = "bulk";
     pub(crate) const GROUPS: &str = "groups";
     pub(crate) const STATUS: &str = "status";
     /// The node's ed25519 signature over all its other keys (hex).
@@ -284,6 +286,8 @@ struct Inner {
     rejected: std::sync::Mutex<HashMap<ChitchatId, BTreeMap<String, String>>>,
     /// How many such pairs were seen in all.
     rejected_total: std::sync::atomic::AtomicU64,
+    /// The lane this node uses to each member (for `manta status`).
+    lanes: std::sync::Mutex<BTreeMap<String, String>>,
 }
 
 /// A running membership.
@@ -382,6 +386,7 @@ impl Membership {
             verified: std::sync::Mutex::new(HashMap::new()),
             rejected: std::sync::Mutex::new(HashMap::new()),
             rejected_total: std::sync::atomic::AtomicU64::new(0),
+            lanes: std::sync::Mutex::new(BTreeMap::new()),
         });
         let m = Membership { inner };
         m.refresh(&mut HashMap::new()).await;
@@ -648,6 +653,14 @@ impl Membership {
         }
         *prev = newest.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let list: Vec<Member> = newest.into_values().collect();
+        self.write_board(&list);
+        self.inner.view.send_replace(list);
+    }
+
+    /// Writes what `manta status` answers: the members in `list`, the
+    /// lanes to them, the datagrams dropped.
+    fn write_board(&self, list: &[Member]) {
+        let lanes = lock(&self.inner.lanes).clone();
         let status = ClusterStatus {
             nodes: list
                 .iter()
@@ -658,6 +671,7 @@ impl Membership {
                     roles: m.roles.clone(),
                     gossip: m.gossip.to_string(),
                     actors: m.actors.clone(),
+                    lane: lanes.get(&m.id).cloned(),
                 })
                 .collect(),
             dropped: self.inner.transport.stats().dropped(),
@@ -670,7 +684,20 @@ impl Membership {
                 .write()
                 .unwrap_or_else(|e| e.into_inner()) = json;
         }
-        self.inner.view.send_replace(list);
+    }
+
+    /// Sets which lane this node uses to each member (by id), as `manta
+    /// status` shows it.
+    pub fn set_lanes(&self, lanes: BTreeMap<String, String>) {
+        {
+            let mut l = lock(&self.inner.lanes);
+            if *l == lanes {
+                return;
+            }
+            *l = lanes;
+        }
+        let list = self.inner.view.borrow().clone();
+        self.write_board(&list);
     }
 
     /// The node states whose keys this node believes: all of them without

@@ -152,10 +152,29 @@ impl Node {
             mesh.stream_control(),
             config.limits.remote()?,
         );
+        if config.bulk.enabled {
+            let at = config.bulk.listen_addr(listen)?;
+            let listener = tokio::net::TcpListener::bind(at)
+                .await
+                .map_err(|e| ClusterError::Config(format!("bulk.listen `{at}`: {e}")))?;
+            let mut bound = remoting
+                .enable_bulk(listener, config.bulk.settings()?)
+                .map_err(|e| ClusterError::Config(format!("bulk lane: {e}")))?;
+            if bound.ip().is_unspecified() {
+                bound.set_ip(listen.ip());
+            }
+            mc.keys.insert(keys::BULK.to_owned(), bound.to_string());
+        }
         let gossip_interval = mc.gossip_interval;
         let membership = Membership::start(mc).await?;
         tokio::spawn(reconcile(membership.clone(), mesh.clone()));
         tokio::spawn(follow_membership(membership.clone(), remoting.clone()));
+        tokio::spawn(follow_lanes(membership.clone(), remoting.clone()));
+        tokio::spawn(report_lanes(
+            membership.clone(),
+            remoting.clone(),
+            gossip_interval,
+        ));
         tokio::spawn(publish_names(
             membership.clone(),
             system.clone(),
@@ -244,6 +263,7 @@ impl Node {
     /// Leaves the cluster gracefully.
     pub async fn leave(self) {
         self.membership.leave().await;
+        self.remoting.close_lanes();
         self.mesh.shutdown();
     }
 
@@ -252,6 +272,7 @@ impl Node {
     #[cfg(feature = "testing")]
     pub async fn kill_for_test(&self) {
         self.membership.kill_for_test().await;
+        self.remoting.close_lanes();
         self.mesh.shutdown();
     }
 }
@@ -373,6 +394,88 @@ async fn follow_membership(membership: Membership, remoting: Remoting) {
             Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
         }
     }
+}
+
+/// Keeps the lane addresses members gossip in step with the remoting
+/// layer: only an `IP:PORT` on the host of the member's signed gossip
+/// address (an unspecified IP means that host) is used, so a member cannot
+/// make the others connect to a third party.
+async fn follow_lanes(membership: Membership, remoting: Remoting) {
+    let me = membership.node_id().to_owned();
+    let mut view = membership.gossip_view();
+    let mut known: std::collections::HashMap<libp2p::PeerId, Option<SocketAddr>> =
+        Default::default();
+    loop {
+        let members = view.borrow_and_update().clone();
+        let mut now = std::collections::HashMap::new();
+        for m in members.iter().filter(|m| m.id != me) {
+            let Ok(peer) = m.id.parse::<libp2p::PeerId>() else {
+                continue;
+            };
+            let addr = m.keys.get(keys::BULK).and_then(|a| {
+                match lane_addr(a, m.gossip) {
+                    Ok(addr) => Some(addr),
+                    Err(why) => {
+                        if !known.contains_key(&peer) {
+                            tracing::warn!(target: "manta::node", node = %peer, name = %m.name, "not using the lane address it gossips: {why}");
+                        }
+                        None
+                    }
+                }
+            });
+            let addr = addr.filter(|_| m.state == MemberState::Alive);
+            if known.get(&peer) != Some(&addr) {
+                remoting.set_lane_addr(peer, addr);
+            }
+            now.insert(peer, addr);
+        }
+        for gone in known.keys().filter(|p| !now.contains_key(p)) {
+            remoting.set_lane_addr(*gone, None);
+        }
+        known = now;
+        if view.changed().await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Keeps `manta status`'s lane column in step: which lane this node uses
+/// to each live member, checked every `every`.
+async fn report_lanes(membership: Membership, remoting: Remoting, every: Duration) {
+    let me = membership.node_id().to_owned();
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let lanes = membership
+            .members()
+            .into_iter()
+            .filter(|m| m.id != me && m.state == MemberState::Alive)
+            .filter_map(|m| {
+                let peer = m.id.parse::<libp2p::PeerId>().ok()?;
+                Some((m.id, remoting.lane_use(peer).as_str().to_owned()))
+            })
+            .collect();
+        membership.set_lanes(lanes);
+    }
+}
+
+/// The lane address a member gossips, if this node will connect to it.
+fn lane_addr(addr: &str, gossip: SocketAddr) -> Result<SocketAddr, String> {
+    let mut parsed: SocketAddr = addr
+        .parse()
+        .map_err(|e| format!("`{addr}` is not IP:PORT ({e})"))?;
+    if parsed.ip().is_unspecified() {
+        parsed.set_ip(gossip.ip());
+    }
+    if parsed.ip() != gossip.ip() {
+        return Err(format!(
+            "`{addr}` is on another host than its gossip address {gossip}"
+        ));
+    }
+    if parsed.port() == 0 {
+        return Err(format!("`{addr}` has no port"));
+    }
+    Ok(parsed)
 }
 
 /// Gossips the names registered in `system` (with their message types)

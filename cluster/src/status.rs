@@ -27,6 +27,10 @@ pub struct NodeStatus {
     pub gossip: String,
     /// Registered actor names.
     pub actors: Vec<String>,
+    /// Which lane the answering node sends this member's large messages
+    /// on (`bulk`, `bulk (idle)`, `mesh (...)`); none for itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lane: Option<String>,
 }
 
 /// The answer to a status query.

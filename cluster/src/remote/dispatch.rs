@@ -118,6 +118,12 @@ impl Remoting {
                 });
             }
             Frame::Watch { to } => self.serve_watch(peer, to),
+            Frame::LaneOpen { id, session } => self.grant_lane(peer, id, session),
+            Frame::Barrier { session, seq } => {
+                if let Some(b) = self.inner.bulk.get() {
+                    b.barrier(peer, session, seq);
+                }
+            }
             Frame::Exited { to, reason } => {
                 if let Some(s) = lock(&self.inner.watched).remove(&(peer, to)) {
                     s.set(reason);
@@ -286,7 +292,7 @@ impl ReplyRoute for PeerRoute {
         let sent = match answer {
             Ok(v) => match v.encoded_len() {
                 Ok(n) if n > VALUE_REPLY_MIN => {
-                    r.send_as(peer, None, || encode_reply_value(id, &*v))
+                    r.send_as(peer, None, |lane| encode_reply_value(id, &*v, lane))
                 }
                 Ok(n) => {
                     let mut out = Vec::with_capacity(n);

@@ -10,6 +10,7 @@ use manta_actors::{CodecError, ExitReason, WireError};
 use serde::{Deserialize, Serialize};
 
 use super::{CHUNK, FRAME_VERSION, MAX_FRAME};
+use crate::bulk::{RECORD_HEADER, RECORD_TAG};
 
 /// What travels on an actor stream. Tells and asks borrow their target,
 /// type and body: from the sender's handle when encoding, from the receive
@@ -80,6 +81,27 @@ pub(super) enum Frame<'a> {
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
+    /// Asks for a bulk lane: answered by a `Reply` carrying a
+    /// [`LaneGrant`] (or an error where the node has no lane). `session` is
+    /// the asker's (its lane messages are numbered per session).
+    LaneOpen {
+        id: u64,
+        session: u64,
+    },
+    /// Every frame written before this one on the stream has been handled:
+    /// the lane message `seq` of `session` that waits for it may go.
+    Barrier {
+        session: u64,
+        seq: u64,
+    },
+}
+
+/// What a node hands a peer that asked for a lane (in a mesh reply):
+/// fresh key material and a one-time ticket.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct LaneGrant {
+    pub(super) material: [u8; 32],
+    pub(super) ticket: [u8; 16],
 }
 
 impl Frame<'_> {
@@ -95,7 +117,12 @@ impl Frame<'_> {
         match self {
             Frame::Tell { to, .. } | Frame::Request { to, .. } => Some(to),
             Frame::Stop { to, .. } | Frame::Kill { to } | Frame::Watch { to } => Some(to),
-            _ => None,
+            Frame::Reply { .. }
+            | Frame::Exited { .. }
+            | Frame::Spawn { .. }
+            | Frame::Chunk { .. }
+            | Frame::LaneOpen { .. }
+            | Frame::Barrier { .. } => None,
         }
     }
 }
@@ -124,25 +151,51 @@ pub(super) struct ChunkRef<'a> {
 pub(super) enum Encoded {
     Small(Vec<u8>),
     Chunks(Vec<Vec<u8>>),
+    /// The records of one bulk-lane message, not yet sealed (see
+    /// [`Recorder`]).
+    Records(Vec<Vec<u8>>),
 }
 
-/// Encodes a frame for the wire: one small frame, or the chunks of a large
-/// one, written straight into their buffers.
-pub(super) fn encode<F: Serialize + ?Sized>(frame: &F) -> Result<Encoded, WireError> {
+/// Bytes of a lane message before its frame, in its first record: its
+/// number in the sender's session (`u64`) and flags (`u8`). The frame
+/// follows as on a mesh stream: length (`u32`), version, frame.
+pub(super) const LANE_HEAD: usize = 9;
+/// Flag: wait for the mesh [`Frame::Barrier`] of this message's number.
+pub(super) const FLAG_BARRIER: u8 = 1;
+/// Payload bytes per lane record (chosen by measurement: BENCHMARKS.md,
+/// "bulk lane records").
+pub(super) const LANE_RECORD: usize = 64 * 1024;
+
+/// Encodes a frame for the wire: one small frame, the chunks of a large
+/// one, or, for a frame of at least `lane` bytes (when the peer has a
+/// bulk lane), the records of a lane message; written straight into their
+/// buffers.
+pub(super) fn encode<F: Serialize + ?Sized>(
+    frame: &F,
+    lane: Option<usize>,
+) -> Result<Encoded, WireError> {
     let size = postcard::experimental::serialized_size(frame).map_err(encode_error)?;
-    encode_sized(frame, size)
+    encode_sized(frame, size, lane)
 }
 
 /// [`encode`] of a frame whose encoding takes `size` bytes (if it takes
 /// more or fewer, that is an error, not a bad frame).
-fn encode_sized<F: Serialize + ?Sized>(frame: &F, size: usize) -> Result<Encoded, WireError> {
-    postcard::serialize_with_flavor(frame, FrameSink::new(size)?).map_err(encode_error)
+fn encode_sized<F: Serialize + ?Sized>(
+    frame: &F,
+    size: usize,
+    lane: Option<usize>,
+) -> Result<Encoded, WireError> {
+    postcard::serialize_with_flavor(frame, FrameSink::new(size, lane)?).map_err(encode_error)
 }
 
 /// Encodes the successful reply `id` from the reply itself, as
 /// `Frame::reply(id, Ok(its encoding))` would be (a unit test checks), but
 /// without a buffer of the whole encoding first.
-pub(super) fn encode_reply_value(id: u64, v: &dyn EncodeWire) -> Result<Encoded, WireError> {
+pub(super) fn encode_reply_value(
+    id: u64,
+    v: &dyn EncodeWire,
+    lane: Option<usize>,
+) -> Result<Encoded, WireError> {
     use postcard::ser_flavors::Flavor;
     let len = v.encoded_len()?;
     // The frame up to the reply's bytes: that of an empty reply, less its
@@ -156,7 +209,7 @@ pub(super) fn encode_reply_value(id: u64, v: &dyn EncodeWire) -> Result<Encoded,
         .map_err(encode_error)?
         .len();
     let head = &buf[..n + m];
-    let mut sink = FrameSink::new(head.len() + len)?;
+    let mut sink = FrameSink::new(head.len() + len, lane)?;
     sink.try_extend(head).map_err(encode_error)?;
     v.encode_to(&mut |piece| sink.try_extend(piece).map_err(encode_error))?;
     sink.finalize().map_err(encode_error)
@@ -190,7 +243,7 @@ impl<M: Serialize> Outgoing<'_, Inline<'_, M>> {
 
     /// Encodes the frame. Its size comes from the message's size already
     /// measured, not from another pass over the message.
-    pub(super) fn encode(&self) -> Result<Encoded, WireError> {
+    pub(super) fn encode(&self, lane: Option<usize>) -> Result<Encoded, WireError> {
         let (head, len) = match self {
             Outgoing::Tell { to, ty, body } => (Outgoing::Tell { to, ty, body: () }, body.len),
             Outgoing::Request {
@@ -213,7 +266,7 @@ impl<M: Serialize> Outgoing<'_, Inline<'_, M>> {
         let head = postcard::experimental::serialized_size(&head).map_err(encode_error)?;
         let prefix =
             postcard::experimental::serialized_size(&(len as u64)).map_err(encode_error)?;
-        encode_sized(self, head + prefix + len)
+        encode_sized(self, head + prefix + len, lane)
     }
 }
 
@@ -250,15 +303,25 @@ impl<M: Serialize> Serialize for Inline<'_, M> {
 enum FrameSink {
     Small { out: Vec<u8>, size: usize },
     Chunks(Chunker),
+    Records(Recorder),
 }
 
 impl FrameSink {
-    fn new(size: usize) -> Result<Self, WireError> {
+    fn new(size: usize, lane: Option<usize>) -> Result<Self, WireError> {
         if size > MAX_FRAME {
             return Err(WireError::TooLarge {
                 size,
                 limit: MAX_FRAME,
             });
+        }
+        if lane.is_some_and(|threshold| size >= threshold) {
+            // The lane message's header, then the frame as on a stream.
+            let mut r = Recorder::new(LANE_HEAD + 5 + size);
+            let len = (size as u32 + 1).to_be_bytes();
+            r.extend(&[0; LANE_HEAD]);
+            r.extend(&len);
+            r.extend(&[FRAME_VERSION]);
+            return Ok(FrameSink::Records(r));
         }
         if size > CHUNK {
             return Chunker::new(rand::random(), size)
@@ -290,6 +353,13 @@ impl postcard::ser_flavors::Flavor for FrameSink {
                 Ok(())
             }
             FrameSink::Chunks(c) => c.try_extend(data),
+            FrameSink::Records(r) => {
+                if r.left < data.len() {
+                    return Err(postcard::Error::SerializeBufferFull);
+                }
+                r.extend(data);
+                Ok(())
+            }
         }
     }
 
@@ -304,8 +374,96 @@ impl postcard::ser_flavors::Flavor for FrameSink {
                 Ok(Encoded::Small(out))
             }
             FrameSink::Chunks(c) => c.finalize().map(Encoded::Chunks),
+            FrameSink::Records(r) => r.finish().map(Encoded::Records),
         }
     }
+}
+
+/// Cuts a lane message's plaintext into record buffers as it is written:
+/// each starts with [`RECORD_HEADER`] bytes for the record's length and
+/// has room for the tag, so it is sealed in place and written as it is.
+pub(super) struct Recorder {
+    /// Plaintext bytes still to come.
+    left: usize,
+    records: Vec<Vec<u8>>,
+}
+
+impl Recorder {
+    /// A recorder for `total` bytes of plaintext.
+    pub(super) fn new(total: usize) -> Self {
+        Recorder {
+            left: total,
+            records: Vec::with_capacity(total.div_ceil(LANE_RECORD)),
+        }
+    }
+
+    /// Appends plaintext (at most what is left; the caller checks).
+    pub(super) fn extend(&mut self, mut data: &[u8]) {
+        while !data.is_empty() && self.left > 0 {
+            let room = match self.records.last() {
+                Some(r) => LANE_RECORD + RECORD_HEADER - r.len(),
+                None => 0,
+            };
+            if room == 0 {
+                let size = self.left.min(LANE_RECORD);
+                let mut r = Vec::with_capacity(RECORD_HEADER + size + RECORD_TAG);
+                r.extend_from_slice(&[0; RECORD_HEADER]);
+                self.records.push(r);
+                continue;
+            }
+            let n = room.min(data.len()).min(self.left);
+            if let Some(r) = self.records.last_mut() {
+                r.extend_from_slice(&data[..n]);
+            }
+            self.left -= n;
+            data = &data[n..];
+        }
+    }
+
+    fn finish(self) -> postcard::Result<Vec<Vec<u8>>> {
+        if self.left != 0 {
+            return Err(postcard::Error::SerializeBufferFull);
+        }
+        Ok(self.records)
+    }
+
+    /// The records of a small frame (`[len, version, frame]` as on a
+    /// stream) sent on the lane behind a large message.
+    pub(super) fn of_small(bytes: &[u8]) -> Vec<Vec<u8>> {
+        let mut r = Recorder::new(LANE_HEAD + bytes.len());
+        r.extend(&[0; LANE_HEAD]);
+        r.extend(bytes);
+        r.records
+    }
+}
+
+/// A lane message's unsealed records back as a mesh frame (the lane could
+/// not be opened): one small frame, or the chunks of a large one.
+pub(super) fn records_to_mesh(records: &[Vec<u8>]) -> Result<Encoded, WireError> {
+    let mut plain = Vec::with_capacity(records.len() * LANE_RECORD);
+    for r in records {
+        plain.extend_from_slice(r.get(RECORD_HEADER..).unwrap_or_default());
+    }
+    let stream_frame = plain.get(LANE_HEAD..).unwrap_or_default();
+    let frame = stream_frame.get(5..).unwrap_or_default();
+    if frame.len() <= CHUNK {
+        return Ok(Encoded::Small(stream_frame.to_vec()));
+    }
+    let msg = rand::random();
+    let count = frame.len().div_ceil(CHUNK) as u32;
+    frame
+        .chunks(CHUNK)
+        .enumerate()
+        .map(|(i, data)| {
+            wire_chunk(&ChunkRef {
+                msg,
+                index: i as u32,
+                count,
+                data,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Encoded::Chunks)
 }
 
 /// A postcard output that cuts the encoding of one large frame into wire
@@ -404,8 +562,7 @@ fn encode_error(e: postcard::Error) -> WireError {
 }
 
 /// One chunk on the wire: length, version, variant, fields (what
-/// [`Chunker`] writes, built from a whole piece; for tests).
-#[cfg(any(test, feature = "testing"))]
+/// [`Chunker`] writes, built from a whole piece).
 pub(super) fn wire_chunk(c: &ChunkRef<'_>) -> Result<Vec<u8>, WireError> {
     let mut out = Vec::with_capacity(4 + 2 + 24 + c.data.len());
     out.extend_from_slice(&[0, 0, 0, 0, FRAME_VERSION, CHUNK_VARIANT]);
@@ -419,6 +576,11 @@ pub(super) fn wire_chunk(c: &ChunkRef<'_>) -> Result<Vec<u8>, WireError> {
 mod tests {
     use super::*;
     use manta_actors::wire::encode_wire;
+
+    /// The mesh encoding (no lane).
+    fn encode<F: Serialize + ?Sized>(f: &F) -> Result<Encoded, WireError> {
+        super::encode(f, None)
+    }
 
     #[test]
     fn a_reply_carries_its_bytes_as_one_string_in_the_old_layout() {
@@ -539,7 +701,49 @@ mod tests {
                 }
                 whole
             }
+            Encoded::Records(records) => {
+                let mut plain = Vec::new();
+                for r in &records {
+                    assert!(r.len() - RECORD_HEADER <= LANE_RECORD);
+                    assert!(r.capacity() >= r.len() + RECORD_TAG, "room for the tag");
+                    plain.extend_from_slice(&r[RECORD_HEADER..]);
+                }
+                let len = u32::from_be_bytes(plain[LANE_HEAD..LANE_HEAD + 4].try_into().unwrap());
+                assert_eq!(len as usize, plain.len() - LANE_HEAD - 4);
+                assert_eq!(plain[LANE_HEAD + 4], FRAME_VERSION);
+                plain[LANE_HEAD + 5..].to_vec()
+            }
         }
+    }
+
+    #[test]
+    fn a_lane_message_holds_the_frame_and_converts_back_to_mesh_frames() {
+        for blob in [10, LANE_RECORD - 40, LANE_RECORD, 3 * LANE_RECORD + 5] {
+            let msg = sample(blob);
+            let frame = Outgoing::Tell {
+                to: "sink",
+                ty: "t::Sample",
+                body: Inline::new(&msg).unwrap(),
+            };
+            let mesh = written(frame.encode(None).unwrap());
+            let lane = frame.encode(Some(0)).unwrap();
+            let Encoded::Records(records) = lane else {
+                panic!("a threshold of 0 puts every frame on the lane")
+            };
+            let back = written(records_to_mesh(&records).unwrap());
+            assert_eq!(written(Encoded::Records(records)), mesh);
+            assert_eq!(back, mesh, "{blob}: the fallback sends the same frame");
+            // Below the threshold: as on the mesh.
+            let under = frame.encode(Some(usize::MAX)).unwrap();
+            assert!(!matches!(under, Encoded::Records(_)));
+        }
+        // A small frame behind a large one: its stream bytes after the head.
+        let Encoded::Small(small) = encode(&Frame::Kill { to: "a".into() }).unwrap() else {
+            panic!("small")
+        };
+        let records = Recorder::of_small(&small);
+        assert_eq!(records.len(), 1);
+        assert_eq!(&records[0][RECORD_HEADER + LANE_HEAD..], &small[..]);
     }
 
     #[test]
@@ -553,7 +757,7 @@ mod tests {
                 ty: "t::Sample",
                 body: Inline::new(&msg).unwrap(),
             }
-            .encode()
+            .encode(None)
             .unwrap();
             let want = postcard::to_allocvec(&Frame::Tell {
                 to: Cow::Borrowed("sink"),
@@ -568,7 +772,7 @@ mod tests {
                 ty: "t::Sample",
                 body: Inline::new(&msg).unwrap(),
             }
-            .encode()
+            .encode(None)
             .unwrap();
             let got = written(ask);
             match postcard::from_bytes::<Frame>(&got).unwrap() {
@@ -592,6 +796,7 @@ mod tests {
         .unwrap()
         {
             Encoded::Small(_) => 1,
+            Encoded::Records(_) => panic!("no lane"),
             Encoded::Chunks(c) => {
                 let pieces: Vec<usize> = c.iter().map(|c| c.len()).collect();
                 assert!(pieces[..pieces.len() - 1].iter().all(|l| *l == pieces[0]));
@@ -623,7 +828,7 @@ mod tests {
             let want =
                 postcard::to_allocvec(&Frame::reply(u64::MAX - 1, Ok(encode_wire(&msg).unwrap())))
                     .unwrap();
-            let got = written(encode_reply_value(u64::MAX - 1, &msg).unwrap());
+            let got = written(encode_reply_value(u64::MAX - 1, &msg, None).unwrap());
             assert!(got == want, "reply with a {blob}-byte blob");
         }
     }
@@ -667,14 +872,14 @@ mod tests {
                 ty: "y",
                 body: Inline::new(&msg).unwrap(),
             }
-            .encode();
+            .encode(None);
             assert!(
                 matches!(got, Err(WireError::Encode(_))),
                 "typed, {start} bytes, grows {grows}: {:?}",
                 got.err()
             );
             let msg = Fickle(std::cell::Cell::new(start), grows);
-            let got = encode_reply_value(1, &msg);
+            let got = encode_reply_value(1, &msg, None);
             assert!(
                 matches!(got, Err(WireError::Encode(_))),
                 "reply, {start} bytes, grows {grows}: {:?}",

@@ -45,7 +45,7 @@ impl<M: RemoteMessage> RemoteActor<M> for RemoteRef<M> {
                         body,
                     };
                     addr.remoting
-                        .send_as(addr.peer, Some(frame.target()), || frame.encode())
+                        .send_as(addr.peer, Some(frame.target()), |lane| frame.encode(lane))
                 } else {
                     let frame = Outgoing::Request {
                         replies: &replies,
@@ -54,7 +54,7 @@ impl<M: RemoteMessage> RemoteActor<M> for RemoteRef<M> {
                         body,
                     };
                     addr.remoting
-                        .send_as(addr.peer, Some(frame.target()), || frame.encode())
+                        .send_as(addr.peer, Some(frame.target()), |lane| frame.encode(lane))
                 }
             });
         sent.map_err(|e| {

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::AsyncWriteExt;
@@ -14,35 +14,92 @@ use libp2p::PeerId;
 use manta_actors::{ExitReason, WireError};
 use tokio::sync::mpsc;
 
-use super::frame::{Encoded, Frame, encode};
+use super::frame::{Encoded, FLAG_BARRIER, Frame, encode, records_to_mesh};
+use super::lane::{Inflight, LaneLink, LaneMsg, dec};
 use super::{BULK_QUEUE, CHUNK, PEER_QUEUE, PROTOCOL, Remoting, lock};
 
 pub(super) struct Link {
     tx: mpsc::Sender<Vec<u8>>,
     bulk: mpsc::Sender<(Vec<u8>, Option<String>)>,
-    /// Large messages per target actor still in the bulk lane: while one is,
-    /// small messages to the same actor follow it there, so messages from
-    /// this node to one actor keep their order.
-    inflight: Arc<Mutex<HashMap<String, usize>>>,
+    /// Large messages per target actor still in the mesh's chunk queue:
+    /// while one is, small messages to the same actor follow it there, so
+    /// messages from this node to one actor keep their order.
+    inflight: Inflight,
+    /// The same for the bulk lane: messages per target actor not yet
+    /// acknowledged there.
+    lane_inflight: Inflight,
+    /// The peer's bulk lane, once a message went on it.
+    pub(super) lane: Option<LaneLink>,
     /// Which writer serves this link (a writer that ends removes only its
     /// own link, never one that replaced it).
-    writer_id: u64,
+    pub(super) writer_id: u64,
+}
+
+fn count(map: &Inflight, target: &Option<String>) -> usize {
+    target
+        .as_ref()
+        .map_or(0, |t| lock(map).get(t).copied().unwrap_or(0))
+}
+
+fn inc(map: &Inflight, target: &Option<String>) {
+    if let Some(t) = target {
+        *lock(map).entry(t.clone()).or_insert(0) += 1;
+    }
+}
+
+impl Link {
+    /// Queues a mesh frame in the chunk queue, behind the large messages
+    /// there, counted in flight for `target` until written.
+    pub(super) fn queue_mesh_bulk(
+        &mut self,
+        encoded: Result<Encoded, WireError>,
+        target: Option<String>,
+    ) -> Result<(), WireError> {
+        let pieces = match encoded? {
+            Encoded::Small(b) => vec![b],
+            Encoded::Chunks(c) => c,
+            Encoded::Records(_) => {
+                return Err(WireError::Encode(manta_actors::CodecError::new(
+                    "frame",
+                    "lane records on the mesh",
+                )));
+            }
+        };
+        if self.bulk.is_closed() {
+            return Err(WireError::NodeDown("the peer's link is closed".to_owned()));
+        }
+        if self.bulk.capacity() < pieces.len() {
+            return Err(WireError::Backpressure);
+        }
+        inc(&self.inflight, &target);
+        let last = pieces.len() - 1;
+        // Capacity was checked under the links lock: these succeed.
+        pieces
+            .into_iter()
+            .enumerate()
+            .try_for_each(|(i, c)| {
+                let done = if i == last { target.clone() } else { None };
+                self.bulk.try_send((c, done))
+            })
+            .map_err(|_| WireError::Backpressure)
+    }
 }
 
 impl Remoting {
     /// Queues an encoded frame for `peer`, starting its writer if needed.
     pub(super) fn send(&self, peer: PeerId, frame: &Frame<'_>) -> Result<(), WireError> {
-        self.send_as(peer, frame.target(), || encode(frame))
+        self.send_as(peer, frame.target(), |lane| encode(frame, lane))
     }
 
     /// Queues a frame for `peer`, encoded by `encoded` once the peer is
-    /// known to be up; `target` is the actor it is for, where ordering
-    /// matters.
+    /// known to be up (given the size from which a frame goes on the
+    /// peer's bulk lane, if it has one now); `target` is the actor it is
+    /// for, where ordering matters.
     pub(super) fn send_as(
         &self,
         peer: PeerId,
         target: Option<&str>,
-        encoded: impl FnOnce() -> Result<Encoded, WireError>,
+        encoded: impl FnOnce(Option<usize>) -> Result<Encoded, WireError>,
     ) -> Result<(), WireError> {
         if let Some(r) = self.node_signal(peer).reason() {
             return Err(match r {
@@ -50,7 +107,8 @@ impl Remoting {
                 other => WireError::ActorGone(Some(other)),
             });
         }
-        let encoded = encoded()?;
+        let threshold = self.inner.bulk.get().and_then(|b| b.threshold_for(peer));
+        let encoded = encoded(threshold)?;
         // The links lock is held while queueing: the chunks of one message
         // are queued together, never interleaved with another's.
         let mut links = lock(&self.inner.links);
@@ -65,7 +123,7 @@ impl Remoting {
                 })?;
                 let (tx, rx) = mpsc::channel(PEER_QUEUE);
                 let (bulk, bulk_rx) = mpsc::channel(BULK_QUEUE);
-                let inflight = Arc::new(Mutex::new(HashMap::new()));
+                let inflight: Inflight = Arc::new(Mutex::new(HashMap::new()));
                 let control = lock(&self.inner.control).clone();
                 let writer_id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
                 let writer = self.clone();
@@ -81,43 +139,33 @@ impl Remoting {
                     tx,
                     bulk,
                     inflight,
+                    lane_inflight: Arc::new(Mutex::new(HashMap::new())),
+                    lane: None,
                     writer_id,
                 })
             }
         };
         let target = target.map(str::to_owned);
-        let behind_large = target
-            .as_ref()
-            .is_some_and(|t| lock(&link.inflight).get(t).copied().unwrap_or(0) > 0);
+        let on_lane = count(&link.lane_inflight, &target);
+        let on_mesh_bulk = count(&link.inflight, &target);
         let result = match encoded {
+            // Behind messages to the same actor on the lane: it follows
+            // them there (whatever its size).
+            e if on_lane > 0 && link.lane.is_some() => {
+                self.queue_lane(peer, link, Self::to_records(e), target, false)
+            }
+            // A large message for the lane, unless the actor has messages
+            // in the mesh's chunk queue (it goes behind them instead).
+            Encoded::Records(records) if threshold.is_some() && on_mesh_bulk == 0 => {
+                self.queue_lane(peer, link, records, target, true)
+            }
+            Encoded::Records(records) => link.queue_mesh_bulk(records_to_mesh(&records), target),
             // Behind a large message to the same actor: it follows it on the
-            // bulk lane and counts as in flight there until written, so a
+            // chunk queue and counts as in flight there until written, so a
             // small message sent after it cannot overtake it on the small
             // lane once the large one is out.
-            Encoded::Small(bytes) if behind_large => {
-                if let Some(t) = &target {
-                    *lock(&link.inflight).entry(t.clone()).or_insert(0) += 1;
-                }
-                match link.bulk.try_send((bytes, target.clone())) {
-                    Ok(()) => Ok(()),
-                    Err(e) => {
-                        if let Some(t) = &target {
-                            let mut f = lock(&link.inflight);
-                            if let Some(n) = f.get_mut(t) {
-                                *n -= 1;
-                                if *n == 0 {
-                                    f.remove(t);
-                                }
-                            }
-                        }
-                        match e {
-                            mpsc::error::TrySendError::Full(_) => Err(WireError::Backpressure),
-                            mpsc::error::TrySendError::Closed(_) => {
-                                Err(WireError::NodeDown(peer.to_string()))
-                            }
-                        }
-                    }
-                }
+            Encoded::Small(bytes) if on_mesh_bulk > 0 => {
+                link.queue_mesh_bulk(Ok(Encoded::Small(bytes)), target)
             }
             Encoded::Small(bytes) => match link.tx.try_send(bytes) {
                 Ok(()) => Ok(()),
@@ -126,32 +174,91 @@ impl Remoting {
                     Err(WireError::NodeDown(peer.to_string()))
                 }
             },
-            Encoded::Chunks(chunks) => {
-                if link.bulk.is_closed() {
-                    Err(WireError::NodeDown(peer.to_string()))
-                } else if link.bulk.capacity() < chunks.len() {
-                    Err(WireError::Backpressure)
-                } else {
-                    if let Some(t) = &target {
-                        *lock(&link.inflight).entry(t.clone()).or_insert(0) += 1;
-                    }
-                    let last = chunks.len() - 1;
-                    // Capacity was checked under the lock: these succeed.
-                    chunks
-                        .into_iter()
-                        .enumerate()
-                        .try_for_each(|(i, c)| {
-                            let done = if i == last { target.clone() } else { None };
-                            link.bulk.try_send((c, done))
-                        })
-                        .map_err(|_| WireError::Backpressure)
-                }
-            }
+            Encoded::Chunks(chunks) => link.queue_mesh_bulk(Ok(Encoded::Chunks(chunks)), target),
         };
+        let result = result.map_err(|e| match e {
+            WireError::NodeDown(_) => WireError::NodeDown(peer.to_string()),
+            other => other,
+        });
         if matches!(result, Err(WireError::NodeDown(_))) {
             links.remove(&peer);
         }
         result
+    }
+
+    /// Queues a lane message for `peer` (starting its lane if needed);
+    /// `first` when it may start a lane run for its actor: it then waits,
+    /// on the receiver, for a barrier written on the mesh stream now.
+    fn queue_lane(
+        &self,
+        peer: PeerId,
+        link: &mut Link,
+        records: Vec<Vec<u8>>,
+        target: Option<String>,
+        first: bool,
+    ) -> Result<(), WireError> {
+        let max = self
+            .inner
+            .bulk
+            .get()
+            .map_or(usize::MAX, |b| b.settings.max_inflight);
+        if link.lane.is_none() {
+            // Starting the lane needs the runtime; from a plain thread the
+            // message goes over the mesh instead.
+            let Ok(rt) = tokio::runtime::Handle::try_current() else {
+                return link.queue_mesh_bulk(records_to_mesh(&records), target);
+            };
+            let (tx, rx) = mpsc::unbounded_channel();
+            let bytes = Arc::new(AtomicUsize::new(0));
+            // A session per lane link: its messages are numbered from 1.
+            let session = rand::random();
+            rt.spawn(self.clone().lane_loop(
+                peer,
+                session,
+                rx,
+                Arc::clone(&bytes),
+                Arc::clone(&link.lane_inflight),
+                link.writer_id,
+            ));
+            link.lane = Some(LaneLink {
+                tx,
+                bytes,
+                session,
+                next_seq: 1,
+            });
+        }
+        let Some(lane) = link.lane.as_mut() else {
+            return Err(WireError::NodeDown(peer.to_string()));
+        };
+        let size: usize = records.iter().map(Vec::len).sum();
+        let used = lane.bytes.load(Ordering::Relaxed);
+        if used > 0 && used + size > max {
+            return Err(WireError::Backpressure);
+        }
+        let seq = lane.next_seq;
+        let mut flags = 0;
+        if first && target.is_some() && count(&link.lane_inflight, &target) == 0 {
+            // Every frame queued before it on the mesh stream is handled
+            // before it.
+            let barrier = self.barrier_frame(lane.session, seq)?;
+            link.tx.try_send(barrier).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => WireError::Backpressure,
+                mpsc::error::TrySendError::Closed(_) => WireError::NodeDown(peer.to_string()),
+            })?;
+            flags = FLAG_BARRIER;
+        }
+        lane.next_seq += 1;
+        let msg = LaneMsg::new(seq, records, target.clone(), flags);
+        lane.bytes.fetch_add(msg.bytes, Ordering::Relaxed);
+        inc(&link.lane_inflight, &target);
+        if lane.tx.send(msg).is_err() {
+            // The lane task ended (it fell back to the mesh).
+            lane.bytes.fetch_sub(size, Ordering::Relaxed);
+            dec(&link.lane_inflight, &target);
+            link.lane = None;
+            return Err(WireError::Backpressure);
+        }
+        Ok(())
     }
 
     async fn write_loop(
@@ -160,7 +267,7 @@ impl Remoting {
         mut control: libp2p_stream::Control,
         mut rx: mpsc::Receiver<Vec<u8>>,
         mut bulk: mpsc::Receiver<(Vec<u8>, Option<String>)>,
-        inflight: Arc<Mutex<HashMap<String, usize>>>,
+        inflight: Inflight,
         writer_id: u64,
     ) {
         let mut stream = match control.open_stream(peer, PROTOCOL).await {
@@ -219,15 +326,7 @@ impl Remoting {
                 }
                 self.inner.reopened.fetch_add(1, Ordering::Relaxed);
             }
-            if let Some(t) = done {
-                let mut f = lock(&inflight);
-                if let Some(n) = f.get_mut(&t) {
-                    *n -= 1;
-                    if *n == 0 {
-                        f.remove(&t);
-                    }
-                }
-            }
+            dec(&inflight, &done);
         }
         self.remove_link(peer, writer_id);
     }

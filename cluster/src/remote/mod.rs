@@ -30,6 +30,7 @@ mod frame;
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzz;
 mod handles;
+mod lane;
 mod link;
 mod reader;
 
@@ -53,6 +54,7 @@ use handles::{RemoteAny, intern};
 use link::Link;
 
 pub use handles::RemoteRef;
+pub use lane::{BulkSettings, LaneUse};
 
 /// The stream protocol of actor traffic.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/manta/actors/1");
@@ -148,6 +150,8 @@ struct Inner {
     /// watch task per actor it watches (a watch of an actor already
     /// watched adds nothing), ended when the peer goes down.
     serving: Mutex<HashMap<PeerId, Serving>>,
+    /// The bulk lane, once enabled.
+    bulk: std::sync::OnceLock<lane::Bulk>,
 }
 
 #[derive(Default)]
@@ -206,6 +210,7 @@ impl Remoting {
                 sweep_at: AtomicU64::new(SWEEP_MIN),
                 partials: reader::Partials::new(limits),
                 serving: Mutex::new(HashMap::new()),
+                bulk: std::sync::OnceLock::new(),
             }),
         };
         tokio::spawn(reader::expire_partials(Arc::downgrade(&r.inner)));
@@ -223,6 +228,103 @@ impl Remoting {
             }
         }
         r
+    }
+
+    /// Turns the bulk lane on: lane connections are accepted on `listener`
+    /// (whose address the node gossips), and frames of at least
+    /// `settings.threshold` bytes to a peer that gossips a lane go on it.
+    /// Once per node; a second call is an error.
+    pub fn enable_bulk(
+        &self,
+        listener: tokio::net::TcpListener,
+        settings: BulkSettings,
+    ) -> std::io::Result<std::net::SocketAddr> {
+        let local = listener.local_addr()?;
+        self.inner
+            .bulk
+            .set(lane::Bulk::new(settings, local))
+            .map_err(|_| std::io::Error::other("the bulk lane is already on"))?;
+        tokio::spawn(self.clone().accept_lanes(listener));
+        Ok(local)
+    }
+
+    /// The address this node's lane listens on, if the lane is on.
+    pub fn bulk_addr(&self) -> Option<std::net::SocketAddr> {
+        self.inner.bulk.get().map(lane::Bulk::local)
+    }
+
+    /// Sets (or clears) the lane address `peer` gossips.
+    pub fn set_lane_addr(&self, peer: PeerId, addr: Option<std::net::SocketAddr>) {
+        if let Some(b) = self.inner.bulk.get() {
+            b.set_addr(peer, addr);
+            self.inner.partials.moved.notify_waiters();
+        }
+    }
+
+    /// Which lane carries large messages to `peer` now.
+    pub fn lane_use(&self, peer: PeerId) -> LaneUse {
+        match self.inner.bulk.get() {
+            Some(b) => b.lane_use(peer),
+            None => LaneUse::MeshOff,
+        }
+    }
+
+    /// Lane connections closed before they were used: no ticket within the
+    /// deadline, or an unknown, used or expired one, or too many at once.
+    pub fn lane_refused(&self) -> u64 {
+        self.inner
+            .bulk
+            .get()
+            .map_or(0, |b| b.refused.load(Ordering::Relaxed))
+    }
+
+    /// Lanes closed here because a record did not open or a message on it
+    /// was malformed.
+    pub fn lane_bad_records(&self) -> u64 {
+        self.inner
+            .bulk
+            .get()
+            .map_or(0, |b| b.bad_records.load(Ordering::Relaxed))
+    }
+
+    /// Lane connections this node opened.
+    pub fn lanes_opened(&self) -> u64 {
+        self.inner
+            .bulk
+            .get()
+            .map_or(0, |b| b.opened.load(Ordering::Relaxed))
+    }
+
+    /// Lane messages sent again on a new lane after theirs died.
+    pub fn lane_resent(&self) -> u64 {
+        self.inner
+            .bulk
+            .get()
+            .map_or(0, |b| b.resent.load(Ordering::Relaxed))
+    }
+
+    /// Lane messages peers acknowledged (sent from this node).
+    pub fn lane_messages(&self) -> u64 {
+        self.inner
+            .bulk
+            .get()
+            .map_or(0, |b| b.acked.load(Ordering::Relaxed))
+    }
+
+    /// Stops the bulk lane: its listener and every lane connection close
+    /// (the node is leaving or stopping).
+    pub fn close_lanes(&self) {
+        if let Some(b) = self.inner.bulk.get() {
+            b.close();
+        }
+    }
+
+    /// Times a lane could not be opened and the mesh took its messages.
+    pub fn lane_fallbacks(&self) -> u64 {
+        self.inner
+            .bulk
+            .get()
+            .map_or(0, |b| b.fallbacks.load(Ordering::Relaxed))
     }
 
     /// Frames received that were malformed (the stream was closed).
@@ -324,7 +426,7 @@ impl Remoting {
             id,
             result: Ok(frame::ReplyBody(std::borrow::Cow::Borrowed(body))),
         };
-        match frame::encode(&f) {
+        match frame::encode(&f, None) {
             Ok(frame::Encoded::Small(bytes)) => bytes,
             _ => Vec::new(),
         }
@@ -334,7 +436,7 @@ impl Remoting {
     /// `testing` only.
     #[cfg(feature = "testing")]
     pub fn watch_frame_for_test(to: &str) -> Vec<u8> {
-        match frame::encode(&Frame::Watch { to: to.to_owned() }) {
+        match frame::encode(&Frame::Watch { to: to.to_owned() }, None) {
             Ok(frame::Encoded::Small(bytes)) => bytes,
             _ => Vec::new(),
         }
@@ -373,6 +475,9 @@ impl Remoting {
             .set(ExitReason::NodeDown(peer.to_string()));
         lock(&self.inner.links).remove(&peer);
         self.inner.partials.forget(peer);
+        if let Some(b) = self.inner.bulk.get() {
+            b.forget(peer);
+        }
         if let Some(s) = lock(&self.inner.serving).remove(&peer) {
             for w in s.watches.into_values() {
                 w.abort();

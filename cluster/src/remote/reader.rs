@@ -69,37 +69,9 @@ impl Remoting {
                         return;
                     }
                 };
-                let reply = match postcard::from_bytes::<Frame>(&whole) {
-                    Ok(Frame::Chunk { .. }) | Err(_) => {
-                        self.bad(peer, "undecodable large message");
-                        return;
-                    }
-                    // A large reply's bytes stay where they are: the
-                    // buffer goes to the waiting ask.
-                    Ok(Frame::Reply {
-                        id,
-                        result: Ok(ReplyBody(Cow::Borrowed(body))),
-                    }) => {
-                        let start = (body.as_ptr() as usize).wrapping_sub(whole.as_ptr() as usize);
-                        Some((id, start..start + body.len()))
-                    }
-                    // Dispatch decodes the message out of the buffer.
-                    Ok(frame) => {
-                        self.dispatch(peer, &route, frame);
-                        None
-                    }
-                };
-                if let Some((id, range)) = reply {
-                    // The asker hands the buffer back once it has decoded
-                    // the reply (or at once, if it gave up).
-                    let bytes = ReplyBytes {
-                        buf: whole,
-                        range,
-                        pool: Some(Arc::clone(&self.inner.kept)),
-                    };
-                    self.answer(peer, id, Ok(Box::new(bytes)));
-                } else {
-                    self.keep(whole);
+                if let Err(what) = self.take_whole(peer, &route, whole, 0) {
+                    self.bad(peer, what);
+                    return;
                 }
                 continue;
             }
@@ -112,6 +84,50 @@ impl Remoting {
                 }
             }
         }
+    }
+
+    /// Handles a whole large message, the frame at `whole[start..]`
+    /// (reassembled from chunks, or received on a bulk lane): a large
+    /// reply keeps its buffer, which goes to the waiting ask; any other
+    /// frame is dispatched and the buffer kept for the next message.
+    pub(super) fn take_whole(
+        &self,
+        peer: PeerId,
+        route: &Arc<dyn manta_actors::wire::ReplyRoute>,
+        whole: Vec<u8>,
+        start: usize,
+    ) -> Result<(), &'static str> {
+        let frame = whole.get(start..).unwrap_or_default();
+        let reply = match postcard::from_bytes::<Frame>(frame) {
+            Ok(Frame::Chunk { .. }) | Err(_) => return Err("undecodable large message"),
+            // A large reply's bytes stay where they are: the buffer goes
+            // to the waiting ask.
+            Ok(Frame::Reply {
+                id,
+                result: Ok(ReplyBody(Cow::Borrowed(body))),
+            }) => {
+                let start = (body.as_ptr() as usize).wrapping_sub(whole.as_ptr() as usize);
+                Some((id, start..start + body.len()))
+            }
+            // Dispatch decodes the message out of the buffer.
+            Ok(frame) => {
+                self.dispatch(peer, route, frame);
+                None
+            }
+        };
+        if let Some((id, range)) = reply {
+            // The asker hands the buffer back once it has decoded the
+            // reply (or at once, if it gave up).
+            let bytes = ReplyBytes {
+                buf: whole,
+                range,
+                pool: Some(Arc::clone(&self.inner.kept)),
+            };
+            self.answer(peer, id, Ok(Box::new(bytes)));
+        } else {
+            self.keep(whole);
+        }
+        Ok(())
     }
 
     /// Keeps a large message's buffer for the next one (at most
@@ -141,6 +157,13 @@ pub(super) struct Partials {
     dropped: AtomicU64,
     /// Woken whenever a counter of the node's remoting moves.
     pub(super) moved: tokio::sync::Notify,
+}
+
+/// A whole message's share of the budgets (see [`Partials::admit`]).
+pub(super) struct Admitted {
+    peer: PeerId,
+    declared: usize,
+    _permit: OwnedSemaphorePermit,
 }
 
 #[derive(Default)]
@@ -288,6 +311,71 @@ impl Partials {
         Ok(None)
     }
 
+    /// Admits one whole message of `declared` bytes from `peer` that will
+    /// arrive in one piece after another (a bulk-lane message): within the
+    /// same budgets as chunked ones, waiting for the node's budget at most
+    /// `partial_expiry`. Released by [`release`](Self::release).
+    pub(super) async fn admit(
+        &self,
+        peer: PeerId,
+        declared: usize,
+    ) -> Result<Admitted, &'static str> {
+        let units = declared.div_ceil(CHUNK).max(1);
+        if units > self.units as usize || declared > self.limits.partial_per_peer {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return Err("larger than the budget of partly received messages");
+        }
+        let units = units as u32;
+        let over = |pp: &PeerPartials| pp.declared + declared > self.limits.partial_per_peer;
+        if lock(&self.state).get(&peer).is_some_and(over) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return Err("over the peer's budget of partly received messages");
+        }
+        let budget = Arc::clone(&self.budget);
+        let permit = match budget.clone().try_acquire_many_owned(units) {
+            Ok(p) => p,
+            Err(_) => match tokio::time::timeout(
+                self.limits.partial_expiry,
+                budget.acquire_many_owned(units),
+            )
+            .await
+            {
+                Ok(Ok(p)) => p,
+                _ => {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                    return Err("the node's budget of partly received messages stayed taken");
+                }
+            },
+        };
+        let mut state = lock(&self.state);
+        let pp = state.entry(peer).or_default();
+        if over(pp) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return Err("over the peer's budget of partly received messages");
+        }
+        pp.declared += declared;
+        self.bytes.fetch_add(declared, Ordering::Relaxed);
+        self.moved.notify_waiters();
+        Ok(Admitted {
+            peer,
+            declared,
+            _permit: permit,
+        })
+    }
+
+    /// Gives back what [`admit`](Self::admit) took.
+    pub(super) fn release(&self, a: Admitted) {
+        let mut state = lock(&self.state);
+        if let Some(pp) = state.get_mut(&a.peer) {
+            pp.declared = pp.declared.saturating_sub(a.declared);
+            if pp.declared == 0 && pp.msgs.is_empty() {
+                state.remove(&a.peer);
+            }
+        }
+        self.bytes.fetch_sub(a.declared, Ordering::Relaxed);
+        self.moved.notify_waiters();
+    }
+
     fn complete(&self, pp: &mut PeerPartials, key: (u64, u64)) -> Option<Vec<u8>> {
         let p = pp.msgs.remove(&key)?;
         pp.declared -= p.declared;
@@ -312,7 +400,7 @@ impl Partials {
                 }
             }
         }
-        state.retain(|_, pp| !pp.msgs.is_empty());
+        state.retain(|_, pp| !pp.msgs.is_empty() || pp.declared > 0);
         n
     }
 

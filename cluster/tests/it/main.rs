@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail the test by panicking
 
 mod attacks;
+mod bulk;
 mod config;
 mod forged_gossip;
 mod fuzz_stream;

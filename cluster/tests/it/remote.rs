@@ -78,21 +78,23 @@ fn node_config(
 }
 
 async fn pair(tag: &str) -> (Pair, ActorSystem) {
+    pair_with(tag, |_| {}).await
+}
+
+/// [`pair`] with both configs changed by `change`.
+async fn pair_with(tag: &str, change: impl Fn(&mut NodeConfig)) -> (Pair, ActorSystem) {
     let dir = std::env::temp_dir().join(format!("manta-remote-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let secret = dir.join("secret");
     ClusterSecret::write_new(&secret).unwrap();
     let sys_a = ActorSystem::new();
-    let a = Node::start(node_config(&dir, "a", &secret, vec![]), sys_a.clone())
-        .await
-        .unwrap();
+    let mut ca = node_config(&dir, "a", &secret, vec![]);
+    change(&mut ca);
+    let a = Node::start(ca, sys_a.clone()).await.unwrap();
     let seed = a.membership().gossip_addr().to_string();
-    let b = Node::start(
-        node_config(&dir, "b", &secret, vec![seed]),
-        ActorSystem::new(),
-    )
-    .await
-    .unwrap();
+    let mut cb = node_config(&dir, "b", &secret, vec![seed]);
+    change(&mut cb);
+    let b = Node::start(cb, ActorSystem::new()).await.unwrap();
     (
         Pair {
             a,
@@ -306,13 +308,14 @@ async fn small_tells_behind_a_large_one_keep_their_order() {
     );
 }
 
-/// A stream that breaks in the middle of a chunked message: the chunks
-/// already sent are gone with it, the tail arriving on the fresh stream is
-/// dropped quietly (not taken for garbage, which would close that stream
-/// too), and the next messages get through.
+/// A stream that breaks in the middle of a chunked message (the bulk lane
+/// off, so large messages are chunks on the mesh): the chunks already sent
+/// are gone with it, the tail arriving on the fresh stream is dropped
+/// quietly (not taken for garbage, which would close that stream too), and
+/// the next messages get through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_message_cut_by_a_broken_stream_is_dropped_and_the_next_ones_arrive() {
-    let (p, sys_a) = pair("cut").await;
+    let (p, sys_a) = pair_with("cut", |c| c.bulk.enabled = false).await;
     sys_a.spawn_named("store", Store(0, 0)).await.unwrap();
     published(&p.b, "store").await;
     let store = p.b.where_is::<Blob>("store").unwrap();
@@ -842,7 +845,8 @@ fn checksum(v: &[u8]) -> u64 {
 // starve both nodes' gossip on a single thread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn large_payloads_are_chunked_and_arrive_whole_without_stalling_small_messages() {
-    let (p, sys_a) = pair("blob").await;
+    // The bulk lane off: large messages are chunks on the mesh stream.
+    let (p, sys_a) = pair_with("blob", |c| c.bulk.enabled = false).await;
     sys_a.spawn_named("store", Store(0, 0)).await.unwrap();
     sys_a.spawn_named("ledger", Counter(0)).await.unwrap();
     published(&p.b, "store").await;

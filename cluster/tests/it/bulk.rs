@@ -1,0 +1,722 @@
+//! The bulk lane (issue 17): nodes in one process, each with its own actor
+//! system, real gossip, a real mesh and real lane connections on 127.0.0.1.
+//! Strangers and insiders speak to the lane port over plain TCP sockets.
+
+use std::time::Duration;
+
+use manta_actors::{Actor, ActorError, ActorSystem, AskError, Context, Message, ReplyTo};
+use manta_cluster::bulk::{LaneSecrets, RECORD_HEADER, RecordSealer, Side, lane_keys};
+use manta_cluster::{ClusterSecret, LaneUse, MAX_FRAME, Node, NodeConfig};
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::{DEADLINE, wait_view};
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Load {
+    /// A numbered payload.
+    Put(u64, ByteBuf),
+    /// The same, answered with the bytes stored so far.
+    PutGet(u64, ByteBuf, ReplyTo<u64>),
+    /// Answers `n` bytes of [`pattern`] shifted by `shift`.
+    Fetch(usize, u8, ReplyTo<ByteBuf>),
+    /// Messages taken, out of order, bytes, checksum.
+    Check(ReplyTo<(u64, u64, u64, u64)>),
+}
+
+impl Message for Load {
+    const NAME: &'static str = "manta.test.Load";
+    const DECODE: Option<manta_actors::wire::Decode<Self>> =
+        Some(manta_actors::wire::decode::<Self>);
+}
+
+#[derive(Default)]
+struct Sink {
+    next: u64,
+    taken: u64,
+    out_of_order: u64,
+    bytes: u64,
+    sum: u64,
+}
+
+impl Sink {
+    fn take(&mut self, n: u64, b: &[u8]) {
+        if n != self.next {
+            self.out_of_order += 1;
+        }
+        self.next = n + 1;
+        self.taken += 1;
+        self.bytes += b.len() as u64;
+        self.sum = self.sum.wrapping_add(checksum(b));
+    }
+}
+
+impl Actor for Sink {
+    type Msg = Load;
+    async fn handle(&mut self, msg: Load, _: &mut Context<Load>) -> Result<(), ActorError> {
+        match msg {
+            Load::Put(n, b) => self.take(n, &b),
+            Load::PutGet(n, b, r) => {
+                self.take(n, &b);
+                r.send(self.bytes);
+            }
+            Load::Fetch(n, shift, r) => {
+                r.send(ByteBuf::from(shifted(n, shift)));
+            }
+            Load::Check(r) => {
+                r.send((self.taken, self.out_of_order, self.bytes, self.sum));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+fn shifted(n: usize, shift: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| ((i % 251) as u8).wrapping_add(shift))
+        .collect()
+}
+
+fn checksum(v: &[u8]) -> u64 {
+    v.iter().enumerate().fold(0u64, |acc, (i, b)| {
+        acc.wrapping_add((i as u64 + 1) * u64::from(*b))
+    })
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Nodes {
+    nodes: Vec<Node>,
+    systems: Vec<ActorSystem>,
+    secret: Option<ClusterSecret>,
+    _dir: TempDir,
+}
+
+/// `n` nodes (`n0`, `n1`, ...), each config changed by `change(i, c)`;
+/// with a cluster secret or an open cluster. Each hosts a `Sink` named
+/// `sink-i`; returns once every node sees every sink.
+async fn cluster(
+    tag: &str,
+    n: usize,
+    secret: bool,
+    change: impl Fn(usize, &mut NodeConfig),
+) -> Nodes {
+    let dir = std::env::temp_dir().join(format!("manta-bulk-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret_file = dir.join("secret");
+    ClusterSecret::write_new(&secret_file).unwrap();
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut systems = Vec::new();
+    for i in 0..n {
+        let mut c = NodeConfig {
+            name: format!("n{i}"),
+            key_file: Some(dir.join(format!("n{i}.key"))),
+            secret_file: secret.then(|| secret_file.clone()),
+            seeds: nodes
+                .first()
+                .map(|a| vec![a.membership().gossip_addr().to_string()])
+                .unwrap_or_default(),
+            ..NodeConfig::default()
+        };
+        c.failure_detection.gossip_interval = Duration::from_millis(100);
+        change(i, &mut c);
+        let sys = ActorSystem::new();
+        sys.spawn_named(&format!("sink-{i}"), Sink::default())
+            .await
+            .unwrap();
+        nodes.push(Node::start(c, sys.clone()).await.unwrap());
+        systems.push(sys);
+    }
+    for node in &nodes {
+        wait_view(node.membership(), "every sink published", |v| {
+            (0..n).all(|i| {
+                v.iter().any(|m| {
+                    m.state == manta_cluster::MemberState::Alive
+                        && m.actors.iter().any(|a| *a == format!("sink-{i}"))
+                })
+            })
+        })
+        .await;
+    }
+    Nodes {
+        nodes,
+        systems,
+        secret: secret.then(|| ClusterSecret::read(&secret_file).unwrap()),
+        _dir: TempDir(dir),
+    }
+}
+
+impl Nodes {
+    fn sink(&self, from: usize, to: usize) -> manta_actors::ActorHandle<Load> {
+        self.nodes[from]
+            .where_is::<Load>(&format!("sink-{to}"))
+            .unwrap()
+    }
+
+    /// Polls node `at`'s `manta status` answer until the lane it shows for
+    /// node `to` is `want` (bounded by the deadline).
+    async fn status_lane(&self, at: usize, to: usize, want: &str) {
+        let addr = self.nodes[at].membership().gossip_addr();
+        let id = self.peer(to).to_string();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let mut last = None;
+        while tokio::time::Instant::now() < deadline {
+            tick.tick().await;
+            let st = manta_cluster::query_status_in(
+                &[addr],
+                self.secret.as_ref(),
+                "manta",
+                Duration::from_secs(2),
+            )
+            .await;
+            if let Ok(st) = st {
+                last = st
+                    .nodes
+                    .iter()
+                    .find(|n| n.id == id)
+                    .and_then(|n| n.lane.clone());
+                if last.as_deref() == Some(want) {
+                    return;
+                }
+            }
+        }
+        panic!("status of node {at} shows lane {last:?} for node {to}, not {want:?}");
+    }
+
+    fn peer(&self, i: usize) -> libp2p_identity::PeerId {
+        self.nodes[i].identity().peer_id()
+    }
+
+    /// Waits until node `from` knows node `to`'s lane address.
+    async fn lane_known(&self, from: usize, to: usize) {
+        let (r, peer) = (self.nodes[from].remoting(), self.peer(to));
+        let known = r
+            .wait_counters(DEADLINE, |r| r.lane_use(peer) != LaneUse::MeshNoLane)
+            .await;
+        assert!(known, "node {from} never learnt node {to}'s lane address");
+    }
+}
+
+async fn check(sink: &manta_actors::ActorHandle<Load>) -> (u64, u64, u64, u64) {
+    sink.ask(Load::Check, DEADLINE).await.unwrap()
+}
+
+/// 1 MiB and 16 MiB asks and tells, a large reply, and a message just
+/// under the 64 MiB limit, between two nodes with a secret: on the lane,
+/// whole, in order; one over the limit is refused at the sender.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn large_messages_take_the_lane_whole_and_in_order_with_a_secret() {
+    let c = cluster("sizes", 2, true, |_, _| {}).await;
+    c.lane_known(1, 0).await;
+    c.lane_known(0, 1).await;
+    let sink = c.sink(1, 0);
+    let mut sum = 0u64;
+    let mut bytes = 0u64;
+    let sizes = [1 << 20, 16 << 20, 10, MAX_FRAME - 4096, 1 << 20];
+    for (i, n) in sizes.into_iter().enumerate() {
+        let p = pattern(n);
+        sum = sum.wrapping_add(checksum(&p));
+        bytes += n as u64;
+        let got = sink
+            .ask(|r| Load::PutGet(i as u64, ByteBuf::from(p), r), DEADLINE)
+            .await
+            .unwrap();
+        assert_eq!(got, bytes, "message {i} ({n} bytes)");
+    }
+    assert_eq!(check(&sink).await, (5, 0, bytes, sum));
+    // A 16 MiB reply comes back on the other node's lane.
+    let got = sink
+        .ask(|r| Load::Fetch(16 << 20, 7, r), DEADLINE)
+        .await
+        .unwrap();
+    assert!(
+        got.into_vec() == shifted(16 << 20, 7),
+        "16 MiB reply differs"
+    );
+    let (a, b) = (c.nodes[0].remoting(), c.nodes[1].remoting());
+    assert!(b.lanes_opened() >= 1 && a.lanes_opened() >= 1);
+    assert!(
+        b.lane_messages() >= 4,
+        "{} lane messages",
+        b.lane_messages()
+    );
+    assert!(a.lane_messages() >= 1, "the large reply went on a's lane");
+    assert_eq!(b.lane_use(c.peer(0)), LaneUse::Bulk);
+    c.status_lane(1, 0, "bulk").await;
+    assert_eq!((a.lane_bad_records(), b.lane_bad_records()), (0, 0));
+    assert_eq!((a.bad_frames(), b.bad_frames()), (0, 0));
+    // Over the limit: refused at the sender, message handed back.
+    let err = sink
+        .tell(Load::Put(9, ByteBuf::from(vec![0u8; MAX_FRAME + 1])))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err.failure,
+            manta_actors::SendFailure::TooLarge {
+                limit: MAX_FRAME,
+                ..
+            }
+        ),
+        "{:?}",
+        err.failure
+    );
+}
+
+/// The encoded size of the frame a `Load::Put(seq, n bytes)` tell to
+/// `to` makes (what the threshold is compared with).
+fn frame_size(to: &str, seq: u64, n: usize) -> usize {
+    let body = postcard::experimental::serialized_size(&Load::Put(seq, ByteBuf::from(vec![0; n])))
+        .unwrap();
+    let varint = |v: usize| postcard::experimental::serialized_size(&(v as u64)).unwrap();
+    1 + varint(to.len())
+        + to.len()
+        + varint(Load::NAME.len())
+        + Load::NAME.len()
+        + varint(body)
+        + body
+}
+
+/// Without a secret (an open cluster on loopback) the lane still takes a
+/// ticket; frames one byte under the threshold stay on the mesh, at and
+/// over it take the lane.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_threshold_splits_by_encoded_size_in_an_open_cluster() {
+    const T: usize = 100_000;
+    let c = cluster("threshold", 2, false, |_, c| c.bulk.threshold = T).await;
+    c.lane_known(1, 0).await;
+    let sink = c.sink(1, 0);
+    let n = (T - 200..T)
+        .find(|n| frame_size("sink-0", 1, *n) == T)
+        .expect("a payload size whose frame is exactly the threshold");
+    let b = c.nodes[1].remoting();
+    let mut sum = 0u64;
+    let cases = [
+        (0u64, 1 << 20, true),
+        (1, n - 1, false),
+        (2, n, true),
+        (3, n + 1, true),
+    ];
+    for (seq, size, on_lane) in cases {
+        let before = b.lane_messages();
+        let p = pattern(size);
+        sum = sum.wrapping_add(checksum(&p));
+        sink.tell(Load::Put(seq, ByteBuf::from(p))).unwrap();
+        // Handled once a later ask to the same actor is answered.
+        assert_eq!(check(&sink).await.0, seq + 1);
+        let frame = frame_size("sink-0", seq, size);
+        if on_lane {
+            assert!(
+                b.wait_counters(DEADLINE, |r| r.lane_messages() > before)
+                    .await,
+                "{size} bytes (frame {frame}) did not take the lane"
+            );
+        } else {
+            assert_eq!(frame, T - 1);
+            assert_eq!(b.lane_messages(), before, "frame {frame} took the lane");
+        }
+    }
+    let (taken, disorder, _, got) = check(&sink).await;
+    assert_eq!((taken, disorder, got), (4, 0, sum));
+}
+
+/// Three nodes: two send large messages to the third at once while it
+/// sends to the first; each pair opens its own lanes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_exchange_large_messages_on_their_lanes() {
+    let c = cluster("trio", 3, true, |_, _| {}).await;
+    for (from, to) in [(0, 2), (1, 2), (2, 0)] {
+        c.lane_known(from, to).await;
+    }
+    let send = |from: usize, to: usize| {
+        let sink = c.sink(from, to);
+        async move {
+            let mut sum = 0u64;
+            for i in 0..4u64 {
+                let p = shifted(3 << 20, (from * 10) as u8 + i as u8);
+                sum = sum.wrapping_add(checksum(&p));
+                sink.ask(|r| Load::PutGet(i, ByteBuf::from(p), r), DEADLINE)
+                    .await
+                    .unwrap();
+            }
+            sum
+        }
+    };
+    let (s02, s12, s20) = tokio::join!(send(0, 2), send(1, 2), send(2, 0));
+    let (taken, _, bytes, sum) = check(&c.sink(2, 2)).await;
+    assert_eq!(
+        (taken, bytes, sum),
+        (8, 8 * (3 << 20), s02.wrapping_add(s12))
+    );
+    let (taken, disorder, _, sum) = check(&c.sink(0, 0)).await;
+    assert_eq!((taken, disorder, sum), (4, 0, s20));
+    for i in 0..3 {
+        assert!(c.nodes[i].remoting().lanes_opened() >= 1, "node {i}");
+        assert_eq!(c.nodes[i].remoting().lane_bad_records(), 0);
+    }
+}
+
+/// Small and large tells to one actor, mixed at random around the
+/// threshold, the sender yielding now and then: they arrive in the order
+/// sent whatever lane each took (small after large follow it on the lane;
+/// large after small wait for the mesh barrier).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mixed_small_and_large_messages_to_one_actor_keep_their_order() {
+    const T: usize = 64 * 1024;
+    let c = cluster("order", 2, true, |_, _| {}).await;
+    c.lane_known(1, 0).await;
+    let sink = c.sink(1, 0);
+    let sizes = [8, 100, T - 100, T + 100, 300_000, 1 << 20, 40];
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut sum = 0u64;
+    let mut bytes = 0u64;
+    for seq in 0..300u64 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let n = sizes[(state % sizes.len() as u64) as usize];
+        let p = shifted(n, seq as u8);
+        sum = sum.wrapping_add(checksum(&p));
+        bytes += n as u64;
+        let mut msg = Load::Put(seq, ByteBuf::from(p));
+        loop {
+            match sink.tell(msg) {
+                Ok(()) => break,
+                Err(e) if matches!(e.failure, manta_actors::SendFailure::Backpressure) => {
+                    msg = e.message;
+                    tokio::task::yield_now().await;
+                }
+                Err(e) => panic!("tell failed: {}", e.failure),
+            }
+        }
+        if state % 3 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    assert_eq!(check(&sink).await, (300, 0, bytes, sum));
+    assert!(c.nodes[1].remoting().lane_messages() > 0);
+}
+
+/// Connects to `node`'s lane port.
+async fn lane_socket(node: &Node) -> TcpStream {
+    TcpStream::connect(node.remoting().bulk_addr().unwrap())
+        .await
+        .unwrap()
+}
+
+/// Whether the node closed `s` (read end or error) within the deadline.
+async fn closed_by_node(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(DEADLINE, s.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+fn sealed(sealer: &mut RecordSealer, payload: &[u8]) -> Vec<u8> {
+    let mut r = vec![0u8; RECORD_HEADER];
+    r.extend_from_slice(payload);
+    sealer.seal(&mut r).unwrap();
+    r
+}
+
+/// The first record of a lane message numbered `seq` announcing `len`
+/// bytes, sealed as the dialer of the lane `secrets` opens.
+fn announce(secrets: &LaneSecrets, seq: u64, len: u32) -> Vec<u8> {
+    let (mut sealer, _) = lane_keys(secrets, Side::Dialer).unwrap();
+    let mut head = Vec::new();
+    head.extend_from_slice(&seq.to_be_bytes());
+    head.push(0);
+    head.extend_from_slice(&len.to_be_bytes());
+    head.push(manta_cluster::FRAME_VERSION);
+    head.extend_from_slice(&[0; 1000]);
+    sealed(&mut sealer, &head)
+}
+
+/// Strangers on the lane port: garbage, a made-up ticket, nothing at all
+/// (held open past the deadline), a replayed ticket. Each is closed within
+/// the deadline and counted; nothing reaches an actor; the lane still
+/// serves members afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn strangers_on_the_lane_port_are_closed_and_change_nothing() {
+    let c = cluster("strangers", 2, true, |_, c| {
+        c.bulk.ticket_deadline = Duration::from_millis(300)
+    })
+    .await;
+    let a = &c.nodes[0];
+    let r = a.remoting();
+    let mut garbage = lane_socket(a).await;
+    garbage.write_all(&[0xff; 4096]).await.unwrap();
+    assert!(closed_by_node(&mut garbage).await, "garbage");
+    let mut made_up = lane_socket(a).await;
+    made_up
+        .write_all(&rand::random::<[u8; 16]>())
+        .await
+        .unwrap();
+    assert!(closed_by_node(&mut made_up).await, "made-up ticket");
+    let mut silent = lane_socket(a).await;
+    let started = std::time::Instant::now();
+    assert!(closed_by_node(&mut silent).await, "slow stranger");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // A real ticket (as a member gets one over the mesh), used once: a
+    // second connection presenting it is refused.
+    let secrets = r.issue_lane_ticket_for_test(c.peer(1), 42).unwrap();
+    let mut first = lane_socket(a).await;
+    first.write_all(&secrets.ticket).await.unwrap();
+    let mut replayed = lane_socket(a).await;
+    replayed.write_all(&secrets.ticket).await.unwrap();
+    assert!(closed_by_node(&mut replayed).await, "replayed ticket");
+    assert!(
+        r.wait_counters(DEADLINE, |r| r.lane_refused() >= 4).await,
+        "refused: {}",
+        r.lane_refused()
+    );
+    // The first connection holds a lane: a record sealed with another key
+    // closes it (counted), and nothing was delivered.
+    let (mut wrong, _) = lane_keys(&LaneSecrets::fresh(), Side::Dialer).unwrap();
+    first
+        .write_all(&sealed(&mut wrong, &[0; 64]))
+        .await
+        .unwrap();
+    assert!(
+        closed_by_node(&mut first).await,
+        "a record that does not open"
+    );
+    assert!(
+        r.wait_counters(DEADLINE, |r| r.lane_bad_records() == 1)
+            .await
+    );
+    assert_eq!(check(&c.sink(0, 0)).await.0, 0, "nothing reached the sink");
+    // Members are unaffected.
+    c.lane_known(1, 0).await;
+    let sink = c.sink(1, 0);
+    let p = pattern(2 << 20);
+    assert_eq!(
+        sink.ask(|r| Load::PutGet(0, ByteBuf::from(p), r), DEADLINE)
+            .await
+            .unwrap(),
+        2 << 20
+    );
+    assert!(c.nodes[1].remoting().lane_messages() >= 1);
+}
+
+/// An insider with a valid ticket announces a 64 MiB message and stalls:
+/// it is held within the peer's budget of partly received messages, and a
+/// second lane announcing more than the budget allows is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_insider_cannot_hold_more_than_its_partial_budget_on_lanes() {
+    let c = cluster("insider", 2, true, |_, c| {
+        c.limits.partial_per_peer_mib = 100;
+    })
+    .await;
+    let a = &c.nodes[0];
+    let r = a.remoting();
+    let s1 = r.issue_lane_ticket_for_test(c.peer(1), 1).unwrap();
+    let mut one = lane_socket(a).await;
+    one.write_all(&s1.ticket).await.unwrap();
+    one.write_all(&announce(&s1, 1, 64 << 20)).await.unwrap();
+    assert!(
+        r.wait_counters(DEADLINE, |r| r.partial_bytes() == 64 << 20)
+            .await,
+        "held {}",
+        r.partial_bytes()
+    );
+    let s2 = r.issue_lane_ticket_for_test(c.peer(1), 2).unwrap();
+    let mut two = lane_socket(a).await;
+    two.write_all(&s2.ticket).await.unwrap();
+    two.write_all(&announce(&s2, 1, 64 << 20)).await.unwrap();
+    assert!(closed_by_node(&mut two).await, "over the peer's budget");
+    assert_eq!(r.partial_bytes(), 64 << 20);
+    drop(one);
+    assert!(
+        r.wait_counters(DEADLINE, |r| r.partial_bytes() == 0).await,
+        "released when the lane closed"
+    );
+}
+
+/// A record tampered with on the way closes the lane; the sender opens a
+/// new one and the message arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tampered_record_closes_the_lane_and_the_message_arrives_once() {
+    let c = cluster("tamper", 2, true, |_, _| {}).await;
+    c.lane_known(1, 0).await;
+    let sink = c.sink(1, 0);
+    let b = c.nodes[1].remoting();
+    let warm = pattern(1 << 20);
+    sink.ask(
+        |r| Load::PutGet(0, ByteBuf::from(warm.clone()), r),
+        DEADLINE,
+    )
+    .await
+    .unwrap();
+    b.tamper_next_lane_record_for_test();
+    let p = pattern(3 << 20);
+    let got = sink
+        .ask(|r| Load::PutGet(1, ByteBuf::from(p.clone()), r), DEADLINE)
+        .await
+        .unwrap();
+    assert_eq!(got, (1 << 20) + (3 << 20));
+    let a = c.nodes[0].remoting();
+    assert_eq!(a.lane_bad_records(), 1);
+    assert!(b.lanes_opened() >= 2, "reopened: {}", b.lanes_opened());
+    assert_eq!(
+        check(&sink).await,
+        (
+            2,
+            0,
+            (1 << 20) + (3 << 20),
+            checksum(&warm).wrapping_add(checksum(&p))
+        )
+    );
+}
+
+/// The lane's connection closed in the middle of a 16 MiB message: the
+/// message is sent again on a new lane and taken once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lane_cut_in_the_middle_of_a_message_resends_it_without_a_duplicate() {
+    let c = cluster("cut", 2, true, |_, _| {}).await;
+    c.lane_known(1, 0).await;
+    let b = c.nodes[1].remoting();
+    b.cut_next_lane_for_test(8 << 20);
+    let sink = c.sink(1, 0);
+    let p = pattern(16 << 20);
+    let got = sink
+        .ask(|r| Load::PutGet(0, ByteBuf::from(p.clone()), r), DEADLINE)
+        .await
+        .unwrap();
+    assert_eq!(got, 16 << 20);
+    assert!(b.lane_resent() >= 1, "resent: {}", b.lane_resent());
+    assert!(b.lanes_opened() >= 2);
+    // A small ask after it: still exactly one copy taken.
+    assert_eq!(check(&sink).await, (1, 0, 16 << 20, checksum(&p)));
+    assert_eq!(c.nodes[0].remoting().partial_bytes(), 0);
+}
+
+/// `bulk.enabled = false` on one node: large messages to and from it go
+/// over the mesh; between two nodes with the lane off, too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_the_lane_off_large_messages_go_over_the_mesh() {
+    let c = cluster("off", 3, true, |i, c| c.bulk.enabled = i != 0).await;
+    c.lane_known(2, 1).await;
+    assert!(c.nodes[0].remoting().bulk_addr().is_none());
+    assert_eq!(c.nodes[0].remoting().lane_use(c.peer(1)), LaneUse::MeshOff);
+    assert_eq!(
+        c.nodes[1].remoting().lane_use(c.peer(0)),
+        LaneUse::MeshNoLane
+    );
+    let p = pattern(4 << 20);
+    for (from, to) in [(1, 0), (0, 1)] {
+        let got = c
+            .sink(from, to)
+            .ask(|r| Load::PutGet(0, ByteBuf::from(p.clone()), r), DEADLINE)
+            .await
+            .unwrap();
+        assert_eq!(got, 4 << 20);
+    }
+    let reply = c
+        .sink(1, 0)
+        .ask(|r| Load::Fetch(4 << 20, 3, r), DEADLINE)
+        .await
+        .unwrap();
+    assert!(reply.into_vec() == shifted(4 << 20, 3));
+    assert_eq!(c.nodes[0].remoting().lanes_opened(), 0);
+    assert_eq!(c.nodes[1].remoting().lanes_opened(), 0);
+    // Node 1 and 2 both have lanes: theirs is used.
+    c.sink(2, 1)
+        .ask(|r| Load::PutGet(1, ByteBuf::from(p.clone()), r), DEADLINE)
+        .await
+        .unwrap();
+    assert_eq!(c.nodes[2].remoting().lane_use(c.peer(1)), LaneUse::Bulk);
+}
+
+/// A lane that cannot be opened (its port refuses connections): large
+/// messages go over the mesh and arrive, in order with what follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lane_that_cannot_be_opened_falls_back_to_the_mesh() {
+    let c = cluster("fallback", 2, true, |_, _| {}).await;
+    c.lane_known(1, 0).await;
+    let b = c.nodes[1].remoting();
+    // A port nobody listens on.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    b.set_lane_addr(c.peer(0), Some(closed));
+    let sink = c.sink(1, 0);
+    let big = pattern(3 << 20);
+    sink.tell(Load::Put(0, ByteBuf::from(big.clone()))).unwrap();
+    sink.tell(Load::Put(1, ByteBuf::from(vec![5; 10]))).unwrap();
+    let got = sink
+        .ask(|r| Load::PutGet(2, ByteBuf::from(big.clone()), r), DEADLINE)
+        .await
+        .unwrap();
+    assert_eq!(got, 2 * (3 << 20) + 10);
+    assert_eq!(check(&sink).await.1, 0, "in order");
+    assert_eq!(b.lane_fallbacks(), 1);
+    assert_eq!(b.lane_use(c.peer(0)), LaneUse::MeshFallback);
+    c.status_lane(1, 0, "mesh (lane failed)").await;
+    assert_eq!(b.lane_messages(), 0);
+}
+
+/// A node killed (gossip, mesh and lanes stop at once, as with `kill -9`)
+/// in the middle of a 16 MiB transfer: the ask ends with `node down`. The
+/// transfer is held in its middle for sure: an insider's announced message
+/// holds the receiver's whole budget of partly received messages, so the
+/// 16 MiB message waits after its first record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_killed_during_a_transfer_ends_its_asks_with_node_down() {
+    let c = cluster("kill", 2, true, |_, c| {
+        c.limits.partial_per_node_mib = 64;
+    })
+    .await;
+    c.lane_known(1, 0).await;
+    let a = c.nodes[0].remoting();
+    let s1 = a.issue_lane_ticket_for_test(c.peer(1), 1).unwrap();
+    let mut holder = lane_socket(&c.nodes[0]).await;
+    holder.write_all(&s1.ticket).await.unwrap();
+    holder.write_all(&announce(&s1, 1, 64 << 20)).await.unwrap();
+    assert!(
+        a.wait_counters(DEADLINE, |r| r.partial_bytes() == 64 << 20)
+            .await
+    );
+    let sink = c.sink(1, 0);
+    let b = c.nodes[1].remoting();
+    let p = pattern(16 << 20);
+    let ask = sink.ask(
+        |r| Load::PutGet(0, ByteBuf::from(p), r),
+        Duration::from_secs(60),
+    );
+    let kill = async {
+        assert!(b.wait_counters(DEADLINE, |r| r.lanes_opened() >= 1).await);
+        c.nodes[0].kill_for_test().await;
+    };
+    let (answer, ()) = tokio::join!(ask, kill);
+    assert!(
+        matches!(
+            answer,
+            Err(AskError::NoReply(Some(manta_actors::ExitReason::NodeDown(
+                _
+            ))))
+        ),
+        "expected node down, got {:?}",
+        answer.map_err(|e| e.to_string())
+    );
+    drop(holder);
+    let _ = &c.systems;
+}
