@@ -721,6 +721,7 @@ pub fn status_reply_seeds() -> Vec<Vec<u8>> {
             roles: vec!["worker".into()],
             gossip: "127.0.0.1:7000".into(),
             actors: vec!["ledger".into()],
+            lane: Some("bulk".into()),
         }],
         dropped: BTreeMap::from([("stale".to_owned(), 3)]),
     };
@@ -744,7 +745,7 @@ pub fn status_reply_seeds() -> Vec<Vec<u8>> {
 }
 
 /// Real gossip: the messages a running node (sealed, signing its keys, with
-/// roles, labels and actors) sends a peer that asks it for everything, as
+/// roles, labels, actors and its mesh and bulk-lane addresses) sends a peer that asks it for everything, as
 /// plaintext after opening; and the question itself.
 pub fn gossip_seeds() -> Vec<Vec<u8>> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -771,6 +772,15 @@ async fn capture_gossip() -> Option<Vec<Vec<u8>>> {
     config
         .keys
         .insert("labels".into(), "{\"zone\":\"eu-1\"}".into());
+    // The mesh's and the bulk lane's addresses, as a node adds them.
+    config.keys.insert(
+        crate::membership::keys::P2P.into(),
+        "/ip4/127.0.0.1/tcp/7001".into(),
+    );
+    config.keys.insert(
+        crate::membership::keys::BULK.into(),
+        "127.0.0.1:7002".into(),
+    );
     let node = Membership::start(config).await.ok()?;
     node.set_actors(&BTreeMap::from([(
         "ledger".to_owned(),

@@ -8,14 +8,23 @@ use std::borrow::Cow;
 
 use manta_actors::{ExitReason, WireError};
 
-use super::frame::{self, CHUNK_VARIANT, ChunkRef, Encoded, Frame, ReplyBody};
+use super::frame::{
+    self, CHUNK_VARIANT, ChunkRef, Encoded, Frame, LANE_HEAD, LANE_RECORD, LaneGrant, ReplyBody,
+};
 use super::{CHUNK, FRAME_VERSION, MAX_FRAME, MAX_WIRE_FRAME};
+use crate::bulk::{RECORD_HEADER, RECORD_TAG};
 
 // ---- the frame codec (remote actor streams) --------------------------------
 
+/// A frame encoded for an actor stream on the mesh (no bulk lane).
+fn encode_mesh(f: &Frame<'_>) -> Result<Encoded, WireError> {
+    frame::encode(f, None)
+}
+
 /// The bytes of the frame an encoding carries, without the length prefix and
 /// version: a small frame as it is, a large one reassembled from its chunks
-/// (each checked the way the read loop checks it).
+/// (each checked the way the read loop checks it), a bulk-lane message from
+/// its records' plaintext.
 fn written(e: Encoded) -> Vec<u8> {
     match e {
         Encoded::Small(b) => {
@@ -44,15 +53,42 @@ fn written(e: Encoded) -> Vec<u8> {
             }
             whole
         }
+        Encoded::Records(records) => {
+            // Records of at most LANE_RECORD plaintext bytes, each with room
+            // for its tag (sealed in place); in them the lane head, then the
+            // frame as on a stream (length, version, frame).
+            let mut plain = Vec::new();
+            for (i, r) in records.iter().enumerate() {
+                assert!(
+                    r.len() >= RECORD_HEADER && r.len() - RECORD_HEADER <= LANE_RECORD,
+                    "record {i}: {} bytes",
+                    r.len()
+                );
+                assert!(
+                    r.capacity() >= r.len() + RECORD_TAG,
+                    "record {i}: no room for its tag"
+                );
+                plain.extend_from_slice(&r[RECORD_HEADER..]);
+            }
+            let len = u32::from_be_bytes(plain[LANE_HEAD..LANE_HEAD + 4].try_into().unwrap());
+            assert_eq!(
+                len as usize,
+                plain.len() - LANE_HEAD - 4,
+                "a lane message's length prefix"
+            );
+            assert_eq!(plain[LANE_HEAD + 4], FRAME_VERSION);
+            plain[LANE_HEAD + 5..].to_vec()
+        }
     }
 }
 
 /// A decoded frame encodes again, and that encoding decodes to the same
-/// frame.
+/// frame; encoded for a bulk lane (a threshold of 0 puts every frame
+/// there), it carries the same bytes.
 fn round_trip(f: &Frame<'_>) {
     let shown = format!("{f:?}");
     let _ = f.target();
-    match frame::encode(f) {
+    match frame::encode(f, None) {
         Ok(e) => {
             let bytes = written(e);
             let back = postcard::from_bytes::<Frame<'_>>(&bytes)
@@ -62,6 +98,14 @@ fn round_trip(f: &Frame<'_>) {
                 shown,
                 "a frame changed in a round trip"
             );
+            match frame::encode(f, Some(0)) {
+                Ok(lane @ Encoded::Records(_)) => assert!(
+                    written(lane) == bytes,
+                    "a frame on the lane differs from the frame on the mesh: {shown}"
+                ),
+                Ok(_) => panic!("a frame for the lane was not encoded in records: {shown}"),
+                Err(e) => panic!("a decoded frame does not encode for the lane: {e}: {shown}"),
+            }
         }
         // Only a frame larger than MAX_FRAME cannot be sent; a decoded one
         // came from at most MAX_FRAME bytes.
@@ -92,6 +136,18 @@ pub fn fuzz_frame(data: &[u8]) {
         return;
     }
     if let Ok(f) = postcard::from_bytes::<Frame<'_>>(&data[1..]) {
+        // A reply's bytes may be a lane grant (the answer to a `LaneOpen`),
+        // which the asker decodes as `lane` does.
+        if let Frame::Reply {
+            result: Ok(ReplyBody(body)),
+            ..
+        } = &f
+        {
+            if let Ok(g) = postcard::from_bytes::<LaneGrant>(body) {
+                let again = postcard::to_allocvec(&g).unwrap();
+                assert!(body.starts_with(&again), "a lane grant changed: {g:?}");
+            }
+        }
         round_trip(&f);
     }
 }
@@ -130,7 +186,7 @@ pub fn fuzz_large_message(data: &[u8]) {
 /// Real frames of every kind, as the reader gets them (version byte first,
 /// no length prefix).
 pub fn frame_seeds() -> Vec<Vec<u8>> {
-    let small = |f: &Frame<'_>| match frame::encode(f) {
+    let small = |f: &Frame<'_>| match frame::encode(f, None) {
         Ok(Encoded::Small(b)) => b[4..].to_vec(),
         _ => Vec::new(),
     };
@@ -177,6 +233,16 @@ pub fn frame_seeds() -> Vec<Vec<u8>> {
             name: "acct-9".into(),
             message: "manta.builtin.CounterMsg".into(),
         }),
+        small(&Frame::LaneOpen { id: 10, session: 3 }),
+        small(&Frame::Barrier { session: 3, seq: 1 }),
+        small(&Frame::reply(
+            10,
+            Ok(postcard::to_allocvec(&LaneGrant {
+                material: [7; 32],
+                ticket: [9; 16],
+            })
+            .unwrap()),
+        )),
     ];
     let chunk = ChunkRef {
         msg: 77,
@@ -234,6 +300,7 @@ fn bodies(e: Encoded) -> Vec<Vec<u8>> {
     match e {
         Encoded::Small(b) => vec![b[4..].to_vec()],
         Encoded::Chunks(c) => c.into_iter().map(|c| c[4..].to_vec()).collect(),
+        Encoded::Records(_) => panic!("a frame encoded for the mesh came out as lane records"),
     }
 }
 
@@ -242,7 +309,7 @@ fn bodies(e: Encoded) -> Vec<Vec<u8>> {
 pub fn tell_on_the_wire(to: &str, ty: &str, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     for b in bodies(
-        frame::encode(&Frame::Tell {
+        encode_mesh(&Frame::Tell {
             to: to.into(),
             ty: ty.into(),
             body: Cow::Borrowed(body),
@@ -272,15 +339,14 @@ pub fn stops(frame: &[u8], name: &str) -> bool {
 pub fn stream_seeds(to: &str, ty: &str, body: &[u8]) -> Vec<Vec<u8>> {
     let small = frame_seeds();
     let large = bodies(
-        frame::encode(&Frame::Tell {
+        encode_mesh(&Frame::Tell {
             to: to.into(),
             ty: ty.into(),
             body: Cow::Borrowed(body),
         })
         .expect("a tell encodes"),
     );
-    let reply =
-        bodies(frame::encode(&Frame::reply(99, Ok(vec![5u8; 2 * CHUNK]))).expect("a reply"));
+    let reply = bodies(encode_mesh(&Frame::reply(99, Ok(vec![5u8; 2 * CHUNK]))).expect("a reply"));
     let mut all = small.clone();
     all.extend(large.iter().cloned());
     let mut out: Vec<Vec<u8>> = small
