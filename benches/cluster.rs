@@ -543,8 +543,7 @@ async fn remote_benches(dir: &Path, rows: &mut Vec<Row>) {
         let count = 400;
         let mut rates = Vec::new();
         for lane in [true, false] {
-            d2.remoting()
-                .set_lane_addr(pid, lane.then_some(lane_addr));
+            d2.remoting().set_lane_addr(pid, lane.then_some(lane_addr));
             let msgs: Vec<Vec<u8>> = (0..count).map(|_| vec![9u8; size]).collect();
             let start = Instant::now();
             for m in msgs {
