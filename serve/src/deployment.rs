@@ -342,9 +342,7 @@ impl Deployment {
             // Registered before looking, so a slot freed in between wakes
             // this request.
             freed.as_mut().enable();
-            if s.stopping.load(Ordering::Acquire) {
-                return Err(ServeError::Stopped(s.key.clone()));
-            }
+            // A stopping deployment still serves the requests it queued.
             if let Some(g) = self.try_pick() {
                 return Ok(g);
             }
@@ -398,13 +396,18 @@ impl Deployment {
         z ^ (z >> 31)
     }
 
+    /// Refuses new requests ([`ServeError::Stopped`]); those queued or in
+    /// flight are still answered.
+    pub fn begin_stop(&self) {
+        self.shared.stopping.store(true, Ordering::Release);
+    }
+
     /// Stops taking requests, waits up to `grace` for the queued and
     /// in-flight ones to be answered, then stops the replicas. Answers
     /// whether everything drained in time.
     pub async fn stop(&self, grace: Duration) -> bool {
+        self.begin_stop();
         let s = &self.shared;
-        s.stopping.store(true, Ordering::Release);
-        s.freed.notify_waiters();
         let drained = tokio::time::timeout(grace, async {
             loop {
                 let freed = s.freed.notified();

@@ -78,9 +78,12 @@ impl IntoResponse for ApiError {
         struct Body<'a> {
             error: &'a str,
         }
-        let mut r = json(self.status, &Body {
-            error: &self.message,
-        });
+        let mut r = json(
+            self.status,
+            &Body {
+                error: &self.message,
+            },
+        );
         if self.retry_after {
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -93,7 +96,10 @@ fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
     match serde_json::to_vec(body) {
         Ok(bytes) => (
             status,
-            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
             bytes,
         )
             .into_response(),
@@ -122,7 +128,10 @@ pub(crate) fn router(state: AppState) -> Router {
             "/v2/models/{name}/versions/{version}/ready",
             get(version_ready),
         )
-        .route("/v2/models/{name}/versions/{version}/infer", post(version_infer))
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(version_infer),
+        )
         .route("/metrics", get(render_metrics))
         .fallback(not_found)
         .with_state(state)
@@ -175,9 +184,10 @@ fn lookup(
     name: &str,
     version: Option<&str>,
 ) -> Result<(Deployment, Vec<String>), ApiError> {
-    let models = state.models.read().map_err(|_| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "model table poisoned")
-    })?;
+    let models = state
+        .models
+        .read()
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "model table poisoned"))?;
     let Some(m) = models.get(name) else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -259,11 +269,7 @@ async fn version_ready(
     model_ready_answer(&state, &name, Some(&version))
 }
 
-async fn infer(
-    State(state): State<AppState>,
-    Path(name): Path<String>,
-    req: Request,
-) -> Response {
+async fn infer(State(state): State<AppState>, Path(name): Path<String>, req: Request) -> Response {
     infer_counted(&state, &name, None, req).await
 }
 

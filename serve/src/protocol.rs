@@ -182,9 +182,9 @@ pub fn check(req: InferRequest, features: usize) -> Result<Checked, String> {
         ));
     }
     let rows = rows as usize;
-    let expected = rows.checked_mul(features).ok_or_else(|| {
-        format!("input '{INPUT}': shape {:?} is too large", input.shape)
-    })?;
+    let expected = rows
+        .checked_mul(features)
+        .ok_or_else(|| format!("input '{INPUT}': shape {:?} is too large", input.shape))?;
     let mut values = Vec::with_capacity(expected.min(1 << 20));
     flatten(&input.data, &mut values, expected)?;
     if values.len() != expected {
@@ -243,7 +243,12 @@ fn flatten(data: &Value, out: &mut Vec<f32>, limit: usize) -> Result<(), String>
 }
 
 /// The response tensors for `values` (`rows` rows of `width`).
-pub fn answer(values: Vec<f32>, rows: usize, width: usize, outputs: &[&str]) -> Vec<ResponseOutput> {
+pub fn answer(
+    values: Vec<f32>,
+    rows: usize,
+    width: usize,
+    outputs: &[&str],
+) -> Vec<ResponseOutput> {
     outputs
         .iter()
         .map(|&name| {

@@ -90,7 +90,11 @@ impl Replica {
             return Ok(());
         }
         let labels = self.labels.as_ref();
-        let oldest = batch.iter().map(|r| r.sent).min().unwrap_or_else(Instant::now);
+        let oldest = batch
+            .iter()
+            .map(|r| r.sent)
+            .min()
+            .unwrap_or_else(Instant::now);
         metrics::histogram!("manta_serve_batch_wait_seconds", labels)
             .record(oldest.elapsed().as_secs_f64());
         metrics::histogram!("manta_serve_batch_size", labels).record(batch.len() as f64);
@@ -126,7 +130,10 @@ impl Replica {
                 let mut at = 0;
                 for r in batch {
                     let n = r.rows * width;
-                    r.reply.send(Ok(values[at..at + n].to_vec()));
+                    let Request { reply, _slot, .. } = r;
+                    // The slot frees before the caller hears the answer.
+                    drop(_slot);
+                    reply.send(Ok(values[at..at + n].to_vec()));
                     at += n;
                 }
             }

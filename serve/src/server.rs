@@ -52,8 +52,9 @@ impl Server {
                     deployment: key.clone(),
                     source,
                 })?;
-            deployments
-                .push(Deployment::start(&system, &d.model, &d.version, factory, d.options()).await?);
+            deployments.push(
+                Deployment::start(&system, &d.model, &d.version, factory, d.options()).await?,
+            );
         }
         Self::serve(system, deployments, &config.http).await
     }
@@ -136,6 +137,9 @@ impl Server {
     /// stops the replicas. Answers whether everything finished in time.
     pub async fn shutdown(mut self) -> bool {
         self.state.ready.store(false, Ordering::Release);
+        for d in &self.deployments {
+            d.begin_stop();
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
