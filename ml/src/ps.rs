@@ -1243,7 +1243,10 @@ pub fn load_saved_model(dir: &Path, max_bytes: u64) -> Result<SavedModel, MlErro
             .read_to_end(&mut bytes)
             .map_err(|e| err(&newest, e.to_string()))?;
         if bytes.len() as u64 > max_bytes {
-            return Err(err(&newest, format!("more than the {max_bytes} bytes allowed")));
+            return Err(err(
+                &newest,
+                format!("more than the {max_bytes} bytes allowed"),
+            ));
         }
         let (f, rest) = postcard::take_from_bytes::<CheckpointFile>(&bytes)
             .map_err(|e| err(&newest, format!("not a readable checkpoint: {e}")))?;
@@ -1270,9 +1273,7 @@ pub fn load_saved_model(dir: &Path, max_bytes: u64) -> Result<SavedModel, MlErro
         if f.model != model || f.shards != shards || f.version != version {
             return Err(err(
                 &path,
-                format!(
-                    "does not match {first_path}: model, shard count or version differ"
-                ),
+                format!("does not match {first_path}: model, shard count or version differ"),
             ));
         }
         let owned = owner.iter().enumerate().filter(|(_, s)| **s == f.shard);
