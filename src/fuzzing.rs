@@ -73,6 +73,16 @@ pub fn targets() -> Vec<Target> {
             max_alloc: |n| 64 * n + 64 * 1024,
         },
         Target {
+            name: "lane_records",
+            what: "the bulk lane's records as a receiving end reads them, key known: sealed in order, raw, replayed, tampered and reordered records, and the lane-head check",
+            run: cluster::fuzz_lane_records,
+            seeds: cluster::lane_records_seeds,
+            // The input, a copy of each record (at most 64 KiB + 64 of
+            // plaintext) and the log of sealed records the harness keeps for
+            // replays (at most 64 records).
+            max_alloc: |n| 4 * n + 64 * (64 * 1024 + 128) + 256 * 1024,
+        },
+        Target {
             name: "opener",
             what: "the gossip opener (seal v2), key known: up to 96 sealed/other-cluster/forged/replayed/tampered datagrams as the clock moves and gossip restarts",
             run: cluster::fuzz_opener,

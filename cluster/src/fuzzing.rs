@@ -24,8 +24,8 @@ use chitchat::transport::{Socket, UdpSocket as ChitchatUdp};
 use chitchat::{ChitchatEnvelope, ChitchatMessage, ProtocolVersion};
 
 pub use crate::remote::fuzz::{
-    frame_seeds, fuzz_frame, fuzz_large_message, large_message_seeds, stops, stream_pieces,
-    stream_seeds, tell_on_the_wire,
+    frame_seeds, fuzz_frame, fuzz_lane_records, fuzz_large_message, lane_records_seeds,
+    large_message_seeds, stops, stream_pieces, stream_seeds, tell_on_the_wire,
 };
 use crate::seal::{
     DEFAULT_CLUSTER, HEADER_LEN, Kind, MAX_DATAGRAM, MAX_FRAGMENT_PAYLOAD, MAX_FRAGMENTS,

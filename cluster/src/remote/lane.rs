@@ -639,15 +639,7 @@ impl Remoting {
             let Some(n) = read_record(&mut rd, &mut opener, &mut first).await? else {
                 return Ok(());
             };
-            if n < LANE_HEAD + 4 {
-                return Err(format!("lane message header of {n} bytes"));
-            }
-            let seq = u64::from_be_bytes(first[..8].try_into().unwrap_or_default());
-            let barrier = u64::from_be_bytes(first[8..16].try_into().unwrap_or_default());
-            let len = u32::from_be_bytes(first[16..20].try_into().unwrap_or_default()) as usize;
-            if len == 0 || len > MAX_FRAME + 1 {
-                return Err(format!("lane message of {len} bytes"));
-            }
+            let (seq, barrier, len) = lane_head(&first[..n])?;
             let admitted = self
                 .inner
                 .partials
@@ -1078,6 +1070,25 @@ impl Remoting {
             }
         }
     }
+}
+
+/// The head of a lane message, from its first record's plaintext: its
+/// number, the barrier it waits for, and the length of its frame (version
+/// byte included), checked against the largest frame.
+pub(super) fn lane_head(plain: &[u8]) -> Result<(u64, u64, usize), String> {
+    let n = plain.len();
+    let (Some(seq), Some(barrier), Some(len)) = (
+        plain.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()),
+        plain.get(8..16).and_then(|b| <[u8; 8]>::try_from(b).ok()),
+        plain.get(16..20).and_then(|b| <[u8; 4]>::try_from(b).ok()),
+    ) else {
+        return Err(format!("lane message header of {n} bytes"));
+    };
+    let len = u32::from_be_bytes(len) as usize;
+    if len == 0 || len > MAX_FRAME + 1 {
+        return Err(format!("lane message of {len} bytes"));
+    }
+    Ok((u64::from_be_bytes(seq), u64::from_be_bytes(barrier), len))
 }
 
 fn rx_drain(rx: &mut mpsc::UnboundedReceiver<LaneMsg>) -> Vec<LaneMsg> {
