@@ -560,7 +560,7 @@ impl Controller {
                 let _ = me.tell(CtlMsg::Exited {
                     trial: id,
                     attempt,
-                    reason: ExitReason::Failed(e.to_string()),
+                    reason: ExitReason::Failed(manta_actors::error_chain(&e)),
                 });
             }
         }

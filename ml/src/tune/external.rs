@@ -119,7 +119,25 @@ pub fn command(
         .stdout(Stdio::piped())
         .stderr(Stdio::from(stderr))
         .kill_on_drop(true);
+    // Its own process group, so that stopping the trial kills what the
+    // command started too (a shell's children hold its stdout open).
+    #[cfg(unix)]
+    c.process_group(0);
     Ok(c)
+}
+
+/// Kills the child and its process group (`kill -KILL -- -PGID`: the
+/// workspace forbids `unsafe`, so no direct `killpg`).
+fn kill_group(child: &mut tokio::process::Child) {
+    #[cfg(unix)]
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pid}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    let _ = child.start_kill();
 }
 
 /// How a command ended.
@@ -156,7 +174,7 @@ pub async fn run(
                 line = lines.next_segment() => line,
                 _ = k => {
                     kill = None;
-                    let _ = child.start_kill();
+                    kill_group(&mut child);
                     continue;
                 }
             },
