@@ -273,6 +273,9 @@ impl Actor for TrialActor {
                 .await
                 .map_err(|e| fail(format!("trainable setup panicked: {e}")))?
                 .map_err(|e| fail(e.to_string()))?;
+                if let Some(m) = t.max_iterations() {
+                    self.args.cap = Some(self.args.cap.map_or(m, |c| c.min(m)));
+                }
                 self.trainable = Some(t);
                 ctx.myself()
                     .tell(TrialMsg::Step)
@@ -307,7 +310,7 @@ impl Actor for TrialActor {
     async fn handle(&mut self, msg: TrialMsg, ctx: &mut Context<TrialMsg>) -> Result<(), ActorError> {
         match msg {
             TrialMsg::Step => {
-                if self.stopping {
+                if self.stopping || self.args.cap.is_some_and(|c| self.iteration >= c) {
                     self.finish(ctx);
                     return Ok(());
                 }
@@ -357,7 +360,11 @@ impl Actor for TrialActor {
                     _ => self.iteration + 1,
                 };
                 self.had_metric = true;
-                let decision = self.report(metrics, None).await?;
+                // The command's checkpoint directory counts as this
+                // iteration's checkpoint once the command wrote anything.
+                let cp = self.args.info.dir.join("checkpoint");
+                let written = std::fs::read_dir(&cp).is_ok_and(|mut d| d.next().is_some());
+                let decision = self.report(metrics, written.then_some(cp)).await?;
                 if decision == Decision::Stop {
                     self.stopping = true;
                     if let Some(k) = self.kill.take() {
@@ -895,8 +902,10 @@ pub async fn run(
     config.validate()?;
     let dir = config.experiment.dir.clone();
     let (mut store, cfg) = if resume {
-        let (mut s, stored) = Store::open(&dir)?;
+        let (mut s, mut stored) = Store::open(&dir)?;
         s.count_run()?;
+        // The directory may have moved since: it is where the store is.
+        stored.experiment.dir = dir.clone();
         (s, stored)
     } else {
         (Store::create(&dir, &config)?, config)

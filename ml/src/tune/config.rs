@@ -132,7 +132,8 @@ pub enum TrainableSpec {
     /// An external command.
     Command {
         /// The program and its arguments (the program is looked up in
-        /// `PATH`, or relative to the config file when it contains a `/`).
+        /// `PATH`); parts starting with `./` or `../` are relative to the
+        /// config file.
         command: Vec<String>,
         /// Extra environment variables.
         #[serde(default)]
@@ -265,16 +266,20 @@ impl TuneConfig {
                 }
             }
             TrainableSpec::Command { command, .. } => {
-                let Some(program) = command.first_mut() else {
+                if command.is_empty() {
                     return Err(at(
                         tr_span.start,
                         "trainable.command: needs at least the program".into(),
                     ));
-                };
-                if program.contains('/') {
-                    *program = absolute(base, Path::new(program.as_str()))
-                        .display()
-                        .to_string();
+                }
+                // `./x` and `../x` (program or argument) are relative to
+                // the config file.
+                for part in command.iter_mut() {
+                    if part.starts_with("./") || part.starts_with("../") {
+                        *part = absolute(base, Path::new(part.as_str()))
+                            .display()
+                            .to_string();
+                    }
                 }
             }
             TrainableSpec::Rust { .. } => {}

@@ -166,11 +166,15 @@ impl DigitsTrainable {
         model.validate()?;
         let params = model.init(c.training.seed);
         let slots = vec![None; params.len()];
+        // The trial ends at `epochs`, or earlier at the experiment's cap
+        // (then the last epoch run reports the test accuracy).
         let mut epochs = u64::from(c.training.epochs);
-        if let Some(m) = info.max_iterations
-            && !info.params.contains_key("epochs")
-        {
-            epochs = m;
+        if let Some(m) = info.max_iterations {
+            epochs = if info.params.contains_key("epochs") {
+                epochs.min(m)
+            } else {
+                m
+            };
         }
         Ok(Self {
             model,
@@ -244,6 +248,10 @@ impl Trainable for DigitsTrainable {
             });
         }
         Ok(m)
+    }
+
+    fn max_iterations(&self) -> Option<u64> {
+        Some(self.epochs)
     }
 
     fn save(&mut self, dir: &Path) -> Result<(), TuneError> {

@@ -42,6 +42,12 @@ pub trait Trainable: Send + 'static {
 
     /// Reads the state back from a directory [`save`](Self::save) wrote.
     fn restore(&mut self, dir: &Path) -> Result<(), TuneError>;
+
+    /// The iterations this trainable runs at most on its own (e.g. the
+    /// digits trainable's `epochs`); the trial completes there.
+    fn max_iterations(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Builds a trial's trainable.
