@@ -124,12 +124,19 @@ fn sigkill_of_the_driver_then_resume_loses_and_repeats_nothing() {
     assert_eq!(after.len(), 53);
     for t in 0..6 {
         for i in 1..=(if t == 0 { 3 } else { 10 }) {
-            assert!(after.contains_key(&(t, i)), "trial {t} iteration {i} missing");
+            assert!(
+                after.contains_key(&(t, i)),
+                "trial {t} iteration {i} missing"
+            );
         }
     }
     // Every committed result is still there, unchanged.
     for (k, v) in &before {
-        assert_eq!(after.get(k), Some(v), "committed result {k:?} changed or lost");
+        assert_eq!(
+            after.get(k),
+            Some(v),
+            "committed result {k:?} changed or lost"
+        );
     }
     let trials = store.trials().unwrap();
     for t in &trials {
@@ -141,7 +148,10 @@ fn sigkill_of_the_driver_then_resume_loses_and_repeats_nothing() {
     // scratch. Trial 1 started with trial 0 and had results committed when
     // trial 0's end was (its end commits everything before it).
     let results = store.results().unwrap();
-    assert!(interrupted.contains(&1) && before.contains_key(&(1, 1)), "{before:?}");
+    assert!(
+        interrupted.contains(&1) && before.contains_key(&(1, 1)),
+        "{before:?}"
+    );
     for id in &interrupted {
         let t = &trials[*id as usize];
         assert_eq!(t.attempts, 2, "{t:?}");
@@ -161,7 +171,11 @@ fn sigkill_of_the_driver_then_resume_loses_and_repeats_nothing() {
 #[test]
 fn resume_refuses_a_foreign_file_and_tune_refuses_bad_configs() {
     let tmp = Scratch::new("tune-foreign");
-    std::fs::write(tmp.0.join("experiment.db"), "hello, not sqlite\n".repeat(300)).unwrap();
+    std::fs::write(
+        tmp.0.join("experiment.db"),
+        "hello, not sqlite\n".repeat(300),
+    )
+    .unwrap();
     let out = manta()
         .args(["tune", "--resume"])
         .arg(&tmp.0)
@@ -169,7 +183,10 @@ fn resume_refuses_a_foreign_file_and_tune_refuses_bad_configs() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("is not a manta tune experiment store"), "{err}");
+    assert!(
+        err.contains("is not a manta tune experiment store"),
+        "{err}"
+    );
 
     let bad = tmp.0.join("bad.toml");
     std::fs::write(
@@ -177,8 +194,15 @@ fn resume_refuses_a_foreign_file_and_tune_refuses_bad_configs() {
         "[experiment]\ndir = \"x\"\nmetric = \"m\"\n[searcher]\nkind = \"annealing\"\n[trainable]\nkind = \"rust\"\nname = \"n\"\n",
     )
     .unwrap();
-    let out = manta().args(["tune", "--config"]).arg(&bad).output().unwrap();
+    let out = manta()
+        .args(["tune", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.toml:5:") && err.contains("annealing"), "{err}");
+    assert!(
+        err.contains("bad.toml:5:") && err.contains("annealing"),
+        "{err}"
+    );
 }

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use manta_actors::{
     Actor, ActorError, ActorHandle, ActorSystem, Context, ExitReason, Message, ReplyTo,
 };
-use manta_supervision::{ChildSpec, Restart, Strategy, Supervisor, SupervisorHandle, SupervisorSpec};
+use manta_supervision::{
+    ChildSpec, Restart, Strategy, Supervisor, SupervisorHandle, SupervisorSpec,
+};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
@@ -307,7 +309,11 @@ impl Actor for TrialActor {
         Ok(())
     }
 
-    async fn handle(&mut self, msg: TrialMsg, ctx: &mut Context<TrialMsg>) -> Result<(), ActorError> {
+    async fn handle(
+        &mut self,
+        msg: TrialMsg,
+        ctx: &mut Context<TrialMsg>,
+    ) -> Result<(), ActorError> {
         match msg {
             TrialMsg::Step => {
                 if self.stopping || self.args.cap.is_some_and(|c| self.iteration >= c) {
@@ -481,8 +487,12 @@ impl Controller {
         let s = serde_json::to_string(&self.searcher).map_err(|e| fail(e.to_string()))?;
         let k = serde_json::to_string(&self.scheduler).map_err(|e| fail(e.to_string()))?;
         let store = self.store()?;
-        store.save_state("searcher", &s).map_err(|e| fail(e.to_string()))?;
-        store.save_state("scheduler", &k).map_err(|e| fail(e.to_string()))?;
+        store
+            .save_state("searcher", &s)
+            .map_err(|e| fail(e.to_string()))?;
+        store
+            .save_state("scheduler", &k)
+            .map_err(|e| fail(e.to_string()))?;
         Ok(())
     }
 
@@ -687,14 +697,20 @@ impl Controller {
                 if cfg.stop.trial_stops(&rec.scores) {
                     decision = Decision::Stop;
                     let at_cap = cfg.stop.max_iterations.is_some_and(|c| iteration >= c);
-                    rec.ending
-                        .get_or_insert(if at_cap { TrialState::Completed } else { TrialState::Stopped });
+                    rec.ending.get_or_insert(if at_cap {
+                        TrialState::Completed
+                    } else {
+                        TrialState::Stopped
+                    });
                 }
                 if self.scheduler.on_result(trial, iteration, score) == Decision::Stop {
                     decision = Decision::Stop;
                     let at_max = self.scheduler.max_t().is_some_and(|t| iteration >= t);
-                    rec.ending
-                        .get_or_insert(if at_max { TrialState::Completed } else { TrialState::Stopped });
+                    rec.ending.get_or_insert(if at_max {
+                        TrialState::Completed
+                    } else {
+                        TrialState::Stopped
+                    });
                 }
                 if cfg
                     .stop
@@ -717,7 +733,9 @@ impl Controller {
                     .map_err(|e| fail(e.to_string()))?;
             }
             if let Some(row) = row {
-                store.update_trial(&row, false).map_err(|e| fail(e.to_string()))?;
+                store
+                    .update_trial(&row, false)
+                    .map_err(|e| fail(e.to_string()))?;
             }
             let _ = self.events.send(Event::Result {
                 trial,
@@ -800,10 +818,9 @@ impl Actor for Controller {
                 }
             },
             CtlMsg::Finished { trial, attempt } => {
-                let current = self
-                    .trials
-                    .get(&trial)
-                    .is_some_and(|r| r.state == TrialState::Running && r.row.attempts == attempt + 1);
+                let current = self.trials.get(&trial).is_some_and(|r| {
+                    r.state == TrialState::Running && r.row.attempts == attempt + 1
+                });
                 if current {
                     match self.on_end(trial, None) {
                         Ok(()) => self.fill(ctx).await,
@@ -818,10 +835,9 @@ impl Actor for Controller {
                 attempt,
                 reason,
             } => {
-                let current = self
-                    .trials
-                    .get(&trial)
-                    .is_some_and(|r| r.state == TrialState::Running && r.row.attempts == attempt + 1);
+                let current = self.trials.get(&trial).is_some_and(|r| {
+                    r.state == TrialState::Running && r.row.attempts == attempt + 1
+                });
                 if current && !reason.is_normal() {
                     match self.on_end(trial, Some(reason.to_string())) {
                         Ok(()) => self.fill(ctx).await,

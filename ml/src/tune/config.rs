@@ -186,7 +186,10 @@ struct Raw {
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
     (line, col)
 }
 
@@ -210,9 +213,9 @@ impl TuneConfig {
             let offset = e.span().map_or(0, |s| s.start);
             at(offset, e.message().trim_end().to_string())
         })?;
-        let check = |span: std::ops::Range<usize>, r: Result<(), String>| -> Result<(), TuneError> {
-            r.map_err(|e| at(span.start, e))
-        };
+        let check = |span: std::ops::Range<usize>,
+                     r: Result<(), String>|
+         -> Result<(), TuneError> { r.map_err(|e| at(span.start, e)) };
         let mut space = SearchSpace::new();
         for (name, d) in raw.space {
             check(
@@ -398,7 +401,10 @@ lr = { type = "loguniform", low = 1e-4, high = 1e-2 }
         assert_eq!(c.experiment.dir, PathBuf::from("/base/out"));
         assert_eq!(c.experiment.mode, MetricMode::Min);
         assert_eq!(c.iteration_cap(), Some(9));
-        assert!(matches!(c.searcher, SearcherSpec::Tpe { n_startup: 10, .. }));
+        assert!(matches!(
+            c.searcher,
+            SearcherSpec::Tpe { n_startup: 10, .. }
+        ));
     }
 
     #[test]
@@ -407,7 +413,10 @@ lr = { type = "loguniform", low = 1e-4, high = 1e-2 }
         let e = TuneConfig::parse(&bad_range, "t.toml", Path::new("/"))
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("t.toml:19:6: space.lr: loguniform needs 0 < low"), "{e}");
+        assert!(
+            e.starts_with("t.toml:19:6: space.lr: loguniform needs 0 < low"),
+            "{e}"
+        );
         let unknown = GOOD.replace("kind = \"tpe\"", "kind = \"bayes\"");
         let e = TuneConfig::parse(&unknown, "t.toml", Path::new("/"))
             .unwrap_err()

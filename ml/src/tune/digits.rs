@@ -153,11 +153,12 @@ impl DigitsTrainable {
     ) -> Result<Self, TuneError> {
         let c = apply_params(base, &info.params)?;
         let (train_all, test) = c.data.load_split().map_err(crate::MlError::from)?;
-        let (train, val) = train_all.stratified_split(
-            validation_fraction,
-            c.data.split_seed ^ 0x7661_6c69_6461_7465,
-        )
-        .map_err(crate::MlError::from)?;
+        let (train, val) = train_all
+            .stratified_split(
+                validation_fraction,
+                c.data.split_seed ^ 0x7661_6c69_6461_7465,
+            )
+            .map_err(crate::MlError::from)?;
         let model = ModelSpec {
             inputs: train.cols,
             hidden: c.model.hidden.clone(),
@@ -211,13 +212,8 @@ impl Trainable for DigitsTrainable {
         for rows in order.chunks(self.batch_size.max(1)) {
             let batch = self.train.select(rows);
             let model = Mlp::<Train>::from_params(&self.model, &self.state.params, &device)?;
-            let (loss, grads) = loss_and_grads(
-                &model,
-                &batch.features,
-                &batch.labels,
-                batch.cols,
-                &device,
-            )?;
+            let (loss, grads) =
+                loss_and_grads(&model, &batch.features, &batch.labels, batch.cols, &device)?;
             loss_sum += f64::from(loss);
             batches += 1;
             for ((p, g), slot) in self

@@ -48,7 +48,14 @@ pub fn results_csv(results: &[ResultRow]) -> String {
     }
     out.push('\n');
     for r in results {
-        let _ = write!(out, "{},{},{:.3},{}", r.trial, r.iteration, r.time, opt(r.metric));
+        let _ = write!(
+            out,
+            "{},{},{:.3},{}",
+            r.trial,
+            r.iteration,
+            r.time,
+            opt(r.metric)
+        );
         for n in &names {
             out.push(',');
             out.push_str(&opt(r.metrics.get(*n).copied()));
@@ -96,7 +103,11 @@ pub fn trials_csv(trials: &[TrialRow]) -> String {
 }
 
 /// The best trial of `trials` (by best metric).
-pub fn best(trials: &[TrialRow], mode: MetricMode, store: &Store) -> Result<Option<Best>, TuneError> {
+pub fn best(
+    trials: &[TrialRow],
+    mode: MetricMode,
+    store: &Store,
+) -> Result<Option<Best>, TuneError> {
     let Some(t) = trials
         .iter()
         .filter(|t| t.best_metric.is_some())
@@ -147,7 +158,13 @@ pub(crate) fn finish(store: &Store, cfg: &TuneConfig, wall: f64) -> Result<Summa
     let a = plots.join("metric_vs_iteration.svg");
     plot_curves(&a, &results, &cfg.experiment.metric)?;
     let b = plots.join("best_over_time.svg");
-    plot_best(&b, &results, created, cfg.experiment.mode, &cfg.experiment.metric)?;
+    plot_best(
+        &b,
+        &results,
+        created,
+        cfg.experiment.mode,
+        &cfg.experiment.metric,
+    )?;
     let mut files_all = files;
     files_all.push(a.display().to_string());
     files_all.push(b.display().to_string());
@@ -164,7 +181,8 @@ pub(crate) fn finish(store: &Store, cfg: &TuneConfig, wall: f64) -> Result<Summa
         },
         files: files_all,
     };
-    let json = serde_json::to_string_pretty(&summary).map_err(|e| TuneError::Config(e.to_string()))?;
+    let json =
+        serde_json::to_string_pretty(&summary).map_err(|e| TuneError::Config(e.to_string()))?;
     write(&dir.join("summary.json"), &json)?;
     Ok(summary)
 }
@@ -196,19 +214,21 @@ pub fn plot_curves(path: &Path, results: &[ResultRow], metric: &str) -> Result<(
     let mut by_trial: BTreeMap<u64, Vec<(f64, f64)>> = BTreeMap::new();
     for r in results {
         if let Some(m) = r.metric {
-            by_trial.entry(r.trial).or_default().push((r.iteration as f64, m));
+            by_trial
+                .entry(r.trial)
+                .or_default()
+                .push((r.iteration as f64, m));
         }
     }
     let (ylo, yhi) = range(by_trial.values().flatten().map(|p| p.1));
-    let xmax = by_trial
-        .values()
-        .flatten()
-        .map(|p| p.0)
-        .fold(1.0, f64::max);
+    let xmax = by_trial.values().flatten().map(|p| p.0).fold(1.0, f64::max);
     let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(format!("{metric} by iteration, every trial"), ("sans-serif", 22))
+        .caption(
+            format!("{metric} by iteration, every trial"),
+            ("sans-serif", 22),
+        )
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)

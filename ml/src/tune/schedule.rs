@@ -35,10 +35,11 @@ pub enum Decision {
 }
 
 /// Which scheduler, with its settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SchedulerSpec {
     /// Run every trial to its end.
+    #[default]
     Fifo,
     /// Asynchronous successive halving.
     Asha {
@@ -76,12 +77,6 @@ fn three() -> f64 {
 }
 fn three_usize() -> usize {
     3
-}
-
-impl Default for SchedulerSpec {
-    fn default() -> Self {
-        SchedulerSpec::Fifo
-    }
 }
 
 impl SchedulerSpec {
@@ -195,7 +190,8 @@ impl Scheduler {
                         continue;
                     }
                     let values: Vec<f64> = rung.recorded.values().copied().collect();
-                    if let Some(cutoff) = percentile(&values, (1.0 - 1.0 / reduction_factor) * 100.0)
+                    if let Some(cutoff) =
+                        percentile(&values, (1.0 - 1.0 / reduction_factor) * 100.0)
                         && score < cutoff
                     {
                         decision = Decision::Stop;
@@ -281,7 +277,8 @@ pub fn hyperband_brackets(max_t: u64, eta: u64) -> Vec<(u64, f64)> {
     (0..=s_max)
         .rev()
         .map(|s| {
-            let n = ((f64::from(s_max + 1) / f64::from(s + 1)) * eta_f.powi(s as i32) - 1e-9).ceil();
+            let n =
+                ((f64::from(s_max + 1) / f64::from(s + 1)) * eta_f.powi(s as i32) - 1e-9).ceil();
             (n as u64, r_max * eta_f.powi(-(s as i32)))
         })
         .collect()
@@ -330,7 +327,7 @@ impl Stoppers {
             return Err(format!("stop.time_budget_s: must be positive, got {t}"));
         }
         if let Some(p) = &self.plateau
-            && (p.patience == 0 || !(p.min_delta >= 0.0))
+            && (p.patience == 0 || p.min_delta.is_nan() || p.min_delta < 0.0)
         {
             return Err("stop.plateau: patience must be at least 1 and min_delta >= 0".into());
         }
@@ -385,7 +382,10 @@ mod tests {
             .iter()
             .map(|b| b.iter().map(|r| r.milestone).collect())
             .collect();
-        assert_eq!(m, [vec![81, 27, 9, 3, 1], vec![81, 27, 9, 3], vec![81, 27, 9]]);
+        assert_eq!(
+            m,
+            [vec![81, 27, 9, 3, 1], vec![81, 27, 9, 3], vec![81, 27, 9]]
+        );
         let s = asha(2, 2.0, 20, 1);
         let m: Vec<u64> = s.rungs()[0].iter().map(|r| r.milestone).collect();
         assert_eq!(m, [16, 8, 4, 2]);
@@ -480,11 +480,13 @@ mod tests {
         assert!(!st.trial_stops(&[0.1, 0.2, 0.3]));
         assert!(st.trial_stops(&[0.1, 0.5, 0.505, 0.5]));
         assert!(st.trial_stops(&[0.1, 0.2, 0.3, 0.4, 0.5]));
-        assert!(Stoppers {
-            time_budget_s: Some(-1.0),
-            ..Default::default()
-        }
-        .validate()
-        .is_err());
+        assert!(
+            Stoppers {
+                time_budget_s: Some(-1.0),
+                ..Default::default()
+            }
+            .validate()
+            .is_err()
+        );
     }
 }

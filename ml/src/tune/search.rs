@@ -22,12 +22,13 @@ use super::space::{Domain, Params, SearchSpace};
 use crate::rng::SplitMix64;
 
 /// Which searcher, with its settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SearcherSpec {
     /// The grid.
     Grid,
     /// Random search.
+    #[default]
     Random,
     /// TPE.
     Tpe {
@@ -51,12 +52,6 @@ fn gamma() -> f64 {
 }
 fn n_candidates() -> usize {
     24
-}
-
-impl Default for SearcherSpec {
-    fn default() -> Self {
-        SearcherSpec::Random
-    }
 }
 
 impl SearcherSpec {
@@ -256,7 +251,11 @@ impl Parzen {
         let min_sigma = width / (100f64).min(1.0 + n as f64);
         let sigmas = (0..n)
             .map(|i| {
-                let left = if i > 0 { mus[i] - mus[i - 1] } else { mus[i] - lo };
+                let left = if i > 0 {
+                    mus[i] - mus[i - 1]
+                } else {
+                    mus[i] - lo
+                };
                 let right = if i + 1 < n {
                     mus[i + 1] - mus[i]
                 } else {
@@ -364,7 +363,9 @@ mod tests {
             rnd_sum += r;
             tpe_wins += usize::from(t < r);
         }
-        eprintln!("mean best of 60 trials: tpe {tpe_sum:.4}, random {rnd_sum:.4}; tpe wins {tpe_wins}/10");
+        eprintln!(
+            "mean best of 60 trials: tpe {tpe_sum:.4}, random {rnd_sum:.4}; tpe wins {tpe_wins}/10"
+        );
         assert!(tpe_sum < rnd_sum / 3.0, "tpe {tpe_sum} random {rnd_sum}");
         assert!(tpe_wins >= 7);
     }

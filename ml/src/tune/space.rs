@@ -89,7 +89,11 @@ impl Domain {
             }
             Domain::Int { low, high, log } if low > high || (log && low < 1) => Err(format!(
                 "int needs low <= high{}, got low = {low}, high = {high}",
-                if log { " and low >= 1 (log = true)" } else { "" }
+                if log {
+                    " and low >= 1 (log = true)"
+                } else {
+                    ""
+                }
             )),
             Domain::Quantized { low, high, q }
                 if !(finite(low, high) && low <= high && q.is_finite() && q > 0.0) =>
@@ -300,7 +304,9 @@ mod tests {
             }
         }
         assert_eq!(seen_ints, (3..=9).collect());
-        let a: Vec<Value> = (0..5).map(|_| d[1].sample(&mut SplitMix64::new(1))).collect();
+        let a: Vec<Value> = (0..5)
+            .map(|_| d[1].sample(&mut SplitMix64::new(1)))
+            .collect();
         assert!(a.windows(2).all(|w| w[0] == w[1]));
     }
 

@@ -200,7 +200,9 @@ impl Store {
 
     fn pragmas(&mut self) -> Result<(), TuneError> {
         self.conn
-            .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+            )
             .map_err(self.err())
     }
 
@@ -254,7 +256,9 @@ impl Store {
         s.pragmas()?;
         let json: String = s
             .conn
-            .query_row("SELECT config FROM experiment WHERE id = 1", [], |r| r.get(0))
+            .query_row("SELECT config FROM experiment WHERE id = 1", [], |r| {
+                r.get(0)
+            })
             .map_err(s.err())?;
         let config: TuneConfig = serde_json::from_str(&json).map_err(|e| TuneError::Store {
             path: s.path.display().to_string(),
@@ -270,7 +274,9 @@ impl Store {
 
     fn begin(&mut self) -> Result<(), TuneError> {
         if !self.in_tx {
-            self.conn.execute_batch("BEGIN IMMEDIATE").map_err(self.err())?;
+            self.conn
+                .execute_batch("BEGIN IMMEDIATE")
+                .map_err(self.err())?;
             self.in_tx = true;
         }
         Ok(())

@@ -42,7 +42,10 @@ impl Trainable for Curve {
             path: dir.display().to_string(),
             source: e,
         })?;
-        self.it = s.trim().parse().map_err(|_| TuneError::Actor("bad".into()))?;
+        self.it = s
+            .trim()
+            .parse()
+            .map_err(|_| TuneError::Actor("bad".into()))?;
         self.restored = self.it as f64;
         Ok(())
     }
@@ -147,7 +150,10 @@ rate = { type = "loguniform", low = 0.01, high = 2.0 }
     let csv = std::fs::read_to_string(tmp.path().join("results.csv")).unwrap();
     assert_eq!(csv.lines().count() as u64, reported + 1);
     let svg = std::fs::read_to_string(tmp.path().join("plots/metric_vs_iteration.svg")).unwrap();
-    assert!(svg.contains("<polyline") || svg.contains("<path"), "no lines drawn");
+    assert!(
+        svg.contains("<polyline") || svg.contains("<path"),
+        "no lines drawn"
+    );
     let n_results = log
         .lock()
         .unwrap()
@@ -182,7 +188,12 @@ rate = { type = "uniform", low = 0.1, high = 0.5 }
     for t in st.trials().unwrap() {
         assert_eq!(t.attempts, 2, "trial {} failed once, ran twice", t.id);
         assert_eq!(t.iteration, 6);
-        assert!(t.error.as_deref().unwrap().contains("scripted failure at 5"));
+        assert!(
+            t.error
+                .as_deref()
+                .unwrap()
+                .contains("scripted failure at 5")
+        );
     }
     let results = st.results().unwrap();
     assert_eq!(results.len(), 12, "six results per trial, none twice");
@@ -220,7 +231,10 @@ async fn a_trial_failing_past_max_failures_ends_in_error() {
     assert_eq!(s.trials.get("error"), Some(&1));
     let t = &store(tmp.path()).trials().unwrap()[0];
     assert_eq!(t.attempts, 3);
-    assert!(t.error.as_deref().unwrap().contains("cannot start"), "{t:?}");
+    assert!(
+        t.error.as_deref().unwrap().contains("cannot start"),
+        "{t:?}"
+    );
     assert!(s.best.is_none());
 }
 
@@ -291,7 +305,11 @@ async fn external_commands_that_fail_print_garbage_or_nothing_end_in_error() {
             "echo 'score: high'\necho '=='\nprintf '\\377\\376\\n'\necho 'score=abc'",
             "without printing a metric line (4 other lines)",
         ),
-        ("nothing.sh", "exit 0", "without printing a metric line (0 other lines)"),
+        (
+            "nothing.sh",
+            "exit 0",
+            "without printing a metric line (0 other lines)",
+        ),
     ] {
         let tmp = tempfile::tempdir().unwrap();
         let sc = script(tmp.path(), name, body);
@@ -310,7 +328,11 @@ async fn a_command_that_never_exits_is_killed_at_the_time_budget() {
     let tmp = tempfile::tempdir().unwrap();
     // The shell starts a child that holds stdout open: the whole process
     // group must go.
-    let sc = script(tmp.path(), "hang.sh", "echo score=1\nsleep 1000\necho score=2");
+    let sc = script(
+        tmp.path(),
+        "hang.sh",
+        "echo score=1\nsleep 1000\necho score=2",
+    );
     let cfg = command_config(&tmp.path().join("exp"), &sc, "[stop]\ntime_budget_s = 1.0");
     let started = std::time::Instant::now();
     let s = run(cfg, &Trainables::new(), false, |_| {}).await.unwrap();
@@ -322,7 +344,11 @@ async fn a_command_that_never_exits_is_killed_at_the_time_budget() {
 #[tokio::test]
 async fn foreign_and_corrupt_stores_are_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::write(tmp.path().join("experiment.db"), b"not a database at all, just text\n".repeat(200)).unwrap();
+    std::fs::write(
+        tmp.path().join("experiment.db"),
+        b"not a database at all, just text\n".repeat(200),
+    )
+    .unwrap();
     let e = Store::open(tmp.path()).unwrap_err().to_string();
     assert!(e.contains("is not a manta tune experiment store"), "{e}");
     // A real SQLite file of another application.
@@ -346,7 +372,10 @@ async fn foreign_and_corrupt_stores_are_clear_errors() {
     std::fs::write(&db, bytes).unwrap();
     let _ = std::fs::remove_file(bad.path().join("experiment.db-wal"));
     let e = Store::open(bad.path()).unwrap_err().to_string();
-    assert!(e.contains("corrupt") || e.contains("not a manta tune"), "{e}");
+    assert!(
+        e.contains("corrupt") || e.contains("not a manta tune"),
+        "{e}"
+    );
     // No store at all.
     let empty = tempfile::tempdir().unwrap();
     let e = Store::open(empty.path()).unwrap_err().to_string();
@@ -356,7 +385,10 @@ async fn foreign_and_corrupt_stores_are_clear_errors() {
         tmp.path(),
         "[trainable]\nkind = \"rust\"\nname = \"curve\"\n",
     );
-    let e = run(cfg, &curves(None), false, |_| {}).await.unwrap_err().to_string();
+    let e = run(cfg, &curves(None), false, |_| {})
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("already holds an experiment"), "{e}");
 }
 
@@ -395,7 +427,10 @@ async fn digits_trials_train_report_and_restore_exactly() {
     a.save(&cp).unwrap();
     let m2 = a.step().unwrap();
     let m3 = a.step().unwrap();
-    assert!(m3.contains_key("test_accuracy"), "last epoch reports test accuracy");
+    assert!(
+        m3.contains_key("test_accuracy"),
+        "last epoch reports test accuracy"
+    );
     let mut b = manta_ml::tune::DigitsTrainable::new(&train, &info(1), 0.2).unwrap();
     b.restore(&cp).unwrap();
     assert_eq!(b.step().unwrap(), m2, "restored training continues exactly");
