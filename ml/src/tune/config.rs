@@ -125,7 +125,8 @@ pub enum TrainableSpec {
     Digits {
         /// The training config (relative to the tune config).
         config: PathBuf,
-        /// Fraction of the training rows held out to rank trials.
+        /// Fraction of the training rows held out to rank trials (0: none,
+        /// train on all of them; then no `val_accuracy`).
         #[serde(default = "val_fraction")]
         validation_fraction: f64,
     },
@@ -259,11 +260,11 @@ impl TuneConfig {
                 validation_fraction,
             } => {
                 *config = absolute(base, config);
-                if !(*validation_fraction > 0.0 && *validation_fraction < 1.0) {
+                if !(*validation_fraction >= 0.0 && *validation_fraction < 1.0) {
                     return Err(at(
                         tr_span.start,
                         format!(
-                            "trainable.validation_fraction: must be between 0 and 1, got {validation_fraction}"
+                            "trainable.validation_fraction: must be at least 0 and below 1, got {validation_fraction}"
                         ),
                     ));
                 }

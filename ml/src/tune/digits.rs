@@ -9,6 +9,7 @@
 //! | `batch_size` | `training.batch_size` |
 //! | `epochs` | `training.epochs` (the trial's iterations) |
 //! | `seed` | `training.seed` |
+//! | `split_seed` | `data.split_seed` (to check a chosen config on other splits) |
 //! | `hidden` | `model.hidden` (an integer: one layer of that width; or a list) |
 //! | `layers` | number of hidden layers, each `hidden` wide |
 //! | `weight_decay` | `optimizer.weight_decay` |
@@ -91,6 +92,7 @@ pub fn apply_params(base: &TrainConfig, params: &Params) -> Result<TrainConfig, 
             "batch_size" => c.training.batch_size = as_u64(key, v)? as u32,
             "epochs" => c.training.epochs = as_u64(key, v)? as u32,
             "seed" => c.training.seed = as_u64(key, v)?,
+            "split_seed" => c.data.split_seed = as_u64(key, v)?,
             "hidden" => {
                 c.model.hidden = match v {
                     Value::Array(a) => a
@@ -131,7 +133,7 @@ pub fn apply_params(base: &TrainConfig, params: &Params) -> Result<TrainConfig, 
             other => {
                 return Err(bad(
                     other,
-                    "unknown to the digits trainable (known: lr, batch_size, epochs, seed, hidden, layers, weight_decay, momentum, optimizer)",
+                    "unknown to the digits trainable (known: lr, batch_size, epochs, seed, split_seed, hidden, layers, weight_decay, momentum, optimizer)",
                 ));
             }
         }
@@ -153,12 +155,19 @@ impl DigitsTrainable {
     ) -> Result<Self, TuneError> {
         let c = apply_params(base, &info.params)?;
         let (train_all, test) = c.data.load_split().map_err(crate::MlError::from)?;
-        let (train, val) = train_all
-            .stratified_split(
-                validation_fraction,
-                c.data.split_seed ^ 0x7661_6c69_6461_7465,
-            )
-            .map_err(crate::MlError::from)?;
+        // No validation split (fraction 0): train on every training row
+        // (to check a chosen config); `val_accuracy` is then not reported.
+        let (train, val) = if validation_fraction > 0.0 {
+            train_all
+                .stratified_split(
+                    validation_fraction,
+                    c.data.split_seed ^ 0x7661_6c69_6461_7465,
+                )
+                .map_err(crate::MlError::from)?
+        } else {
+            let empty = train_all.select(&[]);
+            (train_all, empty)
+        };
         let model = ModelSpec {
             inputs: train.cols,
             hidden: c.model.hidden.clone(),
@@ -233,7 +242,9 @@ impl Trainable for DigitsTrainable {
         let loss = loss_sum / f64::from(batches.max(1));
         m.insert("loss".into(), loss);
         m.insert("epoch".into(), self.state.epoch as f64);
-        m.insert("val_accuracy".into(), f64::from(self.eval(&self.val)?));
+        if !self.val.is_empty() {
+            m.insert("val_accuracy".into(), f64::from(self.eval(&self.val)?));
+        }
         if self.state.epoch >= self.epochs {
             m.insert("test_accuracy".into(), f64::from(self.eval(&self.test)?));
         }
