@@ -44,7 +44,10 @@ fn config(dir: &Path, trials: u64, concurrency: u64, iterations: u64) -> TuneCon
 
 #[tokio::main]
 async fn main() -> Result<(), TuneError> {
-    let args: Vec<u64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<u64> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let n_noop = args.first().copied().unwrap_or(2000);
     let n_results = args.get(1).copied().unwrap_or(20000);
     let n_slow = args.get(2).copied().unwrap_or(200);
@@ -57,7 +60,18 @@ async fn main() -> Result<(), TuneError> {
     };
     for concurrency in [1, 4] {
         let t = Instant::now();
-        let s = run(config(&root.join(format!("noop-{concurrency}")), n_noop, concurrency, 1), &work(0), false, |_| {}).await?;
+        let s = run(
+            config(
+                &root.join(format!("noop-{concurrency}")),
+                n_noop,
+                concurrency,
+                1,
+            ),
+            &work(0),
+            false,
+            |_| {},
+        )
+        .await?;
         let secs = t.elapsed().as_secs_f64();
         println!(
             "no-op trials, durable, concurrency {concurrency}: {n_noop} in {secs:.2} s = {:.0} trials/s ({} results)",
@@ -66,7 +80,13 @@ async fn main() -> Result<(), TuneError> {
         );
     }
     let t = Instant::now();
-    let s = run(config(&root.join("results"), 1, 1, n_results), &work(0), false, |_| {}).await?;
+    let s = run(
+        config(&root.join("results"), 1, 1, n_results),
+        &work(0),
+        false,
+        |_| {},
+    )
+    .await?;
     let secs = t.elapsed().as_secs_f64();
     println!(
         "results of one trial, durable: {} in {secs:.2} s = {:.0} results/s",
@@ -74,7 +94,13 @@ async fn main() -> Result<(), TuneError> {
         s.results as f64 / secs
     );
     let t = Instant::now();
-    run(config(&root.join("slow"), n_slow, 2, 1), &work(50), false, |_| {}).await?;
+    run(
+        config(&root.join("slow"), n_slow, 2, 1),
+        &work(50),
+        false,
+        |_| {},
+    )
+    .await?;
     let secs = t.elapsed().as_secs_f64();
     let ideal = n_slow as f64 * 0.050 / 2.0;
     println!(

@@ -476,6 +476,7 @@ struct Controller {
     done: Option<oneshot::Sender<Result<Store, TuneError>>>,
     last_commit: Instant,
     best: Option<f64>,
+    scheduler_dirty: bool,
 }
 
 impl Controller {
@@ -483,24 +484,36 @@ impl Controller {
         self.store.as_mut().ok_or_else(|| fail("store closed"))
     }
 
-    fn save_states(&mut self) -> Result<(), ActorError> {
-        let s = serde_json::to_string(&self.searcher).map_err(|e| fail(e.to_string()))?;
-        let k = serde_json::to_string(&self.scheduler).map_err(|e| fail(e.to_string()))?;
+    /// Commits, with the searcher's state (small: its observations are the
+    /// trials table). The scheduler's state grows with the results, so it
+    /// is saved with the periodic commits only (`full`); a resume rebuilds
+    /// it by replaying the committed results, which is always consistent.
+    fn commit_with(&mut self, full: bool) -> Result<(), ActorError> {
+        let s = self.searcher.light_state();
+        let k = if full && self.scheduler_dirty {
+            Some(serde_json::to_string(&self.scheduler).map_err(|e| fail(e.to_string()))?)
+        } else {
+            None
+        };
         let store = self.store()?;
         store
             .save_state("searcher", &s)
             .map_err(|e| fail(e.to_string()))?;
-        store
-            .save_state("scheduler", &k)
-            .map_err(|e| fail(e.to_string()))?;
+        if let Some(k) = k {
+            store
+                .save_state("scheduler", &k)
+                .map_err(|e| fail(e.to_string()))?;
+        }
+        store.commit().map_err(|e| fail(e.to_string()))?;
+        if full {
+            self.scheduler_dirty = false;
+        }
+        self.last_commit = Instant::now();
         Ok(())
     }
 
     fn commit(&mut self) -> Result<(), ActorError> {
-        self.save_states()?;
-        self.store()?.commit().map_err(|e| fail(e.to_string()))?;
-        self.last_commit = Instant::now();
-        Ok(())
+        self.commit_with(false)
     }
 
     fn write_trial(&mut self, id: u64, ended: bool) -> Result<(), ActorError> {
@@ -632,7 +645,8 @@ impl Controller {
             self.launch(id, ctx).await?;
         }
         if self.running == 0 {
-            self.commit()?;
+            self.scheduler_dirty = true;
+            self.commit_with(true)?;
             if let Some(mut store) = self.store.take() {
                 store.finish().map_err(|e| fail(e.to_string()))?;
                 if let Some(done) = self.done.take() {
@@ -703,6 +717,7 @@ impl Controller {
                         TrialState::Stopped
                     });
                 }
+                self.scheduler_dirty = true;
                 if self.scheduler.on_result(trial, iteration, score) == Decision::Stop {
                     decision = Decision::Stop;
                     let at_max = self.scheduler.max_t().is_some_and(|t| iteration >= t);
@@ -752,7 +767,7 @@ impl Controller {
             decision = Decision::Stop;
         }
         if self.last_commit.elapsed() >= Duration::from_millis(cfg.experiment.commit_interval_ms) {
-            self.commit()?;
+            self.commit_with(true)?;
         }
         Ok(decision)
     }
@@ -855,7 +870,7 @@ impl Actor for Controller {
             }
             CtlMsg::Tick => {
                 if self.store.as_ref().is_some_and(Store::dirty) {
-                    self.commit()
+                    self.commit_with(true)
                 } else {
                     Ok(())
                 }
@@ -937,15 +952,35 @@ pub async fn run(
             path: store.path().display().to_string(),
             message: format!("{what} state unreadable: {e}"),
         };
-        if let Some(s) = store.load_state("searcher")? {
-            searcher = serde_json::from_str(&s).map_err(|e| bad("searcher", e))?;
-        }
-        if let Some(s) = store.load_state("scheduler")? {
-            scheduler = serde_json::from_str(&s).map_err(|e| bad("scheduler", e))?;
-        }
         let results = store.results()?;
         let mode = cfg.experiment.mode;
-        for row in store.trials()? {
+        // The searcher: its small state plus the outcomes of the trials
+        // that ended, as it observed them.
+        let stored_trials = store.trials()?;
+        let observations = stored_trials
+            .iter()
+            .filter(|t| TrialState::parse(&t.state).is_final())
+            .filter_map(|t| {
+                t.best_metric.map(|m| super::search::Observation {
+                    params: t.params.clone(),
+                    score: mode.score(m),
+                })
+            })
+            .collect();
+        if let Some(s) = store.load_state("searcher")? {
+            searcher =
+                Searcher::from_light_state(&s, observations).map_err(|e| bad("searcher", e))?;
+        }
+        // The scheduler: the committed results replayed in arrival order
+        // (the rung values and histories it decided on).
+        let mut ordered: Vec<&super::store::ResultRow> = results.iter().collect();
+        ordered.sort_by(|a, b| a.time.total_cmp(&b.time));
+        for r in ordered {
+            if let Some(m) = r.metric {
+                scheduler.on_result(r.trial, r.iteration, mode.score(m));
+            }
+        }
+        for row in stored_trials {
             let mut state = TrialState::parse(&row.state);
             let checkpoint = store.latest_checkpoint(row.id)?;
             let scores: Vec<f64> = results
@@ -1007,6 +1042,7 @@ pub async fn run(
         done: Some(done_tx),
         last_commit: Instant::now(),
         best,
+        scheduler_dirty: false,
     };
     let ctl = system
         .spawn(ctl)

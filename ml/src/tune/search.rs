@@ -157,6 +157,49 @@ impl Searcher {
         Some(params)
     }
 
+    /// The state without the observations (they are in the store's trials
+    /// table): small, so the controller saves it with every trial start
+    /// and end.
+    pub fn light_state(&self) -> String {
+        #[derive(Serialize)]
+        struct Light<'a> {
+            spec: &'a SearcherSpec,
+            space: &'a SearchSpace,
+            rng: &'a SplitMix64,
+            suggested: u64,
+        }
+        serde_json::to_string(&Light {
+            spec: &self.spec,
+            space: &self.space,
+            rng: &self.rng,
+            suggested: self.suggested,
+        })
+        .unwrap_or_default()
+    }
+
+    /// A searcher from [`light_state`](Self::light_state) and its
+    /// observations.
+    pub fn from_light_state(
+        json: &str,
+        observations: Vec<Observation>,
+    ) -> Result<Self, serde_json::Error> {
+        #[derive(Deserialize)]
+        struct Light {
+            spec: SearcherSpec,
+            space: SearchSpace,
+            rng: SplitMix64,
+            suggested: u64,
+        }
+        let l: Light = serde_json::from_str(json)?;
+        Ok(Self {
+            spec: l.spec,
+            space: l.space,
+            rng: l.rng,
+            suggested: l.suggested,
+            observations,
+        })
+    }
+
     /// Records a trial's outcome.
     pub fn observe(&mut self, params: Params, score: f64) {
         if score.is_finite() {
@@ -383,6 +426,20 @@ mod tests {
         for _ in 0..5 {
             assert_eq!(a.suggest(), b.suggest());
         }
+    }
+
+    #[test]
+    fn the_light_state_and_the_observations_restore_the_searcher() {
+        let mut a = Searcher::new(SearcherSpec::tpe(), space2(), 4);
+        for _ in 0..12 {
+            let p = a.suggest().unwrap();
+            let v = f(&p);
+            a.observe(p, -v);
+        }
+        let mut b =
+            Searcher::from_light_state(&a.light_state(), a.observations().to_vec()).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.suggest(), b.suggest());
     }
 
     #[test]
