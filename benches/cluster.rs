@@ -502,6 +502,65 @@ async fn remote_benches(dir: &Path, rows: &mut Vec<Row>) {
             pct(&busy, 0.5).as_secs_f64() / pct(&quiet, 0.5).as_secs_f64()
         ),
     ));
+
+    // 5. The threshold: asks from 4 to 256 KiB on the lane and on the
+    // mesh, from a second driver node whose lane takes frames from 4 KiB.
+    let pid = peer_id(&node);
+    let mut c = common::node_config(dir, "driver2", open(), vec![peer.gossip.clone()]);
+    c.bulk.threshold = 4096;
+    let d2 = manta_cluster::Node::start(c, ActorSystem::new())
+        .await
+        .expect("second driver");
+    let lane_addr: SocketAddr = {
+        let mut view = d2.membership().view();
+        loop {
+            let found = view.borrow_and_update().iter().find_map(|m| {
+                (m.id == pid.to_string() && m.actors.iter().any(|a| a == "sink"))
+                    .then(|| m.keys.get("bulk").and_then(|a| a.parse().ok()))
+                    .flatten()
+            });
+            if let Some(a) = found {
+                break a;
+            }
+            view.changed().await.expect("view");
+        }
+    };
+    assert!(
+        d2.remoting()
+            .wait_counters(t, |r| r.lane_use(pid) != manta_cluster::LaneUse::MeshNoLane)
+            .await
+    );
+    let sink_d2 = {
+        let mut view = d2.membership().view();
+        loop {
+            if let Ok(h) = d2.where_is::<Sink>("sink") {
+                break h;
+            }
+            view.changed().await.expect("view");
+        }
+    };
+    for size in [4usize << 10, 16 << 10, 64 << 10, 256 << 10] {
+        let count = 400;
+        let mut rates = Vec::new();
+        for lane in [true, false] {
+            d2.remoting().set_lane_addr(pid, lane.then_some(lane_addr));
+            let msgs: Vec<Vec<u8>> = (0..count).map(|_| vec![9u8; size]).collect();
+            let start = Instant::now();
+            for m in msgs {
+                sink_d2.ask(|r| Sink::PutAck(m, r), t).await.expect("put");
+            }
+            rates.push((size * count) as f64 / start.elapsed().as_secs_f64());
+        }
+        d2.remoting().set_lane_addr(pid, Some(lane_addr));
+        let mib = |bps: f64| format!("{:.0} MiB/s", bps / (1 << 20) as f64);
+        rows.push(Row(
+            format!("threshold: {} KiB asks ({count}), lane vs mesh", size >> 10),
+            format!("lane {}", mib(rates[0])),
+            format!("mesh {}", mib(rates[1])),
+            format!("lane {:.2}x of the mesh", rates[0] / rates[1]),
+        ));
+    }
+    d2.leave().await;
     drop(peer.child.stdin.take());
     let _ = peer.child.wait();
     node.leave().await;

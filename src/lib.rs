@@ -58,6 +58,9 @@ pub mod builtin;
 pub mod cli;
 #[cfg(feature = "cli")]
 mod demo_cluster;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(feature = "cli")]
 pub mod train_cli;
 #[cfg(feature = "cli")]

@@ -101,6 +101,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve models behind the Open Inference Protocol (KServe v2 REST) and
+    /// Prometheus metrics, in this process (see examples/serve-digits.toml).
+    /// Prints the address once ready; Ctrl-C drains and stops.
+    Serve {
+        /// The serving config (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Write a new random cluster secret to FILE (mode 0600; never overwrites).
     Secret {
         /// Where to write it.
@@ -372,6 +380,17 @@ async fn run(command: Command) -> ExitCode {
             match cli::status(&seeds, secret_file.as_deref(), json, timeout, &mut out).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => report(&e),
+            }
+        }
+        Command::Serve { config } => {
+            init_logging("info");
+            let mut out = std::io::stdout();
+            match manta_serve::cli::run(&config, &mut out, stop_signal()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
             }
         }
         // `main` runs it on a runtime sized for the job.

@@ -216,7 +216,9 @@ pub struct BulkConfig {
     #[serde(default)]
     pub listen: Option<String>,
     /// Frames of at least this many encoded bytes take the lane (default
-    /// 65536, measured: BENCHMARKS.md, "bulk lane"; 1 to 64 MiB).
+    /// 16384: from 16 KiB up the lane carried asks 1.33x (16 KiB) to 2.59x
+    /// (256 KiB) faster than the mesh, at 4 KiB 1.08x; BENCHMARKS.md,
+    /// "Remote payloads"; 1 byte to 64 MiB).
     #[serde(default = "d_threshold")]
     pub threshold: usize,
     /// MiB queued or unacknowledged on one peer's lane before senders see

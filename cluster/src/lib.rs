@@ -39,6 +39,9 @@
 pub mod bulk;
 mod config;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod hex;
 mod identity;
 mod membership;

@@ -1174,3 +1174,155 @@ mod tests {
         assert!(all_finite(&[]));
     }
 }
+
+/// A model's parameters read back from a job's checkpoints, for serving.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SavedModel {
+    /// The model's shape, as the checkpoints record it.
+    pub model: ModelSpec,
+    /// The version (parameter-server step) of the checkpoints read.
+    pub version: u64,
+    /// Every parameter, in [`ModelSpec::shapes`] order.
+    pub params: Vec<ParamTensor>,
+}
+
+/// Reads the newest checkpoint of every shard under `dir` and assembles the
+/// model's parameters. `dir` is a run's directory (holding `ps-I-of-N`
+/// sub-directories) or the configured checkpoint directory, in which case
+/// its newest `run-*` sub-directory is read. Each file is refused unread
+/// when it is larger than `max_bytes`; the shards must agree on the model,
+/// the shard count and the version, and the parameters must fit the model.
+pub fn load_saved_model(dir: &Path, max_bytes: u64) -> Result<SavedModel, MlError> {
+    let err = |path: &Path, message: String| MlError::Checkpoint {
+        path: path.display().to_string(),
+        message,
+    };
+    let subdirs = |d: &Path, prefix: &str| -> Result<Vec<PathBuf>, MlError> {
+        let mut out: Vec<PathBuf> = std::fs::read_dir(d)
+            .map_err(|e| err(d, e.to_string()))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.is_dir()
+                    && p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(prefix))
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    };
+    let mut shard_dirs = subdirs(dir, "ps-")?;
+    if shard_dirs.is_empty() {
+        let Some(run) = subdirs(dir, "run-")?.pop() else {
+            return Err(err(dir, "no ps-* or run-* directories".into()));
+        };
+        shard_dirs = subdirs(&run, "ps-")?;
+        if shard_dirs.is_empty() {
+            return Err(err(&run, "no ps-* directories".into()));
+        }
+    }
+    let mut files = Vec::new();
+    for d in &shard_dirs {
+        let Some(newest) = list_checkpoints(d).into_iter().max() else {
+            return Err(err(d, "no checkpoint files".into()));
+        };
+        let file = std::fs::File::open(&newest).map_err(|e| err(&newest, e.to_string()))?;
+        let size = file
+            .metadata()
+            .map_err(|e| err(&newest, e.to_string()))?
+            .len();
+        if size > max_bytes {
+            return Err(err(
+                &newest,
+                format!("{size} bytes, more than the {max_bytes} allowed"),
+            ));
+        }
+        let mut bytes = Vec::new();
+        file.take(max_bytes.saturating_add(1))
+            .read_to_end(&mut bytes)
+            .map_err(|e| err(&newest, e.to_string()))?;
+        if bytes.len() as u64 > max_bytes {
+            return Err(err(
+                &newest,
+                format!("more than the {max_bytes} bytes allowed"),
+            ));
+        }
+        let (f, rest) = postcard::take_from_bytes::<CheckpointFile>(&bytes)
+            .map_err(|e| err(&newest, format!("not a readable checkpoint: {e}")))?;
+        if f.magic != MAGIC || !rest.is_empty() {
+            return Err(err(&newest, "not a readable checkpoint".into()));
+        }
+        files.push((newest, f));
+    }
+    let Some((first_path, first)) = files.first() else {
+        return Err(err(dir, "no checkpoint files".into()));
+    };
+    let (model, shards, version) = (first.model.clone(), first.shards, first.version);
+    let first_path = first_path.display().to_string();
+    model.validate()?;
+    if files.len() != shards as usize {
+        return Err(err(
+            dir,
+            format!("{} shard directories for {shards} shards", files.len()),
+        ));
+    }
+    let owner = assign_shards(&model, shards);
+    let mut slots: Vec<Option<ParamTensor>> = vec![None; owner.len()];
+    for (path, f) in files {
+        if f.model != model || f.shards != shards || f.version != version {
+            return Err(err(
+                &path,
+                format!("does not match {first_path}: model, shard count or version differ"),
+            ));
+        }
+        let owned = owner.iter().enumerate().filter(|(_, s)| **s == f.shard);
+        if owned.clone().count() != f.params.len() {
+            return Err(err(&path, "parameter count does not fit the shard".into()));
+        }
+        for ((i, _), p) in owned.zip(f.params) {
+            slots[i] = Some(p);
+        }
+    }
+    let params: Vec<ParamTensor> = slots.into_iter().flatten().collect();
+    model.check(&params)?;
+    Ok(SavedModel {
+        model,
+        version,
+        params,
+    })
+}
+
+/// Writes `params` as a one-shard checkpoint of `version` under `dir` (in
+/// `dir/ps-0-of-1`, readable by [`load_saved_model`] and by a one-shard
+/// parameter server resuming from `dir`). Answers the file's path.
+pub fn save_model(
+    dir: &Path,
+    model: &ModelSpec,
+    params: &[ParamTensor],
+    version: u64,
+) -> Result<PathBuf, MlError> {
+    model.check(params)?;
+    let err = |path: &Path, e: &dyn std::fmt::Display| MlError::Checkpoint {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let shard_dir = dir.join("ps-0-of-1");
+    std::fs::create_dir_all(&shard_dir).map_err(|e| err(&shard_dir, &e))?;
+    let file = CheckpointFile {
+        magic: MAGIC.into(),
+        model: model.clone(),
+        shard: 0,
+        shards: 1,
+        version,
+        samples: 0,
+        params: params.to_vec(),
+        optimizer: vec![None; params.len()],
+    };
+    let bytes = postcard::to_allocvec(&file).map_err(|e| err(&shard_dir, &e))?;
+    let path = shard_dir.join(format!("ckpt-{version:012}.bin"));
+    let tmp = shard_dir.join(format!(".ckpt-{version:012}.tmp"));
+    std::fs::write(&tmp, &bytes).map_err(|e| err(&tmp, &e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| err(&path, &e))?;
+    Ok(path)
+}

@@ -568,3 +568,72 @@ args = { shard = 0, shards = 1, init_seed = 7, lr = 0.01, mode = { kind = "sync"
     node.p.child.kill().unwrap();
     let _ = node.p.child.wait();
 }
+
+/// Issue 17: a `manta node` process SIGKILLed while a large reply (a
+/// parameter server's 16 MiB of parameters) streams to this node on the
+/// bulk lane: the ask ends with `node down`, and the partly received reply
+/// is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_during_a_lane_transfer_ends_the_ask_with_node_down() {
+    use manta::ml::ps::{Params, PsMsg};
+    use manta::{ActorSystem, AskError, ExitReason};
+    use std::time::Duration;
+
+    let dir = Scratch::new("lane-kill");
+    let s = secret(&dir, "c.secret");
+    // 1000 x 4000 + 4000 + 4000 x 10 + 10 parameters: 16.2 MB of f32.
+    let tree = dir.file(
+        "ps.toml",
+        r#"[[children]]
+id = "ps"
+kind = "manta.ps"
+register = "big.ps"
+args = { shard = 0, shards = 1, init_seed = 7, lr = 0.01, mode = { kind = "sync" }, workers = 1, model = { inputs = 1000, hidden = [4000], classes = 10 }, optimizer = { kind = "sgd" } }
+"#,
+    );
+    let tree_arg = tree.display().to_string();
+    let mut p1 = start_node(&dir, "p1", Some(&s), &[], &["--tree", &tree_arg]);
+    let me = test_node(&dir, "tester", &s, &p1.gossip, true, ActorSystem::new()).await;
+    wait_view(&me, "big.ps published", |view| {
+        view.iter().any(|m| {
+            m.state == manta_cluster::MemberState::Alive && m.actors.iter().any(|a| a == "big.ps")
+        })
+    })
+    .await;
+    let ps = me.where_is::<PsMsg>("big.ps").unwrap();
+    let pull = |reply| PsMsg::Pull {
+        worker: u32::MAX,
+        min_version: 0,
+        reply,
+    };
+    // A first pull arrives whole, on p1's lane to this node.
+    let Params { params, .. } = ps.ask(pull, Duration::from_secs(60)).await.unwrap();
+    let floats: usize = params.iter().map(|t| t.values.len()).sum();
+    assert_eq!(floats, 1000 * 4000 + 4000 + 4000 * 10 + 10);
+    let r = me.remoting();
+    assert_eq!(r.partial_bytes(), 0);
+    // The second is killed with its first records in.
+    let ask = ps.ask(pull, Duration::from_secs(60));
+    let kill = async {
+        assert!(
+            r.wait_counters(DEADLINE, |r| r.partial_bytes() > 0).await,
+            "the reply never started arriving"
+        );
+        p1.p.child.kill().unwrap();
+    };
+    let (answer, ()) = tokio::join!(ask, kill);
+    let _ = p1.p.child.wait();
+    assert!(
+        matches!(
+            answer,
+            Err(AskError::NoReply(Some(ExitReason::NodeDown(ref n)))) if *n == p1.id
+        ),
+        "expected node down, got {:?}",
+        answer.map(|p| p.version).map_err(|e| e.to_string())
+    );
+    assert!(
+        r.wait_counters(DEADLINE, |r| r.partial_bytes() == 0).await,
+        "the partly received reply is released"
+    );
+    me.leave().await;
+}

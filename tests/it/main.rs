@@ -30,6 +30,15 @@ pub struct Running {
     pub seen: Vec<String>,
 }
 
+/// A process a test started never outlives it (a test that fails, or
+/// forgets, would otherwise leave a `manta node` running).
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Running {
     pub fn start(mut cmd: Command) -> Self {
         let mut child = cmd

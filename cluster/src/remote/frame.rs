@@ -157,11 +157,10 @@ pub(super) enum Encoded {
 }
 
 /// Bytes of a lane message before its frame, in its first record: its
-/// number in the sender's session (`u64`) and flags (`u8`). The frame
-/// follows as on a mesh stream: length (`u32`), version, frame.
-pub(super) const LANE_HEAD: usize = 9;
-/// Flag: wait for the mesh [`Frame::Barrier`] of this message's number.
-pub(super) const FLAG_BARRIER: u8 = 1;
+/// number in the sender's session (`u64`) and the number of the mesh
+/// [`Frame::Barrier`] it waits for (`u64`, 0: none). The frame follows as
+/// on a mesh stream: length (`u32`), version, frame.
+pub(super) const LANE_HEAD: usize = 16;
 /// Payload bytes per lane record (chosen by measurement: BENCHMARKS.md,
 /// "bulk lane records").
 pub(super) const LANE_RECORD: usize = 64 * 1024;

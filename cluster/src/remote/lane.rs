@@ -41,9 +41,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::frame::{
-    Encoded, FLAG_BARRIER, Frame, LANE_HEAD, LaneGrant, Recorder, encode, records_to_mesh,
-};
+use super::frame::{Encoded, Frame, LANE_HEAD, LaneGrant, Recorder, encode, records_to_mesh};
 use super::{FRAME_VERSION, MAX_FRAME, Remoting, lock};
 use crate::bulk::{
     LaneSecrets, RECORD_HEADER, RECORD_TAG, RecordOpener, RecordSealer, Side, lane_keys,
@@ -65,6 +63,8 @@ const PENDING_HANDSHAKES: usize = 64;
 const BARRIER_WAIT: Duration = Duration::from_secs(10);
 /// How long the ticket exchange and the connection may take.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Records sealed or opened between two yields to the runtime (256 KiB).
+const YIELD_EVERY: usize = 4;
 /// Sender sessions remembered per peer (dedupe and barriers).
 const SESSIONS_PER_PEER: usize = 8;
 
@@ -83,7 +83,7 @@ pub struct BulkSettings {
 impl Default for BulkSettings {
     fn default() -> Self {
         Self {
-            threshold: super::CHUNK,
+            threshold: 16 * 1024,
             max_inflight: 2 * MAX_FRAME,
             ticket_deadline: Duration::from_secs(3),
         }
@@ -360,12 +360,12 @@ impl LaneMsg {
         seq: u64,
         mut records: Vec<Vec<u8>>,
         target: Option<String>,
-        flags: u8,
+        barrier: u64,
     ) -> Self {
         if let Some(r) = records.first_mut() {
             if r.len() >= RECORD_HEADER + LANE_HEAD {
                 r[RECORD_HEADER..RECORD_HEADER + 8].copy_from_slice(&seq.to_be_bytes());
-                r[RECORD_HEADER + 8] = flags;
+                r[RECORD_HEADER + 8..RECORD_HEADER + 16].copy_from_slice(&barrier.to_be_bytes());
             }
         }
         let bytes = records.iter().map(Vec::len).sum();
@@ -389,6 +389,8 @@ pub(super) struct LaneLink {
     /// This lane link's session (random): its messages are numbered in it.
     pub(super) session: u64,
     pub(super) next_seq: u64,
+    /// The last barrier written on the mesh for this session (0: none).
+    pub(super) last_barrier: u64,
 }
 
 /// Per-target counts of messages not yet acknowledged on the lane.
@@ -427,7 +429,12 @@ impl Conn {
     async fn write(&mut self, m: &mut LaneMsg, bulk: &Bulk) -> std::io::Result<()> {
         m.first = self.sealer.next_record();
         m.sealed = 0;
-        for r in m.records.iter_mut() {
+        for (i, r) in m.records.iter_mut().enumerate() {
+            if i % YIELD_EVERY == YIELD_EVERY - 1 {
+                // Sealing a large message is CPU work: let small messages'
+                // tasks on this core run in between.
+                tokio::task::yield_now().await;
+            }
             self.sealer.seal(r).map_err(std::io::Error::other)?;
             m.sealed += 1;
             m.written = true;
@@ -636,8 +643,8 @@ impl Remoting {
                 return Err(format!("lane message header of {n} bytes"));
             }
             let seq = u64::from_be_bytes(first[..8].try_into().unwrap_or_default());
-            let flags = first[8];
-            let len = u32::from_be_bytes(first[9..13].try_into().unwrap_or_default()) as usize;
+            let barrier = u64::from_be_bytes(first[8..16].try_into().unwrap_or_default());
+            let len = u32::from_be_bytes(first[16..20].try_into().unwrap_or_default()) as usize;
             if len == 0 || len > MAX_FRAME + 1 {
                 return Err(format!("lane message of {len} bytes"));
             }
@@ -665,8 +672,8 @@ impl Remoting {
                 self.inner.partials.release(admitted);
                 return Err("lane message of another frame version".to_owned());
             }
-            if flags & FLAG_BARRIER != 0 {
-                bulk.wait_barrier(peer, session, seq).await;
+            if barrier > 0 {
+                bulk.wait_barrier(peer, session, barrier).await;
             }
             let handled = if bulk.claim(peer, session, seq) {
                 self.take_whole(peer, &route, whole, 1)
@@ -702,7 +709,13 @@ impl Remoting {
         whole.clear();
         whole.reserve_exact(len + RECORD_TAG);
         whole.extend_from_slice(head);
+        let mut records = 0usize;
         while whole.len() < len {
+            records += 1;
+            if records % YIELD_EVERY == 0 {
+                // Opening is CPU work too (see `Conn::write`).
+                tokio::task::yield_now().await;
+            }
             let mut h = [0u8; RECORD_HEADER];
             if rd.read_exact(&mut h).await.is_err() {
                 return Ok(None);
@@ -712,9 +725,13 @@ impl Remoting {
             if at + n > len {
                 return Err("lane record longer than its message".to_owned());
             }
-            whole.resize(at + n + RECORD_TAG, 0);
-            if rd.read_exact(&mut whole[at..]).await.is_err() {
-                return Ok(None);
+            // Read into the buffer's spare room (no zeroing pass first).
+            let mut body = (&mut *rd).take((n + RECORD_TAG) as u64);
+            while whole.len() < at + n + RECORD_TAG {
+                match body.read_buf(&mut whole).await {
+                    Ok(0) | Err(_) => return Ok(None),
+                    Ok(_) => {}
+                }
             }
             opener
                 .open(h, &mut whole[at..])

@@ -14,7 +14,7 @@ use libp2p::PeerId;
 use manta_actors::{ExitReason, WireError};
 use tokio::sync::mpsc;
 
-use super::frame::{Encoded, FLAG_BARRIER, Frame, encode, records_to_mesh};
+use super::frame::{Encoded, Frame, encode, records_to_mesh};
 use super::lane::{Inflight, LaneLink, LaneMsg, dec};
 use super::{BULK_QUEUE, CHUNK, PEER_QUEUE, PROTOCOL, Remoting, lock};
 
@@ -30,6 +30,9 @@ pub(super) struct Link {
     lane_inflight: Inflight,
     /// The peer's bulk lane, once a message went on it.
     pub(super) lane: Option<LaneLink>,
+    /// Whether a frame went on the mesh stream since the last barrier: a
+    /// lane run that starts when none did waits for that barrier only.
+    mesh_dirty: bool,
     /// Which writer serves this link (a writer that ends removes only its
     /// own link, never one that replaced it).
     pub(super) writer_id: u64,
@@ -72,6 +75,7 @@ impl Link {
             return Err(WireError::Backpressure);
         }
         inc(&self.inflight, &target);
+        self.mesh_dirty = true;
         let last = pieces.len() - 1;
         // Capacity was checked under the links lock: these succeed.
         pieces
@@ -141,6 +145,7 @@ impl Remoting {
                     inflight,
                     lane_inflight: Arc::new(Mutex::new(HashMap::new())),
                     lane: None,
+                    mesh_dirty: true,
                     writer_id,
                 })
             }
@@ -168,7 +173,10 @@ impl Remoting {
                 link.queue_mesh_bulk(Ok(Encoded::Small(bytes)), target)
             }
             Encoded::Small(bytes) => match link.tx.try_send(bytes) {
-                Ok(()) => Ok(()),
+                Ok(()) => {
+                    link.mesh_dirty = true;
+                    Ok(())
+                }
                 Err(mpsc::error::TrySendError::Full(_)) => Err(WireError::Backpressure),
                 Err(mpsc::error::TrySendError::Closed(_)) => {
                     Err(WireError::NodeDown(peer.to_string()))
@@ -225,7 +233,10 @@ impl Remoting {
                 bytes,
                 session,
                 next_seq: 1,
+                last_barrier: 0,
             });
+            // The new session's receiver knows no earlier barrier.
+            link.mesh_dirty = true;
         }
         let Some(lane) = link.lane.as_mut() else {
             return Err(WireError::NodeDown(peer.to_string()));
@@ -236,19 +247,25 @@ impl Remoting {
             return Err(WireError::Backpressure);
         }
         let seq = lane.next_seq;
-        let mut flags = 0;
+        let mut barrier = 0;
         if first && target.is_some() && count(&link.lane_inflight, &target) == 0 {
-            // Every frame queued before it on the mesh stream is handled
-            // before it.
-            let barrier = self.barrier_frame(lane.session, seq)?;
-            link.tx.try_send(barrier).map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => WireError::Backpressure,
-                mpsc::error::TrySendError::Closed(_) => WireError::NodeDown(peer.to_string()),
-            })?;
-            flags = FLAG_BARRIER;
+            if link.mesh_dirty {
+                // Every frame queued before it on the mesh stream is
+                // handled before it.
+                let frame = self.barrier_frame(lane.session, seq)?;
+                link.tx.try_send(frame).map_err(|e| match e {
+                    mpsc::error::TrySendError::Full(_) => WireError::Backpressure,
+                    mpsc::error::TrySendError::Closed(_) => WireError::NodeDown(peer.to_string()),
+                })?;
+                lane.last_barrier = seq;
+                link.mesh_dirty = false;
+            }
+            // Nothing went on the mesh since the last barrier: waiting for
+            // it covers every earlier frame.
+            barrier = lane.last_barrier;
         }
         lane.next_seq += 1;
-        let msg = LaneMsg::new(seq, records, target.clone(), flags);
+        let msg = LaneMsg::new(seq, records, target.clone(), barrier);
         lane.bytes.fetch_add(msg.bytes, Ordering::Relaxed);
         inc(&link.lane_inflight, &target);
         if lane.tx.send(msg).is_err() {

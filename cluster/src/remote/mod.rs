@@ -26,6 +26,9 @@
 
 mod dispatch;
 mod frame;
+// The frame codec's fuzz entry points (`crate::fuzzing` re-exports them).
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz;
 mod handles;
 mod lane;
 mod link;

@@ -432,13 +432,14 @@ fn sealed(sealer: &mut RecordSealer, payload: &[u8]) -> Vec<u8> {
     r
 }
 
-/// The first record of a lane message numbered `seq` announcing `len`
-/// bytes, sealed as the dialer of the lane `secrets` opens.
+/// The first record of a lane message numbered `seq` (no barrier)
+/// announcing `len` bytes, sealed as the dialer of the lane `secrets`
+/// opens.
 fn announce(secrets: &LaneSecrets, seq: u64, len: u32) -> Vec<u8> {
     let (mut sealer, _) = lane_keys(secrets, Side::Dialer).unwrap();
     let mut head = Vec::new();
     head.extend_from_slice(&seq.to_be_bytes());
-    head.push(0);
+    head.extend_from_slice(&0u64.to_be_bytes());
     head.extend_from_slice(&len.to_be_bytes());
     head.push(manta_cluster::FRAME_VERSION);
     head.extend_from_slice(&[0; 1000]);

@@ -7,6 +7,7 @@ mod attacks;
 mod bulk;
 mod config;
 mod forged_gossip;
+mod fuzz_stream;
 mod gossip;
 mod mesh;
 mod remote;

@@ -1,0 +1,178 @@
+//! The serving configuration (TOML): the HTTP front door and the
+//! deployments.
+//!
+//! ```toml
+//! [http]
+//! address = "127.0.0.1:8080"
+//! max_body_bytes = 4194304
+//!
+//! [[deployment]]
+//! model = "digits"
+//! version = "1"
+//! checkpoint = "../target/train-digits"   # relative to this file
+//! replicas = 2
+//! max_batch_size = 16
+//! batch_wait_timeout_ms = 2
+//! max_ongoing_requests = 32
+//! max_queued_requests = 256
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::deployment::DeploymentOptions;
+use crate::error::StartError;
+
+/// A whole serving configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// The HTTP front door.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// The deployments (`[[deployment]]` tables).
+    #[serde(rename = "deployment", default)]
+    pub deployments: Vec<DeploymentConfig>,
+}
+
+/// The HTTP front door.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `host:port` to listen on (port 0: any free port).
+    #[serde(default = "default_address")]
+    pub address: String,
+    /// Inference request bodies larger than this are refused (413) before
+    /// they are read.
+    #[serde(default = "default_body")]
+    pub max_body_bytes: usize,
+    /// How long a stop waits for requests in flight, in milliseconds.
+    #[serde(default = "default_drain")]
+    pub drain_timeout_ms: u64,
+}
+
+fn default_address() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_body() -> usize {
+    4 << 20
+}
+fn default_drain() -> u64 {
+    10_000
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            address: default_address(),
+            max_body_bytes: default_body(),
+            drain_timeout_ms: default_drain(),
+        }
+    }
+}
+
+/// One deployment: a model version from a checkpoint and how it runs.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentConfig {
+    /// The model's name in the protocol's paths.
+    pub model: String,
+    /// The version's name.
+    #[serde(default = "default_version")]
+    pub version: String,
+    /// A manta-ml checkpoint directory (a training run's, or the
+    /// configured one: its newest run), relative to the config file.
+    pub checkpoint: PathBuf,
+    /// See [`DeploymentOptions::replicas`].
+    #[serde(default = "one")]
+    pub replicas: usize,
+    /// See [`DeploymentOptions::max_batch_size`].
+    #[serde(default = "one")]
+    pub max_batch_size: usize,
+    /// See [`DeploymentOptions::batch_wait_timeout_ms`].
+    #[serde(default)]
+    pub batch_wait_timeout_ms: u64,
+    /// See [`DeploymentOptions::max_ongoing_requests`].
+    #[serde(default = "default_ongoing")]
+    pub max_ongoing_requests: usize,
+    /// See [`DeploymentOptions::max_queued_requests`].
+    #[serde(default = "default_queued")]
+    pub max_queued_requests: usize,
+    /// See [`DeploymentOptions::request_timeout_ms`].
+    #[serde(default = "default_timeout")]
+    pub request_timeout_ms: u64,
+}
+
+fn default_version() -> String {
+    "1".into()
+}
+fn one() -> usize {
+    1
+}
+fn default_ongoing() -> usize {
+    DeploymentOptions::default().max_ongoing_requests
+}
+fn default_queued() -> usize {
+    DeploymentOptions::default().max_queued_requests
+}
+fn default_timeout() -> u64 {
+    DeploymentOptions::default().request_timeout_ms
+}
+
+impl DeploymentConfig {
+    /// Its run-time options.
+    pub fn options(&self) -> DeploymentOptions {
+        DeploymentOptions {
+            replicas: self.replicas,
+            max_batch_size: self.max_batch_size,
+            batch_wait_timeout_ms: self.batch_wait_timeout_ms,
+            max_ongoing_requests: self.max_ongoing_requests,
+            max_queued_requests: self.max_queued_requests,
+            request_timeout_ms: self.request_timeout_ms,
+        }
+    }
+}
+
+impl ServeConfig {
+    /// Parses `src` (named `file` in errors); checkpoint paths are taken
+    /// relative to `base`.
+    pub fn parse(src: &str, file: &str, base: &Path) -> Result<Self, StartError> {
+        let mut config: ServeConfig =
+            toml::from_str(src).map_err(|e| StartError::Config(format!("{file}: {e}")))?;
+        if config.deployments.is_empty() {
+            return Err(StartError::Config(format!(
+                "{file}: no [[deployment]] tables"
+            )));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for d in &mut config.deployments {
+            let key = format!("{}:{}", d.model, d.version);
+            if d.model.is_empty() || d.version.is_empty() {
+                return Err(StartError::Config(format!(
+                    "{file}: deployment {key}: model and version must not be empty"
+                )));
+            }
+            if !seen.insert(key.clone()) {
+                return Err(StartError::Config(format!(
+                    "{file}: deployment {key} is configured twice"
+                )));
+            }
+            d.options()
+                .validate()
+                .map_err(|e| StartError::Config(format!("{file}: deployment {key}: {e}")))?;
+            if d.checkpoint.is_relative() {
+                d.checkpoint = base.join(&d.checkpoint);
+            }
+        }
+        Ok(config)
+    }
+
+    /// Reads and parses `path`.
+    pub fn from_file(path: &Path) -> Result<Self, StartError> {
+        let src = std::fs::read_to_string(path)
+            .map_err(|e| StartError::Config(format!("{}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&src, &path.display().to_string(), base)
+    }
+}

@@ -1,0 +1,81 @@
+//! Errors of the serving layer.
+
+use std::time::Duration;
+
+/// Why a request or a deployment failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ServeError {
+    /// Every replica is at `max_ongoing_requests` and the deployment's
+    /// queue holds `max_queued_requests`: try again later (HTTP 503 with
+    /// `Retry-After`).
+    #[error(
+        "deployment {deployment} is overloaded: {queued} requests queued (max_queued_requests), every replica at max_ongoing_requests"
+    )]
+    Overloaded {
+        /// `model:version`.
+        deployment: String,
+        /// Requests waiting when this one was refused.
+        queued: usize,
+    },
+    /// The deployment is stopping or stopped (HTTP 503).
+    #[error("deployment {0} is not serving (stopping or stopped)")]
+    Stopped(String),
+    /// The replica did not answer within the request timeout (HTTP 504).
+    #[error("deployment {deployment}: no answer within {timeout:?}")]
+    Timeout {
+        /// `model:version`.
+        deployment: String,
+        /// The request timeout.
+        timeout: Duration,
+    },
+    /// The replica failed (it stopped, or the model refused the batch).
+    #[error("deployment {deployment}: replica failed: {message}")]
+    Replica {
+        /// `model:version`.
+        deployment: String,
+        /// What failed.
+        message: String,
+    },
+    /// The input does not fit the model (HTTP 400).
+    #[error("{0}")]
+    BadInput(String),
+}
+
+/// Why a server or deployment could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error("{0}")]
+    Config(String),
+    /// The model could not be loaded.
+    #[error("deployment {deployment}: {source}")]
+    Model {
+        /// `model:version`.
+        deployment: String,
+        /// The loader's error.
+        #[source]
+        source: manta_ml::MlError,
+    },
+    /// A replica actor did not start.
+    #[error("deployment {deployment}: replica {replica}: {message}")]
+    Spawn {
+        /// `model:version`.
+        deployment: String,
+        /// Its index.
+        replica: usize,
+        /// The spawn error.
+        message: String,
+    },
+    /// The metrics recorder could not be installed.
+    #[error("metrics: {0}")]
+    Metrics(String),
+    /// Binding or serving the HTTP address failed.
+    #[error("http {addr}: {source}")]
+    Io {
+        /// The address.
+        addr: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,386 @@
+//! The Open Inference Protocol over HTTP (axum), and `GET /metrics`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+
+use crate::deployment::Deployment;
+use crate::error::ServeError;
+use crate::protocol::{self, InferRequest, InferResponse, ModelMetadata};
+
+/// The versions of one model.
+#[derive(Debug, Clone)]
+pub(crate) struct ModelVersions {
+    pub(crate) versions: BTreeMap<String, Deployment>,
+    /// The version a request without one goes to.
+    pub(crate) default: String,
+}
+
+pub(crate) struct AppInner {
+    pub(crate) models: RwLock<BTreeMap<String, ModelVersions>>,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) ready: AtomicBool,
+    pub(crate) prometheus: PrometheusHandle,
+}
+
+pub(crate) type AppState = Arc<AppInner>;
+
+/// An error answer: `{"error": "..."}` with its status.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    message: String,
+    retry_after: bool,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            retry_after: false,
+        }
+    }
+}
+
+impl From<ServeError> for ApiError {
+    fn from(e: ServeError) -> Self {
+        let status = match &e {
+            ServeError::Overloaded { .. } | ServeError::Stopped(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ServeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ServeError::Replica { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            ServeError::BadInput(_) => StatusCode::BAD_REQUEST,
+        };
+        Self {
+            status,
+            retry_after: status == StatusCode::SERVICE_UNAVAILABLE,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            error: &'a str,
+        }
+        let mut r = json(
+            self.status,
+            &Body {
+                error: &self.message,
+            },
+        );
+        if self.retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        r
+    }
+}
+
+fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (
+            status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding the answer: {e}"),
+        )
+            .into_response(),
+    }
+}
+
+/// The REST routes of the protocol, and `/metrics`.
+pub(crate) fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/{name}", get(model_metadata))
+        .route("/v2/models/{name}/ready", get(model_ready))
+        .route("/v2/models/{name}/infer", post(infer))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            get(version_metadata),
+        )
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(version_ready),
+        )
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(version_infer),
+        )
+        .route("/metrics", get(render_metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no route for {} {}", req.method(), req.uri().path()),
+    )
+}
+
+async fn server_metadata() -> Response {
+    json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "name": "manta",
+            "version": env!("CARGO_PKG_VERSION"),
+            "extensions": [],
+        }),
+    )
+}
+
+async fn live() -> Response {
+    json(StatusCode::OK, &serde_json::json!({ "live": true }))
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    let ready = state.ready.load(Ordering::Acquire)
+        && state
+            .models
+            .read()
+            .map(|m| {
+                m.values()
+                    .all(|v| v.versions.values().all(Deployment::is_ready))
+            })
+            .unwrap_or(false);
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(status, &serde_json::json!({ "ready": ready }))
+}
+
+/// The deployment serving `name` (at `version`, or its default version),
+/// and every version of the model.
+fn lookup(
+    state: &AppInner,
+    name: &str,
+    version: Option<&str>,
+) -> Result<(Deployment, Vec<String>), ApiError> {
+    let models = state
+        .models
+        .read()
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "model table poisoned"))?;
+    let Some(m) = models.get(name) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("unknown model '{name}'"),
+        ));
+    };
+    let versions: Vec<String> = m.versions.keys().cloned().collect();
+    let v = version.unwrap_or(&m.default);
+    match m.versions.get(v) {
+        Some(d) => Ok((d.clone(), versions)),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "model '{name}' has no version '{v}' (versions: {})",
+                versions.join(", ")
+            ),
+        )),
+    }
+}
+
+fn metadata(state: &AppInner, name: &str, version: Option<&str>) -> Result<Response, ApiError> {
+    let (d, versions) = lookup(state, name, version)?;
+    let (inputs, outputs) = protocol::signature(d.features(), d.outputs());
+    Ok(json(
+        StatusCode::OK,
+        &ModelMetadata {
+            name: name.to_owned(),
+            versions,
+            platform: "manta-burn",
+            inputs,
+            outputs,
+        },
+    ))
+}
+
+async fn model_metadata(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    metadata(&state, &name, None)
+}
+
+async fn version_metadata(
+    State(state): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    metadata(&state, &name, Some(&version))
+}
+
+fn model_ready_answer(
+    state: &AppInner,
+    name: &str,
+    version: Option<&str>,
+) -> Result<Response, ApiError> {
+    let (d, _) = lookup(state, name, version)?;
+    let ready = d.is_ready();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    Ok(json(
+        status,
+        &serde_json::json!({ "name": name, "version": d.version(), "ready": ready }),
+    ))
+}
+
+async fn model_ready(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    model_ready_answer(&state, &name, None)
+}
+
+async fn version_ready(
+    State(state): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    model_ready_answer(&state, &name, Some(&version))
+}
+
+async fn infer(State(state): State<AppState>, Path(name): Path<String>, req: Request) -> Response {
+    infer_counted(&state, &name, None, req).await
+}
+
+async fn version_infer(
+    State(state): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    infer_counted(&state, &name, Some(&version), req).await
+}
+
+/// Runs one inference request and counts it by model, version and status.
+async fn infer_counted(
+    state: &AppInner,
+    name: &str,
+    version: Option<&str>,
+    req: Request,
+) -> Response {
+    let started = Instant::now();
+    let (labels, response) = match lookup(state, name, version) {
+        // Unknown models and versions are counted under "-", so that
+        // clients cannot grow the label set.
+        Err(e) => (("-".to_owned(), "-".to_owned()), e.into_response()),
+        Ok((d, _)) => {
+            let labels = (d.model().to_owned(), d.version().to_owned());
+            let r = run_infer(state, &d, req)
+                .await
+                .unwrap_or_else(IntoResponse::into_response);
+            (labels, r)
+        }
+    };
+    let (model, version) = labels;
+    metrics::counter!(
+        "manta_serve_requests_total",
+        "model" => model.clone(),
+        "version" => version.clone(),
+        "status" => response.status().as_u16().to_string()
+    )
+    .increment(1);
+    metrics::histogram!(
+        "manta_serve_request_duration_seconds",
+        "model" => model,
+        "version" => version
+    )
+    .record(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn run_infer(state: &AppInner, d: &Deployment, req: Request) -> Result<Response, ApiError> {
+    let limit = state.max_body_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body over the {limit}-byte limit"),
+        )
+    };
+    // Refused from its declared length before any of it is read.
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    // And counted while read, for bodies without a length.
+    let body = Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<LengthLimitError>().is_some() {
+                too_large()
+            } else {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("reading the request body: {e}"),
+                )
+            }
+        })?
+        .to_bytes();
+    let parsed: InferRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("malformed inference request: {e}"),
+        )
+    })?;
+    let id = parsed.id.clone();
+    let checked = protocol::check(parsed, d.features())
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    let rows = checked.rows;
+    let values = d.infer(checked.values, rows).await?;
+    Ok(json(
+        StatusCode::OK,
+        &InferResponse {
+            model_name: d.model().to_owned(),
+            model_version: d.version().to_owned(),
+            id,
+            outputs: protocol::answer(values, rows, d.outputs(), &checked.outputs),
+        },
+    ))
+}
+
+async fn render_metrics(State(state): State<AppState>) -> Response {
+    state.prometheus.run_upkeep();
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        Body::from(state.prometheus.render()),
+    )
+        .into_response()
+}

@@ -1,0 +1,31 @@
+//! # manta-serve: model serving on Manta actors
+//!
+//! A [`Deployment`] is N replica actors of one model version. A router
+//! picks a replica by power of two choices on requests in flight; each
+//! replica batches the requests in its mailbox (`max_batch_size`,
+//! `batch_wait_timeout_ms`); queues are bounded (`max_ongoing_requests`
+//! per replica, `max_queued_requests` per deployment) and a request
+//! beyond them is refused ([`ServeError::Overloaded`], HTTP 503 with
+//! `Retry-After`).
+//!
+//! A [`Server`] puts deployments behind the Open Inference Protocol
+//! (KServe v2) REST API (axum) and serves Prometheus metrics at
+//! `GET /metrics`. Models come from manta-ml checkpoints
+//! ([`model::mlp_from_checkpoint`]) or any [`Model`].
+
+pub mod cli;
+pub mod config;
+pub mod deployment;
+mod error;
+pub mod exporter;
+mod http;
+pub mod model;
+pub mod protocol;
+mod replica;
+pub mod server;
+
+pub use config::{DeploymentConfig, HttpConfig, ServeConfig};
+pub use deployment::{Deployment, DeploymentOptions};
+pub use error::{ServeError, StartError};
+pub use model::{MlpModel, Model, ModelFactory};
+pub use server::Server;

@@ -1,0 +1,89 @@
+//! What a replica runs: a [`Model`] mapping rows of `f32` features to rows
+//! of `f32` outputs, and the digits MLP from a manta-ml checkpoint.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use burn::backend::NdArray;
+use burn::backend::ndarray::NdArrayDevice;
+use burn::tensor::{Tensor, TensorData};
+use manta_ml::{Mlp, ModelSpec, ParamTensor};
+
+/// A model a replica runs on batches: `rows` rows of
+/// [`features`](Model::features) values in, `rows` rows of
+/// [`outputs`](Model::outputs) values out, both row-major.
+pub trait Model: Send + 'static {
+    /// Values per input row.
+    fn features(&self) -> usize;
+    /// Values per output row (logits, one per class).
+    fn outputs(&self) -> usize;
+    /// Runs one batch. `input.len()` is `rows * features()`; the answer
+    /// must hold `rows * outputs()` values.
+    fn infer(&mut self, input: &[f32], rows: usize) -> Result<Vec<f32>, String>;
+}
+
+/// Builds a replica's model (each replica builds its own).
+pub type ModelFactory = Arc<dyn Fn() -> Result<Box<dyn Model>, String> + Send + Sync>;
+
+/// The MLP of manta-ml on burn's CPU backend.
+pub struct MlpModel {
+    spec: ModelSpec,
+    mlp: Mlp<NdArray>,
+    device: NdArrayDevice,
+}
+
+impl MlpModel {
+    /// The model from its parameters (checked against `spec`).
+    pub fn new(spec: &ModelSpec, params: Vec<ParamTensor>) -> Result<Self, manta_ml::MlError> {
+        let device = NdArrayDevice::Cpu;
+        let mlp = Mlp::<NdArray>::from_owned_params(spec, params, &device)?;
+        Ok(Self {
+            spec: spec.clone(),
+            mlp,
+            device,
+        })
+    }
+}
+
+impl Model for MlpModel {
+    fn features(&self) -> usize {
+        self.spec.inputs
+    }
+
+    fn outputs(&self) -> usize {
+        self.spec.classes
+    }
+
+    fn infer(&mut self, input: &[f32], rows: usize) -> Result<Vec<f32>, String> {
+        let x = Tensor::<NdArray, 2>::from_data(
+            TensorData::new(input.to_vec(), [rows, self.spec.inputs]),
+            &self.device,
+        );
+        let y = self.mlp.forward(x);
+        y.into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .map_err(|e| format!("reading the model's output: {e:?}"))
+    }
+}
+
+/// The maximum size of one checkpoint file a deployment reads (1 GiB).
+pub const MAX_CHECKPOINT_BYTES: u64 = 1 << 30;
+
+/// A factory for MLP replicas from the checkpoints under `dir` (a
+/// training run's directory or the configured checkpoint directory, see
+/// [`manta_ml::ps::load_saved_model`]); the file is read once, here.
+/// Answers the factory and the checkpoint's version.
+pub fn mlp_from_checkpoint(dir: &Path) -> Result<(ModelFactory, u64), manta_ml::MlError> {
+    let saved = manta_ml::ps::load_saved_model(dir, MAX_CHECKPOINT_BYTES)?;
+    let spec = saved.model;
+    let params = Arc::new(saved.params);
+    // Checked once now, so that replicas start with a known-good model.
+    MlpModel::new(&spec, params.to_vec())?;
+    let factory: ModelFactory = Arc::new(move || {
+        MlpModel::new(&spec, params.to_vec())
+            .map(|m| Box::new(m) as Box<dyn Model>)
+            .map_err(|e| e.to_string())
+    });
+    Ok((factory, saved.version))
+}

@@ -1,0 +1,169 @@
+//! A server: deployments in an actor system behind the HTTP front door.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use manta_actors::ActorSystem;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::{HttpConfig, ServeConfig};
+use crate::deployment::Deployment;
+use crate::error::StartError;
+use crate::http::{AppInner, ModelVersions};
+use crate::model::mlp_from_checkpoint;
+
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    state: Arc<AppInner>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+    deployments: Vec<Deployment>,
+    drain: Duration,
+    _system: ActorSystem,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("addr", &self.addr)
+            .field("deployments", &self.deployments)
+            .finish()
+    }
+}
+
+impl Server {
+    /// Loads every deployment's model from its checkpoint, starts the
+    /// replicas in a new actor system and serves them.
+    pub async fn start(config: &ServeConfig) -> Result<Self, StartError> {
+        let system = ActorSystem::new();
+        let mut deployments = Vec::new();
+        for d in &config.deployments {
+            let key = format!("{}:{}", d.model, d.version);
+            let path = d.checkpoint.clone();
+            let (factory, _) = tokio::task::spawn_blocking(move || mlp_from_checkpoint(&path))
+                .await
+                .map_err(|e| StartError::Config(format!("deployment {key}: loader: {e}")))?
+                .map_err(|source| StartError::Model {
+                    deployment: key.clone(),
+                    source,
+                })?;
+            deployments.push(
+                Deployment::start(&system, &d.model, &d.version, factory, d.options()).await?,
+            );
+        }
+        Self::serve(system, deployments, &config.http).await
+    }
+
+    /// Serves deployments already started in `system`. The first version
+    /// listed for a model is the one requests without a version go to.
+    pub async fn serve(
+        system: ActorSystem,
+        deployments: Vec<Deployment>,
+        http: &HttpConfig,
+    ) -> Result<Self, StartError> {
+        let prometheus = crate::exporter::prometheus()?;
+        let mut models: BTreeMap<String, ModelVersions> = BTreeMap::new();
+        for d in &deployments {
+            let entry = models
+                .entry(d.model().to_owned())
+                .or_insert_with(|| ModelVersions {
+                    versions: BTreeMap::new(),
+                    default: d.version().to_owned(),
+                });
+            if entry
+                .versions
+                .insert(d.version().to_owned(), d.clone())
+                .is_some()
+            {
+                return Err(StartError::Config(format!(
+                    "deployment {}:{} given twice",
+                    d.model(),
+                    d.version()
+                )));
+            }
+        }
+        let io = |source| StartError::Io {
+            addr: http.address.clone(),
+            source,
+        };
+        let listener = tokio::net::TcpListener::bind(&http.address)
+            .await
+            .map_err(io)?;
+        let addr = listener.local_addr().map_err(io)?;
+        let state = Arc::new(AppInner {
+            models: RwLock::new(models),
+            max_body_bytes: http.max_body_bytes,
+            ready: AtomicBool::new(true),
+            prometheus,
+        });
+        let (stop, stopped) = oneshot::channel::<()>();
+        let app = crate::http::router(state.clone());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        tracing::info!(%addr, deployments = deployments.len(), "serving");
+        Ok(Self {
+            addr,
+            state,
+            stop: Some(stop),
+            task,
+            deployments,
+            drain: Duration::from_millis(http.drain_timeout_ms),
+            _system: system,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its deployments.
+    pub fn deployments(&self) -> &[Deployment] {
+        &self.deployments
+    }
+
+    /// Drains and stops: reports not ready, stops accepting connections,
+    /// lets the requests in flight finish (up to the drain timeout), then
+    /// stops the replicas. Answers whether everything finished in time.
+    pub async fn shutdown(mut self) -> bool {
+        self.state.ready.store(false, Ordering::Release);
+        for d in &self.deployments {
+            d.begin_stop();
+        }
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let deadline = tokio::time::Instant::now() + self.drain;
+        let http_done = match tokio::time::timeout_at(deadline, &mut self.task).await {
+            Ok(Ok(Ok(()))) => true,
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(error = %e, "http server failed");
+                false
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "http server task failed");
+                false
+            }
+            Err(_) => {
+                self.task.abort();
+                false
+            }
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let mut drained = http_done;
+        for d in &self.deployments {
+            drained &= d.stop(left).await;
+        }
+        drained
+    }
+}

@@ -1,0 +1,6 @@
+//! manta-serve integration tests: one binary, real sockets on 127.0.0.1.
+
+mod batching;
+mod common;
+mod config;
+mod protocol;
