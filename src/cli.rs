@@ -40,6 +40,12 @@ pub enum CliError {
     /// Training failed.
     #[error(transparent)]
     Ml(#[from] manta_ml::MlError),
+    /// Tuning failed.
+    #[error(transparent)]
+    Tune(#[from] manta_ml::tune::TuneError),
+    /// The command line is incomplete.
+    #[error("{0}")]
+    Usage(String),
 }
 
 fn count(spec: &SupervisorSpec) -> (usize, usize) {

@@ -15,7 +15,7 @@
 //! | `cluster` | [`cluster`]: nodes, gossip membership, remote actors, placement | libp2p, chitchat |
 //! | `ml` | [`ml`]: loaders, parameter servers, training (implies `cluster`) | burn (CPU) |
 //! | `cuda` | training on NVIDIA GPUs (implies `ml`) | burn-cuda |
-//! | `cli` (default) | the `manta` command and its library side (`cli`, `train_cli`) | clap, indicatif |
+//! | `cli` (default) | the `manta` command and its library side (`cli`, `train_cli`, `tune_cli`) | clap, indicatif |
 //!
 //! A program with local actors and supervision only depends on
 //! `manta = { version = "0.1", default-features = false }` and builds neither
@@ -63,6 +63,8 @@ mod demo_cluster;
 pub mod fuzzing;
 #[cfg(feature = "cli")]
 pub mod train_cli;
+#[cfg(feature = "cli")]
+pub mod tune_cli;
 
 /// The README's Rust examples, compiled and run as doctests.
 #[doc = include_str!("../README.md")]

@@ -82,6 +82,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Search hyper-parameters (see examples/tune-digits.toml): trials are
+    /// actors in this process reporting to one controller; the experiment
+    /// lives in an SQLite file in its directory. A live table goes to
+    /// stderr; the end prints the best trial (or, with --json, one JSON
+    /// object).
+    Tune {
+        /// The experiment config (TOML).
+        #[arg(long, required_unless_present = "resume")]
+        config: Option<PathBuf>,
+        /// Continue the experiment in DIR (after a crash or a kill):
+        /// completed trials are kept, interrupted ones continue from their
+        /// checkpoints. Its stored config is used.
+        #[arg(long, value_name = "DIR")]
+        resume: Option<PathBuf>,
+        /// End with one JSON object (best, trials, results, wall_seconds,
+        /// experiment_dir, ...).
+        #[arg(long)]
+        json: bool,
+    },
     /// Serve models behind the Open Inference Protocol (KServe v2 REST) and
     /// Prometheus metrics, in this process (see examples/serve-digits.toml).
     /// Prints the address once ready; Ctrl-C drains and stops.
@@ -267,6 +286,27 @@ fn main() -> ExitCode {
                 }
             })
         }
+        Command::Tune {
+            config,
+            resume,
+            json,
+        } => {
+            init_logging("warn");
+            let opts = manta::tune_cli::TuneOptions {
+                config,
+                resume,
+                json,
+                progress: true,
+            };
+            block_on(default_runtime(), async move {
+                let mut out = std::io::stdout();
+                let kinds = manta_ml::tune::Trainables::new();
+                match manta::tune_cli::tune(&opts, &kinds, &mut out).await {
+                    Ok(_) => ExitCode::SUCCESS,
+                    Err(e) => report(&e),
+                }
+            })
+        }
         command => block_on(default_runtime(), run(command)),
     }
 }
@@ -355,6 +395,7 @@ async fn run(command: Command) -> ExitCode {
         }
         // `main` runs it on a runtime sized for the job.
         Command::Train { .. } => unreachable!("main handles `train` before `run`"),
+        Command::Tune { .. } => unreachable!("main handles `tune` before `run`"),
         Command::Secret { file } => match manta_cluster::ClusterSecret::write_new(&file) {
             Ok(_) => {
                 println!(

@@ -15,6 +15,9 @@
 //! - [`job`] — a training job from a [`TrainConfig`]: in-process, or placed
 //!   on the nodes of a cluster, under a supervisor.
 //! - [`reference`] — the single-process burn loop (baseline and anchor).
+//! - [`tune`] — hyper-parameter search: search spaces, searchers (grid,
+//!   random, TPE), schedulers (ASHA, median stopping), trial actors, the
+//!   SQLite experiment store, exports and plots.
 //!
 //! The actor kinds (`manta.ps`, `manta.loader`, `manta.worker`) are
 //! registered with [`register_kinds`], so that other nodes can host them.
@@ -31,6 +34,7 @@ pub mod optim;
 pub mod ps;
 pub mod reference;
 pub mod rng;
+pub mod tune;
 mod wire;
 pub mod worker;
 

@@ -6,7 +6,7 @@
 
 /// SplitMix64 (Steele, Lea and Flood, 2014): 64 bits of state, passes
 /// BigCrush, and any seed (including 0) is fine.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SplitMix64(u64);
 
 impl SplitMix64 {
@@ -52,6 +52,11 @@ impl SplitMix64 {
     /// A uniform float in `[0, 1)`.
     pub fn unit_f32(&mut self) -> f32 {
         (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    /// A uniform float in `[0, 1)` with 53 random bits.
+    pub fn unit_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// Shuffles `items` in place (Fisher–Yates).

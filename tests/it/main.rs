@@ -7,6 +7,7 @@ mod cluster;
 mod flood;
 mod hardening;
 mod train;
+mod tune;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};

@@ -7,6 +7,7 @@ mod data;
 mod loader;
 mod ps;
 mod training;
+mod tune;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,442 @@
+//! Experiment configuration (TOML), as `manta tune --config F` reads it.
+//!
+//! ```toml
+//! [experiment]
+//! name = "digits-asha"
+//! dir = "../target/tune-digits"    # relative to this file
+//! metric = "val_accuracy"
+//! mode = "max"                      # or "min"
+//! max_trials = 24
+//! max_concurrent = 2
+//! seed = 0
+//! max_failures = 1                  # retries of a failed trial (from its checkpoint)
+//! checkpoint_every = 1              # iterations between checkpoints
+//!
+//! [searcher]
+//! kind = "tpe"                      # grid | random | tpe (n_startup, gamma, n_candidates)
+//!
+//! [scheduler]
+//! kind = "asha"                     # fifo | asha | median
+//! grace_period = 2
+//! reduction_factor = 3
+//! max_t = 30
+//!
+//! [stop]
+//! max_iterations = 30
+//! time_budget_s = 600
+//! # metric_threshold = 0.99
+//! # plateau = { patience = 5, min_delta = 0.001 }
+//!
+//! [trainable]
+//! kind = "digits"                   # or "command" (command = [...]) or "rust" (name = ...)
+//! config = "train-digits.toml"
+//!
+//! [space]
+//! lr = { type = "loguniform", low = 1e-4, high = 1e-2 }
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use super::TuneError;
+use super::schedule::{SchedulerSpec, Stoppers};
+use super::search::SearcherSpec;
+use super::space::{Domain, SearchSpace};
+
+/// Whether a larger or a smaller metric is better.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricMode {
+    /// Larger is better.
+    #[default]
+    Max,
+    /// Smaller is better.
+    Min,
+}
+
+impl MetricMode {
+    /// The metric as a score (higher is better).
+    pub fn score(self, metric: f64) -> f64 {
+        match self {
+            MetricMode::Max => metric,
+            MetricMode::Min => -metric,
+        }
+    }
+}
+
+/// The `[experiment]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentSpec {
+    /// Its name.
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// The experiment directory (store, trial directories, exports, plots).
+    pub dir: PathBuf,
+    /// The metric trials are ranked by.
+    pub metric: String,
+    /// Larger or smaller is better.
+    #[serde(default)]
+    pub mode: MetricMode,
+    /// Trials at most.
+    #[serde(default = "ten")]
+    pub max_trials: u64,
+    /// Trials running at once.
+    #[serde(default = "one")]
+    pub max_concurrent: u64,
+    /// Seed of the searcher (and of the trials' `seed` parameter when the
+    /// space does not set it).
+    #[serde(default)]
+    pub seed: u64,
+    /// Restarts of a failed trial, each from its last checkpoint.
+    #[serde(default = "one")]
+    pub max_failures: u64,
+    /// Iterations between checkpoints (Rust and digits trainables).
+    #[serde(default = "one")]
+    pub checkpoint_every: u64,
+    /// Results are committed to the store at least this often
+    /// (milliseconds); trial starts and ends are committed at once.
+    #[serde(default = "commit_ms")]
+    pub commit_interval_ms: u64,
+}
+
+fn default_name() -> String {
+    "tune".into()
+}
+fn ten() -> u64 {
+    10
+}
+fn one() -> u64 {
+    1
+}
+fn commit_ms() -> u64 {
+    50
+}
+
+/// The `[trainable]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TrainableSpec {
+    /// The digits MLP of manta-ml; hyper-parameters override the keys of
+    /// `config` (a `manta train` file).
+    Digits {
+        /// The training config (relative to the tune config).
+        config: PathBuf,
+        /// Fraction of the training rows held out to rank trials (0: none,
+        /// train on all of them; then no `val_accuracy`).
+        #[serde(default = "val_fraction")]
+        validation_fraction: f64,
+    },
+    /// An external command.
+    Command {
+        /// The program and its arguments (the program is looked up in
+        /// `PATH`); parts starting with `./` or `../` are relative to the
+        /// config file.
+        command: Vec<String>,
+        /// Extra environment variables.
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+    },
+    /// A trainable registered in code ([`super::Trainables`]) by name.
+    Rust {
+        /// Its name.
+        name: String,
+    },
+}
+
+fn val_fraction() -> f64 {
+    0.2
+}
+
+/// A whole experiment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TuneConfig {
+    /// The experiment.
+    pub experiment: ExperimentSpec,
+    /// The searcher.
+    pub searcher: SearcherSpec,
+    /// The scheduler.
+    pub scheduler: SchedulerSpec,
+    /// The stoppers.
+    pub stop: Stoppers,
+    /// What runs in each trial.
+    pub trainable: TrainableSpec,
+    /// The search space.
+    pub space: SearchSpace,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    experiment: Spanned<ExperimentSpec>,
+    #[serde(default)]
+    searcher: Option<Spanned<SearcherSpec>>,
+    #[serde(default)]
+    scheduler: Option<Spanned<SchedulerSpec>>,
+    #[serde(default)]
+    stop: Option<Spanned<Stoppers>>,
+    trainable: Spanned<TrainableSpec>,
+    #[serde(default)]
+    space: BTreeMap<String, Spanned<Domain>>,
+}
+
+/// `line:col` (from 1) of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
+    (line, col)
+}
+
+impl TuneConfig {
+    /// Reads a config file; relative paths in it are relative to the file.
+    /// Errors name the file, the line and column, and the key.
+    pub fn load(path: &Path) -> Result<TuneConfig, TuneError> {
+        let text = std::fs::read_to_string(path).map_err(|e| TuneError::io(path, e))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, &path.display().to_string(), base)
+    }
+
+    /// Parses config text; `source` names it in errors, `base` anchors
+    /// relative paths.
+    pub fn parse(text: &str, source: &str, base: &Path) -> Result<TuneConfig, TuneError> {
+        let at = |offset: usize, what: String| {
+            let (l, c) = line_col(text, offset);
+            TuneError::Config(format!("{source}:{l}:{c}: {what}"))
+        };
+        let raw: Raw = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map_or(0, |s| s.start);
+            at(offset, e.message().trim_end().to_string())
+        })?;
+        let check = |span: std::ops::Range<usize>,
+                     r: Result<(), String>|
+         -> Result<(), TuneError> { r.map_err(|e| at(span.start, e)) };
+        let mut space = SearchSpace::new();
+        for (name, d) in raw.space {
+            check(
+                d.span(),
+                d.get_ref()
+                    .validate()
+                    .map_err(|e| format!("space.{name}: {e}")),
+            )?;
+            space.0.insert(name, d.into_inner());
+        }
+        let searcher = match raw.searcher {
+            Some(s) => {
+                check(s.span(), s.get_ref().validate())?;
+                s.into_inner()
+            }
+            None => SearcherSpec::default(),
+        };
+        let scheduler = match raw.scheduler {
+            Some(s) => {
+                check(s.span(), s.get_ref().validate())?;
+                s.into_inner()
+            }
+            None => SchedulerSpec::default(),
+        };
+        let stop = match raw.stop {
+            Some(s) => {
+                check(s.span(), s.get_ref().validate())?;
+                s.into_inner()
+            }
+            None => Stoppers::default(),
+        };
+        let exp_span = raw.experiment.span();
+        let mut experiment = raw.experiment.into_inner();
+        check(exp_span.clone(), validate_experiment(&experiment))?;
+        experiment.dir = absolute(base, &experiment.dir);
+        let tr_span = raw.trainable.span();
+        let mut trainable = raw.trainable.into_inner();
+        match &mut trainable {
+            TrainableSpec::Digits {
+                config,
+                validation_fraction,
+            } => {
+                *config = absolute(base, config);
+                if !(*validation_fraction >= 0.0 && *validation_fraction < 1.0) {
+                    return Err(at(
+                        tr_span.start,
+                        format!(
+                            "trainable.validation_fraction: must be at least 0 and below 1, got {validation_fraction}"
+                        ),
+                    ));
+                }
+            }
+            TrainableSpec::Command { command, .. } => {
+                if command.is_empty() {
+                    return Err(at(
+                        tr_span.start,
+                        "trainable.command: needs at least the program".into(),
+                    ));
+                }
+                // `./x` and `../x` (program or argument) are relative to
+                // the config file.
+                for part in command.iter_mut() {
+                    if part.starts_with("./") || part.starts_with("../") {
+                        *part = absolute(base, Path::new(part.as_str()))
+                            .display()
+                            .to_string();
+                    }
+                }
+            }
+            TrainableSpec::Rust { .. } => {}
+        }
+        if searcher == SearcherSpec::Grid && space.grid().0.is_empty() {
+            return Err(TuneError::Config(format!(
+                "{source}: searcher.kind: `grid` needs at least one `type = \"grid\"` parameter in [space]"
+            )));
+        }
+        Ok(TuneConfig {
+            experiment,
+            searcher,
+            scheduler,
+            stop,
+            trainable,
+            space,
+        })
+    }
+
+    /// Checks a config built in code (the same rules as the file).
+    pub fn validate(&self) -> Result<(), TuneError> {
+        let c = |r: Result<(), String>| r.map_err(TuneError::Config);
+        c(validate_experiment(&self.experiment))?;
+        c(self.space.validate())?;
+        c(self.searcher.validate())?;
+        c(self.scheduler.validate())?;
+        c(self.stop.validate())
+    }
+
+    /// The most iterations a trial may run (scheduler's `max_t`, the
+    /// `max_iterations` stopper), if bounded.
+    pub fn iteration_cap(&self) -> Option<u64> {
+        match (self.stop.max_iterations, self.scheduler_max_t()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn scheduler_max_t(&self) -> Option<u64> {
+        match self.scheduler {
+            SchedulerSpec::Asha { max_t, .. } => Some(max_t),
+            _ => None,
+        }
+    }
+}
+
+fn validate_experiment(e: &ExperimentSpec) -> Result<(), String> {
+    if e.metric.is_empty() {
+        return Err("experiment.metric: must name a metric".into());
+    }
+    if e.max_trials == 0 {
+        return Err("experiment.max_trials: must be at least 1".into());
+    }
+    if e.max_concurrent == 0 {
+        return Err("experiment.max_concurrent: must be at least 1".into());
+    }
+    if e.checkpoint_every == 0 {
+        return Err("experiment.checkpoint_every: must be at least 1".into());
+    }
+    if e.name.is_empty() {
+        return Err("experiment.name: must not be empty".into());
+    }
+    Ok(())
+}
+
+/// `p` anchored at `base`, absolute, with `.` and `..` resolved lexically.
+pub(crate) fn absolute(base: &Path, p: &Path) -> PathBuf {
+    use std::path::Component;
+    let joined = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    };
+    let abs = std::path::absolute(&joined).unwrap_or(joined);
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[experiment]
+dir = "out"
+metric = "loss"
+mode = "min"
+
+[searcher]
+kind = "tpe"
+
+[scheduler]
+kind = "asha"
+max_t = 9
+
+[trainable]
+kind = "command"
+command = ["sh", "-c", "echo loss=1"]
+
+[space]
+lr = { type = "loguniform", low = 1e-4, high = 1e-2 }
+"#;
+
+    #[test]
+    fn a_good_config_parses_with_paths_anchored() {
+        let c = TuneConfig::parse(GOOD, "t.toml", Path::new("/base")).unwrap();
+        assert_eq!(c.experiment.dir, PathBuf::from("/base/out"));
+        assert_eq!(c.experiment.mode, MetricMode::Min);
+        assert_eq!(c.iteration_cap(), Some(9));
+        assert!(matches!(
+            c.searcher,
+            SearcherSpec::Tpe { n_startup: 10, .. }
+        ));
+    }
+
+    #[test]
+    fn errors_name_file_line_column_and_key() {
+        let bad_range = GOOD.replace("low = 1e-4", "low = -1.0");
+        let e = TuneConfig::parse(&bad_range, "t.toml", Path::new("/"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("t.toml:19:6: space.lr: loguniform needs 0 < low"),
+            "{e}"
+        );
+        let unknown = GOOD.replace("kind = \"tpe\"", "kind = \"bayes\"");
+        let e = TuneConfig::parse(&unknown, "t.toml", Path::new("/"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("t.toml:8:") && e.contains("bayes"), "{e}");
+        let syntax = GOOD.replace("mode = \"min\"", "mode = ");
+        let e = TuneConfig::parse(&syntax, "t.toml", Path::new("/"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("t.toml:5:"), "{e}");
+        let eta = GOOD.replace("max_t = 9", "max_t = 9\nreduction_factor = 1");
+        let e = TuneConfig::parse(&eta, "t.toml", Path::new("/"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("scheduler.reduction_factor"), "{e}");
+        let field = GOOD.replace("metric = \"loss\"", "metric = \"loss\"\nmetrik = 1");
+        let e = TuneConfig::parse(&field, "t.toml", Path::new("/"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("t.toml:5:1: ") && e.contains("metrik"), "{e}");
+    }
+}

@@ -1,0 +1,290 @@
+//! The digits MLP of manta-ml as a trainable: one epoch per iteration.
+//!
+//! A trial starts from a `manta train` config ([`TrainConfig`]) and
+//! overrides its keys with the trial's hyper-parameters:
+//!
+//! | parameter | key |
+//! |---|---|
+//! | `lr` | `training.lr` |
+//! | `batch_size` | `training.batch_size` |
+//! | `epochs` | `training.epochs` (the trial's iterations) |
+//! | `seed` | `training.seed` |
+//! | `split_seed` | `data.split_seed` (to check a chosen config on other splits) |
+//! | `hidden` | `model.hidden` (an integer: one layer of that width; or a list) |
+//! | `layers` | number of hidden layers, each `hidden` wide |
+//! | `weight_decay` | `optimizer.weight_decay` |
+//! | `momentum` | `optimizer.momentum` (SGD) |
+//! | `optimizer` | `"adam"` or `"sgd"` |
+//!
+//! Rows: the config's train/test split (`data.split_seed`); the training
+//! part is split again, stratified, into training and validation rows
+//! (`validation_fraction`). Metrics every epoch: `loss` (mean over the
+//! epoch), `val_accuracy` (what trials are ranked on), `epoch`; on the last
+//! epoch also `test_accuracy` (reported, never used for ranking).
+//!
+//! The update rule is manta-ml's flat-vector optimizer (the parameter
+//! servers' own, equal to burn's), so a checkpoint holds parameters,
+//! optimizer state and the epoch, and a restored trial continues exactly.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::TuneError;
+use super::space::Params;
+use super::trainable::{Metrics, Trainable, TrialInfo};
+use crate::config::TrainConfig;
+use crate::data::Dataset;
+use crate::model::{Mlp, ModelSpec, ParamTensor, accuracy, loss_and_grads};
+use crate::optim::{OptimizerConfig, SlotState};
+use crate::rng::SplitMix64;
+
+type Train = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
+type Eval = burn::backend::NdArray<f32>;
+
+/// The digits trainable.
+pub struct DigitsTrainable {
+    model: ModelSpec,
+    optimizer: OptimizerConfig,
+    lr: f32,
+    batch_size: usize,
+    seed: u64,
+    epochs: u64,
+    train: Dataset,
+    val: Dataset,
+    test: Dataset,
+    state: DigitsState,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DigitsState {
+    epoch: u64,
+    params: Vec<ParamTensor>,
+    slots: Vec<Option<SlotState>>,
+}
+
+const CHECKPOINT_FILE: &str = "digits.json";
+
+fn bad(key: &str, why: impl std::fmt::Display) -> TuneError {
+    TuneError::Config(format!("hyper-parameter `{key}`: {why}"))
+}
+
+fn as_f32(key: &str, v: &Value) -> Result<f32, TuneError> {
+    v.as_f64()
+        .map(|x| x as f32)
+        .ok_or_else(|| bad(key, format!("must be a number, got {v}")))
+}
+
+fn as_u64(key: &str, v: &Value) -> Result<u64, TuneError> {
+    v.as_u64()
+        .or_else(|| v.as_f64().filter(|x| *x >= 0.0).map(|x| x.round() as u64))
+        .ok_or_else(|| bad(key, format!("must be a non-negative integer, got {v}")))
+}
+
+/// `base` with the trial's hyper-parameters applied.
+pub fn apply_params(base: &TrainConfig, params: &Params) -> Result<TrainConfig, TuneError> {
+    let mut c = base.clone();
+    let mut layers = None;
+    for (key, v) in params {
+        match key.as_str() {
+            "lr" => c.training.lr = as_f32(key, v)?,
+            "batch_size" => c.training.batch_size = as_u64(key, v)? as u32,
+            "epochs" => c.training.epochs = as_u64(key, v)? as u32,
+            "seed" => c.training.seed = as_u64(key, v)?,
+            "split_seed" => c.data.split_seed = as_u64(key, v)?,
+            "hidden" => {
+                c.model.hidden = match v {
+                    Value::Array(a) => a
+                        .iter()
+                        .map(|x| as_u64(key, x).map(|n| n as usize))
+                        .collect::<Result<_, _>>()?,
+                    _ => vec![as_u64(key, v)? as usize],
+                }
+            }
+            "layers" => layers = Some(as_u64(key, v)? as usize),
+            "weight_decay" => {
+                let w = as_f32(key, v)?;
+                match &mut c.optimizer {
+                    OptimizerConfig::Adam { weight_decay, .. }
+                    | OptimizerConfig::Sgd { weight_decay, .. } => *weight_decay = w,
+                }
+            }
+            "momentum" => match &mut c.optimizer {
+                OptimizerConfig::Sgd { momentum, .. } => *momentum = as_f32(key, v)?,
+                OptimizerConfig::Adam { .. } => {
+                    return Err(bad(key, "only applies to optimizer = \"sgd\""));
+                }
+            },
+            "optimizer" => {
+                let keep = match &c.optimizer {
+                    OptimizerConfig::Adam { weight_decay, .. }
+                    | OptimizerConfig::Sgd { weight_decay, .. } => *weight_decay,
+                };
+                c.optimizer = match v.as_str() {
+                    Some("adam") => OptimizerConfig::adam(),
+                    Some("sgd") => OptimizerConfig::sgd(0.9),
+                    _ => return Err(bad(key, format!("must be \"adam\" or \"sgd\", got {v}"))),
+                };
+                let (OptimizerConfig::Adam { weight_decay, .. }
+                | OptimizerConfig::Sgd { weight_decay, .. }) = &mut c.optimizer;
+                *weight_decay = keep;
+            }
+            other => {
+                return Err(bad(
+                    other,
+                    "unknown to the digits trainable (known: lr, batch_size, epochs, seed, split_seed, hidden, layers, weight_decay, momentum, optimizer)",
+                ));
+            }
+        }
+    }
+    if let Some(n) = layers {
+        let width = c.model.hidden.first().copied().unwrap_or(64);
+        c.model.hidden = vec![width; n];
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+impl DigitsTrainable {
+    /// A trial of `base` with `info.params` applied.
+    pub fn new(
+        base: &TrainConfig,
+        info: &TrialInfo,
+        validation_fraction: f64,
+    ) -> Result<Self, TuneError> {
+        let c = apply_params(base, &info.params)?;
+        let (train_all, test) = c.data.load_split().map_err(crate::MlError::from)?;
+        // No validation split (fraction 0): train on every training row
+        // (to check a chosen config); `val_accuracy` is then not reported.
+        let (train, val) = if validation_fraction > 0.0 {
+            train_all
+                .stratified_split(
+                    validation_fraction,
+                    c.data.split_seed ^ 0x7661_6c69_6461_7465,
+                )
+                .map_err(crate::MlError::from)?
+        } else {
+            let empty = train_all.select(&[]);
+            (train_all, empty)
+        };
+        let model = ModelSpec {
+            inputs: train.cols,
+            hidden: c.model.hidden.clone(),
+            classes: train.classes,
+        };
+        model.validate()?;
+        let params = model.init(c.training.seed);
+        let slots = vec![None; params.len()];
+        // The trial ends at `epochs`, or earlier at the experiment's cap
+        // (then the last epoch run reports the test accuracy).
+        let mut epochs = u64::from(c.training.epochs);
+        if let Some(m) = info.max_iterations {
+            epochs = if info.params.contains_key("epochs") {
+                epochs.min(m)
+            } else {
+                m
+            };
+        }
+        Ok(Self {
+            model,
+            optimizer: c.optimizer.clone(),
+            lr: c.training.lr,
+            batch_size: c.training.batch_size as usize,
+            seed: c.training.seed,
+            epochs,
+            train,
+            val,
+            test,
+            state: DigitsState {
+                epoch: 0,
+                params,
+                slots,
+            },
+        })
+    }
+
+    fn eval(&self, data: &Dataset) -> Result<f32, TuneError> {
+        let device = burn::backend::ndarray::NdArrayDevice::Cpu;
+        let m = Mlp::<Eval>::from_params(&self.model, &self.state.params, &device)?;
+        Ok(accuracy(&m, data, &device)?)
+    }
+}
+
+impl Trainable for DigitsTrainable {
+    fn step(&mut self) -> Result<Metrics, TuneError> {
+        let device = burn::backend::ndarray::NdArrayDevice::Cpu;
+        let epoch = self.state.epoch;
+        let mut order: Vec<usize> = (0..self.train.len()).collect();
+        SplitMix64::derive(self.seed, &[0x6570_6f63, epoch]).shuffle(&mut order);
+        let (mut loss_sum, mut batches) = (0.0f64, 0u32);
+        for rows in order.chunks(self.batch_size.max(1)) {
+            let batch = self.train.select(rows);
+            let model = Mlp::<Train>::from_params(&self.model, &self.state.params, &device)?;
+            let (loss, grads) =
+                loss_and_grads(&model, &batch.features, &batch.labels, batch.cols, &device)?;
+            loss_sum += f64::from(loss);
+            batches += 1;
+            for ((p, g), slot) in self
+                .state
+                .params
+                .iter_mut()
+                .zip(&grads)
+                .zip(&mut self.state.slots)
+            {
+                self.optimizer
+                    .step(self.lr, &mut p.values, g, slot)
+                    .map_err(|e| TuneError::Config(format!("optimizer: {e}")))?;
+            }
+        }
+        self.state.epoch += 1;
+        let mut m = Metrics::new();
+        let loss = loss_sum / f64::from(batches.max(1));
+        m.insert("loss".into(), loss);
+        m.insert("epoch".into(), self.state.epoch as f64);
+        if !self.val.is_empty() {
+            m.insert("val_accuracy".into(), f64::from(self.eval(&self.val)?));
+        }
+        if self.state.epoch >= self.epochs {
+            m.insert("test_accuracy".into(), f64::from(self.eval(&self.test)?));
+        }
+        if !loss.is_finite() {
+            return Err(TuneError::Trial {
+                trial: u64::MAX,
+                message: format!("loss diverged ({loss}) at epoch {}", self.state.epoch),
+            });
+        }
+        Ok(m)
+    }
+
+    fn max_iterations(&self) -> Option<u64> {
+        Some(self.epochs)
+    }
+
+    fn save(&mut self, dir: &Path) -> Result<(), TuneError> {
+        let path = dir.join(CHECKPOINT_FILE);
+        let bytes = serde_json::to_vec(&self.state).map_err(|e| TuneError::Store {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        std::fs::write(&path, bytes).map_err(|e| TuneError::io(&path, e))
+    }
+
+    fn restore(&mut self, dir: &Path) -> Result<(), TuneError> {
+        let path = dir.join(CHECKPOINT_FILE);
+        let bytes = std::fs::read(&path).map_err(|e| TuneError::io(&path, e))?;
+        let state: DigitsState = serde_json::from_slice(&bytes).map_err(|e| TuneError::Store {
+            path: path.display().to_string(),
+            message: format!("not a digits checkpoint: {e}"),
+        })?;
+        self.model.check(&state.params)?;
+        if state.slots.len() != state.params.len() {
+            return Err(TuneError::Store {
+                path: path.display().to_string(),
+                message: "optimizer state does not fit the model".into(),
+            });
+        }
+        self.state = state;
+        Ok(())
+    }
+}
