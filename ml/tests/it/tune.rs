@@ -449,3 +449,78 @@ async fn digits_trials_train_report_and_restore_exactly() {
     // And `apply_params` is what trials see.
     assert_eq!(TrialState::Completed.as_str(), "completed");
 }
+
+/// A crash in the middle of a trial, made by hand in the store (the trial
+/// back to `running`, its rows after iteration 4 gone, as if the driver had
+/// died there): `resume` rebuilds TPE and ASHA from the store and continues
+/// that trial from its checkpoint at 4, and nothing else runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_continues_an_interrupted_trial_from_its_checkpoint_with_tpe_and_asha() {
+    let tmp = tempfile::tempdir().unwrap();
+    let body = r#"max_trials = 8
+max_concurrent = 2
+[searcher]
+kind = "tpe"
+n_startup = 3
+[scheduler]
+kind = "asha"
+grace_period = 1
+reduction_factor = 3
+max_t = 9
+[trainable]
+kind = "rust"
+name = "curve"
+[space]
+rate = { type = "loguniform", low = 0.01, high = 2.0 }
+"#;
+    let first = run(config(tmp.path(), body), &curves(None), false, |_| {})
+        .await
+        .unwrap();
+    let before = store(tmp.path()).trials().unwrap();
+    let x = before.iter().find(|t| t.state == "completed").unwrap().id;
+    {
+        let db = rusqlite::Connection::open(tmp.path().join("experiment.db")).unwrap();
+        db.execute_batch(&format!(
+            "UPDATE trials SET state = 'running', iteration = 4 WHERE id = {x};
+             DELETE FROM results WHERE trial_id = {x} AND iteration > 4;
+             DELETE FROM checkpoints WHERE trial_id = {x} AND iteration > 4;
+             UPDATE experiment SET finished_at = NULL;"
+        ))
+        .unwrap();
+    }
+    let (log, on) = events();
+    let second = run(config(tmp.path(), body), &curves(None), true, on)
+        .await
+        .unwrap();
+    assert_eq!(second.results, first.results, "the same rows, none twice");
+    assert_eq!(second.trials, first.trials);
+    let after = store(tmp.path()).trials().unwrap();
+    for (b, a) in before.iter().zip(&after) {
+        if a.id == x {
+            assert_eq!(a.attempts, 2);
+            assert_eq!(a.state, "completed");
+        } else {
+            assert_eq!(a.attempts, b.attempts, "trial {} ran again", a.id);
+        }
+    }
+    let results = store(tmp.path()).results().unwrap();
+    let mine: Vec<_> = results.iter().filter(|r| r.trial == x).collect();
+    assert_eq!(mine.len(), 9);
+    for r in mine.iter().filter(|r| r.iteration > 4) {
+        assert_eq!(r.metrics["restored_from"], 4.0, "{r:?}");
+    }
+    let started: Vec<(u64, u64)> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            Event::Started {
+                trial,
+                from_iteration,
+                ..
+            } => Some((*trial, *from_iteration)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(started, [(x, 4)], "only the interrupted trial ran");
+}
