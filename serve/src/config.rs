@@ -15,6 +15,13 @@
 //! batch_wait_timeout_ms = 2
 //! max_ongoing_requests = 32
 //! max_queued_requests = 256
+//! weight = 90                             # canary split, see below
+//!
+//! [[deployment]]
+//! model = "digits"
+//! version = "2"
+//! checkpoint = "../target/train-digits-2"
+//! weight = 10                             # 10% of unversioned requests
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -102,6 +109,14 @@ pub struct DeploymentConfig {
     /// See [`DeploymentOptions::request_timeout_ms`].
     #[serde(default = "default_timeout")]
     pub request_timeout_ms: u64,
+    /// This version's share of the model's requests without a version
+    /// (relative to its other versions' weights; see
+    /// [`crate::Server::set_traffic`]). When no version of a model has
+    /// one, the first listed gets them all. A version with all the weight
+    /// is the stable one a rollback returns to; with several weighted,
+    /// the heaviest (first listed on a tie).
+    #[serde(default)]
+    pub weight: Option<u32>,
 }
 
 fn default_version() -> String {
@@ -163,6 +178,20 @@ impl ServeConfig {
                 .map_err(|e| StartError::Config(format!("{file}: deployment {key}: {e}")))?;
             if d.checkpoint.is_relative() {
                 d.checkpoint = base.join(&d.checkpoint);
+            }
+        }
+        let mut totals: std::collections::BTreeMap<&str, u64> = Default::default();
+        for d in &config.deployments {
+            if let Some(w) = d.weight {
+                *totals.entry(d.model.as_str()).or_default() += u64::from(w);
+            }
+        }
+        for (model, total) in totals {
+            if total == 0 || total > u64::from(u32::MAX) {
+                return Err(StartError::Config(format!(
+                    "{file}: model {model}: the weights must add up to between 1 and {}",
+                    u32::MAX
+                )));
             }
         }
         Ok(config)

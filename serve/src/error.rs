@@ -79,3 +79,29 @@ pub enum StartError {
         source: std::io::Error,
     },
 }
+
+/// Why a traffic change was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TrafficError {
+    /// No deployment serves this model.
+    #[error("unknown model '{0}'")]
+    UnknownModel(String),
+    /// The model has no such version.
+    #[error("model '{model}' has no version '{version}'")]
+    UnknownVersion {
+        /// The model.
+        model: String,
+        /// The version asked for.
+        version: String,
+    },
+    /// Every weight is zero: requests without a version would have
+    /// nowhere to go.
+    #[error("model '{0}': the weights must not all be zero")]
+    NoWeight(String),
+    /// The weights add up to more than `u32::MAX`.
+    #[error("model '{0}': the weights add up to more than {max}", max = u32::MAX)]
+    TooHeavy(String),
+    /// The model table's lock was poisoned by a panic.
+    #[error("model table poisoned")]
+    Poisoned,
+}

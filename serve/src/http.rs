@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use axum::Router;
@@ -16,15 +16,17 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 
 use crate::deployment::Deployment;
-use crate::error::ServeError;
+use crate::error::{ServeError, TrafficError};
 use crate::protocol::{self, InferRequest, InferResponse, ModelMetadata};
+use crate::traffic::Split;
 
 /// The versions of one model.
 #[derive(Debug, Clone)]
 pub(crate) struct ModelVersions {
     pub(crate) versions: BTreeMap<String, Deployment>,
-    /// The version a request without one goes to.
-    pub(crate) default: String,
+    /// Where requests without a version go. Its own lock (held only for
+    /// arithmetic), so a change needs just the table's read lock.
+    pub(crate) split: Arc<Mutex<Split>>,
 }
 
 pub(crate) struct AppInner {
@@ -32,6 +34,22 @@ pub(crate) struct AppInner {
     pub(crate) max_body_bytes: usize,
     pub(crate) ready: AtomicBool,
     pub(crate) prometheus: PrometheusHandle,
+}
+
+impl AppInner {
+    /// Runs `f` on `model`'s split.
+    pub(crate) fn with_split<T>(
+        &self,
+        model: &str,
+        f: impl FnOnce(&mut Split) -> Result<T, TrafficError>,
+    ) -> Result<T, TrafficError> {
+        let models = self.models.read().map_err(|_| TrafficError::Poisoned)?;
+        let m = models
+            .get(model)
+            .ok_or_else(|| TrafficError::UnknownModel(model.to_owned()))?;
+        let mut split = m.split.lock().map_err(|_| TrafficError::Poisoned)?;
+        f(&mut split)
+    }
 }
 
 pub(crate) type AppState = Arc<AppInner>;
@@ -177,12 +195,15 @@ async fn ready(State(state): State<AppState>) -> Response {
     json(status, &serde_json::json!({ "ready": ready }))
 }
 
-/// The deployment serving `name` (at `version`, or its default version),
-/// and every version of the model.
+/// The deployment serving `name` at `version` and every version of the
+/// model. Without a version: the split's next pick when `route` (an
+/// inference request), else the stable version (metadata and readiness
+/// do not move the rotation).
 fn lookup(
     state: &AppInner,
     name: &str,
     version: Option<&str>,
+    route: bool,
 ) -> Result<(Deployment, Vec<String>), ApiError> {
     let models = state
         .models
@@ -195,7 +216,23 @@ fn lookup(
         ));
     };
     let versions: Vec<String> = m.versions.keys().cloned().collect();
-    let v = version.unwrap_or(&m.default);
+    let picked;
+    let v = match version {
+        Some(v) => v,
+        None => {
+            let mut split = m.split.lock().map_err(|_| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "traffic split poisoned")
+            })?;
+            // A split always has a positive total (refused otherwise), so
+            // `pick` answers; the stable version is the fallback anyway.
+            picked = match route {
+                true => split.pick(),
+                false => None,
+            }
+            .unwrap_or_else(|| split.stable().to_owned());
+            &picked
+        }
+    };
     match m.versions.get(v) {
         Some(d) => Ok((d.clone(), versions)),
         None => Err(ApiError::new(
@@ -209,7 +246,7 @@ fn lookup(
 }
 
 fn metadata(state: &AppInner, name: &str, version: Option<&str>) -> Result<Response, ApiError> {
-    let (d, versions) = lookup(state, name, version)?;
+    let (d, versions) = lookup(state, name, version, false)?;
     let (inputs, outputs) = protocol::signature(d.features(), d.outputs());
     Ok(json(
         StatusCode::OK,
@@ -242,7 +279,7 @@ fn model_ready_answer(
     name: &str,
     version: Option<&str>,
 ) -> Result<Response, ApiError> {
-    let (d, _) = lookup(state, name, version)?;
+    let (d, _) = lookup(state, name, version, false)?;
     let ready = d.is_ready();
     let status = if ready {
         StatusCode::OK
@@ -289,7 +326,7 @@ async fn infer_counted(
     req: Request,
 ) -> Response {
     let started = Instant::now();
-    let (labels, response) = match lookup(state, name, version) {
+    let (labels, response) = match lookup(state, name, version, true) {
         // Unknown models and versions are counted under "-", so that
         // clients cannot grow the label set.
         Err(e) => (("-".to_owned(), "-".to_owned()), e.into_response()),

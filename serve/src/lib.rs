@@ -8,6 +8,10 @@
 //! beyond them is refused ([`ServeError::Overloaded`], HTTP 503 with
 //! `Retry-After`).
 //!
+//! Several versions of a model serve at once: a request naming a
+//! version goes to it, one without is routed by the model's weighted
+//! split ([`Server::set_traffic`], [`Server::rollback`]).
+//!
 //! A [`Server`] puts deployments behind the Open Inference Protocol
 //! (KServe v2) REST API (axum) and serves Prometheus metrics at
 //! `GET /metrics`. Models come from manta-ml checkpoints
@@ -23,9 +27,10 @@ pub mod model;
 pub mod protocol;
 mod replica;
 pub mod server;
+mod traffic;
 
 pub use config::{DeploymentConfig, HttpConfig, ServeConfig};
 pub use deployment::{Deployment, DeploymentOptions};
-pub use error::{ServeError, StartError};
+pub use error::{ServeError, StartError, TrafficError};
 pub use model::{MlpModel, Model, ModelFactory};
 pub use server::Server;

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use manta_actors::ActorSystem;
@@ -12,9 +12,10 @@ use tokio::task::JoinHandle;
 
 use crate::config::{HttpConfig, ServeConfig};
 use crate::deployment::Deployment;
-use crate::error::StartError;
+use crate::error::{StartError, TrafficError};
 use crate::http::{AppInner, ModelVersions};
 use crate::model::mlp_from_checkpoint;
+use crate::traffic::Split;
 
 /// A running server.
 pub struct Server {
@@ -56,37 +57,65 @@ impl Server {
                 Deployment::start(&system, &d.model, &d.version, factory, d.options()).await?,
             );
         }
-        Self::serve(system, deployments, &config.http).await
+        let server = Self::serve(system, deployments, &config.http).await?;
+        // Weighted models: the heaviest version first (the first listed on
+        // a tie: the sort is stable) becomes the stable one, then the split.
+        let mut weighted: BTreeMap<&str, Vec<(&str, u32)>> = BTreeMap::new();
+        for d in &config.deployments {
+            if let Some(w) = d.weight {
+                weighted.entry(&d.model).or_default().push((&d.version, w));
+            }
+        }
+        let mut applied = Ok(());
+        for (model, mut weights) in weighted {
+            weights.sort_by_key(|w| std::cmp::Reverse(w.1));
+            applied = weights
+                .first()
+                .map_or(Ok(()), |heaviest| server.set_traffic(model, &[*heaviest]))
+                .and_then(|()| server.set_traffic(model, &weights));
+            if applied.is_err() {
+                break;
+            }
+        }
+        match applied {
+            Ok(()) => Ok(server),
+            Err(e) => {
+                server.shutdown().await;
+                Err(StartError::Config(format!("traffic: {e}")))
+            }
+        }
     }
 
     /// Serves deployments already started in `system`. The first version
-    /// listed for a model is the one requests without a version go to.
+    /// listed for a model gets all requests without a version (and is the
+    /// stable one) until [`Server::set_traffic`] says otherwise.
     pub async fn serve(
         system: ActorSystem,
         deployments: Vec<Deployment>,
         http: &HttpConfig,
     ) -> Result<Self, StartError> {
         let prometheus = crate::exporter::prometheus()?;
-        let mut models: BTreeMap<String, ModelVersions> = BTreeMap::new();
+        let mut listed: BTreeMap<String, (Vec<String>, BTreeMap<String, Deployment>)> =
+            BTreeMap::new();
         for d in &deployments {
-            let entry = models
-                .entry(d.model().to_owned())
-                .or_insert_with(|| ModelVersions {
-                    versions: BTreeMap::new(),
-                    default: d.version().to_owned(),
-                });
-            if entry
-                .versions
-                .insert(d.version().to_owned(), d.clone())
-                .is_some()
-            {
+            let (order, versions) = listed.entry(d.model().to_owned()).or_default();
+            if versions.insert(d.version().to_owned(), d.clone()).is_some() {
                 return Err(StartError::Config(format!(
                     "deployment {}:{} given twice",
                     d.model(),
                     d.version()
                 )));
             }
+            order.push(d.version().to_owned());
         }
+        let models: BTreeMap<String, ModelVersions> = listed
+            .into_iter()
+            .filter_map(|(model, (order, versions))| {
+                let first = order.first()?.clone();
+                let split = Arc::new(Mutex::new(Split::new(&order, &first)));
+                Some((model, ModelVersions { versions, split }))
+            })
+            .collect();
         let io = |source| StartError::Io {
             addr: http.address.clone(),
             source,
@@ -130,6 +159,33 @@ impl Server {
     /// Its deployments.
     pub fn deployments(&self) -> &[Deployment] {
         &self.deployments
+    }
+
+    /// Splits `model`'s requests without a version between its versions
+    /// by `weights` (relative: 90/10 and 9/1 are the same split; versions
+    /// not named get 0), effective for the next request. Requests already
+    /// routed finish on the version they were routed to: every version
+    /// keeps its replicas whatever its weight. A version given all the
+    /// weight becomes the stable one, the one [`Server::rollback`]
+    /// returns to. Refused, leaving the split as it was, for an unknown
+    /// model or version or all-zero weights.
+    pub fn set_traffic(&self, model: &str, weights: &[(&str, u32)]) -> Result<(), TrafficError> {
+        let weights: Vec<(String, u32)> =
+            weights.iter().map(|(v, w)| ((*v).to_owned(), *w)).collect();
+        self.state.with_split(model, |s| s.set(model, &weights))
+    }
+
+    /// `model`'s weights, in the order its versions were listed, and its
+    /// stable version.
+    pub fn traffic(&self, model: &str) -> Result<(Vec<(String, u32)>, String), TrafficError> {
+        self.state
+            .with_split(model, |s| Ok((s.weights(), s.stable().to_owned())))
+    }
+
+    /// Sends all of `model`'s requests without a version back to its
+    /// stable version (the last one that had all the traffic); answers it.
+    pub fn rollback(&self, model: &str) -> Result<String, TrafficError> {
+        self.state.with_split(model, |s| s.rollback(model))
     }
 
     /// Drains and stops: reports not ready, stops accepting connections,

@@ -4,3 +4,4 @@ mod batching;
 mod common;
 mod config;
 mod protocol;
+mod traffic;
