@@ -243,19 +243,22 @@ pub fn is_known(target: &str, what: &str) -> bool {
         && KNOWN.iter().any(|(t, m)| *t == target && what.contains(m))
 }
 
+/// The message a panic was raised with (empty for other payloads).
+pub fn panic_message<'a>(info: &'a std::panic::PanicHookInfo<'_>) -> &'a str {
+    info.payload()
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| info.payload().downcast_ref::<&str>().copied())
+        .unwrap_or("")
+}
+
 /// For cargo-fuzz targets: a panic hook that stays silent for [`KNOWN`]
 /// findings of `target` and otherwise does what the installed one (that of
 /// libfuzzer-sys: report, abort) does. Call once, before the first input.
 pub fn hook_known(target: &'static str) {
     let prev = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        let msg = info
-            .payload()
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| info.payload().downcast_ref::<&str>().copied())
-            .unwrap_or("");
-        if !is_known(target, msg) {
+        if !is_known(target, panic_message(info)) {
             prev(info);
         }
     }));

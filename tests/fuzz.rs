@@ -46,12 +46,7 @@ fn exclusive() -> std::sync::MutexGuard<'static, ()> {
     HOOK.call_once(|| {
         let prev = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            let msg = info
-                .payload()
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| info.payload().downcast_ref::<&str>().copied())
-                .unwrap_or("");
+            let msg = manta::fuzzing::panic_message(info);
             if !manta::fuzzing::is_known(CURRENT.with(std::cell::Cell::get), msg) {
                 prev(info);
             }

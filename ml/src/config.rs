@@ -257,7 +257,7 @@ impl TrainConfig {
 
 /// `p` anchored at `base`, absolute, with `.` and `..` resolved lexically
 /// (the path need not exist yet).
-fn absolute(base: &Path, p: &Path) -> PathBuf {
+pub(crate) fn absolute(base: &Path, p: &Path) -> PathBuf {
     use std::path::Component;
     let joined = if p.is_absolute() {
         p.to_path_buf()

@@ -45,6 +45,7 @@ use super::TuneError;
 use super::schedule::{SchedulerSpec, Stoppers};
 use super::search::SearcherSpec;
 use super::space::{Domain, SearchSpace};
+use crate::config::absolute;
 
 /// Whether a larger or a smaller metric is better.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -347,28 +348,6 @@ fn validate_experiment(e: &ExperimentSpec) -> Result<(), String> {
         return Err("experiment.name: must not be empty".into());
     }
     Ok(())
-}
-
-/// `p` anchored at `base`, absolute, with `.` and `..` resolved lexically.
-pub(crate) fn absolute(base: &Path, p: &Path) -> PathBuf {
-    use std::path::Component;
-    let joined = if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        base.join(p)
-    };
-    let abs = std::path::absolute(&joined).unwrap_or(joined);
-    let mut out = PathBuf::new();
-    for c in abs.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
