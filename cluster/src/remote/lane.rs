@@ -65,6 +65,9 @@ const BARRIER_WAIT: Duration = Duration::from_secs(10);
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Records sealed or opened between two yields to the runtime (256 KiB).
 const YIELD_EVERY: usize = 4;
+/// Room a lane message's buffer has beyond its length: reads of records
+/// land there before they are opened down into place.
+const READ_SLACK: usize = 64 * 1024;
 /// Sender sessions remembered per peer (dedupe and barriers).
 const SESSIONS_PER_PEER: usize = 8;
 
@@ -425,35 +428,66 @@ impl Drop for Conn {
 }
 
 impl Conn {
-    /// Seals and writes `m`'s records.
+    /// Seals and writes `m`'s records, [`YIELD_EVERY`] at a time in one
+    /// vectored write.
     async fn write(&mut self, m: &mut LaneMsg, bulk: &Bulk) -> std::io::Result<()> {
         m.first = self.sealer.next_record();
         m.sealed = 0;
-        for (i, r) in m.records.iter_mut().enumerate() {
-            if i % YIELD_EVERY == YIELD_EVERY - 1 {
+        let mut at = 0;
+        while at < m.records.len() {
+            if at > 0 {
                 // Sealing a large message is CPU work: let small messages'
                 // tasks on this core run in between.
                 tokio::task::yield_now().await;
             }
-            self.sealer.seal(r).map_err(std::io::Error::other)?;
-            m.sealed += 1;
-            m.written = true;
-            if self.cut_after > 0 && self.written + r.len() as u64 > self.cut_after {
-                let n = (self.cut_after - self.written) as usize;
-                self.wr.write_all(&r[..n]).await?;
-                let _ = self.wr.shutdown().await;
-                return Err(std::io::Error::other("lane cut by a test"));
+            let to = (at + YIELD_EVERY).min(m.records.len());
+            let group = &mut m.records[at..to];
+            for r in group.iter_mut() {
+                self.sealer.seal(r).map_err(std::io::Error::other)?;
+                m.sealed += 1;
+                m.written = true;
             }
-            if bulk.tamper.swap(false, Ordering::Relaxed) {
-                let mut bad = r.clone();
-                let last = bad.len() - 1;
-                bad[last] ^= 1;
-                self.wr.write_all(&bad).await?;
+            let bytes: u64 = group.iter().map(|r| r.len() as u64).sum();
+            if self.cut_after > 0 || bulk.tamper.load(Ordering::Relaxed) {
+                // The test hooks work record by record.
+                for r in group.iter() {
+                    self.write_hooked(r, bulk).await?;
+                }
             } else {
-                self.wr.write_all(r).await?;
+                let mut slices: Vec<std::io::IoSlice<'_>> =
+                    group.iter().map(|r| std::io::IoSlice::new(r)).collect();
+                let mut left = &mut slices[..];
+                while !left.is_empty() {
+                    let n = self.wr.write_vectored(left).await?;
+                    if n == 0 {
+                        return Err(std::io::ErrorKind::WriteZero.into());
+                    }
+                    std::io::IoSlice::advance_slices(&mut left, n);
+                }
+                self.written += bytes;
             }
-            self.written += r.len() as u64;
+            at += group.len();
         }
+        Ok(())
+    }
+
+    /// Writes one sealed record through the test hooks (cut, tamper).
+    async fn write_hooked(&mut self, r: &[u8], bulk: &Bulk) -> std::io::Result<()> {
+        if self.cut_after > 0 && self.written + r.len() as u64 > self.cut_after {
+            let n = (self.cut_after - self.written) as usize;
+            self.wr.write_all(&r[..n]).await?;
+            let _ = self.wr.shutdown().await;
+            return Err(std::io::Error::other("lane cut by a test"));
+        }
+        if bulk.tamper.swap(false, Ordering::Relaxed) {
+            let mut bad = r.to_vec();
+            let last = bad.len() - 1;
+            bad[last] ^= 1;
+            self.wr.write_all(&bad).await?;
+        } else {
+            self.wr.write_all(r).await?;
+        }
+        self.written += r.len() as u64;
         Ok(())
     }
 
@@ -685,8 +719,14 @@ impl Remoting {
     }
 
     /// The rest of a lane message after its first record: `head` is what
-    /// the first record held of it; `len` its whole length. Each record is
-    /// read straight into the message's buffer and opened there.
+    /// the first record held of it; `len` its whole length. The records
+    /// are read back to back straight into the message's buffer, as many
+    /// as the socket has at each read (never past the end of this
+    /// message's records: at most what its remaining payload plus one
+    /// record's overhead can be), and each is opened where it lies with its
+    /// payload moved down behind the previous one in the same pass
+    /// ([`RecordOpener::open_within`]). The buffer holds at most `len`
+    /// plus [`READ_SLACK`] bytes whatever the peer's record sizes.
     async fn read_rest(
         &self,
         rd: &mut OwnedReadHalf,
@@ -694,42 +734,66 @@ impl Remoting {
         head: &[u8],
         len: usize,
     ) -> Result<Option<Vec<u8>>, String> {
+        const OVERHEAD: usize = RECORD_HEADER + RECORD_TAG;
         if head.len() > len {
             return Err("lane record longer than its message".to_owned());
         }
         let mut whole = lock(&self.inner.kept).pop().unwrap_or_default();
         whole.clear();
-        whole.reserve_exact(len + RECORD_TAG);
+        whole.reserve_exact(len + READ_SLACK);
         whole.extend_from_slice(head);
-        let mut records = 0usize;
-        while whole.len() < len {
-            records += 1;
-            if records % YIELD_EVERY == 0 {
-                // Opening is CPU work too (see `Conn::write`).
-                tokio::task::yield_now().await;
-            }
-            let mut h = [0u8; RECORD_HEADER];
-            if rd.read_exact(&mut h).await.is_err() {
-                return Ok(None);
-            }
-            let n = opener.announced(h).map_err(|e| e.to_string())?;
-            let at = whole.len();
-            if at + n > len {
-                return Err("lane record longer than its message".to_owned());
-            }
-            // Read into the buffer's spare room (no zeroing pass first).
-            let mut body = (&mut *rd).take((n + RECORD_TAG) as u64);
-            while whole.len() < at + n + RECORD_TAG {
-                match body.read_buf(&mut whole).await {
-                    Ok(0) | Err(_) => return Ok(None),
-                    Ok(_) => {}
+        // Payload so far: `whole[..plain]`; read, not yet opened:
+        // `whole[raw..]`; between them the opened records' overhead.
+        let (mut plain, mut raw) = (whole.len(), whole.len());
+        let mut opened = 0usize;
+        while plain < len {
+            // Open every whole record read so far.
+            while whole.len() - raw >= RECORD_HEADER {
+                let mut h = [0u8; RECORD_HEADER];
+                h.copy_from_slice(&whole[raw..raw + RECORD_HEADER]);
+                let n = opener.announced(h).map_err(|e| e.to_string())?;
+                if plain + n > len {
+                    return Err("lane record longer than its message".to_owned());
+                }
+                let end = raw + OVERHEAD + n;
+                if whole.len() < end {
+                    break;
+                }
+                let got = opener
+                    .open_within(h, &mut whole[plain..end], raw + RECORD_HEADER - plain)
+                    .map_err(|e| e.to_string())?;
+                plain += got;
+                raw = end;
+                opened += 1;
+                if opened % YIELD_EVERY == 0 {
+                    // Opening is CPU work (see `Conn::write`).
+                    tokio::task::yield_now().await;
+                }
+                if plain == len {
+                    break;
                 }
             }
-            opener
-                .open(h, &mut whole[at..])
-                .map_err(|e| e.to_string())?;
-            whole.truncate(at + n);
+            if plain == len {
+                break;
+            }
+            // What surely belongs to this message: its remaining payload and
+            // at least one record's overhead, less what is already here.
+            let want = (len - plain + OVERHEAD).saturating_sub(whole.len() - raw);
+            if whole.len() + want > whole.capacity() {
+                // Small records piled up overhead: move the unopened bytes
+                // down (at most one record's worth of a read).
+                whole.copy_within(raw.., plain);
+                whole.truncate(plain + (whole.len() - raw));
+                raw = plain;
+            }
+            let room = (whole.capacity() - whole.len()).min(want);
+            // Into the buffer's spare room (no zeroing pass first).
+            match (&mut *rd).take(room as u64).read_buf(&mut whole).await {
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(_) => {}
+            }
         }
+        whole.truncate(len);
         Ok(Some(whole))
     }
 

@@ -721,3 +721,58 @@ async fn a_node_killed_during_a_transfer_ends_its_asks_with_node_down() {
     drop(holder);
     let _ = &c.systems;
 }
+
+/// A member cuts a lane message into 16-byte records and writes them in
+/// odd-sized pieces: the node reads them back to back, opens each where it
+/// lies (the records' overhead far beyond the buffer's slack, so the
+/// unopened bytes are moved down on the way) and the actor gets the
+/// message once, whole; the acknowledgement comes back on the lane.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_in_tiny_records_and_torn_writes_arrives_whole() {
+    let c = cluster("tiny", 2, true, |_, _| {}).await;
+    let a = &c.nodes[0];
+    let s = a
+        .remoting()
+        .issue_lane_ticket_for_test(c.peer(1), 1)
+        .unwrap();
+    let body = pattern(60_000);
+    let msg = postcard::to_allocvec(&Load::Put(0, ByteBuf::from(body.clone()))).unwrap();
+    let frame = manta_cluster::fuzzing::tell_on_the_wire("sink-0", <Load as Message>::NAME, &msg);
+    let mut plain = Vec::new();
+    plain.extend_from_slice(&1u64.to_be_bytes()); // seq
+    plain.extend_from_slice(&0u64.to_be_bytes()); // no barrier
+    plain.extend_from_slice(&frame);
+    let (mut sealer, mut opener) = lane_keys(&s, Side::Dialer).unwrap();
+    let mut wire = Vec::new();
+    // The first record holds the head and the length; the rest 16 bytes
+    // each: 3,700 records, 74 KB of overhead.
+    let (first, rest) = plain.split_at(64);
+    wire.extend_from_slice(&sealed(&mut sealer, first));
+    for piece in rest.chunks(16) {
+        wire.extend_from_slice(&sealed(&mut sealer, piece));
+    }
+    let mut sock = lane_socket(a).await;
+    sock.write_all(&s.ticket).await.unwrap();
+    let mut at = 0;
+    let mut step = 1;
+    while at < wire.len() {
+        let to = (at + step).min(wire.len());
+        sock.write_all(&wire[at..to]).await.unwrap();
+        at = to;
+        step = step * 7 % 65_521 + 1;
+    }
+    // The acknowledgement: a record holding the message's number.
+    let mut h = [0u8; RECORD_HEADER];
+    tokio::time::timeout(DEADLINE, sock.read_exact(&mut h))
+        .await
+        .expect("ack in time")
+        .unwrap();
+    let mut ack = vec![0u8; opener.announced(h).unwrap() + 16];
+    sock.read_exact(&mut ack).await.unwrap();
+    assert_eq!(opener.open(h, &mut ack).unwrap(), 1u64.to_be_bytes());
+    assert_eq!(
+        check(&c.sink(1, 0)).await,
+        (1, 0, body.len() as u64, checksum(&body))
+    );
+    assert_eq!(a.remoting().partial_bytes(), 0);
+}
