@@ -62,6 +62,30 @@ impl Actor for Counter {
 
 /// MANTA_BENCH_OPEN=1 runs the remote benches without a cluster secret (no
 /// pnet layer), to see what the private network costs.
+/// With `MANTA_BENCH_MARKS` set, prints `MARK <what> <CLOCK_MONOTONIC
+/// seconds>` on stderr, so that a `perf record -k CLOCK_MONOTONIC` of the
+/// run can be cut to one phase (`perf report --time a,b`): where the time
+/// of one row goes. (`Instant`'s `Debug` shows the monotonic clock on
+/// Linux.)
+fn mark(what: &str) {
+    if std::env::var_os("MANTA_BENCH_MARKS").is_none() {
+        return;
+    }
+    let d = format!("{:?}", Instant::now());
+    let num = |key: &str| -> Option<u64> {
+        let at = d.find(key)? + key.len();
+        d[at..]
+            .trim_start()
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    if let (Some(s), Some(ns)) = (num("tv_sec:"), num("tv_nsec:")) {
+        eprintln!("MARK {what} {s}.{ns:09}");
+    }
+}
+
 /// Alternated rounds of the payload part (`MANTA_BENCH_ROUNDS`, default 5).
 fn rounds() -> usize {
     std::env::var("MANTA_BENCH_ROUNDS")
@@ -400,9 +424,11 @@ async fn remote_benches(dir: &Path, rows: &mut Vec<Row>) {
             // here).
             let msgs: Vec<Vec<u8>> = (0..count).map(|_| data.clone()).collect();
             let start = Instant::now();
+            mark(&format!("manta {size} start"));
             for m in msgs {
                 sink.ask(|r| Sink::PutAck(m, r), t).await.expect("put");
             }
+            mark(&format!("manta {size} end"));
             m_r.push((size * count) as f64 / start.elapsed().as_secs_f64());
             let start = Instant::now();
             for _ in 0..count {
