@@ -175,12 +175,10 @@ async fn bare_axum() -> SocketAddr {
             outputs: protocol::answer(values, checked.rows, CLASSES, &checked.outputs),
         };
         match serde_json::to_vec(&answer) {
-            Ok(b) => (
-                [(axum::http::header::CONTENT_TYPE, "application/json")],
-                b,
-            )
-                .into_response(),
-            Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+            Ok(b) => ([(axum::http::header::CONTENT_TYPE, "application/json")], b).into_response(),
+            Err(e) => {
+                (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
+            }
         }
     }
     let app = axum::Router::new().route("/v2/models/noop/infer", axum::routing::post(infer));
@@ -246,8 +244,7 @@ async fn bare_tonic() -> SocketAddr {
         Err(e) => panic!("bind: {e}"),
     };
     let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
-    let incoming =
-        tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(GrpcInferenceServiceServer::new(BareTonic))
@@ -300,7 +297,13 @@ enum Proto {
 
 /// Runs `concurrency` clients against `addr` for `warmup + secs`,
 /// recording latencies after the warm-up.
-async fn load(addr: SocketAddr, model: &str, proto: Proto, concurrency: usize, secs: f64) -> Figures {
+async fn load(
+    addr: SocketAddr,
+    model: &str,
+    proto: Proto,
+    concurrency: usize,
+    secs: f64,
+) -> Figures {
     let warm = Duration::from_millis(300);
     let start = Instant::now() + warm;
     let end = start + Duration::from_secs_f64(secs);
@@ -481,7 +484,9 @@ fn main() {
     }
 
     if want("digits") {
-        println!("\n| digits MLP (REST) | concurrency | requests/s (rounds) | p50 µs | p99 µs | errors |");
+        println!(
+            "\n| digits MLP (REST) | concurrency | requests/s (rounds) | p50 µs | p99 µs | errors |"
+        );
         println!("|---|---|---|---|---|---|");
         for (label, batch, wait) in [("no batching", 1usize, 0u64), ("batching 32 / 1 ms", 32, 1)] {
             let opts = DeploymentOptions {

@@ -88,9 +88,7 @@ pub fn check_infer(req: ModelInferRequest, features: usize) -> Result<CheckedInf
     } = req;
     let mut inputs = inputs.into_iter();
     let Some(input) = inputs.next() else {
-        return Err(invalid(format!(
-            "no inputs: expected one input '{INPUT}'"
-        )));
+        return Err(invalid(format!("no inputs: expected one input '{INPUT}'")));
     };
     if let Some(extra) = inputs.next() {
         return Err(invalid(format!(

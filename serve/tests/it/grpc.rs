@@ -71,12 +71,7 @@ fn typed(model: &str, rows: &[Vec<f32>]) -> ModelInferRequest {
 fn raw(model: &str, rows: &[Vec<f32>]) -> ModelInferRequest {
     let mut r = typed(model, rows);
     r.inputs[0].contents = None;
-    r.raw_input_contents = vec![
-        rows.concat()
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-    ];
+    r.raw_input_contents = vec![rows.concat().iter().flat_map(|v| v.to_le_bytes()).collect()];
     r
 }
 
@@ -97,7 +92,10 @@ fn argmax(row: &[f32]) -> i64 {
         .0 as i64
 }
 
-async fn infer(c: &mut Client, req: ModelInferRequest) -> Result<ModelInferResponse, tonic::Status> {
+async fn infer(
+    c: &mut Client,
+    req: ModelInferRequest,
+) -> Result<ModelInferResponse, tonic::Status> {
     c.model_infer(req).await.map(tonic::Response::into_inner)
 }
 
@@ -133,11 +131,12 @@ async fn grpc_health_and_metadata_methods_answer_with_the_protocol_fields() {
         assert_eq!(m.name, "digits");
         assert_eq!(m.versions, vec!["1".to_owned()]);
         assert_eq!(m.platform, "manta-burn");
-        let tensors = |ts: &[manta_serve::grpc::proto::model_metadata_response::TensorMetadata]| {
-            ts.iter()
-                .map(|t| (t.name.clone(), t.datatype.clone(), t.shape.clone()))
-                .collect::<Vec<_>>()
-        };
+        let tensors =
+            |ts: &[manta_serve::grpc::proto::model_metadata_response::TensorMetadata]| {
+                ts.iter()
+                    .map(|t| (t.name.clone(), t.datatype.clone(), t.shape.clone()))
+                    .collect::<Vec<_>>()
+            };
         assert_eq!(
             tensors(&m.inputs),
             vec![("input".into(), "FP32".into(), vec![-1, 64])]
@@ -169,7 +168,9 @@ async fn grpc_health_and_metadata_methods_answer_with_the_protocol_fields() {
                 version: version.into(),
             })
             .await;
-        let e = e.err().unwrap_or_else(|| panic!("{name}:{version} answered"));
+        let e = e
+            .err()
+            .unwrap_or_else(|| panic!("{name}:{version} answered"));
         assert_eq!(e.code(), Code::NotFound, "{e}");
         assert!(e.message().contains(needle), "{e}");
         let e = c
@@ -178,7 +179,9 @@ async fn grpc_health_and_metadata_methods_answer_with_the_protocol_fields() {
                 version: version.into(),
             })
             .await;
-        let e = e.err().unwrap_or_else(|| panic!("{name}:{version} answered"));
+        let e = e
+            .err()
+            .unwrap_or_else(|| panic!("{name}:{version} answered"));
         assert_eq!(e.code(), Code::NotFound, "{e}");
         assert!(e.message().contains(needle), "{e}");
     }
@@ -218,21 +221,35 @@ async fn grpc_infer_answers_typed_and_raw_contents_like_the_model() {
     req.id = "req-7".into();
     let r = infer(&mut c, req).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
-        (r.model_name.as_str(), r.model_version.as_str(), r.id.as_str()),
+        (
+            r.model_name.as_str(),
+            r.model_version.as_str(),
+            r.id.as_str()
+        ),
         ("digits", "1", "req-7")
     );
     assert!(r.raw_output_contents.is_empty());
     assert_eq!(r.outputs.len(), 2);
     let (logits, label) = (&r.outputs[0], &r.outputs[1]);
     assert_eq!(
-        (logits.name.as_str(), logits.datatype.as_str(), &logits.shape),
+        (
+            logits.name.as_str(),
+            logits.datatype.as_str(),
+            &logits.shape
+        ),
         ("logits", "FP32", &vec![2, 10])
     );
     assert_eq!(
         (label.name.as_str(), label.datatype.as_str(), &label.shape),
         ("label", "INT64", &vec![2])
     );
-    close(&logits.contents.as_ref().map(|c| c.fp32_contents.clone()).unwrap_or_default());
+    close(
+        &logits
+            .contents
+            .as_ref()
+            .map(|c| c.fp32_contents.clone())
+            .unwrap_or_default(),
+    );
     assert_eq!(
         label.contents.as_ref().map(|c| c.int64_contents.clone()),
         Some(want_labels.clone())
@@ -456,7 +473,11 @@ async fn grpc_oversized_messages_are_refused_and_the_server_keeps_serving() {
 async fn gated_server(
     model: &str,
     options: DeploymentOptions,
-) -> (Server, common::GateControl, tokio::sync::mpsc::UnboundedReceiver<usize>) {
+) -> (
+    Server,
+    common::GateControl,
+    tokio::sync::mpsc::UnboundedReceiver<usize>,
+) {
     let (factory, gate, batches) = common::gate(2, 0);
     let system = ActorSystem::new();
     let d = Deployment::start(&system, model, "1", factory, options)
@@ -500,9 +521,9 @@ async fn grpc_overload_is_unavailable_with_a_retry_hint() {
     let mut tasks = Vec::new();
     for _ in 0..2 {
         let mut c = c.clone();
-        tasks.push(tokio::spawn(
-            async move { infer(&mut c, two("grpcbusy", 1.0)).await },
-        ));
+        tasks.push(tokio::spawn(async move {
+            infer(&mut c, two("grpcbusy", 1.0)).await
+        }));
     }
     common::until("replica full and one queued", || {
         d.in_flight() == vec![1] && d.queued() == 1
@@ -516,16 +537,23 @@ async fn grpc_overload_is_unavailable_with_a_retry_hint() {
     assert_eq!(e.code(), Code::Unavailable, "{e}");
     assert!(e.message().contains("overloaded"), "{e}");
     let md = e.metadata();
-    assert_eq!(md.get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
     assert_eq!(
-        md.get("grpc-retry-pushback-ms").and_then(|v| v.to_str().ok()),
+        md.get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    assert_eq!(
+        md.get("grpc-retry-pushback-ms")
+            .and_then(|v| v.to_str().ok()),
         Some("1000")
     );
     gate.open(2);
     for t in tasks {
         match tokio::time::timeout(WAIT, t).await {
             Ok(Ok(Ok(r))) => {
-                let data = r.outputs[0].contents.as_ref().map(|c| c.fp32_contents.clone());
+                let data = r.outputs[0]
+                    .contents
+                    .as_ref()
+                    .map(|c| c.fp32_contents.clone());
                 assert_eq!(data, Some(vec![2.0, -2.0]));
             }
             other => panic!("{other:?}"),
@@ -579,7 +607,10 @@ async fn grpc_calls_are_counted_in_metrics_and_drained_on_shutdown() {
     gate.open(1);
     match tokio::time::timeout(WAIT, task).await {
         Ok(Ok(Ok(r))) => {
-            let data = r.outputs[0].contents.as_ref().map(|c| c.fp32_contents.clone());
+            let data = r.outputs[0]
+                .contents
+                .as_ref()
+                .map(|c| c.fp32_contents.clone());
             assert_eq!(data, Some(vec![6.0, -6.0]));
         }
         other => panic!("{other:?}"),
