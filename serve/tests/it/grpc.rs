@@ -629,3 +629,101 @@ async fn grpc_calls_are_counted_in_metrics_and_drained_on_shutdown() {
     };
     assert!(after.is_err(), "still listening");
 }
+
+/// Sends what the runner writes, chunk by chunk.
+struct Sink(tokio::sync::mpsc::UnboundedSender<String>);
+
+impl std::io::Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = self.0.send(String::from_utf8_lossy(buf).into_owned());
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runner_prints_its_grpc_address_and_serves_on_it() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    common::write_checkpoint(&dir.path().join("ckpt"), 6);
+    let path = dir.path().join("serve.toml");
+    let written = std::fs::write(
+        &path,
+        "[http]\naddress = \"127.0.0.1:0\"\n[grpc]\naddress = \"127.0.0.1:0\"\n\
+         [[deployment]]\nmodel = \"digits\"\ncheckpoint = \"ckpt\"\n",
+    );
+    assert!(written.is_ok());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let runner = tokio::spawn(async move {
+        let mut out = Sink(tx);
+        manta_serve::cli::run(&path, &mut out, async {
+            let _ = stop_rx.await;
+        })
+        .await
+    });
+    let addr = tokio::time::timeout(WAIT, async {
+        let mut seen = String::new();
+        while let Some(chunk) = rx.recv().await {
+            seen.push_str(&chunk);
+            let addr = seen
+                .lines()
+                .find_map(|l| l.strip_prefix("serving gRPC on "))
+                .map(str::to_owned);
+            if addr.is_some() {
+                return addr;
+            }
+        }
+        None
+    })
+    .await;
+    let addr = match addr {
+        Ok(Some(a)) => a,
+        other => panic!("no gRPC address printed: {other:?}"),
+    };
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let mut c = GrpcInferenceServiceClient::new(channel);
+    let r = infer(&mut c, raw("digits", &sample_rows(3))).await;
+    assert!(r.is_ok_and(|r| r.raw_output_contents[1].len() == 3 * 8));
+    assert!(stop_tx.send(()).is_ok());
+    let done = tokio::time::timeout(WAIT, runner).await;
+    assert!(matches!(done, Ok(Ok(Ok(())))), "{done:?}");
+}
+
+#[test]
+fn grpc_config_errors_name_the_file_and_the_key() {
+    let dir = std::path::Path::new("/nonexistent");
+    let deployment = "[[deployment]]\nmodel = \"m\"\ncheckpoint = \"c\"\n";
+    let e = ServeConfig::parse(
+        &format!("[grpc]\nadress = \"127.0.0.1:0\"\n{deployment}"),
+        "serve.toml",
+        dir,
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(e.contains("serve.toml") && e.contains("adress"), "{e}");
+    let e = ServeConfig::parse(
+        &format!("[grpc]\nmax_message_bytes = \"big\"\n{deployment}"),
+        "serve.toml",
+        dir,
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(e.contains("serve.toml") && e.contains("max_message_bytes"), "{e}");
+    // Absent: no gRPC; present without keys: the defaults.
+    let none = ServeConfig::parse(deployment, "serve.toml", dir).map(|c| c.grpc);
+    assert!(matches!(none, Ok(None)), "{none:?}");
+    let defaults = ServeConfig::parse(&format!("[grpc]\n{deployment}"), "serve.toml", dir);
+    assert!(
+        matches!(&defaults, Ok(c) if c.grpc == Some(GrpcConfig::default())),
+        "{defaults:?}"
+    );
+    assert_eq!(GrpcConfig::default().address, "127.0.0.1:8081");
+}
