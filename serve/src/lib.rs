@@ -19,6 +19,7 @@
 //! ([`model::mlp_from_checkpoint`]) or any [`Model`].
 
 pub mod cli;
+pub mod compose;
 pub mod config;
 pub mod deployment;
 mod error;

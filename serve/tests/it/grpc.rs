@@ -667,8 +667,10 @@ async fn the_runner_prints_its_grpc_address_and_serves_on_it() {
         let mut seen = String::new();
         while let Some(chunk) = rx.recv().await {
             seen.push_str(&chunk);
+            // Complete lines only: a line may arrive in several writes.
             let addr = seen
-                .lines()
+                .split_inclusive('\n')
+                .filter_map(|l| l.strip_suffix('\n'))
                 .find_map(|l| l.strip_prefix("serving gRPC on "))
                 .map(str::to_owned);
             if addr.is_some() {
@@ -716,7 +718,10 @@ fn grpc_config_errors_name_the_file_and_the_key() {
     .err()
     .map(|e| e.to_string())
     .unwrap_or_default();
-    assert!(e.contains("serve.toml") && e.contains("max_message_bytes"), "{e}");
+    assert!(
+        e.contains("serve.toml") && e.contains("max_message_bytes"),
+        "{e}"
+    );
     // Absent: no gRPC; present without keys: the defaults.
     let none = ServeConfig::parse(deployment, "serve.toml", dir).map(|c| c.grpc);
     assert!(matches!(none, Ok(None)), "{none:?}");
