@@ -732,3 +732,70 @@ fn grpc_config_errors_name_the_file_and_the_key() {
     );
     assert_eq!(GrpcConfig::default().address, "127.0.0.1:8081");
 }
+
+/// A model that always fails.
+struct Broken;
+
+impl manta_serve::Model for Broken {
+    fn features(&self) -> usize {
+        2
+    }
+    fn outputs(&self) -> usize {
+        2
+    }
+    fn infer(&mut self, _input: &[f32], _rows: usize) -> Result<Vec<f32>, String> {
+        Err("the model is broken".into())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_timeouts_and_model_failures_get_their_status_codes() {
+    // A request the replica does not answer within request_timeout_ms.
+    let (server, gate, mut batches) = gated_server(
+        "grpcslow",
+        DeploymentOptions {
+            request_timeout_ms: 100,
+            ..DeploymentOptions::default()
+        },
+    )
+    .await;
+    let mut c = client(&server).await;
+    let e = infer(&mut c, two("grpcslow", 1.0))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a held request answered"));
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e}");
+    assert!(e.message().contains("no answer within"), "{e}");
+    assert_eq!(next_batch(&mut batches).await, 1);
+    gate.open(1);
+    assert!(server.shutdown().await);
+
+    // A model that fails: INTERNAL, naming the failure.
+    let system = ActorSystem::new();
+    let factory: manta_serve::ModelFactory =
+        std::sync::Arc::new(|| Ok(Box::new(Broken) as Box<dyn manta_serve::Model>));
+    let d = Deployment::start(
+        &system,
+        "grpcbroken",
+        "1",
+        factory,
+        DeploymentOptions::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let grpc = GrpcConfig {
+        address: "127.0.0.1:0".into(),
+        max_message_bytes: 1 << 20,
+    };
+    let server = Server::serve_with_grpc(system, vec![d], &common::local_http(), &grpc)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut c = client(&server).await;
+    let e = infer(&mut c, two("grpcbroken", 1.0))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a broken model answered"));
+    assert_eq!(e.code(), Code::Internal, "{e}");
+    assert!(e.message().contains("the model is broken"), "{e}");
+    assert!(server.shutdown().await);
+}
