@@ -32,6 +32,9 @@ pub async fn run(
         )
         .map_err(io)?;
     }
+    if let Some(grpc) = server.grpc_addr() {
+        writeln!(out, "serving gRPC on {grpc}").map_err(io)?;
+    }
     writeln!(out, "serving on http://{addr} (Ctrl-C stops)").map_err(io)?;
     out.flush().map_err(io)?;
     tokio::select! {

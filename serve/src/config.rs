@@ -6,6 +6,10 @@
 //! address = "127.0.0.1:8080"
 //! max_body_bytes = 4194304
 //!
+//! [grpc]                                  # optional: no gRPC without it
+//! address = "127.0.0.1:8081"
+//! max_message_bytes = 4194304
+//!
 //! [[deployment]]
 //! model = "digits"
 //! version = "1"
@@ -38,6 +42,9 @@ pub struct ServeConfig {
     /// The HTTP front door.
     #[serde(default)]
     pub http: HttpConfig,
+    /// The gRPC front door (`[grpc]`; none when absent).
+    #[serde(default)]
+    pub grpc: Option<GrpcConfig>,
     /// The deployments (`[[deployment]]` tables).
     #[serde(rename = "deployment", default)]
     pub deployments: Vec<DeploymentConfig>,
@@ -75,6 +82,33 @@ impl Default for HttpConfig {
             address: default_address(),
             max_body_bytes: default_body(),
             drain_timeout_ms: default_drain(),
+        }
+    }
+}
+
+/// The gRPC front door (the protocol's `GRPCInferenceService`). It drains
+/// with the HTTP one, within `[http] drain_timeout_ms`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// `host:port` to listen on (port 0: any free port).
+    #[serde(default = "default_grpc_address")]
+    pub address: String,
+    /// Messages larger than this are refused (`OUT_OF_RANGE`) from their
+    /// length prefix, before they are buffered.
+    #[serde(default = "default_body")]
+    pub max_message_bytes: usize,
+}
+
+fn default_grpc_address() -> String {
+    "127.0.0.1:8081".into()
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        Self {
+            address: default_grpc_address(),
+            max_message_bytes: default_body(),
         }
     }
 }

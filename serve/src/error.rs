@@ -78,6 +78,15 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// Binding the gRPC address failed.
+    #[error("grpc {addr}: {source}")]
+    GrpcIo {
+        /// The address.
+        addr: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Why a traffic change was refused.

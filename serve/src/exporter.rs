@@ -48,6 +48,15 @@ fn describe() {
         Unit::Seconds,
         "End-to-end inference latency (body read to answer)."
     );
+    describe_counter!(
+        "manta_serve_grpc_requests_total",
+        "gRPC ModelInfer calls by model, version and status code."
+    );
+    describe_histogram!(
+        "manta_serve_grpc_request_duration_seconds",
+        Unit::Seconds,
+        "End-to-end gRPC ModelInfer latency (decoded request to answer)."
+    );
     describe_histogram!(
         "manta_serve_queue_seconds",
         Unit::Seconds,

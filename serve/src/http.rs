@@ -178,15 +178,7 @@ async fn live() -> Response {
 }
 
 async fn ready(State(state): State<AppState>) -> Response {
-    let ready = state.ready.load(Ordering::Acquire)
-        && state
-            .models
-            .read()
-            .map(|m| {
-                m.values()
-                    .all(|v| v.versions.values().all(Deployment::is_ready))
-            })
-            .unwrap_or(false);
+    let ready = state.is_ready();
     let status = if ready {
         StatusCode::OK
     } else {
@@ -195,54 +187,103 @@ async fn ready(State(state): State<AppState>) -> Response {
     json(status, &serde_json::json!({ "ready": ready }))
 }
 
-/// The deployment serving `name` at `version` and every version of the
-/// model. Without a version: the split's next pick when `route` (an
-/// inference request), else the stable version (metadata and readiness
-/// do not move the rotation).
+/// Why a model or version could not be looked up.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LookupError {
+    /// No deployment serves the model.
+    #[error("unknown model '{0}'")]
+    Model(String),
+    /// The model has no such version.
+    #[error("model '{model}' has no version '{version}' (versions: {versions})")]
+    Version {
+        model: String,
+        version: String,
+        versions: String,
+    },
+    /// A lock was poisoned by a panic.
+    #[error("{0} poisoned")]
+    Poisoned(&'static str),
+}
+
+impl From<LookupError> for ApiError {
+    fn from(e: LookupError) -> Self {
+        let status = match e {
+            LookupError::Model(_) | LookupError::Version { .. } => StatusCode::NOT_FOUND,
+            LookupError::Poisoned(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl AppInner {
+    /// Whether the server takes requests: not draining, every deployment
+    /// ready.
+    pub(crate) fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+            && self
+                .models
+                .read()
+                .map(|m| {
+                    m.values()
+                        .all(|v| v.versions.values().all(Deployment::is_ready))
+                })
+                .unwrap_or(false)
+    }
+
+    /// The deployment serving `name` at `version` and every version of
+    /// the model (REST and gRPC alike). Without a version: the split's
+    /// next pick when `route` (an inference request), else the stable
+    /// version (metadata and readiness do not move the rotation).
+    pub(crate) fn resolve(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        route: bool,
+    ) -> Result<(Deployment, Vec<String>), LookupError> {
+        let models = self
+            .models
+            .read()
+            .map_err(|_| LookupError::Poisoned("model table"))?;
+        let Some(m) = models.get(name) else {
+            return Err(LookupError::Model(name.to_owned()));
+        };
+        let versions: Vec<String> = m.versions.keys().cloned().collect();
+        let picked;
+        let v = match version {
+            Some(v) => v,
+            None => {
+                let mut split = m
+                    .split
+                    .lock()
+                    .map_err(|_| LookupError::Poisoned("traffic split"))?;
+                // A split always has a positive total (refused otherwise), so
+                // `pick` answers; the stable version is the fallback anyway.
+                picked = match route {
+                    true => split.pick(),
+                    false => None,
+                }
+                .unwrap_or_else(|| split.stable().to_owned());
+                &picked
+            }
+        };
+        match m.versions.get(v) {
+            Some(d) => Ok((d.clone(), versions)),
+            None => Err(LookupError::Version {
+                model: name.to_owned(),
+                version: v.to_owned(),
+                versions: versions.join(", "),
+            }),
+        }
+    }
+}
+
 fn lookup(
     state: &AppInner,
     name: &str,
     version: Option<&str>,
     route: bool,
 ) -> Result<(Deployment, Vec<String>), ApiError> {
-    let models = state
-        .models
-        .read()
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "model table poisoned"))?;
-    let Some(m) = models.get(name) else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("unknown model '{name}'"),
-        ));
-    };
-    let versions: Vec<String> = m.versions.keys().cloned().collect();
-    let picked;
-    let v = match version {
-        Some(v) => v,
-        None => {
-            let mut split = m.split.lock().map_err(|_| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "traffic split poisoned")
-            })?;
-            // A split always has a positive total (refused otherwise), so
-            // `pick` answers; the stable version is the fallback anyway.
-            picked = match route {
-                true => split.pick(),
-                false => None,
-            }
-            .unwrap_or_else(|| split.stable().to_owned());
-            &picked
-        }
-    };
-    match m.versions.get(v) {
-        Some(d) => Ok((d.clone(), versions)),
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!(
-                "model '{name}' has no version '{v}' (versions: {})",
-                versions.join(", ")
-            ),
-        )),
-    }
+    Ok(state.resolve(name, version, route)?)
 }
 
 fn metadata(state: &AppInner, name: &str, version: Option<&str>) -> Result<Response, ApiError> {

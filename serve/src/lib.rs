@@ -13,15 +13,18 @@
 //! split ([`Server::set_traffic`], [`Server::rollback`]).
 //!
 //! A [`Server`] puts deployments behind the Open Inference Protocol
-//! (KServe v2) REST API (axum) and serves Prometheus metrics at
+//! (KServe v2) REST API (axum) and, when configured, its gRPC service
+//! ([`grpc`], tonic), and serves Prometheus metrics at
 //! `GET /metrics`. Models come from manta-ml checkpoints
 //! ([`model::mlp_from_checkpoint`]) or any [`Model`].
 
 pub mod cli;
+pub mod compose;
 pub mod config;
 pub mod deployment;
 mod error;
 pub mod exporter;
+pub mod grpc;
 mod http;
 pub mod model;
 pub mod protocol;
@@ -29,7 +32,7 @@ mod replica;
 pub mod server;
 mod traffic;
 
-pub use config::{DeploymentConfig, HttpConfig, ServeConfig};
+pub use config::{DeploymentConfig, GrpcConfig, HttpConfig, ServeConfig};
 pub use deployment::{Deployment, DeploymentOptions};
 pub use error::{ServeError, StartError, TrafficError};
 pub use model::{MlpModel, Model, ModelFactory};

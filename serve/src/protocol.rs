@@ -157,61 +157,101 @@ pub fn check(req: InferRequest, features: usize) -> Result<Checked, String> {
             extra.name
         ));
     }
-    if input.name != INPUT {
+    let (rows, expected) = check_input(&input.name, &input.datatype, &input.shape, features)?;
+    let mut values = Vec::with_capacity(expected.min(1 << 20));
+    flatten(&input.data, &mut values, expected)?;
+    check_count(&input.shape, expected, values.len())?;
+    let outputs = check_outputs(
+        req.outputs
+            .as_ref()
+            .map(|wanted| wanted.iter().map(|o| o.name.as_str())),
+    )?;
+    Ok(Checked {
+        values,
+        rows,
+        outputs,
+    })
+}
+
+/// Checks an input tensor's name, datatype and shape against a model
+/// taking `[rows, features]` `FP32`; answers the rows and the element
+/// count the data must have.
+pub fn check_input(
+    name: &str,
+    datatype: &str,
+    shape: &[i64],
+    features: usize,
+) -> Result<(usize, usize), String> {
+    if name != INPUT {
         return Err(format!(
-            "unknown input '{}': the model's input is '{INPUT}'",
-            input.name
+            "unknown input '{name}': the model's input is '{INPUT}'"
         ));
     }
-    if input.datatype != "FP32" {
+    if datatype != "FP32" {
         return Err(format!(
-            "input '{INPUT}': datatype {} does not match the model's FP32",
-            input.datatype
+            "input '{INPUT}': datatype {datatype} does not match the model's FP32"
         ));
     }
-    let [rows, width] = input.shape[..] else {
+    let [rows, width] = shape[..] else {
         return Err(format!(
-            "input '{INPUT}': shape {:?} does not match [-1, {features}]",
-            input.shape
+            "input '{INPUT}': shape {shape:?} does not match [-1, {features}]"
         ));
     };
     if rows < 1 || width != features as i64 {
         return Err(format!(
-            "input '{INPUT}': shape {:?} does not match [-1, {features}] (at least one row)",
-            input.shape
+            "input '{INPUT}': shape {shape:?} does not match [-1, {features}] (at least one row)"
         ));
     }
-    let rows = rows as usize;
+    let rows = usize::try_from(rows)
+        .map_err(|_| format!("input '{INPUT}': shape {shape:?} is too large"))?;
     let expected = rows
         .checked_mul(features)
-        .ok_or_else(|| format!("input '{INPUT}': shape {:?} is too large", input.shape))?;
-    let mut values = Vec::with_capacity(expected.min(1 << 20));
-    flatten(&input.data, &mut values, expected)?;
-    if values.len() != expected {
+        .ok_or_else(|| format!("input '{INPUT}': shape {shape:?} is too large"))?;
+    Ok((rows, expected))
+}
+
+/// Checks that the data holds the `expected` elements of `shape`.
+pub fn check_count(shape: &[i64], expected: usize, found: usize) -> Result<(), String> {
+    if found != expected {
         return Err(format!(
-            "input '{INPUT}': shape {:?} needs {expected} elements, data has {}",
-            input.shape,
-            values.len()
+            "input '{INPUT}': shape {shape:?} needs {expected} elements, data has {found}"
         ));
     }
-    let outputs = match req.outputs {
-        None => vec![LOGITS, LABEL],
+    Ok(())
+}
+
+/// The outputs to answer, in order: all when `wanted` is `None`.
+pub fn check_outputs<'a>(
+    wanted: Option<impl Iterator<Item = &'a str>>,
+) -> Result<Vec<&'static str>, String> {
+    match wanted {
+        None => Ok(vec![LOGITS, LABEL]),
         Some(wanted) => wanted
-            .into_iter()
-            .map(|o| match o.name.as_str() {
+            .map(|name| match name {
                 LOGITS => Ok(LOGITS),
                 LABEL => Ok(LABEL),
                 other => Err(format!(
                     "unknown output '{other}': the model's outputs are '{LOGITS}' and '{LABEL}'"
                 )),
             })
-            .collect::<Result<_, _>>()?,
-    };
-    Ok(Checked {
-        values,
-        rows,
-        outputs,
-    })
+            .collect(),
+    }
+}
+
+/// The index of each row's largest value (`values` holds rows of
+/// `width`).
+pub fn labels(values: &[f32], width: usize) -> Vec<i64> {
+    values
+        .chunks(width.max(1))
+        .map(|row| {
+            row.iter()
+                .enumerate()
+                .fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| {
+                    if v > best.1 { (i, v) } else { best }
+                })
+                .0 as i64
+        })
+        .collect()
 }
 
 /// Appends the numbers of `data` (a number or nested arrays of them) in
@@ -253,17 +293,7 @@ pub fn answer(
         .iter()
         .map(|&name| {
             if name == LABEL {
-                let labels: Vec<i64> = values
-                    .chunks(width.max(1))
-                    .map(|row| {
-                        row.iter()
-                            .enumerate()
-                            .fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| {
-                                if v > best.1 { (i, v) } else { best }
-                            })
-                            .0 as i64
-                    })
-                    .collect();
+                let labels = labels(&values, width);
                 ResponseOutput {
                     name: LABEL.into(),
                     shape: vec![rows],

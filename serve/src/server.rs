@@ -10,9 +10,10 @@ use manta_actors::ActorSystem;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::config::{HttpConfig, ServeConfig};
+use crate::config::{GrpcConfig, HttpConfig, ServeConfig};
 use crate::deployment::Deployment;
 use crate::error::{StartError, TrafficError};
+use crate::grpc::GrpcFront;
 use crate::http::{AppInner, ModelVersions};
 use crate::model::mlp_from_checkpoint;
 use crate::traffic::Split;
@@ -23,6 +24,7 @@ pub struct Server {
     state: Arc<AppInner>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
+    grpc: Option<GrpcFront>,
     deployments: Vec<Deployment>,
     drain: Duration,
     _system: ActorSystem,
@@ -57,7 +59,8 @@ impl Server {
                 Deployment::start(&system, &d.model, &d.version, factory, d.options()).await?,
             );
         }
-        let server = Self::serve(system, deployments, &config.http).await?;
+        let server =
+            Self::serve_fronts(system, deployments, &config.http, config.grpc.as_ref()).await?;
         // Weighted models: the heaviest version first (the first listed on
         // a tie: the sort is stable) becomes the stable one, then the split.
         let mut weighted: BTreeMap<&str, Vec<(&str, u32)>> = BTreeMap::new();
@@ -93,6 +96,26 @@ impl Server {
         system: ActorSystem,
         deployments: Vec<Deployment>,
         http: &HttpConfig,
+    ) -> Result<Self, StartError> {
+        Self::serve_fronts(system, deployments, http, None).await
+    }
+
+    /// [`Server::serve`], with the protocol's gRPC service on
+    /// `grpc.address` too (same deployments, split and metrics).
+    pub async fn serve_with_grpc(
+        system: ActorSystem,
+        deployments: Vec<Deployment>,
+        http: &HttpConfig,
+        grpc: &GrpcConfig,
+    ) -> Result<Self, StartError> {
+        Self::serve_fronts(system, deployments, http, Some(grpc)).await
+    }
+
+    async fn serve_fronts(
+        system: ActorSystem,
+        deployments: Vec<Deployment>,
+        http: &HttpConfig,
+        grpc: Option<&GrpcConfig>,
     ) -> Result<Self, StartError> {
         let prometheus = crate::exporter::prometheus()?;
         let mut listed: BTreeMap<String, (Vec<String>, BTreeMap<String, Deployment>)> =
@@ -130,6 +153,10 @@ impl Server {
             ready: AtomicBool::new(true),
             prometheus,
         });
+        let grpc = match grpc {
+            Some(g) => Some(crate::grpc::start(state.clone(), g).await?),
+            None => None,
+        };
         let (stop, stopped) = oneshot::channel::<()>();
         let app = crate::http::router(state.clone());
         let task = tokio::spawn(async move {
@@ -145,6 +172,7 @@ impl Server {
             state,
             stop: Some(stop),
             task,
+            grpc,
             deployments,
             drain: Duration::from_millis(http.drain_timeout_ms),
             _system: system,
@@ -154,6 +182,11 @@ impl Server {
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address the gRPC service listens on, when configured.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc.as_ref().map(|g| g.addr)
     }
 
     /// Its deployments.
@@ -199,6 +232,9 @@ impl Server {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        if let Some(stop) = self.grpc.as_mut().and_then(|g| g.stop.take()) {
+            let _ = stop.send(());
+        }
         let deadline = tokio::time::Instant::now() + self.drain;
         let http_done = match tokio::time::timeout_at(deadline, &mut self.task).await {
             Ok(Ok(Ok(()))) => true,
@@ -215,8 +251,26 @@ impl Server {
                 false
             }
         };
+        let grpc_done = match self.grpc.as_mut() {
+            None => true,
+            Some(g) => match tokio::time::timeout_at(deadline, &mut g.task).await {
+                Ok(Ok(Ok(()))) => true,
+                Ok(Ok(Err(e))) => {
+                    tracing::warn!(error = %e, "grpc server failed");
+                    false
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "grpc server task failed");
+                    false
+                }
+                Err(_) => {
+                    g.task.abort();
+                    false
+                }
+            },
+        };
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let mut drained = http_done;
+        let mut drained = http_done && grpc_done;
         for d in &self.deployments {
             drained &= d.stop(left).await;
         }

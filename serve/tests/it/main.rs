@@ -3,5 +3,6 @@
 mod batching;
 mod common;
 mod config;
+mod grpc;
 mod protocol;
 mod traffic;

@@ -208,3 +208,99 @@ async fn split_changes_under_load_drop_nothing() {
     assert_eq!((count(&phases[2], "1"), count(&phases[2], "2")), (4, 4));
     assert!(server.shutdown().await);
 }
+
+/// Scales pixels 0..16 to 0..1: the preprocessing stage.
+struct Scale;
+
+impl manta_serve::Model for Scale {
+    fn features(&self) -> usize {
+        64
+    }
+    fn outputs(&self) -> usize {
+        64
+    }
+    fn infer(&mut self, input: &[f32], _rows: usize) -> Result<Vec<f32>, String> {
+        Ok(input.iter().map(|v| v / 16.0).collect())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_calls_another_through_its_handle() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    common::write_checkpoint(&dir.path().join("ckpt"), 8);
+    let (digits, _) = manta_serve::model::mlp_from_checkpoint(&dir.path().join("ckpt"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let system = manta_actors::ActorSystem::new();
+    let model = Deployment::start(
+        &system,
+        "composed",
+        "1",
+        digits,
+        DeploymentOptions::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let scale: manta_serve::ModelFactory =
+        std::sync::Arc::new(|| Ok(Box::new(Scale) as Box<dyn manta_serve::Model>));
+    let chained =
+        manta_serve::compose::chain(scale, model.clone(), tokio::runtime::Handle::current());
+    let pre = Deployment::start(
+        &system,
+        "composed-raw",
+        "1",
+        chained,
+        DeploymentOptions {
+            replicas: 2,
+            ..DeploymentOptions::default()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let server = Server::serve(system, vec![model, pre], &common::local_http())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let base = format!("http://{}", server.local_addr());
+    // Raw pixels through the chain answer what scaled pixels answer directly.
+    let pixels: Vec<f32> = (0..64).map(|i| ((i * 7) % 17) as f32).collect();
+    let scaled: Vec<f32> = pixels.iter().map(|v| v / 16.0).collect();
+    let body = |data: &[f32]| {
+        serde_json::json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": data}]})
+            .to_string()
+    };
+    let (s, _, direct) = post(&format!("{base}/v2/models/composed/infer"), body(&scaled)).await;
+    assert_eq!(s, 200, "{direct}");
+    let (s, _, chained) = post(
+        &format!("{base}/v2/models/composed-raw/infer"),
+        body(&pixels),
+    )
+    .await;
+    assert_eq!(s, 200, "{chained}");
+    assert_eq!(chained["model_name"], "composed-raw");
+    assert_eq!(chained["outputs"][0]["shape"], serde_json::json!([1, 10]));
+    assert_eq!(chained["outputs"][0]["data"], direct["outputs"][0]["data"]);
+    assert_eq!(chained["outputs"][1]["data"], direct["outputs"][1]["data"]);
+    // A first stage whose width does not fit the next is refused at start.
+    let bad: manta_serve::ModelFactory = std::sync::Arc::new(|| {
+        let (f, _, _) = common::gate(64, 0);
+        f()
+    });
+    let again = manta_actors::ActorSystem::new();
+    let refused = Deployment::start(
+        &again,
+        "bad",
+        "1",
+        manta_serve::compose::chain(
+            bad,
+            server.deployments()[0].clone(),
+            tokio::runtime::Handle::current(),
+        ),
+        DeploymentOptions::default(),
+    )
+    .await;
+    let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        message.contains("answers 2 values per row, the next takes 64"),
+        "{message}"
+    );
+    assert!(server.shutdown().await);
+}
