@@ -102,6 +102,16 @@ pub struct ExperimentSpec {
     /// (milliseconds); trial starts and ends are committed at once.
     #[serde(default = "commit_ms")]
     pub commit_interval_ms: u64,
+    /// `false`: nothing is written (the store is an in-memory SQLite, no
+    /// exports, plots or trial directories; checkpoints only where the
+    /// scheduler needs them, HyperBand and PBT) and the experiment cannot
+    /// be resumed. For fast in-process searches and the overhead bench.
+    #[serde(default = "yes")]
+    pub persist: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_name() -> String {
@@ -311,6 +321,13 @@ impl TuneConfig {
         c(self.space.validate())?;
         c(self.searcher.validate())?;
         c(self.scheduler.validate())?;
+        if let SchedulerSpec::Pbt { hyperparams, .. } = &self.scheduler
+            && let Some(h) = hyperparams.iter().find(|h| !self.space.0.contains_key(*h))
+        {
+            return Err(TuneError::Config(format!(
+                "scheduler.hyperparams: `{h}` is not a parameter of [space]"
+            )));
+        }
         c(self.stop.validate())
     }
 
@@ -325,7 +342,9 @@ impl TuneConfig {
 
     fn scheduler_max_t(&self) -> Option<u64> {
         match self.scheduler {
-            SchedulerSpec::Asha { max_t, .. } => Some(max_t),
+            SchedulerSpec::Asha { max_t, .. } | SchedulerSpec::HyperBand { max_t, .. } => {
+                Some(max_t)
+            }
             _ => None,
         }
     }

@@ -143,6 +143,21 @@ pub(crate) fn finish(store: &Store, cfg: &TuneConfig, wall: f64) -> Result<Summa
     for t in &trials {
         *counts.entry(t.state.clone()).or_insert(0u64) += 1;
     }
+    if !cfg.experiment.persist {
+        return Ok(Summary {
+            best: best(&trials, cfg.experiment.mode, store)?,
+            trials: counts,
+            results: results.len() as u64,
+            wall_seconds: wall,
+            experiment_dir: dir.display().to_string(),
+            metric: cfg.experiment.metric.clone(),
+            mode: match cfg.experiment.mode {
+                MetricMode::Max => "max".into(),
+                MetricMode::Min => "min".into(),
+            },
+            files: Vec::new(),
+        });
+    }
     let mut files = Vec::new();
     let mut put = |name: &str, text: &str| -> Result<(), TuneError> {
         let p = dir.join(name);
