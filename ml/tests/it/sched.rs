@@ -440,3 +440,58 @@ rate = { type = "uniform", low = 0.0, high = 1.0 }
     run(cfg, &walkers(), false, |_| {}).await.unwrap();
     assert!(dir.join("experiment.db").is_file());
 }
+
+/// The PNG plots beside the SVGs: PNG files of the stated size whose
+/// pixels hold the curves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn png_plots_are_written_beside_the_svgs() {
+    use std::io::Read as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(
+        tmp.path(),
+        r#"max_trials = 6
+max_concurrent = 2
+[searcher]
+kind = "random"
+[stop]
+max_iterations = 8
+[trainable]
+kind = "rust"
+name = "walker"
+[space]
+rate = { type = "uniform", low = 0.0, high = 1.0 }
+"#,
+    );
+    let s = run(cfg, &walkers(), false, |_| {}).await.unwrap();
+    for name in ["metric_vs_iteration", "best_over_time"] {
+        let p = tmp.path().join("plots").join(format!("{name}.png"));
+        assert!(s.files.contains(&p.display().to_string()), "{:?}", s.files);
+        let png = std::fs::read(&p).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{name}: signature");
+        assert_eq!(&png[12..16], b"IHDR");
+        let w = u32::from_be_bytes(png[16..20].try_into().unwrap());
+        let h = u32::from_be_bytes(png[20..24].try_into().unwrap());
+        assert_eq!((w, h), (900, 560));
+        // Inflate the image data: non-white, non-grey pixels are curves.
+        let mut idat = Vec::new();
+        let mut i = 8;
+        while i + 8 <= png.len() {
+            let len = u32::from_be_bytes(png[i..i + 4].try_into().unwrap()) as usize;
+            if &png[i + 4..i + 8] == b"IDAT" {
+                idat.extend_from_slice(&png[i + 8..i + 8 + len]);
+            }
+            i += 12 + len;
+        }
+        let mut raw = Vec::new();
+        flate2::read::ZlibDecoder::new(&idat[..])
+            .read_to_end(&mut raw)
+            .unwrap();
+        assert_eq!(raw.len(), (h * (1 + 3 * w)) as usize);
+        let coloured = raw
+            .chunks(1 + 3 * w as usize)
+            .flat_map(|row| row[1..].chunks(3))
+            .filter(|p| !(p[0] == p[1] && p[1] == p[2]))
+            .count();
+        assert!(coloured > 500, "{name}: {coloured} coloured pixels");
+    }
+}
