@@ -46,14 +46,18 @@ fn run(base: &TrainConfig, params: &Params, seed: u64, vf: f64) -> Result<f64, S
 
 fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let spec = args.first().ok_or("usage: digits_check PARAMS|@FILE [A-B] [VAL]")?;
+    let spec = args
+        .first()
+        .ok_or("usage: digits_check PARAMS|@FILE [A-B] [VAL]")?;
     let seeds = args.get(1).map_or("1-10", String::as_str);
     let (a, b) = seeds.split_once('-').unwrap_or((seeds, seeds));
     let (a, b): (u64, u64) = (
         a.parse().map_err(|_| "seeds: A-B")?,
         b.parse().map_err(|_| "seeds: A-B")?,
     );
-    let vf: f64 = args.get(2).map_or(Ok(0.0), |s| s.parse().map_err(|_| "VAL"))?;
+    let vf: f64 = args
+        .get(2)
+        .map_or(Ok(0.0), |s| s.parse().map_err(|_| "VAL"))?;
     let configs: Vec<Params> = match spec.strip_prefix('@') {
         Some(f) => std::fs::read_to_string(f)
             .map_err(|e| format!("{f}: {e}"))?
@@ -79,18 +83,24 @@ fn main() -> Result<(), String> {
                 s.spawn(|| {
                     loop {
                         let i = {
-                            let mut n = next.lock().expect("not poisoned");
+                            let mut n = next
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner);
                             *n += 1;
                             *n - 1
                         };
                         let Some(&seed) = seeds.get(i) else { break };
                         let r = run(&base, &params, seed, vf);
-                        out.lock().expect("not poisoned").push((seed, r));
+                        out.lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .push((seed, r));
                     }
                 });
             }
         });
-        let mut out = out.into_inner().expect("not poisoned");
+        let mut out = out
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         out.sort_by_key(|x| x.0);
         let accs: Vec<f64> = out
             .iter()

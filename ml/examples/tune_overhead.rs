@@ -172,7 +172,9 @@ async fn digits() -> Result<(), TuneError> {
         validation_fraction,
     } = cfg.trainable.clone()
     else {
-        return Err(TuneError::Config("tune-digits.toml: not a digits trainable".into()));
+        return Err(TuneError::Config(
+            "tune-digits.toml: not a digits trainable".into(),
+        ));
     };
     let t = Instant::now();
     let s = run(cfg.clone(), &Trainables::new(), false, |_| {}).await?;

@@ -1267,7 +1267,11 @@ fn copy_dir(src: &std::path::Path, dst: &std::path::Path) -> Result<(), TuneErro
     for entry in std::fs::read_dir(src).map_err(|e| TuneError::io(src, e))? {
         let entry = entry.map_err(|e| TuneError::io(src, e))?;
         let (from, to) = (entry.path(), dst.join(entry.file_name()));
-        if entry.file_type().map_err(|e| TuneError::io(&from, e))?.is_dir() {
+        if entry
+            .file_type()
+            .map_err(|e| TuneError::io(&from, e))?
+            .is_dir()
+        {
             copy_dir(&from, &to)?;
         } else {
             std::fs::copy(&from, &to).map_err(|e| TuneError::io(&from, e))?;

@@ -101,7 +101,12 @@ pub fn extras(params: &Params) -> Result<Extras, TuneError> {
         e.cosine = match v.as_str() {
             Some("cosine") => true,
             Some("none") => false,
-            _ => return Err(bad("lr_decay", format!("must be \"none\" or \"cosine\", got {v}"))),
+            _ => {
+                return Err(bad(
+                    "lr_decay",
+                    format!("must be \"none\" or \"cosine\", got {v}"),
+                ));
+            }
         };
     }
     if let Some(v) = params.get("standardize") {

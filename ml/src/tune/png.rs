@@ -138,7 +138,11 @@ impl Canvas {
         ihdr.extend_from_slice(&self.height.to_be_bytes());
         ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
         let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-        for (kind, data) in [(b"IHDR", &ihdr[..]), (b"IDAT", &idat[..]), (b"IEND", &[][..])] {
+        for (kind, data) in [
+            (b"IHDR", &ihdr[..]),
+            (b"IDAT", &idat[..]),
+            (b"IEND", &[][..]),
+        ] {
             out.extend_from_slice(&(data.len() as u32).to_be_bytes());
             let start = out.len();
             out.extend_from_slice(kind);
@@ -301,8 +305,14 @@ mod tests {
 
     #[test]
     fn ticks_are_round_numbers() {
-        assert_eq!(ticks(0.0, 1.0), (vec![0.0, 0.2, 0.4, 0.6000000000000001, 0.8, 1.0], 1));
+        assert_eq!(
+            ticks(0.0, 1.0),
+            (vec![0.0, 0.2, 0.4, 0.6000000000000001, 0.8, 1.0], 1)
+        );
         let (t, d) = ticks(0.0, 60.0);
-        assert_eq!((t.first().copied(), t.last().copied(), d), (Some(0.0), Some(60.0), 0));
+        assert_eq!(
+            (t.first().copied(), t.last().copied(), d),
+            (Some(0.0), Some(60.0), 0)
+        );
     }
 }

@@ -335,7 +335,7 @@ impl Scheduler {
 
     /// The same scheduler with its random stream (PBT) seeded by `seed`.
     pub fn seeded(mut self, seed: u64) -> Self {
-        self.pbt.rng = SplitMix64::derive(seed, &[0x7062_74]);
+        self.pbt.rng = SplitMix64::derive(seed, &[0x0070_6274]);
         self
     }
 
@@ -399,8 +399,8 @@ impl Scheduler {
             let rng = &mut self.pbt.rng;
             let v = match params.get(name) {
                 Some(v) if rng.unit_f64() >= resample_probability => {
-                    let f = perturbation_factors
-                        [rng.below(perturbation_factors.len() as u64) as usize];
+                    let f =
+                        perturbation_factors[rng.below(perturbation_factors.len() as u64) as usize];
                     perturb(domain, v, f)
                 }
                 _ => domain.sample(rng),
@@ -680,10 +680,7 @@ fn hyperband_s(max_t: u64, eta: u64, b: u64) -> u32 {
 /// The first trial id of bracket `b` and its size `n`: trials fill the
 /// brackets in id order.
 pub fn hyperband_bracket_range(max_t: u64, eta: u64, b: u64) -> (u64, u64) {
-    let sizes: Vec<u64> = hyperband_brackets(max_t, eta)
-        .iter()
-        .map(|x| x.0)
-        .collect();
+    let sizes: Vec<u64> = hyperband_brackets(max_t, eta).iter().map(|x| x.0).collect();
     let cycle: u64 = sizes.iter().sum();
     let per = sizes.len() as u64;
     let first = (b / per) * cycle + sizes[..(b % per) as usize].iter().sum::<u64>();
@@ -692,10 +689,7 @@ pub fn hyperband_bracket_range(max_t: u64, eta: u64, b: u64) -> (u64, u64) {
 
 /// The bracket of trial `trial` and its first trial id.
 pub fn hyperband_bracket_of(max_t: u64, eta: u64, trial: u64) -> (u64, u64) {
-    let sizes: Vec<u64> = hyperband_brackets(max_t, eta)
-        .iter()
-        .map(|x| x.0)
-        .collect();
+    let sizes: Vec<u64> = hyperband_brackets(max_t, eta).iter().map(|x| x.0).collect();
     let cycle: u64 = sizes.iter().sum::<u64>().max(1);
     let mut b = (trial / cycle) * sizes.len() as u64;
     let mut first = (trial / cycle) * cycle;
@@ -998,7 +992,16 @@ mod tests {
         rel.sort_by_key(|x| x.0);
         assert_eq!(
             rel,
-            [(0, S), (1, C), (2, S), (3, C), (4, S), (5, C), (6, S), (7, S)]
+            [
+                (0, S),
+                (1, C),
+                (2, S),
+                (3, C),
+                (4, S),
+                (5, C),
+                (6, S),
+                (7, S)
+            ]
         );
         assert_eq!(s.hyperband()[&0].level, 1);
         // A stopped trial is not promoted: it stops if it reports again.
@@ -1093,7 +1096,13 @@ mod tests {
                     high: 1e-1,
                 },
             )
-            .with("wd", Domain::Uniform { low: 0.0, high: 0.5 })
+            .with(
+                "wd",
+                Domain::Uniform {
+                    low: 0.0,
+                    high: 0.5,
+                },
+            )
             .with(
                 "batch",
                 Domain::Choice {
@@ -1139,8 +1148,14 @@ mod tests {
             }
         }
         // At a bound the value stays in the domain.
-        let d = Domain::Uniform { low: 0.0, high: 1.0 };
-        assert_eq!(perturb(&d, &serde_json::json!(0.9), 1.2), serde_json::json!(1.0));
+        let d = Domain::Uniform {
+            low: 0.0,
+            high: 1.0,
+        };
+        assert_eq!(
+            perturb(&d, &serde_json::json!(0.9), 1.2),
+            serde_json::json!(1.0)
+        );
     }
 
     #[test]

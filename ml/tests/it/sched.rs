@@ -6,7 +6,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use manta_ml::tune::store::Store;
-use manta_ml::tune::{Event, Metrics, Trainable, Trainables, TrialInfo, TuneConfig, TuneError, run};
+use manta_ml::tune::{
+    Event, Metrics, Trainable, Trainables, TrialInfo, TuneConfig, TuneError, run,
+};
 
 fn io(dir: &Path, e: std::io::Error) -> TuneError {
     TuneError::Io {
@@ -279,7 +281,9 @@ rate = { type = "grid", values = [0.01, 0.5, 0.8, 1.0] }
         let starts: Vec<&serde_json::Value> = log
             .iter()
             .filter_map(|e| match e {
-                Event::Started { trial: t, params, .. } if *t == trial => Some(&params["rate"]),
+                Event::Started {
+                    trial: t, params, ..
+                } if *t == trial => Some(&params["rate"]),
                 _ => None,
             })
             .collect();
