@@ -248,6 +248,14 @@ impl TuneConfig {
         let scheduler = match raw.scheduler {
             Some(s) => {
                 check(s.span(), s.get_ref().validate())?;
+                if let SchedulerSpec::Pbt { hyperparams, .. } = s.get_ref()
+                    && let Some(h) = hyperparams.iter().find(|h| !space.0.contains_key(*h))
+                {
+                    return Err(at(
+                        s.span().start,
+                        format!("scheduler.hyperparams: `{h}` is not a parameter of [space]"),
+                    ));
+                }
                 s.into_inner()
             }
             None => SchedulerSpec::default(),
@@ -436,5 +444,42 @@ lr = { type = "loguniform", low = 1e-4, high = 1e-2 }
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("t.toml:5:1: ") && e.contains("metrik"), "{e}");
+    }
+
+    #[test]
+    fn hyperband_and_pbt_parse_and_their_errors_are_located() {
+        let hb = GOOD.replace(
+            "kind = \"asha\"",
+            "kind = \"hyperband\"\nreduction_factor = 3",
+        );
+        let c = TuneConfig::parse(&hb, "t.toml", Path::new("/")).unwrap();
+        assert_eq!(c.iteration_cap(), Some(9));
+        let bad = hb.replace("reduction_factor = 3", "reduction_factor = 1");
+        let e = TuneConfig::parse(&bad, "t.toml", Path::new("/"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("t.toml:10:") && e.contains("scheduler.reduction_factor"),
+            "{e}"
+        );
+        let pbt = GOOD.replace(
+            "kind = \"asha\"\nmax_t = 9",
+            "kind = \"pbt\"\nperturbation_interval = 2\nhyperparams = [\"lr\"]",
+        );
+        let c = TuneConfig::parse(&pbt, "t.toml", Path::new("/")).unwrap();
+        assert_eq!(c.iteration_cap(), None);
+        let bad = pbt.replace("[\"lr\"]", "[\"momentum\"]");
+        let e = TuneConfig::parse(&bad, "t.toml", Path::new("/"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("t.toml:10:") && e.contains("`momentum` is not a parameter"),
+            "{e}"
+        );
+        let bad = pbt.replace("perturbation_interval = 2", "perturbation_interval = 0");
+        let e = TuneConfig::parse(&bad, "t.toml", Path::new("/"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("scheduler.perturbation_interval"), "{e}");
     }
 }
