@@ -96,6 +96,10 @@ enum Command {
         /// checkpoints. Its stored config is used.
         #[arg(long, value_name = "DIR")]
         resume: Option<PathBuf>,
+        /// Write nothing: the experiment lives in memory (no store file,
+        /// exports or plots) and cannot be resumed.
+        #[arg(long, conflicts_with = "resume")]
+        no_persist: bool,
         /// End with one JSON object (best, trials, results, wall_seconds,
         /// experiment_dir, ...).
         #[arg(long)]
@@ -289,6 +293,7 @@ fn main() -> ExitCode {
         Command::Tune {
             config,
             resume,
+            no_persist,
             json,
         } => {
             init_logging("warn");
@@ -297,6 +302,7 @@ fn main() -> ExitCode {
                 resume,
                 json,
                 progress: true,
+                no_persist,
             };
             block_on(default_runtime(), async move {
                 let mut out = std::io::stdout();

@@ -23,6 +23,9 @@ pub struct TuneOptions {
     /// Show the live table (a terminal) or one line per trial end (else)
     /// on stderr.
     pub progress: bool,
+    /// Write nothing (`experiment.persist = false`): no store file, no
+    /// exports or plots; cannot be resumed.
+    pub no_persist: bool,
 }
 
 /// Runs (or resumes) the experiment; returns its summary (also written to
@@ -38,7 +41,13 @@ pub async fn tune(
             c.experiment.dir = std::path::absolute(dir)?;
             (c, true)
         }
-        (None, Some(file)) => (TuneConfig::load(file)?, false),
+        (None, Some(file)) => {
+            let mut c = TuneConfig::load(file)?;
+            if opts.no_persist {
+                c.experiment.persist = false;
+            }
+            (c, false)
+        }
         (None, None) => {
             return Err(CliError::Usage(
                 "manta tune needs --config FILE or --resume DIR".into(),

@@ -23,7 +23,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use super::config::{TrainableSpec, TuneConfig};
-use super::schedule::{Decision, Scheduler};
+use super::schedule::{Decision, Scheduler, SchedulerSpec};
 use super::search::Searcher;
 use super::space::Params;
 use super::store::{Store, TrialRow};
@@ -46,6 +46,9 @@ pub enum TrialState {
     Error,
     /// Stopped by the time budget or the metric threshold.
     Terminated,
+    /// Waiting at a HyperBand rung (or for a PBT exploit) to be continued
+    /// from its checkpoint.
+    Paused,
 }
 
 impl TrialState {
@@ -58,6 +61,7 @@ impl TrialState {
             TrialState::Stopped => "stopped",
             TrialState::Error => "error",
             TrialState::Terminated => "terminated",
+            TrialState::Paused => "paused",
         }
     }
 
@@ -68,12 +72,16 @@ impl TrialState {
             "stopped" => TrialState::Stopped,
             "error" => TrialState::Error,
             "terminated" => TrialState::Terminated,
+            "paused" => TrialState::Paused,
             _ => TrialState::Pending,
         }
     }
 
     fn is_final(self) -> bool {
-        !matches!(self, TrialState::Pending | TrialState::Running)
+        !matches!(
+            self,
+            TrialState::Pending | TrialState::Running | TrialState::Paused
+        )
     }
 }
 
@@ -172,6 +180,11 @@ struct TrialArgs {
     controller: ActorHandle<CtlMsg>,
     checkpoint_every: u64,
     cap: Option<u64>,
+    /// Checkpoints the scheduler needs (HyperBand rungs, PBT intervals).
+    schedule: SchedulerSpec,
+    /// `experiment.persist`: without it, no trial directory and only the
+    /// checkpoints the scheduler needs.
+    persist: bool,
 }
 
 #[derive(Message)]
@@ -260,7 +273,9 @@ impl Actor for TrialActor {
 
     async fn started(&mut self, ctx: &mut Context<TrialMsg>) -> Result<(), ActorError> {
         let dir = &self.args.info.dir;
-        std::fs::create_dir_all(dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
+        if self.args.persist || matches!(self.args.launch, Launch::Command { .. }) {
+            std::fs::create_dir_all(dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
+        }
         match self.args.launch.clone() {
             Launch::Rust(make) => {
                 let info = self.args.info.clone();
@@ -324,8 +339,10 @@ impl Actor for TrialActor {
                     return Err(fail("trainable missing"));
                 };
                 let next = self.iteration + 1;
-                let save = next % self.args.checkpoint_every == 0
-                    || self.args.cap.is_some_and(|c| next >= c);
+                let save = (self.args.persist
+                    && (next % self.args.checkpoint_every == 0
+                        || self.args.cap.is_some_and(|c| next >= c)))
+                    || self.args.schedule.must_checkpoint(self.args.info.id, next);
                 let dir = self.args.info.dir.join(format!("checkpoint-{next:06}"));
                 let (t, out) = tokio::task::spawn_blocking(move || {
                     let out = t.step().and_then(|m| {
@@ -371,7 +388,7 @@ impl Actor for TrialActor {
                 let cp = self.args.info.dir.join("checkpoint");
                 let written = std::fs::read_dir(&cp).is_ok_and(|mut d| d.next().is_some());
                 let decision = self.report(metrics, written.then_some(cp)).await?;
-                if decision == Decision::Stop {
+                if decision != Decision::Continue {
                     self.stopping = true;
                     if let Some(k) = self.kill.take() {
                         let _ = k.send(());
@@ -458,6 +475,11 @@ struct Rec {
     checkpoint: Option<(u64, PathBuf)>,
     handle: Option<ActorHandle<TrialMsg>>,
     ending: Option<TrialState>,
+    /// The scheduler's decision on this trial, paused but still running
+    /// (applied when it ends).
+    release: Option<Decision>,
+    /// Starts that continued a pause (not failures).
+    pauses: u64,
 }
 
 struct Controller {
@@ -561,6 +583,8 @@ impl Controller {
             controller: ctx.myself().clone(),
             checkpoint_every: cfg.experiment.checkpoint_every,
             cap: cfg.iteration_cap(),
+            schedule: cfg.scheduler.clone(),
+            persist: cfg.experiment.persist,
         };
         self.running += 1;
         self.write_trial(id, false)?;
@@ -610,11 +634,18 @@ impl Controller {
                 continue;
             }
             if self.exhausted || self.trials.len() as u64 >= self.cfg.experiment.max_trials {
-                break;
+                // No more trials: HyperBand brackets cut short complete
+                // their rungs with the trials they have.
+                self.scheduler.set_total_trials(self.trials.len() as u64);
+                self.apply_released()?;
+                if self.queue.is_empty() {
+                    break;
+                }
+                continue;
             }
             let Some(params) = self.searcher.suggest() else {
                 self.exhausted = true;
-                break;
+                continue;
             };
             let id = self.trials.len() as u64;
             self.store()?
@@ -640,6 +671,8 @@ impl Controller {
                     checkpoint: None,
                     handle: None,
                     ending: None,
+                    release: None,
+                    pauses: 0,
                 },
             );
             self.launch(id, ctx).await?;
@@ -658,16 +691,104 @@ impl Controller {
         Ok(())
     }
 
-    fn halt(&mut self, why: TrialState) {
+    fn halt(&mut self, why: TrialState) -> Result<(), ActorError> {
         self.halted = true;
-        for rec in self.trials.values_mut() {
+        let mut paused = Vec::new();
+        for (&id, rec) in self.trials.iter_mut() {
             if rec.state == TrialState::Running {
-                rec.ending.get_or_insert(why);
+                if matches!(rec.ending, None | Some(TrialState::Paused)) {
+                    rec.ending = Some(why);
+                }
                 if let Some(h) = &rec.handle {
                     let _ = h.tell(TrialMsg::Stop);
                 }
+            } else if rec.state == TrialState::Paused {
+                rec.state = why;
+                paused.push(id);
             }
         }
+        for id in paused {
+            self.write_trial(id, true)?;
+        }
+        Ok(())
+    }
+
+    /// Applies the scheduler's decisions on paused trials: continue (queued
+    /// first, from the checkpoint) or stop.
+    fn apply_released(&mut self) -> Result<(), ActorError> {
+        loop {
+            let released = self.scheduler.take_released();
+            if released.is_empty() {
+                return Ok(());
+            }
+            for (id, d) in released {
+                let Some(rec) = self.trials.get_mut(&id) else {
+                    continue;
+                };
+                match rec.state {
+                    TrialState::Running if rec.ending == Some(TrialState::Paused) => {
+                        rec.release = Some(d);
+                    }
+                    TrialState::Paused if d == Decision::Continue => {
+                        rec.state = TrialState::Pending;
+                        rec.pauses += 1;
+                        self.queue.push_front(id);
+                        self.write_trial(id, false)?;
+                    }
+                    TrialState::Paused => {
+                        rec.state = TrialState::Stopped;
+                        if let Some(best) = rec.row.best_metric {
+                            let score = self.cfg.experiment.mode.score(best);
+                            self.searcher.observe(rec.row.params.clone(), score);
+                        }
+                        self.scheduler.on_trial_end(id);
+                        self.write_trial(id, true)?;
+                        let _ = self.events.send(Event::Ended {
+                            trial: id,
+                            state: TrialState::Stopped,
+                            error: None,
+                        });
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// PBT's exploit: `trial` takes a copy of `donor`'s newest checkpoint
+    /// (into its own directory) and `donor`'s hyper-parameters, explored,
+    /// and continues from there at once. `false` when the donor has no
+    /// checkpoint yet (the trial goes on as it is).
+    fn exploit(&mut self, trial: u64, donor: u64, iteration: u64) -> Result<bool, ActorError> {
+        let Some((src, donor_params)) = self
+            .trials
+            .get(&donor)
+            .and_then(|d| Some((d.checkpoint.clone()?.1, d.row.params.clone())))
+        else {
+            return Ok(false);
+        };
+        let dst = self
+            .cfg
+            .experiment
+            .dir
+            .join("trials")
+            .join(format!("{trial:05}"))
+            .join(format!("checkpoint-{iteration:06}-from-{donor:05}"));
+        copy_dir(&src, &dst).map_err(|e| fail(e.to_string()))?;
+        let params = self.scheduler.explore(&self.cfg.space, &donor_params);
+        let store = self.store()?;
+        store
+            .set_params(trial, &params)
+            .map_err(|e| fail(e.to_string()))?;
+        store
+            .insert_checkpoint(trial, iteration, &dst)
+            .map_err(|e| fail(e.to_string()))?;
+        if let Some(rec) = self.trials.get_mut(&trial) {
+            rec.row.params = params;
+            rec.checkpoint = Some((iteration, dst));
+            rec.release = Some(Decision::Continue);
+        }
+        Ok(true)
     }
 
     fn on_report(
@@ -718,14 +839,21 @@ impl Controller {
                     });
                 }
                 self.scheduler_dirty = true;
-                if self.scheduler.on_result(trial, iteration, score) == Decision::Stop {
-                    decision = Decision::Stop;
-                    let at_max = self.scheduler.max_t().is_some_and(|t| iteration >= t);
-                    rec.ending.get_or_insert(if at_max {
-                        TrialState::Completed
-                    } else {
-                        TrialState::Stopped
-                    });
+                match self.scheduler.on_result(trial, iteration, score) {
+                    Decision::Stop => {
+                        decision = Decision::Stop;
+                        let at_max = self.scheduler.max_t().is_some_and(|t| iteration >= t);
+                        rec.ending.get_or_insert(if at_max {
+                            TrialState::Completed
+                        } else {
+                            TrialState::Stopped
+                        });
+                    }
+                    Decision::Pause if decision == Decision::Continue => {
+                        decision = Decision::Pause;
+                        rec.ending = Some(TrialState::Paused);
+                    }
+                    _ => {}
                 }
                 if cfg
                     .stop
@@ -733,8 +861,10 @@ impl Controller {
                     .is_some_and(|t| score >= mode.score(t))
                 {
                     decision = Decision::Stop;
-                    rec.ending.get_or_insert(TrialState::Completed);
-                    self.halt(TrialState::Terminated);
+                    if matches!(rec.ending, None | Some(TrialState::Paused)) {
+                        rec.ending = Some(TrialState::Completed);
+                    }
+                    self.halt(TrialState::Terminated)?;
                 }
             }
             let row = self.trials.get(&trial).map(|r| r.row.clone());
@@ -766,6 +896,18 @@ impl Controller {
         if self.halted {
             decision = Decision::Stop;
         }
+        // PBT: a paused trial exploits a better one now.
+        let donor = self.scheduler.take_exploit(trial);
+        if decision == Decision::Pause
+            && let Some(donor) = donor
+            && !self.exploit(trial, donor, iteration)?
+        {
+            decision = Decision::Continue;
+            if let Some(rec) = self.trials.get_mut(&trial) {
+                rec.ending = None;
+            }
+        }
+        self.apply_released()?;
         if self.last_commit.elapsed() >= Duration::from_millis(cfg.experiment.commit_interval_ms) {
             self.commit_with(true)?;
         }
@@ -779,26 +921,42 @@ impl Controller {
         };
         rec.handle = None;
         self.running = self.running.saturating_sub(1);
-        let state = match (&error, rec.ending.take()) {
+        let mut state = match (&error, rec.ending.take()) {
             (_, Some(s)) => s,
             (None, None) => TrialState::Completed,
             (Some(e), None) => {
                 rec.row.error = Some(e.clone());
-                if rec.row.attempts <= max_failures && !self.halted {
+                let failures = rec.row.attempts.saturating_sub(rec.pauses);
+                if failures <= max_failures && !self.halted {
                     TrialState::Pending
                 } else {
                     TrialState::Error
                 }
             }
         };
-        rec.state = state;
-        if state == TrialState::Pending {
+        if state == TrialState::Paused {
+            match rec.release.take() {
+                Some(Decision::Continue) => {
+                    state = TrialState::Pending;
+                    rec.pauses += 1;
+                    self.queue.push_front(trial);
+                }
+                Some(Decision::Stop) => state = TrialState::Stopped,
+                _ => {}
+            }
+        } else if state == TrialState::Pending {
             self.queue.push_back(trial);
-        } else if let Some(best) = rec.row.best_metric {
-            let score = self.cfg.experiment.mode.score(best);
-            self.searcher.observe(rec.row.params.clone(), score);
+        }
+        rec.state = state;
+        if state.is_final() {
+            if let Some(best) = rec.row.best_metric {
+                let score = self.cfg.experiment.mode.score(best);
+                self.searcher.observe(rec.row.params.clone(), score);
+            }
+            self.scheduler.on_trial_end(trial);
         }
         self.write_trial(trial, state.is_final())?;
+        self.apply_released()?;
         self.commit()?;
         let _ = self.events.send(Event::Ended {
             trial,
@@ -814,7 +972,11 @@ impl Actor for Controller {
 
     async fn handle(&mut self, msg: CtlMsg, ctx: &mut Context<CtlMsg>) -> Result<(), ActorError> {
         let r = match msg {
-            CtlMsg::Start => self.fill(ctx).await,
+            CtlMsg::Start => match self.apply_released() {
+                // Resumed: decisions on paused trials from the replay.
+                Ok(()) => self.fill(ctx).await,
+                Err(e) => Err(e),
+            },
             CtlMsg::Report {
                 trial,
                 attempt,
@@ -875,14 +1037,10 @@ impl Actor for Controller {
                     Ok(())
                 }
             }
-            CtlMsg::Deadline => {
-                self.halt(TrialState::Terminated);
-                if self.running == 0 {
-                    self.fill(ctx).await
-                } else {
-                    Ok(())
-                }
-            }
+            CtlMsg::Deadline => match self.halt(TrialState::Terminated) {
+                Ok(()) if self.running == 0 => self.fill(ctx).await,
+                r => r,
+            },
         };
         if let Err(e) = r {
             self.abort(e, ctx);
@@ -943,7 +1101,7 @@ pub async fn run(
     };
     let launch = make_launch(&cfg, trainables)?;
     let mut searcher = Searcher::new(cfg.searcher.clone(), cfg.space.clone(), cfg.experiment.seed);
-    let mut scheduler = Scheduler::new(cfg.scheduler.clone());
+    let mut scheduler = Scheduler::new(cfg.scheduler.clone()).seeded(cfg.experiment.seed);
     let mut trials = BTreeMap::new();
     let mut queue = VecDeque::new();
     let mut best = None;
@@ -993,8 +1151,12 @@ pub async fn run(
             {
                 best = Some(b);
             }
-            if !state.is_final() {
-                // Interrupted: continue from the checkpoint.
+            let hyperband = matches!(cfg.scheduler, SchedulerSpec::HyperBand { .. });
+            if state.is_final() {
+                scheduler.on_trial_end(row.id);
+            } else if !(state == TrialState::Paused && hyperband) {
+                // Interrupted: continue from the checkpoint. (A trial
+                // paused at a HyperBand rung waits for the rung.)
                 state = TrialState::Pending;
                 queue.push_back(row.id);
             }
@@ -1007,6 +1169,8 @@ pub async fn run(
                     checkpoint,
                     handle: None,
                     ending: None,
+                    release: None,
+                    pauses: 0,
                 },
             );
         }
@@ -1095,6 +1259,25 @@ pub async fn run(
     supervisor.shutdown().await;
     let store = outcome??;
     report::finish(&store, &cfg, started.elapsed().as_secs_f64())
+}
+
+/// Copies directory `src` into `dst` (created), recursively.
+fn copy_dir(src: &std::path::Path, dst: &std::path::Path) -> Result<(), TuneError> {
+    std::fs::create_dir_all(dst).map_err(|e| TuneError::io(dst, e))?;
+    for entry in std::fs::read_dir(src).map_err(|e| TuneError::io(src, e))? {
+        let entry = entry.map_err(|e| TuneError::io(src, e))?;
+        let (from, to) = (entry.path(), dst.join(entry.file_name()));
+        if entry
+            .file_type()
+            .map_err(|e| TuneError::io(&from, e))?
+            .is_dir()
+        {
+            copy_dir(&from, &to)?;
+        } else {
+            std::fs::copy(&from, &to).map_err(|e| TuneError::io(&from, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// The config stored in the experiment directory `dir` (for `--resume`).

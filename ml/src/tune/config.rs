@@ -102,6 +102,16 @@ pub struct ExperimentSpec {
     /// (milliseconds); trial starts and ends are committed at once.
     #[serde(default = "commit_ms")]
     pub commit_interval_ms: u64,
+    /// `false`: nothing is written (the store is an in-memory SQLite, no
+    /// exports, plots or trial directories; checkpoints only where the
+    /// scheduler needs them, HyperBand and PBT) and the experiment cannot
+    /// be resumed. For fast in-process searches and the overhead bench.
+    #[serde(default = "yes")]
+    pub persist: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_name() -> String {
@@ -238,6 +248,14 @@ impl TuneConfig {
         let scheduler = match raw.scheduler {
             Some(s) => {
                 check(s.span(), s.get_ref().validate())?;
+                if let SchedulerSpec::Pbt { hyperparams, .. } = s.get_ref()
+                    && let Some(h) = hyperparams.iter().find(|h| !space.0.contains_key(*h))
+                {
+                    return Err(at(
+                        s.span().start,
+                        format!("scheduler.hyperparams: `{h}` is not a parameter of [space]"),
+                    ));
+                }
                 s.into_inner()
             }
             None => SchedulerSpec::default(),
@@ -311,6 +329,13 @@ impl TuneConfig {
         c(self.space.validate())?;
         c(self.searcher.validate())?;
         c(self.scheduler.validate())?;
+        if let SchedulerSpec::Pbt { hyperparams, .. } = &self.scheduler
+            && let Some(h) = hyperparams.iter().find(|h| !self.space.0.contains_key(*h))
+        {
+            return Err(TuneError::Config(format!(
+                "scheduler.hyperparams: `{h}` is not a parameter of [space]"
+            )));
+        }
         c(self.stop.validate())
     }
 
@@ -325,7 +350,9 @@ impl TuneConfig {
 
     fn scheduler_max_t(&self) -> Option<u64> {
         match self.scheduler {
-            SchedulerSpec::Asha { max_t, .. } => Some(max_t),
+            SchedulerSpec::Asha { max_t, .. } | SchedulerSpec::HyperBand { max_t, .. } => {
+                Some(max_t)
+            }
             _ => None,
         }
     }
@@ -417,5 +444,42 @@ lr = { type = "loguniform", low = 1e-4, high = 1e-2 }
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("t.toml:5:1: ") && e.contains("metrik"), "{e}");
+    }
+
+    #[test]
+    fn hyperband_and_pbt_parse_and_their_errors_are_located() {
+        let hb = GOOD.replace(
+            "kind = \"asha\"",
+            "kind = \"hyperband\"\nreduction_factor = 3",
+        );
+        let c = TuneConfig::parse(&hb, "t.toml", Path::new("/")).unwrap();
+        assert_eq!(c.iteration_cap(), Some(9));
+        let bad = hb.replace("reduction_factor = 3", "reduction_factor = 1");
+        let e = TuneConfig::parse(&bad, "t.toml", Path::new("/"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("t.toml:10:") && e.contains("scheduler.reduction_factor"),
+            "{e}"
+        );
+        let pbt = GOOD.replace(
+            "kind = \"asha\"\nmax_t = 9",
+            "kind = \"pbt\"\nperturbation_interval = 2\nhyperparams = [\"lr\"]",
+        );
+        let c = TuneConfig::parse(&pbt, "t.toml", Path::new("/")).unwrap();
+        assert_eq!(c.iteration_cap(), None);
+        let bad = pbt.replace("[\"lr\"]", "[\"momentum\"]");
+        let e = TuneConfig::parse(&bad, "t.toml", Path::new("/"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("t.toml:10:") && e.contains("`momentum` is not a parameter"),
+            "{e}"
+        );
+        let bad = pbt.replace("perturbation_interval = 2", "perturbation_interval = 0");
+        let e = TuneConfig::parse(&bad, "t.toml", Path::new("/"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("scheduler.perturbation_interval"), "{e}");
     }
 }

@@ -15,6 +15,8 @@
 //! | `weight_decay` | `optimizer.weight_decay` |
 //! | `momentum` | `optimizer.momentum` (SGD) |
 //! | `optimizer` | `"adam"` or `"sgd"` |
+//! | `lr_decay` | `"none"` (default) or `"cosine"`: epoch `e` of `E` uses `lr · (1 + cos(π e / E)) / 2` (the trainable's own) |
+//! | `standardize` | `true`: every feature minus its mean over the training rows, over their standard deviation (after `data.scale`; the trainable's own) |
 //!
 //! Rows: the config's train/test split (`data.split_seed`); the training
 //! part is split again, stratified, into training and validation rows
@@ -51,6 +53,7 @@ pub struct DigitsTrainable {
     batch_size: usize,
     seed: u64,
     epochs: u64,
+    cosine: bool,
     train: Dataset,
     val: Dataset,
     test: Dataset,
@@ -82,12 +85,75 @@ fn as_u64(key: &str, v: &Value) -> Result<u64, TuneError> {
         .ok_or_else(|| bad(key, format!("must be a non-negative integer, got {v}")))
 }
 
+/// The digits trainable's own settings (not `manta train` keys).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Extras {
+    /// Cosine learning-rate decay over the epochs.
+    pub cosine: bool,
+    /// Standardized features.
+    pub standardize: bool,
+}
+
+/// The trainable's own settings among `params`.
+pub fn extras(params: &Params) -> Result<Extras, TuneError> {
+    let mut e = Extras::default();
+    if let Some(v) = params.get("lr_decay") {
+        e.cosine = match v.as_str() {
+            Some("cosine") => true,
+            Some("none") => false,
+            _ => {
+                return Err(bad(
+                    "lr_decay",
+                    format!("must be \"none\" or \"cosine\", got {v}"),
+                ));
+            }
+        };
+    }
+    if let Some(v) = params.get("standardize") {
+        e.standardize = v
+            .as_bool()
+            .ok_or_else(|| bad("standardize", format!("must be true or false, got {v}")))?;
+    }
+    Ok(e)
+}
+
+/// Standardizes the features of every set with the mean and standard
+/// deviation of `train`'s (features constant there are only centred).
+pub fn standardize(train: &mut Dataset, others: &mut [&mut Dataset]) {
+    let (cols, n) = (train.cols, train.len().max(1));
+    let mut mean = vec![0f64; cols];
+    let mut sq = vec![0f64; cols];
+    for row in train.features.chunks(cols) {
+        for (j, &x) in row.iter().enumerate() {
+            mean[j] += f64::from(x);
+            sq[j] += f64::from(x) * f64::from(x);
+        }
+    }
+    let stats: Vec<(f32, f32)> = (0..cols)
+        .map(|j| {
+            let m = mean[j] / n as f64;
+            let var = (sq[j] / n as f64 - m * m).max(0.0);
+            let sd = if var > 1e-12 { var.sqrt() } else { 1.0 };
+            (m as f32, sd as f32)
+        })
+        .collect();
+    for d in std::iter::once(train).chain(others.iter_mut().map(|d| &mut **d)) {
+        for row in d.features.chunks_mut(cols) {
+            for (x, &(m, sd)) in row.iter_mut().zip(&stats) {
+                *x = (*x - m) / sd;
+            }
+        }
+    }
+}
+
 /// `base` with the trial's hyper-parameters applied.
 pub fn apply_params(base: &TrainConfig, params: &Params) -> Result<TrainConfig, TuneError> {
     let mut c = base.clone();
     let mut layers = None;
     for (key, v) in params {
         match key.as_str() {
+            // The trainable's own ([`extras`]).
+            "lr_decay" | "standardize" => {}
             "lr" => c.training.lr = as_f32(key, v)?,
             "batch_size" => c.training.batch_size = as_u64(key, v)? as u32,
             "epochs" => c.training.epochs = as_u64(key, v)? as u32,
@@ -133,7 +199,7 @@ pub fn apply_params(base: &TrainConfig, params: &Params) -> Result<TrainConfig, 
             other => {
                 return Err(bad(
                     other,
-                    "unknown to the digits trainable (known: lr, batch_size, epochs, seed, split_seed, hidden, layers, weight_decay, momentum, optimizer)",
+                    "unknown to the digits trainable (known: lr, batch_size, epochs, seed, split_seed, hidden, layers, weight_decay, momentum, optimizer, lr_decay, standardize)",
                 ));
             }
         }
@@ -154,10 +220,11 @@ impl DigitsTrainable {
         validation_fraction: f64,
     ) -> Result<Self, TuneError> {
         let c = apply_params(base, &info.params)?;
-        let (train_all, test) = c.data.load_split().map_err(crate::MlError::from)?;
+        let extras = extras(&info.params)?;
+        let (train_all, mut test) = c.data.load_split().map_err(crate::MlError::from)?;
         // No validation split (fraction 0): train on every training row
         // (to check a chosen config); `val_accuracy` is then not reported.
-        let (train, val) = if validation_fraction > 0.0 {
+        let (mut train, mut val) = if validation_fraction > 0.0 {
             train_all
                 .stratified_split(
                     validation_fraction,
@@ -168,6 +235,9 @@ impl DigitsTrainable {
             let empty = train_all.select(&[]);
             (train_all, empty)
         };
+        if extras.standardize {
+            standardize(&mut train, &mut [&mut val, &mut test]);
+        }
         let model = ModelSpec {
             inputs: train.cols,
             hidden: c.model.hidden.clone(),
@@ -193,6 +263,7 @@ impl DigitsTrainable {
             batch_size: c.training.batch_size as usize,
             seed: c.training.seed,
             epochs,
+            cosine: extras.cosine,
             train,
             val,
             test,
@@ -218,6 +289,12 @@ impl Trainable for DigitsTrainable {
         let mut order: Vec<usize> = (0..self.train.len()).collect();
         SplitMix64::derive(self.seed, &[0x6570_6f63, epoch]).shuffle(&mut order);
         let (mut loss_sum, mut batches) = (0.0f64, 0u32);
+        let lr = if self.cosine {
+            let t = epoch as f64 / self.epochs.max(1) as f64;
+            (f64::from(self.lr) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())) as f32
+        } else {
+            self.lr
+        };
         for rows in order.chunks(self.batch_size.max(1)) {
             let batch = self.train.select(rows);
             let model = Mlp::<Train>::from_params(&self.model, &self.state.params, &device)?;
@@ -233,7 +310,7 @@ impl Trainable for DigitsTrainable {
                 .zip(&mut self.state.slots)
             {
                 self.optimizer
-                    .step(self.lr, &mut p.values, g, slot)
+                    .step(lr, &mut p.values, g, slot)
                     .map_err(|e| TuneError::Config(format!("optimizer: {e}")))?;
             }
         }

@@ -24,6 +24,7 @@ mod actors;
 pub mod config;
 pub mod digits;
 pub mod external;
+pub mod png;
 pub mod report;
 pub mod schedule;
 pub mod search;

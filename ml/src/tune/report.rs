@@ -5,7 +5,9 @@
 //! Files written to the experiment directory at the end of a run:
 //! `results.csv` (trial, iteration, time, metric, then every metric
 //! reported), `trials.csv`, `summary.json` (the [`Summary`]),
-//! `plots/metric_vs_iteration.svg`, `plots/best_over_time.svg`.
+//! `plots/metric_vs_iteration.svg`, `plots/best_over_time.svg`, and the
+//! same two as PNG (`.png`, drawn by [`super::png`]: curves, grid and
+//! numbered axes; the titles and axis names are in the SVGs).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -143,6 +145,21 @@ pub(crate) fn finish(store: &Store, cfg: &TuneConfig, wall: f64) -> Result<Summa
     for t in &trials {
         *counts.entry(t.state.clone()).or_insert(0u64) += 1;
     }
+    if !cfg.experiment.persist {
+        return Ok(Summary {
+            best: best(&trials, cfg.experiment.mode, store)?,
+            trials: counts,
+            results: results.len() as u64,
+            wall_seconds: wall,
+            experiment_dir: dir.display().to_string(),
+            metric: cfg.experiment.metric.clone(),
+            mode: match cfg.experiment.mode {
+                MetricMode::Max => "max".into(),
+                MetricMode::Min => "min".into(),
+            },
+            files: Vec::new(),
+        });
+    }
     let mut files = Vec::new();
     let mut put = |name: &str, text: &str| -> Result<(), TuneError> {
         let p = dir.join(name);
@@ -168,6 +185,9 @@ pub(crate) fn finish(store: &Store, cfg: &TuneConfig, wall: f64) -> Result<Summa
     let mut files_all = files;
     files_all.push(a.display().to_string());
     files_all.push(b.display().to_string());
+    for p in png_plots(&plots, &results, created, cfg.experiment.mode)? {
+        files_all.push(p.display().to_string());
+    }
     let summary = Summary {
         best: best(&trials, cfg.experiment.mode, store)?,
         trials: counts,
@@ -209,8 +229,8 @@ fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     }
 }
 
-/// The metric against the iteration, one line per trial.
-pub fn plot_curves(path: &Path, results: &[ResultRow], metric: &str) -> Result<(), TuneError> {
+/// Every trial's (iteration, metric) points.
+fn curves(results: &[ResultRow]) -> BTreeMap<u64, Vec<(f64, f64)>> {
     let mut by_trial: BTreeMap<u64, Vec<(f64, f64)>> = BTreeMap::new();
     for r in results {
         if let Some(m) = r.metric {
@@ -220,6 +240,55 @@ pub fn plot_curves(path: &Path, results: &[ResultRow], metric: &str) -> Result<(
                 .push((r.iteration as f64, m));
         }
     }
+    by_trial
+}
+
+/// The best metric so far at each result (seconds since `start`).
+fn best_so_far(results: &[ResultRow], start: f64, mode: MetricMode) -> Vec<(f64, f64)> {
+    let mut rows: Vec<(f64, f64)> = results
+        .iter()
+        .filter_map(|r| r.metric.map(|m| ((r.time - start).max(0.0), m)))
+        .collect();
+    rows.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut best: Option<f64> = None;
+    rows.into_iter()
+        .map(|(t, m)| {
+            let b = match best {
+                Some(b) if mode.score(b) >= mode.score(m) => b,
+                _ => m,
+            };
+            best = Some(b);
+            (t, b)
+        })
+        .collect()
+}
+
+/// The PNG twins of the SVG plots ([`super::png`]: no fonts needed).
+pub fn png_plots(
+    dir: &Path,
+    results: &[ResultRow],
+    start: f64,
+    mode: MetricMode,
+) -> Result<Vec<std::path::PathBuf>, TuneError> {
+    let by_trial = curves(results);
+    let (ylo, yhi) = range(by_trial.values().flatten().map(|p| p.1));
+    let xmax = by_trial.values().flatten().map(|p| p.0).fold(1.0, f64::max);
+    let series: Vec<Vec<(f64, f64)>> = by_trial.into_values().collect();
+    let a = dir.join("metric_vs_iteration.png");
+    let img = super::png::line_chart(&series, (0.0, xmax * 1.02), (ylo, yhi), (900, 560), 1);
+    std::fs::write(&a, img.to_png()).map_err(|e| TuneError::io(&a, e))?;
+    let pts = best_so_far(results, start, mode);
+    let (ylo, yhi) = range(pts.iter().map(|p| p.1));
+    let xmax = pts.last().map_or(1.0, |p| p.0.max(1e-3));
+    let b = dir.join("best_over_time.png");
+    let img = super::png::line_chart(&[pts], (0.0, xmax * 1.02), (ylo, yhi), (900, 560), 2);
+    std::fs::write(&b, img.to_png()).map_err(|e| TuneError::io(&b, e))?;
+    Ok(vec![a, b])
+}
+
+/// The metric against the iteration, one line per trial.
+pub fn plot_curves(path: &Path, results: &[ResultRow], metric: &str) -> Result<(), TuneError> {
+    let by_trial = curves(results);
     let (ylo, yhi) = range(by_trial.values().flatten().map(|p| p.1));
     let xmax = by_trial.values().flatten().map(|p| p.0).fold(1.0, f64::max);
     let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
@@ -257,23 +326,7 @@ pub fn plot_best(
     mode: MetricMode,
     metric: &str,
 ) -> Result<(), TuneError> {
-    let mut rows: Vec<(f64, f64)> = results
-        .iter()
-        .filter_map(|r| r.metric.map(|m| ((r.time - start).max(0.0), m)))
-        .collect();
-    rows.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let mut best: Option<f64> = None;
-    let pts: Vec<(f64, f64)> = rows
-        .into_iter()
-        .map(|(t, m)| {
-            let b = match best {
-                Some(b) if mode.score(b) >= mode.score(m) => b,
-                _ => m,
-            };
-            best = Some(b);
-            (t, b)
-        })
-        .collect();
+    let pts = best_so_far(results, start, mode);
     let (ylo, yhi) = range(pts.iter().map(|p| p.1));
     let xmax = pts.last().map_or(1.0, |p| p.0.max(1e-3));
     let root = SVGBackend::new(path, (900, 560)).into_drawing_area();

@@ -13,8 +13,8 @@
 //!   runs INTEGER NOT NULL DEFAULT 1);   -- 1 + number of resumes
 //! CREATE TABLE trials (
 //!   id INTEGER PRIMARY KEY,             -- from 0, in creation order
-//!   params TEXT NOT NULL,               -- hyper-parameters, JSON object
-//!   state TEXT NOT NULL,                -- pending|running|completed|stopped|error|terminated
+//!   params TEXT NOT NULL,               -- hyper-parameters, JSON object (PBT: the newest)
+//!   state TEXT NOT NULL,                -- pending|running|paused|completed|stopped|error|terminated
 //!   attempts INTEGER NOT NULL,          -- starts so far (retries and resumes count)
 //!   iteration INTEGER NOT NULL,         -- last reported iteration
 //!   last_metric REAL, best_metric REAL, best_iteration INTEGER,
@@ -158,9 +158,23 @@ impl Store {
 
     /// A new store in `dir` (created if needed) for `config`. Refuses a
     /// directory that already holds one.
+    /// With `experiment.persist = false` the store is an in-memory SQLite
+    /// (same schema) and nothing is written to `dir`.
     pub fn create(dir: &Path, config: &TuneConfig) -> Result<Store, TuneError> {
-        std::fs::create_dir_all(dir).map_err(|e| TuneError::io(dir, e))?;
         let path = dir.join(FILE);
+        if !config.experiment.persist {
+            let conn = Connection::open_in_memory().map_err(|e| TuneError::Store {
+                path: ":memory:".into(),
+                message: e.to_string(),
+            })?;
+            let s = Store {
+                conn,
+                path,
+                in_tx: false,
+            };
+            return s.init(config);
+        }
+        std::fs::create_dir_all(dir).map_err(|e| TuneError::io(dir, e))?;
         if path.exists() {
             return Err(TuneError::Config(format!(
                 "{} already holds an experiment: continue it with --resume {}, or choose another experiment.dir",
@@ -178,6 +192,11 @@ impl Store {
             in_tx: false,
         };
         s.pragmas()?;
+        s.init(config)
+    }
+
+    fn init(self, config: &TuneConfig) -> Result<Store, TuneError> {
+        let s = self;
         let json = serde_json::to_string(config).map_err(|e| TuneError::Config(e.to_string()))?;
         let mode = match config.experiment.mode {
             super::MetricMode::Max => "max",
@@ -305,6 +324,17 @@ impl Store {
                 "INSERT INTO trials (id, params, state, created_at) VALUES (?1, ?2, 'pending', ?3)",
             )
             .and_then(|mut st| st.execute(params![id as i64, json, now()]))
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// A trial's hyper-parameters changed (PBT's explore).
+    pub fn set_params(&mut self, trial: u64, params: &Params) -> Result<(), TuneError> {
+        self.begin()?;
+        let json = serde_json::to_string(params).map_err(|e| TuneError::Config(e.to_string()))?;
+        self.conn
+            .prepare_cached("UPDATE trials SET params = ?2 WHERE id = ?1")
+            .and_then(|mut st| st.execute(params![trial as i64, json]))
             .map_err(self.err())?;
         Ok(())
     }

@@ -6,6 +6,7 @@
 mod data;
 mod loader;
 mod ps;
+mod sched;
 mod training;
 mod tune;
 
