@@ -766,6 +766,9 @@ struct Placing {
     trainable: TrainableSpec,
     /// CPUs and GPUs taken by running trials, by node id.
     used: BTreeMap<String, (f64, u32)>,
+    /// A trial waits for a node with room: the ticker looks again (a node
+    /// may have joined).
+    waiting: bool,
     /// Since when nothing runs and no node can take a trial.
     stalled: Option<Instant>,
 }
@@ -1106,6 +1109,9 @@ impl Controller {
     }
 
     async fn fill(&mut self, ctx: &mut Context<CtlMsg>) -> Result<(), ActorError> {
+        if let Some(p) = &mut self.placing {
+            p.waiting = false;
+        }
         while !self.halted && self.running < self.cfg.experiment.max_concurrent {
             if !self.has_work() {
                 break;
@@ -1117,9 +1123,13 @@ impl Controller {
                 Some(p) => match p.pick() {
                     Some(o) => {
                         p.stalled = None;
+                        p.waiting = false;
                         Some(o)
                     }
-                    None => break,
+                    None => {
+                        p.waiting = true;
+                        break;
+                    }
                 },
             };
             if let Some(id) = self.queue.pop_front() {
@@ -1456,7 +1466,7 @@ impl Actor for Controller {
                 Ok(())
             }
             CtlMsg::Tick => {
-                let stalled = self.placing.as_ref().is_some_and(|p| p.stalled.is_some());
+                let stalled = self.placing.as_ref().is_some_and(|p| p.waiting);
                 let r = if self.store.as_ref().is_some_and(Store::dirty) {
                     self.commit_with(true)
                 } else {
@@ -1693,6 +1703,7 @@ pub async fn run_on(
             limit: t.checkpoint_limit_mb << 20,
             trainable: cfg.trainable.clone(),
             used: BTreeMap::new(),
+            waiting: false,
             stalled: None,
         }
     });
