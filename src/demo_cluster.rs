@@ -363,6 +363,22 @@ async fn tune_step(
         Some(dir.join("cluster.secret")),
     )
     .await?;
+    // Trials go to the nodes this process knows of: wait (bounded) until
+    // gossip has shown it all three.
+    let mut view = node.membership().view();
+    let _ = tokio::time::timeout(WAIT, async {
+        loop {
+            let alive = view
+                .borrow_and_update()
+                .iter()
+                .filter(|m| m.state == manta_cluster::MemberState::Alive && m.name.starts_with('n'))
+                .count();
+            if alive >= 3 || view.changed().await.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
     let mut ran: std::collections::BTreeMap<u64, Vec<String>> = Default::default();
     let mut ends: std::collections::BTreeMap<u64, TrialState> = Default::default();
     let summary = manta_ml::tune::run_on(
