@@ -340,11 +340,7 @@ async fn train_step(dir: &Path, n1: &DemoNode, out: &mut dyn Write) -> Result<()
 /// the trials run on the nodes (one CPU each). Prints where each trial ran
 /// and the best one; returns the experiment directory (its store and the
 /// best trial's checkpoint).
-async fn tune_step(
-    dir: &Path,
-    n1: &DemoNode,
-    out: &mut dyn Write,
-) -> Result<PathBuf, CliError> {
+async fn tune_step(dir: &Path, n1: &DemoNode, out: &mut dyn Write) -> Result<PathBuf, CliError> {
     use manta_ml::tune::{Event, TrialState, TuneConfig};
     if !dir.join("digits.csv.gz").exists() {
         std::fs::write(dir.join("digits.csv.gz"), DIGITS)?;
@@ -403,7 +399,11 @@ async fn tune_step(
     let summary = summary?;
     for (trial, nodes) in &ran {
         let state = ends.get(trial).map_or("?", |s| s.as_str());
-        writeln!(out, "    trial {trial}: ran on {} ({state})", nodes.join(", "))?;
+        writeln!(
+            out,
+            "    trial {trial}: ran on {} ({state})",
+            nodes.join(", ")
+        )?;
     }
     match &summary.best {
         Some(b) => writeln!(
@@ -417,7 +417,11 @@ async fn tune_step(
                 .unwrap_or_default(),
             serde_json::to_string(&b.config).unwrap_or_default()
         )?,
-        None => writeln!(out, "  tuned in {:.2}s: no trial reported a metric", summary.wall_seconds)?,
+        None => writeln!(
+            out,
+            "  tuned in {:.2}s: no trial reported a metric",
+            summary.wall_seconds
+        )?,
     }
     Ok(exp)
 }

@@ -56,8 +56,7 @@ pub async fn tune(
     let summary = if opts.seeds.is_empty() {
         manta_ml::tune::run(config, trainables, resume, |e| view.show(e)).await
     } else {
-        let node =
-            crate::train_cli::join_as_client(&opts.seeds, opts.secret_file.clone()).await?;
+        let node = crate::train_cli::join_as_client(&opts.seeds, opts.secret_file.clone()).await?;
         let s = manta_ml::tune::run_on(
             config,
             trainables,

@@ -560,7 +560,11 @@ impl Names {
     /// that was told where an actor lives, e.g. in its spawn arguments).
     /// The serving node checks the name and message type when the first
     /// message arrives.
-    pub fn at<M: RemoteMessage>(&self, node: &str, name: &str) -> Result<ActorHandle<M>, LookupError> {
+    pub fn at<M: RemoteMessage>(
+        &self,
+        node: &str,
+        name: &str,
+    ) -> Result<ActorHandle<M>, LookupError> {
         if node == self.membership.node_id() {
             return self.system.lookup::<M>(name);
         }

@@ -31,15 +31,15 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use super::config::{TrainableSpec, TuneConfig};
-use super::transfer::{self, Packed};
-use crate::Directory;
-use crate::job::Env;
 use super::schedule::{Decision, Scheduler};
 use super::search::Searcher;
 use super::space::Params;
 use super::store::{Store, TrialRow};
 use super::trainable::{Metrics, Trainable, TrainableFactory, Trainables, TrialInfo};
+use super::transfer::{self, Packed};
 use super::{TuneError, external, report};
+use crate::Directory;
+use crate::job::Env;
 
 /// A trial's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -349,8 +349,8 @@ impl TrialActor {
     ) -> Result<Decision, ActorError> {
         let (id, attempt, iteration) = (self.args.info.id, self.args.info.attempt, self.iteration);
         let answer = match self.args.reporter.clone() {
-            Reporter::Local(c) => {
-                c.ask(
+            Reporter::Local(c) => c
+                .ask(
                     |reply| CtlMsg::Report {
                         trial: id,
                         attempt,
@@ -362,8 +362,7 @@ impl TrialActor {
                     ASK,
                 )
                 .await
-                .map_err(|e| e.to_string())
-            }
+                .map_err(|e| e.to_string()),
             Reporter::Remote(r) => {
                 let packed = match checkpoint {
                     Some(dir) => self.pack(dir, ephemeral).await?,
@@ -416,7 +415,14 @@ impl TrialActor {
         };
         let (trial, attempt) = (self.args.info.id, self.args.info.attempt);
         let packed = r
-            .ask(|reply| ReportMsg::Fetch { trial, attempt, reply }, ASK)
+            .ask(
+                |reply| ReportMsg::Fetch {
+                    trial,
+                    attempt,
+                    reply,
+                },
+                ASK,
+            )
             .await
             .map_err(|e| fail(format!("fetching the checkpoint: {e}")))?
             .map_err(|e| fail(format!("fetching the checkpoint: {e}")))?;
@@ -714,7 +720,11 @@ struct Relay {
 impl Actor for Relay {
     type Msg = ReportMsg;
 
-    async fn handle(&mut self, msg: ReportMsg, _: &mut Context<ReportMsg>) -> Result<(), ActorError> {
+    async fn handle(
+        &mut self,
+        msg: ReportMsg,
+        _: &mut Context<ReportMsg>,
+    ) -> Result<(), ActorError> {
         let m = match msg {
             ReportMsg::Report {
                 trial,
@@ -788,7 +798,12 @@ impl Placing {
                 let (c, g) = free(o);
                 c + 1e-9 >= self.cpus && g >= self.gpus
             })
-            .max_by(|a, b| free(a).0.total_cmp(&free(b).0).then_with(|| b.id.cmp(&a.id)))
+            .max_by(|a, b| {
+                free(a)
+                    .0
+                    .total_cmp(&free(b).0)
+                    .then_with(|| b.id.cmp(&a.id))
+            })
     }
 
     fn take(&mut self, node: &str) {
@@ -813,7 +828,12 @@ impl Placing {
             .cluster
             .offers(&self.filter)
             .iter()
-            .map(|o| format!("{} ({} cpus, {} gpus)", o.name, o.resources.cpus, o.resources.gpus))
+            .map(|o| {
+                format!(
+                    "{} ({} cpus, {} gpus)",
+                    o.name, o.resources.cpus, o.resources.gpus
+                )
+            })
             .collect();
         format!(
             "no node can run a trial within {PLACEMENT_WAIT:?}: each needs {} cpus and {} gpus{}; matching nodes: {}",

@@ -125,7 +125,11 @@ pub fn pack(dir: &Path, limit: u64) -> Result<Packed, TuneError> {
 /// The relative path of a packed file, checked: plain names only (no
 /// root, no `.` or `..`, nothing empty).
 fn safe(rel: &str) -> Result<PathBuf, TuneError> {
-    let bad = || TuneError::Actor(format!("checkpoint file path `{rel}` is not a plain relative path"));
+    let bad = || {
+        TuneError::Actor(format!(
+            "checkpoint file path `{rel}` is not a plain relative path"
+        ))
+    };
     if rel.is_empty() || rel.contains('\\') || rel.contains('\0') {
         return Err(bad());
     }
@@ -205,7 +209,10 @@ mod tests {
         std::fs::create_dir_all(&dst).unwrap();
         std::fs::write(dst.join("stale"), b"old").unwrap();
         unpack(&p, &dst, 1 << 20).unwrap();
-        assert_eq!(std::fs::read(dst.join("sub/b.bin")).unwrap(), [0u8, 1, 2, 255]);
+        assert_eq!(
+            std::fs::read(dst.join("sub/b.bin")).unwrap(),
+            [0u8, 1, 2, 255]
+        );
         assert!(!dst.join("stale").exists(), "replaced, not merged");
         assert_eq!(pack(&dst, 1 << 20).unwrap(), p);
 
@@ -215,7 +222,15 @@ mod tests {
         assert!(unpack(&p, &tmp.path().join("x"), 4).is_err());
         assert!(!tmp.path().join("x").exists());
 
-        for bad in ["../evil", "/etc/passwd", "a/../../b", "", "a//b", "./a", "a\\b"] {
+        for bad in [
+            "../evil",
+            "/etc/passwd",
+            "a/../../b",
+            "",
+            "a//b",
+            "./a",
+            "a\\b",
+        ] {
             let evil = Packed {
                 files: vec![PackedFile {
                     path: bad.into(),
@@ -223,7 +238,10 @@ mod tests {
                 }],
             };
             let e = unpack(&evil, &tmp.path().join("evil"), 1 << 20).unwrap_err();
-            assert!(e.to_string().contains("not a plain relative path"), "{bad}: {e}");
+            assert!(
+                e.to_string().contains("not a plain relative path"),
+                "{bad}: {e}"
+            );
         }
         assert!(!tmp.path().join("evil").exists());
         assert!(!tmp.path().join("etc").exists());
