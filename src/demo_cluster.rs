@@ -1,6 +1,7 @@
 //! The cluster part of `manta demo`: three `manta node` processes on
 //! 127.0.0.1, a tree on the first whose children are placed on the other
-//! two, one of those killed with SIGKILL, the restart on the survivor.
+//! two, a training job and a short hyper-parameter search across them, one
+//! node killed with SIGKILL, the restart on the survivor.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -41,6 +42,42 @@ node = "n1"
 node = "n1"
 [placement.workers]
 role = "worker"
+"#;
+
+/// The tuning step: digits trials (a few epochs each) on the demo's
+/// nodes, one CPU per trial; ASHA stops the weaker ones at epoch 2.
+const DEMO_TUNE: &str = r#"
+[experiment]
+name = "demo-tune"
+dir = "tune"
+metric = "val_accuracy"
+mode = "max"
+max_trials = 6
+max_concurrent = 3
+seed = 7
+checkpoint_every = 2
+
+[searcher]
+kind = "random"
+
+[scheduler]
+kind = "asha"
+grace_period = 2
+reduction_factor = 2
+max_t = 6
+
+[trainable]
+kind = "digits"
+config = "demo-train.toml"
+validation_fraction = 0.2
+
+[space]
+lr = { type = "loguniform", low = 1e-3, high = 1e-2 }
+hidden = { type = "choice", values = [32, 64] }
+batch_size = { type = "choice", values = [32, 64] }
+
+[trial]
+cpus = 1.0
 "#;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -180,6 +217,9 @@ async fn run_in(exe: &Path, dir: &Path, out: &mut dyn Write) -> Result<(), CliEr
         t0.elapsed().as_secs_f64()
     )?;
     train_step(dir, &n1, out).await?;
+    // The experiment directory: the store and the best trial's checkpoint.
+    let tuned = tune_step(dir, &n1, out).await?;
+    writeln!(out, "  experiment stored in {}", tuned.display())?;
     let (mut victim, survivor) = if h1 == "n2" { (n2, n3) } else { (n3, n2) };
     writeln!(
         out,
@@ -293,4 +333,95 @@ async fn train_step(dir: &Path, n1: &DemoNode, out: &mut dyn Write) -> Result<()
         report.samples_per_sec
     )?;
     Ok(())
+}
+
+/// A short hyper-parameter search across the cluster: this process joins
+/// as a client node and keeps the controller and the experiment directory;
+/// the trials run on the nodes (one CPU each). Prints where each trial ran
+/// and the best one; returns the experiment directory (its store and the
+/// best trial's checkpoint).
+async fn tune_step(dir: &Path, n1: &DemoNode, out: &mut dyn Write) -> Result<PathBuf, CliError> {
+    use manta_ml::tune::{Event, TrialState, TuneConfig};
+    if !dir.join("digits.csv.gz").exists() {
+        std::fs::write(dir.join("digits.csv.gz"), DIGITS)?;
+    }
+    // The training step's model and data, one epoch per iteration.
+    std::fs::write(dir.join("demo-train.toml"), DEMO_TRAIN)?;
+    let config = TuneConfig::parse(DEMO_TUNE, "demo tuning config", dir)?;
+    let exp = config.experiment.dir.clone();
+    writeln!(
+        out,
+        "  tuning it across the cluster: {} digits trials (random search over lr, width, batch size; ASHA), one CPU each, on whichever node has room",
+        config.experiment.max_trials
+    )?;
+    let node = crate::train_cli::join_as_client(
+        &[n1.gossip.to_string()],
+        Some(dir.join("cluster.secret")),
+    )
+    .await?;
+    // Trials go to the nodes this process knows of: wait (bounded) until
+    // gossip has shown it all three.
+    let mut view = node.membership().view();
+    let _ = tokio::time::timeout(WAIT, async {
+        loop {
+            let alive = view
+                .borrow_and_update()
+                .iter()
+                .filter(|m| m.state == manta_cluster::MemberState::Alive && m.name.starts_with('n'))
+                .count();
+            if alive >= 3 || view.changed().await.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    let mut ran: std::collections::BTreeMap<u64, Vec<String>> = Default::default();
+    let mut ends: std::collections::BTreeMap<u64, TrialState> = Default::default();
+    let summary = manta_ml::tune::run_on(
+        config,
+        &manta_ml::tune::Trainables::new(),
+        false,
+        manta_ml::Env::Cluster(&node),
+        |e| match e {
+            Event::Started {
+                trial,
+                node: Some(n),
+                ..
+            } => ran.entry(*trial).or_default().push(n.clone()),
+            Event::Ended { trial, state, .. } => {
+                ends.insert(*trial, *state);
+            }
+            _ => {}
+        },
+    )
+    .await;
+    node.leave().await;
+    let summary = summary?;
+    for (trial, nodes) in &ran {
+        let state = ends.get(trial).map_or("?", |s| s.as_str());
+        writeln!(
+            out,
+            "    trial {trial}: ran on {} ({state})",
+            nodes.join(", ")
+        )?;
+    }
+    match &summary.best {
+        Some(b) => writeln!(
+            out,
+            "  tuned in {:.2}s: best trial {} (validation accuracy {:.4}{}) with {}",
+            summary.wall_seconds,
+            b.trial,
+            b.metric,
+            b.test_accuracy
+                .map(|t| format!(", test accuracy {t:.4}"))
+                .unwrap_or_default(),
+            serde_json::to_string(&b.config).unwrap_or_default()
+        )?,
+        None => writeln!(
+            out,
+            "  tuned in {:.2}s: no trial reported a metric",
+            summary.wall_seconds
+        )?,
+    }
+    Ok(exp)
 }

@@ -83,10 +83,11 @@ enum Command {
         json: bool,
     },
     /// Search hyper-parameters (see examples/tune-digits.toml): trials are
-    /// actors in this process reporting to one controller; the experiment
-    /// lives in an SQLite file in its directory. A live table goes to
-    /// stderr; the end prints the best trial (or, with --json, one JSON
-    /// object).
+    /// actors in this process, or with --seeds on the nodes of a cluster
+    /// (packed by the cpus and gpus each trial asks for), reporting to one
+    /// controller here; the experiment lives in an SQLite file in its
+    /// directory. A live table goes to stderr; the end prints the best
+    /// trial (or, with --json, one JSON object).
     Tune {
         /// The experiment config (TOML).
         #[arg(long, required_unless_present = "resume")]
@@ -100,6 +101,13 @@ enum Command {
         /// exports or plots) and cannot be resumed.
         #[arg(long, conflicts_with = "resume")]
         no_persist: bool,
+        /// Join this cluster (gossip `host:port`, comma-separated) and run
+        /// the trials on its nodes (the controller stays here).
+        #[arg(long, value_delimiter = ',')]
+        seeds: Vec<String>,
+        /// The cluster secret (with --seeds).
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
         /// End with one JSON object (best, trials, results, wall_seconds,
         /// experiment_dir, ...).
         #[arg(long)]
@@ -156,6 +164,12 @@ struct NodeArgs {
     /// A supervision tree to run on this node.
     #[arg(long)]
     tree: Option<PathBuf>,
+    /// CPUs this node offers for placement (default: its cores).
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// GPUs this node offers for placement (default 0).
+    #[arg(long)]
+    gpus: Option<u32>,
 }
 
 impl NodeArgs {
@@ -193,6 +207,17 @@ impl NodeArgs {
         }
         if self.tree.is_some() {
             c.tree = self.tree;
+        }
+        if let Some(n) = self.cpus {
+            if !(n.is_finite() && n > 0.0) {
+                return Err(manta_cluster::ClusterError::Config(format!(
+                    "--cpus must be a positive number, got {n}"
+                )));
+            }
+            c.resources.cpus = n;
+        }
+        if let Some(n) = self.gpus {
+            c.resources.gpus = n;
         }
         Ok(c)
     }
@@ -294,12 +319,16 @@ fn main() -> ExitCode {
             config,
             resume,
             no_persist,
+            seeds,
+            secret_file,
             json,
         } => {
             init_logging("warn");
             let opts = manta::tune_cli::TuneOptions {
                 config,
                 resume,
+                seeds,
+                secret_file,
                 json,
                 progress: true,
                 no_persist,

@@ -1,6 +1,8 @@
 //! `manta tune`: runs a hyper-parameter search from a config file (or
-//! continues one with `--resume DIR`), with a live table on stderr and a
-//! final summary (or one JSON object with `--json`).
+//! continues one with `--resume DIR`), in this process or with `--seeds`
+//! on the nodes of a cluster (this process joins as a client node and
+//! keeps the controller and the experiment directory), with a live table
+//! on stderr and a final summary (or one JSON object with `--json`).
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -18,6 +20,11 @@ pub struct TuneOptions {
     pub config: Option<PathBuf>,
     /// Continue the experiment in this directory.
     pub resume: Option<PathBuf>,
+    /// Join this cluster (gossip seeds) and run the trials on its nodes;
+    /// empty runs them in this process.
+    pub seeds: Vec<String>,
+    /// The cluster secret, with `seeds`.
+    pub secret_file: Option<PathBuf>,
     /// End with one JSON object on `out` instead of a human summary.
     pub json: bool,
     /// Show the live table (a terminal) or one line per trial end (else)
@@ -55,7 +62,21 @@ pub async fn tune(
         }
     };
     let mut view = View::new(opts.progress);
-    let summary = manta_ml::tune::run(config, trainables, resume, |e| view.show(e)).await;
+    let summary = if opts.seeds.is_empty() {
+        manta_ml::tune::run(config, trainables, resume, |e| view.show(e)).await
+    } else {
+        let node = crate::train_cli::join_as_client(&opts.seeds, opts.secret_file.clone()).await?;
+        let s = manta_ml::tune::run_on(
+            config,
+            trainables,
+            resume,
+            manta_ml::Env::Cluster(&node),
+            |e| view.show(e),
+        )
+        .await;
+        node.leave().await;
+        s
+    };
     view.done();
     let summary = summary?;
     if opts.json {
@@ -136,6 +157,18 @@ impl View {
             if self.last.is_none_or(|t| t.elapsed().as_millis() >= 200) {
                 self.draw();
             }
+        } else if let Event::Started {
+            trial,
+            attempt,
+            from_iteration,
+            node: Some(node),
+            ..
+        } = e
+        {
+            // On a cluster: where each attempt runs.
+            eprintln!(
+                "trial {trial}: attempt {attempt} started on {node} from iteration {from_iteration}"
+            );
         } else if let Event::Ended {
             trial,
             state,

@@ -61,7 +61,7 @@ pub use identity::NodeIdentity;
 pub use membership::{Member, MemberEvent, MemberState, Membership, MembershipConfig};
 pub use mesh::{MAX_PENDING_INCOMING, Mesh, MeshConfig, MeshStats, SECRET_DEADLINE};
 pub use node::{CLIENT_LABEL, Names, Node, ReadyLine};
-pub use place::{Cluster, PLACEMENT_WAIT, SPAWN_TIMEOUT, SpawnOn};
+pub use place::{Cluster, Offer, PLACEMENT_WAIT, SPAWN_TIMEOUT, SpawnOn};
 pub use remote::{
     BULK_QUEUE, BulkSettings, CHUNK, FRAME_VERSION, LaneUse, MAX_FRAME, PEER_QUEUE, PROTOCOL,
     RemoteLimits, RemoteRef, Remoting,

@@ -139,9 +139,15 @@ impl Node {
             keys::LABELS.to_owned(),
             serde_json::to_string(&labels).unwrap_or_default(),
         );
+        // A node that does not say how many CPUs it offers offers the
+        // cores it has (placement by `cpus` then works without a config).
+        let mut resources = config.resources.clone();
+        if resources.cpus <= 0.0 {
+            resources.cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        }
         mc.keys.insert(
             keys::RESOURCES.to_owned(),
-            serde_json::to_string(&config.resources).unwrap_or_default(),
+            serde_json::to_string(&resources).unwrap_or_default(),
         );
         mc.keys
             .insert(keys::P2P.to_owned(), mesh.listen_addr().to_string());
@@ -547,6 +553,25 @@ impl Names {
             }
         }
         out
+    }
+
+    /// A handle to the actor registered as `name` on the node with id
+    /// `node`, without waiting for gossip to announce the name (a caller
+    /// that was told where an actor lives, e.g. in its spawn arguments).
+    /// The serving node checks the name and message type when the first
+    /// message arrives.
+    pub fn at<M: RemoteMessage>(
+        &self,
+        node: &str,
+        name: &str,
+    ) -> Result<ActorHandle<M>, LookupError> {
+        if node == self.membership.node_id() {
+            return self.system.lookup::<M>(name);
+        }
+        let peer = node
+            .parse::<libp2p::PeerId>()
+            .map_err(|e| LookupError::NotFound(format!("{name} on {node} (not a node id: {e})")))?;
+        Ok(self.remoting.handle::<M>(peer, name))
     }
 
     /// Finds the actor registered as `name` anywhere in the cluster (this

@@ -104,51 +104,7 @@ impl Cluster {
             r.clone()
         };
         for m in self.membership.members() {
-            if m.state != MemberState::Alive {
-                continue;
-            }
-            if let Some(n) = &placement.node {
-                if *n != m.id && *n != m.name {
-                    continue;
-                }
-            }
-            if let Some(r) = &placement.role {
-                if !m.roles.contains(r) {
-                    continue;
-                }
-            }
-            let labels: BTreeMap<String, String> = m
-                .keys
-                .get(keys::LABELS)
-                .and_then(|l| serde_json::from_str(l).ok())
-                .unwrap_or_default();
-            if placement
-                .labels
-                .iter()
-                .any(|(k, v)| labels.get(k) != Some(v))
-            {
-                continue;
-            }
-            // Client nodes host nothing unless a placement names them.
-            if labels
-                .get(crate::node::CLIENT_LABEL)
-                .is_some_and(|v| v == "true")
-                && placement.node.is_none()
-                && !placement.labels.contains_key(crate::node::CLIENT_LABEL)
-            {
-                continue;
-            }
-            let res: Resources = m
-                .keys
-                .get(keys::RESOURCES)
-                .and_then(|r| serde_json::from_str(r).ok())
-                .unwrap_or_default();
-            if let Some(need) = &placement.resources {
-                if res.cpus < need.cpus || res.gpus < need.gpus || res.memory_mb < need.memory_mb {
-                    continue;
-                }
-            }
-            let Ok(peer) = m.id.parse::<PeerId>() else {
+            let Some((peer, res)) = eligible(&m, placement) else {
                 continue;
             };
             // Placements made in the last few seconds count too: gossip has
@@ -187,6 +143,25 @@ impl Cluster {
                 }
             }
         }
+    }
+
+    /// Every alive member matching `placement` (node, role, labels,
+    /// resources; client nodes only when named), with the resources it
+    /// advertises: for callers that do their own accounting of what they
+    /// placed (the tuner packs trials by the cpus and gpus each asks for).
+    pub fn offers(&self, placement: &Placement) -> Vec<Offer> {
+        self.membership
+            .members()
+            .into_iter()
+            .filter_map(|m| {
+                let (_, resources) = eligible(&m, placement)?;
+                Some(Offer {
+                    id: m.id,
+                    name: m.name,
+                    resources,
+                })
+            })
+            .collect()
     }
 
     /// Spawns an actor of `kind` with `args` on a node matching
@@ -324,6 +299,68 @@ impl Cluster {
             .map_err(remote)?;
         Ok((handle, Some((peer, name))))
     }
+}
+
+/// A member that matches a placement, with what it offers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Offer {
+    /// Its node id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// The resources it advertises.
+    pub resources: Resources,
+}
+
+/// `m`'s id and advertised resources when it is alive and matches every
+/// field of `placement` (client nodes only when the placement names them).
+fn eligible(m: &crate::membership::Member, placement: &Placement) -> Option<(PeerId, Resources)> {
+    if m.state != MemberState::Alive {
+        return None;
+    }
+    if let Some(n) = &placement.node {
+        if *n != m.id && *n != m.name {
+            return None;
+        }
+    }
+    if let Some(r) = &placement.role {
+        if !m.roles.contains(r) {
+            return None;
+        }
+    }
+    let labels: BTreeMap<String, String> = m
+        .keys
+        .get(keys::LABELS)
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_default();
+    if placement
+        .labels
+        .iter()
+        .any(|(k, v)| labels.get(k) != Some(v))
+    {
+        return None;
+    }
+    // Client nodes host nothing unless a placement names them.
+    if labels
+        .get(crate::node::CLIENT_LABEL)
+        .is_some_and(|v| v == "true")
+        && placement.node.is_none()
+        && !placement.labels.contains_key(crate::node::CLIENT_LABEL)
+    {
+        return None;
+    }
+    let res: Resources = m
+        .keys
+        .get(keys::RESOURCES)
+        .and_then(|r| serde_json::from_str(r).ok())
+        .unwrap_or_default();
+    if let Some(need) = &placement.resources {
+        if res.cpus < need.cpus || res.gpus < need.gpus || res.memory_mb < need.memory_mb {
+            return None;
+        }
+    }
+    let peer = m.id.parse::<PeerId>().ok()?;
+    Some((peer, res))
 }
 
 /// The name of an unnamed actor placed by node `me`: `kind-TAIL-INC-N`, where

@@ -30,6 +30,25 @@ impl Directory {
         }
     }
 
+    /// The actor registered as `name` on the node with id `node` (a
+    /// caller told where it lives; no wait for gossip). A local directory
+    /// looks `name` up in its system.
+    pub fn resolve_at<M: RemoteMessage>(
+        &self,
+        node: &str,
+        name: &str,
+    ) -> Result<ActorHandle<M>, LookupError> {
+        match self {
+            Directory::Local(system) => system.lookup(name),
+            Directory::Cluster(cell) => match cell.get() {
+                Some(names) => names.at(node, name),
+                None => Err(LookupError::NotFound(format!(
+                    "{name} (this node has not joined its cluster yet)"
+                ))),
+            },
+        }
+    }
+
     /// Finds the actor registered as `name`, checking its message type.
     pub fn resolve<M: RemoteMessage>(&self, name: &str) -> Result<ActorHandle<M>, LookupError> {
         match self {

@@ -19,8 +19,9 @@
 //!   random, TPE), schedulers (ASHA, median stopping), trial actors, the
 //!   SQLite experiment store, exports and plots.
 //!
-//! The actor kinds (`manta.ps`, `manta.loader`, `manta.worker`) are
-//! registered with [`register_kinds`], so that other nodes can host them.
+//! The actor kinds (`manta.ps`, `manta.loader`, `manta.worker`, and the
+//! tuner's trials, `manta.tune.trial`) are registered with
+//! [`register_kinds`], so that other nodes can host them.
 
 pub mod config;
 pub mod data;
@@ -78,9 +79,11 @@ pub fn worker_kind() -> Kind<worker::WorkerArgs, worker::WorkerMsg> {
 pub fn register_kinds(kinds: &KindRegistry, directory: Directory) {
     kinds.register(PS_KIND, ps::ParamServer::new);
     kinds.register(LOADER_KIND, loader::Loader::new);
+    let workers = directory.clone();
     kinds.register(WORKER_KIND, move |args: worker::WorkerArgs| {
-        worker::Worker::new(args, directory.clone())
+        worker::Worker::new(args, workers.clone())
     });
+    tune::register_trial_kind(kinds, directory, tune::Trainables::default());
 }
 
 pub(crate) fn fail(message: impl Into<String>) -> ActorError {

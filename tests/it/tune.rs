@@ -206,3 +206,171 @@ fn resume_refuses_a_foreign_file_and_tune_refuses_bad_configs() {
         "{err}"
     );
 }
+
+/// A trial for the cluster test: counts to 20 from where it resumes,
+/// keeping its count in its checkpoint directory, and reports what it
+/// found there at its start (`restored`, 0 for none).
+const CLUSTER_TRIAL: &str = r#"#!/bin/sh
+i=$MANTA_RESUME_ITERATION
+restored=0
+[ -f "$MANTA_CHECKPOINT_DIR/state" ] && restored=$(cat "$MANTA_CHECKPOINT_DIR/state")
+while [ $i -lt 20 ]; do
+  sleep 0.15
+  i=$((i+1))
+  echo $i > "$MANTA_CHECKPOINT_DIR/state"
+  echo "iteration=$i score=$((i * MANTA_PARAM_K)) resumed_from=$MANTA_RESUME_ITERATION restored=$restored"
+done
+"#;
+
+/// `attempt A started on NODE from iteration I` of `trial`, from the
+/// driver's progress lines.
+fn started_on(line: &str) -> (u64, String, u64) {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = |w: &str| words.iter().position(|x| *x == w).unwrap();
+    (
+        words[at("attempt") + 1].parse().unwrap(),
+        words[at("on") + 1].to_owned(),
+        words[at("iteration") + 1].parse().unwrap(),
+    )
+}
+
+/// Waits (bounded) until `path` exists (the driver writes it).
+fn wait_file(path: &Path) {
+    let end = std::time::Instant::now() + crate::DEADLINE;
+    while !path.exists() {
+        assert!(
+            std::time::Instant::now() < end,
+            "{} not written within {:?}",
+            path.display(),
+            crate::DEADLINE
+        );
+        // A polling interval (the condition decides), short of spinning
+        // a core the nodes need.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn trials_run_on_two_nodes_and_a_sigkilled_nodes_trial_continues_on_the_other() {
+    use crate::cluster::{secret, start_node, wait_status};
+    let tmp = Scratch::new("tune-cluster");
+    let s = secret(&tmp, "c.secret");
+    // One CPU each: one trial per node at a time.
+    let n1 = start_node(&tmp, "n1", Some(&s), &[], &["--cpus", "1"]);
+    let n2 = start_node(&tmp, "n2", Some(&s), &[&n1.gossip], &["--cpus", "1"]);
+    wait_status(&n1.gossip, Some(&s), "2 nodes", |st| {
+        st["nodes"]
+            .as_array()
+            .is_some_and(|a| a.iter().filter(|n| n["state"] == "alive").count() == 2)
+    });
+    std::fs::write(tmp.0.join("trial.sh"), CLUSTER_TRIAL).unwrap();
+    let config = tmp.file(
+        "tune.toml",
+        r#"[experiment]
+dir = "exp"
+metric = "score"
+mode = "max"
+max_trials = 4
+max_concurrent = 4
+max_failures = 0
+commit_interval_ms = 20
+
+[searcher]
+kind = "grid"
+
+[trainable]
+kind = "command"
+command = ["sh", "./trial.sh"]
+
+[space]
+k = { type = "grid", values = [1, 2, 3, 4] }
+
+[trial]
+cpus = 1.0
+"#,
+    );
+    let exp = tmp.0.join("exp");
+    let mut cmd = manta();
+    cmd.args(["tune", "--json", "--seeds", &n1.gossip, "--secret-file"])
+        .arg(&s)
+        .arg("--config")
+        .arg(&config);
+    let mut driver = Running::start(cmd);
+    let first = driver.wait_for("trial 0: attempt 0 started on");
+    let (_, victim_name, from) = started_on(&first);
+    assert_eq!(from, 0);
+    let other = driver.wait_for("trial 1: attempt 0 started on");
+    let (_, other_name, _) = started_on(&other);
+    assert_ne!(
+        victim_name, other_name,
+        "one trial per node: trials 0 and 1 run on different nodes"
+    );
+    // Trial 0 has sent a checkpoint (its third) back to the driver.
+    wait_file(&exp.join("trials/00000/checkpoint-000003/state"));
+    let (mut victim, survivor, survivor_name) = if victim_name == "n1" {
+        (n1, n2, "n2")
+    } else {
+        (n2, n1, "n1")
+    };
+    victim.p.child.kill().unwrap(); // SIGKILL
+    victim.p.child.wait().unwrap();
+    let again = driver.wait_for("trial 0: attempt 1 started on");
+    let (_, where_now, resumed_at) = started_on(&again);
+    assert_eq!(where_now, survivor_name, "{again}");
+    assert!(
+        resumed_at >= 3,
+        "trial 0 continued from its checkpoint, not from scratch: {again}"
+    );
+    let status = driver.wait_exit();
+    let out = driver.output();
+    assert!(status.success(), "{out}");
+    let json_line = driver
+        .seen
+        .iter()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .cloned()
+        .unwrap();
+    let summary: serde_json::Value = serde_json::from_str(&json_line).unwrap();
+    assert_eq!(summary["trials"]["completed"], 4, "{summary}");
+    assert_eq!(summary["results"], 80, "{summary}");
+    assert_eq!(summary["best"]["config"]["k"], 4, "{summary}");
+    // Where each trial ran: both nodes had trials.
+    let nodes: std::collections::BTreeSet<String> = driver
+        .seen
+        .iter()
+        .filter(|l| l.contains(" started on "))
+        .map(|l| started_on(l).1)
+        .collect();
+    assert_eq!(nodes.len(), 2, "{out}");
+
+    let (store, _) = Store::open(&exp).unwrap();
+    let results = store.results().unwrap();
+    // Every iteration once: none lost, none twice (count the rows).
+    assert_eq!(results.len(), 80);
+    let after = rows(&store);
+    assert_eq!(after.len(), 80);
+    for t in 0..4 {
+        for i in 1..=20 {
+            assert!(after.contains_key(&(t, i)), "trial {t} iteration {i}");
+        }
+    }
+    let trials = store.trials().unwrap();
+    assert_eq!(
+        trials[0].attempts, 2,
+        "the node loss restarted it once, not counted as a failure"
+    );
+    // The survivor restored what the dead node had checkpointed: the
+    // bytes went through the driver.
+    let last = results
+        .iter()
+        .find(|r| r.trial == 0 && r.iteration == 20)
+        .unwrap();
+    assert_eq!(last.metrics["resumed_from"], resumed_at as f64);
+    let restored = last.metrics["restored"];
+    assert!(
+        restored == resumed_at as f64 || restored == resumed_at as f64 + 1.0,
+        "restored {restored}, resumed at {resumed_at}"
+    );
+    drop(survivor);
+}

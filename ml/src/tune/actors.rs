@@ -7,6 +7,13 @@
 //! A trial that fails (an error, a panic, a command exiting non-zero) is
 //! seen through its monitor; the controller restarts it from its last
 //! checkpoint up to `max_failures` times.
+//!
+//! On a cluster ([`run_on`] with [`Env::Cluster`]) the controller stays on
+//! this node and the trials are spawned on other nodes as the kind
+//! [`TRIAL_KIND`], packed by the cpus and gpus each asks for (`[trial]`);
+//! they report through a relay actor registered here, and send their
+//! checkpoints back as bytes ([`super::transfer`]). A trial whose node
+//! dies is restarted on another node from its last checkpoint.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
@@ -14,12 +21,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use manta_actors::{
-    Actor, ActorError, ActorHandle, ActorSystem, Context, ExitReason, Message, ReplyTo,
+    Actor, ActorError, ActorHandle, ActorSystem, Context, ExitReason, KindRegistry, Message,
+    Placement, Placer, ReplyTo,
 };
 use manta_supervision::{
     ChildSpec, Restart, Strategy, Supervisor, SupervisorHandle, SupervisorSpec,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use super::config::{TrainableSpec, TuneConfig};
@@ -28,7 +36,10 @@ use super::search::Searcher;
 use super::space::Params;
 use super::store::{Store, TrialRow};
 use super::trainable::{Metrics, Trainable, TrainableFactory, Trainables, TrialInfo};
+use super::transfer::{self, Packed};
 use super::{TuneError, external, report};
+use crate::Directory;
+use crate::job::Env;
 
 /// A trial's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -99,6 +110,8 @@ pub enum Event {
         attempt: u64,
         /// The iteration it continues from (0: from scratch).
         from_iteration: u64,
+        /// The node it runs on (its name), on a cluster.
+        node: Option<String>,
     },
     /// A trial reported a result.
     Result {
@@ -170,6 +183,21 @@ enum Launch {
         argv: Vec<String>,
         env: BTreeMap<String, String>,
     },
+    /// A trial on another node whose trainable that node cannot build (an
+    /// unknown Rust trainable, an unreadable training config): it fails
+    /// at its start with this message.
+    Unavailable(String),
+}
+
+/// Where a trial reports.
+#[derive(Clone)]
+enum Reporter {
+    /// The controller, in this process.
+    Local(ActorHandle<CtlMsg>),
+    /// The controller's relay, on another node.
+    Remote(ActorHandle<ReportMsg>),
+    /// Not reachable (a bad node id in the spawn arguments).
+    Unavailable(String),
 }
 
 #[derive(Clone)]
@@ -177,7 +205,7 @@ struct TrialArgs {
     info: TrialInfo,
     restore: Option<(u64, PathBuf)>,
     launch: Launch,
-    controller: ActorHandle<CtlMsg>,
+    reporter: Reporter,
     checkpoint_every: u64,
     cap: Option<u64>,
     /// Checkpoints the scheduler needs (HyperBand rungs, PBT intervals).
@@ -185,15 +213,28 @@ struct TrialArgs {
     /// `experiment.persist`: without it, no trial directory and only the
     /// checkpoints the scheduler needs.
     persist: bool,
+    /// On another node than the controller: the iteration to fetch the
+    /// checkpoint of before starting, and the checkpoint size limit.
+    remote: Option<RemoteSide>,
 }
 
-#[derive(Message)]
-#[message(local)]
+#[derive(Clone)]
+struct RemoteSide {
+    restore_iteration: Option<u64>,
+    limit: u64,
+}
+
+/// Messages of a trial actor (they cross nodes: the controller stops a
+/// trial on another node with [`TrialMsg::Stop`]).
+#[derive(Serialize, Deserialize, Message)]
+#[message(name = "manta.tune.TrialMsg")]
 enum TrialMsg {
     Step,
     Line(Metrics),
     Exited(Result<external::Ended, String>),
     Stop,
+    /// A trial on another node: fetch the checkpoint, then start.
+    Begin,
 }
 
 impl std::fmt::Debug for TrialMsg {
@@ -203,6 +244,7 @@ impl std::fmt::Debug for TrialMsg {
             TrialMsg::Line(_) => "Line",
             TrialMsg::Exited(_) => "Exited",
             TrialMsg::Stop => "Stop",
+            TrialMsg::Begin => "Begin",
         })
     }
 }
@@ -214,6 +256,18 @@ struct TrialActor {
     kill: Option<oneshot::Sender<()>>,
     stopping: bool,
     had_metric: bool,
+    /// What was last sent of the command's checkpoint directory (remote).
+    sent: transfer::Fingerprint,
+    /// The node-local scratch directory, removed when the actor goes.
+    scratch: Option<PathBuf>,
+}
+
+impl Drop for TrialActor {
+    fn drop(&mut self) {
+        if let Some(dir) = self.scratch.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 const ASK: Duration = Duration::from_secs(600);
@@ -232,7 +286,74 @@ impl TrialActor {
             kill: None,
             stopping: false,
             had_metric: false,
+            sent: Vec::new(),
+            scratch: None,
         }
+    }
+
+    /// A trial spawned here by a controller on another node (the
+    /// [`TRIAL_KIND`] kind): it runs in a scratch directory of this node.
+    fn remote(a: RemoteTrialArgs, directory: &Directory, trainables: &Trainables) -> Self {
+        let scratch = std::env::temp_dir()
+            .join("manta-tune")
+            .join(&a.tag)
+            .join(format!("trial-{:05}-{}", a.id, a.attempt));
+        let launch = match launch_for(&a.trainable, trainables) {
+            Ok(l) => l,
+            Err(e) => Launch::Unavailable(e.to_string()),
+        };
+        let reporter = match directory.resolve_at::<ReportMsg>(&a.controller_node, &a.reports) {
+            Ok(h) => Reporter::Remote(h),
+            Err(e) => Reporter::Unavailable(format!("the controller's relay: {e}")),
+        };
+        let mut t = Self::new(TrialArgs {
+            info: TrialInfo {
+                id: a.id,
+                params: a.params,
+                dir: scratch.clone(),
+                attempt: a.attempt,
+                max_iterations: a.max_iterations,
+            },
+            restore: None,
+            launch,
+            reporter,
+            checkpoint_every: a.checkpoint_every.max(1),
+            cap: a.cap,
+            schedule: a.schedule,
+            // Checkpoints go back to the controller, which keeps them.
+            persist: true,
+            remote: Some(RemoteSide {
+                restore_iteration: a.restore_iteration,
+                limit: a.checkpoint_limit,
+            }),
+        });
+        t.scratch = Some(scratch);
+        t
+    }
+
+    /// The checkpoint to send with a result from another node: the
+    /// directory's bytes, unless it is what was sent last. An `ephemeral`
+    /// directory (a Rust trainable's, one per checkpoint) is removed once
+    /// read: the controller keeps it.
+    async fn pack(&mut self, dir: PathBuf, ephemeral: bool) -> Result<Option<Packed>, ActorError> {
+        let limit = self.args.remote.as_ref().map_or(0, |r| r.limit);
+        let sent = std::mem::take(&mut self.sent);
+        let (sent, packed) = tokio::task::spawn_blocking(move || {
+            let fp = transfer::fingerprint(&dir)?;
+            if fp.is_empty() || fp == sent {
+                return Ok((sent, None));
+            }
+            let p = transfer::pack(&dir, limit)?;
+            if ephemeral {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            Ok::<_, TuneError>((fp, Some(p)))
+        })
+        .await
+        .map_err(|e| fail(format!("reading the checkpoint panicked: {e}")))?
+        .map_err(|e| fail(e.to_string()))?;
+        self.sent = sent;
+        Ok(packed)
     }
 
     /// Reports a result; the answer says whether to go on.
@@ -240,42 +361,113 @@ impl TrialActor {
         &mut self,
         metrics: Metrics,
         checkpoint: Option<PathBuf>,
+        ephemeral: bool,
     ) -> Result<Decision, ActorError> {
         let (id, attempt, iteration) = (self.args.info.id, self.args.info.attempt, self.iteration);
-        self.args
-            .controller
+        let answer = match self.args.reporter.clone() {
+            Reporter::Local(c) => c
+                .ask(
+                    |reply| CtlMsg::Report {
+                        trial: id,
+                        attempt,
+                        iteration,
+                        metrics,
+                        checkpoint: checkpoint.map(Checkpoint::Path),
+                        reply,
+                    },
+                    ASK,
+                )
+                .await
+                .map_err(|e| e.to_string()),
+            Reporter::Remote(r) => {
+                let packed = match checkpoint {
+                    Some(dir) => self.pack(dir, ephemeral).await?,
+                    None => None,
+                };
+                r.ask(
+                    |reply| ReportMsg::Report {
+                        trial: id,
+                        attempt,
+                        iteration,
+                        metrics,
+                        checkpoint: packed,
+                        reply,
+                    },
+                    ASK,
+                )
+                .await
+                .map_err(|e| e.to_string())
+            }
+            Reporter::Unavailable(e) => return Err(fail(e)),
+        };
+        answer.map_err(|e| fail(format!("report to the controller: {e}")))
+    }
+
+    fn finish(&mut self, ctx: &mut Context<TrialMsg>) {
+        let (trial, attempt) = (self.args.info.id, self.args.info.attempt);
+        match &self.args.reporter {
+            Reporter::Local(c) => {
+                let _ = c.tell(CtlMsg::Finished { trial, attempt });
+            }
+            Reporter::Remote(r) => {
+                let _ = r.tell(ReportMsg::Finished { trial, attempt });
+            }
+            Reporter::Unavailable(_) => {}
+        }
+        ctx.stop(ExitReason::Normal);
+    }
+
+    /// A trial on another node: fetches its checkpoint from the controller
+    /// and lays it out where the trainable restores from.
+    async fn fetch_checkpoint(&mut self) -> Result<(), ActorError> {
+        let Some(side) = self.args.remote.clone() else {
+            return Ok(());
+        };
+        let Some(iteration) = side.restore_iteration else {
+            return Ok(());
+        };
+        let Reporter::Remote(r) = self.args.reporter.clone() else {
+            return Ok(());
+        };
+        let (trial, attempt) = (self.args.info.id, self.args.info.attempt);
+        let packed = r
             .ask(
-                |reply| CtlMsg::Report {
-                    trial: id,
+                |reply| ReportMsg::Fetch {
+                    trial,
                     attempt,
-                    iteration,
-                    metrics,
-                    checkpoint,
                     reply,
                 },
                 ASK,
             )
             .await
-            .map_err(|e| fail(format!("report to the controller: {e}")))
-    }
-
-    fn finish(&mut self, ctx: &mut Context<TrialMsg>) {
-        let _ = self.args.controller.tell(CtlMsg::Finished {
-            trial: self.args.info.id,
-            attempt: self.args.info.attempt,
-        });
-        ctx.stop(ExitReason::Normal);
-    }
-}
-
-impl Actor for TrialActor {
-    type Msg = TrialMsg;
-
-    async fn started(&mut self, ctx: &mut Context<TrialMsg>) -> Result<(), ActorError> {
-        let dir = &self.args.info.dir;
-        if self.args.persist || matches!(self.args.launch, Launch::Command { .. }) {
-            std::fs::create_dir_all(dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
+            .map_err(|e| fail(format!("fetching the checkpoint: {e}")))?
+            .map_err(|e| fail(format!("fetching the checkpoint: {e}")))?;
+        let Some(packed) = packed else {
+            return Err(fail(format!(
+                "the controller has no checkpoint of iteration {iteration}"
+            )));
+        };
+        let dir = match self.args.launch {
+            Launch::Command { .. } => self.args.info.dir.join("checkpoint"),
+            _ => self.args.info.dir.join(format!("restore-{iteration:06}")),
+        };
+        let (limit, target) = (side.limit, dir.clone());
+        tokio::task::spawn_blocking(move || transfer::unpack(&packed, &target, limit))
+            .await
+            .map_err(|e| fail(format!("writing the checkpoint panicked: {e}")))?
+            .map_err(|e| fail(e.to_string()))?;
+        // What arrived is what the controller has: not sent back.
+        if matches!(self.args.launch, Launch::Command { .. }) {
+            self.sent = transfer::fingerprint(&dir).map_err(|e| fail(e.to_string()))?;
         }
+        self.args.restore = Some((iteration, dir));
+        self.iteration = iteration;
+        Ok(())
+    }
+
+    /// Builds the trainable (restored from the checkpoint, if any), or
+    /// starts the command.
+    async fn begin(&mut self, ctx: &mut Context<TrialMsg>) -> Result<(), ActorError> {
         match self.args.launch.clone() {
             Launch::Rust(make) => {
                 let info = self.args.info.clone();
@@ -320,8 +512,33 @@ impl Actor for TrialActor {
                     let _ = me.tell(TrialMsg::Exited(ended));
                 });
             }
+            Launch::Unavailable(e) => return Err(fail(e)),
         }
         Ok(())
+    }
+}
+
+impl Actor for TrialActor {
+    type Msg = TrialMsg;
+
+    async fn started(&mut self, ctx: &mut Context<TrialMsg>) -> Result<(), ActorError> {
+        let dir = &self.args.info.dir;
+        if self.args.persist
+            || self.args.remote.is_some()
+            || matches!(self.args.launch, Launch::Command { .. })
+        {
+            std::fs::create_dir_all(dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
+        }
+        if self.args.remote.is_some() {
+            // The spawn is answered once this returns; the checkpoint is
+            // asked for afterwards (the controller may be waiting for the
+            // spawn's answer).
+            return ctx
+                .myself()
+                .tell(TrialMsg::Begin)
+                .map_err(|e| fail(e.to_string()));
+        }
+        self.begin(ctx).await
     }
 
     async fn handle(
@@ -361,7 +578,7 @@ impl Actor for TrialActor {
                 self.trainable = Some(t);
                 let (metrics, checkpoint) = out.map_err(|e| fail(e.to_string()))?;
                 self.iteration = next;
-                let decision = self.report(metrics, checkpoint).await?;
+                let decision = self.report(metrics, checkpoint, true).await?;
                 let capped = self.args.cap.is_some_and(|c| self.iteration >= c);
                 if decision == Decision::Continue && !capped && !self.stopping {
                     ctx.myself()
@@ -387,7 +604,7 @@ impl Actor for TrialActor {
                 // iteration's checkpoint once the command wrote anything.
                 let cp = self.args.info.dir.join("checkpoint");
                 let written = std::fs::read_dir(&cp).is_ok_and(|mut d| d.next().is_some());
-                let decision = self.report(metrics, written.then_some(cp)).await?;
+                let decision = self.report(metrics, written.then_some(cp), false).await?;
                 if decision != Decision::Continue {
                     self.stopping = true;
                     if let Some(k) = self.kill.take() {
@@ -412,6 +629,14 @@ impl Actor for TrialActor {
                     }));
                 }
             }
+            TrialMsg::Begin => {
+                if self.stopping {
+                    self.finish(ctx);
+                    return Ok(());
+                }
+                self.fetch_checkpoint().await?;
+                self.begin(ctx).await?;
+            }
             TrialMsg::Stop => {
                 self.stopping = true;
                 match self.kill.take() {
@@ -428,7 +653,242 @@ impl Actor for TrialActor {
     }
 }
 
+// ------------------------------------------------- trials on other nodes
+
+/// The actor kind of a trial spawned on another node by a controller
+/// (registered by [`crate::register_kinds`], or [`register_trial_kind`]
+/// with your own Rust trainables).
+pub const TRIAL_KIND: &str = "manta.tune.trial";
+
+/// The spawn arguments of a [`TRIAL_KIND`] actor.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteTrialArgs {
+    /// The trial.
+    pub id: u64,
+    /// Its hyper-parameters.
+    pub params: Params,
+    /// The attempt.
+    pub attempt: u64,
+    /// The most iterations it will be asked for.
+    pub max_iterations: Option<u64>,
+    /// What it runs.
+    pub trainable: TrainableSpec,
+    /// Iterations between checkpoints.
+    pub checkpoint_every: u64,
+    /// The iteration cap.
+    pub cap: Option<u64>,
+    /// Continue from the controller's checkpoint of this iteration.
+    pub restore_iteration: Option<u64>,
+    /// The controller's node id.
+    pub controller_node: String,
+    /// The name of the controller's relay on that node.
+    pub reports: String,
+    /// This run of the experiment (scratch directories are named by it).
+    pub tag: String,
+    /// Largest checkpoint sent back, in bytes.
+    pub checkpoint_limit: u64,
+    /// The experiment's scheduler: the iterations it needs checkpoints of
+    /// (HyperBand rungs, PBT intervals).
+    #[serde(default)]
+    pub schedule: SchedulerSpec,
+}
+
+/// Registers [`TRIAL_KIND`] on a node: trials of a controller elsewhere
+/// run here, with the digits and command trainables and the Rust ones in
+/// `trainables`; they find the controller through `directory`.
+pub fn register_trial_kind(kinds: &KindRegistry, directory: Directory, trainables: Trainables) {
+    kinds.register(TRIAL_KIND, move |a: RemoteTrialArgs| {
+        TrialActor::remote(a, &directory, &trainables)
+    });
+}
+
+/// What a trial on another node sends the controller (through its relay).
+#[derive(Serialize, Deserialize, Message)]
+#[message(name = "manta.tune.ReportMsg")]
+enum ReportMsg {
+    /// A result, with the checkpoint written since the last one.
+    Report {
+        trial: u64,
+        attempt: u64,
+        iteration: u64,
+        metrics: Metrics,
+        checkpoint: Option<Packed>,
+        reply: ReplyTo<Decision>,
+    },
+    /// The trial ended by itself.
+    Finished { trial: u64, attempt: u64 },
+    /// The checkpoint to continue from.
+    Fetch {
+        trial: u64,
+        attempt: u64,
+        reply: ReplyTo<Result<Option<Packed>, String>>,
+    },
+}
+
+impl std::fmt::Debug for ReportMsg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReportMsg::Report {
+                trial, iteration, ..
+            } => write!(f, "Report(trial {trial}, iteration {iteration})"),
+            ReportMsg::Finished { trial, .. } => write!(f, "Finished(trial {trial})"),
+            ReportMsg::Fetch { trial, .. } => write!(f, "Fetch(trial {trial})"),
+        }
+    }
+}
+
+/// Registered on the controller's node: hands what remote trials send to
+/// the controller (whose messages stay local).
+struct Relay {
+    ctl: ActorHandle<CtlMsg>,
+}
+
+impl Actor for Relay {
+    type Msg = ReportMsg;
+
+    async fn handle(
+        &mut self,
+        msg: ReportMsg,
+        _: &mut Context<ReportMsg>,
+    ) -> Result<(), ActorError> {
+        let m = match msg {
+            ReportMsg::Report {
+                trial,
+                attempt,
+                iteration,
+                metrics,
+                checkpoint,
+                reply,
+            } => CtlMsg::Report {
+                trial,
+                attempt,
+                iteration,
+                metrics,
+                checkpoint: checkpoint.map(Checkpoint::Packed),
+                reply,
+            },
+            ReportMsg::Finished { trial, attempt } => CtlMsg::Finished { trial, attempt },
+            ReportMsg::Fetch {
+                trial,
+                attempt,
+                reply,
+            } => CtlMsg::Fetch {
+                trial,
+                attempt,
+                reply,
+            },
+        };
+        self.ctl
+            .tell(m)
+            .map_err(|e| fail(format!("the controller is gone: {e}")))
+    }
+}
+
+/// How long an experiment with trials to run, none running and no node
+/// able to take one waits for a node to join before it fails.
+pub const PLACEMENT_WAIT: Duration = Duration::from_secs(30);
+
+/// The controller's view of the cluster: what it placed where.
+struct Placing {
+    cluster: manta_cluster::Cluster,
+    names: manta_cluster::Names,
+    me: String,
+    reports: String,
+    tag: String,
+    filter: Placement,
+    cpus: f64,
+    gpus: u32,
+    limit: u64,
+    trainable: TrainableSpec,
+    /// CPUs and GPUs taken by running trials, by node id.
+    used: BTreeMap<String, (f64, u32)>,
+    /// A trial waits for a node with room: the ticker looks again (a node
+    /// may have joined).
+    waiting: bool,
+    /// Since when nothing runs and no node can take a trial.
+    stalled: Option<Instant>,
+}
+
+impl Placing {
+    /// The matching node with room for one more trial and the most free
+    /// CPUs (trials spread out).
+    fn pick(&self) -> Option<manta_cluster::Offer> {
+        let free = |o: &manta_cluster::Offer| {
+            let (c, g) = self.used.get(&o.id).copied().unwrap_or((0.0, 0));
+            (o.resources.cpus - c, o.resources.gpus.saturating_sub(g))
+        };
+        self.cluster
+            .offers(&self.filter)
+            .into_iter()
+            .filter(|o| {
+                let (c, g) = free(o);
+                c + 1e-9 >= self.cpus && g >= self.gpus
+            })
+            .max_by(|a, b| {
+                free(a)
+                    .0
+                    .total_cmp(&free(b).0)
+                    .then_with(|| b.id.cmp(&a.id))
+            })
+    }
+
+    fn take(&mut self, node: &str) {
+        let e = self.used.entry(node.to_owned()).or_insert((0.0, 0));
+        e.0 += self.cpus;
+        e.1 += self.gpus;
+    }
+
+    fn release(&mut self, node: &str) {
+        if let Some(e) = self.used.get_mut(node) {
+            e.0 = (e.0 - self.cpus).max(0.0);
+            e.1 = e.1.saturating_sub(self.gpus);
+            if e.0 <= 1e-9 && e.1 == 0 {
+                self.used.remove(node);
+            }
+        }
+    }
+
+    /// Why nothing can be placed, for the error.
+    fn why(&self) -> String {
+        let nodes: Vec<String> = self
+            .cluster
+            .offers(&self.filter)
+            .iter()
+            .map(|o| {
+                format!(
+                    "{} ({} cpus, {} gpus)",
+                    o.name, o.resources.cpus, o.resources.gpus
+                )
+            })
+            .collect();
+        format!(
+            "no node can run a trial within {PLACEMENT_WAIT:?}: each needs {} cpus and {} gpus{}; matching nodes: {}",
+            self.cpus,
+            self.gpus,
+            self.filter
+                .role
+                .as_ref()
+                .map(|r| format!(" on role `{r}`"))
+                .unwrap_or_default(),
+            if nodes.is_empty() {
+                "none".to_owned()
+            } else {
+                nodes.join(", ")
+            }
+        )
+    }
+}
+
 // ------------------------------------------------------------ controller
+
+/// A checkpoint as a trial reports it.
+enum Checkpoint {
+    /// A directory on this node.
+    Path(PathBuf),
+    /// Bytes from another node, to store in the experiment directory.
+    Packed(Packed),
+}
 
 #[derive(Message)]
 #[message(local)]
@@ -439,8 +899,13 @@ enum CtlMsg {
         attempt: u64,
         iteration: u64,
         metrics: Metrics,
-        checkpoint: Option<PathBuf>,
+        checkpoint: Option<Checkpoint>,
         reply: ReplyTo<Decision>,
+    },
+    Fetch {
+        trial: u64,
+        attempt: u64,
+        reply: ReplyTo<Result<Option<Packed>, String>>,
     },
     Finished {
         trial: u64,
@@ -460,6 +925,7 @@ impl std::fmt::Debug for CtlMsg {
         f.write_str(match self {
             CtlMsg::Start => "Start",
             CtlMsg::Report { .. } => "Report",
+            CtlMsg::Fetch { .. } => "Fetch",
             CtlMsg::Finished { .. } => "Finished",
             CtlMsg::Exited { .. } => "Exited",
             CtlMsg::Tick => "Tick",
@@ -480,7 +946,15 @@ struct Rec {
     release: Option<Decision>,
     /// Starts that continued a pause (not failures).
     pauses: u64,
+    /// The node (id, name) of the running attempt, on a cluster.
+    node: Option<(String, String)>,
+    /// Restarts after the trial's node died (they do not count against
+    /// `max_failures`).
+    lost: u64,
 }
+
+/// Restarts after node deaths one trial gets at most.
+const MAX_NODE_LOSSES: u64 = 10;
 
 struct Controller {
     cfg: Arc<TuneConfig>,
@@ -499,6 +973,7 @@ struct Controller {
     last_commit: Instant,
     best: Option<f64>,
     scheduler_dirty: bool,
+    placing: Option<Placing>,
 }
 
 impl Controller {
@@ -557,7 +1032,12 @@ impl Controller {
         ctx.stop(ExitReason::Normal);
     }
 
-    async fn launch(&mut self, id: u64, ctx: &mut Context<CtlMsg>) -> Result<(), ActorError> {
+    async fn launch(
+        &mut self,
+        id: u64,
+        target: Option<manta_cluster::Offer>,
+        ctx: &mut Context<CtlMsg>,
+    ) -> Result<(), ActorError> {
         let cfg = Arc::clone(&self.cfg);
         let Some(rec) = self.trials.get_mut(&id) else {
             return Ok(());
@@ -570,35 +1050,84 @@ impl Controller {
         // Results after the checkpoint are reported again; only new
         // iterations reach the scheduler (the store keeps the first row).
         let params = rec.row.params.clone();
-        let args = TrialArgs {
-            info: TrialInfo {
-                id,
-                params: params.clone(),
-                dir: cfg.experiment.dir.join("trials").join(format!("{id:05}")),
-                attempt,
-                max_iterations: cfg.iteration_cap(),
-            },
-            restore: rec.checkpoint.clone(),
-            launch: self.launch.clone(),
-            controller: ctx.myself().clone(),
-            checkpoint_every: cfg.experiment.checkpoint_every,
-            cap: cfg.iteration_cap(),
-            schedule: cfg.scheduler.clone(),
-            persist: cfg.experiment.persist,
+        let restore = rec.checkpoint.clone();
+        let (spec, remote) = match (&mut self.placing, target) {
+            (Some(p), Some(target)) => {
+                let name = format!("tune.{}.trial-{id}-{attempt}", p.tag);
+                let args = RemoteTrialArgs {
+                    id,
+                    params: params.clone(),
+                    attempt,
+                    max_iterations: cfg.iteration_cap(),
+                    trainable: p.trainable.clone(),
+                    checkpoint_every: cfg.experiment.checkpoint_every,
+                    cap: cfg.iteration_cap(),
+                    restore_iteration: restore.as_ref().map(|c| c.0),
+                    controller_node: p.me.clone(),
+                    reports: p.reports.clone(),
+                    tag: p.tag.clone(),
+                    checkpoint_limit: p.limit,
+                    schedule: cfg.scheduler.clone(),
+                };
+                let value = serde_json::to_value(&args)
+                    .map_err(|e| fail(format!("trial {id}: spawn arguments: {e}")))?;
+                let on = Placement {
+                    node: Some(target.id.clone()),
+                    ..Placement::default()
+                };
+                let factory = p
+                    .cluster
+                    .factory(TRIAL_KIND, value, &on)
+                    .map_err(|e| fail(format!("trial {id}: {e}")))?;
+                p.take(&target.id);
+                rec.node = Some((target.id.clone(), target.name.clone()));
+                let spec = ChildSpec::worker(name.clone(), factory)
+                    .register(name.clone())
+                    .restart(Restart::Temporary);
+                (spec, Some((target.id, name)))
+            }
+            _ => {
+                let args = TrialArgs {
+                    info: TrialInfo {
+                        id,
+                        params: params.clone(),
+                        dir: cfg.experiment.dir.join("trials").join(format!("{id:05}")),
+                        attempt,
+                        max_iterations: cfg.iteration_cap(),
+                    },
+                    restore,
+                    launch: self.launch.clone(),
+                    reporter: Reporter::Local(ctx.myself().clone()),
+                    checkpoint_every: cfg.experiment.checkpoint_every,
+                    cap: cfg.iteration_cap(),
+                    schedule: cfg.scheduler.clone(),
+                    persist: cfg.experiment.persist,
+                    remote: None,
+                };
+                rec.node = None;
+                let spec = ChildSpec::actor(format!("trial-{id}-{attempt}"), move || {
+                    TrialActor::new(args.clone())
+                })
+                .restart(Restart::Temporary);
+                (spec, None)
+            }
         };
+        let node_name = rec.node.as_ref().map(|n| n.1.clone());
         self.running += 1;
         self.write_trial(id, false)?;
         self.commit()?;
-        let spec = ChildSpec::actor(format!("trial-{id}-{attempt}"), move || {
-            TrialActor::new(args.clone())
-        })
-        .restart(Restart::Temporary);
         let me = ctx.myself().clone();
         match self.supervisor.start_child(spec).await {
             Ok(h) => {
                 let monitor = h.monitor();
+                let handle = match (&remote, &self.placing) {
+                    // The supervisor holds a local proxy; messages go to
+                    // the trial itself, on its node.
+                    (Some((node, name)), Some(p)) => p.names.at::<TrialMsg>(node, name).ok(),
+                    _ => h.downcast::<TrialMsg>(),
+                };
                 if let Some(rec) = self.trials.get_mut(&id) {
-                    rec.handle = h.downcast::<TrialMsg>();
+                    rec.handle = handle;
                 }
                 tokio::spawn(async move {
                     let reason = monitor.wait().await;
@@ -623,14 +1152,43 @@ impl Controller {
             params,
             attempt,
             from_iteration: from,
+            node: node_name,
         });
         Ok(())
     }
 
+    /// Whether a trial waits to run, or a new one may be suggested.
+    fn has_work(&self) -> bool {
+        !self.queue.is_empty()
+            || (!self.exhausted && (self.trials.len() as u64) < self.cfg.experiment.max_trials)
+    }
+
     async fn fill(&mut self, ctx: &mut Context<CtlMsg>) -> Result<(), ActorError> {
+        if let Some(p) = &mut self.placing {
+            p.waiting = false;
+        }
         while !self.halted && self.running < self.cfg.experiment.max_concurrent {
+            if !self.has_work() {
+                break;
+            }
+            // On a cluster: a node with room first (else the trial waits
+            // for a running one to end, or a node to join).
+            let target = match &mut self.placing {
+                None => None,
+                Some(p) => match p.pick() {
+                    Some(o) => {
+                        p.stalled = None;
+                        p.waiting = false;
+                        Some(o)
+                    }
+                    None => {
+                        p.waiting = true;
+                        break;
+                    }
+                },
+            };
             if let Some(id) = self.queue.pop_front() {
-                self.launch(id, ctx).await?;
+                self.launch(id, target, ctx).await?;
                 continue;
             }
             if self.exhausted || self.trials.len() as u64 >= self.cfg.experiment.max_trials {
@@ -673,9 +1231,22 @@ impl Controller {
                     ending: None,
                     release: None,
                     pauses: 0,
+                    node: None,
+                    lost: 0,
                 },
             );
-            self.launch(id, ctx).await?;
+            self.launch(id, target, ctx).await?;
+        }
+        if self.running == 0 && !self.halted && self.has_work() {
+            // Nothing runs and no node can take a trial: wait for one to
+            // join (the ticker calls again), up to PLACEMENT_WAIT.
+            if let Some(p) = &mut self.placing {
+                let since = *p.stalled.get_or_insert_with(Instant::now);
+                if since.elapsed() >= PLACEMENT_WAIT {
+                    return Err(fail(p.why()));
+                }
+                return Ok(());
+            }
         }
         if self.running == 0 {
             self.scheduler_dirty = true;
@@ -797,16 +1368,34 @@ impl Controller {
         attempt: u64,
         iteration: u64,
         metrics: Metrics,
-        checkpoint: Option<PathBuf>,
+        checkpoint: Option<Checkpoint>,
     ) -> Result<Decision, ActorError> {
         let cfg = Arc::clone(&self.cfg);
         let mode = cfg.experiment.mode;
+        let limit = self.placing.as_ref().map_or(0, |p| p.limit);
         let Some(rec) = self.trials.get_mut(&trial) else {
             return Ok(Decision::Stop);
         };
         if rec.state != TrialState::Running || rec.row.attempts != attempt + 1 {
             return Ok(Decision::Stop);
         }
+        let checkpoint = match checkpoint {
+            None => None,
+            Some(Checkpoint::Path(p)) => Some(p),
+            // From another node: kept in the experiment directory, where
+            // the store, `--resume` and the next node to run it find it.
+            Some(Checkpoint::Packed(packed)) => {
+                let dir = cfg
+                    .experiment
+                    .dir
+                    .join("trials")
+                    .join(format!("{trial:05}"))
+                    .join(format!("checkpoint-{iteration:06}"));
+                transfer::unpack(&packed, &dir, limit)
+                    .map_err(|e| fail(format!("trial {trial}: storing its checkpoint: {e}")))?;
+                Some(dir)
+            }
+        };
         let metric = metrics.get(&cfg.experiment.metric).copied();
         let fresh = iteration > rec.row.iteration;
         if let Some(cp) = &checkpoint {
@@ -914,20 +1503,38 @@ impl Controller {
         Ok(decision)
     }
 
-    fn on_end(&mut self, trial: u64, error: Option<String>) -> Result<(), ActorError> {
+    /// A trial's attempt ended: `error` when it failed, `node_lost` when
+    /// its node died (restarted elsewhere without counting as a failure).
+    fn on_end(
+        &mut self,
+        trial: u64,
+        error: Option<String>,
+        node_lost: bool,
+    ) -> Result<(), ActorError> {
         let max_failures = self.cfg.experiment.max_failures;
         let Some(rec) = self.trials.get_mut(&trial) else {
             return Ok(());
         };
         rec.handle = None;
+        if let (Some(p), Some((node, _))) = (&mut self.placing, rec.node.take()) {
+            p.release(&node);
+        }
         self.running = self.running.saturating_sub(1);
+        let lost_again = node_lost && rec.lost < MAX_NODE_LOSSES;
         let mut state = match (&error, rec.ending.take()) {
             (_, Some(s)) => s,
             (None, None) => TrialState::Completed,
             (Some(e), None) => {
                 rec.row.error = Some(e.clone());
-                let failures = rec.row.attempts.saturating_sub(rec.pauses);
-                if failures <= max_failures && !self.halted {
+                if lost_again {
+                    rec.lost += 1;
+                }
+                let failures = rec
+                    .row
+                    .attempts
+                    .saturating_sub(rec.lost)
+                    .saturating_sub(rec.pauses);
+                if (lost_again || failures <= max_failures) && !self.halted {
                     TrialState::Pending
                 } else {
                     TrialState::Error
@@ -944,6 +1551,9 @@ impl Controller {
                 Some(Decision::Stop) => state = TrialState::Stopped,
                 _ => {}
             }
+        } else if state == TrialState::Pending && lost_again {
+            // Its node died: it goes first, to the next node with room.
+            self.queue.push_front(trial);
         } else if state == TrialState::Pending {
             self.queue.push_back(trial);
         }
@@ -999,7 +1609,7 @@ impl Actor for Controller {
                     r.state == TrialState::Running && r.row.attempts == attempt + 1
                 });
                 if current {
-                    match self.on_end(trial, None) {
+                    match self.on_end(trial, None, false) {
                         Ok(()) => self.fill(ctx).await,
                         Err(e) => Err(e),
                     }
@@ -1016,13 +1626,14 @@ impl Actor for Controller {
                     r.state == TrialState::Running && r.row.attempts == attempt + 1
                 });
                 if current && !reason.is_normal() {
-                    match self.on_end(trial, Some(reason.to_string())) {
+                    let lost = matches!(reason, ExitReason::NodeDown(_));
+                    match self.on_end(trial, Some(reason.to_string()), lost) {
                         Ok(()) => self.fill(ctx).await,
                         Err(e) => Err(e),
                     }
                 } else if current {
                     // Stopped normally without saying it finished (shut down).
-                    match self.on_end(trial, None) {
+                    match self.on_end(trial, None, false) {
                         Ok(()) => self.fill(ctx).await,
                         Err(e) => Err(e),
                     }
@@ -1030,11 +1641,37 @@ impl Actor for Controller {
                     Ok(())
                 }
             }
+            CtlMsg::Fetch {
+                trial,
+                attempt,
+                reply,
+            } => {
+                let limit = self.placing.as_ref().map_or(0, |p| p.limit);
+                let answer = match self.trials.get(&trial) {
+                    Some(r) if r.state == TrialState::Running && r.row.attempts == attempt + 1 => {
+                        match &r.checkpoint {
+                            Some((_, dir)) => transfer::pack(dir, limit)
+                                .map(Some)
+                                .map_err(|e| e.to_string()),
+                            None => Ok(None),
+                        }
+                    }
+                    _ => Err(format!("trial {trial} attempt {attempt} is not running")),
+                };
+                reply.send(answer);
+                Ok(())
+            }
             CtlMsg::Tick => {
-                if self.store.as_ref().is_some_and(Store::dirty) {
+                let stalled = self.placing.as_ref().is_some_and(|p| p.waiting);
+                let r = if self.store.as_ref().is_some_and(Store::dirty) {
                     self.commit_with(true)
                 } else {
                     Ok(())
+                };
+                match r {
+                    // Waiting for a node with room: look again.
+                    Ok(()) if stalled => self.fill(ctx).await,
+                    other => other,
                 }
             }
             CtlMsg::Deadline => match self.halt(TrialState::Terminated) {
@@ -1051,8 +1688,8 @@ impl Actor for Controller {
 
 // ---------------------------------------------------------------- driver
 
-fn make_launch(cfg: &TuneConfig, trainables: &Trainables) -> Result<Launch, TuneError> {
-    Ok(match &cfg.trainable {
+fn launch_for(spec: &TrainableSpec, trainables: &Trainables) -> Result<Launch, TuneError> {
+    Ok(match spec {
         TrainableSpec::Rust { name } => Launch::Rust(trainables.get(name).ok_or_else(|| {
             TuneError::Config(format!(
                 "trainable.name: no Rust trainable `{name}` is registered (known: {:?})",
@@ -1085,6 +1722,24 @@ pub async fn run(
     config: TuneConfig,
     trainables: &Trainables,
     resume: bool,
+    on_event: impl FnMut(&Event),
+) -> Result<Summary, TuneError> {
+    run_on(config, trainables, resume, Env::InProcess, on_event).await
+}
+
+/// [`run`], with the trials in this process ([`Env::InProcess`]) or on the
+/// nodes of the cluster `node` belongs to ([`Env::Cluster`]): the
+/// controller, the store and the experiment directory stay here; each
+/// trial is spawned as [`TRIAL_KIND`] on a node with room for the
+/// `[trial]` cpus and gpus (every node must have the kind registered, as
+/// `manta node` does), and a trial whose node dies is restarted on
+/// another from its last checkpoint. `trainables` is used here only to
+/// check the config; Rust trainables must be registered on the nodes.
+pub async fn run_on(
+    config: TuneConfig,
+    trainables: &Trainables,
+    resume: bool,
+    env: Env<'_>,
     mut on_event: impl FnMut(&Event),
 ) -> Result<Summary, TuneError> {
     let started = Instant::now();
@@ -1099,7 +1754,18 @@ pub async fn run(
     } else {
         (Store::create(&dir, &config)?, config)
     };
-    let launch = make_launch(&cfg, trainables)?;
+    let cluster_node = match env {
+        Env::InProcess => None,
+        Env::Cluster(node) => Some(node),
+    };
+    // On a cluster a Rust trainable is the nodes' business; the others are
+    // checked here (a digits config that does not load fails at once).
+    let launch = match (&cfg.trainable, cluster_node) {
+        (TrainableSpec::Rust { name }, Some(_)) => {
+            Launch::Unavailable(format!("Rust trainable `{name}` runs on the nodes"))
+        }
+        (spec, _) => launch_for(spec, trainables)?,
+    };
     let mut searcher = Searcher::new(cfg.searcher.clone(), cfg.space.clone(), cfg.experiment.seed);
     let mut scheduler = Scheduler::new(cfg.scheduler.clone()).seeded(cfg.experiment.seed);
     let mut trials = BTreeMap::new();
@@ -1171,14 +1837,22 @@ pub async fn run(
                     ending: None,
                     release: None,
                     pauses: 0,
+                    node: None,
+                    lost: 0,
                 },
             );
         }
     }
-    let system = ActorSystem::new();
+    // This run's tag names its actors on the cluster and the nodes'
+    // scratch directories.
+    let tag = format!("{:016x}", rand::random::<u64>());
+    let system = match cluster_node {
+        Some(node) => node.system().clone(),
+        None => ActorSystem::new(),
+    };
     let supervisor = Supervisor::start(
         &system,
-        SupervisorSpec::new("tune.trials")
+        SupervisorSpec::new(format!("tune.{tag}.trials"))
             .strategy(Strategy::OneForOne)
             .intensity(u32::MAX, Duration::from_secs(1)),
     )
@@ -1207,11 +1881,45 @@ pub async fn run(
         last_commit: Instant::now(),
         best,
         scheduler_dirty: false,
+        placing: None,
     };
+    let placing = cluster_node.map(|node| {
+        let t = &cfg.trial;
+        Placing {
+            cluster: node.cluster().clone(),
+            names: node.names(),
+            me: node.membership().node_id().to_owned(),
+            reports: format!("tune.{tag}.reports"),
+            tag: tag.clone(),
+            filter: Placement {
+                role: t.role.clone(),
+                labels: t.labels.clone(),
+                ..Placement::default()
+            },
+            cpus: t.cpus,
+            gpus: t.gpus,
+            limit: t.checkpoint_limit_mb << 20,
+            trainable: cfg.trainable.clone(),
+            used: BTreeMap::new(),
+            waiting: false,
+            stalled: None,
+        }
+    });
+    let relay_name = placing.as_ref().map(|p| p.reports.clone());
+    let ctl = Controller { placing, ..ctl };
     let ctl = system
         .spawn(ctl)
         .await
         .map_err(|e| TuneError::Actor(format!("controller: {e}")))?;
+    let relay = match relay_name {
+        Some(name) => Some(
+            system
+                .spawn_named(name, Relay { ctl: ctl.clone() })
+                .await
+                .map_err(|e| TuneError::Actor(format!("the controller's relay: {e}")))?,
+        ),
+        None => None,
+    };
     let ticker = {
         let ctl = ctl.clone();
         tokio::spawn(async move {
@@ -1257,6 +1965,9 @@ pub async fn run(
         d.abort();
     }
     supervisor.shutdown().await;
+    if let Some(r) = relay {
+        r.stop(ExitReason::Normal);
+    }
     let store = outcome??;
     report::finish(&store, &cfg, started.elapsed().as_secs_f64())
 }

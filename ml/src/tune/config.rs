@@ -33,6 +33,12 @@
 //!
 //! [space]
 //! lr = { type = "loguniform", low = 1e-4, high = 1e-2 }
+//!
+//! [trial]                           # with `manta tune --seeds`: what a trial needs
+//! cpus = 1.0
+//! gpus = 0
+//! # role = "trainer"; labels = { zone = "a" }
+//! checkpoint_limit_mb = 32          # largest checkpoint a node sends back
 //! ```
 
 use std::collections::BTreeMap;
@@ -162,6 +168,71 @@ fn val_fraction() -> f64 {
     0.2
 }
 
+/// The `[trial]` table: what each trial asks of the node it runs on when
+/// the trials run on a cluster (`manta tune --seeds`); in-process runs
+/// ignore it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrialPlacement {
+    /// CPUs per trial (a node runs trials while the sum fits what it
+    /// advertises).
+    #[serde(default = "one_cpu")]
+    pub cpus: f64,
+    /// GPUs per trial.
+    #[serde(default)]
+    pub gpus: u32,
+    /// A role the node must have.
+    #[serde(default)]
+    pub role: Option<String>,
+    /// Labels the node must carry.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Largest checkpoint (MiB) a trial on another node may send back; a
+    /// larger one fails the trial.
+    #[serde(default = "checkpoint_mb")]
+    pub checkpoint_limit_mb: u64,
+}
+
+fn one_cpu() -> f64 {
+    1.0
+}
+fn checkpoint_mb() -> u64 {
+    32
+}
+
+/// Checkpoints travel in one message, and one message is at most 64 MiB.
+pub const MAX_CHECKPOINT_MB: u64 = 48;
+
+impl Default for TrialPlacement {
+    fn default() -> Self {
+        Self {
+            cpus: one_cpu(),
+            gpus: 0,
+            role: None,
+            labels: BTreeMap::new(),
+            checkpoint_limit_mb: checkpoint_mb(),
+        }
+    }
+}
+
+impl TrialPlacement {
+    fn validate(&self) -> Result<(), String> {
+        if !(self.cpus.is_finite() && self.cpus >= 0.0) {
+            return Err(format!(
+                "trial.cpus: must be a number at least 0, got {}",
+                self.cpus
+            ));
+        }
+        if self.checkpoint_limit_mb == 0 || self.checkpoint_limit_mb > MAX_CHECKPOINT_MB {
+            return Err(format!(
+                "trial.checkpoint_limit_mb: must be 1 to {MAX_CHECKPOINT_MB}, got {}",
+                self.checkpoint_limit_mb
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A whole experiment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TuneConfig {
@@ -177,6 +248,9 @@ pub struct TuneConfig {
     pub trainable: TrainableSpec,
     /// The search space.
     pub space: SearchSpace,
+    /// What each trial asks of its node (cluster runs).
+    #[serde(default)]
+    pub trial: TrialPlacement,
 }
 
 #[derive(Deserialize)]
@@ -192,6 +266,8 @@ struct Raw {
     trainable: Spanned<TrainableSpec>,
     #[serde(default)]
     space: BTreeMap<String, Spanned<Domain>>,
+    #[serde(default)]
+    trial: Option<Spanned<TrialPlacement>>,
 }
 
 /// `line:col` (from 1) of byte `offset` in `text`.
@@ -267,6 +343,13 @@ impl TuneConfig {
             }
             None => Stoppers::default(),
         };
+        let trial = match raw.trial {
+            Some(t) => {
+                check(t.span(), t.get_ref().validate())?;
+                t.into_inner()
+            }
+            None => TrialPlacement::default(),
+        };
         let exp_span = raw.experiment.span();
         let mut experiment = raw.experiment.into_inner();
         check(exp_span.clone(), validate_experiment(&experiment))?;
@@ -319,6 +402,7 @@ impl TuneConfig {
             stop,
             trainable,
             space,
+            trial,
         })
     }
 
@@ -336,7 +420,8 @@ impl TuneConfig {
                 "scheduler.hyperparams: `{h}` is not a parameter of [space]"
             )));
         }
-        c(self.stop.validate())
+        c(self.stop.validate())?;
+        c(self.trial.validate())
     }
 
     /// The most iterations a trial may run (scheduler's `max_t`, the

@@ -141,7 +141,7 @@ fn kill_group(child: &mut tokio::process::Child) {
 }
 
 /// How a command ended.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Ended {
     /// The exit code (`None`: killed by a signal).
     pub code: Option<i32>,

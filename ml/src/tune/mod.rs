@@ -11,6 +11,12 @@
 //! manta-ml ([`DigitsTrainable`]), and any external command (metrics read
 //! from `name=value` lines on its standard output).
 //!
+//! [`run_on`] with [`crate::Env::Cluster`] runs the trials on the nodes of
+//! a cluster (the kind [`TRIAL_KIND`]), placed by the cpus and gpus each
+//! asks for (`[trial]`); checkpoints travel back to the controller as bytes
+//! ([`transfer`]), and a trial whose node dies continues on another node
+//! from its last checkpoint.
+//!
 //! ```no_run
 //! # async fn f() -> Result<(), manta_ml::tune::TuneError> {
 //! use manta_ml::tune::{TuneConfig, Trainables, run};
@@ -31,9 +37,13 @@ pub mod search;
 pub mod space;
 pub mod store;
 pub mod trainable;
+pub mod transfer;
 
-pub use actors::{Best, Event, Summary, TrialState, resume_config, run};
-pub use config::{ExperimentSpec, MetricMode, TrainableSpec, TuneConfig};
+pub use actors::{
+    Best, Event, PLACEMENT_WAIT, RemoteTrialArgs, Summary, TRIAL_KIND, TrialState,
+    register_trial_kind, resume_config, run, run_on,
+};
+pub use config::{ExperimentSpec, MetricMode, TrainableSpec, TrialPlacement, TuneConfig};
 pub use digits::DigitsTrainable;
 pub use schedule::{Decision, Scheduler, SchedulerSpec, Stoppers};
 pub use search::{Searcher, SearcherSpec};
