@@ -238,6 +238,7 @@ pub(crate) async fn add_version(
         return Err(exists());
     }
     let d = Deployment::start(&state.system, model, version, factory, options).await?;
+    d.publish_gauges();
     let inserted = {
         let mut models = state
             .models
@@ -512,8 +513,14 @@ async fn promote(
     } else {
         vec![(base.clone(), 100 - r.percent), (version.clone(), r.percent)]
     };
+    // The baseline stays the stable version until the decision, even
+    // when the canary gets 100%.
     state
-        .with_split(&m, |s| s.set(&m, &weights))
+        .with_split(&m, |s| {
+            s.set(&m, &weights)?;
+            s.keep_stable(&base);
+            Ok(())
+        })
         .map_err(traffic_error)?;
     let within = |v: f64| r.min.is_none_or(|lo| v >= lo) && r.max.is_none_or(|hi| v <= hi);
     let bound = match (r.min, r.max) {

@@ -494,6 +494,15 @@ impl Deployment {
                 .all(|s| s.handle.exit_reason().is_none())
     }
 
+    /// Sets its gauges again (a deployment started before the metrics
+    /// recorder was installed would otherwise show none until it scales).
+    pub(crate) fn publish_gauges(&self) {
+        let s = &self.shared;
+        s.set_replica_gauge(s.slots().len());
+        metrics::gauge!("manta_serve_queue_depth", s.labels.as_ref())
+            .set(s.queued.load(Ordering::Acquire) as f64);
+    }
+
     /// Requests waiting for a replica now.
     pub fn queued(&self) -> usize {
         self.shared.queued.load(Ordering::Acquire)

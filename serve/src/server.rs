@@ -132,6 +132,9 @@ impl Server {
         admin: &AdminConfig,
     ) -> Result<Self, StartError> {
         let prometheus = crate::exporter::prometheus()?;
+        for d in &deployments {
+            d.publish_gauges();
+        }
         let token = match &admin.token_file {
             Some(path) => Some(read_token(path)?),
             None => None,

@@ -101,6 +101,14 @@ impl Split {
         Ok(())
     }
 
+    /// Makes `version` the stable one again (a canary given all the
+    /// traffic before its decision is not stable yet).
+    pub(crate) fn keep_stable(&mut self, version: &str) {
+        if self.entries.iter().any(|e| e.0 == version) {
+            self.stable = version.to_owned();
+        }
+    }
+
     /// Adds `version` with weight 0 (requests reach it once a change
     /// gives it weight).
     pub(crate) fn add(&mut self, version: &str) {

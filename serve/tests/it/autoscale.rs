@@ -3,7 +3,7 @@
 //! request, the delays on the paused clock, the replicas gauge.
 
 use manta_actors::ActorSystem;
-use manta_serve::{AutoscalingConfig, Deployment, DeploymentOptions, Server};
+use manta_serve::{AutoscalingConfig, Deployment, DeploymentOptions};
 
 use crate::common::{self, get, infer_body, post, until};
 

@@ -215,12 +215,15 @@ async fn best_trial_serves_and_promotes_through_the_admin_api() {
     .await;
     assert_eq!(status, 200, "{e}");
 
-    // Promote on a serving metric: the canary's error rate over 6 answers.
+    // Promote on a serving metric: the canary's error rate over 6 answers,
+    // under traffic that runs until the decision.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let traffic = tokio::spawn({
         let infer = infer.clone();
+        let done = done.clone();
         async move {
             let mut answered = Vec::new();
-            for _ in 0..60 {
+            while !done.load(std::sync::atomic::Ordering::Acquire) && answered.len() < 100_000 {
                 answered.push(post(&infer, infer_body(1, 64, 0.25)).await.0);
             }
             answered
@@ -236,6 +239,7 @@ async fn best_trial_serves_and_promotes_through_the_admin_api() {
         })),
     )
     .await;
+    done.store(true, std::sync::atomic::Ordering::Release);
     assert_eq!(status, 200, "{p}");
     assert_eq!(p["decision"], "promoted", "{p}");
     assert_eq!(p["value"], 0.0);
@@ -323,22 +327,45 @@ async fn experiments_without_a_servable_trial_are_refused_clearly() {
     // No store.
     let e = ok(Server::start(&start("nothing")).await.err().ok_or("started"), "err").to_string();
     assert!(e.contains("no experiment store") && e.contains("nothing"), "{e}");
-    // No checkpoint (checkpoint_every above the trials' two epochs).
-    let dir = tmp.path().join("nockpt");
-    tune(&dir, 3, 100).await;
-    let e = ok(Server::start(&start("nockpt/exp")).await.err().ok_or("started"), "err").to_string();
-    assert!(e.contains("has no checkpoint"), "{e}");
     // No finished trial: a store the tuner created, no trial run.
     let empty = tmp.path().join("empty");
+    let train = tmp.path().join("train.toml");
+    ok(
+        std::fs::write(
+            &train,
+            format!("job = \"t\"\n[data]\npath = {:?}\n", digits_data()),
+        ),
+        "train.toml",
+    );
     let text = format!(
         "[experiment]\ndir = {:?}\nmetric = \"val_accuracy\"\nmode = \"max\"\n[trainable]\nkind = \"digits\"\nconfig = {:?}\n[space]\nlr = {{ type = \"choice\", values = [0.01] }}\n",
         empty.display().to_string(),
-        dir.join("train.toml").display().to_string()
+        train.display().to_string()
     );
     let config = ok(manta_ml::tune::TuneConfig::parse(&text, "t.toml", tmp.path()), "tune config");
-    ok(manta_ml::tune::Store::create(&empty, &config), "store");
+    let mut store = ok(manta_ml::tune::Store::create(&empty, &config), "store");
+    let params = manta_ml::tune::Params::new();
+    ok(store.insert_trial(0, &params), "trial");
+    ok(store.commit(), "commit");
     let e = ok(Server::start(&start("empty")).await.err().ok_or("started"), "err").to_string();
-    assert!(e.contains("no completed trial"), "{e}");
+    assert!(e.contains("no completed trial") && e.contains("0 pending"), "{e}");
+    // A completed trial without a checkpoint.
+    let row = manta_ml::tune::store::TrialRow {
+        id: 0,
+        params,
+        state: "completed".into(),
+        attempts: 1,
+        iteration: 2,
+        last_metric: Some(0.9),
+        best_metric: Some(0.9),
+        best_iteration: Some(2),
+        test_accuracy: None,
+        error: None,
+    };
+    ok(store.update_trial(&row, true), "update");
+    ok(store.commit(), "commit");
+    let e = ok(Server::start(&start("empty")).await.err().ok_or("started"), "err").to_string();
+    assert!(e.contains("has no checkpoint"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
