@@ -114,10 +114,11 @@ async fn run(n: usize) {
         send(&warm_url).await;
     }
     let (mut cold_t, mut warm_t) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let starts = cold.replica_starts();
     for _ in 0..n {
         // At zero again (downscale_delay_s = 0: right after the answer).
         let deadline = Instant::now() + Duration::from_secs(10);
-        while cold.replicas() != 0 {
+        while cold.replicas_running() != 0 {
             assert!(Instant::now() < deadline, "never scaled to zero");
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
@@ -130,6 +131,8 @@ async fn run(n: usize) {
         req.await;
         warm_t.push(t.elapsed());
     }
+    // Every cold request started a replica (none reused a draining one).
+    assert_eq!(cold.replica_starts() - starts, n as u64);
     println!("cold start from zero replicas, digits MLP 64-128-10, HTTP on 127.0.0.1, concurrency 1");
     let (c50, c99) = summary("from zero replicas", cold_t);
     let (w50, w99) = summary("warm replica (anchor)", warm_t);

@@ -251,6 +251,8 @@ struct Shared {
     finished: AtomicBool,
     rng: AtomicU64,
     labels: Arc<[(&'static str, String); 2]>,
+    /// Replicas started so far (initial ones and scale-ups).
+    starts: AtomicU64,
     ok: AtomicU64,
     failed: AtomicU64,
     latency_us: AtomicU64,
@@ -308,6 +310,7 @@ impl Shared {
             .spawn(Replica::new(m, self.batching, self.labels.clone()))
             .await
             .map_err(|e| e.to_string())?;
+        self.starts.fetch_add(1, Ordering::AcqRel);
         Ok(Arc::new(Slot {
             handle,
             in_flight: AtomicUsize::new(0),
@@ -416,6 +419,7 @@ impl Deployment {
             finished: AtomicBool::new(false),
             rng: AtomicU64::new(seed),
             labels,
+            starts: AtomicU64::new(0),
             ok: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             latency_us: AtomicU64::new(0),
@@ -481,6 +485,17 @@ impl Deployment {
             .iter()
             .filter(|s| !s.draining.load(Ordering::Acquire))
             .count()
+    }
+
+    /// Replica actors running now, draining ones included.
+    pub fn replicas_running(&self) -> usize {
+        self.shared.slots().len()
+    }
+
+    /// Replicas started so far (the first ones, scale-ups and cold
+    /// starts).
+    pub fn replica_starts(&self) -> u64 {
+        self.shared.starts.load(Ordering::Acquire)
     }
 
     /// Whether it takes requests (not stopping, every replica alive; a

@@ -79,8 +79,9 @@ async fn scales_from_zero_up_under_load_and_back_to_zero_without_dropping() {
     let (status, _, body) = ok(first.await, "first request");
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["outputs"][0]["data"][0], 4.0);
-    until("back to zero when idle", || d.replicas() == 0).await;
+    until("back to zero when idle", || d.replicas_running() == 0).await;
     gauge_reaches(addr, model, 0.0).await;
+    assert_eq!(d.replica_starts(), 1, "one cold start");
 
     // Up under load: 6 requests held at target 2 per replica want 3.
     let tasks: Vec<_> = (0..6)
@@ -99,7 +100,8 @@ async fn scales_from_zero_up_under_load_and_back_to_zero_without_dropping() {
         assert_eq!(status, 200, "request {i}: {body}");
         assert_eq!(body["outputs"][0]["data"][0], 4.0 * i as f64);
     }
-    until("back to zero after the load", || d.replicas() == 0).await;
+    until("back to zero after the load", || d.replicas_running() == 0).await;
+    assert_eq!(d.replica_starts(), 4, "1 + 3 cold starts");
     gauge_reaches(addr, model, 0.0).await;
     assert_eq!(d.stats().failed, 0);
     assert_eq!(d.stats().ok, 7);
