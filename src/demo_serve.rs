@@ -51,9 +51,13 @@ pub async fn tiny_tune(work: &Path, out: &mut dyn Write) -> Result<PathBuf, CliE
         "\nTuning: two trials of the digits MLP (lr 0.003 and 0.01, 3 epochs each), in-process."
     )?;
     let t0 = Instant::now();
-    let summary =
-        manta_ml::tune::run(config, &manta_ml::tune::Trainables::default(), false, |_| {})
-            .await?;
+    let summary = manta_ml::tune::run(
+        config,
+        &manta_ml::tune::Trainables::default(),
+        false,
+        |_| {},
+    )
+    .await?;
     if let Some(b) = &summary.best {
         writeln!(
             out,
@@ -136,7 +140,9 @@ pub async fn serve_step(
         Ok(l) => l,
         Err(e) => {
             server.shutdown().await;
-            return Err(CliError::Usage(format!("the demo's own request failed: {e}")));
+            return Err(CliError::Usage(format!(
+                "the demo's own request failed: {e}"
+            )));
         }
     };
     writeln!(

@@ -9,6 +9,8 @@
 //! `cargo bench -p manta-serve --bench cold_start` (`COLD_START_N` sets
 //! the number of samples, default 300).
 
+#![allow(clippy::expect_used)] // a bench that cannot set up has nothing to measure
+
 use std::time::{Duration, Instant};
 
 use manta_actors::ActorSystem;
@@ -133,7 +135,9 @@ async fn run(n: usize) {
     }
     // Every cold request started a replica (none reused a draining one).
     assert_eq!(cold.replica_starts() - starts, n as u64);
-    println!("cold start from zero replicas, digits MLP 64-128-10, HTTP on 127.0.0.1, concurrency 1");
+    println!(
+        "cold start from zero replicas, digits MLP 64-128-10, HTTP on 127.0.0.1, concurrency 1"
+    );
     let (c50, c99) = summary("from zero replicas", cold_t);
     let (w50, w99) = summary("warm replica (anchor)", warm_t);
     println!(

@@ -41,7 +41,10 @@ const MAX_ADMIN_BODY: usize = 64 << 10;
 /// The admin routes.
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()
-        .route("/admin/models/{m}/traffic", get(get_traffic).put(put_traffic))
+        .route(
+            "/admin/models/{m}/traffic",
+            get(get_traffic).put(put_traffic),
+        )
         .route("/admin/models/{m}/rollback", post(rollback))
         .route("/admin/models/{m}/versions", post(add))
         .route("/admin/models/{m}/versions/{v}", delete(remove))
@@ -197,7 +200,10 @@ fn has_version(state: &AppInner, model: &str, version: &str) -> bool {
     state
         .models
         .read()
-        .map(|m| m.get(model).is_some_and(|v| v.versions.contains_key(version)))
+        .map(|m| {
+            m.get(model)
+                .is_some_and(|v| v.versions.contains_key(version))
+        })
         .unwrap_or(false)
 }
 
@@ -303,10 +309,7 @@ async fn add(
         }
     };
     if has_version(&state, &m, &version) {
-        return Err(traffic_error(TrafficError::Exists {
-            model: m,
-            version,
-        }));
+        return Err(traffic_error(TrafficError::Exists { model: m, version }));
     }
     let options = stable_deployment(&state, &m)
         .map(|d| d.options().clone())
@@ -476,8 +479,8 @@ async fn promote(
     };
     // A tuner metric decides before any traffic moves.
     let trial_value = match &r.metric {
-        Some(name) if name != "error_rate" && name != "mean_latency_ms" => Some(
-            if *name == best.metric_name {
+        Some(name) if name != "error_rate" && name != "mean_latency_ms" => {
+            Some(if *name == best.metric_name {
                 best.metric
             } else {
                 best.metrics.get(name).copied().ok_or_else(|| {
@@ -487,8 +490,8 @@ async fn promote(
                         best.metrics.keys().cloned().collect::<Vec<_>>().join(", ")
                     ))
                 })?
-            },
-        ),
+            })
+        }
         _ => None,
     };
     let version = r
@@ -511,7 +514,10 @@ async fn promote(
     let weights: Vec<(String, u32)> = if r.percent == 100 {
         vec![(version.clone(), 100)]
     } else {
-        vec![(base.clone(), 100 - r.percent), (version.clone(), r.percent)]
+        vec![
+            (base.clone(), 100 - r.percent),
+            (version.clone(), r.percent),
+        ]
     };
     // The baseline stays the stable version until the decision, even
     // when the canary gets 100%.
@@ -555,7 +561,9 @@ async fn promote(
             if n < need {
                 (
                     Some(Then::Rollback),
-                    format!("the canary answered {n} of the {need} requests needed within {window:?}"),
+                    format!(
+                        "the canary answered {n} of the {need} requests needed within {window:?}"
+                    ),
                     None,
                 )
             } else {

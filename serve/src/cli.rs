@@ -116,8 +116,8 @@ pub async fn promote(
         path: dir.display().to_string(),
         source,
     })?;
-    let body = serde_json::to_string(&args.request)
-        .map_err(|e| PromoteError::Answer(e.to_string()))?;
+    let body =
+        serde_json::to_string(&args.request).map_err(|e| PromoteError::Answer(e.to_string()))?;
     // The server may wait up to the window for canary answers.
     let wait = std::time::Duration::from_millis(args.request.window_ms.unwrap_or(60_000))
         + std::time::Duration::from_secs(60);

@@ -111,7 +111,9 @@ pub enum TrafficError {
     #[error("model '{0}': the weights add up to more than {max}", max = u32::MAX)]
     TooHeavy(String),
     /// The version still has weight or is the stable one.
-    #[error("model '{model}': version '{version}' still takes traffic (weight above 0, or the stable version a rollback returns to)")]
+    #[error(
+        "model '{model}': version '{version}' still takes traffic (weight above 0, or the stable version a rollback returns to)"
+    )]
     InUse {
         /// The model.
         model: String,

@@ -95,8 +95,8 @@ impl Server {
                 Deployment::start(&system, &d.model, &d.version, factory, d.options()).await?,
             );
         }
-        let server = Self::serve_with_admin(system, deployments, &config.http, &config.admin)
-            .await?;
+        let server =
+            Self::serve_with_admin(system, deployments, &config.http, &config.admin).await?;
         match apply_weights(&server, &config.deployments) {
             Ok(()) => Ok(server),
             Err(e) => {

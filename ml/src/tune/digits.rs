@@ -299,8 +299,8 @@ pub fn checkpoint_model(dir: &Path) -> Result<(ModelSpec, Vec<ParamTensor>), Tun
         path: path.display().to_string(),
         message,
     };
-    let state: DigitsState = serde_json::from_slice(&bytes)
-        .map_err(|e| bad(format!("not a digits checkpoint: {e}")))?;
+    let state: DigitsState =
+        serde_json::from_slice(&bytes).map_err(|e| bad(format!("not a digits checkpoint: {e}")))?;
     let widths: Vec<&[usize]> = state
         .params
         .iter()

@@ -161,7 +161,10 @@ async fn upscale_and_downscale_wait_their_delays_on_the_paused_clock() {
     settle().await;
     assert_eq!(d.replicas(), 1, "upscale_delay_s not over yet");
     tokio::time::advance(std::time::Duration::from_secs(2)).await;
-    until("three replicas after the upscale delay", || d.replicas() == 3).await;
+    until("three replicas after the upscale delay", || {
+        d.replicas() == 3
+    })
+    .await;
     gate.open(3);
     for t in tasks {
         let r = ok(t.await, "request task");
@@ -181,16 +184,17 @@ async fn upscale_and_downscale_wait_their_delays_on_the_paused_clock() {
 fn autoscaling_config_errors_are_named() {
     let base = std::path::Path::new("/tmp");
     let parse = |extra: &str| {
-        let src = format!(
-            "[[deployment]]\nmodel = \"m\"\ncheckpoint = \"c\"\n{extra}"
-        );
+        let src = format!("[[deployment]]\nmodel = \"m\"\ncheckpoint = \"c\"\n{extra}");
         manta_serve::ServeConfig::parse(&src, "serve.toml", base)
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default()
     };
     let e = parse("autoscaling = { min_replicas = 3, max_replicas = 2 }");
-    assert!(e.contains("serve.toml") && e.contains("min_replicas (3)"), "{e}");
+    assert!(
+        e.contains("serve.toml") && e.contains("min_replicas (3)"),
+        "{e}"
+    );
     let e = parse("autoscaling = { target_ongoing_requests = 0 }");
     assert!(e.contains("target_ongoing_requests"), "{e}");
     let e = parse("autoscaling = { min_replicas = 0, max_replicas = 2 }\nmax_queued_requests = 0");
@@ -201,5 +205,8 @@ fn autoscaling_config_errors_are_named() {
     assert!(e.contains("max_replica") && e.contains("line"), "{e}");
     let e = parse("experiment = \"x\"");
     assert!(e.contains("exclude each other"), "{e}");
-    assert_eq!(parse("autoscaling = { min_replicas = 0, max_replicas = 4, upscale_delay_s = 0.5 }"), "");
+    assert_eq!(
+        parse("autoscaling = { min_replicas = 0, max_replicas = 4, upscale_delay_s = 0.5 }"),
+        ""
+    );
 }

@@ -52,7 +52,13 @@ async fn tune(dir: &Path, seed: u64, checkpoint_every: u64) {
         "tune config",
     );
     let summary = ok(
-        manta_ml::tune::run(config, &manta_ml::tune::Trainables::default(), false, |_| {}).await,
+        manta_ml::tune::run(
+            config,
+            &manta_ml::tune::Trainables::default(),
+            false,
+            |_| {},
+        )
+        .await,
         "tune",
     );
     assert!(summary.best.is_some(), "the experiment has a best trial");
@@ -110,16 +116,24 @@ async fn best_trial_serves_and_promotes_through_the_admin_api() {
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     tune(&a, 0, 1).await;
     tune(&b, 10, 1).await;
-    let best_a = ok(manta_ml::tune::store::best_checkpoint(&a.join("exp")), "best of a");
-    let best_b = ok(manta_ml::tune::store::best_checkpoint(&b.join("exp")), "best of b");
-    let src = format!(
-        "[http]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
-         [[deployment]]\nmodel = \"promo\"\nversion = \"1\"\nexperiment = \"a/exp\"\nmax_batch_size = 8\n"
+    let best_a = ok(
+        manta_ml::tune::store::best_checkpoint(&a.join("exp")),
+        "best of a",
     );
-    let config = ok(ServeConfig::parse(&src, "serve.toml", tmp.path()), "config");
+    let best_b = ok(
+        manta_ml::tune::store::best_checkpoint(&b.join("exp")),
+        "best of b",
+    );
+    let src = "[http]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+         [[deployment]]\nmodel = \"promo\"\nversion = \"1\"\nexperiment = \"a/exp\"\nmax_batch_size = 8\n";
+    let config = ok(ServeConfig::parse(src, "serve.toml", tmp.path()), "config");
     let server = ok(Server::start(&config).await, "start");
     let addr = server.local_addr();
-    assert_ne!(server.admin_addr(), Some(addr), "admin has its own listener");
+    assert_ne!(
+        server.admin_addr(),
+        Some(addr),
+        "admin has its own listener"
+    );
     let infer = format!("http://{addr}/v2/models/promo/infer");
 
     // The best trial of `a` answers digits.
@@ -163,7 +177,10 @@ async fn best_trial_serves_and_promotes_through_the_admin_api() {
     assert_eq!(answer.trial, best_b.trial);
     assert_eq!(answer.baseline, "1");
     let printed = String::from_utf8_lossy(&out).into_owned();
-    assert!(printed.contains("canary") && printed.contains(&canary), "{printed}");
+    assert!(
+        printed.contains("canary") && printed.contains(&canary),
+        "{printed}"
+    );
     let (status, t) = admin(&server, "GET", "/admin/models/promo/traffic", None).await;
     assert_eq!(status, 200, "{t}");
     assert_eq!(weights(&t), vec![("1".into(), 70), (canary.clone(), 30)]);
@@ -203,7 +220,10 @@ async fn best_trial_serves_and_promotes_through_the_admin_api() {
     )
     .await;
     assert_eq!(status, 404, "{e}");
-    assert!(e["error"].as_str().unwrap_or_default().contains("'9'"), "{e}");
+    assert!(
+        e["error"].as_str().unwrap_or_default().contains("'9'"),
+        "{e}"
+    );
     let (status, e) = admin(&server, "DELETE", "/admin/models/promo/versions/1", None).await;
     assert_eq!(status, 409, "the stable version cannot go: {e}");
     let (status, e) = admin(
@@ -245,9 +265,15 @@ async fn best_trial_serves_and_promotes_through_the_admin_api() {
     assert_eq!(p["value"], 0.0);
     assert_eq!(p["stable"], canary.as_str());
     let codes = ok(traffic.await, "traffic");
-    assert!(codes.iter().all(|&c| c == 200), "nothing dropped: {codes:?}");
+    assert!(
+        codes.iter().all(|&c| c == 200),
+        "nothing dropped: {codes:?}"
+    );
     let (status, _, body) = post(&infer, infer_body(1, 64, 0.5)).await;
-    assert_eq!((status, body["model_version"].clone()), (200, canary.as_str().into()));
+    assert_eq!(
+        (status, body["model_version"].clone()),
+        (200, canary.as_str().into())
+    );
 
     // A tuner metric out of bounds rolls back, and the canary goes.
     let (status, p) = admin(
@@ -281,7 +307,11 @@ async fn best_trial_serves_and_promotes_through_the_admin_api() {
         Some(ok(serde_json::to_value(&rb), "json")),
     )
     .await;
-    assert_eq!((status, p["decision"].clone()), (200, "rolled_back".into()), "{p}");
+    assert_eq!(
+        (status, p["decision"].clone()),
+        (200, "rolled_back".into()),
+        "{p}"
+    );
     let (status, t) = admin(&server, "POST", "/admin/models/promo/rollback", None).await;
     assert_eq!(status, 200, "{t}");
     assert_eq!(t["stable"], canary.as_str());
@@ -295,7 +325,13 @@ async fn best_trial_serves_and_promotes_through_the_admin_api() {
     )
     .await;
     assert_eq!(status, 422, "{e}");
-    assert!(e["error"].as_str().unwrap_or_default().contains("no experiment store"), "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no experiment store"),
+        "{e}"
+    );
     let (status, e) = admin(
         &server,
         "POST",
@@ -325,8 +361,18 @@ async fn experiments_without_a_servable_trial_are_refused_clearly() {
         ok(ServeConfig::parse(&src, "serve.toml", tmp.path()), "config")
     };
     // No store.
-    let e = ok(Server::start(&start("nothing")).await.err().ok_or("started"), "err").to_string();
-    assert!(e.contains("no experiment store") && e.contains("nothing"), "{e}");
+    let e = ok(
+        Server::start(&start("nothing"))
+            .await
+            .err()
+            .ok_or("started"),
+        "err",
+    )
+    .to_string();
+    assert!(
+        e.contains("no experiment store") && e.contains("nothing"),
+        "{e}"
+    );
     // No finished trial: a store the tuner created, no trial run.
     let empty = tmp.path().join("empty");
     let train = tmp.path().join("train.toml");
@@ -342,13 +388,23 @@ async fn experiments_without_a_servable_trial_are_refused_clearly() {
         empty.display().to_string(),
         train.display().to_string()
     );
-    let config = ok(manta_ml::tune::TuneConfig::parse(&text, "t.toml", tmp.path()), "tune config");
+    let config = ok(
+        manta_ml::tune::TuneConfig::parse(&text, "t.toml", tmp.path()),
+        "tune config",
+    );
     let mut store = ok(manta_ml::tune::Store::create(&empty, &config), "store");
     let params = manta_ml::tune::Params::new();
     ok(store.insert_trial(0, &params), "trial");
     ok(store.commit(), "commit");
-    let e = ok(Server::start(&start("empty")).await.err().ok_or("started"), "err").to_string();
-    assert!(e.contains("no completed trial") && e.contains("0 pending"), "{e}");
+    let e = ok(
+        Server::start(&start("empty")).await.err().ok_or("started"),
+        "err",
+    )
+    .to_string();
+    assert!(
+        e.contains("no completed trial") && e.contains("0 pending"),
+        "{e}"
+    );
     // A completed trial without a checkpoint.
     let row = manta_ml::tune::store::TrialRow {
         id: 0,
@@ -364,7 +420,11 @@ async fn experiments_without_a_servable_trial_are_refused_clearly() {
     };
     ok(store.update_trial(&row, true), "update");
     ok(store.commit(), "commit");
-    let e = ok(Server::start(&start("empty")).await.err().ok_or("started"), "err").to_string();
+    let e = ok(
+        Server::start(&start("empty")).await.err().ok_or("started"),
+        "err",
+    )
+    .to_string();
     assert!(e.contains("has no checkpoint"), "{e}");
 }
 
@@ -379,7 +439,10 @@ async fn admin_off_loopback_needs_a_token_and_checks_it() {
     let config = ok(ServeConfig::parse(&src, "serve.toml", tmp.path()), "config");
     let e = ok(Server::start(&config).await.err().ok_or("started"), "err").to_string();
     assert!(e.contains("token_file"), "{e}");
-    ok(std::fs::write(tmp.path().join("token"), "0123456789abcdef-secret\n"), "token");
+    ok(
+        std::fs::write(tmp.path().join("token"), "0123456789abcdef-secret\n"),
+        "token",
+    );
     let src = format!(
         "[http]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\ntoken_file = \"token\"\n{deployment}"
     );
