@@ -246,6 +246,9 @@ struct Shared {
     freed: Notify,
     /// Wakes the autoscaler: the load changed, or the deployment stops.
     load: Arc<Notify>,
+    /// Bumped before every `load` notification: the autoscaler looks
+    /// again when it moved while it was acting.
+    load_gen: AtomicU64,
     stopping: AtomicBool,
     /// Drained and stopped: the autoscaler ends.
     finished: AtomicBool,
@@ -258,6 +261,8 @@ struct Shared {
     latency_us: AtomicU64,
     /// Woken on every answered or failed request.
     answered: Notify,
+    /// Woken on every change of replicas, slots or queue.
+    changed: Notify,
 }
 
 impl Drop for Shared {
@@ -291,6 +296,7 @@ impl Shared {
 
     fn set_replica_gauge(&self, n: usize) {
         metrics::gauge!("manta_serve_replicas", self.labels.as_ref()).set(n as f64);
+        self.changed.notify_waiters();
     }
 
     /// Builds and spawns one replica.
@@ -330,7 +336,9 @@ impl Drop for SlotGuard {
     fn drop(&mut self) {
         self.slot.in_flight.fetch_sub(1, Ordering::AcqRel);
         self.shared.freed.notify_waiters();
+        self.shared.changed.notify_waiters();
         if self.shared.options.autoscaling.is_some() {
+            self.shared.load_gen.fetch_add(1, Ordering::AcqRel);
             self.shared.load.notify_one();
         }
     }
@@ -345,6 +353,7 @@ impl Drop for QueuedGuard<'_> {
         metrics::gauge!("manta_serve_queue_depth", self.0.labels.as_ref()).set(now as f64);
         // A stop waiting for the queue to empty looks again.
         self.0.freed.notify_waiters();
+        self.0.changed.notify_waiters();
     }
 }
 
@@ -415,6 +424,7 @@ impl Deployment {
             queued: AtomicUsize::new(0),
             freed: Notify::new(),
             load: Arc::new(Notify::new()),
+            load_gen: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             finished: AtomicBool::new(false),
             rng: AtomicU64::new(seed),
@@ -424,6 +434,7 @@ impl Deployment {
             failed: AtomicU64::new(0),
             latency_us: AtomicU64::new(0),
             answered: Notify::new(),
+            changed: Notify::new(),
         });
         for i in 0..initial {
             let slot = shared
@@ -516,6 +527,27 @@ impl Deployment {
         s.set_replica_gauge(s.slots().len());
         metrics::gauge!("manta_serve_queue_depth", s.labels.as_ref())
             .set(s.queued.load(Ordering::Acquire) as f64);
+    }
+
+    /// Waits until `cond` holds, looking again at every change of its
+    /// replicas, slots or queue; answers whether it held before `deadline`.
+    pub async fn wait_until(
+        &self,
+        deadline: tokio::time::Instant,
+        mut cond: impl FnMut(&Deployment) -> bool,
+    ) -> bool {
+        loop {
+            let changed = self.shared.changed.notified();
+            tokio::pin!(changed);
+            // Registered before looking: no change is missed.
+            changed.as_mut().enable();
+            if cond(self) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return cond(self);
+            }
+        }
     }
 
     /// Requests waiting for a replica now.
@@ -672,8 +704,10 @@ impl Deployment {
         }
         metrics::gauge!("manta_serve_queue_depth", s.labels.as_ref()).set((before + 1) as f64);
         if s.options.autoscaling.is_some() {
+            s.load_gen.fetch_add(1, Ordering::AcqRel);
             s.load.notify_one();
         }
+        s.changed.notify_waiters();
         loop {
             let freed = s.freed.notified();
             tokio::pin!(freed);
@@ -726,9 +760,12 @@ impl Deployment {
             .chain(live)
             .chain(draining)
             .find(|&i| self.try_acquire(&slots[i]))
-            .map(|i| SlotGuard {
-                shared: Arc::clone(&self.shared),
-                slot: Arc::clone(&slots[i]),
+            .map(|i| {
+                s.changed.notify_waiters();
+                SlotGuard {
+                    shared: Arc::clone(&self.shared),
+                    slot: Arc::clone(&slots[i]),
+                }
             })
     }
 
@@ -807,9 +844,11 @@ async fn autoscale(shared: Weak<Shared>, load: Arc<Notify>, cfg: AutoscalingConf
         if s.finished.load(Ordering::Acquire) {
             return;
         }
+        let generation = s.load_gen.load(Ordering::Acquire);
         let now = tokio::time::Instant::now();
         retire_drained(&s);
         let ongoing = s.ongoing();
+        tracing::trace!(deployment = %s.key, ongoing, "autoscaler looks");
         let active = s
             .slots()
             .iter()
@@ -846,7 +885,12 @@ async fn autoscale(shared: Weak<Shared>, load: Arc<Notify>, cfg: AutoscalingConf
             up_since = None;
             down_since = None;
         }
+        // The load moved while this looked or acted: look again now.
+        let moved = s.load_gen.load(Ordering::Acquire) != generation;
         drop(s);
+        if moved {
+            continue;
+        }
         match next {
             Some(at) => {
                 let _ = tokio::time::timeout_at(at, wake).await;
@@ -896,6 +940,7 @@ fn scale_down(s: &Shared, n: usize) {
     for slot in live.into_iter().take(n) {
         slot.draining.store(true, Ordering::Release);
     }
+    s.changed.notify_waiters();
 }
 
 /// Retires the draining replicas that hold no request: closes their slot

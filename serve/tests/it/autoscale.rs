@@ -73,24 +73,43 @@ async fn scales_from_zero_up_under_load_and_back_to_zero_without_dropping() {
     // From zero: the request waits while a replica cold-starts.
     let url = format!("http://{addr}/v2/models/{model}/infer");
     let first = tokio::spawn(post_owned(url.clone(), infer_body(1, 4, 1.0)));
-    until("a cold-started replica", || d.replicas() == 1).await;
+    settled(&d, "a cold-started replica", |d| d.replicas() == 1).await;
     gauge_reaches(addr, model, 1.0).await;
     gate.open(1);
     let (status, _, body) = ok(first.await, "first request");
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["outputs"][0]["data"][0], 4.0);
-    until("back to zero when idle", || d.replicas_running() == 0).await;
+    settled(&d, "back to zero when idle", |d| d.replicas_running() == 0).await;
     gauge_reaches(addr, model, 0.0).await;
     assert_eq!(d.replica_starts(), 1, "one cold start");
 
     // Up under load: 6 requests held at target 2 per replica want 3.
-    let tasks: Vec<_> = (0..6)
-        .map(|i| tokio::spawn(post_owned(url.clone(), infer_body(1, 4, i as f32))))
-        .collect();
-    until("three replicas under load", || {
-        d.replicas() == 3 && d.in_flight().iter().sum::<usize>() == 6
-    })
-    .await;
+    // One at a time, each held before the next is sent.
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        tasks.push(tokio::spawn(post_owned(
+            url.clone(),
+            infer_body(1, 4, i as f32),
+        )));
+        settled(&d, "the request held", |d| {
+            d.queued() + d.in_flight().iter().sum::<usize>() == i + 1
+        })
+        .await;
+    }
+    let held = d
+        .wait_until(tokio::time::Instant::now() + common::WAIT, |d| {
+            d.replicas() == 3 && d.in_flight().iter().sum::<usize>() == 6
+        })
+        .await;
+    assert!(
+        held,
+        "three replicas under load: replicas {} running {} in flight {:?} queued {} starts {}",
+        d.replicas(),
+        d.replicas_running(),
+        d.in_flight(),
+        d.queued(),
+        d.replica_starts()
+    );
     gauge_reaches(addr, model, 3.0).await;
     assert!(d.in_flight().iter().all(|&n| n <= 2), "{:?}", d.in_flight());
     // Down after: every request answered, none dropped by the drain.
@@ -100,12 +119,30 @@ async fn scales_from_zero_up_under_load_and_back_to_zero_without_dropping() {
         assert_eq!(status, 200, "request {i}: {body}");
         assert_eq!(body["outputs"][0]["data"][0], 4.0 * i as f64);
     }
-    until("back to zero after the load", || d.replicas_running() == 0).await;
+    settled(&d, "back to zero after the load", |d| {
+        d.replicas_running() == 0
+    })
+    .await;
     assert_eq!(d.replica_starts(), 4, "1 + 3 cold starts");
     gauge_reaches(addr, model, 0.0).await;
     assert_eq!(d.stats().failed, 0);
     assert_eq!(d.stats().ok, 7);
     assert!(server.shutdown().await, "drained");
+}
+
+/// Waits (on the deployment's change events, bounded) until `cond`.
+async fn settled(d: &Deployment, what: &str, cond: impl FnMut(&Deployment) -> bool) {
+    let ok = d
+        .wait_until(tokio::time::Instant::now() + common::WAIT, cond)
+        .await;
+    assert!(
+        ok,
+        "timed out waiting for {what}: replicas {} running {} in flight {:?} queued {}",
+        d.replicas(),
+        d.replicas_running(),
+        d.in_flight(),
+        d.queued()
+    );
 }
 
 async fn post_owned(
