@@ -131,6 +131,11 @@ pub struct DemoOptions {
     /// The `manta` binary, to start the cluster part's node processes
     /// (`None` skips the cluster part).
     pub exe: Option<PathBuf>,
+    /// Stop serving right after the serving step's own request (else it
+    /// serves until Ctrl-C).
+    pub once: bool,
+    /// Skip the tuning and serving steps.
+    pub no_serve: bool,
 }
 
 impl Default for DemoOptions {
@@ -138,6 +143,8 @@ impl Default for DemoOptions {
         Self {
             duration: Duration::from_secs(8),
             exe: None,
+            once: true,
+            no_serve: false,
         }
     }
 }
@@ -158,7 +165,11 @@ pub struct DemoSummary {
 
 /// Runs the built-in demo tree for `opts.duration`, printing every
 /// supervisor decision as it happens, then stops the tree.
-pub async fn demo(opts: DemoOptions, out: &mut dyn Write) -> Result<DemoSummary, CliError> {
+pub async fn demo(
+    opts: DemoOptions,
+    out: &mut dyn Write,
+    until: impl std::future::Future<Output = ()>,
+) -> Result<DemoSummary, CliError> {
     let kinds = crate::builtin::kinds();
     let bus = EventBus::new();
     let mut rx = bus.subscribe();
@@ -201,9 +212,26 @@ pub async fn demo(opts: DemoOptions, out: &mut dyn Write) -> Result<DemoSummary,
         "\nSummary: {} restarts, {} escalations, {} panics contained; the root stopped with `{reason}`.",
         summary.restarts, summary.escalations, summary.panics
     )?;
-    if let Some(exe) = &opts.exe {
-        crate::demo_cluster::run(exe, out).await?;
+    // The cluster part's tuning experiment is what the serving step
+    // serves; without the cluster part a tiny in-process one is made.
+    let work = std::env::temp_dir().join(format!("manta-demo-{}", std::process::id()));
+    let result = async {
+        let tuned = match &opts.exe {
+            Some(exe) => Some(crate::demo_cluster::run(exe, &work, out).await?),
+            None => None,
+        };
+        if !opts.no_serve {
+            let experiment = match tuned {
+                Some(dir) => dir,
+                None => crate::demo_serve::tiny_tune(&work, out).await?,
+            };
+            crate::demo_serve::serve_step(&experiment, opts.once, until, out).await?;
+        }
+        Ok::<(), CliError>(())
     }
+    .await;
+    let _ = std::fs::remove_dir_all(&work);
+    result?;
     Ok(summary)
 }
 

@@ -170,15 +170,15 @@ async fn wait_status(
 }
 
 /// Runs the cluster demo, writing what happens to `out`.
-pub(crate) async fn run(exe: &Path, out: &mut dyn Write) -> Result<(), CliError> {
-    let dir: PathBuf = std::env::temp_dir().join(format!("manta-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let result = run_in(exe, &dir, out).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+/// Runs the cluster part in `dir` (the caller removes it) and answers the
+/// tuning step's experiment directory (inside `dir`): the serving step
+/// serves its best trial.
+pub(crate) async fn run(exe: &Path, dir: &Path, out: &mut dyn Write) -> Result<PathBuf, CliError> {
+    std::fs::create_dir_all(dir)?;
+    run_in(exe, dir, out).await
 }
 
-async fn run_in(exe: &Path, dir: &Path, out: &mut dyn Write) -> Result<(), CliError> {
+async fn run_in(exe: &Path, dir: &Path, out: &mut dyn Write) -> Result<PathBuf, CliError> {
     writeln!(
         out,
         "\nCluster: three `manta node` processes on 127.0.0.1 sharing a new secret."
@@ -283,7 +283,7 @@ async fn run_in(exe: &Path, dir: &Path, out: &mut dyn Write) -> Result<(), CliEr
         "Cluster demo done in {:.1}s.",
         t0.elapsed().as_secs_f64()
     )?;
-    Ok(())
+    Ok(tuned)
 }
 
 /// Trains an MLP on digits across the three nodes: this process joins as a

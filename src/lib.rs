@@ -58,6 +58,8 @@ pub mod builtin;
 pub mod cli;
 #[cfg(feature = "cli")]
 mod demo_cluster;
+#[cfg(feature = "cli")]
+pub mod demo_serve;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

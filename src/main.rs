@@ -21,11 +21,17 @@ enum Command {
     /// Run the demo (about 15 s): a supervision tree whose workers fail on
     /// schedule, printing restarts and an escalation as they happen; then a
     /// 3-node cluster on 127.0.0.1 whose placed children are restarted on a
-    /// survivor when their node is killed with SIGKILL.
+    /// survivor when their node is killed with SIGKILL; then a short tuning
+    /// run whose best trial is served (KServe v2 REST), checked with one
+    /// request, and kept serving until Ctrl-C (unless --once).
     Demo {
         /// How long the tree runs before the demo stops it (e.g. "8s", "500ms").
         #[arg(long, default_value = "8s", value_parser = parse_duration)]
         duration: Duration,
+        /// Stop after the serving step's own request instead of serving
+        /// until Ctrl-C.
+        #[arg(long)]
+        once: bool,
     },
     /// Validate supervision-tree files; prints every problem with file, line
     /// and column. Exit status 0 when all are valid, 1 otherwise.
@@ -116,15 +122,71 @@ enum Command {
     /// Serve models behind the Open Inference Protocol (KServe v2 REST) and
     /// Prometheus metrics, in this process (see examples/serve-digits.toml).
     /// Prints the address once ready; Ctrl-C drains and stops.
+    #[command(args_conflicts_with_subcommands = true)]
     Serve {
         /// The serving config (TOML).
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: Option<ServeAction>,
     },
     /// Write a new random cluster secret to FILE (mode 0600; never overwrites).
     Secret {
         /// Where to write it.
         file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ServeAction {
+    /// Roll out the best trial of a tuner experiment on a running server
+    /// (through its admin API): a new version with PERCENT% of the model's
+    /// requests, then promoted to 100% or rolled back, at once
+    /// (--promote / --rollback) or on a metric (--metric with --min or
+    /// --max: `error_rate` and `mean_latency_ms` are measured on the
+    /// canary's first --min-requests answers; other names are the trial's
+    /// reported metrics, e.g. val_accuracy). Without either it stays a
+    /// canary.
+    Promote {
+        /// The server's admin API, e.g. http://127.0.0.1:8082.
+        #[arg(long)]
+        server: String,
+        /// The model.
+        #[arg(long)]
+        model: String,
+        /// The tuner experiment directory.
+        #[arg(long)]
+        experiment: PathBuf,
+        /// The canary's share of requests without a version (1-100).
+        #[arg(long)]
+        percent: u32,
+        /// The new version's name (default trial-<id>).
+        #[arg(long)]
+        version: Option<String>,
+        /// The metric that decides.
+        #[arg(long, conflicts_with_all = ["promote", "rollback"])]
+        metric: Option<String>,
+        /// Promote when the metric is at least this.
+        #[arg(long, requires = "metric", conflicts_with = "max")]
+        min: Option<f64>,
+        /// Promote when the metric is at most this.
+        #[arg(long, requires = "metric")]
+        max: Option<f64>,
+        /// Canary answers a serving metric is measured on.
+        #[arg(long, default_value_t = 100)]
+        min_requests: u64,
+        /// How long to wait for them (e.g. "60s").
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        window: Duration,
+        /// Promote at once.
+        #[arg(long, conflicts_with = "rollback")]
+        promote: bool,
+        /// Roll back at once.
+        #[arg(long)]
+        rollback: bool,
+        /// A file holding the admin bearer token.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
     },
 }
 
@@ -384,11 +446,17 @@ async fn run(command: Command) -> ExitCode {
                 Err(e) => report(&e),
             }
         }
-        Command::Demo { duration } => {
+        Command::Demo { duration, once } => {
             init_logging("warn,manta::panic=off,manta::supervisor=off");
             let mut out = std::io::stdout();
             let exe = std::env::current_exe().ok();
-            match cli::demo(DemoOptions { duration, exe }, &mut out).await {
+            let opts = DemoOptions {
+                duration,
+                exe,
+                once,
+                no_serve: false,
+            };
+            match cli::demo(opts, &mut out, stop_signal()).await {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => report(&e),
             }
@@ -417,7 +485,67 @@ async fn run(command: Command) -> ExitCode {
                 Err(e) => report(&e),
             }
         }
-        Command::Serve { config } => {
+        Command::Serve {
+            action:
+                Some(ServeAction::Promote {
+                    server,
+                    model,
+                    experiment,
+                    percent,
+                    version,
+                    metric,
+                    min,
+                    max,
+                    min_requests,
+                    window,
+                    promote,
+                    rollback,
+                    token_file,
+                }),
+            ..
+        } => {
+            let token = match token_file.map(std::fs::read_to_string).transpose() {
+                Ok(t) => t.map(|t| t.trim().to_owned()),
+                Err(e) => return report(&CliError::Io(e)),
+            };
+            let then = match (promote, rollback) {
+                (true, _) => Some(manta_serve::admin::Then::Promote),
+                (_, true) => Some(manta_serve::admin::Then::Rollback),
+                _ => None,
+            };
+            let args = manta_serve::cli::PromoteArgs {
+                server,
+                model,
+                request: manta_serve::admin::PromoteRequest {
+                    experiment,
+                    version,
+                    percent,
+                    then,
+                    metric,
+                    min,
+                    max,
+                    min_requests: Some(min_requests),
+                    window_ms: Some(window.as_millis() as u64),
+                },
+                token,
+            };
+            let mut out = std::io::stdout();
+            match manta_serve::cli::promote(args, &mut out).await {
+                Ok(a) if a.decision == "rolled_back" => ExitCode::from(2),
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Serve { config: None, .. } => report(&CliError::Usage(
+            "manta serve needs --config FILE (or a subcommand: promote)".into(),
+        )),
+        Command::Serve {
+            config: Some(config),
+            ..
+        } => {
             init_logging("info");
             let mut out = std::io::stdout();
             match manta_serve::cli::run(&config, &mut out, stop_signal()).await {

@@ -1,5 +1,5 @@
-//! The serving configuration (TOML): the HTTP front door and the
-//! deployments.
+//! The serving configuration (TOML): the HTTP and gRPC front doors, the
+//! admin API and the deployments.
 //!
 //! ```toml
 //! [http]
@@ -24,15 +24,19 @@
 //! [[deployment]]
 //! model = "digits"
 //! version = "2"
-//! checkpoint = "../target/train-digits-2"
+//! experiment = "../target/tune-digits"    # the best trial of a tuner run
 //! weight = 10                             # 10% of unversioned requests
+//! autoscaling = { target_ongoing_requests = 2, min_replicas = 0, max_replicas = 4, upscale_delay_s = 1, downscale_delay_s = 30 }
+//!
+//! [admin]                                 # traffic, versions, promote
+//! address = "127.0.0.1:8082"              # loopback only unless token_file
 //! ```
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::deployment::DeploymentOptions;
+use crate::deployment::{AutoscalingConfig, DeploymentOptions};
 use crate::error::StartError;
 
 /// A whole serving configuration.
@@ -48,6 +52,39 @@ pub struct ServeConfig {
     /// The deployments (`[[deployment]]` tables).
     #[serde(rename = "deployment", default)]
     pub deployments: Vec<DeploymentConfig>,
+    /// The admin API (traffic split, new versions, promote).
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+/// The admin API: `GET/PUT /admin/models/{m}/traffic`,
+/// `POST /admin/models/{m}/rollback`, `POST /admin/models/{m}/versions`,
+/// `POST /admin/models/{m}/promote`. Its own listener, never the inference
+/// one: by default on loopback only; another address needs `token_file`
+/// (requests then carry `Authorization: Bearer <token>`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `host:port` (port 0: any free port); `""` turns the admin API off.
+    #[serde(default = "default_admin_address")]
+    pub address: String,
+    /// A file holding the bearer token admin requests must carry
+    /// (relative to the config file); required off loopback.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+fn default_admin_address() -> String {
+    "127.0.0.1:8082".into()
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            address: default_admin_address(),
+            token_file: None,
+        }
+    }
 }
 
 /// The HTTP front door.
@@ -124,7 +161,13 @@ pub struct DeploymentConfig {
     pub version: String,
     /// A manta-ml checkpoint directory (a training run's, or the
     /// configured one: its newest run), relative to the config file.
-    pub checkpoint: PathBuf,
+    /// Exactly one of `checkpoint` and `experiment`.
+    #[serde(default)]
+    pub checkpoint: Option<PathBuf>,
+    /// A tuner experiment directory: the model is its best finished
+    /// trial's newest checkpoint (relative to the config file).
+    #[serde(default)]
+    pub experiment: Option<PathBuf>,
     /// See [`DeploymentOptions::replicas`].
     #[serde(default = "one")]
     pub replicas: usize,
@@ -151,6 +194,18 @@ pub struct DeploymentConfig {
     /// the heaviest (first listed on a tie).
     #[serde(default)]
     pub weight: Option<u32>,
+    /// See [`DeploymentOptions::autoscaling`].
+    #[serde(default)]
+    pub autoscaling: Option<AutoscalingConfig>,
+}
+
+/// Where a deployment's model comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelSource {
+    /// A manta-ml checkpoint directory.
+    Checkpoint(PathBuf),
+    /// The best trial of a tuner experiment.
+    Experiment(PathBuf),
 }
 
 fn default_version() -> String {
@@ -179,6 +234,16 @@ impl DeploymentConfig {
             max_ongoing_requests: self.max_ongoing_requests,
             max_queued_requests: self.max_queued_requests,
             request_timeout_ms: self.request_timeout_ms,
+            autoscaling: self.autoscaling.clone(),
+        }
+    }
+
+    /// Where its model comes from (checked by [`ServeConfig::parse`]).
+    pub fn source(&self) -> Option<ModelSource> {
+        match (&self.checkpoint, &self.experiment) {
+            (Some(c), None) => Some(ModelSource::Checkpoint(c.clone())),
+            (None, Some(e)) => Some(ModelSource::Experiment(e.clone())),
+            _ => None,
         }
     }
 }
@@ -210,9 +275,28 @@ impl ServeConfig {
             d.options()
                 .validate()
                 .map_err(|e| StartError::Config(format!("{file}: deployment {key}: {e}")))?;
-            if d.checkpoint.is_relative() {
-                d.checkpoint = base.join(&d.checkpoint);
+            match (&mut d.checkpoint, &mut d.experiment) {
+                (Some(p), None) | (None, Some(p)) => {
+                    if p.is_relative() {
+                        *p = base.join(&*p);
+                    }
+                }
+                (None, None) => {
+                    return Err(StartError::Config(format!(
+                        "{file}: deployment {key}: give `checkpoint` (a training run) or `experiment` (a tuner experiment's best trial)"
+                    )));
+                }
+                (Some(_), Some(_)) => {
+                    return Err(StartError::Config(format!(
+                        "{file}: deployment {key}: `checkpoint` and `experiment` exclude each other"
+                    )));
+                }
             }
+        }
+        if let Some(t) = &mut config.admin.token_file
+            && t.is_relative()
+        {
+            *t = base.join(&*t);
         }
         let mut totals: std::collections::BTreeMap<&str, u64> = Default::default();
         for d in &config.deployments {

@@ -1,10 +1,11 @@
 //! A deployment: N replica actors of one model version, a router picking
-//! replicas by power of two choices on in-flight requests, and bounded
+//! replicas by power of two choices on in-flight requests, bounded
 //! queues (`max_ongoing_requests` per replica, `max_queued_requests` per
-//! deployment).
+//! deployment), and the autoscaler (replicas follow the requests in
+//! flight, down to zero).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use manta_actors::{ActorHandle, ActorSystem, AskError, ExitReason};
@@ -18,7 +19,9 @@ use crate::replica::{Batching, Replica, ReplicaMsg, Request};
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeploymentOptions {
-    /// Replica actors (at least one).
+    /// Replica actors (at least one). With `autoscaling` the autoscaler
+    /// decides (leave this at 1; the first count is
+    /// `autoscaling.initial_replicas`).
     #[serde(default = "one")]
     pub replicas: usize,
     /// Rows a replica batches at most (a larger request runs alone).
@@ -39,6 +42,107 @@ pub struct DeploymentOptions {
     /// How long a request may wait for its answer, in milliseconds.
     #[serde(default = "default_timeout")]
     pub request_timeout_ms: u64,
+    /// Replicas follow the load (see [`AutoscalingConfig`]); `None`: a
+    /// fixed `replicas`.
+    #[serde(default)]
+    pub autoscaling: Option<AutoscalingConfig>,
+}
+
+/// Autoscaling on requests in flight per replica (Ray Serve's names and
+/// rule): the autoscaler wants `ceil(ongoing / target_ongoing_requests)`
+/// replicas, `ongoing` being the requests held by replicas plus those
+/// queued, clamped to `[min_replicas, max_replicas]`; it scales up once
+/// that has asked for more for `upscale_delay_s`, down once it has asked
+/// for fewer for `downscale_delay_s`. From zero replicas a request starts
+/// one at once (a cold start: the model's parameters stay in memory, so
+/// it takes milliseconds) while it waits in the deployment's queue.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoscalingConfig {
+    /// Requests in flight per replica the autoscaler aims at.
+    #[serde(default = "default_target")]
+    pub target_ongoing_requests: f64,
+    /// Fewest replicas (0: scale to zero when idle).
+    #[serde(default = "one")]
+    pub min_replicas: usize,
+    /// Most replicas.
+    #[serde(default = "one")]
+    pub max_replicas: usize,
+    /// Replicas at start (default `min_replicas`).
+    #[serde(default)]
+    pub initial_replicas: Option<usize>,
+    /// Seconds the load must ask for more replicas before they start.
+    #[serde(default = "default_upscale")]
+    pub upscale_delay_s: f64,
+    /// Seconds the load must ask for fewer replicas before some drain.
+    #[serde(default = "default_downscale")]
+    pub downscale_delay_s: f64,
+}
+
+fn default_target() -> f64 {
+    2.0
+}
+fn default_upscale() -> f64 {
+    30.0
+}
+fn default_downscale() -> f64 {
+    600.0
+}
+
+impl Default for AutoscalingConfig {
+    fn default() -> Self {
+        Self {
+            target_ongoing_requests: default_target(),
+            min_replicas: 1,
+            max_replicas: 1,
+            initial_replicas: None,
+            upscale_delay_s: default_upscale(),
+            downscale_delay_s: default_downscale(),
+        }
+    }
+}
+
+impl AutoscalingConfig {
+    /// Replicas at start.
+    pub fn initial(&self) -> usize {
+        self.initial_replicas.unwrap_or(self.min_replicas)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let t = self.target_ongoing_requests;
+        if !(t.is_finite() && t > 0.0) {
+            return Err(format!(
+                "autoscaling.target_ongoing_requests must be a positive number, got {t}"
+            ));
+        }
+        if self.max_replicas == 0 {
+            return Err("autoscaling.max_replicas must be at least 1".into());
+        }
+        if self.min_replicas > self.max_replicas {
+            return Err(format!(
+                "autoscaling.min_replicas ({}) is above max_replicas ({})",
+                self.min_replicas, self.max_replicas
+            ));
+        }
+        let i = self.initial();
+        if i < self.min_replicas || i > self.max_replicas {
+            return Err(format!(
+                "autoscaling.initial_replicas ({i}) is outside [min_replicas, max_replicas] = [{}, {}]",
+                self.min_replicas, self.max_replicas
+            ));
+        }
+        for (key, d) in [
+            ("upscale_delay_s", self.upscale_delay_s),
+            ("downscale_delay_s", self.downscale_delay_s),
+        ] {
+            if !(d.is_finite() && (0.0..=1e9).contains(&d)) {
+                return Err(format!(
+                    "autoscaling.{key} must be between 0 and 1e9 seconds, got {d}"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn one() -> usize {
@@ -63,6 +167,7 @@ impl Default for DeploymentOptions {
             max_ongoing_requests: default_ongoing(),
             max_queued_requests: default_queued(),
             request_timeout_ms: default_timeout(),
+            autoscaling: None,
         }
     }
 }
@@ -82,13 +187,47 @@ impl DeploymentOptions {
         if self.request_timeout_ms == 0 {
             return Err("request_timeout_ms must be at least 1".into());
         }
+        if let Some(a) = &self.autoscaling {
+            a.validate()?;
+            if self.replicas != 1 {
+                return Err(
+                    "replicas does not apply with autoscaling: set autoscaling.initial_replicas"
+                        .into(),
+                );
+            }
+            if a.min_replicas == 0 && self.max_queued_requests == 0 {
+                return Err(
+                    "autoscaling.min_replicas = 0 needs max_queued_requests >= 1 (requests wait there for a cold start)"
+                        .into(),
+                );
+            }
+        }
         Ok(())
     }
 }
 
+/// `in_flight` of a retired replica: no slot can be taken any more.
+const CLOSED: usize = usize::MAX;
+
 struct Slot {
     handle: ActorHandle<ReplicaMsg>,
+    /// Requests held; [`CLOSED`] once retired.
     in_flight: AtomicUsize,
+    /// Scaling down: the router takes it only when no other has room, and
+    /// it is retired once empty.
+    draining: AtomicBool,
+}
+
+/// Counts of answered requests, for canary decisions.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct DeploymentStats {
+    /// Requests answered with outputs.
+    pub ok: u64,
+    /// Requests that failed on the serving side (overload, timeout,
+    /// replica failure, stopping); bad inputs are not counted.
+    pub failed: u64,
+    /// Mean latency of the answered ones (queue to answer), seconds.
+    pub mean_latency_s: f64,
 }
 
 struct Shared {
@@ -98,28 +237,110 @@ struct Shared {
     options: DeploymentOptions,
     features: usize,
     outputs: usize,
-    replicas: Vec<Slot>,
+    system: ActorSystem,
+    factory: ModelFactory,
+    batching: Batching,
+    replicas: RwLock<Vec<Arc<Slot>>>,
     queued: AtomicUsize,
-    /// Woken whenever a replica slot frees up.
+    /// Woken whenever a replica slot frees up or a replica starts.
     freed: Notify,
+    /// Wakes the autoscaler: the load changed, or the deployment stops.
+    load: Arc<Notify>,
+    /// Bumped before every `load` notification: the autoscaler looks
+    /// again when it moved while it was acting.
+    load_gen: AtomicU64,
     stopping: AtomicBool,
+    /// Drained and stopped: the autoscaler ends.
+    finished: AtomicBool,
     rng: AtomicU64,
     labels: Arc<[(&'static str, String); 2]>,
+    /// Replicas started so far (initial ones and scale-ups).
+    starts: AtomicU64,
+    ok: AtomicU64,
+    failed: AtomicU64,
+    latency_us: AtomicU64,
+    /// Woken on every answered or failed request.
+    answered: Notify,
+    /// Woken on every change of replicas, slots or queue.
+    changed: Notify,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // The autoscaler holds only a weak reference: let it see the end.
+        self.load.notify_one();
+    }
+}
+
+impl Shared {
+    fn slots(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<Slot>>> {
+        // A poisoned lock only means a panic while holding it; the vector
+        // itself is always whole (pushes and removals do not panic midway).
+        self.replicas.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn slots_mut(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Arc<Slot>>> {
+        self.replicas.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Requests held by replicas plus those queued.
+    fn ongoing(&self) -> usize {
+        let held: usize = self
+            .slots()
+            .iter()
+            .map(|s| s.in_flight.load(Ordering::Acquire))
+            .filter(|&n| n != CLOSED)
+            .sum();
+        held + self.queued.load(Ordering::Acquire)
+    }
+
+    fn set_replica_gauge(&self, n: usize) {
+        metrics::gauge!("manta_serve_replicas", self.labels.as_ref()).set(n as f64);
+        self.changed.notify_waiters();
+    }
+
+    /// Builds and spawns one replica.
+    async fn start_replica(&self) -> Result<Arc<Slot>, String> {
+        let m = (self.factory)()?;
+        if (m.features(), m.outputs()) != (self.features, self.outputs) {
+            return Err(format!(
+                "the model factory built a model of {}x{}, the deployment serves {}x{}",
+                m.features(),
+                m.outputs(),
+                self.features,
+                self.outputs
+            ));
+        }
+        let handle = self
+            .system
+            .spawn(Replica::new(m, self.batching, self.labels.clone()))
+            .await
+            .map_err(|e| e.to_string())?;
+        self.starts.fetch_add(1, Ordering::AcqRel);
+        Ok(Arc::new(Slot {
+            handle,
+            in_flight: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+        }))
+    }
 }
 
 /// Holds one of a replica's `max_ongoing_requests` slots; frees it (and
 /// wakes queued requests) when dropped.
 pub(crate) struct SlotGuard {
     shared: Arc<Shared>,
-    replica: usize,
+    slot: Arc<Slot>,
 }
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
-        if let Some(slot) = self.shared.replicas.get(self.replica) {
-            slot.in_flight.fetch_sub(1, Ordering::AcqRel);
-        }
+        self.slot.in_flight.fetch_sub(1, Ordering::AcqRel);
         self.shared.freed.notify_waiters();
+        self.shared.changed.notify_waiters();
+        if self.shared.options.autoscaling.is_some() {
+            self.shared.load_gen.fetch_add(1, Ordering::AcqRel);
+            self.shared.load.notify_one();
+        }
     }
 }
 
@@ -132,6 +353,7 @@ impl Drop for QueuedGuard<'_> {
         metrics::gauge!("manta_serve_queue_depth", self.0.labels.as_ref()).set(now as f64);
         // A stop waiting for the queue to empty looks again.
         self.0.freed.notify_waiters();
+        self.0.changed.notify_waiters();
     }
 }
 
@@ -146,14 +368,16 @@ impl std::fmt::Debug for Deployment {
         f.debug_struct("Deployment")
             .field("model", &self.shared.model)
             .field("version", &self.shared.version)
-            .field("replicas", &self.shared.replicas.len())
+            .field("replicas", &self.replicas())
             .finish()
     }
 }
 
 impl Deployment {
-    /// Starts `options.replicas` replica actors in `system`, each with a
-    /// model from `factory`.
+    /// Starts `options.replicas` replica actors in `system` (with
+    /// autoscaling: `autoscaling.initial_replicas`, and the autoscaler),
+    /// each with a model from `factory`. The factory is kept: the
+    /// autoscaler builds new replicas with it.
     pub async fn start(
         system: &ActorSystem,
         model: &str,
@@ -171,50 +395,68 @@ impl Deployment {
             max_batch_size: options.max_batch_size,
             batch_wait_timeout: Duration::from_millis(options.batch_wait_timeout_ms),
         };
-        let mut replicas = Vec::with_capacity(options.replicas);
-        let (mut features, mut outputs) = (0, 0);
-        for i in 0..options.replicas {
-            let spawn_err = |message: String| StartError::Spawn {
-                deployment: key.clone(),
-                replica: i,
-                message,
-            };
-            let m = factory().map_err(spawn_err)?;
-            if i == 0 {
-                (features, outputs) = (m.features(), m.outputs());
-            } else if (features, outputs) != (m.features(), m.outputs()) {
-                return Err(spawn_err("replicas built different model shapes".into()));
-            }
-            let handle = system
-                .spawn(Replica::new(m, batching, labels.clone()))
-                .await
-                .map_err(|e| spawn_err(e.to_string()))?;
-            replicas.push(Slot {
-                handle,
-                in_flight: AtomicUsize::new(0),
-            });
-        }
-        metrics::gauge!("manta_serve_replicas", labels.as_ref()).set(replicas.len() as f64);
-        metrics::gauge!("manta_serve_queue_depth", labels.as_ref()).set(0.0);
+        // The shape, from a model built once (also when starting at zero).
+        let probe = factory().map_err(|message| StartError::Spawn {
+            deployment: key.clone(),
+            replica: 0,
+            message,
+        })?;
+        let (features, outputs) = (probe.features(), probe.outputs());
+        drop(probe);
+        let initial = options
+            .autoscaling
+            .as_ref()
+            .map_or(options.replicas, AutoscalingConfig::initial);
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        Ok(Self {
-            shared: Arc::new(Shared {
-                model: model.to_owned(),
-                version: version.to_owned(),
-                key,
-                options,
-                features,
-                outputs,
-                replicas,
-                queued: AtomicUsize::new(0),
-                freed: Notify::new(),
-                stopping: AtomicBool::new(false),
-                rng: AtomicU64::new(seed),
-                labels,
-            }),
-        })
+        let shared = Arc::new(Shared {
+            model: model.to_owned(),
+            version: version.to_owned(),
+            key: key.clone(),
+            options,
+            features,
+            outputs,
+            system: system.clone(),
+            factory,
+            batching,
+            replicas: RwLock::new(Vec::with_capacity(initial)),
+            queued: AtomicUsize::new(0),
+            freed: Notify::new(),
+            load: Arc::new(Notify::new()),
+            load_gen: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
+            rng: AtomicU64::new(seed),
+            labels,
+            starts: AtomicU64::new(0),
+            ok: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            latency_us: AtomicU64::new(0),
+            answered: Notify::new(),
+            changed: Notify::new(),
+        });
+        for i in 0..initial {
+            let slot = shared
+                .start_replica()
+                .await
+                .map_err(|message| StartError::Spawn {
+                    deployment: key.clone(),
+                    replica: i,
+                    message,
+                })?;
+            shared.slots_mut().push(slot);
+        }
+        shared.set_replica_gauge(initial);
+        metrics::gauge!("manta_serve_queue_depth", shared.labels.as_ref()).set(0.0);
+        if let Some(cfg) = shared.options.autoscaling.clone() {
+            tokio::spawn(autoscale(
+                Arc::downgrade(&shared),
+                Arc::clone(&shared.load),
+                cfg,
+            ));
+        }
+        Ok(Self { shared })
     }
 
     /// The model's name.
@@ -242,14 +484,70 @@ impl Deployment {
         &self.shared.options
     }
 
-    /// Whether it takes requests (not stopping, every replica alive).
+    /// Its model factory (what a new version with the same model reuses).
+    pub fn factory(&self) -> ModelFactory {
+        Arc::clone(&self.shared.factory)
+    }
+
+    /// Replicas taking requests now (not draining).
+    pub fn replicas(&self) -> usize {
+        self.shared
+            .slots()
+            .iter()
+            .filter(|s| !s.draining.load(Ordering::Acquire))
+            .count()
+    }
+
+    /// Replica actors running now, draining ones included.
+    pub fn replicas_running(&self) -> usize {
+        self.shared.slots().len()
+    }
+
+    /// Replicas started so far (the first ones, scale-ups and cold
+    /// starts).
+    pub fn replica_starts(&self) -> u64 {
+        self.shared.starts.load(Ordering::Acquire)
+    }
+
+    /// Whether it takes requests (not stopping, every replica alive; a
+    /// deployment scaled to zero is ready: a request starts a replica).
     pub fn is_ready(&self) -> bool {
         !self.shared.stopping.load(Ordering::Acquire)
             && self
                 .shared
-                .replicas
+                .slots()
                 .iter()
                 .all(|s| s.handle.exit_reason().is_none())
+    }
+
+    /// Sets its gauges again (a deployment started before the metrics
+    /// recorder was installed would otherwise show none until it scales).
+    pub(crate) fn publish_gauges(&self) {
+        let s = &self.shared;
+        s.set_replica_gauge(s.slots().len());
+        metrics::gauge!("manta_serve_queue_depth", s.labels.as_ref())
+            .set(s.queued.load(Ordering::Acquire) as f64);
+    }
+
+    /// Waits until `cond` holds, looking again at every change of its
+    /// replicas, slots or queue; answers whether it held before `deadline`.
+    pub async fn wait_until(
+        &self,
+        deadline: tokio::time::Instant,
+        mut cond: impl FnMut(&Deployment) -> bool,
+    ) -> bool {
+        loop {
+            let changed = self.shared.changed.notified();
+            tokio::pin!(changed);
+            // Registered before looking: no change is missed.
+            changed.as_mut().enable();
+            if cond(self) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return cond(self);
+            }
+        }
     }
 
     /// Requests waiting for a replica now.
@@ -257,19 +555,54 @@ impl Deployment {
         self.shared.queued.load(Ordering::Acquire)
     }
 
-    /// Requests held by each replica now.
+    /// Requests held by each replica now (draining ones included).
     pub fn in_flight(&self) -> Vec<usize> {
         self.shared
-            .replicas
+            .slots()
             .iter()
             .map(|s| s.in_flight.load(Ordering::Acquire))
+            .filter(|&n| n != CLOSED)
             .collect()
+    }
+
+    /// Requests answered and failed so far.
+    pub fn stats(&self) -> DeploymentStats {
+        let ok = self.shared.ok.load(Ordering::Acquire);
+        let us = self.shared.latency_us.load(Ordering::Acquire);
+        DeploymentStats {
+            ok,
+            failed: self.shared.failed.load(Ordering::Acquire),
+            mean_latency_s: if ok == 0 {
+                0.0
+            } else {
+                us as f64 / ok as f64 / 1e6
+            },
+        }
+    }
+
+    /// Waits until `n` requests have been answered or failed in all
+    /// (counted since it started), or until `deadline`; answers the stats
+    /// then.
+    pub async fn wait_answered(&self, n: u64, deadline: tokio::time::Instant) -> DeploymentStats {
+        loop {
+            let answered = self.shared.answered.notified();
+            tokio::pin!(answered);
+            // Registered before looking: no answer is missed.
+            answered.as_mut().enable();
+            let stats = self.stats();
+            if stats.ok + stats.failed >= n
+                || tokio::time::timeout_at(deadline, answered).await.is_err()
+            {
+                return self.stats();
+            }
+        }
     }
 
     /// Runs `rows` rows (`input.len() == rows * features()`), answering
     /// `rows * outputs()` values. Waits for a replica slot in the
-    /// deployment's queue when every replica is full, and is refused when
-    /// the queue is full too.
+    /// deployment's queue when every replica is full (or none runs yet),
+    /// and is refused when the queue is full too. The whole request,
+    /// queue included, is bounded by `request_timeout_ms`.
     pub async fn infer(&self, input: Vec<f32>, rows: usize) -> Result<Vec<f32>, ServeError> {
         let s = &self.shared;
         if rows == 0 || input.len() != rows * s.features {
@@ -280,14 +613,47 @@ impl Deployment {
             )));
         }
         let arrived = Instant::now();
-        let slot = self.acquire().await?;
+        let r = self.infer_checked(input, rows, arrived).await;
+        match &r {
+            Ok(_) => {
+                s.ok.fetch_add(1, Ordering::AcqRel);
+                s.latency_us
+                    .fetch_add(arrived.elapsed().as_micros() as u64, Ordering::AcqRel);
+            }
+            Err(_) => {
+                s.failed.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        s.answered.notify_waiters();
+        r
+    }
+
+    async fn infer_checked(
+        &self,
+        input: Vec<f32>,
+        rows: usize,
+        arrived: Instant,
+    ) -> Result<Vec<f32>, ServeError> {
+        let s = &self.shared;
+        let timeout = Duration::from_millis(s.options.request_timeout_ms);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let slot = match tokio::time::timeout_at(deadline, self.acquire()).await {
+            Ok(slot) => slot?,
+            Err(_) => {
+                return Err(ServeError::Timeout {
+                    deployment: s.key.clone(),
+                    timeout,
+                });
+            }
+        };
         metrics::histogram!("manta_serve_queue_seconds", s.labels.as_ref())
             .record(arrived.elapsed().as_secs_f64());
-        let replica = slot.replica;
-        let timeout = Duration::from_millis(s.options.request_timeout_ms);
+        let handle = slot.slot.handle.clone();
+        let left = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(Duration::from_millis(1));
         let sent = Instant::now();
-        let answer = s.replicas[replica]
-            .handle
+        let answer = handle
             .ask(
                 |reply| {
                     ReplicaMsg::Infer(Request {
@@ -298,7 +664,7 @@ impl Deployment {
                         _slot: slot,
                     })
                 },
-                timeout,
+                left,
             )
             .await;
         match answer {
@@ -307,7 +673,7 @@ impl Deployment {
                 deployment: s.key.clone(),
                 message,
             }),
-            Err(AskError::Timeout(timeout)) => Err(ServeError::Timeout {
+            Err(AskError::Timeout(_)) => Err(ServeError::Timeout {
                 deployment: s.key.clone(),
                 timeout,
             }),
@@ -326,7 +692,8 @@ impl Deployment {
         if let Some(g) = self.try_pick() {
             return Ok(g);
         }
-        // Every replica is full: wait in the deployment's bounded queue.
+        // Every replica is full (or none runs): wait in the deployment's
+        // bounded queue.
         let before = s.queued.fetch_add(1, Ordering::AcqRel);
         let _queued = QueuedGuard(s);
         if before >= s.options.max_queued_requests {
@@ -336,6 +703,11 @@ impl Deployment {
             });
         }
         metrics::gauge!("manta_serve_queue_depth", s.labels.as_ref()).set((before + 1) as f64);
+        if s.options.autoscaling.is_some() {
+            s.load_gen.fetch_add(1, Ordering::AcqRel);
+            s.load.notify_one();
+        }
+        s.changed.notify_waiters();
         loop {
             let freed = s.freed.notified();
             tokio::pin!(freed);
@@ -350,11 +722,16 @@ impl Deployment {
         }
     }
 
-    /// Power of two choices: two random replicas, the one with fewer
-    /// requests in flight if it has room, else the other, else any.
+    /// Power of two choices among the replicas not draining: two random
+    /// ones, the one with fewer requests in flight if it has room, else
+    /// the other, else any with room (draining ones last).
     fn try_pick(&self) -> Option<SlotGuard> {
         let s = &self.shared;
-        let n = s.replicas.len();
+        let slots = s.slots();
+        let n = slots.len();
+        if n == 0 {
+            return None;
+        }
         let r = self.random();
         let a = (r % n as u64) as usize;
         let b = if n > 1 {
@@ -362,22 +739,40 @@ impl Deployment {
         } else {
             a
         };
-        let load = |i: usize| s.replicas[i].in_flight.load(Ordering::Acquire);
+        let load = |i: usize| {
+            let slot = &slots[i];
+            if slot.draining.load(Ordering::Acquire) {
+                usize::MAX
+            } else {
+                slot.in_flight.load(Ordering::Acquire)
+            }
+        };
         let (first, second) = if load(a) <= load(b) { (a, b) } else { (b, a) };
+        let live = (0..n)
+            .map(|k| (a + k) % n)
+            .filter(|&i| !slots[i].draining.load(Ordering::Acquire));
+        let draining = (0..n)
+            .map(|k| (a + k) % n)
+            .filter(|&i| slots[i].draining.load(Ordering::Acquire));
         std::iter::once(first)
             .chain(std::iter::once(second))
-            .chain((0..n).map(|k| (a + k) % n))
-            .find(|&i| self.try_acquire(i))
-            .map(|replica| SlotGuard {
-                shared: Arc::clone(&self.shared),
-                replica,
+            .filter(|&i| !slots[i].draining.load(Ordering::Acquire))
+            .chain(live)
+            .chain(draining)
+            .find(|&i| self.try_acquire(&slots[i]))
+            .map(|i| {
+                s.changed.notify_waiters();
+                SlotGuard {
+                    shared: Arc::clone(&self.shared),
+                    slot: Arc::clone(&slots[i]),
+                }
             })
     }
 
-    fn try_acquire(&self, i: usize) -> bool {
+    fn try_acquire(&self, slot: &Slot) -> bool {
         let max = self.shared.options.max_ongoing_requests;
-        self.shared.replicas[i]
-            .in_flight
+        // A retired slot holds CLOSED, above any max.
+        slot.in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
                 (c < max).then_some(c + 1)
             })
@@ -403,8 +798,8 @@ impl Deployment {
     }
 
     /// Stops taking requests, waits up to `grace` for the queued and
-    /// in-flight ones to be answered, then stops the replicas. Answers
-    /// whether everything drained in time.
+    /// in-flight ones to be answered, then stops the replicas and the
+    /// autoscaler. Answers whether everything drained in time.
     pub async fn stop(&self, grace: Duration) -> bool {
         self.begin_stop();
         let s = &self.shared;
@@ -413,12 +808,7 @@ impl Deployment {
                 let freed = s.freed.notified();
                 tokio::pin!(freed);
                 freed.as_mut().enable();
-                let busy = s.queued.load(Ordering::Acquire)
-                    + s.replicas
-                        .iter()
-                        .map(|r| r.in_flight.load(Ordering::Acquire))
-                        .sum::<usize>();
-                if busy == 0 {
+                if s.ongoing() == 0 {
                     return;
                 }
                 freed.await;
@@ -426,10 +816,155 @@ impl Deployment {
         })
         .await
         .is_ok();
-        for r in &s.replicas {
+        s.finished.store(true, Ordering::Release);
+        s.load.notify_one();
+        let slots = std::mem::take(&mut *s.slots_mut());
+        for r in &slots {
             r.handle.stop(ExitReason::Shutdown(None));
         }
-        metrics::gauge!("manta_serve_replicas", s.labels.as_ref()).set(0.0);
+        s.set_replica_gauge(0);
         drained
+    }
+}
+
+/// The autoscaler of one deployment: looks at the load whenever it
+/// changes (a request queued, a slot freed) or a delay runs out, and
+/// starts, drains and retires replicas. Holds the deployment weakly: it
+/// ends when the deployment stops or is dropped.
+async fn autoscale(shared: Weak<Shared>, load: Arc<Notify>, cfg: AutoscalingConfig) {
+    let up_delay = Duration::from_secs_f64(cfg.upscale_delay_s);
+    let down_delay = Duration::from_secs_f64(cfg.downscale_delay_s);
+    let mut up_since: Option<tokio::time::Instant> = None;
+    let mut down_since: Option<tokio::time::Instant> = None;
+    loop {
+        let wake = load.notified();
+        tokio::pin!(wake);
+        wake.as_mut().enable();
+        let Some(s) = shared.upgrade() else { return };
+        if s.finished.load(Ordering::Acquire) {
+            return;
+        }
+        let generation = s.load_gen.load(Ordering::Acquire);
+        let now = tokio::time::Instant::now();
+        retire_drained(&s);
+        let ongoing = s.ongoing();
+        tracing::trace!(deployment = %s.key, ongoing, "autoscaler looks");
+        let active = s
+            .slots()
+            .iter()
+            .filter(|x| !x.draining.load(Ordering::Acquire))
+            .count();
+        let wanted = (ongoing as f64 / cfg.target_ongoing_requests).ceil() as usize;
+        let desired = wanted.clamp(cfg.min_replicas, cfg.max_replicas);
+        let stopping = s.stopping.load(Ordering::Acquire);
+        let mut next: Option<tokio::time::Instant> = None;
+        if active == 0 && ongoing > 0 {
+            // A request waits on a deployment at zero: start one now.
+            up_since = None;
+            scale_up(&s, desired.max(1)).await;
+        } else if desired > active && !stopping {
+            down_since = None;
+            let since = *up_since.get_or_insert(now);
+            if now >= since + up_delay {
+                up_since = None;
+                scale_up(&s, desired - active).await;
+            } else {
+                next = Some(since + up_delay);
+            }
+        } else if desired < active && !stopping {
+            up_since = None;
+            let since = *down_since.get_or_insert(now);
+            if now >= since + down_delay {
+                down_since = None;
+                scale_down(&s, active - desired);
+                retire_drained(&s);
+            } else {
+                next = Some(since + down_delay);
+            }
+        } else {
+            up_since = None;
+            down_since = None;
+        }
+        // The load moved while this looked or acted: look again now.
+        let moved = s.load_gen.load(Ordering::Acquire) != generation;
+        drop(s);
+        if moved {
+            continue;
+        }
+        match next {
+            Some(at) => {
+                let _ = tokio::time::timeout_at(at, wake).await;
+            }
+            None => wake.await,
+        }
+    }
+}
+
+/// Starts `n` replicas: draining ones are taken back first.
+async fn scale_up(s: &Shared, mut n: usize) {
+    for slot in s.slots().iter() {
+        if n > 0 && slot.draining.swap(false, Ordering::AcqRel) {
+            n -= 1;
+        }
+    }
+    for _ in 0..n {
+        match s.start_replica().await {
+            Ok(slot) => {
+                let count = {
+                    let mut slots = s.slots_mut();
+                    slots.push(slot);
+                    slots.len()
+                };
+                s.set_replica_gauge(count);
+                tracing::debug!(deployment = %s.key, replicas = count, "scaled up");
+            }
+            Err(e) => {
+                // Queued requests keep waiting (bounded by their timeout);
+                // the next load change tries again.
+                tracing::warn!(deployment = %s.key, error = %e, "starting a replica failed");
+                break;
+            }
+        }
+    }
+    s.freed.notify_waiters();
+}
+
+/// Marks the `n` least busy replicas draining.
+fn scale_down(s: &Shared, n: usize) {
+    let slots = s.slots();
+    let mut live: Vec<&Arc<Slot>> = slots
+        .iter()
+        .filter(|x| !x.draining.load(Ordering::Acquire))
+        .collect();
+    live.sort_by_key(|x| x.in_flight.load(Ordering::Acquire));
+    for slot in live.into_iter().take(n) {
+        slot.draining.store(true, Ordering::Release);
+    }
+    s.changed.notify_waiters();
+}
+
+/// Retires the draining replicas that hold no request: closes their slot
+/// (so the router cannot take it) and stops them.
+fn retire_drained(s: &Shared) {
+    let mut retired = Vec::new();
+    {
+        let mut slots = s.slots_mut();
+        slots.retain(|x| {
+            let closed = x.draining.load(Ordering::Acquire)
+                && x.in_flight
+                    .compare_exchange(0, CLOSED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok();
+            if closed {
+                retired.push(Arc::clone(x));
+            }
+            !closed
+        });
+        if !retired.is_empty() {
+            s.set_replica_gauge(slots.len());
+        }
+    }
+    for r in retired {
+        r.handle.stop(ExitReason::Shutdown(None));
+        tracing::debug!(deployment = %s.key, "replica drained and stopped");
     }
 }

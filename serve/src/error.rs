@@ -56,6 +56,15 @@ pub enum StartError {
         #[source]
         source: manta_ml::MlError,
     },
+    /// The experiment directory has no servable best trial.
+    #[error("deployment {deployment}: experiment: {source}")]
+    Experiment {
+        /// `model:version`.
+        deployment: String,
+        /// The tuner's error (it names the directory).
+        #[source]
+        source: manta_ml::tune::TuneError,
+    },
     /// A replica actor did not start.
     #[error("deployment {deployment}: replica {replica}: {message}")]
     Spawn {
@@ -110,6 +119,24 @@ pub enum TrafficError {
     /// The weights add up to more than `u32::MAX`.
     #[error("model '{0}': the weights add up to more than {max}", max = u32::MAX)]
     TooHeavy(String),
+    /// The version still has weight or is the stable one.
+    #[error(
+        "model '{model}': version '{version}' still takes traffic (weight above 0, or the stable version a rollback returns to)"
+    )]
+    InUse {
+        /// The model.
+        model: String,
+        /// The version.
+        version: String,
+    },
+    /// The version exists already.
+    #[error("model '{model}' already has a version '{version}'")]
+    Exists {
+        /// The model.
+        model: String,
+        /// The version.
+        version: String,
+    },
     /// The model table's lock was poisoned by a panic.
     #[error("model table poisoned")]
     Poisoned,

@@ -34,6 +34,10 @@ pub(crate) struct AppInner {
     pub(crate) max_body_bytes: usize,
     pub(crate) ready: AtomicBool,
     pub(crate) prometheus: PrometheusHandle,
+    /// Where new versions' replicas run.
+    pub(crate) system: manta_actors::ActorSystem,
+    /// The bearer token admin requests carry, when one is configured.
+    pub(crate) admin_token: Option<String>,
 }
 
 impl AppInner {
@@ -50,6 +54,41 @@ impl AppInner {
         let mut split = m.split.lock().map_err(|_| TrafficError::Poisoned)?;
         f(&mut split)
     }
+
+    /// Every deployment, by model and version.
+    pub(crate) fn deployments(&self) -> Vec<Deployment> {
+        self.models
+            .read()
+            .map(|m| {
+                m.values()
+                    .flat_map(|v| v.versions.values().cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Takes `model`'s `version` out of the table (no weight, not stable);
+    /// the caller stops it.
+    pub(crate) fn remove_version(
+        &self,
+        model: &str,
+        version: &str,
+    ) -> Result<Deployment, TrafficError> {
+        let mut models = self.models.write().map_err(|_| TrafficError::Poisoned)?;
+        let m = models
+            .get_mut(model)
+            .ok_or_else(|| TrafficError::UnknownModel(model.to_owned()))?;
+        m.split
+            .lock()
+            .map_err(|_| TrafficError::Poisoned)?
+            .remove(model, version)?;
+        m.versions
+            .remove(version)
+            .ok_or_else(|| TrafficError::UnknownVersion {
+                model: model.to_owned(),
+                version: version.to_owned(),
+            })
+    }
 }
 
 pub(crate) type AppState = Arc<AppInner>;
@@ -63,7 +102,7 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
             message: message.into(),
@@ -110,7 +149,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
+pub(crate) fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
     match serde_json::to_vec(body) {
         Ok(bytes) => (
             status,

@@ -18,7 +18,9 @@
 //! `GET /metrics`. Models come from manta-ml checkpoints
 //! ([`model::mlp_from_checkpoint`]) or any [`Model`].
 
+pub mod admin;
 pub mod cli;
+pub mod client;
 pub mod compose;
 pub mod config;
 pub mod deployment;
@@ -32,8 +34,8 @@ mod replica;
 pub mod server;
 mod traffic;
 
-pub use config::{DeploymentConfig, GrpcConfig, HttpConfig, ServeConfig};
-pub use deployment::{Deployment, DeploymentOptions};
+pub use config::{AdminConfig, DeploymentConfig, GrpcConfig, HttpConfig, ModelSource, ServeConfig};
+pub use deployment::{AutoscalingConfig, Deployment, DeploymentOptions, DeploymentStats};
 pub use error::{ServeError, StartError, TrafficError};
 pub use model::{MlpModel, Model, ModelFactory};
 pub use server::Server;

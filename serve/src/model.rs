@@ -70,20 +70,42 @@ impl Model for MlpModel {
 /// The maximum size of one checkpoint file a deployment reads (1 GiB).
 pub const MAX_CHECKPOINT_BYTES: u64 = 1 << 30;
 
+/// A factory of MLP replicas sharing `params` (kept in memory: a new
+/// replica, a cold start included, copies them and builds the layers,
+/// milliseconds for the digits model). Checks once that they build.
+pub fn mlp_factory(
+    spec: ModelSpec,
+    params: Vec<ParamTensor>,
+) -> Result<ModelFactory, manta_ml::MlError> {
+    let params = Arc::new(params);
+    MlpModel::new(&spec, params.to_vec())?;
+    Ok(Arc::new(move || {
+        MlpModel::new(&spec, params.to_vec())
+            .map(|m| Box::new(m) as Box<dyn Model>)
+            .map_err(|e| e.to_string())
+    }))
+}
+
+/// A factory for MLP replicas from the best trial of the tuner experiment
+/// in `dir` (its newest checkpoint; see
+/// [`manta_ml::tune::store::best_checkpoint`]), and that trial. Errors
+/// name the directory: no store, no finished trial, no checkpoint, a
+/// checkpoint that is not a digits MLP.
+pub fn mlp_from_experiment(
+    dir: &Path,
+) -> Result<(ModelFactory, manta_ml::tune::store::BestCheckpoint), manta_ml::tune::TuneError> {
+    let best = manta_ml::tune::store::best_checkpoint(dir)?;
+    let (spec, params) = manta_ml::tune::digits::checkpoint_model(&best.checkpoint)?;
+    let factory = mlp_factory(spec, params)?;
+    Ok((factory, best))
+}
+
 /// A factory for MLP replicas from the checkpoints under `dir` (a
 /// training run's directory or the configured checkpoint directory, see
 /// [`manta_ml::ps::load_saved_model`]); the file is read once, here.
 /// Answers the factory and the checkpoint's version.
 pub fn mlp_from_checkpoint(dir: &Path) -> Result<(ModelFactory, u64), manta_ml::MlError> {
     let saved = manta_ml::ps::load_saved_model(dir, MAX_CHECKPOINT_BYTES)?;
-    let spec = saved.model;
-    let params = Arc::new(saved.params);
-    // Checked once now, so that replicas start with a known-good model.
-    MlpModel::new(&spec, params.to_vec())?;
-    let factory: ModelFactory = Arc::new(move || {
-        MlpModel::new(&spec, params.to_vec())
-            .map(|m| Box::new(m) as Box<dyn Model>)
-            .map_err(|e| e.to_string())
-    });
+    let factory = mlp_factory(saved.model, saved.params)?;
     Ok((factory, saved.version))
 }

@@ -1,7 +1,10 @@
-//! A server: deployments in an actor system behind the HTTP front door.
+//! A server: deployments in an actor system behind the HTTP front door
+//! (and the gRPC one, when configured), and the admin API on its own
+//! listener.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -10,77 +13,101 @@ use manta_actors::ActorSystem;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::config::{GrpcConfig, HttpConfig, ServeConfig};
-use crate::deployment::Deployment;
+use crate::config::{
+    AdminConfig, DeploymentConfig, GrpcConfig, HttpConfig, ModelSource, ServeConfig,
+};
+use crate::deployment::{Deployment, DeploymentOptions};
 use crate::error::{StartError, TrafficError};
-use crate::grpc::GrpcFront;
 use crate::http::{AppInner, ModelVersions};
-use crate::model::mlp_from_checkpoint;
+use crate::model::{ModelFactory, mlp_from_checkpoint, mlp_from_experiment};
 use crate::traffic::Split;
+
+/// One listener's task and its stop signal.
+struct Listener {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
 
 /// A running server.
 pub struct Server {
     addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     state: Arc<AppInner>,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<std::io::Result<()>>,
-    grpc: Option<GrpcFront>,
-    deployments: Vec<Deployment>,
+    http: Listener,
+    admin: Option<Listener>,
+    grpc: Option<crate::grpc::GrpcFront>,
     drain: Duration,
-    _system: ActorSystem,
 }
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
             .field("addr", &self.addr)
-            .field("deployments", &self.deployments)
+            .field("admin_addr", &self.admin_addr)
+            .field("deployments", &self.deployments())
             .finish()
     }
 }
 
+/// A deployment's model, loaded (blocking file reads off the runtime).
+/// For an experiment, also the best trial it is.
+pub(crate) async fn load_source(
+    key: &str,
+    source: ModelSource,
+) -> Result<(ModelFactory, Option<manta_ml::tune::store::BestCheckpoint>), StartError> {
+    let joined = tokio::task::spawn_blocking(move || match source {
+        ModelSource::Checkpoint(path) => mlp_from_checkpoint(&path)
+            .map(|(f, _)| (f, None))
+            .map_err(Ok),
+        ModelSource::Experiment(dir) => mlp_from_experiment(&dir)
+            .map(|(f, b)| (f, Some(b)))
+            .map_err(Err),
+    })
+    .await
+    .map_err(|e| StartError::Config(format!("deployment {key}: loader: {e}")))?;
+    joined.map_err(|e| match e {
+        Ok(source) => StartError::Model {
+            deployment: key.to_owned(),
+            source,
+        },
+        Err(source) => StartError::Experiment {
+            deployment: key.to_owned(),
+            source,
+        },
+    })
+}
+
 impl Server {
-    /// Loads every deployment's model from its checkpoint, starts the
-    /// replicas in a new actor system and serves them.
+    /// Loads every deployment's model (checkpoint or experiment), starts
+    /// the replicas in a new actor system and serves them, with the admin
+    /// API on `config.admin`.
     pub async fn start(config: &ServeConfig) -> Result<Self, StartError> {
         let system = ActorSystem::new();
         let mut deployments = Vec::new();
         for d in &config.deployments {
             let key = format!("{}:{}", d.model, d.version);
-            let path = d.checkpoint.clone();
-            let (factory, _) = tokio::task::spawn_blocking(move || mlp_from_checkpoint(&path))
-                .await
-                .map_err(|e| StartError::Config(format!("deployment {key}: loader: {e}")))?
-                .map_err(|source| StartError::Model {
-                    deployment: key.clone(),
-                    source,
-                })?;
+            let source = d.source().ok_or_else(|| {
+                StartError::Config(format!(
+                    "deployment {key}: exactly one of `checkpoint` and `experiment`"
+                ))
+            })?;
+            let (factory, best) = load_source(&key, source).await?;
+            if let Some(b) = best {
+                tracing::info!(deployment = %key, trial = b.trial, metric = b.metric, checkpoint = %b.checkpoint.display(), "serving the best trial");
+            }
             deployments.push(
                 Deployment::start(&system, &d.model, &d.version, factory, d.options()).await?,
             );
         }
-        let server =
-            Self::serve_fronts(system, deployments, &config.http, config.grpc.as_ref()).await?;
-        // Weighted models: the heaviest version first (the first listed on
-        // a tie: the sort is stable) becomes the stable one, then the split.
-        let mut weighted: BTreeMap<&str, Vec<(&str, u32)>> = BTreeMap::new();
-        for d in &config.deployments {
-            if let Some(w) = d.weight {
-                weighted.entry(&d.model).or_default().push((&d.version, w));
-            }
-        }
-        let mut applied = Ok(());
-        for (model, mut weights) in weighted {
-            weights.sort_by_key(|w| std::cmp::Reverse(w.1));
-            applied = weights
-                .first()
-                .map_or(Ok(()), |heaviest| server.set_traffic(model, &[*heaviest]))
-                .and_then(|()| server.set_traffic(model, &weights));
-            if applied.is_err() {
-                break;
-            }
-        }
-        match applied {
+        let server = Self::serve_fronts(
+            system,
+            deployments,
+            &config.http,
+            &config.admin,
+            config.grpc.as_ref(),
+        )
+        .await?;
+        match apply_weights(&server, &config.deployments) {
             Ok(()) => Ok(server),
             Err(e) => {
                 server.shutdown().await;
@@ -89,15 +116,16 @@ impl Server {
         }
     }
 
-    /// Serves deployments already started in `system`. The first version
-    /// listed for a model gets all requests without a version (and is the
-    /// stable one) until [`Server::set_traffic`] says otherwise.
+    /// Serves deployments already started in `system`, without the admin
+    /// API. The first version listed for a model gets all requests
+    /// without a version (and is the stable one) until
+    /// [`Server::set_traffic`] says otherwise.
     pub async fn serve(
         system: ActorSystem,
         deployments: Vec<Deployment>,
         http: &HttpConfig,
     ) -> Result<Self, StartError> {
-        Self::serve_fronts(system, deployments, http, None).await
+        Self::serve_fronts(system, deployments, http, &admin_off(), None).await
     }
 
     /// [`Server::serve`], with the protocol's gRPC service on
@@ -108,16 +136,36 @@ impl Server {
         http: &HttpConfig,
         grpc: &GrpcConfig,
     ) -> Result<Self, StartError> {
-        Self::serve_fronts(system, deployments, http, Some(grpc)).await
+        Self::serve_fronts(system, deployments, http, &admin_off(), Some(grpc)).await
+    }
+
+    /// [`Server::serve`] with the admin API on `admin.address` (none when
+    /// it is empty). Refuses an admin address off loopback without a
+    /// token file.
+    pub async fn serve_with_admin(
+        system: ActorSystem,
+        deployments: Vec<Deployment>,
+        http: &HttpConfig,
+        admin: &AdminConfig,
+    ) -> Result<Self, StartError> {
+        Self::serve_fronts(system, deployments, http, admin, None).await
     }
 
     async fn serve_fronts(
         system: ActorSystem,
         deployments: Vec<Deployment>,
         http: &HttpConfig,
+        admin: &AdminConfig,
         grpc: Option<&GrpcConfig>,
     ) -> Result<Self, StartError> {
         let prometheus = crate::exporter::prometheus()?;
+        for d in &deployments {
+            d.publish_gauges();
+        }
+        let token = match &admin.token_file {
+            Some(path) => Some(read_token(path)?),
+            None => None,
+        };
         let mut listed: BTreeMap<String, (Vec<String>, BTreeMap<String, Deployment>)> =
             BTreeMap::new();
         for d in &deployments {
@@ -139,43 +187,48 @@ impl Server {
                 Some((model, ModelVersions { versions, split }))
             })
             .collect();
-        let io = |source| StartError::Io {
-            addr: http.address.clone(),
-            source,
+        let (listener, addr) = bind(&http.address).await?;
+        let admin_listener = if admin.address.is_empty() {
+            None
+        } else {
+            let (l, a) = bind(&admin.address).await?;
+            if token.is_none() && !a.ip().is_loopback() {
+                return Err(StartError::Config(format!(
+                    "admin.address {} is not a loopback address: set admin.token_file so that admin requests need a bearer token",
+                    admin.address
+                )));
+            }
+            Some((l, a))
         };
-        let listener = tokio::net::TcpListener::bind(&http.address)
-            .await
-            .map_err(io)?;
-        let addr = listener.local_addr().map_err(io)?;
         let state = Arc::new(AppInner {
             models: RwLock::new(models),
             max_body_bytes: http.max_body_bytes,
             ready: AtomicBool::new(true),
             prometheus,
+            system,
+            admin_token: token,
         });
         let grpc = match grpc {
             Some(g) => Some(crate::grpc::start(state.clone(), g).await?),
             None => None,
         };
-        let (stop, stopped) = oneshot::channel::<()>();
-        let app = crate::http::router(state.clone());
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await
-        });
-        tracing::info!(%addr, deployments = deployments.len(), "serving");
+        let http_task = spawn_listener(listener, crate::http::router(state.clone()));
+        let (admin_task, admin_addr) = match admin_listener {
+            Some((l, a)) => (
+                Some(spawn_listener(l, crate::admin::router(state.clone()))),
+                Some(a),
+            ),
+            None => (None, None),
+        };
+        tracing::info!(%addr, admin = ?admin_addr, deployments = deployments.len(), "serving");
         Ok(Self {
             addr,
+            admin_addr,
             state,
-            stop: Some(stop),
-            task,
+            http: http_task,
+            admin: admin_task,
             grpc,
-            deployments,
             drain: Duration::from_millis(http.drain_timeout_ms),
-            _system: system,
         })
     }
 
@@ -189,9 +242,45 @@ impl Server {
         self.grpc.as_ref().map(|g| g.addr)
     }
 
-    /// Its deployments.
-    pub fn deployments(&self) -> &[Deployment] {
-        &self.deployments
+    /// The admin API's address, when it has one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Its deployments now (versions added at run time included), by
+    /// model and version.
+    pub fn deployments(&self) -> Vec<Deployment> {
+        self.state.deployments()
+    }
+
+    /// The deployment of `model` at `version`.
+    pub fn deployment(&self, model: &str, version: &str) -> Option<Deployment> {
+        self.state
+            .deployments()
+            .into_iter()
+            .find(|d| d.model() == model && d.version() == version)
+    }
+
+    /// Starts a new version of `model` (a new model when there is none)
+    /// from `factory`; it gets no requests without a version until
+    /// [`Server::set_traffic`] gives it weight (a new model's first
+    /// version gets them all).
+    pub async fn add_version(
+        &self,
+        model: &str,
+        version: &str,
+        factory: ModelFactory,
+        options: DeploymentOptions,
+    ) -> Result<Deployment, StartError> {
+        crate::admin::add_version(&self.state, model, version, factory, options).await
+    }
+
+    /// Stops and removes `model`'s `version` (drained); refused while it
+    /// has weight or is the stable version.
+    pub async fn remove_version(&self, model: &str, version: &str) -> Result<(), TrafficError> {
+        let d = self.state.remove_version(model, version)?;
+        d.stop(self.drain).await;
+        Ok(())
     }
 
     /// Splits `model`'s requests without a version between its versions
@@ -226,34 +315,21 @@ impl Server {
     /// stops the replicas. Answers whether everything finished in time.
     pub async fn shutdown(mut self) -> bool {
         self.state.ready.store(false, Ordering::Release);
-        for d in &self.deployments {
+        let deployments = self.state.deployments();
+        for d in &deployments {
             d.begin_stop();
         }
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+        let deadline = tokio::time::Instant::now() + self.drain;
+        let mut drained = true;
+        if let Some(admin) = self.admin.as_mut() {
+            drained &= admin.stop(deadline).await;
         }
         if let Some(stop) = self.grpc.as_mut().and_then(|g| g.stop.take()) {
             let _ = stop.send(());
         }
-        let deadline = tokio::time::Instant::now() + self.drain;
-        let http_done = match tokio::time::timeout_at(deadline, &mut self.task).await {
-            Ok(Ok(Ok(()))) => true,
-            Ok(Ok(Err(e))) => {
-                tracing::warn!(error = %e, "http server failed");
-                false
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "http server task failed");
-                false
-            }
-            Err(_) => {
-                self.task.abort();
-                false
-            }
-        };
-        let grpc_done = match self.grpc.as_mut() {
-            None => true,
-            Some(g) => match tokio::time::timeout_at(deadline, &mut g.task).await {
+        drained &= self.http.stop(deadline).await;
+        if let Some(g) = self.grpc.as_mut() {
+            drained &= match tokio::time::timeout_at(deadline, &mut g.task).await {
                 Ok(Ok(Ok(()))) => true,
                 Ok(Ok(Err(e))) => {
                     tracing::warn!(error = %e, "grpc server failed");
@@ -267,13 +343,100 @@ impl Server {
                     g.task.abort();
                     false
                 }
-            },
-        };
+            };
+        }
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let mut drained = http_done && grpc_done;
-        for d in &self.deployments {
+        for d in &deployments {
             drained &= d.stop(left).await;
         }
         drained
     }
+}
+
+impl Listener {
+    async fn stop(&mut self, deadline: tokio::time::Instant) -> bool {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match tokio::time::timeout_at(deadline, &mut self.task).await {
+            Ok(Ok(Ok(()))) => true,
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(error = %e, "http server failed");
+                false
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "http server task failed");
+                false
+            }
+            Err(_) => {
+                self.task.abort();
+                false
+            }
+        }
+    }
+}
+
+/// No admin API.
+fn admin_off() -> AdminConfig {
+    AdminConfig {
+        address: String::new(),
+        token_file: None,
+    }
+}
+
+async fn bind(address: &str) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
+    let io = |source| StartError::Io {
+        addr: address.to_owned(),
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(address).await.map_err(io)?;
+    let addr = listener.local_addr().map_err(io)?;
+    Ok((listener, addr))
+}
+
+fn spawn_listener(listener: tokio::net::TcpListener, app: axum::Router) -> Listener {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    Listener {
+        stop: Some(stop),
+        task,
+    }
+}
+
+fn read_token(path: &Path) -> Result<String, StartError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| StartError::Config(format!("admin.token_file {}: {e}", path.display())))?;
+    let token = text.trim().to_owned();
+    if token.len() < 16 {
+        return Err(StartError::Config(format!(
+            "admin.token_file {}: the token must be at least 16 characters",
+            path.display()
+        )));
+    }
+    Ok(token)
+}
+
+/// Weighted models: the heaviest version first (the first listed on a
+/// tie: the sort is stable) becomes the stable one, then the split.
+fn apply_weights(server: &Server, deployments: &[DeploymentConfig]) -> Result<(), TrafficError> {
+    let mut weighted: BTreeMap<&str, Vec<(&str, u32)>> = BTreeMap::new();
+    for d in deployments {
+        if let Some(w) = d.weight {
+            weighted.entry(&d.model).or_default().push((&d.version, w));
+        }
+    }
+    for (model, mut weights) in weighted {
+        weights.sort_by_key(|w| std::cmp::Reverse(w.1));
+        if let Some(heaviest) = weights.first() {
+            server.set_traffic(model, &[*heaviest])?;
+        }
+        server.set_traffic(model, &weights)?;
+    }
+    Ok(())
 }

@@ -101,6 +101,40 @@ impl Split {
         Ok(())
     }
 
+    /// Makes `version` the stable one again (a canary given all the
+    /// traffic before its decision is not stable yet).
+    pub(crate) fn keep_stable(&mut self, version: &str) {
+        if self.entries.iter().any(|e| e.0 == version) {
+            self.stable = version.to_owned();
+        }
+    }
+
+    /// Adds `version` with weight 0 (requests reach it once a change
+    /// gives it weight).
+    pub(crate) fn add(&mut self, version: &str) {
+        if !self.entries.iter().any(|e| e.0 == version) {
+            self.entries.push((version.to_owned(), 0, 0));
+        }
+    }
+
+    /// Removes `version`; refused while it has weight or is the stable one.
+    pub(crate) fn remove(&mut self, model: &str, version: &str) -> Result<(), TrafficError> {
+        let Some(at) = self.entries.iter().position(|e| e.0 == version) else {
+            return Err(TrafficError::UnknownVersion {
+                model: model.to_owned(),
+                version: version.to_owned(),
+            });
+        };
+        if self.entries[at].1 > 0 || self.stable == version {
+            return Err(TrafficError::InUse {
+                model: model.to_owned(),
+                version: version.to_owned(),
+            });
+        }
+        self.entries.remove(at);
+        Ok(())
+    }
+
     /// All traffic back to the stable version; answers it.
     pub(crate) fn rollback(&mut self, model: &str) -> Result<String, TrafficError> {
         let stable = self.stable.clone();

@@ -110,12 +110,18 @@ fn run_refuses_an_invalid_tree() {
 #[test]
 fn demo_shows_restarts_and_an_escalation_and_exits_by_itself() {
     let mut cmd = manta();
-    cmd.args(["demo", "--duration", "3s"]);
+    cmd.args(["demo", "--duration", "3s", "--once"]);
     let mut p = Running::start(cmd);
     p.wait_for("restarted gateway");
     p.wait_for("[payments] ESCALATING");
     p.wait_for("restarted payments");
     p.wait_for("cluster formed");
+    // The serving step: the best trial of a tiny tuning run answers the
+    // demo's own request, then `--once` stops it.
+    p.wait_for("best trial");
+    p.wait_for("-> label 0 in");
+    p.wait_for("curl -s 127.0.0.1:");
+    p.wait_for("Stopped serving.");
     let status = p.wait_exit();
     let out = p.output();
     assert!(status.success(), "{out}");
@@ -126,6 +132,52 @@ fn demo_shows_restarts_and_an_escalation_and_exits_by_itself() {
     assert!(
         out.contains("Summary:") && out.contains("the root stopped with `shutdown`"),
         "{out}"
+    );
+}
+
+#[test]
+fn serve_promote_names_what_is_wrong() {
+    let out = manta().args(["serve"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--config"));
+    let out = manta()
+        .args([
+            "serve",
+            "promote",
+            "--server",
+            "http://127.0.0.1:9",
+            "--model",
+            "m",
+            "--experiment",
+            "/nonexistent/experiment",
+            "--percent",
+            "10",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/experiment"), "{err}");
+    let out = manta()
+        .args([
+            "serve",
+            "promote",
+            "--server",
+            "http://127.0.0.1:9",
+            "--model",
+            "m",
+            "--experiment",
+            ".",
+            "--percent",
+            "10",
+            "--promote",
+            "--rollback",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "--promote and --rollback exclude each other"
     );
 }
 

@@ -365,3 +365,39 @@ impl Trainable for DigitsTrainable {
         Ok(())
     }
 }
+
+/// The model a digits trial's checkpoint directory holds: its spec (read
+/// from the parameters' shapes: `layers.{i}.weight` is `[inputs, outputs]`)
+/// and its parameters, checked against each other. What serving loads.
+pub fn checkpoint_model(dir: &Path) -> Result<(ModelSpec, Vec<ParamTensor>), TuneError> {
+    let path = dir.join(CHECKPOINT_FILE);
+    let bytes = std::fs::read(&path).map_err(|e| TuneError::io(&path, e))?;
+    let bad = |message: String| TuneError::Store {
+        path: path.display().to_string(),
+        message,
+    };
+    let state: DigitsState =
+        serde_json::from_slice(&bytes).map_err(|e| bad(format!("not a digits checkpoint: {e}")))?;
+    let widths: Vec<&[usize]> = state
+        .params
+        .iter()
+        .step_by(2)
+        .map(|p| p.shape.as_slice())
+        .collect();
+    let (Some(first), Some(last)) = (widths.first(), widths.last()) else {
+        return Err(bad("the checkpoint holds no parameters".into()));
+    };
+    if widths.iter().any(|w| w.len() != 2) {
+        return Err(bad("a layer's weight is not a matrix".into()));
+    }
+    let model = ModelSpec {
+        inputs: first[0],
+        hidden: widths[..widths.len() - 1].iter().map(|w| w[1]).collect(),
+        classes: last[1],
+    };
+    model.validate()?;
+    model
+        .check(&state.params)
+        .map_err(|e| bad(format!("parameters do not form an MLP: {e}")))?;
+    Ok((model, state.params))
+}

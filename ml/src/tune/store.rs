@@ -531,3 +531,75 @@ impl Store {
             .map_err(self.err())
     }
 }
+
+/// The best trial of an experiment with its newest checkpoint: what
+/// serving deploys from an experiment directory.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct BestCheckpoint {
+    /// The trial id.
+    pub trial: u64,
+    /// Its best value of the experiment's metric.
+    pub metric: f64,
+    /// The metric's name.
+    pub metric_name: String,
+    /// Its state (`completed` or `stopped`).
+    pub state: String,
+    /// The iteration of its newest checkpoint.
+    pub iteration: u64,
+    /// Its newest checkpoint directory.
+    pub checkpoint: PathBuf,
+    /// Every metric of its last result.
+    pub metrics: Metrics,
+}
+
+/// The best finished trial of the experiment in `dir` (completed or
+/// stopped by the scheduler, ranked on its best metric by the
+/// experiment's mode) and its newest checkpoint. Clear errors for a
+/// directory without a store, an experiment without a finished trial
+/// that reported the metric, or a best trial without a checkpoint.
+pub fn best_checkpoint(dir: &Path) -> Result<BestCheckpoint, TuneError> {
+    let (store, config) = Store::open(dir)?;
+    let mode = config.experiment.mode;
+    let metric_name = config.experiment.metric.clone();
+    let trials = store.trials()?;
+    let best = trials
+        .iter()
+        .filter(|t| t.state == "completed" || t.state == "stopped")
+        .filter_map(|t| t.best_metric.map(|m| (t, m)))
+        .max_by(|a, b| mode.score(a.1).total_cmp(&mode.score(b.1)));
+    let Some((trial, metric)) = best else {
+        return Err(TuneError::Config(format!(
+            "{}: no completed trial reported `{metric_name}` yet ({} trials: {})",
+            dir.display(),
+            trials.len(),
+            trials
+                .iter()
+                .map(|t| format!("{} {}", t.id, t.state))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    };
+    let Some((iteration, checkpoint)) = store.latest_checkpoint(trial.id)? else {
+        return Err(TuneError::Config(format!(
+            "{}: the best trial ({}, {metric_name} = {metric}) has no checkpoint (set experiment.checkpoint_every)",
+            dir.display(),
+            trial.id
+        )));
+    };
+    let metrics = store
+        .results()?
+        .into_iter()
+        .filter(|r| r.trial == trial.id)
+        .max_by_key(|r| r.iteration)
+        .map(|r| r.metrics)
+        .unwrap_or_default();
+    Ok(BestCheckpoint {
+        trial: trial.id,
+        metric,
+        metric_name,
+        state: trial.state.clone(),
+        iteration,
+        checkpoint,
+        metrics,
+    })
+}

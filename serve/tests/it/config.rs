@@ -36,7 +36,7 @@ fn config_errors_name_the_file_and_the_problem() {
     let ok = parse("[[deployment]]\nmodel = \"m\"\ncheckpoint = \"c\"\nmax_batch_size = 4\n");
     match ok {
         Ok(c) => {
-            assert_eq!(c.deployments[0].checkpoint, base.join("c"));
+            assert_eq!(c.deployments[0].checkpoint, Some(base.join("c")));
             assert_eq!(c.deployments[0].options().max_batch_size, 4);
             assert_eq!(c.http.address, "127.0.0.1:8080");
         }
