@@ -34,8 +34,15 @@ pub fn kinds() -> KindRegistry {
 /// name any kind a node can host.
 #[cfg(feature = "ml")]
 pub fn all_kinds(directory: manta_ml::Directory) -> KindRegistry {
+    all_kinds_with(directory, false)
+}
+
+/// [`all_kinds`]; with `command_trials` other nodes' tuners may run
+/// command-line trials here (`manta node --allow-command-trials`).
+#[cfg(feature = "ml")]
+pub fn all_kinds_with(directory: manta_ml::Directory, command_trials: bool) -> KindRegistry {
     let k = kinds();
-    manta_ml::register_kinds(&k, directory);
+    manta_ml::register_kinds_with(&k, directory, command_trials);
     k
 }
 

@@ -294,11 +294,22 @@ pub async fn node(
     stop: impl Future<Output = ()>,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
+    node_with(config, false, stop, out).await
+}
+
+/// [`node`]; with `command_trials` other nodes' tuners may run
+/// command-line trials here (`--allow-command-trials`).
+pub async fn node_with(
+    config: manta_cluster::NodeConfig,
+    command_trials: bool,
+    stop: impl Future<Output = ()>,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
     use manta_cluster::{MemberEvent, Node};
     // Checked before joining, so a bad file never starts a node...
     // One registry for everything this node does with kinds.
     let directory = manta_ml::Directory::cluster();
-    let kinds = crate::builtin::all_kinds(directory.clone());
+    let kinds = crate::builtin::all_kinds_with(directory.clone(), command_trials);
     let tree_path = config.tree.clone();
     if let Some(path) = &tree_path {
         tree::load_file(path, &kinds)?;

@@ -232,6 +232,10 @@ struct NodeArgs {
     /// GPUs this node offers for placement (default 0).
     #[arg(long)]
     gpus: Option<u32>,
+    /// Let tuners elsewhere in the cluster run command-line trials here
+    /// (any command a member holding the cluster secret names).
+    #[arg(long)]
+    allow_command_trials: bool,
 }
 
 impl NodeArgs {
@@ -463,12 +467,13 @@ async fn run(command: Command) -> ExitCode {
         }
         Command::Node(args) => {
             init_logging("info");
+            let command_trials = args.allow_command_trials;
             let config = match args.into_config() {
                 Ok(c) => c,
                 Err(e) => return report(&CliError::Cluster(e)),
             };
             let mut out = std::io::stdout();
-            match cli::node(config, stop_signal(), &mut out).await {
+            match cli::node_with(config, command_trials, stop_signal(), &mut out).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => report(&e),
             }

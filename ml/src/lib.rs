@@ -75,15 +75,28 @@ pub fn worker_kind() -> Kind<worker::WorkerArgs, worker::WorkerMsg> {
 }
 
 /// Registers the training actor kinds; workers find their peers through
-/// `directory`.
+/// `directory`. Trials of other nodes' tuners run here too, but not
+/// command trials (see [`register_kinds_with`]).
 pub fn register_kinds(kinds: &KindRegistry, directory: Directory) {
+    register_kinds_with(kinds, directory, false);
+}
+
+/// [`register_kinds`]; with `command_trials`, a tuner elsewhere in the
+/// cluster may also run command-line trials on this node (any command a
+/// member holding the cluster secret names: opt in per node).
+pub fn register_kinds_with(kinds: &KindRegistry, directory: Directory, command_trials: bool) {
     kinds.register(PS_KIND, ps::ParamServer::new);
     kinds.register(LOADER_KIND, loader::Loader::new);
     let workers = directory.clone();
     kinds.register(WORKER_KIND, move |args: worker::WorkerArgs| {
         worker::Worker::new(args, workers.clone())
     });
-    tune::register_trial_kind(kinds, directory, tune::Trainables::default());
+    tune::register_trial_kind(
+        kinds,
+        directory,
+        tune::Trainables::default(),
+        command_trials,
+    );
 }
 
 pub(crate) fn fail(message: impl Into<String>) -> ActorError {

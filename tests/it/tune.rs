@@ -256,8 +256,9 @@ fn trials_run_on_two_nodes_and_a_sigkilled_nodes_trial_continues_on_the_other() 
     let tmp = Scratch::new("tune-cluster");
     let s = secret(&tmp, "c.secret");
     // One CPU each: one trial per node at a time.
-    let n1 = start_node(&tmp, "n1", Some(&s), &[], &["--cpus", "1"]);
-    let n2 = start_node(&tmp, "n2", Some(&s), &[&n1.gossip], &["--cpus", "1"]);
+    let opt_in = ["--cpus", "1", "--allow-command-trials"];
+    let n1 = start_node(&tmp, "n1", Some(&s), &[], &opt_in);
+    let n2 = start_node(&tmp, "n2", Some(&s), &[&n1.gossip], &opt_in);
     wait_status(&n1.gossip, Some(&s), "2 nodes", |st| {
         st["nodes"]
             .as_array()
@@ -373,4 +374,72 @@ cpus = 1.0
         "restored {restored}, resumed at {resumed_at}"
     );
     drop(survivor);
+}
+
+/// A node started without `--allow-command-trials` does not run a command
+/// trial a tuner elsewhere sends it: the trial ends in error, saying why,
+/// and nothing of the command runs there.
+#[test]
+fn a_node_without_the_opt_in_refuses_command_trials() {
+    use crate::cluster::{secret, start_node, wait_status};
+    let tmp = Scratch::new("tune-refuse");
+    let s = secret(&tmp, "c.secret");
+    let n1 = start_node(&tmp, "n1", Some(&s), &[], &["--cpus", "1"]);
+    wait_status(&n1.gossip, Some(&s), "1 node", |st| {
+        st["nodes"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|n| n["state"] == "alive"))
+    });
+    let marker = tmp.0.join("ran");
+    std::fs::write(
+        tmp.0.join("trial.sh"),
+        format!("touch {}\necho score=1\n", marker.display()),
+    )
+    .unwrap();
+    let config = tmp.file(
+        "tune.toml",
+        r#"[experiment]
+dir = "exp"
+metric = "score"
+mode = "max"
+max_trials = 1
+max_failures = 0
+
+[trainable]
+kind = "command"
+command = ["sh", "./trial.sh"]
+
+[space]
+k = { type = "grid", values = [1] }
+
+[trial]
+cpus = 1.0
+"#,
+    );
+    let mut cmd = manta();
+    cmd.args(["tune", "--json", "--seeds", &n1.gossip, "--secret-file"])
+        .arg(&s)
+        .arg("--config")
+        .arg(&config);
+    let mut driver = Running::start(cmd);
+    let status = driver.wait_exit();
+    let out = driver.output();
+    assert!(status.success(), "{out}");
+    let json_line = driver
+        .seen
+        .iter()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .cloned()
+        .unwrap_or_else(|| panic!("no summary: {out}"));
+    let summary: serde_json::Value = serde_json::from_str(&json_line).unwrap();
+    assert_eq!(summary["trials"]["error"], 1, "{summary}");
+    let (store, _) = Store::open(&tmp.0.join("exp")).unwrap();
+    let trials = store.trials().unwrap();
+    let error = trials[0].error.clone().unwrap_or_default();
+    assert!(error.contains("--allow-command-trials"), "{error}");
+    assert!(
+        !marker.exists(),
+        "the command ran on a node that did not opt in"
+    );
 }

@@ -293,12 +293,22 @@ impl TrialActor {
 
     /// A trial spawned here by a controller on another node (the
     /// [`TRIAL_KIND`] kind): it runs in a scratch directory of this node.
-    fn remote(a: RemoteTrialArgs, directory: &Directory, trainables: &Trainables) -> Self {
+    fn remote(
+        a: RemoteTrialArgs,
+        directory: &Directory,
+        trainables: &Trainables,
+        command_trials: bool,
+    ) -> Self {
         let scratch = std::env::temp_dir()
             .join("manta-tune")
             .join(&a.tag)
             .join(format!("trial-{:05}-{}", a.id, a.attempt));
         let launch = match launch_for(&a.trainable, trainables) {
+            Ok(Launch::Command { .. }) if !command_trials => Launch::Unavailable(
+                "this node does not run command trials for other nodes (start `manta node` \
+                 with --allow-command-trials to let cluster members run commands here)"
+                    .to_owned(),
+            ),
             Ok(l) => l,
             Err(e) => Launch::Unavailable(e.to_string()),
         };
@@ -522,6 +532,11 @@ impl Actor for TrialActor {
     type Msg = TrialMsg;
 
     async fn started(&mut self, ctx: &mut Context<TrialMsg>) -> Result<(), ActorError> {
+        if let (Some(_), Launch::Unavailable(e)) = (&self.args.remote, &self.args.launch) {
+            // Refused before anything is written or fetched: the spawn
+            // fails with the reason, which the controller records.
+            return Err(fail(e.clone()));
+        }
         let dir = &self.args.info.dir;
         if self.args.persist
             || self.args.remote.is_some()
@@ -695,11 +710,19 @@ pub struct RemoteTrialArgs {
 }
 
 /// Registers [`TRIAL_KIND`] on a node: trials of a controller elsewhere
-/// run here, with the digits and command trainables and the Rust ones in
-/// `trainables`; they find the controller through `directory`.
-pub fn register_trial_kind(kinds: &KindRegistry, directory: Directory, trainables: Trainables) {
+/// run here, with the digits trainable and the Rust ones in `trainables`;
+/// they find the controller through `directory`. Command trials (any
+/// command line a cluster member names) run only with `command_trials`
+/// (`manta node --allow-command-trials`); without it such a trial fails
+/// at its start with an error saying so.
+pub fn register_trial_kind(
+    kinds: &KindRegistry,
+    directory: Directory,
+    trainables: Trainables,
+    command_trials: bool,
+) {
     kinds.register(TRIAL_KIND, move |a: RemoteTrialArgs| {
-        TrialActor::remote(a, &directory, &trainables)
+        TrialActor::remote(a, &directory, &trainables, command_trials)
     });
 }
 
