@@ -403,6 +403,9 @@ async fn peer_main() {
                 },
                 workers: 1,
                 checkpoint: None,
+                lr_decay: Default::default(),
+                steps_per_epoch: 0,
+                epochs: 0,
             }),
         )
         .await

@@ -570,6 +570,9 @@ fn ps_args(pick: u8, checkpoint: Option<&Path>) -> PsArgs {
             keep: 3,
             resume: true,
         }),
+        lr_decay: Default::default(),
+        steps_per_epoch: 0,
+        epochs: 0,
     }
 }
 
@@ -694,6 +697,7 @@ fn loader_args() -> LoaderArgs {
             scale: 1.0,
             test_fraction: 0.25,
             split_seed: 0,
+            standardize: false,
         },
         shard: 0,
         plan: ShardPlan {

@@ -4,6 +4,7 @@
 //! [data]
 //! path = "../ml/data/digits.csv.gz"   # relative to the config file
 //! scale = 0.0625
+//! standardize = false                 # true: (x - mean) / sd of the training rows
 //!
 //! [model]
 //! hidden = [128]
@@ -20,6 +21,7 @@
 //! loaders = 2
 //! device = "cpu"                      # or "cuda:0"
 //! seed = 0
+//! lr_decay = "none"                   # or "cosine" (per epoch)
 //!
 //! [checkpoint]
 //! dir = "target/train-digits"
@@ -110,6 +112,9 @@ pub struct TrainingConfig {
     pub device: DeviceSpec,
     /// Seed of the initial parameters and of the shuffles.
     pub seed: u64,
+    /// Learning-rate schedule over the epochs: `none` (constant) or
+    /// `cosine` (epoch `e` of `E` uses `lr · (1 + cos(π e / E)) / 2`).
+    pub lr_decay: LrDecay,
 }
 
 impl Default for TrainingConfig {
@@ -126,6 +131,31 @@ impl Default for TrainingConfig {
             prefetch: 2,
             device: DeviceSpec::Cpu,
             seed: 0,
+            lr_decay: LrDecay::None,
+        }
+    }
+}
+
+/// A learning-rate schedule over the epochs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LrDecay {
+    /// Constant.
+    #[default]
+    None,
+    /// Cosine from `lr` towards 0, stepped once per epoch.
+    Cosine,
+}
+
+impl LrDecay {
+    /// The rate of epoch `epoch` (counted from 0) of `epochs`.
+    pub fn rate(self, lr: f32, epoch: u64, epochs: u64) -> f32 {
+        match self {
+            Self::None => lr,
+            Self::Cosine => {
+                let t = epoch.min(epochs) as f64 / epochs.max(1) as f64;
+                (f64::from(lr) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())) as f32
+            }
         }
     }
 }
@@ -276,4 +306,25 @@ pub(crate) fn absolute(base: &Path, p: &Path) -> PathBuf {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LrDecay;
+
+    #[test]
+    fn cosine_decay_falls_from_lr_to_zero_over_the_epochs_and_none_stays() {
+        assert_eq!(LrDecay::None.rate(0.5, 7, 10), 0.5);
+        assert_eq!(LrDecay::Cosine.rate(0.5, 0, 10), 0.5);
+        assert!((LrDecay::Cosine.rate(0.5, 5, 10) - 0.25).abs() < 1e-7);
+        assert!(LrDecay::Cosine.rate(0.5, 10, 10).abs() < 1e-7);
+        // Past the last epoch it stays at the end, never rises again.
+        assert!(LrDecay::Cosine.rate(0.5, 15, 10).abs() < 1e-7);
+        let mut last = f32::INFINITY;
+        for e in 0..=10 {
+            let r = LrDecay::Cosine.rate(0.5, e, 10);
+            assert!(r <= last, "epoch {e}: {r} after {last}");
+            last = r;
+        }
+    }
 }

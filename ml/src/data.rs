@@ -29,6 +29,12 @@ pub struct DatasetSpec {
     /// Seed of the train/test split.
     #[serde(default)]
     pub split_seed: u64,
+    /// Standardize every feature: minus its mean over the training rows,
+    /// over their standard deviation (after `scale`). The statistics are
+    /// those of the training split only; a checkpoint's run directory keeps
+    /// them (`input.json`) so that serving folds them into the model.
+    #[serde(default)]
+    pub standardize: bool,
 }
 
 fn one() -> f32 {
@@ -47,13 +53,95 @@ impl DatasetSpec {
             scale: 1.0,
             test_fraction: default_test_fraction(),
             split_seed: 0,
+            standardize: false,
         }
     }
 
-    /// Loads the file and splits it.
+    /// Loads the file and splits it (standardized when the spec says so).
     pub fn load_split(&self) -> Result<(Dataset, Dataset), DataError> {
+        let (train, test, _) = self.load_split_with_stats()?;
+        Ok((train, test))
+    }
+
+    /// [`load_split`](Self::load_split), with the statistics applied when
+    /// the spec standardizes.
+    pub fn load_split_with_stats(
+        &self,
+    ) -> Result<(Dataset, Dataset, Option<Standardization>), DataError> {
         let data = Dataset::load_csv(&self.path, self.scale)?;
-        data.stratified_split(self.test_fraction, self.split_seed)
+        let (mut train, mut test) = data.stratified_split(self.test_fraction, self.split_seed)?;
+        if !self.standardize {
+            return Ok((train, test, None));
+        }
+        let stats = Standardization::of(&train);
+        stats.apply(&mut train);
+        stats.apply(&mut test);
+        Ok((train, test, Some(stats)))
+    }
+}
+
+/// Per-feature mean and standard deviation of a set of training rows: a
+/// model trained on standardized features sees `(x - mean) / sd`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Standardization {
+    /// Mean of each feature.
+    pub mean: Vec<f32>,
+    /// Standard deviation of each feature (1 where the feature is constant:
+    /// such a feature is only centred).
+    pub sd: Vec<f32>,
+}
+
+impl Standardization {
+    /// The statistics of `train`'s features.
+    pub fn of(train: &Dataset) -> Self {
+        let (cols, n) = (train.cols, train.len().max(1));
+        let mut sum = vec![0f64; cols];
+        let mut sq = vec![0f64; cols];
+        for row in train.features.chunks(cols.max(1)) {
+            for (j, &x) in row.iter().enumerate() {
+                sum[j] += f64::from(x);
+                sq[j] += f64::from(x) * f64::from(x);
+            }
+        }
+        let (mut mean, mut sd) = (Vec::with_capacity(cols), Vec::with_capacity(cols));
+        for j in 0..cols {
+            let m = sum[j] / n as f64;
+            let var = (sq[j] / n as f64 - m * m).max(0.0);
+            mean.push(m as f32);
+            sd.push(if var > 1e-12 { var.sqrt() as f32 } else { 1.0 });
+        }
+        Self { mean, sd }
+    }
+
+    /// Standardizes `data`'s features in place.
+    pub fn apply(&self, data: &mut Dataset) {
+        for row in data.features.chunks_mut(data.cols.max(1)) {
+            for ((x, &m), &sd) in row.iter_mut().zip(&self.mean).zip(&self.sd) {
+                *x = (*x - m) / sd;
+            }
+        }
+    }
+
+    /// Checks that the statistics describe `features` features, every
+    /// standard deviation positive and every value finite.
+    pub fn check(&self, features: usize) -> Result<(), String> {
+        if self.mean.len() != features || self.sd.len() != features {
+            return Err(format!(
+                "{} means and {} standard deviations for {features} features",
+                self.mean.len(),
+                self.sd.len()
+            ));
+        }
+        if let Some(j) = (0..features)
+            .find(|&j| !self.mean[j].is_finite() || !self.sd[j].is_finite() || self.sd[j] <= 0.0)
+        {
+            return Err(format!(
+                "feature {j}: mean {} and standard deviation {} (must be finite, the deviation positive)",
+                self.mean[j], self.sd[j]
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -181,7 +181,7 @@ fn value<T: Serialize>(what: &str, v: &T) -> Result<manta_actors::ArgsValue, MlE
 /// Starts a job's actors (without waiting for it to finish).
 pub async fn start(config: &TrainConfig, env: Env<'_>) -> Result<RunningJob, MlError> {
     config.validate()?;
-    let (train, test) = config.data.load_split()?;
+    let (train, test, input) = config.data.load_split_with_stats()?;
     let t = &config.training;
     let plan = ShardPlan {
         shards: t.loaders,
@@ -231,6 +231,9 @@ pub async fn start(config: &TrainConfig, env: Env<'_>) -> Result<RunningJob, MlE
         }
         .map_err(|e| MlError::Actor(format!("{kind}: {e}")))
     };
+    if let (Some(c), Some(input)) = (&checkpoint, &input) {
+        crate::ps::save_input(&c.dir, input)?;
+    }
     let mut spec = SupervisorSpec::new(config.job.clone())
         .strategy(Strategy::OneForOne)
         .intensity(50, Duration::from_secs(60));
@@ -245,6 +248,12 @@ pub async fn start(config: &TrainConfig, env: Env<'_>) -> Result<RunningJob, MlE
             mode: config.mode(),
             workers: t.workers,
             checkpoint: checkpoint.clone(),
+            lr_decay: t.lr_decay,
+            steps_per_epoch: match config.mode() {
+                crate::ps::Mode::Sync => u64::from(bpe),
+                crate::ps::Mode::Async { .. } => u64::from(bpe) * u64::from(t.workers),
+            },
+            epochs: t.epochs,
         };
         let f = make(PS_KIND, value(PS_KIND, &args)?, &config.placement.ps)?;
         spec = spec.child(ChildSpec::worker(name.clone(), f).register(name.clone()));

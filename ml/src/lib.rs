@@ -39,8 +39,8 @@ pub mod tune;
 mod wire;
 pub mod worker;
 
-pub use config::TrainConfig;
-pub use data::{Batch, Dataset, DatasetSpec, ShardPlan};
+pub use config::{LrDecay, TrainConfig};
+pub use data::{Batch, Dataset, DatasetSpec, ShardPlan, Standardization};
 pub use device::DeviceSpec;
 pub use directory::Directory;
 pub use error::{DataError, MlError};

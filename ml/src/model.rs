@@ -123,6 +123,35 @@ impl ModelSpec {
     }
 }
 
+/// Folds a standardization of the inputs into the first layer of `params`
+/// (which fit `spec`): the model then takes raw features and answers what
+/// it answered for standardized ones. With the first layer `y = x W + b`
+/// and `x' = (x - m) / s`: `W'[i][j] = W[i][j] / s[i]` and
+/// `b'[j] = b[j] - Σ_i m[i] W[i][j] / s[i]`.
+pub fn fold_standardization(
+    spec: &ModelSpec,
+    params: &mut [ParamTensor],
+    input: &crate::data::Standardization,
+) -> Result<(), MlError> {
+    spec.check(params)?;
+    input
+        .check(spec.inputs)
+        .map_err(|e| MlError::Config(format!("input standardization: {e}")))?;
+    let [weight, bias, ..] = params else {
+        // `check` passed: every model has at least one layer (weight, bias).
+        return Err(MlError::Config("the model has no layer".into()));
+    };
+    let outputs = bias.values.len();
+    for (i, row) in weight.values.chunks_mut(outputs).enumerate() {
+        let (m, sd) = (input.mean[i], input.sd[i]);
+        for (w, b) in row.iter_mut().zip(bias.values.iter_mut()) {
+            *w /= sd;
+            *b -= m * *w;
+        }
+    }
+    Ok(())
+}
+
 /// A multi-layer perceptron with ReLU activations.
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {

@@ -98,6 +98,17 @@ pub struct PsArgs {
     /// Checkpoints (optional).
     #[serde(default)]
     pub checkpoint: Option<CheckpointSpec>,
+    /// The learning-rate schedule: the update of version `v` belongs to
+    /// epoch `v / steps_per_epoch` of `epochs`.
+    #[serde(default)]
+    pub lr_decay: crate::config::LrDecay,
+    /// Updates per epoch (sync: batches per epoch of one worker; async:
+    /// that times the workers). Only read with a decaying rate.
+    #[serde(default)]
+    pub steps_per_epoch: u64,
+    /// Epochs of the job. Only read with a decaying rate.
+    #[serde(default)]
+    pub epochs: u32,
 }
 
 /// Which shard owns each parameter tensor: largest tensors first, each to
@@ -719,7 +730,11 @@ impl ParamServer {
             .ok_or(PushError::VersionOverflow {
                 version: self.version,
             })?;
-        let lr = self.args.lr;
+        let epoch = self.version / self.args.steps_per_epoch.max(1);
+        let lr = self
+            .args
+            .lr_decay
+            .rate(self.args.lr, epoch, u64::from(self.args.epochs));
         // A copy only if a reply still holds the parameters (a remote one
         // being written, say); otherwise updated in place.
         let params = Arc::make_mut(&mut self.params);
@@ -1222,6 +1237,12 @@ pub fn load_saved_model(dir: &Path, max_bytes: u64) -> Result<SavedModel, MlErro
             return Err(err(&run, "no ps-* directories".into()));
         }
     }
+    // The run's input standardization, if it trained on standardized
+    // features: folded into the first layer below.
+    let input = match shard_dirs[0].parent() {
+        Some(run) => load_input(run)?,
+        None => None,
+    };
     let mut files = Vec::new();
     for d in &shard_dirs {
         let Some(newest) = list_checkpoints(d).into_iter().max() else {
@@ -1284,13 +1305,70 @@ pub fn load_saved_model(dir: &Path, max_bytes: u64) -> Result<SavedModel, MlErro
             slots[i] = Some(p);
         }
     }
-    let params: Vec<ParamTensor> = slots.into_iter().flatten().collect();
+    let mut params: Vec<ParamTensor> = slots.into_iter().flatten().collect();
     model.check(&params)?;
+    if let Some((path, input)) = &input {
+        crate::model::fold_standardization(&model, &mut params, input)
+            .map_err(|e| err(path, format!("does not fit the checkpoint's model: {e}")))?;
+    }
     Ok(SavedModel {
         model,
         version,
         params,
     })
+}
+
+/// The file in a run's directory holding the input standardization its
+/// model was trained with (written by the job when `data.standardize` is
+/// set; read by [`load_saved_model`]).
+pub const INPUT_FILE: &str = "input.json";
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InputFile {
+    standardize: crate::data::Standardization,
+}
+
+/// Writes the run's input standardization into `run` ([`INPUT_FILE`],
+/// atomically).
+pub fn save_input(run: &Path, input: &crate::data::Standardization) -> Result<(), MlError> {
+    let path = run.join(INPUT_FILE);
+    let err = |p: &Path, e: &dyn std::fmt::Display| MlError::Checkpoint {
+        path: p.display().to_string(),
+        message: e.to_string(),
+    };
+    let bytes = serde_json::to_vec_pretty(&InputFile {
+        standardize: input.clone(),
+    })
+    .map_err(|e| err(&path, &e))?;
+    let tmp = run.join(".input.json.tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| err(&tmp, &e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| err(&path, &e))
+}
+
+/// Reads `run`'s [`INPUT_FILE`] if there is one (at most 16 MiB).
+fn load_input(run: &Path) -> Result<Option<(PathBuf, crate::data::Standardization)>, MlError> {
+    let path = run.join(INPUT_FILE);
+    let err = |message: String| MlError::Checkpoint {
+        path: path.display().to_string(),
+        message,
+    };
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(err(e.to_string())),
+    };
+    const LIMIT: u64 = 16 << 20;
+    let mut bytes = Vec::new();
+    file.take(LIMIT + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| err(e.to_string()))?;
+    if bytes.len() as u64 > LIMIT {
+        return Err(err(format!("more than the {LIMIT} bytes allowed")));
+    }
+    let f: InputFile = serde_json::from_slice(&bytes)
+        .map_err(|e| err(format!("not an input standardization: {e}")))?;
+    Ok(Some((path, f.standardize)))
 }
 
 /// Writes `params` as a one-shard checkpoint of `version` under `dir` (in

@@ -51,7 +51,7 @@ fn main() {
 }
 
 async fn run(n: usize) {
-    // The digits MLP of examples/train-digits.toml: 64 -> 128 -> 10.
+    // A digits MLP (64 -> 128 -> 10), built in memory.
     let spec = ModelSpec {
         inputs: 64,
         hidden: vec![128],

@@ -78,27 +78,27 @@ fn the_example_config_trains_digits_past_097_and_reports_json() {
     );
 }
 
-/// One CPU worker: `manta train` runs the job on a one-thread runtime
-/// (`manta_ml::job::in_process_runtime`); it trains and reports as the
-/// two-worker example does.
+/// One CPU worker (the example's layout): `manta train` runs the job on a
+/// one-thread runtime (`manta_ml::job::in_process_runtime`); two workers
+/// do not.
 #[test]
 fn a_one_worker_job_trains_on_its_one_thread_runtime() {
     let dir = Scratch::new("train-one");
     let cfg = example_config(&dir, "");
     let text = std::fs::read_to_string(&cfg).unwrap();
-    let one = text
-        .replace("workers = 2", "workers = 1")
-        .replace("loaders = 2", "loaders = 1")
-        .replace("epochs = 40", "epochs = 10");
+    let one = text.replace("epochs = 40", "epochs = 10");
     assert!(one.contains("workers = 1") && one.contains("epochs = 10"));
     let config = manta_ml::TrainConfig::parse(&one, "one.toml", &dir.0).unwrap();
     assert!(manta_ml::job::runs_on_one_thread(&config));
-    let two = manta_ml::TrainConfig::parse(&text, "two.toml", &dir.0).unwrap();
+    let two = text
+        .replace("workers = 1", "workers = 2")
+        .replace("loaders = 1", "loaders = 2");
+    let two = manta_ml::TrainConfig::parse(&two, "two.toml", &dir.0).unwrap();
     assert!(!manta_ml::job::runs_on_one_thread(&two));
     let cfg = dir.file("one.toml", &one);
     let (report, _) = train_json(&cfg);
     assert_eq!(report["workers"], 1);
-    assert_eq!(report["steps"], 450, "10 epochs of 45 batches");
+    assert_eq!(report["steps"], 900, "10 epochs of 90 batches");
     let acc = report["test_accuracy"].as_f64().unwrap();
     assert!(acc >= 0.95, "test accuracy {acc} after 10 epochs");
 }
@@ -133,11 +133,16 @@ fn training_on_a_cluster_survives_the_sigkill_of_a_workers_node() {
         &dir,
         "[placement.ps]\nrole = \"ps\"\n[placement.loaders]\nrole = \"ps\"\n[placement.workers]\nrole = \"worker\"\n",
     );
-    // Long enough to still be running when the node dies.
+    // Two workers (one per worker node), long enough to still be running
+    // when the node dies.
     let cfg_text = std::fs::read_to_string(&cfg)
         .unwrap()
+        .replace("workers = 1", "workers = 2")
+        .replace("loaders = 1", "loaders = 2")
+        .replace("batch_size = 16", "batch_size = 32")
         .replace("epochs = 40", "epochs = 200")
-        .replace("hidden = [128]", "hidden = [64]");
+        .replace("hidden = [256]", "hidden = [64]");
+    assert!(cfg_text.contains("workers = 2") && cfg_text.contains("hidden = [64]"));
     std::fs::write(&cfg, cfg_text).unwrap();
     let mut cmd = manta();
     cmd.args(["train", "--json", "--seeds", &ps.gossip, "--secret-file"])

@@ -15,8 +15,8 @@
 //! | `weight_decay` | `optimizer.weight_decay` |
 //! | `momentum` | `optimizer.momentum` (SGD) |
 //! | `optimizer` | `"adam"` or `"sgd"` |
-//! | `lr_decay` | `"none"` (default) or `"cosine"`: epoch `e` of `E` uses `lr · (1 + cos(π e / E)) / 2` (the trainable's own) |
-//! | `standardize` | `true`: every feature minus its mean over the training rows, over their standard deviation (after `data.scale`; the trainable's own) |
+//! | `lr_decay` | `training.lr_decay`: `"none"` or `"cosine"` (epoch `e` of `E` uses `lr · (1 + cos(π e / E)) / 2`) |
+//! | `standardize` | `data.standardize`: every feature minus its mean over the training rows, over their standard deviation (after `data.scale`) |
 //!
 //! Rows: the config's train/test split (`data.split_seed`); the training
 //! part is split again, stratified, into training and validation rows
@@ -27,6 +27,10 @@
 //! The update rule is manta-ml's flat-vector optimizer (the parameter
 //! servers' own, equal to burn's), so a checkpoint holds parameters,
 //! optimizer state and the epoch, and a restored trial continues exactly.
+//! With standardized features the statistics of the trial's training rows
+//! (validation rows carved out first) go into the checkpoint too, and
+//! [`checkpoint_model`] folds them into the first layer: the served model
+//! takes the raw (scaled) features.
 
 use std::path::Path;
 
@@ -36,8 +40,8 @@ use serde_json::Value;
 use super::TuneError;
 use super::space::Params;
 use super::trainable::{Metrics, Trainable, TrialInfo};
-use crate::config::TrainConfig;
-use crate::data::Dataset;
+use crate::config::{LrDecay, TrainConfig};
+use crate::data::{Dataset, Standardization};
 use crate::model::{Mlp, ModelSpec, ParamTensor, accuracy, loss_and_grads};
 use crate::optim::{OptimizerConfig, SlotState};
 use crate::rng::SplitMix64;
@@ -53,7 +57,7 @@ pub struct DigitsTrainable {
     batch_size: usize,
     seed: u64,
     epochs: u64,
-    cosine: bool,
+    lr_decay: LrDecay,
     train: Dataset,
     val: Dataset,
     test: Dataset,
@@ -65,6 +69,9 @@ struct DigitsState {
     epoch: u64,
     params: Vec<ParamTensor>,
     slots: Vec<Option<SlotState>>,
+    /// The standardization the parameters expect (none: raw features).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    input: Option<Standardization>,
 }
 
 const CHECKPOINT_FILE: &str = "digits.json";
@@ -85,65 +92,16 @@ fn as_u64(key: &str, v: &Value) -> Result<u64, TuneError> {
         .ok_or_else(|| bad(key, format!("must be a non-negative integer, got {v}")))
 }
 
-/// The digits trainable's own settings (not `manta train` keys).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Extras {
-    /// Cosine learning-rate decay over the epochs.
-    pub cosine: bool,
-    /// Standardized features.
-    pub standardize: bool,
-}
-
-/// The trainable's own settings among `params`.
-pub fn extras(params: &Params) -> Result<Extras, TuneError> {
-    let mut e = Extras::default();
-    if let Some(v) = params.get("lr_decay") {
-        e.cosine = match v.as_str() {
-            Some("cosine") => true,
-            Some("none") => false,
-            _ => {
-                return Err(bad(
-                    "lr_decay",
-                    format!("must be \"none\" or \"cosine\", got {v}"),
-                ));
-            }
-        };
-    }
-    if let Some(v) = params.get("standardize") {
-        e.standardize = v
-            .as_bool()
-            .ok_or_else(|| bad("standardize", format!("must be true or false, got {v}")))?;
-    }
-    Ok(e)
-}
-
 /// Standardizes the features of every set with the mean and standard
-/// deviation of `train`'s (features constant there are only centred).
-pub fn standardize(train: &mut Dataset, others: &mut [&mut Dataset]) {
-    let (cols, n) = (train.cols, train.len().max(1));
-    let mut mean = vec![0f64; cols];
-    let mut sq = vec![0f64; cols];
-    for row in train.features.chunks(cols) {
-        for (j, &x) in row.iter().enumerate() {
-            mean[j] += f64::from(x);
-            sq[j] += f64::from(x) * f64::from(x);
-        }
+/// deviation of `train`'s (features constant there are only centred), and
+/// answers those statistics.
+pub fn standardize(train: &mut Dataset, others: &mut [&mut Dataset]) -> Standardization {
+    let stats = Standardization::of(train);
+    stats.apply(train);
+    for d in others.iter_mut() {
+        stats.apply(d);
     }
-    let stats: Vec<(f32, f32)> = (0..cols)
-        .map(|j| {
-            let m = mean[j] / n as f64;
-            let var = (sq[j] / n as f64 - m * m).max(0.0);
-            let sd = if var > 1e-12 { var.sqrt() } else { 1.0 };
-            (m as f32, sd as f32)
-        })
-        .collect();
-    for d in std::iter::once(train).chain(others.iter_mut().map(|d| &mut **d)) {
-        for row in d.features.chunks_mut(cols) {
-            for (x, &(m, sd)) in row.iter_mut().zip(&stats) {
-                *x = (*x - m) / sd;
-            }
-        }
-    }
+    stats
 }
 
 /// `base` with the trial's hyper-parameters applied.
@@ -152,8 +110,20 @@ pub fn apply_params(base: &TrainConfig, params: &Params) -> Result<TrainConfig, 
     let mut layers = None;
     for (key, v) in params {
         match key.as_str() {
-            // The trainable's own ([`extras`]).
-            "lr_decay" | "standardize" => {}
+            "lr_decay" => {
+                c.training.lr_decay = match v.as_str() {
+                    Some("cosine") => LrDecay::Cosine,
+                    Some("none") => LrDecay::None,
+                    _ => {
+                        return Err(bad(key, format!("must be \"none\" or \"cosine\", got {v}")));
+                    }
+                }
+            }
+            "standardize" => {
+                c.data.standardize = v
+                    .as_bool()
+                    .ok_or_else(|| bad(key, format!("must be true or false, got {v}")))?;
+            }
             "lr" => c.training.lr = as_f32(key, v)?,
             "batch_size" => c.training.batch_size = as_u64(key, v)? as u32,
             "epochs" => c.training.epochs = as_u64(key, v)? as u32,
@@ -220,8 +190,13 @@ impl DigitsTrainable {
         validation_fraction: f64,
     ) -> Result<Self, TuneError> {
         let c = apply_params(base, &info.params)?;
-        let extras = extras(&info.params)?;
-        let (train_all, mut test) = c.data.load_split().map_err(crate::MlError::from)?;
+        // Standardized below, on the training rows left after the
+        // validation rows are carved out.
+        let raw = crate::data::DatasetSpec {
+            standardize: false,
+            ..c.data.clone()
+        };
+        let (train_all, mut test) = raw.load_split().map_err(crate::MlError::from)?;
         // No validation split (fraction 0): train on every training row
         // (to check a chosen config); `val_accuracy` is then not reported.
         let (mut train, mut val) = if validation_fraction > 0.0 {
@@ -235,9 +210,10 @@ impl DigitsTrainable {
             let empty = train_all.select(&[]);
             (train_all, empty)
         };
-        if extras.standardize {
-            standardize(&mut train, &mut [&mut val, &mut test]);
-        }
+        let input = c
+            .data
+            .standardize
+            .then(|| standardize(&mut train, &mut [&mut val, &mut test]));
         let model = ModelSpec {
             inputs: train.cols,
             hidden: c.model.hidden.clone(),
@@ -263,7 +239,7 @@ impl DigitsTrainable {
             batch_size: c.training.batch_size as usize,
             seed: c.training.seed,
             epochs,
-            cosine: extras.cosine,
+            lr_decay: c.training.lr_decay,
             train,
             val,
             test,
@@ -271,6 +247,7 @@ impl DigitsTrainable {
                 epoch: 0,
                 params,
                 slots,
+                input,
             },
         })
     }
@@ -289,12 +266,7 @@ impl Trainable for DigitsTrainable {
         let mut order: Vec<usize> = (0..self.train.len()).collect();
         SplitMix64::derive(self.seed, &[0x6570_6f63, epoch]).shuffle(&mut order);
         let (mut loss_sum, mut batches) = (0.0f64, 0u32);
-        let lr = if self.cosine {
-            let t = epoch as f64 / self.epochs.max(1) as f64;
-            (f64::from(self.lr) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())) as f32
-        } else {
-            self.lr
-        };
+        let lr = self.lr_decay.rate(self.lr, epoch, self.epochs);
         for rows in order.chunks(self.batch_size.max(1)) {
             let batch = self.train.select(rows);
             let model = Mlp::<Train>::from_params(&self.model, &self.state.params, &device)?;
@@ -361,7 +333,12 @@ impl Trainable for DigitsTrainable {
                 message: "optimizer state does not fit the model".into(),
             });
         }
+        // The statistics stay this trial's own (computed from its rows; a
+        // checkpoint cloned from another trial of the same split, as PBT
+        // does, holds the same ones).
+        let input = self.state.input.take();
         self.state = state;
+        self.state.input = input;
         Ok(())
     }
 }
@@ -399,5 +376,10 @@ pub fn checkpoint_model(dir: &Path) -> Result<(ModelSpec, Vec<ParamTensor>), Tun
     model
         .check(&state.params)
         .map_err(|e| bad(format!("parameters do not form an MLP: {e}")))?;
-    Ok((model, state.params))
+    let mut params = state.params;
+    if let Some(input) = &state.input {
+        crate::model::fold_standardization(&model, &mut params, input)
+            .map_err(|e| bad(format!("its standardization: {e}")))?;
+    }
+    Ok((model, params))
 }

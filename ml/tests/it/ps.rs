@@ -42,6 +42,9 @@ fn args(optimizer: OptimizerConfig, workers: u32, checkpoint: Option<&Path>) -> 
             keep: 10,
             resume: true,
         }),
+        lr_decay: Default::default(),
+        steps_per_epoch: 0,
+        epochs: 0,
     }
 }
 

@@ -260,6 +260,9 @@ async fn small_sgd_ps(
             mode: Mode::Sync,
             workers,
             checkpoint: None,
+            lr_decay: Default::default(),
+            steps_per_epoch: 0,
+            epochs: 0,
         }))
         .await
         .unwrap();
@@ -530,4 +533,61 @@ async fn push_pull_answers_with_the_next_version_once_every_worker_has_pushed() 
     }
     let s = status().await;
     assert_eq!((s.version, s.rejected, s.samples), (1, 2, 8));
+}
+
+/// `data.standardize` and `training.lr_decay = "cosine"` in a real job:
+/// the run directory keeps the statistics, the saved model (what serving
+/// loads) has them folded in and classifies raw features with the job's
+/// test accuracy; the cosine rate changes what the parameter server
+/// computes; a damaged statistics file is an error naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standardized_cosine_job_saves_a_model_that_serves_raw_features() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |decay: &'static str, dir: std::path::PathBuf| {
+        let cfg = config(&format!(
+            "standardize = true\n[model]\nhidden = [32]\n[training]\nepochs = 3\nlr = 0.003\nlr_decay = \"{decay}\"\n[checkpoint]\ndir = {:?}\nevery = 0\n",
+            dir.display().to_string()
+        ));
+        async move {
+            let report = manta_ml::train(&cfg, Env::InProcess, |_| {}).await.unwrap();
+            (cfg, report)
+        }
+    };
+    let (cfg, report) = run("cosine", tmp.path().join("cos")).await;
+    let run_dir = std::path::PathBuf::from(report.checkpoint.clone().unwrap());
+    assert!(run_dir.join(manta_ml::ps::INPUT_FILE).is_file());
+    let saved = manta_ml::ps::load_saved_model(&run_dir, 1 << 30).unwrap();
+    let raw = manta_ml::DatasetSpec {
+        standardize: false,
+        ..cfg.data.clone()
+    };
+    let (_, raw_test) = raw.load_split().unwrap();
+    let device = Default::default();
+    let m = manta_ml::Mlp::<CpuBackend>::from_params(&saved.model, &saved.params, &device).unwrap();
+    let served = manta_ml::model::accuracy(&m, &raw_test, &device).unwrap();
+    assert!(report.test_accuracy > 0.85, "{report:?}");
+    assert!(
+        (served - report.test_accuracy).abs() <= 1.5 / raw_test.len() as f32,
+        "served on raw features {served}, the job's test accuracy {}",
+        report.test_accuracy
+    );
+    // Without the decay the same job ends elsewhere.
+    let (_, flat) = run("none", tmp.path().join("flat")).await;
+    let flat = manta_ml::ps::load_saved_model(
+        std::path::Path::new(flat.checkpoint.as_deref().unwrap()),
+        1 << 30,
+    )
+    .unwrap();
+    assert_eq!(flat.version, saved.version);
+    assert!(max_diff(&flat.params, &saved.params) > 1e-4);
+    // A damaged statistics file is named, never silently ignored.
+    std::fs::write(
+        run_dir.join(manta_ml::ps::INPUT_FILE),
+        b"{\"standardize\": 1}",
+    )
+    .unwrap();
+    let e = manta_ml::ps::load_saved_model(&run_dir, 1 << 30)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(manta_ml::ps::INPUT_FILE), "{e}");
 }

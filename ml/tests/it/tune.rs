@@ -450,6 +450,79 @@ async fn digits_trials_train_report_and_restore_exactly() {
     assert_eq!(TrialState::Completed.as_str(), "completed");
 }
 
+/// A trial on standardized features with a cosine rate: its checkpoint
+/// holds the statistics, and `checkpoint_model` (what serving loads) folds
+/// them into the first layer, so the served model classifies raw features
+/// as the trial did its standardized ones.
+#[test]
+fn a_standardized_trial_checkpoint_serves_raw_features_with_its_test_accuracy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("train.toml");
+    std::fs::write(
+        &base,
+        format!(
+            "job = \"t\"\n[data]\npath = {:?}\nscale = 0.0625\n[model]\nhidden = [32]\n[training]\nepochs = 3\n",
+            crate::digits().path.display().to_string()
+        ),
+    )
+    .unwrap();
+    let train = manta_ml::TrainConfig::load(&base).unwrap();
+    let trial = |standardize: bool| TrialInfo {
+        id: 0,
+        params: [
+            ("lr".to_string(), serde_json::json!(0.003)),
+            ("batch_size".to_string(), serde_json::json!(32)),
+            ("standardize".to_string(), serde_json::json!(standardize)),
+            ("lr_decay".to_string(), serde_json::json!("cosine")),
+        ]
+        .into_iter()
+        .collect(),
+        dir: tmp.path().to_path_buf(),
+        attempt: 0,
+        max_iterations: None,
+    };
+    let mut t = manta_ml::tune::DigitsTrainable::new(&train, &trial(true), 0.2).unwrap();
+    let mut last = t.step().unwrap();
+    while !last.contains_key("test_accuracy") {
+        last = t.step().unwrap();
+    }
+    let cp = tmp.path().join("cp");
+    std::fs::create_dir_all(&cp).unwrap();
+    t.save(&cp).unwrap();
+    let saved = std::fs::read_to_string(cp.join("digits.json")).unwrap();
+    assert!(saved.contains("\"input\""), "the statistics are saved");
+    let (spec, params) = manta_ml::tune::digits::checkpoint_model(&cp).unwrap();
+    let (_, raw_test) = train.data.load_split().unwrap();
+    let device = Default::default();
+    let m = manta_ml::Mlp::<manta_ml::device::CpuBackend>::from_params(&spec, &params, &device)
+        .unwrap();
+    let served = manta_ml::model::accuracy(&m, &raw_test, &device).unwrap();
+    let trained = last["test_accuracy"] as f32;
+    assert!(trained > 0.85, "{last:?}");
+    assert!(
+        (served - trained).abs() <= 1.5 / raw_test.len() as f32,
+        "served on raw features {served}, trained on standardized {trained}"
+    );
+    // The statistics matter: the same trial without them (raw features
+    // throughout) is a different model.
+    let mut plain = manta_ml::tune::DigitsTrainable::new(&train, &trial(false), 0.2).unwrap();
+    let other = plain.step().unwrap();
+    let first = manta_ml::tune::DigitsTrainable::new(&train, &trial(true), 0.2)
+        .unwrap()
+        .step()
+        .unwrap();
+    assert_ne!(other["loss"], first["loss"]);
+    // A bad value is named.
+    let mut bad = trial(true);
+    bad.params
+        .insert("lr_decay".into(), serde_json::json!("linear"));
+    let e = manta_ml::tune::DigitsTrainable::new(&train, &bad, 0.2)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("`lr_decay`"), "{e}");
+}
+
 /// A crash in the middle of a trial, made by hand in the store (the trial
 /// back to `running`, its rows after iteration 4 gone, as if the driver had
 /// died there): `resume` rebuilds TPE and ASHA from the store and continues
