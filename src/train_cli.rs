@@ -80,12 +80,13 @@ fn finish(report: TrainReport, json: bool, out: &mut dyn Write) -> Result<TrainR
     } else {
         writeln!(
             out,
-            "test accuracy {:.4} on {} rows after {} epochs ({} steps, {} workers, {} mode, {}); {:.1} s, {:.0} samples/s; final loss {:.4}",
+            "test accuracy {:.4} on {} rows after {} epochs ({} steps, {} worker{}, {} mode, {}); {:.1} s, {:.0} samples/s; final loss {:.4}",
             report.test_accuracy,
             report.test_rows,
             report.epochs,
             report.steps,
             report.workers,
+            if report.workers == 1 { "" } else { "s" },
             report.mode,
             report.device,
             report.train_seconds,
