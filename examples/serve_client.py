@@ -39,11 +39,25 @@ result = client.infer(
 print("grpc: id", result.get_response().id, "label", result.as_numpy("label"),
       "logits", result.as_numpy("logits").shape)
 
-# REST: JSON tensors (the binary-data extension is not served).
+# REST with the client's defaults: the input and the outputs travel as
+# binary tensor data (Triton's binary_tensor_data extension).
 client = httpclient.InferenceServerClient(http_url)
+assert client.is_server_live() and client.is_server_ready()
+inp = httpclient.InferInput("input", list(zero.shape), "FP32")
+inp.set_data_from_numpy(zero)
+result = client.infer(
+    "digits",
+    [inp],
+    request_id="2",
+    outputs=[httpclient.InferRequestedOutput("logits"), httpclient.InferRequestedOutput("label")],
+)
+print("http (binary): id", result.get_response()["id"], "label", result.as_numpy("label"),
+      "logits", result.as_numpy("logits").shape)
+
+# REST with JSON tensors.
 inp = httpclient.InferInput("input", list(zero.shape), "FP32")
 inp.set_data_from_numpy(zero, binary_data=False)
 result = client.infer(
     "digits", [inp], outputs=[httpclient.InferRequestedOutput("label", binary_data=False)]
 )
-print("http: label", result.as_numpy("label"))
+print("http (json): label", result.as_numpy("label"))

@@ -163,7 +163,7 @@ async fn bare_axum() -> SocketAddr {
             Err(e) => return (axum::http::StatusCode::BAD_REQUEST, e.to_string()).into_response(),
         };
         let id = parsed.id.clone();
-        let checked = match protocol::check(parsed, FEATURES) {
+        let checked = match protocol::check(parsed, FEATURES, &[]) {
             Ok(c) => c,
             Err(e) => return (axum::http::StatusCode::BAD_REQUEST, e).into_response(),
         };
@@ -172,7 +172,14 @@ async fn bare_axum() -> SocketAddr {
             model_name: "noop".into(),
             model_version: "1".into(),
             id,
-            outputs: protocol::answer(values, checked.rows, CLASSES, &checked.outputs),
+            outputs: protocol::answer(
+                values,
+                checked.rows,
+                CLASSES,
+                &checked.outputs,
+                &checked.binary,
+            )
+            .0,
         };
         match serde_json::to_vec(&answer) {
             Ok(b) => ([(axum::http::header::CONTENT_TYPE, "application/json")], b).into_response(),

@@ -207,7 +207,7 @@ async fn server_metadata() -> Response {
         &serde_json::json!({
             "name": "manta",
             "version": env!("CARGO_PKG_VERSION"),
-            "extensions": [],
+            "extensions": ["binary_tensor_data"],
         }),
     )
 }
@@ -452,6 +452,22 @@ async fn run_infer(state: &AppInner, d: &Deployment, req: Request) -> Result<Res
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
+    // Binary tensor data: the JSON part's length (checked against the body
+    // once it is read).
+    let header_len = match req.headers().get(protocol::HEADER_LENGTH) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("header {}: not a byte count", protocol::HEADER_LENGTH),
+                    )
+                })?,
+        ),
+    };
     // And counted while read, for bodies without a length.
     let body = Limited::new(req.into_body(), limit)
         .collect()
@@ -467,26 +483,66 @@ async fn run_infer(state: &AppInner, d: &Deployment, req: Request) -> Result<Res
             }
         })?
         .to_bytes();
-    let parsed: InferRequest = serde_json::from_slice(&body).map_err(|e| {
+    let (head, binary) = match header_len {
+        None => (&body[..], &body[..0]),
+        Some(n) if n <= body.len() => body.split_at(n),
+        Some(n) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "header {}: {n} bytes of JSON, but the body has {}",
+                    protocol::HEADER_LENGTH,
+                    body.len()
+                ),
+            ));
+        }
+    };
+    let parsed: InferRequest = serde_json::from_slice(head).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("malformed inference request: {e}"),
         )
     })?;
     let id = parsed.id.clone();
-    let checked = protocol::check(parsed, d.features())
+    let checked = protocol::check(parsed, d.features(), binary)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
     let rows = checked.rows;
     let values = d.infer(checked.values, rows).await?;
-    Ok(json(
+    let (outputs, tail) =
+        protocol::answer(values, rows, d.outputs(), &checked.outputs, &checked.binary);
+    let answer = InferResponse {
+        model_name: d.model().to_owned(),
+        model_version: d.version().to_owned(),
+        id,
+        outputs,
+    };
+    if !checked.binary.contains(&true) {
+        return Ok(json(StatusCode::OK, &answer));
+    }
+    // The JSON part, then the binary outputs' bytes.
+    let mut bytes = serde_json::to_vec(&answer).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding the answer: {e}"),
+        )
+    })?;
+    let json_len = bytes.len();
+    bytes.extend_from_slice(&tail);
+    Ok((
         StatusCode::OK,
-        &InferResponse {
-            model_name: d.model().to_owned(),
-            model_version: d.version().to_owned(),
-            id,
-            outputs: protocol::answer(values, rows, d.outputs(), &checked.outputs),
-        },
-    ))
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            ),
+            (
+                header::HeaderName::from_static(protocol::HEADER_LENGTH),
+                HeaderValue::from(json_len),
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
 }
 
 async fn render_metrics(State(state): State<AppState>) -> Response {

@@ -1,8 +1,20 @@
 //! The Open Inference Protocol (KServe v2) REST bodies, and the checks of
 //! an inference request against a deployment's signature.
+//!
+//! Also Triton's binary tensor data extension (`binary_tensor_data`), which
+//! Triton's HTTP client uses by default: a request body may be the JSON
+//! header (its length in the `Inference-Header-Content-Length` header)
+//! followed by raw tensor bytes; an input with `parameters.binary_data_size`
+//! takes its data from those bytes (little-endian, row-major), and an
+//! output asked for with `parameters.binary_data = true` (or every output,
+//! with the request's `binary_data_output = true`) is answered the same way.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+/// The HTTP header holding the length of the JSON part of a body with
+/// binary tensor data (requests and answers).
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
 /// The name of a model's one input tensor.
 pub const INPUT: &str = "input";
@@ -38,11 +50,14 @@ pub struct RequestInput {
     pub shape: Vec<i64>,
     /// Its datatype (`FP32`, ...).
     pub datatype: String,
-    /// Tensor parameters (accepted, unused).
+    /// Tensor parameters: `binary_data_size` (bytes of the binary part
+    /// holding this tensor's data); others are accepted and unused.
     #[serde(default)]
     pub parameters: Option<serde_json::Map<String, Value>>,
-    /// Values, row-major: flat or nested arrays.
-    pub data: Value,
+    /// Values, row-major: flat or nested arrays (absent when the data is
+    /// binary).
+    #[serde(default)]
+    pub data: Option<Value>,
 }
 
 /// One requested output.
@@ -51,7 +66,8 @@ pub struct RequestInput {
 pub struct RequestOutput {
     /// Its name.
     pub name: String,
-    /// Output parameters (accepted, unused).
+    /// Output parameters: `binary_data` (answer it as binary data);
+    /// others are accepted and unused.
     #[serde(default)]
     pub parameters: Option<serde_json::Map<String, Value>>,
 }
@@ -79,8 +95,12 @@ pub struct ResponseOutput {
     pub shape: Vec<usize>,
     /// Its datatype.
     pub datatype: &'static str,
-    /// Its values, row-major.
-    pub data: Value,
+    /// `binary_data_size` when the values are in the binary part.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Value>,
+    /// Its values, row-major (absent when they are binary).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
 }
 
 /// A tensor in model metadata.
@@ -142,11 +162,29 @@ pub struct Checked {
     pub rows: usize,
     /// Output names, in answer order.
     pub outputs: Vec<&'static str>,
+    /// For each output: answered as binary data.
+    pub binary: Vec<bool>,
+}
+
+/// A boolean parameter: `None` when absent, an error naming it when it is
+/// not a boolean.
+fn flag(
+    params: Option<&serde_json::Map<String, Value>>,
+    key: &str,
+) -> Result<Option<bool>, String> {
+    match params.and_then(|p| p.get(key)) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(format!(
+            "parameter '{key}' must be true or false, got {other}"
+        )),
+    }
 }
 
 /// Checks `req` against a model taking `[rows, features]` `FP32`; every
-/// error names the tensor and what does not fit.
-pub fn check(req: InferRequest, features: usize) -> Result<Checked, String> {
+/// error names the tensor and what does not fit. `binary` is the body's
+/// binary part (empty without the extension).
+pub fn check(req: InferRequest, features: usize, binary: &[u8]) -> Result<Checked, String> {
     let mut inputs = req.inputs.into_iter();
     let Some(input) = inputs.next() else {
         return Err(format!("no inputs: expected one input '{INPUT}'"));
@@ -158,18 +196,78 @@ pub fn check(req: InferRequest, features: usize) -> Result<Checked, String> {
         ));
     }
     let (rows, expected) = check_input(&input.name, &input.datatype, &input.shape, features)?;
-    let mut values = Vec::with_capacity(expected.min(1 << 20));
-    flatten(&input.data, &mut values, expected)?;
+    let size = match input
+        .parameters
+        .as_ref()
+        .and_then(|p| p.get("binary_data_size"))
+    {
+        None => None,
+        Some(v) => Some(v.as_u64().ok_or_else(|| {
+            format!("input '{INPUT}': binary_data_size must be a byte count, got {v}")
+        })?),
+    };
+    let values = match (size, &input.data) {
+        (Some(_), Some(_)) => {
+            return Err(format!(
+                "input '{INPUT}': both data and binary_data_size (one or the other)"
+            ));
+        }
+        (None, None) => return Err(format!("input '{INPUT}': no data and no binary_data_size")),
+        (None, Some(data)) => {
+            if !binary.is_empty() {
+                return Err(format!(
+                    "{} bytes of binary data after the JSON header, but no input declares binary_data_size",
+                    binary.len()
+                ));
+            }
+            let mut values = Vec::with_capacity(expected.min(1 << 20));
+            flatten(data, &mut values, expected)?;
+            values
+        }
+        (Some(size), None) => {
+            if size != binary.len() as u64 {
+                return Err(format!(
+                    "input '{INPUT}': binary_data_size {size}, but the body holds {} bytes of binary data after the JSON header",
+                    binary.len()
+                ));
+            }
+            if size % 4 != 0 {
+                return Err(format!(
+                    "input '{INPUT}': binary_data_size {size} is not a whole number of FP32 values"
+                ));
+            }
+            binary
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()
+        }
+    };
     check_count(&input.shape, expected, values.len())?;
-    let outputs = check_outputs(
-        req.outputs
-            .as_ref()
-            .map(|wanted| wanted.iter().map(|o| o.name.as_str())),
-    )?;
+    let all_binary = flag(req.parameters.as_ref(), "binary_data_output")?.unwrap_or(false);
+    let (outputs, binary) = match &req.outputs {
+        None => {
+            let outputs = check_outputs(None::<std::iter::Empty<&str>>)?;
+            let binary = vec![all_binary; outputs.len()];
+            (outputs, binary)
+        }
+        Some(wanted) => {
+            let outputs = check_outputs(Some(wanted.iter().map(|o| o.name.as_str())))?;
+            let binary = wanted
+                .iter()
+                .map(|o| {
+                    flag(o.parameters.as_ref(), "binary_data")
+                        .map(|b| b.unwrap_or(all_binary))
+                        .map_err(|e| format!("output '{}': {e}", o.name))
+                })
+                .collect::<Result<_, _>>()?;
+            (outputs, binary)
+        }
+    };
     Ok(Checked {
         values,
         rows,
         outputs,
+        binary,
     })
 }
 
@@ -282,32 +380,54 @@ fn flatten(data: &Value, out: &mut Vec<f32>, limit: usize) -> Result<(), String>
     }
 }
 
-/// The response tensors for `values` (`rows` rows of `width`).
+/// The response tensors for `values` (`rows` rows of `width`), and the
+/// binary part: the little-endian values of the outputs flagged in
+/// `binary`, in output order (empty when none is).
 pub fn answer(
     values: Vec<f32>,
     rows: usize,
     width: usize,
     outputs: &[&str],
-) -> Vec<ResponseOutput> {
-    outputs
+    binary: &[bool],
+) -> (Vec<ResponseOutput>, Vec<u8>) {
+    let mut tail = Vec::new();
+    let answered = outputs
         .iter()
-        .map(|&name| {
-            if name == LABEL {
+        .enumerate()
+        .map(|(i, &name)| {
+            let raw = binary.get(i).copied().unwrap_or(false);
+            let (name, shape, datatype, data) = if name == LABEL {
                 let labels = labels(&values, width);
-                ResponseOutput {
-                    name: LABEL.into(),
-                    shape: vec![rows],
-                    datatype: "INT64",
-                    data: Value::from(labels),
-                }
+                let data = if raw {
+                    labels.iter().for_each(|l| tail.extend_from_slice(&l.to_le_bytes()));
+                    None
+                } else {
+                    Some(Value::from(labels))
+                };
+                (LABEL, vec![rows], "INT64", data)
             } else {
-                ResponseOutput {
-                    name: LOGITS.into(),
-                    shape: vec![rows, width],
-                    datatype: "FP32",
-                    data: Value::from(values.iter().map(|&v| f64::from(v)).collect::<Vec<_>>()),
-                }
+                let data = if raw {
+                    values.iter().for_each(|v| tail.extend_from_slice(&v.to_le_bytes()));
+                    None
+                } else {
+                    Some(Value::from(
+                        values.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
+                    ))
+                };
+                (LOGITS, vec![rows, width], "FP32", data)
+            };
+            let parameters = raw.then(|| {
+                let elements: usize = shape.iter().product();
+                serde_json::json!({ "binary_data_size": elements * if datatype == "INT64" { 8 } else { 4 } })
+            });
+            ResponseOutput {
+                name: name.into(),
+                shape,
+                datatype,
+                parameters,
+                data,
             }
         })
-        .collect()
+        .collect();
+    (answered, tail)
 }

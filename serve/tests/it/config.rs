@@ -104,7 +104,7 @@ async fn the_runner_prints_its_address_serves_and_drains_on_stop() {
     let path = dir.path().join("serve.toml");
     let written = std::fs::write(
         &path,
-        "[http]\naddress = \"127.0.0.1:0\"\n[[deployment]]\nmodel = \"digits\"\ncheckpoint = \"ckpt\"\nreplicas = 2\n",
+        "[http]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[[deployment]]\nmodel = \"digits\"\ncheckpoint = \"ckpt\"\nreplicas = 2\n",
     );
     assert!(written.is_ok());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();

@@ -25,7 +25,7 @@ type Client = GrpcInferenceServiceClient<Channel>;
 /// The digits MLP from a checkpoint, with gRPC on a free port.
 async fn digits_server(dir: &std::path::Path, message_limit: usize) -> Server {
     let src = format!(
-        "[http]\naddress = \"127.0.0.1:0\"\n\
+        "[http]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
          [grpc]\naddress = \"127.0.0.1:0\"\nmax_message_bytes = {message_limit}\n\
          [[deployment]]\nmodel = \"digits\"\ncheckpoint = \"ckpt\"\nreplicas = 2\n\
          max_batch_size = 8\nbatch_wait_timeout_ms = 1\n"
@@ -650,7 +650,7 @@ async fn the_runner_prints_its_grpc_address_and_serves_on_it() {
     let path = dir.path().join("serve.toml");
     let written = std::fs::write(
         &path,
-        "[http]\naddress = \"127.0.0.1:0\"\n[grpc]\naddress = \"127.0.0.1:0\"\n\
+        "[http]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[grpc]\naddress = \"127.0.0.1:0\"\n\
          [[deployment]]\nmodel = \"digits\"\ncheckpoint = \"ckpt\"\n",
     );
     assert!(written.is_ok());

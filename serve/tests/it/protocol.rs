@@ -13,7 +13,7 @@ use crate::common::{self, WAIT, get, post};
 /// The digits MLP served from a checkpoint, as `manta serve` would.
 async fn digits_server(dir: &std::path::Path, body_limit: usize) -> Server {
     let src = format!(
-        "[http]\naddress = \"127.0.0.1:0\"\nmax_body_bytes = {body_limit}\n\
+        "[http]\naddress = \"127.0.0.1:0\"\nmax_body_bytes = {body_limit}\n[admin]\naddress = \"127.0.0.1:0\"\n\
          [[deployment]]\nmodel = \"digits\"\ncheckpoint = \"ckpt\"\nreplicas = 2\n\
          max_batch_size = 8\nbatch_wait_timeout_ms = 1\n"
     );
@@ -174,6 +174,181 @@ async fn infer_answers_the_checkpointed_mlp_with_id_and_requested_outputs() {
     assert_eq!(v["outputs"].as_array().map(Vec::len), Some(1));
     assert_eq!(v["outputs"][0]["name"], "label");
     assert_eq!(v["outputs"][0]["data"], json!([argmax(&want[..10])]));
+    assert!(server.shutdown().await);
+}
+
+/// Triton's binary tensor data extension (what `tritonclient.http` sends
+/// by default): the JSON header's length in `Inference-Header-Content-Length`,
+/// the input's FP32 values as little-endian bytes after it, the outputs
+/// asked as binary answered the same way; the same numbers as the JSON
+/// form; every malformed variant refused with a 400 naming it.
+#[tokio::test]
+async fn binary_tensor_data_requests_and_answers_match_the_json_form() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    common::write_checkpoint(&dir.path().join("ckpt"), 2);
+    let server = digits_server(dir.path(), 1 << 20).await;
+    let base = format!("http://{}", server.local_addr());
+    let url = format!("{base}/v2/models/digits/infer");
+    let (_, _, meta) = get(&format!("{base}/v2")).await;
+    assert!(
+        meta["extensions"]
+            .as_array()
+            .is_some_and(|a| a.contains(&json!("binary_tensor_data"))),
+        "{meta}"
+    );
+    let values: Vec<f32> = (0..128).map(|i| ((i * 5) % 17) as f32 / 16.0).collect();
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let send = |head: serde_json::Value, tail: Vec<u8>, declared: Option<String>| {
+        let url = url.clone();
+        async move {
+            let head = head.to_string();
+            let declared = declared.unwrap_or_else(|| head.len().to_string());
+            let mut body = head.into_bytes();
+            body.extend_from_slice(&tail);
+            let r = common::client()
+                .post(&url)
+                .header("Inference-Header-Content-Length", declared)
+                .header("content-type", "application/octet-stream")
+                .body(body)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let status = r.status().as_u16();
+            let json_len = r
+                .headers()
+                .get("inference-header-content-length")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<usize>().ok());
+            let body = r.bytes().await.unwrap_or_else(|e| panic!("{e}")).to_vec();
+            (status, json_len, body)
+        }
+    };
+    let input = json!({"name": "input", "shape": [2, 64], "datatype": "FP32",
+                       "parameters": {"binary_data_size": 512}});
+    // Binary in, both outputs binary out.
+    let (s, json_len, body) = send(
+        json!({"id": "b1", "inputs": [input.clone()], "parameters": {"binary_data_output": true}}),
+        bytes.clone(),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&body));
+    let n = json_len.unwrap_or_else(|| panic!("no Inference-Header-Content-Length"));
+    let head: serde_json::Value =
+        serde_json::from_slice(&body[..n]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(head["id"], "b1");
+    assert_eq!(head["outputs"][0]["name"], "logits");
+    assert_eq!(head["outputs"][0]["parameters"]["binary_data_size"], 80);
+    assert!(head["outputs"][0].get("data").is_none(), "{head}");
+    assert_eq!(head["outputs"][1]["parameters"]["binary_data_size"], 16);
+    assert_eq!(body.len(), n + 80 + 16);
+    let logits: Vec<f32> = body[n..n + 80]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let labels: Vec<i64> = body[n + 80..]
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+        .collect();
+    // The JSON form of the same request answers the same numbers.
+    let plain = json!({"inputs": [{"name": "input", "shape": [2, 64], "datatype": "FP32", "data": values}]});
+    let (s, _, v) = post(&url, plain.to_string()).await;
+    assert_eq!(s, 200, "{v}");
+    let want: Vec<f32> = v["outputs"][0]["data"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_f64())
+                .map(|x| x as f32)
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(logits, want);
+    assert_eq!(json!(labels), v["outputs"][1]["data"]);
+    // Binary in, one output asked as JSON: a plain JSON answer.
+    let (s, json_len, body) = send(
+        json!({"inputs": [input.clone()], "outputs": [{"name": "label", "parameters": {"binary_data": false}}]}),
+        bytes.clone(),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(json_len, None);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(v["outputs"][0]["data"], json!(labels));
+    // Malformed variants.
+    let cases: Vec<(serde_json::Value, Vec<u8>, Option<String>, &str)> = vec![
+        (
+            json!({"inputs": [input.clone()]}),
+            bytes[..508].to_vec(),
+            None,
+            "binary_data_size 512, but the body holds 508",
+        ),
+        (
+            json!({"inputs": [input.clone()]}),
+            [&bytes[..], &[0u8; 4][..]].concat(),
+            None,
+            "holds 516 bytes",
+        ),
+        (
+            json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "parameters": {"binary_data_size": 254}}]}),
+            vec![0; 254],
+            None,
+            "not a whole number of FP32 values",
+        ),
+        (
+            json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "parameters": {"binary_data_size": 252}}]}),
+            vec![0; 252],
+            None,
+            "needs 64 elements, data has 63",
+        ),
+        (
+            json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "parameters": {"binary_data_size": 256}, "data": vec![0.0; 64]}]}),
+            vec![0; 256],
+            None,
+            "both data and binary_data_size",
+        ),
+        (
+            json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32"}]}),
+            vec![],
+            None,
+            "no data and no binary_data_size",
+        ),
+        (
+            json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": vec![0.0; 64]}]}),
+            vec![1, 2, 3],
+            None,
+            "no input declares binary_data_size",
+        ),
+        (
+            json!({"inputs": [input.clone()], "outputs": [{"name": "label", "parameters": {"binary_data": "yes"}}]}),
+            bytes.clone(),
+            None,
+            "'binary_data' must be true or false",
+        ),
+        (
+            json!({"inputs": [input.clone()]}),
+            bytes.clone(),
+            Some("lots".into()),
+            "not a byte count",
+        ),
+        (
+            json!({"inputs": [input.clone()]}),
+            bytes.clone(),
+            Some("100000".into()),
+            "bytes of JSON, but the body has",
+        ),
+    ];
+    for (head, tail, declared, needle) in cases {
+        let (s, _, body) = send(head.clone(), tail, declared).await;
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s, 400, "{head}: {v}");
+        let e = v["error"].as_str().unwrap_or_default();
+        assert!(e.contains(needle), "{head}: error {e:?} lacks {needle:?}");
+    }
+    // Still serving.
+    let (s, _, _) = post(&url, plain.to_string()).await;
+    assert_eq!(s, 200);
     assert!(server.shutdown().await);
 }
 

@@ -59,7 +59,7 @@ async fn versions_from_checkpoints_route_split_and_roll_back() {
     let dir = ok(tempfile::tempdir(), "tempdir");
     common::write_checkpoint(&dir.path().join("v1"), 1);
     common::write_checkpoint(&dir.path().join("v2"), 2);
-    let src = "[http]\naddress = \"127.0.0.1:0\"\n\
+    let src = "[http]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
         [[deployment]]\nmodel = \"traffic-ckpt\"\nversion = \"1\"\ncheckpoint = \"v1\"\nweight = 100\n\
         [[deployment]]\nmodel = \"traffic-ckpt\"\nversion = \"2\"\ncheckpoint = \"v2\"\nweight = 0\n";
     let config = ok(ServeConfig::parse(src, "serve.toml", dir.path()), "config");
