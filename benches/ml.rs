@@ -406,6 +406,7 @@ async fn peer_main() {
                 lr_decay: Default::default(),
                 steps_per_epoch: 0,
                 epochs: 0,
+                input: None,
             }),
         )
         .await

@@ -573,6 +573,7 @@ fn ps_args(pick: u8, checkpoint: Option<&Path>) -> PsArgs {
         lr_decay: Default::default(),
         steps_per_epoch: 0,
         epochs: 0,
+        input: None,
     }
 }
 

@@ -231,9 +231,6 @@ pub async fn start(config: &TrainConfig, env: Env<'_>) -> Result<RunningJob, MlE
         }
         .map_err(|e| MlError::Actor(format!("{kind}: {e}")))
     };
-    if let (Some(c), Some(input)) = (&checkpoint, &input) {
-        crate::ps::save_input(&c.dir, input)?;
-    }
     let mut spec = SupervisorSpec::new(config.job.clone())
         .strategy(Strategy::OneForOne)
         .intensity(50, Duration::from_secs(60));
@@ -254,6 +251,7 @@ pub async fn start(config: &TrainConfig, env: Env<'_>) -> Result<RunningJob, MlE
                 crate::ps::Mode::Async { .. } => u64::from(bpe) * u64::from(t.workers),
             },
             epochs: t.epochs,
+            input: input.clone(),
         };
         let f = make(PS_KIND, value(PS_KIND, &args)?, &config.placement.ps)?;
         spec = spec.child(ChildSpec::worker(name.clone(), f).register(name.clone()));

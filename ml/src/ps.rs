@@ -109,6 +109,12 @@ pub struct PsArgs {
     /// Epochs of the job. Only read with a decaying rate.
     #[serde(default)]
     pub epochs: u32,
+    /// The input standardization the job trains with: written beside the
+    /// checkpoints ([`INPUT_FILE`] in the run directory) by the shard that
+    /// writes them, so that whichever node holds the checkpoints holds the
+    /// statistics a served model needs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<crate::data::Standardization>,
 }
 
 /// Which shard owns each parameter tensor: largest tensors first, each to
@@ -477,6 +483,8 @@ pub struct ParamServer {
     done: BTreeSet<u32>,
     restored_from: Option<u64>,
     last_checkpoint: Option<String>,
+    /// This shard wrote the run's input standardization.
+    input_saved: bool,
     refused_checkpoints: Vec<String>,
 }
 
@@ -502,6 +510,7 @@ impl ParamServer {
             restored_from: None,
             last_checkpoint: None,
             refused_checkpoints: Vec::new(),
+            input_saved: false,
         }
     }
 
@@ -798,6 +807,12 @@ impl ParamServer {
             message: e.to_string(),
         };
         std::fs::create_dir_all(&dir).map_err(|e| err(&dir, &e))?;
+        if !self.input_saved {
+            if let (Some(input), Some(run)) = (&self.args.input, dir.parent()) {
+                save_input(run, input)?;
+            }
+            self.input_saved = true;
+        }
         let file = CheckpointFile {
             magic: MAGIC.into(),
             model: self.args.model.clone(),

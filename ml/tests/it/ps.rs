@@ -45,6 +45,7 @@ fn args(optimizer: OptimizerConfig, workers: u32, checkpoint: Option<&Path>) -> 
         lr_decay: Default::default(),
         steps_per_epoch: 0,
         epochs: 0,
+        input: None,
     }
 }
 

@@ -64,7 +64,13 @@ async fn equivalence(extra: &str) -> (f32, f32, f32) {
     })
     .await
     .unwrap();
-    assert_eq!(epochs_seen, (1..=cfg.training.epochs).collect::<Vec<_>>());
+    // Progress reports the latest epoch reached when it looks (a loaded
+    // machine may skip one), always increasing, ending at the last.
+    assert!(
+        epochs_seen.windows(2).all(|w| w[0] < w[1])
+            && epochs_seen.last() == Some(&cfg.training.epochs),
+        "epochs reported: {epochs_seen:?}"
+    );
     let (_, test) = cfg.data.load_split().unwrap();
     let spec = spec_of(&cfg);
     let reference = train_reference::<CpuBackend>(
@@ -263,6 +269,7 @@ async fn small_sgd_ps(
             lr_decay: Default::default(),
             steps_per_epoch: 0,
             epochs: 0,
+            input: None,
         }))
         .await
         .unwrap();
