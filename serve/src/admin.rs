@@ -10,7 +10,7 @@
 //! | `POST /admin/models/{m}/rollback` | | as GET |
 //! | `POST /admin/models/{m}/versions` | `{"version", "experiment" \| "checkpoint"}` | `{"model", "version", "trial"?}` |
 //! | `DELETE /admin/models/{m}/versions/{v}` | | `{"removed": v}` |
-//! | `GET /admin/models/{m}/versions/{v}/stats` | | `{"ok", "failed", "mean_latency_s", "replicas"}` |
+//! | `GET /admin/models/{m}/versions/{v}/stats` | | `{"ok", "failed", "mean_latency_s", "replicas", "nodes", "replica_starts"}` |
 //! | `POST /admin/models/{m}/promote` | [`PromoteRequest`] | [`PromoteAnswer`] |
 
 use std::collections::BTreeMap;
@@ -357,6 +357,7 @@ async fn stats(
         &serde_json::json!({
             "model": m, "version": v, "ok": s.ok, "failed": s.failed,
             "mean_latency_s": s.mean_latency_s, "replicas": d.replicas(),
+            "nodes": d.replica_nodes(), "replica_starts": d.replica_starts(),
         }),
     ))
 }
