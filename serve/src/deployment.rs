@@ -420,7 +420,11 @@ impl Shared {
             Ok(h) => h,
             Err(e) => {
                 r.placement.release(&offer.id, r.cpus, r.gpus);
-                return Err(format!("on node {}: {}", offer.name, manta_actors::error_chain(&e)));
+                return Err(format!(
+                    "on node {}: {}",
+                    offer.name,
+                    manta_actors::error_chain(&e)
+                ));
             }
         };
         self.starts.fetch_add(1, Ordering::AcqRel);

@@ -115,8 +115,14 @@ cpus = 1.0
         .arg(&config);
     let mut serve = Running::start(cmd);
     let placed = serve.wait_for("deployment digits:1: 2 replicas on ");
-    let admin = format!("http://{}", after(&serve.wait_for("admin API on http://"), "http://"));
-    let base = format!("http://{}", after(&serve.wait_for("serving on http://"), "http://"));
+    let admin = format!(
+        "http://{}",
+        after(&serve.wait_for("admin API on http://"), "http://")
+    );
+    let base = format!(
+        "http://{}",
+        after(&serve.wait_for("serving on http://"), "http://")
+    );
     let on: Vec<String> = placed
         .split(" on ")
         .nth(1)
@@ -175,7 +181,12 @@ cpus = 1.0
         let mut outcomes = Vec::new();
         let deadline = tokio::time::Instant::now() + DEADLINE;
         // Load reaches both replicas before the kill.
-        while outcomes.iter().filter(|o: &&Outcome| o.status == 200).count() < 100 {
+        while outcomes
+            .iter()
+            .filter(|o: &&Outcome| o.status == 200)
+            .count()
+            < 100
+        {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some(o)) => outcomes.push(o),
                 _ => panic!("100 answers before the kill: not within {DEADLINE:?}"),
@@ -253,9 +264,14 @@ cpus = 1.0
         failed.len()
     );
     for f in &failed {
-        assert_eq!(f.status, 503, "a lost replica's request is a 503: {}", f.body);
+        assert_eq!(
+            f.status, 503,
+            "a lost replica's request is a 503: {}",
+            f.body
+        );
         assert!(
-            f.body.contains(&format!("the replica on node {victim_name} is gone")),
+            f.body
+                .contains(&format!("the replica on node {victim_name} is gone")),
             "{}",
             f.body
         );
@@ -279,11 +295,7 @@ cpus = 1.0
     assert_eq!(nodes.len(), 2, "{final_stats}");
     assert!(!nodes.contains(&victim_name), "{final_stats}");
     assert_eq!(final_stats["replica_starts"], 3, "{final_stats}");
-    assert_eq!(
-        final_stats["ok"].as_u64(),
-        Some(ok as u64),
-        "{final_stats}"
-    );
+    assert_eq!(final_stats["ok"].as_u64(), Some(ok as u64), "{final_stats}");
     // The fronts stay up: a clean stop.
     let _ = serve.drain();
     drop(survivors);
