@@ -745,6 +745,11 @@ impl Deployment {
             .count()
     }
 
+    /// Where its replicas run on a cluster (`None`: in this process).
+    pub fn remote_replicas(&self) -> Option<RemoteReplicas> {
+        self.shared.remote.as_ref().map(|r| r.replicas.clone())
+    }
+
     /// The node of each replica (draining ones included): its node's name
     /// for a replica on another node, `local` for one in this process.
     pub fn replica_nodes(&self) -> Vec<String> {

@@ -51,16 +51,9 @@ impl std::fmt::Debug for Server {
     }
 }
 
-/// A deployment's model, loaded (blocking file reads off the runtime).
-/// For an experiment, also the best trial it is.
-pub(crate) async fn load_source(
-    key: &str,
-    source: ModelSource,
-) -> Result<(ModelFactory, Option<manta_ml::tune::store::BestCheckpoint>), StartError> {
-    load_weights(key, source).await.map(|(f, _, b)| (f, b))
-}
-
-/// [`load_source`] with the model's weights (for replicas on other nodes).
+/// A deployment's model, loaded (blocking file reads off the runtime):
+/// its factory, its weights (what replicas on other nodes are sent) and,
+/// for an experiment, the best trial it is.
 pub(crate) async fn load_weights(
     key: &str,
     source: ModelSource,
