@@ -386,45 +386,55 @@ impl Shared {
             }
             on
         };
-        let offer = r
-            .placement
-            .take_waiting(r.cpus, r.gpus, r.role.as_deref(), &on)
-            .await
-            .ok_or_else(|| {
-                format!(
-                    "no node can host a replica within {:?} (each takes {} cpus and {} gpus{}); nodes run `manta node`",
-                    manta_cluster::PLACEMENT_WAIT,
-                    r.cpus,
-                    r.gpus,
-                    r.role
-                        .as_ref()
-                        .map(|x| format!(", role `{x}`"))
-                        .unwrap_or_default()
+        // A node that fails to start one (it lacks the kind, say) is
+        // passed over for the next candidate.
+        let mut refused = std::collections::BTreeSet::new();
+        let mut errors = Vec::new();
+        let (handle, offer) = loop {
+            let offer = r
+                .placement
+                .take_waiting(r.cpus, r.gpus, r.role.as_deref(), &on, &refused)
+                .await
+                .ok_or_else(|| {
+                    format!(
+                        "no node can host a replica within {:?} (each takes {} cpus and {} gpus{}; nodes run `manta node`){}",
+                        manta_cluster::PLACEMENT_WAIT,
+                        r.cpus,
+                        r.gpus,
+                        r.role
+                            .as_ref()
+                            .map(|x| format!(", role `{x}`"))
+                            .unwrap_or_default(),
+                        if errors.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; refused by: {}", errors.join("; "))
+                        }
+                    )
+                })?;
+            let target = manta_actors::Placement {
+                node: Some(offer.id.clone()),
+                ..manta_actors::Placement::default()
+            };
+            match r
+                .placement
+                .cluster()
+                .spawn_kind::<RemoteReplicaMsg>(
+                    &target,
+                    crate::remote::REPLICA_KIND,
+                    remote.args.clone(),
+                    None,
                 )
-            })?;
-        let on = manta_actors::Placement {
-            node: Some(offer.id.clone()),
-            ..manta_actors::Placement::default()
-        };
-        let handle = match r
-            .placement
-            .cluster()
-            .spawn_kind::<RemoteReplicaMsg>(
-                &on,
-                crate::remote::REPLICA_KIND,
-                remote.args.clone(),
-                None,
-            )
-            .await
-        {
-            Ok(h) => h,
-            Err(e) => {
-                r.placement.release(&offer.id, r.cpus, r.gpus);
-                return Err(format!(
-                    "on node {}: {}",
-                    offer.name,
-                    manta_actors::error_chain(&e)
-                ));
+                .await
+            {
+                Ok(h) => break (h, offer),
+                Err(e) => {
+                    r.placement.release(&offer.id, r.cpus, r.gpus);
+                    let why = manta_actors::error_chain(&e);
+                    tracing::warn!(deployment = %self.key, node = %offer.name, error = %why, "a node refused a replica; trying another");
+                    errors.push(format!("{}: {why}", offer.name));
+                    refused.insert(offer.id);
+                }
             }
         };
         self.starts.fetch_add(1, Ordering::AcqRel);

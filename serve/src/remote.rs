@@ -15,7 +15,7 @@
 //! Replicas in the serving process itself stay local actors: their
 //! requests are never serialised.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -207,13 +207,15 @@ impl ClusterPlacement {
     }
 
     /// The node for one more replica taking `cpus`/`gpus`, given how many
-    /// replicas of its deployment each node holds; takes its resources.
+    /// replicas of its deployment each node holds, other than the nodes in
+    /// `refused` (they failed to start one); takes its resources.
     pub(crate) fn take(
         &self,
         cpus: f64,
         gpus: u32,
         role: Option<&str>,
         replicas_on: &BTreeMap<String, usize>,
+        refused: &BTreeSet<String>,
     ) -> Option<manta_cluster::Offer> {
         let mut filter = self.placement.clone();
         if let Some(r) = role {
@@ -230,7 +232,7 @@ impl ClusterPlacement {
             .into_iter()
             .filter(|o| {
                 let (c, g) = free(o);
-                c + 1e-9 >= cpus && g >= gpus
+                c + 1e-9 >= cpus && g >= gpus && !refused.contains(&o.id)
             })
             .min_by(|a, b| {
                 let on = |o: &manta_cluster::Offer| replicas_on.get(&o.id).copied().unwrap_or(0);
@@ -255,12 +257,13 @@ impl ClusterPlacement {
         gpus: u32,
         role: Option<&str>,
         replicas_on: &BTreeMap<String, usize>,
+        refused: &BTreeSet<String>,
     ) -> Option<manta_cluster::Offer> {
         let deadline = tokio::time::Instant::now() + manta_cluster::PLACEMENT_WAIT;
         let mut view = self.membership.view();
         loop {
             view.borrow_and_update();
-            if let Some(o) = self.take(cpus, gpus, role, replicas_on) {
+            if let Some(o) = self.take(cpus, gpus, role, replicas_on, refused) {
                 return Some(o);
             }
             if tokio::time::Instant::now() >= deadline {
