@@ -53,6 +53,30 @@ async fn stats(admin: &str) -> Option<serde_json::Value> {
     (status == 200).then(|| serde_json::from_str(&text).ok())?
 }
 
+/// The names of the alive nodes running a replica actor, per `manta
+/// status` (one entry per replica).
+fn replica_hosts(st: &serde_json::Value) -> Vec<String> {
+    let mut hosts = Vec::new();
+    for n in st["nodes"].as_array().into_iter().flatten() {
+        if n["state"] != "alive" {
+            continue;
+        }
+        let count = n["actors"].as_array().map_or(0, |a| {
+            a.iter()
+                .filter(|x| {
+                    x.as_str()
+                        .is_some_and(|x| x.starts_with(manta_serve::REPLICA_KIND))
+                })
+                .count()
+        });
+        for _ in 0..count {
+            hosts.push(n["name"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    hosts.sort();
+    hosts
+}
+
 fn nodes_of(st: &serde_json::Value) -> Vec<String> {
     st["nodes"]
         .as_array()
@@ -132,6 +156,15 @@ cpus = 1.0
         .collect();
     assert_eq!(on.len(), 2, "{placed}");
     assert_ne!(on[0], on[1], "one replica per node (1 cpu each): {placed}");
+    // The nodes themselves say they run them.
+    let mut expected = on.clone();
+    expected.sort();
+    wait_status(
+        &n1.gossip,
+        Some(&s),
+        "a replica actor on each of two nodes",
+        |st| replica_hosts(st) == expected,
+    );
     let victim_name = on[0].clone();
     let (mut victim, survivors) = match victim_name.as_str() {
         "n1" => (n1, [n2, n3]),
@@ -296,7 +329,21 @@ cpus = 1.0
     assert!(!nodes.contains(&victim_name), "{final_stats}");
     assert_eq!(final_stats["replica_starts"], 3, "{final_stats}");
     assert_eq!(final_stats["ok"].as_u64(), Some(ok as u64), "{final_stats}");
-    // The fronts stay up: a clean stop.
-    let _ = serve.drain();
-    drop(survivors);
+    // SIGTERM: the server drains, stops its replicas on the nodes and
+    // leaves.
+    let pid = serve.child.id().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = serve.wait_exit();
+    assert!(status.success(), "{}", serve.output());
+    assert!(serve.output().contains("\nstopped"), "{}", serve.output());
+    wait_status(
+        &survivors[0].gossip,
+        Some(&s),
+        "no replica actor left",
+        |st| replica_hosts(st).is_empty(),
+    );
 }
