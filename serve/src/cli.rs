@@ -45,7 +45,7 @@ pub async fn run_on(
             ),
             None => String::new(),
         };
-        let nodes = if node.is_some() {
+        let nodes = if node.is_some() && d.replicas_running() > 0 {
             format!(" on {}", d.replica_nodes().join(", "))
         } else {
             String::new()

@@ -347,3 +347,108 @@ cpus = 1.0
         |st| replica_hosts(st).is_empty(),
     );
 }
+
+/// An autoscaled deployment at zero replicas on a cluster: the first
+/// request cold-starts a replica on a node (the model travels in the
+/// spawn), and the replica count follows.
+#[test]
+fn a_deployment_at_zero_cold_starts_its_replica_on_a_node() {
+    let tmp = Scratch::new("serve-cluster-zero");
+    let s = secret(&tmp, "c.secret");
+    let n1 = start_node(&tmp, "n1", Some(&s), &[], &[]);
+    let n2 = start_node(&tmp, "n2", Some(&s), &[&n1.gossip], &[]);
+    wait_status(&n1.gossip, Some(&s), "2 nodes", |st| {
+        st["nodes"]
+            .as_array()
+            .is_some_and(|a| a.iter().filter(|n| n["state"] == "alive").count() == 2)
+    });
+    let spec = manta_ml::ModelSpec {
+        inputs: 64,
+        hidden: vec![32],
+        classes: 10,
+    };
+    manta_ml::ps::save_model(&tmp.0.join("ckpt"), &spec, &spec.init(3), 1).unwrap();
+    let config = tmp.file(
+        "serve.toml",
+        r#"[http]
+address = "127.0.0.1:0"
+
+[admin]
+address = "127.0.0.1:0"
+
+[[deployment]]
+model = "digits"
+checkpoint = "ckpt"
+max_queued_requests = 8
+autoscaling = { min_replicas = 0, max_replicas = 2, upscale_delay_s = 0, downscale_delay_s = 0 }
+"#,
+    );
+    let mut cmd = manta();
+    cmd.args(["serve", "--seeds", &n1.gossip, "--secret-file"])
+        .arg(&s)
+        .arg("--config")
+        .arg(&config);
+    let mut serve = Running::start(cmd);
+    serve.wait_for("deployment digits:1: 0 replicas");
+    let admin = format!(
+        "http://{}",
+        after(&serve.wait_for("admin API on http://"), "http://")
+    );
+    let base = format!(
+        "http://{}",
+        after(&serve.wait_for("serving on http://"), "http://")
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let infer = || async {
+        let t = Instant::now();
+        let (status, text) = manta_serve::client::request(
+            &base,
+            "POST",
+            "/v2/models/digits/infer",
+            Some(&body(0)),
+            None,
+            Duration::from_secs(25),
+        )
+        .await
+        .unwrap();
+        (status, text, t.elapsed())
+    };
+    let (status, text, cold, st) = rt.block_on(async {
+        // The first one may also wait for the server to hear of a node.
+        let (status, text, first) = infer().await;
+        assert_eq!(status, 200, "{text}");
+        // Idle again (no downscale delay): back to zero replicas.
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let st = stats(&admin).await.unwrap();
+            if st["replicas"] == 0 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not back to zero within {DEADLINE:?}: {st}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        eprintln!("first request (joining included): {first:?}");
+        let (status, text, cold) = infer().await;
+        (status, text, cold, stats(&admin).await.unwrap())
+    });
+    eprintln!("cold start on a node: {cold:?}; {st}");
+    assert_eq!(status, 200, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["outputs"][0]["shape"], serde_json::json!([1, 10]), "{v}");
+    // Both starts went to a node (the server's log says where).
+    for _ in 0..2 {
+        let line = serve.wait_for("replica started on another node");
+        assert!(
+            line.contains("node=n1") || line.contains("node=n2"),
+            "{line}"
+        );
+    }
+    assert_eq!(st["replica_starts"], 2, "{st}");
+    drop((n1, n2));
+}
