@@ -456,8 +456,25 @@ impl Shared {
         tokio::spawn(async move {
             let reason = monitor.wait().await;
             placement.release(&offer.id, cpus, gpus);
-            if let Some(s) = me.upgrade() {
-                replica_lost(&s, &watched, &reason.to_string());
+            let Some(s) = me.upgrade() else { return };
+            // It may have died before its starter listed it: wait (bounded)
+            // for the listing, which every starter announces on `changed`.
+            let deadline = tokio::time::Instant::now() + 3 * manta_cluster::SPAWN_TIMEOUT;
+            loop {
+                let changed = s.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if s.slots().iter().any(|x| Arc::ptr_eq(x, &watched)) {
+                    replica_lost(&s, &watched, &reason.to_string());
+                    return;
+                }
+                // Retired, stopped, or already dropped by a failed request.
+                if watched.in_flight.load(Ordering::Acquire) == CLOSED
+                    || s.finished.load(Ordering::Acquire)
+                    || tokio::time::timeout_at(deadline, changed).await.is_err()
+                {
+                    return;
+                }
             }
         });
         Ok(slot)
