@@ -26,8 +26,9 @@ pub fn kinds() -> KindRegistry {
     k
 }
 
-/// Every kind the `manta` command knows: the built-ins and manta-ml's
-/// (`manta.ps`, `manta.loader`, `manta.worker`), whose training actors find
+/// Every kind the `manta` command knows: the built-ins, manta-ml's
+/// (`manta.ps`, `manta.loader`, `manta.worker`) and manta-serve's replica
+/// (`manta.serve.replica`, with the `cli` feature), whose training actors find
 /// each other through `directory`. The command builds this registry once
 /// per run and uses it everywhere it needs kinds (checking tree files,
 /// starting them, hosting remote spawns, `manta kinds`), so a tree file can
@@ -43,6 +44,9 @@ pub fn all_kinds(directory: manta_ml::Directory) -> KindRegistry {
 pub fn all_kinds_with(directory: manta_ml::Directory, command_trials: bool) -> KindRegistry {
     let k = kinds();
     manta_ml::register_kinds_with(&k, directory, command_trials);
+    // Replicas of `manta serve --seeds` deployments.
+    #[cfg(feature = "cli")]
+    manta_serve::register_kinds(&k);
     k
 }
 

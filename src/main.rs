@@ -120,13 +120,22 @@ enum Command {
         json: bool,
     },
     /// Serve models behind the Open Inference Protocol (KServe v2 REST) and
-    /// Prometheus metrics, in this process (see examples/serve-digits.toml).
+    /// Prometheus metrics, in this process (see examples/serve-digits.toml)
+    /// or with --seeds with the replicas on the nodes of a cluster (placed
+    /// by each deployment's cpus/gpus, replaced when their node dies).
     /// Prints the address once ready; Ctrl-C drains and stops.
     #[command(args_conflicts_with_subcommands = true)]
     Serve {
         /// The serving config (TOML).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Join this cluster (gossip `host:port`, comma-separated) and run
+        /// the replicas on its nodes (the HTTP/gRPC fronts stay here).
+        #[arg(long, value_delimiter = ',')]
+        seeds: Vec<String>,
+        /// The cluster secret (with --seeds).
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
         #[command(subcommand)]
         action: Option<ServeAction>,
     },
@@ -549,11 +558,26 @@ async fn run(command: Command) -> ExitCode {
         )),
         Command::Serve {
             config: Some(config),
+            seeds,
+            secret_file,
             ..
         } => {
             init_logging("info");
             let mut out = std::io::stdout();
-            match manta_serve::cli::run(&config, &mut out, stop_signal()).await {
+            let node = if seeds.is_empty() {
+                None
+            } else {
+                match manta::train_cli::join_as_client(&seeds, secret_file).await {
+                    Ok(n) => Some(n),
+                    Err(e) => return report(&e),
+                }
+            };
+            let served =
+                manta_serve::cli::run_on(&config, node.as_ref(), &mut out, stop_signal()).await;
+            if let Some(n) = node {
+                n.leave().await;
+            }
+            match served {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e}");

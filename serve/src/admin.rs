@@ -10,7 +10,7 @@
 //! | `POST /admin/models/{m}/rollback` | | as GET |
 //! | `POST /admin/models/{m}/versions` | `{"version", "experiment" \| "checkpoint"}` | `{"model", "version", "trial"?}` |
 //! | `DELETE /admin/models/{m}/versions/{v}` | | `{"removed": v}` |
-//! | `GET /admin/models/{m}/versions/{v}/stats` | | `{"ok", "failed", "mean_latency_s", "replicas"}` |
+//! | `GET /admin/models/{m}/versions/{v}/stats` | | `{"ok", "failed", "mean_latency_s", "replicas", "nodes", "replica_starts"}` |
 //! | `POST /admin/models/{m}/promote` | [`PromoteRequest`] | [`PromoteAnswer`] |
 
 use std::collections::BTreeMap;
@@ -31,8 +31,8 @@ use crate::config::ModelSource;
 use crate::deployment::{Deployment, DeploymentOptions};
 use crate::error::{StartError, TrafficError};
 use crate::http::{ApiError, AppInner, AppState, ModelVersions, json};
-use crate::model::ModelFactory;
-use crate::server::load_source;
+use crate::model::{MlpWeights, ModelFactory};
+use crate::server::load_weights;
 use crate::traffic::Split;
 
 /// Admin bodies are small.
@@ -226,6 +226,44 @@ pub(crate) async fn add_version(
     factory: ModelFactory,
     options: DeploymentOptions,
 ) -> Result<Deployment, StartError> {
+    add_version_with(state, model, version, factory, None, options).await
+}
+
+/// Where a new version's replicas run when the server's replicas run on a
+/// cluster: like the model's stable version (else like any deployment on
+/// the cluster), with `weights` as the model. `None`: in this process.
+fn remote_like(
+    state: &AppInner,
+    model: &str,
+    weights: Option<MlpWeights>,
+) -> Option<crate::remote::RemoteReplicas> {
+    let w = weights?;
+    let like = stable_deployment(state, model)
+        .and_then(|d| d.remote_replicas())
+        .or_else(|| {
+            let models = state.models.read().ok()?;
+            models
+                .values()
+                .flat_map(|m| m.versions.values())
+                .find_map(|d| d.remote_replicas())
+        })?;
+    Some(crate::remote::RemoteReplicas {
+        spec: w.spec,
+        params: w.params,
+        ..like
+    })
+}
+
+/// [`add_version`]; given the model's `weights`, on the cluster when the
+/// server's replicas run there.
+pub(crate) async fn add_version_with(
+    state: &AppInner,
+    model: &str,
+    version: &str,
+    factory: ModelFactory,
+    weights: Option<MlpWeights>,
+    options: DeploymentOptions,
+) -> Result<Deployment, StartError> {
     let exists = || {
         StartError::Config(
             TrafficError::Exists {
@@ -243,7 +281,12 @@ pub(crate) async fn add_version(
     if has_version(state, model, version) {
         return Err(exists());
     }
-    let d = Deployment::start(&state.system, model, version, factory, options).await?;
+    let d = match remote_like(state, model, weights) {
+        Some(remote) => {
+            Deployment::start_on(&state.system, model, version, factory, options, remote).await?
+        }
+        None => Deployment::start(&state.system, model, version, factory, options).await?,
+    };
     d.publish_gauges();
     let inserted = {
         let mut models = state
@@ -297,7 +340,7 @@ async fn add(
             ));
         }
     };
-    let (factory, best) = load_source(&m, source).await.map_err(start_error)?;
+    let (factory, weights, best) = load_weights(&m, source).await.map_err(start_error)?;
     let version = match (new.version, &best) {
         (Some(v), _) => v,
         (None, Some(b)) => format!("trial-{}", b.trial),
@@ -314,7 +357,7 @@ async fn add(
     let options = stable_deployment(&state, &m)
         .map(|d| d.options().clone())
         .unwrap_or_default();
-    add_version(&state, &m, &version, factory, options)
+    add_version_with(&state, &m, &version, factory, Some(weights), options)
         .await
         .map_err(start_error)?;
     Ok(json(
@@ -357,6 +400,7 @@ async fn stats(
         &serde_json::json!({
             "model": m, "version": v, "ok": s.ok, "failed": s.failed,
             "mean_latency_s": s.mean_latency_s, "replicas": d.replicas(),
+            "nodes": d.replica_nodes(), "replica_starts": d.replica_starts(),
         }),
     ))
 }
@@ -468,7 +512,7 @@ async fn promote(
             format!("unknown model '{m}' (promote adds a version to a served model)"),
         )
     })?;
-    let (factory, best) = load_source(&m, ModelSource::Experiment(r.experiment.clone()))
+    let (factory, weights, best) = load_weights(&m, ModelSource::Experiment(r.experiment.clone()))
         .await
         .map_err(start_error)?;
     let Some(best) = best else {
@@ -507,9 +551,16 @@ async fn promote(
             ),
         ));
     }
-    let canary = add_version(&state, &m, &version, factory, baseline.options().clone())
-        .await
-        .map_err(start_error)?;
+    let canary = add_version_with(
+        &state,
+        &m,
+        &version,
+        factory,
+        Some(weights),
+        baseline.options().clone(),
+    )
+    .await
+    .map_err(start_error)?;
     let base = baseline.version().to_owned();
     let weights: Vec<(String, u32)> = if r.percent == 100 {
         vec![(version.clone(), 100)]

@@ -15,8 +15,23 @@ pub async fn run(
     out: &mut (dyn Write + Send),
     until: impl std::future::Future<Output = ()>,
 ) -> Result<(), StartError> {
+    run_on(path, None, out, until).await
+}
+
+/// [`run`]; with `node` (`manta serve --seeds`) the replicas run on the
+/// nodes of its cluster ([`Server::start_on`]) and each deployment's line
+/// names their nodes.
+pub async fn run_on(
+    path: &Path,
+    node: Option<&manta_cluster::Node>,
+    out: &mut (dyn Write + Send),
+    until: impl std::future::Future<Output = ()>,
+) -> Result<(), StartError> {
     let config = ServeConfig::from_file(path)?;
-    let server = Server::start(&config).await?;
+    let server = match node {
+        Some(n) => Server::start_on(&config, n).await?,
+        None => Server::start(&config).await?,
+    };
     let addr = server.local_addr();
     let io = |source| StartError::Io {
         addr: addr.to_string(),
@@ -30,9 +45,14 @@ pub async fn run(
             ),
             None => String::new(),
         };
+        let nodes = if node.is_some() && d.replicas_running() > 0 {
+            format!(" on {}", d.replica_nodes().join(", "))
+        } else {
+            String::new()
+        };
         writeln!(
             out,
-            "deployment {}:{}: {} replicas{scaling}",
+            "deployment {}:{}: {} replicas{nodes}{scaling}",
             d.model(),
             d.version(),
             d.replicas()

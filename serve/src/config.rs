@@ -28,6 +28,9 @@
 //! weight = 10                             # 10% of unversioned requests
 //! autoscaling = { target_ongoing_requests = 2, min_replicas = 0, max_replicas = 4, upscale_delay_s = 1, downscale_delay_s = 30 }
 //!
+//! # with `manta serve --seeds`: replicas run on the cluster's nodes
+//! # cpus = 1.0                            # each takes this much of its node
+//!
 //! [admin]                                 # traffic, versions, promote
 //! address = "127.0.0.1:8082"              # loopback only unless token_file
 //! ```
@@ -197,6 +200,18 @@ pub struct DeploymentConfig {
     /// See [`DeploymentOptions::autoscaling`].
     #[serde(default)]
     pub autoscaling: Option<AutoscalingConfig>,
+    /// On a cluster (`manta serve --seeds`): CPUs each replica takes on
+    /// its node (of what the node advertises, `manta node --cpus`); 0
+    /// counts none. Ignored in-process.
+    #[serde(default)]
+    pub cpus: f64,
+    /// On a cluster: GPUs each replica takes on its node (the replica
+    /// still computes on the CPU).
+    #[serde(default)]
+    pub gpus: u32,
+    /// On a cluster: a role the replicas' nodes must have.
+    #[serde(default)]
+    pub role: Option<String>,
 }
 
 /// Where a deployment's model comes from.
@@ -275,6 +290,12 @@ impl ServeConfig {
             d.options()
                 .validate()
                 .map_err(|e| StartError::Config(format!("{file}: deployment {key}: {e}")))?;
+            if !(d.cpus.is_finite() && d.cpus >= 0.0) {
+                return Err(StartError::Config(format!(
+                    "{file}: deployment {key}: cpus must be a number at least 0, got {}",
+                    d.cpus
+                )));
+            }
             match (&mut d.checkpoint, &mut d.experiment) {
                 (Some(p), None) | (None, Some(p)) => {
                     if p.is_relative() {

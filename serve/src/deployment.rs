@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 
 use crate::error::{ServeError, StartError};
 use crate::model::ModelFactory;
+use crate::remote::{RemoteReplicaMsg, RemoteReplicas};
 use crate::replica::{Batching, Replica, ReplicaMsg, Request};
 
 /// How a deployment runs: replicas, batching, queue bounds.
@@ -209,8 +210,38 @@ impl DeploymentOptions {
 /// `in_flight` of a retired replica: no slot can be taken any more.
 const CLOSED: usize = usize::MAX;
 
+/// A replica actor: in this process (its requests never serialised) or
+/// on another node of the cluster.
+#[derive(Clone)]
+pub(crate) enum ReplicaHandle {
+    Local(ActorHandle<ReplicaMsg>),
+    Remote {
+        handle: ActorHandle<RemoteReplicaMsg>,
+        /// Its node's id.
+        node: String,
+        /// Its node's name.
+        name: String,
+    },
+}
+
+impl ReplicaHandle {
+    fn stop(&self, reason: ExitReason) {
+        match self {
+            Self::Local(h) => h.stop(reason),
+            Self::Remote { handle, .. } => handle.stop(reason),
+        }
+    }
+
+    fn exit_reason(&self) -> Option<ExitReason> {
+        match self {
+            Self::Local(h) => h.exit_reason(),
+            Self::Remote { handle, .. } => handle.exit_reason(),
+        }
+    }
+}
+
 struct Slot {
-    handle: ActorHandle<ReplicaMsg>,
+    handle: ReplicaHandle,
     /// Requests held; [`CLOSED`] once retired.
     in_flight: AtomicUsize,
     /// Scaling down: the router takes it only when no other has room, and
@@ -263,6 +294,17 @@ struct Shared {
     answered: Notify,
     /// Woken on every change of replicas, slots or queue.
     changed: Notify,
+    /// Replicas run on other nodes of a cluster (`None`: in this process).
+    remote: Option<RemoteSide>,
+    /// This deployment, for tasks that replace lost replicas.
+    me: Weak<Shared>,
+}
+
+/// A deployment's replicas on other nodes: where and what to send.
+struct RemoteSide {
+    replicas: RemoteReplicas,
+    /// The spawn arguments (the model included), encoded once.
+    args: manta_actors::ArgsValue,
 }
 
 impl Drop for Shared {
@@ -301,6 +343,9 @@ impl Shared {
 
     /// Builds and spawns one replica.
     async fn start_replica(&self) -> Result<Arc<Slot>, String> {
+        if let Some(remote) = &self.remote {
+            return self.start_remote_replica(remote).await;
+        }
         let m = (self.factory)()?;
         if (m.features(), m.outputs()) != (self.features, self.outputs) {
             return Err(format!(
@@ -318,10 +363,192 @@ impl Shared {
             .map_err(|e| e.to_string())?;
         self.starts.fetch_add(1, Ordering::AcqRel);
         Ok(Arc::new(Slot {
-            handle,
+            handle: ReplicaHandle::Local(handle),
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
         }))
+    }
+}
+
+impl Shared {
+    /// Places one replica on a node of the cluster (waiting up to
+    /// [`manta_cluster::PLACEMENT_WAIT`] for one with room) and watches
+    /// it: when it exits (its node died), the router drops it and a
+    /// replacement starts.
+    async fn start_remote_replica(&self, remote: &RemoteSide) -> Result<Arc<Slot>, String> {
+        let r = &remote.replicas;
+        let on: std::collections::BTreeMap<String, usize> = {
+            let mut on = std::collections::BTreeMap::new();
+            for slot in self.slots().iter() {
+                if let ReplicaHandle::Remote { node, .. } = &slot.handle {
+                    *on.entry(node.clone()).or_insert(0) += 1;
+                }
+            }
+            on
+        };
+        // A node that fails to start one (it lacks the kind, say) is
+        // passed over for the next candidate.
+        let mut refused = std::collections::BTreeSet::new();
+        let mut errors = Vec::new();
+        let (handle, offer) = loop {
+            let offer = r
+                .placement
+                .take_waiting(r.cpus, r.gpus, r.role.as_deref(), &on, &refused)
+                .await
+                .ok_or_else(|| {
+                    format!(
+                        "no node can host a replica within {:?} (each takes {} cpus and {} gpus{}; nodes run `manta node`){}",
+                        manta_cluster::PLACEMENT_WAIT,
+                        r.cpus,
+                        r.gpus,
+                        r.role
+                            .as_ref()
+                            .map(|x| format!(", role `{x}`"))
+                            .unwrap_or_default(),
+                        if errors.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; refused by: {}", errors.join("; "))
+                        }
+                    )
+                })?;
+            let target = manta_actors::Placement {
+                node: Some(offer.id.clone()),
+                ..manta_actors::Placement::default()
+            };
+            match r
+                .placement
+                .cluster()
+                .spawn_kind::<RemoteReplicaMsg>(
+                    &target,
+                    crate::remote::REPLICA_KIND,
+                    remote.args.clone(),
+                    None,
+                )
+                .await
+            {
+                Ok(h) => break (h, offer),
+                Err(e) => {
+                    r.placement.release(&offer.id, r.cpus, r.gpus);
+                    let why = manta_actors::error_chain(&e);
+                    tracing::warn!(deployment = %self.key, node = %offer.name, error = %why, "a node refused a replica; trying another");
+                    errors.push(format!("{}: {why}", offer.name));
+                    refused.insert(offer.id);
+                }
+            }
+        };
+        self.starts.fetch_add(1, Ordering::AcqRel);
+        tracing::info!(deployment = %self.key, node = %offer.name, "replica started on another node");
+        let slot = Arc::new(Slot {
+            handle: ReplicaHandle::Remote {
+                handle: handle.clone(),
+                node: offer.id.clone(),
+                name: offer.name,
+            },
+            in_flight: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+        });
+        let monitor = handle.monitor();
+        let me = self.me.clone();
+        let watched = Arc::clone(&slot);
+        let placement = r.placement.clone();
+        let (cpus, gpus) = (r.cpus, r.gpus);
+        tokio::spawn(async move {
+            let reason = monitor.wait().await;
+            placement.release(&offer.id, cpus, gpus);
+            let Some(s) = me.upgrade() else { return };
+            // It may have died before its starter listed it: wait (bounded)
+            // for the listing, which every starter announces on `changed`.
+            let deadline = tokio::time::Instant::now() + 3 * manta_cluster::SPAWN_TIMEOUT;
+            loop {
+                let changed = s.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if s.slots().iter().any(|x| Arc::ptr_eq(x, &watched)) {
+                    replica_lost(&s, &watched, &reason.to_string());
+                    return;
+                }
+                // Retired, stopped, or already dropped by a failed request.
+                if watched.in_flight.load(Ordering::Acquire) == CLOSED
+                    || s.finished.load(Ordering::Acquire)
+                    || tokio::time::timeout_at(deadline, changed).await.is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Ok(slot)
+    }
+}
+
+/// A replica on another node has exited (its node died, mostly): the
+/// router stops using it at once, and unless it was draining or the
+/// deployment stops, a replacement starts on a live node. Idempotent: a
+/// replica no longer listed (retired, stopped, already lost) is left
+/// alone.
+fn replica_lost(s: &Shared, slot: &Arc<Slot>, why: &str) {
+    let count = {
+        let mut slots = s.slots_mut();
+        let before = slots.len();
+        slots.retain(|x| !Arc::ptr_eq(x, slot));
+        if slots.len() == before {
+            return;
+        }
+        slots.len()
+    };
+    let node = match &slot.handle {
+        ReplicaHandle::Remote { name, .. } => name.as_str(),
+        ReplicaHandle::Local(_) => "this node",
+    };
+    tracing::warn!(deployment = %s.key, node, reason = why, replicas = count, "replica lost");
+    s.set_replica_gauge(count);
+    // Requests queued for a slot look again (at the live replicas).
+    s.freed.notify_waiters();
+    if slot.draining.load(Ordering::Acquire)
+        || s.stopping.load(Ordering::Acquire)
+        || s.finished.load(Ordering::Acquire)
+    {
+        return;
+    }
+    tokio::spawn(replace_replica(s.me.clone()));
+}
+
+/// Starts a replica in place of a lost one, trying again (backing off up
+/// to 5 s) until one starts or the deployment stops.
+async fn replace_replica(shared: Weak<Shared>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let Some(s) = shared.upgrade() else { return };
+        if s.stopping.load(Ordering::Acquire) || s.finished.load(Ordering::Acquire) {
+            return;
+        }
+        match s.start_replica().await {
+            Ok(slot) => {
+                if s.finished.load(Ordering::Acquire) {
+                    slot.handle.stop(ExitReason::Shutdown(None));
+                    return;
+                }
+                let count = {
+                    let mut slots = s.slots_mut();
+                    slots.push(slot);
+                    slots.len()
+                };
+                s.set_replica_gauge(count);
+                s.freed.notify_waiters();
+                if s.options.autoscaling.is_some() {
+                    s.load_gen.fetch_add(1, Ordering::AcqRel);
+                    s.load.notify_one();
+                }
+                tracing::info!(deployment = %s.key, replicas = count, "replica replaced");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(deployment = %s.key, error = %e, "replacing a lost replica failed; trying again");
+            }
+        }
+        drop(s);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -385,6 +612,33 @@ impl Deployment {
         factory: ModelFactory,
         options: DeploymentOptions,
     ) -> Result<Self, StartError> {
+        Self::start_with(system, model, version, factory, options, None).await
+    }
+
+    /// [`Deployment::start`] with the replicas on other nodes of a
+    /// cluster (see [`crate::remote`]): placed by `remote`'s resources,
+    /// each carrying the model; a replica whose node dies is dropped by
+    /// the router at once and replaced on a live node. `factory` builds
+    /// the same model here once, for its shape.
+    pub async fn start_on(
+        system: &ActorSystem,
+        model: &str,
+        version: &str,
+        factory: ModelFactory,
+        options: DeploymentOptions,
+        remote: RemoteReplicas,
+    ) -> Result<Self, StartError> {
+        Self::start_with(system, model, version, factory, options, Some(remote)).await
+    }
+
+    async fn start_with(
+        system: &ActorSystem,
+        model: &str,
+        version: &str,
+        factory: ModelFactory,
+        options: DeploymentOptions,
+        remote: Option<RemoteReplicas>,
+    ) -> Result<Self, StartError> {
         let key = format!("{model}:{version}");
         options
             .validate()
@@ -403,6 +657,24 @@ impl Deployment {
         })?;
         let (features, outputs) = (probe.features(), probe.outputs());
         drop(probe);
+        let remote = match remote {
+            Some(replicas) => {
+                replicas
+                    .validate()
+                    .map_err(|e| StartError::Config(format!("deployment {key}: {e}")))?;
+                if (replicas.spec.inputs, replicas.spec.classes) != (features, outputs) {
+                    return Err(StartError::Config(format!(
+                        "deployment {key}: the model factory builds {features}x{outputs}, the remote model is {}x{}",
+                        replicas.spec.inputs, replicas.spec.classes
+                    )));
+                }
+                let args = replicas
+                    .args(model, version, batching)
+                    .map_err(|e| StartError::Config(format!("deployment {key}: {e}")))?;
+                Some(RemoteSide { replicas, args })
+            }
+            None => None,
+        };
         let initial = options
             .autoscaling
             .as_ref()
@@ -410,7 +682,9 @@ impl Deployment {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        let shared = Arc::new(Shared {
+        let shared = Arc::new_cyclic(|me| Shared {
+            me: me.clone(),
+            remote,
             model: model.to_owned(),
             version: version.to_owned(),
             key: key.clone(),
@@ -496,6 +770,24 @@ impl Deployment {
             .iter()
             .filter(|s| !s.draining.load(Ordering::Acquire))
             .count()
+    }
+
+    /// Where its replicas run on a cluster (`None`: in this process).
+    pub fn remote_replicas(&self) -> Option<RemoteReplicas> {
+        self.shared.remote.as_ref().map(|r| r.replicas.clone())
+    }
+
+    /// The node of each replica (draining ones included): its node's name
+    /// for a replica on another node, `local` for one in this process.
+    pub fn replica_nodes(&self) -> Vec<String> {
+        self.shared
+            .slots()
+            .iter()
+            .map(|s| match &s.handle {
+                ReplicaHandle::Local(_) => "local".to_owned(),
+                ReplicaHandle::Remote { name, .. } => name.clone(),
+            })
+            .collect()
     }
 
     /// Replica actors running now, draining ones included.
@@ -648,10 +940,18 @@ impl Deployment {
         };
         metrics::histogram!("manta_serve_queue_seconds", s.labels.as_ref())
             .record(arrived.elapsed().as_secs_f64());
-        let handle = slot.slot.handle.clone();
         let left = deadline
             .saturating_duration_since(tokio::time::Instant::now())
             .max(Duration::from_millis(1));
+        let handle = match &slot.slot.handle {
+            ReplicaHandle::Local(h) => h.clone(),
+            ReplicaHandle::Remote { handle, name, .. } => {
+                let (handle, name) = (handle.clone(), name.clone());
+                return self
+                    .infer_remote(slot, handle, &name, input, rows, left, timeout)
+                    .await;
+            }
+        };
         let sent = Instant::now();
         let answer = handle
             .ask(
@@ -661,7 +961,7 @@ impl Deployment {
                         rows,
                         sent,
                         reply,
-                        _slot: slot,
+                        _slot: Some(slot),
                     })
                 },
                 left,
@@ -682,6 +982,71 @@ impl Deployment {
                 message: e.to_string(),
             }),
         }
+    }
+
+    /// The ask to a replica on another node. The slot stays held here
+    /// until the answer (or the failure) arrives; a replica that is gone
+    /// (its node died) is dropped from the router before the slot frees,
+    /// so no later request picks it.
+    #[allow(clippy::too_many_arguments)]
+    async fn infer_remote(
+        &self,
+        slot: SlotGuard,
+        handle: ActorHandle<RemoteReplicaMsg>,
+        node: &str,
+        input: Vec<f32>,
+        rows: usize,
+        left: Duration,
+        timeout: Duration,
+    ) -> Result<Vec<f32>, ServeError> {
+        let s = &self.shared;
+        let Ok(rows32) = u32::try_from(rows) else {
+            return Err(ServeError::BadInput(format!("{rows} rows in one request")));
+        };
+        let answer = handle
+            .ask(
+                |reply| RemoteReplicaMsg::Infer {
+                    input,
+                    rows: rows32,
+                    reply,
+                },
+                left,
+            )
+            .await;
+        let result = match answer {
+            Ok(Ok(values)) if values.len() == rows * s.outputs => Ok(values),
+            Ok(Ok(values)) => Err(ServeError::Replica {
+                deployment: s.key.clone(),
+                message: format!(
+                    "the replica on {node} answered {} values for {rows} rows of {}",
+                    values.len(),
+                    s.outputs
+                ),
+            }),
+            Ok(Err(message)) => Err(ServeError::Replica {
+                deployment: s.key.clone(),
+                message,
+            }),
+            Err(AskError::Timeout(_)) => Err(ServeError::Timeout {
+                deployment: s.key.clone(),
+                timeout,
+            }),
+            Err(e) if handle.exit_reason().is_some() => {
+                let message = e.to_string();
+                replica_lost(s, &slot.slot, &message);
+                Err(ServeError::ReplicaLost {
+                    deployment: s.key.clone(),
+                    node: node.to_owned(),
+                    message,
+                })
+            }
+            Err(e) => Err(ServeError::Replica {
+                deployment: s.key.clone(),
+                message: format!("the replica on {node}: {e}"),
+            }),
+        };
+        drop(slot);
+        result
     }
 
     async fn acquire(&self) -> Result<SlotGuard, ServeError> {

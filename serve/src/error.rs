@@ -36,6 +36,19 @@ pub enum ServeError {
         /// What failed.
         message: String,
     },
+    /// The replica holding the request is gone (its node died, or it
+    /// stopped) before it answered: the router no longer uses it and the
+    /// deployment replaces it, so a retry goes elsewhere (HTTP 503 with
+    /// `Retry-After`, gRPC `UNAVAILABLE`).
+    #[error("deployment {deployment}: the replica on node {node} is gone: {message}")]
+    ReplicaLost {
+        /// `model:version`.
+        deployment: String,
+        /// The replica's node.
+        node: String,
+        /// How the request ended.
+        message: String,
+    },
     /// The input does not fit the model (HTTP 400).
     #[error("{0}")]
     BadInput(String),

@@ -228,7 +228,7 @@ fn lookup_status(e: LookupError) -> Status {
 /// REST's status for the same error, in gRPC's terms.
 fn serve_status(e: ServeError) -> Status {
     match &e {
-        ServeError::Overloaded { .. } | ServeError::Stopped(_) => {
+        ServeError::Overloaded { .. } | ServeError::Stopped(_) | ServeError::ReplicaLost { .. } => {
             let mut metadata = MetadataMap::new();
             metadata.insert("retry-after", MetadataValue::from_static("1"));
             metadata.insert("grpc-retry-pushback-ms", MetadataValue::from_static("1000"));

@@ -114,9 +114,9 @@ impl ApiError {
 impl From<ServeError> for ApiError {
     fn from(e: ServeError) -> Self {
         let status = match &e {
-            ServeError::Overloaded { .. } | ServeError::Stopped(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ServeError::Overloaded { .. }
+            | ServeError::Stopped(_)
+            | ServeError::ReplicaLost { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ServeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ServeError::Replica { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ServeError::BadInput(_) => StatusCode::BAD_REQUEST,

@@ -30,6 +30,7 @@ pub mod grpc;
 mod http;
 pub mod model;
 pub mod protocol;
+pub mod remote;
 mod replica;
 pub mod server;
 mod traffic;
@@ -38,4 +39,5 @@ pub use config::{AdminConfig, DeploymentConfig, GrpcConfig, HttpConfig, ModelSou
 pub use deployment::{AutoscalingConfig, Deployment, DeploymentOptions, DeploymentStats};
 pub use error::{ServeError, StartError, TrafficError};
 pub use model::{MlpModel, Model, ModelFactory};
+pub use remote::{ClusterPlacement, REPLICA_KIND, RemoteReplicas, register_kinds};
 pub use server::Server;

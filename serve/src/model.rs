@@ -77,7 +77,24 @@ pub fn mlp_factory(
     spec: ModelSpec,
     params: Vec<ParamTensor>,
 ) -> Result<ModelFactory, manta_ml::MlError> {
-    let params = Arc::new(params);
+    mlp_factory_shared(spec, Arc::new(params))
+}
+
+/// An MLP's shape and parameters as loaded: what replicas on other nodes
+/// are sent ([`crate::remote`]).
+#[derive(Debug, Clone)]
+pub struct MlpWeights {
+    /// The shape.
+    pub spec: ModelSpec,
+    /// The parameters.
+    pub params: Arc<Vec<ParamTensor>>,
+}
+
+/// [`mlp_factory`] over parameters already shared.
+pub fn mlp_factory_shared(
+    spec: ModelSpec,
+    params: Arc<Vec<ParamTensor>>,
+) -> Result<ModelFactory, manta_ml::MlError> {
     MlpModel::new(&spec, params.to_vec())?;
     Ok(Arc::new(move || {
         MlpModel::new(&spec, params.to_vec())
@@ -108,4 +125,40 @@ pub fn mlp_from_checkpoint(dir: &Path) -> Result<(ModelFactory, u64), manta_ml::
     let saved = manta_ml::ps::load_saved_model(dir, MAX_CHECKPOINT_BYTES)?;
     let factory = mlp_factory(saved.model, saved.params)?;
     Ok((factory, saved.version))
+}
+
+/// [`mlp_from_checkpoint`], with the weights (for replicas on other
+/// nodes).
+pub fn mlp_weights_from_checkpoint(
+    dir: &Path,
+) -> Result<(ModelFactory, MlpWeights, u64), manta_ml::MlError> {
+    let saved = manta_ml::ps::load_saved_model(dir, MAX_CHECKPOINT_BYTES)?;
+    let weights = MlpWeights {
+        spec: saved.model,
+        params: Arc::new(saved.params),
+    };
+    let factory = mlp_factory_shared(weights.spec.clone(), Arc::clone(&weights.params))?;
+    Ok((factory, weights, saved.version))
+}
+
+/// [`mlp_from_experiment`], with the weights (for replicas on other
+/// nodes).
+pub fn mlp_weights_from_experiment(
+    dir: &Path,
+) -> Result<
+    (
+        ModelFactory,
+        MlpWeights,
+        manta_ml::tune::store::BestCheckpoint,
+    ),
+    manta_ml::tune::TuneError,
+> {
+    let best = manta_ml::tune::store::best_checkpoint(dir)?;
+    let (spec, params) = manta_ml::tune::digits::checkpoint_model(&best.checkpoint)?;
+    let weights = MlpWeights {
+        spec,
+        params: Arc::new(params),
+    };
+    let factory = mlp_factory_shared(weights.spec.clone(), Arc::clone(&weights.params))?;
+    Ok((factory, weights, best))
 }

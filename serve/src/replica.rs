@@ -19,8 +19,10 @@ pub(crate) struct Request {
     pub(crate) reply: ReplyTo<Result<Vec<f32>, String>>,
     /// Frees the replica's slot (`max_ongoing_requests`) when the request
     /// is answered or dropped, not when its caller gives up: a replica's
-    /// mailbox never holds more than its limit.
-    pub(crate) _slot: SlotGuard,
+    /// mailbox never holds more than its limit. `None` on a replica serving
+    /// another node (see [`crate::remote`]): the router there holds the
+    /// slot until the remote ask answers.
+    pub(crate) _slot: Option<SlotGuard>,
 }
 
 /// A replica's messages (local only: the model's inputs stay in-process).
@@ -156,6 +158,55 @@ impl Replica {
     }
 }
 
+impl Replica {
+    /// Takes a request into the batch being formed; `flush` tells the
+    /// actor (through `me`) that a batch of a generation has waited long
+    /// enough.
+    pub(crate) async fn push<M: manta_actors::Message>(
+        &mut self,
+        request: Request,
+        me: &manta_actors::ActorHandle<M>,
+        flush: fn(u64) -> M,
+    ) -> Result<(), ActorError> {
+        if self.pending.is_empty() {
+            // A new batch: flush it once its first request has
+            // waited `batch_wait_timeout` since the router sent it.
+            // A flush due now still goes behind the requests
+            // already in the mailbox, so they join this batch.
+            let wait = self
+                .batching
+                .batch_wait_timeout
+                .saturating_sub(request.sent.elapsed());
+            let generation = self.generation;
+            let me = me.clone();
+            if wait.is_zero() {
+                let _ = me.tell(flush(generation));
+            } else {
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    // The replica may have stopped meanwhile.
+                    let _ = me.tell(flush(generation));
+                });
+            }
+        }
+        self.pending_rows += request.rows;
+        self.pending.push(request);
+        if self.pending_rows >= self.batching.max_batch_size {
+            self.run_batch().await?;
+        }
+        Ok(())
+    }
+
+    /// The batch of `generation` has waited long enough: runs it unless
+    /// it ran already.
+    pub(crate) async fn flush(&mut self, generation: u64) -> Result<(), ActorError> {
+        if generation == self.generation {
+            self.run_batch().await?;
+        }
+        Ok(())
+    }
+}
+
 impl Actor for Replica {
     type Msg = ReplicaMsg;
 
@@ -166,38 +217,9 @@ impl Actor for Replica {
     ) -> Result<(), ActorError> {
         match msg {
             ReplicaMsg::Infer(request) => {
-                if self.pending.is_empty() {
-                    // A new batch: flush it once its first request has
-                    // waited `batch_wait_timeout` since the router sent it.
-                    // A flush due now still goes behind the requests
-                    // already in the mailbox, so they join this batch.
-                    let wait = self
-                        .batching
-                        .batch_wait_timeout
-                        .saturating_sub(request.sent.elapsed());
-                    let generation = self.generation;
-                    let me = ctx.myself().clone();
-                    if wait.is_zero() {
-                        let _ = me.tell(ReplicaMsg::Flush(generation));
-                    } else {
-                        tokio::spawn(async move {
-                            tokio::time::sleep(wait).await;
-                            // The replica may have stopped meanwhile.
-                            let _ = me.tell(ReplicaMsg::Flush(generation));
-                        });
-                    }
-                }
-                self.pending_rows += request.rows;
-                self.pending.push(request);
-                if self.pending_rows >= self.batching.max_batch_size {
-                    self.run_batch().await?;
-                }
+                self.push(request, ctx.myself(), ReplicaMsg::Flush).await?;
             }
-            ReplicaMsg::Flush(generation) => {
-                if generation == self.generation {
-                    self.run_batch().await?;
-                }
-            }
+            ReplicaMsg::Flush(generation) => self.flush(generation).await?,
         }
         Ok(())
     }

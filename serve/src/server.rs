@@ -19,7 +19,9 @@ use crate::config::{
 use crate::deployment::{Deployment, DeploymentOptions};
 use crate::error::{StartError, TrafficError};
 use crate::http::{AppInner, ModelVersions};
-use crate::model::{ModelFactory, mlp_from_checkpoint, mlp_from_experiment};
+use crate::model::{
+    MlpWeights, ModelFactory, mlp_weights_from_checkpoint, mlp_weights_from_experiment,
+};
 use crate::traffic::Split;
 
 /// One listener's task and its stop signal.
@@ -49,18 +51,26 @@ impl std::fmt::Debug for Server {
     }
 }
 
-/// A deployment's model, loaded (blocking file reads off the runtime).
-/// For an experiment, also the best trial it is.
-pub(crate) async fn load_source(
+/// A deployment's model, loaded (blocking file reads off the runtime):
+/// its factory, its weights (what replicas on other nodes are sent) and,
+/// for an experiment, the best trial it is.
+pub(crate) async fn load_weights(
     key: &str,
     source: ModelSource,
-) -> Result<(ModelFactory, Option<manta_ml::tune::store::BestCheckpoint>), StartError> {
+) -> Result<
+    (
+        ModelFactory,
+        MlpWeights,
+        Option<manta_ml::tune::store::BestCheckpoint>,
+    ),
+    StartError,
+> {
     let joined = tokio::task::spawn_blocking(move || match source {
-        ModelSource::Checkpoint(path) => mlp_from_checkpoint(&path)
-            .map(|(f, _)| (f, None))
+        ModelSource::Checkpoint(path) => mlp_weights_from_checkpoint(&path)
+            .map(|(f, w, _)| (f, w, None))
             .map_err(Ok),
-        ModelSource::Experiment(dir) => mlp_from_experiment(&dir)
-            .map(|(f, b)| (f, Some(b)))
+        ModelSource::Experiment(dir) => mlp_weights_from_experiment(&dir)
+            .map(|(f, w, b)| (f, w, Some(b)))
             .map_err(Err),
     })
     .await
@@ -82,7 +92,27 @@ impl Server {
     /// the replicas in a new actor system and serves them, with the admin
     /// API on `config.admin`.
     pub async fn start(config: &ServeConfig) -> Result<Self, StartError> {
-        let system = ActorSystem::new();
+        Self::start_with(config, ActorSystem::new(), None).await
+    }
+
+    /// [`Server::start`] as a member of `node`'s cluster (a client node:
+    /// `manta serve --seeds`): every deployment's replicas run on the
+    /// member nodes (`manta node`), placed by the deployment's `cpus`,
+    /// `gpus` and `role`, spread over the nodes; a replica whose node
+    /// dies is replaced on a live one. The fronts stay in this process.
+    pub async fn start_on(
+        config: &ServeConfig,
+        node: &manta_cluster::Node,
+    ) -> Result<Self, StartError> {
+        let placement = crate::remote::ClusterPlacement::new(node, Default::default());
+        Self::start_with(config, node.system().clone(), Some(placement)).await
+    }
+
+    async fn start_with(
+        config: &ServeConfig,
+        system: ActorSystem,
+        placement: Option<crate::remote::ClusterPlacement>,
+    ) -> Result<Self, StartError> {
         let mut deployments = Vec::new();
         for d in &config.deployments {
             let key = format!("{}:{}", d.model, d.version);
@@ -91,13 +121,45 @@ impl Server {
                     "deployment {key}: exactly one of `checkpoint` and `experiment`"
                 ))
             })?;
-            let (factory, best) = load_source(&key, source).await?;
+            let (factory, weights, best) = load_weights(&key, source).await?;
             if let Some(b) = best {
                 tracing::info!(deployment = %key, trial = b.trial, metric = b.metric, checkpoint = %b.checkpoint.display(), "serving the best trial");
             }
-            deployments.push(
-                Deployment::start(&system, &d.model, &d.version, factory, d.options()).await?,
-            );
+            let started = match &placement {
+                Some(p) => {
+                    let remote = crate::remote::RemoteReplicas {
+                        placement: p.clone(),
+                        cpus: d.cpus,
+                        gpus: d.gpus,
+                        role: d.role.clone(),
+                        spec: weights.spec,
+                        params: weights.params,
+                    };
+                    Deployment::start_on(
+                        &system,
+                        &d.model,
+                        &d.version,
+                        factory,
+                        d.options(),
+                        remote,
+                    )
+                    .await
+                }
+                None => {
+                    Deployment::start(&system, &d.model, &d.version, factory, d.options()).await
+                }
+            };
+            match started {
+                Ok(dep) => deployments.push(dep),
+                Err(e) => {
+                    // Replicas already placed on other nodes stop with
+                    // their deployments.
+                    for dep in &deployments {
+                        dep.stop(Duration::ZERO).await;
+                    }
+                    return Err(e);
+                }
+            }
         }
         let server = Self::serve_fronts(
             system,

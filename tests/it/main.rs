@@ -6,6 +6,7 @@ mod cli;
 mod cluster;
 mod flood;
 mod hardening;
+mod serve_cluster;
 mod train;
 mod tune;
 
