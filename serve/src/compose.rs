@@ -63,3 +63,36 @@ impl Model for Chained {
             .map_err(|e| e.to_string())
     }
 }
+
+/// A first stage that maps every value to `x * scale + offset`
+/// (`features` values per row in and out): what a config's
+/// `preprocess` builds.
+pub fn affine(features: usize, scale: f32, offset: f32) -> ModelFactory {
+    std::sync::Arc::new(move || {
+        Ok(Box::new(Affine {
+            features,
+            scale,
+            offset,
+        }) as Box<dyn Model>)
+    })
+}
+
+struct Affine {
+    features: usize,
+    scale: f32,
+    offset: f32,
+}
+
+impl Model for Affine {
+    fn features(&self) -> usize {
+        self.features
+    }
+
+    fn outputs(&self) -> usize {
+        self.features
+    }
+
+    fn infer(&mut self, input: &[f32], _rows: usize) -> Result<Vec<f32>, String> {
+        Ok(input.iter().map(|x| x * self.scale + self.offset).collect())
+    }
+}

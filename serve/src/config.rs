@@ -31,6 +31,11 @@
 //! # with `manta serve --seeds`: replicas run on the cluster's nodes
 //! # cpus = 1.0                            # each takes this much of its node
 //!
+//! [[deployment]]                          # composition: a first stage in
+//! model = "digits-pixels"                 # front of another deployment
+//! next = "digits:1"                       # ("model" alone: its first version)
+//! preprocess = { scale = 0.0625 }         # x * scale + offset, then digits
+//!
 //! [admin]                                 # traffic, versions, promote
 //! address = "127.0.0.1:8082"              # loopback only unless token_file
 //! ```
@@ -212,6 +217,45 @@ pub struct DeploymentConfig {
     /// On a cluster: a role the replicas' nodes must have.
     #[serde(default)]
     pub role: Option<String>,
+    /// Composition: this deployment's replicas run [`Self::preprocess`]
+    /// on each batch and send the rows on to the deployment `next`
+    /// (`"model:version"`, or `"model"` for its first listed version),
+    /// answering that one's outputs (see [`crate::compose::chain`]). The
+    /// call goes through `next`'s router, queue and batching, wherever
+    /// its replicas run (on other nodes with `--seeds`); this one's
+    /// replicas run in the serving process. Excludes `checkpoint` and
+    /// `experiment`; `next` must name a deployment with a model.
+    #[serde(default)]
+    pub next: Option<String>,
+    /// The first stage of a composed deployment (default: identity).
+    #[serde(default)]
+    pub preprocess: Option<PreprocessConfig>,
+}
+
+/// A composed deployment's first stage: every input value becomes
+/// `x * scale + offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreprocessConfig {
+    /// Multiplies every value.
+    #[serde(default = "one_f32")]
+    pub scale: f32,
+    /// Then is added to it.
+    #[serde(default)]
+    pub offset: f32,
+}
+
+impl Default for PreprocessConfig {
+    fn default() -> Self {
+        Self {
+            scale: 1.0,
+            offset: 0.0,
+        }
+    }
+}
+
+fn one_f32() -> f32 {
+    1.0
 }
 
 /// Where a deployment's model comes from.
@@ -221,6 +265,13 @@ pub enum ModelSource {
     Checkpoint(PathBuf),
     /// The best trial of a tuner experiment.
     Experiment(PathBuf),
+    /// A first stage in front of another deployment (`model:version`).
+    Chain {
+        /// The deployment called, as `model:version`.
+        next: String,
+        /// The first stage.
+        preprocess: PreprocessConfig,
+    },
 }
 
 fn default_version() -> String {
@@ -253,11 +304,16 @@ impl DeploymentConfig {
         }
     }
 
-    /// Where its model comes from (checked by [`ServeConfig::parse`]).
+    /// Where its model comes from (checked by [`ServeConfig::parse`],
+    /// which also resolves `next` to `model:version`).
     pub fn source(&self) -> Option<ModelSource> {
-        match (&self.checkpoint, &self.experiment) {
-            (Some(c), None) => Some(ModelSource::Checkpoint(c.clone())),
-            (None, Some(e)) => Some(ModelSource::Experiment(e.clone())),
+        match (&self.checkpoint, &self.experiment, &self.next) {
+            (Some(c), None, None) => Some(ModelSource::Checkpoint(c.clone())),
+            (None, Some(e), None) => Some(ModelSource::Experiment(e.clone())),
+            (None, None, Some(n)) => Some(ModelSource::Chain {
+                next: n.clone(),
+                preprocess: self.preprocess.unwrap_or_default(),
+            }),
             _ => None,
         }
     }
@@ -296,6 +352,26 @@ impl ServeConfig {
                     d.cpus
                 )));
             }
+            if d.next.is_some() {
+                if d.checkpoint.is_some() || d.experiment.is_some() {
+                    return Err(StartError::Config(format!(
+                        "{file}: deployment {key}: `next` (composition) excludes `checkpoint` and `experiment`"
+                    )));
+                }
+                if let Some(p) = d.preprocess
+                    && !(p.scale.is_finite() && p.offset.is_finite())
+                {
+                    return Err(StartError::Config(format!(
+                        "{file}: deployment {key}: preprocess scale and offset must be finite numbers"
+                    )));
+                }
+                continue;
+            }
+            if d.preprocess.is_some() {
+                return Err(StartError::Config(format!(
+                    "{file}: deployment {key}: `preprocess` needs `next` (the deployment it feeds)"
+                )));
+            }
             match (&mut d.checkpoint, &mut d.experiment) {
                 (Some(p), None) | (None, Some(p)) => {
                     if p.is_relative() {
@@ -304,7 +380,7 @@ impl ServeConfig {
                 }
                 (None, None) => {
                     return Err(StartError::Config(format!(
-                        "{file}: deployment {key}: give `checkpoint` (a training run) or `experiment` (a tuner experiment's best trial)"
+                        "{file}: deployment {key}: give `checkpoint` (a training run), `experiment` (a tuner experiment's best trial) or `next` (a first stage in front of another deployment)"
                     )));
                 }
                 (Some(_), Some(_)) => {
@@ -312,6 +388,34 @@ impl ServeConfig {
                         "{file}: deployment {key}: `checkpoint` and `experiment` exclude each other"
                     )));
                 }
+            }
+        }
+        // `next` names a deployment with a model: `model:version`, or a
+        // model's first listed version.
+        let models: Vec<(String, String, bool)> = config
+            .deployments
+            .iter()
+            .map(|d| (d.model.clone(), d.version.clone(), d.next.is_none()))
+            .collect();
+        for d in &mut config.deployments {
+            let Some(next) = &mut d.next else { continue };
+            let key = format!("{}:{}", d.model, d.version);
+            let target = match next.split_once(':') {
+                Some((m, v)) => models.iter().find(|t| t.0 == m && t.1 == v),
+                None => models.iter().find(|t| t.0 == *next),
+            };
+            match target {
+                None => {
+                    return Err(StartError::Config(format!(
+                        "{file}: deployment {key}: next = {next:?} names no configured deployment"
+                    )));
+                }
+                Some((m, v, false)) => {
+                    return Err(StartError::Config(format!(
+                        "{file}: deployment {key}: next = {m}:{v} is itself composed (chains of chains are not served)"
+                    )));
+                }
+                Some((m, v, true)) => *next = format!("{m}:{v}"),
             }
         }
         if let Some(t) = &mut config.admin.token_file

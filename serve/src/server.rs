@@ -72,6 +72,9 @@ pub(crate) async fn load_weights(
         ModelSource::Experiment(dir) => mlp_weights_from_experiment(&dir)
             .map(|(f, w, b)| (f, w, Some(b)))
             .map_err(Err),
+        ModelSource::Chain { next, .. } => Err(Ok(manta_ml::MlError::Config(format!(
+            "a composed deployment (next = {next}) has no model of its own to load"
+        )))),
     })
     .await
     .map_err(|e| StartError::Config(format!("deployment {key}: loader: {e}")))?;
@@ -114,7 +117,9 @@ impl Server {
         placement: Option<crate::remote::ClusterPlacement>,
     ) -> Result<Self, StartError> {
         let mut deployments = Vec::new();
-        for d in &config.deployments {
+        // Deployments with a model first; composed ones (`next`) then, in
+        // front of them.
+        for d in config.deployments.iter().filter(|d| d.next.is_none()) {
             let key = format!("{}:{}", d.model, d.version);
             let source = d.source().ok_or_else(|| {
                 StartError::Config(format!(
@@ -161,6 +166,56 @@ impl Server {
                 }
             }
         }
+        for d in config.deployments.iter().filter(|d| d.next.is_some()) {
+            let key = format!("{}:{}", d.model, d.version);
+            let started = match d.source() {
+                Some(ModelSource::Chain { next, preprocess }) => {
+                    match deployments
+                        .iter()
+                        .find(|t| format!("{}:{}", t.model(), t.version()) == next)
+                        .cloned()
+                    {
+                        Some(target) => {
+                            let first = crate::compose::affine(
+                                target.features(),
+                                preprocess.scale,
+                                preprocess.offset,
+                            );
+                            let factory = crate::compose::chain(
+                                first,
+                                target,
+                                tokio::runtime::Handle::current(),
+                            );
+                            Deployment::start(&system, &d.model, &d.version, factory, d.options())
+                                .await
+                        }
+                        None => Err(StartError::Config(format!(
+                            "deployment {key}: next = {next} is not a deployment with a model"
+                        ))),
+                    }
+                }
+                _ => Err(StartError::Config(format!(
+                    "deployment {key}: `next` excludes `checkpoint` and `experiment`"
+                ))),
+            };
+            match started {
+                Ok(dep) => deployments.push(dep),
+                Err(e) => {
+                    for dep in &deployments {
+                        dep.stop(Duration::ZERO).await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        // In the config's order (the first version listed of a model takes
+        // its unversioned requests).
+        deployments.sort_by_key(|dep| {
+            config
+                .deployments
+                .iter()
+                .position(|d| d.model == dep.model() && d.version == dep.version())
+        });
         let server = Self::serve_fronts(
             system,
             deployments,

@@ -151,3 +151,81 @@ async fn the_runner_prints_its_address_serves_and_drains_on_stop() {
     assert!(text.contains("deployment digits:1: 2 replicas"), "{text}");
     assert!(text.ends_with("draining\nstopped\n"), "{text}");
 }
+
+/// Composition in the config: `next` + `preprocess` put a first stage in
+/// front of a deployment with a model; raw pixels (0..16) sent to the
+/// composed deployment answer what the scaled ones (0..1) answer from the
+/// model itself. Every misuse is a config error naming the deployment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_composed_deployment_in_the_config_feeds_its_next_one() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    common::write_checkpoint(&dir.path().join("ckpt"), 2);
+    let src = "[http]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+        [[deployment]]\nmodel = \"pixels\"\nnext = \"digits\"\npreprocess = { scale = 0.0625 }\nmax_batch_size = 4\n\
+        [[deployment]]\nmodel = \"digits\"\ncheckpoint = \"ckpt\"\nreplicas = 2\n";
+    let config =
+        ServeConfig::parse(src, "serve.toml", dir.path()).unwrap_or_else(|e| panic!("config: {e}"));
+    assert_eq!(config.deployments[0].next.as_deref(), Some("digits:1"));
+    let server = manta_serve::Server::start(&config)
+        .await
+        .unwrap_or_else(|e| panic!("start: {e}"));
+    let base = format!("http://{}", server.local_addr());
+    let raw: Vec<f32> = (0..64).map(|i| ((i * 7) % 17) as f32).collect();
+    let body = |data: Vec<f32>| {
+        serde_json::json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": data}]})
+            .to_string()
+    };
+    let (s, _, composed) = post(&format!("{base}/v2/models/pixels/infer"), body(raw.clone())).await;
+    assert_eq!(s, 200, "{composed}");
+    assert_eq!(composed["model_name"], "pixels");
+    let scaled: Vec<f32> = raw.iter().map(|x| x * 0.0625).collect();
+    let (s, _, direct) = post(&format!("{base}/v2/models/digits/infer"), body(scaled)).await;
+    assert_eq!(s, 200, "{direct}");
+    assert_eq!(composed["outputs"], direct["outputs"]);
+    // Its metadata is the composition's: pixels in, digits' outputs out.
+    let (s, _, meta) = crate::common::get(&format!("{base}/v2/models/pixels")).await;
+    assert_eq!(s, 200);
+    assert_eq!(meta["inputs"][0]["shape"], serde_json::json!([-1, 64]));
+    assert_eq!(meta["outputs"][0]["shape"], serde_json::json!([-1, 10]));
+    assert!(server.shutdown().await);
+
+    let base_dir = std::path::Path::new("/base");
+    let parse = |src: &str| ServeConfig::parse(src, "serve.toml", base_dir);
+    let model = "[[deployment]]\nmodel = \"m\"\ncheckpoint = \"c\"\n";
+    for (extra, needle) in [
+        (
+            "[[deployment]]\nmodel = \"p\"\nnext = \"x\"\n",
+            "next = \"x\" names no configured deployment",
+        ),
+        (
+            "[[deployment]]\nmodel = \"p\"\nnext = \"m:2\"\n",
+            "names no configured deployment",
+        ),
+        (
+            "[[deployment]]\nmodel = \"p\"\nnext = \"m\"\ncheckpoint = \"c\"\n",
+            "excludes `checkpoint` and `experiment`",
+        ),
+        (
+            "[[deployment]]\nmodel = \"p\"\ncheckpoint = \"c\"\npreprocess = { scale = 2.0 }\n",
+            "`preprocess` needs `next`",
+        ),
+        (
+            "[[deployment]]\nmodel = \"p\"\nnext = \"m\"\npreprocess = { scale = nan }\n",
+            "must be finite",
+        ),
+        (
+            "[[deployment]]\nmodel = \"p\"\nnext = \"m\"\n[[deployment]]\nmodel = \"q\"\nnext = \"p\"\n",
+            "itself composed",
+        ),
+        (
+            "[[deployment]]\nmodel = \"p\"\nnext = \"m\"\npreprocess = { factor = 2.0 }\n",
+            "factor",
+        ),
+    ] {
+        let e = parse(&format!("{model}{extra}"));
+        assert!(
+            matches!(&e, Err(StartError::Config(m)) if m.contains("serve.toml") && m.contains(needle)),
+            "{extra}: {e:?}"
+        );
+    }
+}
