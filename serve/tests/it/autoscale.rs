@@ -83,19 +83,11 @@ async fn scales_from_zero_up_under_load_and_back_to_zero_without_dropping() {
     gauge_reaches(addr, model, 0.0).await;
     assert_eq!(d.replica_starts(), 1, "one cold start");
 
-    // Up under load: 6 requests held at target 2 per replica want 3.
-    // One at a time, each held before the next is sent.
-    let mut tasks = Vec::new();
-    for i in 0..6 {
-        tasks.push(tokio::spawn(post_owned(
-            url.clone(),
-            infer_body(1, 4, i as f32),
-        )));
-        settled(&d, "the request held", |d| {
-            d.queued() + d.in_flight().iter().sum::<usize>() == i + 1
-        })
-        .await;
-    }
+    // Up under load: 6 requests sent at once, held at target 2 per
+    // replica, want 3.
+    let tasks: Vec<_> = (0..6)
+        .map(|i| tokio::spawn(post_owned(url.clone(), infer_body(1, 4, i as f32))))
+        .collect();
     let held = d
         .wait_until(tokio::time::Instant::now() + common::WAIT, |d| {
             d.replicas() == 3 && d.in_flight().iter().sum::<usize>() == 6
@@ -169,25 +161,35 @@ async fn bursts_from_zero_are_all_answered_in_every_round() {
                 .map(|i| tokio::spawn(post_owned(url.clone(), infer_body(1, 4, i as f32))))
                 .collect();
             let held = d
-                .wait_until(deadline, |d| d.in_flight().iter().sum::<usize>() == n)
+                .wait_until(deadline, |d| {
+                    d.in_flight().iter().sum::<usize>() == n && d.replicas() == n / 2
+                })
                 .await;
             assert!(
                 held,
-                "round {round}, burst of {n}: not all held by replicas within {BURST_WAIT:?}: \
+                "round {round}, burst of {n}: not all held by {} replicas within {BURST_WAIT:?}: \
                  replicas {} running {} in flight {:?} queued {} starts {}",
+                n / 2,
                 d.replicas(),
                 d.replicas_running(),
                 d.in_flight(),
                 d.queued(),
                 d.replica_starts()
             );
-            assert_eq!(d.replicas(), n / 2, "round {round}: {:?}", d.in_flight());
             gate.open(n as u64);
             for (i, t) in tasks.into_iter().enumerate() {
                 let r = tokio::time::timeout_at(deadline, t).await;
                 let (status, _, body) = match r {
                     Ok(r) => ok(r, "request"),
-                    Err(_) => panic!("round {round}, burst of {n}: request {i} unanswered"),
+                    Err(_) => panic!(
+                        "round {round}, burst of {n}: request {i} unanswered within {BURST_WAIT:?}: \
+                         replicas {} running {} in flight {:?} queued {} stats {:?}",
+                        d.replicas(),
+                        d.replicas_running(),
+                        d.in_flight(),
+                        d.queued(),
+                        d.stats()
+                    ),
                 };
                 assert_eq!(status, 200, "round {round}, request {i}: {body}");
                 assert_eq!(body["outputs"][0]["data"][0], 4.0 * i as f64);
