@@ -134,7 +134,8 @@ const BURST_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// replica started): 20 rounds of 6 and of 20 make such a race show.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bursts_from_zero_are_all_answered_in_every_round() {
-    let (factory, gate, _batches) = common::gate(4, 0);
+    let (factory, gate, mut batches) = common::gate(4, 0);
+    let mut started = move || std::iter::from_fn(|| batches.try_recv().ok()).count();
     let options = DeploymentOptions {
         max_ongoing_requests: 2,
         max_queued_requests: 64,
@@ -183,18 +184,21 @@ async fn bursts_from_zero_are_all_answered_in_every_round() {
                     Ok(r) => ok(r, "request"),
                     Err(_) => panic!(
                         "round {round}, burst of {n}: request {i} unanswered within {BURST_WAIT:?}: \
-                         replicas {} running {} in flight {:?} queued {} stats {:?}",
+                         replicas {} running {} in flight {:?} queued {} stats {:?}, \
+                         {} batches started",
                         d.replicas(),
                         d.replicas_running(),
                         d.in_flight(),
                         d.queued(),
-                        d.stats()
+                        d.stats(),
+                        started()
                     ),
                 };
                 assert_eq!(status, 200, "round {round}, request {i}: {body}");
                 assert_eq!(body["outputs"][0]["data"][0], 4.0 * i as f64);
             }
             answered += n as u64;
+            assert_eq!(started(), n, "round {round}: one batch per request");
             let zero = d
                 .wait_until(tokio::time::Instant::now() + BURST_WAIT, |d| {
                     d.replicas_running() == 0
