@@ -327,13 +327,16 @@ impl Shared {
 
     /// Requests held by replicas plus those queued.
     fn ongoing(&self) -> usize {
+        // The queue first: a request leaving it took its slot before (see
+        // `QueuedGuard`), so one moving meanwhile is counted at least once.
+        let queued = self.queued.load(Ordering::Acquire);
         let held: usize = self
             .slots()
             .iter()
             .map(|s| s.in_flight.load(Ordering::Acquire))
             .filter(|&n| n != CLOSED)
             .sum();
-        held + self.queued.load(Ordering::Acquire)
+        held + queued
     }
 
     fn set_replica_gauge(&self, n: usize) {
@@ -581,6 +584,12 @@ impl Drop for QueuedGuard<'_> {
         // A stop waiting for the queue to empty looks again.
         self.0.freed.notify_waiters();
         self.0.changed.notify_waiters();
+        // The autoscaler too: a look while this request moved from the
+        // queue to its slot may have counted it twice.
+        if self.0.options.autoscaling.is_some() {
+            self.0.load_gen.fetch_add(1, Ordering::AcqRel);
+            self.0.load.notify_one();
+        }
     }
 }
 
@@ -1055,6 +1064,13 @@ impl Deployment {
             return Err(ServeError::Stopped(s.key.clone()));
         }
         if let Some(g) = self.try_pick() {
+            // The load grew without queueing: the autoscaler looks again
+            // (else replicas filled this way, and the requests queued
+            // behind them, would wait for the next slot to free).
+            if s.options.autoscaling.is_some() {
+                s.load_gen.fetch_add(1, Ordering::AcqRel);
+                s.load.notify_one();
+            }
             return Ok(g);
         }
         // Every replica is full (or none runs): wait in the deployment's

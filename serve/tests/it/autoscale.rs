@@ -83,19 +83,11 @@ async fn scales_from_zero_up_under_load_and_back_to_zero_without_dropping() {
     gauge_reaches(addr, model, 0.0).await;
     assert_eq!(d.replica_starts(), 1, "one cold start");
 
-    // Up under load: 6 requests held at target 2 per replica want 3.
-    // One at a time, each held before the next is sent.
-    let mut tasks = Vec::new();
-    for i in 0..6 {
-        tasks.push(tokio::spawn(post_owned(
-            url.clone(),
-            infer_body(1, 4, i as f32),
-        )));
-        settled(&d, "the request held", |d| {
-            d.queued() + d.in_flight().iter().sum::<usize>() == i + 1
-        })
-        .await;
-    }
+    // Up under load: 6 requests sent at once, held at target 2 per
+    // replica, want 3.
+    let tasks: Vec<_> = (0..6)
+        .map(|i| tokio::spawn(post_owned(url.clone(), infer_body(1, 4, i as f32))))
+        .collect();
     let held = d
         .wait_until(tokio::time::Instant::now() + common::WAIT, |d| {
             d.replicas() == 3 && d.in_flight().iter().sum::<usize>() == 6
@@ -127,6 +119,96 @@ async fn scales_from_zero_up_under_load_and_back_to_zero_without_dropping() {
     gauge_reaches(addr, model, 0.0).await;
     assert_eq!(d.stats().failed, 0);
     assert_eq!(d.stats().ok, 7);
+    assert!(server.shutdown().await, "drained");
+}
+
+/// How long a burst may take in these tests, from the first request sent
+/// to the last answer (far under [`common::WAIT`]: a stalled ramp shows).
+const BURST_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Bursts at zero replicas, round after round: `n` requests sent at once
+/// (target 2 per replica, room for 2 per replica) must all be taken by
+/// replicas (the ramp reaching `n / 2`), then, the gate opened, answered,
+/// all within [`BURST_WAIT`] of being sent; then back to zero. The burst
+/// once stalled the ramp in some runs (two requests queued, no third
+/// replica started): 20 rounds of 6 and of 20 make such a race show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_from_zero_are_all_answered_in_every_round() {
+    let (factory, gate, mut batches) = common::gate(4, 0);
+    let mut started = move || std::iter::from_fn(|| batches.try_recv().ok()).count();
+    let options = DeploymentOptions {
+        max_ongoing_requests: 2,
+        max_queued_requests: 64,
+        autoscaling: Some(AutoscalingConfig {
+            target_ongoing_requests: 2.0,
+            min_replicas: 0,
+            max_replicas: 10,
+            initial_replicas: Some(0),
+            upscale_delay_s: 0.0,
+            downscale_delay_s: 0.0,
+        }),
+        ..DeploymentOptions::default()
+    };
+    let model = "autoscale-burst";
+    let server = common::serve_one(model, factory, options).await;
+    let addr = server.local_addr();
+    let d = server.deployments()[0].clone();
+    let url = format!("http://{addr}/v2/models/{model}/infer");
+    let mut answered = 0;
+    for round in 0..20 {
+        for n in [6, 20] {
+            let deadline = tokio::time::Instant::now() + BURST_WAIT;
+            let tasks: Vec<_> = (0..n)
+                .map(|i| tokio::spawn(post_owned(url.clone(), infer_body(1, 4, i as f32))))
+                .collect();
+            let held = d
+                .wait_until(deadline, |d| {
+                    d.in_flight().iter().sum::<usize>() == n && d.replicas() == n / 2
+                })
+                .await;
+            assert!(
+                held,
+                "round {round}, burst of {n}: not all held by {} replicas within {BURST_WAIT:?}: \
+                 replicas {} running {} in flight {:?} queued {} starts {}",
+                n / 2,
+                d.replicas(),
+                d.replicas_running(),
+                d.in_flight(),
+                d.queued(),
+                d.replica_starts()
+            );
+            gate.open(n as u64);
+            for (i, t) in tasks.into_iter().enumerate() {
+                let r = tokio::time::timeout_at(deadline, t).await;
+                let (status, _, body) = match r {
+                    Ok(r) => ok(r, "request"),
+                    Err(_) => panic!(
+                        "round {round}, burst of {n}: request {i} unanswered within {BURST_WAIT:?}: \
+                         replicas {} running {} in flight {:?} queued {} stats {:?}, \
+                         {} batches started",
+                        d.replicas(),
+                        d.replicas_running(),
+                        d.in_flight(),
+                        d.queued(),
+                        d.stats(),
+                        started()
+                    ),
+                };
+                assert_eq!(status, 200, "round {round}, request {i}: {body}");
+                assert_eq!(body["outputs"][0]["data"][0], 4.0 * i as f64);
+            }
+            answered += n as u64;
+            assert_eq!(started(), n, "round {round}: one batch per request");
+            let zero = d
+                .wait_until(tokio::time::Instant::now() + BURST_WAIT, |d| {
+                    d.replicas_running() == 0
+                })
+                .await;
+            assert!(zero, "round {round}: not back to zero: {:?}", d.in_flight());
+        }
+    }
+    assert_eq!(d.stats().ok, answered);
+    assert_eq!(d.stats().failed, 0);
     assert!(server.shutdown().await, "drained");
 }
 
