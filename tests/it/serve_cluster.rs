@@ -129,6 +129,13 @@ max_ongoing_requests = {MAX_ONGOING}
 max_queued_requests = 256
 request_timeout_ms = 20000
 cpus = 1.0
+
+# Composition across nodes: a first stage here, in front of the replicas
+# on the nodes.
+[[deployment]]
+model = "halved"
+next = "digits"
+preprocess = {{ scale = 0.5 }}
 "#
         ),
     );
@@ -177,6 +184,41 @@ cpus = 1.0
         .enable_all()
         .build()
         .unwrap();
+    // The composed deployment answers through the replicas on the nodes
+    // what they answer for its scaled input.
+    rt.block_on(async {
+        let ask = |path: &'static str, body: String| {
+            let base = base.clone();
+            async move {
+                let (status, text) = manta_serve::client::request(
+                    &base,
+                    "POST",
+                    path,
+                    Some(&body),
+                    None,
+                    Duration::from_secs(25),
+                )
+                .await
+                .unwrap();
+                assert_eq!(status, 200, "{path}: {text}");
+                serde_json::from_str::<serde_json::Value>(&text).unwrap()
+            }
+        };
+        let raw: Vec<String> = (0..64).map(|k| format!("{}", (k * 3) % 17)).collect();
+        let halved: Vec<String> = (0..64)
+            .map(|k| format!("{}", ((k * 3) % 17) as f32 * 0.5))
+            .collect();
+        let tensor = |d: &[String]| {
+            format!(
+                r#"{{"inputs":[{{"name":"input","shape":[1,64],"datatype":"FP32","data":[{}]}}]}}"#,
+                d.join(",")
+            )
+        };
+        let composed = ask("/v2/models/halved/infer", tensor(&raw)).await;
+        let direct = ask("/v2/models/digits/infer", tensor(&halved)).await;
+        assert_eq!(composed["model_name"], "halved");
+        assert_eq!(composed["outputs"], direct["outputs"]);
+    });
     let (outcomes, replaced_at, final_stats) = rt.block_on(async {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Outcome>();
@@ -328,7 +370,13 @@ cpus = 1.0
     assert_eq!(nodes.len(), 2, "{final_stats}");
     assert!(!nodes.contains(&victim_name), "{final_stats}");
     assert_eq!(final_stats["replica_starts"], 3, "{final_stats}");
-    assert_eq!(final_stats["ok"].as_u64(), Some(ok as u64), "{final_stats}");
+    // Every answer counted, with the two of the composition check before
+    // the load (one through `halved`, one direct).
+    assert_eq!(
+        final_stats["ok"].as_u64(),
+        Some(ok as u64 + 2),
+        "{final_stats}"
+    );
     // SIGTERM: the server drains, stops its replicas on the nodes and
     // leaves.
     let pid = serve.child.id().to_string();
