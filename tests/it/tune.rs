@@ -361,6 +361,10 @@ cpus = 1.0
         trials[0].attempts, 2,
         "the node loss restarted it once, not counted as a failure"
     );
+    // The store keeps where each trial last ran and the node loss.
+    assert_eq!(trials[0].node.as_deref(), Some(survivor_name));
+    assert_eq!(trials[0].node_losses, 1);
+    assert!(trials.iter().all(|t| t.node.is_some()), "{trials:?}");
     // The survivor restored what the dead node had checkpointed: the
     // bytes went through the driver.
     let last = results

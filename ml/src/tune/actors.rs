@@ -1041,6 +1041,11 @@ impl Controller {
             return Ok(());
         };
         rec.row.state = rec.state.as_str().to_string();
+        rec.row.node_losses = rec.lost;
+        rec.row.pauses = rec.pauses;
+        if let Some((_, name)) = &rec.node {
+            rec.row.node = Some(name.clone());
+        }
         let row = rec.row.clone();
         self.store()?
             .update_trial(&row, ended)
@@ -1104,6 +1109,7 @@ impl Controller {
                     .map_err(|e| fail(format!("trial {id}: {e}")))?;
                 p.take(&target.id);
                 rec.node = Some((target.id.clone(), target.name.clone()));
+                rec.row.node = Some(target.name.clone());
                 let spec = ChildSpec::worker(name.clone(), factory)
                     .register(name.clone())
                     .restart(Restart::Temporary);
@@ -1128,6 +1134,7 @@ impl Controller {
                     remote: None,
                 };
                 rec.node = None;
+                rec.row.node = None;
                 let spec = ChildSpec::actor(format!("trial-{id}-{attempt}"), move || {
                     TrialActor::new(args.clone())
                 })
@@ -1246,6 +1253,9 @@ impl Controller {
                         best_iteration: None,
                         test_accuracy: None,
                         error: None,
+                        node: None,
+                        node_losses: 0,
+                        pauses: 0,
                     },
                     state: TrialState::Pending,
                     scores: Vec::new(),
@@ -1849,6 +1859,9 @@ pub async fn run_on(
                 state = TrialState::Pending;
                 queue.push_back(row.id);
             }
+            // Restarts after node deaths and HyperBand pauses are not
+            // failures: the counts survive the driver.
+            let (lost, pauses) = (row.node_losses, row.pauses);
             trials.insert(
                 row.id,
                 Rec {
@@ -1859,9 +1872,9 @@ pub async fn run_on(
                     handle: None,
                     ending: None,
                     release: None,
-                    pauses: 0,
+                    pauses,
                     node: None,
-                    lost: 0,
+                    lost,
                 },
             );
         }

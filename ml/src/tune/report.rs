@@ -71,7 +71,7 @@ pub fn results_csv(results: &[ResultRow]) -> String {
 pub fn trials_csv(trials: &[TrialRow]) -> String {
     let names: BTreeSet<&String> = trials.iter().flat_map(|t| t.params.keys()).collect();
     let mut out = String::from(
-        "trial,state,attempts,iteration,last_metric,best_metric,best_iteration,test_accuracy",
+        "trial,state,node,attempts,iteration,last_metric,best_metric,best_iteration,test_accuracy",
     );
     for n in &names {
         out.push(',');
@@ -81,9 +81,10 @@ pub fn trials_csv(trials: &[TrialRow]) -> String {
     for t in trials {
         let _ = write!(
             out,
-            "{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{}",
             t.id,
             t.state,
+            csv_field(t.node.as_deref().unwrap_or("")),
             t.attempts,
             t.iteration,
             opt(t.last_metric),

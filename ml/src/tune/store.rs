@@ -1,7 +1,7 @@
 //! The experiment store: one SQLite file, `experiment.db`, in the
 //! experiment directory (rusqlite with the bundled SQLite).
 //!
-//! ## Schema (version 1; `PRAGMA application_id` = 0x4D54554E, "MTUN")
+//! ## Schema (version 2; `PRAGMA application_id` = 0x4D54554E, "MTUN")
 //!
 //! ```sql
 //! CREATE TABLE experiment (            -- one row
@@ -20,7 +20,11 @@
 //!   last_metric REAL, best_metric REAL, best_iteration INTEGER,
 //!   test_accuracy REAL,                 -- when the trainable reports it
 //!   error TEXT,                         -- the last failure
-//!   created_at REAL NOT NULL, ended_at REAL);
+//!   created_at REAL NOT NULL, ended_at REAL,
+//!   node TEXT,                          -- the node of its latest start (NULL in-process)
+//!   node_losses INTEGER NOT NULL DEFAULT 0,  -- restarts after its node died
+//!   pauses INTEGER NOT NULL DEFAULT 0); -- restarts after a HyperBand pause
+//!                                       -- (neither counts against max_failures)
 //! CREATE TABLE results (                -- every reported result, once
 //!   trial_id INTEGER NOT NULL REFERENCES trials(id),
 //!   iteration INTEGER NOT NULL,
@@ -38,6 +42,9 @@
 //!
 //! For example `sqlite3 DIR/experiment.db "SELECT id, state, best_metric
 //! FROM trials ORDER BY best_metric DESC LIMIT 5"`.
+//!
+//! A version 1 store (before `node`, `node_losses` and `pauses`) is
+//! upgraded in place when it is opened; a newer version is refused.
 //!
 //! ## Durability
 //!
@@ -64,7 +71,7 @@ pub const FILE: &str = "experiment.db";
 /// `PRAGMA application_id` of the store ("MTUN").
 pub const APPLICATION_ID: i64 = 0x4D54_554E;
 /// The schema version (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE experiment (
@@ -76,7 +83,8 @@ CREATE TABLE trials (
   id INTEGER PRIMARY KEY, params TEXT NOT NULL, state TEXT NOT NULL,
   attempts INTEGER NOT NULL DEFAULT 0, iteration INTEGER NOT NULL DEFAULT 0,
   last_metric REAL, best_metric REAL, best_iteration INTEGER, test_accuracy REAL,
-  error TEXT, created_at REAL NOT NULL, ended_at REAL);
+  error TEXT, created_at REAL NOT NULL, ended_at REAL, node TEXT,
+  node_losses INTEGER NOT NULL DEFAULT 0, pauses INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE results (
   trial_id INTEGER NOT NULL REFERENCES trials(id), iteration INTEGER NOT NULL,
   metric REAL, metrics TEXT NOT NULL, time REAL NOT NULL,
@@ -111,6 +119,12 @@ pub struct TrialRow {
     pub test_accuracy: Option<f64>,
     /// The last failure.
     pub error: Option<String>,
+    /// The node (its name) of its latest start; `None` in-process.
+    pub node: Option<String>,
+    /// Restarts after its node died (not failures).
+    pub node_losses: u64,
+    /// Restarts after a HyperBand pause (not failures).
+    pub pauses: u64,
 }
 
 /// A result as stored.
@@ -253,9 +267,23 @@ impl Store {
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(|e| foreign(e.to_string()))?;
-        if version != SCHEMA_VERSION {
+        if version == 1 {
+            // Version 2 added three columns with defaults: upgrade in place.
+            conn.execute_batch(
+                "BEGIN IMMEDIATE;
+                 ALTER TABLE trials ADD COLUMN node TEXT;
+                 ALTER TABLE trials ADD COLUMN node_losses INTEGER NOT NULL DEFAULT 0;
+                 ALTER TABLE trials ADD COLUMN pauses INTEGER NOT NULL DEFAULT 0;
+                 PRAGMA user_version = 2;
+                 COMMIT;",
+            )
+            .map_err(|e| TuneError::Store {
+                path: path.display().to_string(),
+                message: format!("upgrading schema version 1 to 2: {e}"),
+            })?;
+        } else if version != SCHEMA_VERSION {
             return Err(foreign(format!(
-                "schema version {version}, this build reads {SCHEMA_VERSION}"
+                "schema version {version}, this build reads {SCHEMA_VERSION} (and upgrades 1)"
             )));
         }
         let check: String = conn
@@ -346,7 +374,8 @@ impl Store {
             .prepare_cached(
                 "UPDATE trials SET state = ?2, attempts = ?3, iteration = ?4, last_metric = ?5,
                  best_metric = ?6, best_iteration = ?7, test_accuracy = ?8, error = ?9,
-                 ended_at = CASE WHEN ?10 THEN ?11 ELSE NULL END WHERE id = ?1",
+                 ended_at = CASE WHEN ?10 THEN ?11 ELSE NULL END, node = ?12,
+                 node_losses = ?13, pauses = ?14 WHERE id = ?1",
             )
             .and_then(|mut st| {
                 st.execute(params![
@@ -360,7 +389,10 @@ impl Store {
                     t.test_accuracy,
                     t.error,
                     ended,
-                    now()
+                    now(),
+                    t.node,
+                    t.node_losses as i64,
+                    t.pauses as i64
                 ])
             })
             .map_err(self.err())?;
@@ -476,7 +508,8 @@ impl Store {
             .conn
             .prepare(
                 "SELECT id, params, state, attempts, iteration, last_metric, best_metric,
-                 best_iteration, test_accuracy, error FROM trials ORDER BY id",
+                 best_iteration, test_accuracy, error, node, node_losses, pauses
+                 FROM trials ORDER BY id",
             )
             .map_err(self.err())?;
         let rows = st
@@ -493,6 +526,9 @@ impl Store {
                     best_iteration: r.get::<_, Option<i64>>(7)?.map(|i| i as u64),
                     test_accuracy: r.get(8)?,
                     error: r.get(9)?,
+                    node: r.get(10)?,
+                    node_losses: r.get::<_, i64>(11)? as u64,
+                    pauses: r.get::<_, i64>(12)? as u64,
                 })
             })
             .map_err(self.err())?;

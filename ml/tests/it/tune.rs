@@ -380,6 +380,42 @@ async fn foreign_and_corrupt_stores_are_clear_errors() {
     let empty = tempfile::tempdir().unwrap();
     let e = Store::open(empty.path()).unwrap_err().to_string();
     assert!(e.contains("no experiment store"), "{e}");
+    // A version 1 store (before `node`, `node_losses`, `pauses`) is
+    // upgraded in place and keeps its rows; a newer version is refused.
+    let v1 = tempfile::tempdir().unwrap();
+    let cfg1 = config(v1.path(), "[trainable]\nkind = \"rust\"\nname = \"x\"\n");
+    let mut st = Store::create(v1.path(), &cfg1).unwrap();
+    st.insert_trial(0, &Default::default()).unwrap();
+    st.commit().unwrap();
+    drop(st);
+    let c = rusqlite::Connection::open(v1.path().join("experiment.db")).unwrap();
+    c.execute_batch(
+        "ALTER TABLE trials DROP COLUMN node; ALTER TABLE trials DROP COLUMN node_losses;
+         ALTER TABLE trials DROP COLUMN pauses; PRAGMA user_version = 1;",
+    )
+    .unwrap();
+    drop(c);
+    let (st, _) = Store::open(v1.path()).unwrap();
+    let trials = st.trials().unwrap();
+    assert_eq!(trials.len(), 1);
+    assert_eq!(
+        (
+            trials[0].node.as_deref(),
+            trials[0].node_losses,
+            trials[0].pauses
+        ),
+        (None, 0, 0)
+    );
+    drop(st);
+    let c = rusqlite::Connection::open(v1.path().join("experiment.db")).unwrap();
+    let version: i64 = c
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+    c.execute_batch("PRAGMA user_version = 3;").unwrap();
+    drop(c);
+    let e = Store::open(v1.path()).unwrap_err().to_string();
+    assert!(e.contains("schema version 3"), "{e}");
     // A new experiment never overwrites one.
     let cfg = config(
         tmp.path(),

@@ -417,6 +417,9 @@ async fn experiments_without_a_servable_trial_are_refused_clearly() {
         best_iteration: Some(2),
         test_accuracy: None,
         error: None,
+        node: None,
+        node_losses: 0,
+        pauses: 0,
     };
     ok(store.update_trial(&row, true), "update");
     ok(store.commit(), "commit");
