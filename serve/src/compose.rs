@@ -56,6 +56,12 @@ impl Model for Chained {
         self.next.outputs()
     }
 
+    /// It waits for `next` (`Handle::block_on`), which a runtime thread
+    /// must not do.
+    fn may_run_inline(&self) -> bool {
+        false
+    }
+
     fn infer(&mut self, input: &[f32], rows: usize) -> Result<Vec<f32>, String> {
         let mid = self.stage.infer(input, rows)?;
         self.handle

@@ -20,6 +20,14 @@ pub trait Model: Send + 'static {
     /// Runs one batch. `input.len()` is `rows * features()`; the answer
     /// must hold `rows * outputs()` values.
     fn infer(&mut self, input: &[f32], rows: usize) -> Result<Vec<f32>, String>;
+    /// Whether `infer` may run on a runtime thread when its calls are
+    /// short (a few tens of microseconds: the replica measures them and
+    /// falls back to tokio's blocking pool at the first longer one).
+    /// `false` for a model that blocks on something else (another
+    /// deployment, a lock, I/O): it always runs on the blocking pool.
+    fn may_run_inline(&self) -> bool {
+        true
+    }
 }
 
 /// Builds a replica's model (each replica builds its own).

@@ -66,7 +66,21 @@ pub(crate) struct Replica {
     /// stale.
     generation: u64,
     labels: Arc<[(&'static str, String); 2]>,
+    /// Model calls run on this thread (see `INLINE_MAX`).
+    inline: bool,
+    /// Calls in a row that took at most `INLINE_MAX`.
+    short_calls: u32,
 }
+
+/// A model call that takes at most this long runs better on the replica's
+/// own runtime thread than handed to tokio's blocking pool and back (the
+/// hand-off is two thread wake-ups per batch): after `INLINE_AFTER` such
+/// calls in a row the replica calls the model inline, and goes back to the
+/// blocking pool at the first call that takes longer. Tokio's guidance for
+/// code between two awaits is 10-100 µs.
+const INLINE_MAX: Duration = Duration::from_micros(100);
+/// See [`INLINE_MAX`].
+const INLINE_AFTER: u32 = 8;
 
 impl Replica {
     pub(crate) fn new(
@@ -81,6 +95,8 @@ impl Replica {
             pending_rows: 0,
             generation: 0,
             labels,
+            inline: false,
+            short_calls: 0,
         }
     }
 
@@ -108,15 +124,43 @@ impl Replica {
             return Err(ActorError::from("replica lost its model"));
         };
         let started = Instant::now();
-        let joined = tokio::task::spawn_blocking(move || {
-            let out = model.infer(&input, rows);
-            (model, out)
-        })
-        .await;
+        let joined = if self.inline && model.may_run_inline() {
+            // Short calls (see `INLINE_MAX`): on this thread, without the
+            // hand-off to the blocking pool and back.
+            let t = Instant::now();
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.infer(&input, rows)))
+                .map(|out| (model, out, t.elapsed()))
+                .map_err(|p| {
+                    p.downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic".into())
+                })
+        } else {
+            tokio::task::spawn_blocking(move || {
+                let t = Instant::now();
+                let out = model.infer(&input, rows);
+                (model, out, t.elapsed())
+            })
+            .await
+            .map_err(|e| e.to_string())
+        };
         metrics::histogram!("manta_serve_compute_seconds", labels)
             .record(started.elapsed().as_secs_f64());
         let (model, out) = match joined {
-            Ok(v) => v,
+            Ok((model, out, took)) => {
+                // Inline after `INLINE_AFTER` calls in a row of at most
+                // `INLINE_MAX` (the model's own time, not the hand-off);
+                // back on the blocking pool at the first longer one.
+                if took <= INLINE_MAX {
+                    self.short_calls = self.short_calls.saturating_add(1);
+                    self.inline = self.short_calls >= INLINE_AFTER;
+                } else {
+                    self.short_calls = 0;
+                    self.inline = false;
+                }
+                (model, out)
+            }
             Err(e) => {
                 let message = format!("model panicked: {e}");
                 for r in batch {

@@ -211,3 +211,110 @@ async fn shutdown_drains_requests_in_flight_then_refuses() {
     let after = reqwest::get(format!("http://{addr}/v2/health/live")).await;
     assert!(after.is_err(), "still listening: {after:?}");
 }
+
+/// Records the thread of every call; sleeps `delay_us`; panics on `panic`.
+struct Probe {
+    threads: std::sync::Arc<std::sync::Mutex<Vec<std::thread::ThreadId>>>,
+    delay_us: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    panic: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl manta_serve::Model for Probe {
+    fn features(&self) -> usize {
+        2
+    }
+    fn outputs(&self) -> usize {
+        1
+    }
+    fn infer(&mut self, input: &[f32], rows: usize) -> Result<Vec<f32>, String> {
+        self.threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(std::thread::current().id());
+        if self.panic.load(std::sync::atomic::Ordering::Acquire) {
+            panic!("boom in the model");
+        }
+        let us = self.delay_us.load(std::sync::atomic::Ordering::Acquire);
+        if us > 0 {
+            std::thread::sleep(Duration::from_micros(us));
+        }
+        Ok((0..rows).map(|r| input[r * 2] + input[r * 2 + 1]).collect())
+    }
+}
+
+/// Short model calls move from tokio's blocking pool onto the replica's
+/// own thread (8 in a row of at most 100 µs), a long one sends them back;
+/// a panic in an inline call is caught and answered as an error.
+/// (A current-thread runtime: inline calls run on the test's thread.)
+#[tokio::test]
+async fn short_model_calls_run_inline_and_a_long_one_goes_back_to_the_pool() {
+    use std::sync::atomic::Ordering;
+    let threads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let delay_us = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let panic = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (t, d, p) = (threads.clone(), delay_us.clone(), panic.clone());
+    let factory: manta_serve::ModelFactory = std::sync::Arc::new(move || {
+        Ok(Box::new(Probe {
+            threads: t.clone(),
+            delay_us: d.clone(),
+            panic: p.clone(),
+        }) as Box<dyn manta_serve::Model>)
+    });
+    let system = ActorSystem::new();
+    let d = match Deployment::start(
+        &system,
+        "probe",
+        "1",
+        factory,
+        DeploymentOptions {
+            replicas: 1,
+            ..DeploymentOptions::default()
+        },
+    )
+    .await
+    {
+        Ok(d) => d,
+        Err(e) => panic!("{e}"),
+    };
+    let me = std::thread::current().id();
+    let call = |d: &Deployment| {
+        let d = d.clone();
+        async move { d.infer(vec![1.0, 2.0], 1).await }
+    };
+    let calls = |n: usize| threads.lock().unwrap_or_else(|p| p.into_inner())[n..].to_vec();
+    for _ in 0..12 {
+        assert_eq!(call(&d).await.ok(), Some(vec![3.0]));
+    }
+    let seen = calls(0);
+    assert_eq!(seen.len(), 12);
+    assert!(
+        seen[..8].iter().all(|t| *t != me),
+        "the first calls run on the blocking pool"
+    );
+    assert!(
+        seen[8..].iter().all(|t| *t == me),
+        "after 8 short calls they run on the replica's thread"
+    );
+    // A long call (inline, since the last ones were short) sends the next
+    // ones back to the pool.
+    delay_us.store(2_000, Ordering::Release);
+    assert_eq!(call(&d).await.ok(), Some(vec![3.0]));
+    delay_us.store(0, Ordering::Release);
+    assert_eq!(call(&d).await.ok(), Some(vec![3.0]));
+    let after = calls(12);
+    assert_eq!(after[0], me, "the long call ran inline");
+    assert_ne!(after[1], me, "the next one went back to the pool");
+    // Short again: inline again after 8; then a panic there is an error.
+    for _ in 0..9 {
+        assert_eq!(call(&d).await.ok(), Some(vec![3.0]));
+    }
+    assert_eq!(*calls(0).last().unwrap_or_else(|| panic!("no call")), me);
+    panic.store(true, Ordering::Release);
+    match call(&d).await {
+        Err(ServeError::Replica { message, .. }) => {
+            assert!(message.contains("boom in the model"), "{message}")
+        }
+        other => panic!("expected the panic as an error: {other:?}"),
+    }
+    assert_eq!(*calls(0).last().unwrap_or_else(|| panic!("no call")), me);
+}

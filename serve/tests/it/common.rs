@@ -81,6 +81,10 @@ impl Model for Gate {
     fn outputs(&self) -> usize {
         2
     }
+    // It waits on the test's gate.
+    fn may_run_inline(&self) -> bool {
+        false
+    }
     fn infer(&mut self, input: &[f32], rows: usize) -> Result<Vec<f32>, String> {
         let _ = self.batches.send(rows);
         let (m, c) = &*self.permits;
