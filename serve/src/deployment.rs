@@ -365,11 +365,15 @@ impl Shared {
             .await
             .map_err(|e| e.to_string())?;
         self.starts.fetch_add(1, Ordering::AcqRel);
-        Ok(Arc::new(Slot {
+        let monitor = handle.monitor();
+        let slot = Arc::new(Slot {
             handle: ReplicaHandle::Local(handle),
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
-        }))
+        });
+        // A replica whose model panicked stops: replaced like a lost one.
+        self.watch(&slot, monitor, Box::new(|| ()));
+        Ok(slot)
     }
 }
 
@@ -451,14 +455,30 @@ impl Shared {
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
         });
-        let monitor = handle.monitor();
-        let me = self.me.clone();
-        let watched = Arc::clone(&slot);
         let placement = r.placement.clone();
         let (cpus, gpus) = (r.cpus, r.gpus);
+        self.watch(
+            &slot,
+            handle.monitor(),
+            Box::new(move || placement.release(&offer.id, cpus, gpus)),
+        );
+        Ok(slot)
+    }
+
+    /// Watches a replica: when it exits while still listed (its node died,
+    /// its model panicked), the router drops it and a replacement starts
+    /// ([`replica_lost`]). `on_exit` runs first, whatever the reason.
+    fn watch(
+        &self,
+        slot: &Arc<Slot>,
+        monitor: manta_actors::Monitor,
+        on_exit: Box<dyn FnOnce() + Send>,
+    ) {
+        let me = self.me.clone();
+        let watched = Arc::clone(slot);
         tokio::spawn(async move {
             let reason = monitor.wait().await;
-            placement.release(&offer.id, cpus, gpus);
+            on_exit();
             let Some(s) = me.upgrade() else { return };
             // It may have died before its starter listed it: wait (bounded)
             // for the listing, which every starter announces on `changed`.
@@ -480,12 +500,11 @@ impl Shared {
                 }
             }
         });
-        Ok(slot)
     }
 }
 
-/// A replica on another node has exited (its node died, mostly): the
-/// router stops using it at once, and unless it was draining or the
+/// A replica has exited on its own (its node died, its model panicked):
+/// the router stops using it at once, and unless it was draining or the
 /// deployment stops, a replacement starts on a live node. Idempotent: a
 /// replica no longer listed (retired, stopped, already lost) is left
 /// alone.
