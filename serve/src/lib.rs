@@ -33,6 +33,7 @@ pub mod protocol;
 pub mod remote;
 mod replica;
 pub mod server;
+mod timer;
 mod traffic;
 
 pub use config::{AdminConfig, DeploymentConfig, GrpcConfig, HttpConfig, ModelSource, ServeConfig};

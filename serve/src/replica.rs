@@ -226,11 +226,18 @@ impl Replica {
             if wait.is_zero() {
                 let _ = me.tell(flush(generation));
             } else {
-                tokio::spawn(async move {
-                    tokio::time::sleep(wait).await;
-                    // The replica may have stopped meanwhile.
+                // The replica may have stopped meanwhile: the tell fails.
+                let job: crate::timer::Job = Box::new(move || {
                     let _ = me.tell(flush(generation));
                 });
+                // The precise timer thread; tokio's (1 ms ticks) only if
+                // that thread could not start.
+                if let Err(job) = crate::timer::at(Instant::now() + wait, job) {
+                    tokio::spawn(async move {
+                        tokio::time::sleep(wait).await;
+                        job();
+                    });
+                }
             }
         }
         self.pending_rows += request.rows;
