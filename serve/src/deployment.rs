@@ -1316,7 +1316,7 @@ async fn scale_up(s: &Shared, mut n: usize) {
                     slots.len()
                 };
                 s.set_replica_gauge(count);
-                tracing::debug!(deployment = %s.key, replicas = count, "scaled up");
+                tracing::info!(deployment = %s.key, replicas = count, "scaled up");
             }
             Err(e) => {
                 // Queued requests keep waiting (bounded by their timeout);
@@ -1365,6 +1365,6 @@ fn retire_drained(s: &Shared) {
     }
     for r in retired {
         r.handle.stop(ExitReason::Shutdown(None));
-        tracing::debug!(deployment = %s.key, "replica drained and stopped");
+        tracing::info!(deployment = %s.key, "replica drained and stopped");
     }
 }

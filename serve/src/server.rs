@@ -117,96 +117,90 @@ impl Server {
         placement: Option<crate::remote::ClusterPlacement>,
     ) -> Result<Self, StartError> {
         let mut deployments = Vec::new();
-        // Deployments with a model first; composed ones (`next`) then, in
-        // front of them.
-        for d in config.deployments.iter().filter(|d| d.next.is_none()) {
-            let key = format!("{}:{}", d.model, d.version);
-            let source = d.source().ok_or_else(|| {
-                StartError::Config(format!(
-                    "deployment {key}: exactly one of `checkpoint` and `experiment`"
-                ))
-            })?;
-            let (factory, weights, best) = load_weights(&key, source).await?;
-            if let Some(b) = best {
-                tracing::info!(deployment = %key, trial = b.trial, metric = b.metric, checkpoint = %b.checkpoint.display(), "serving the best trial");
-            }
-            let started = match &placement {
-                Some(p) => {
-                    let remote = crate::remote::RemoteReplicas {
-                        placement: p.clone(),
-                        cpus: d.cpus,
-                        gpus: d.gpus,
-                        role: d.role.clone(),
-                        spec: weights.spec,
-                        params: weights.params,
-                    };
-                    Deployment::start_on(
-                        &system,
-                        &d.model,
-                        &d.version,
-                        factory,
-                        d.options(),
-                        remote,
-                    )
-                    .await
+        let started: Result<(), StartError> = async {
+            // Deployments with a model first; composed ones (`next`) then, in
+            // front of them.
+            for d in config.deployments.iter().filter(|d| d.next.is_none()) {
+                let key = format!("{}:{}", d.model, d.version);
+                let source = d.source().ok_or_else(|| {
+                    StartError::Config(format!(
+                        "deployment {key}: exactly one of `checkpoint` and `experiment`"
+                    ))
+                })?;
+                let (factory, weights, best) = load_weights(&key, source).await?;
+                if let Some(b) = best {
+                    tracing::info!(deployment = %key, trial = b.trial, metric = b.metric, checkpoint = %b.checkpoint.display(), "serving the best trial");
                 }
-                None => {
-                    Deployment::start(&system, &d.model, &d.version, factory, d.options()).await
-                }
-            };
-            match started {
-                Ok(dep) => deployments.push(dep),
-                Err(e) => {
-                    // Replicas already placed on other nodes stop with
-                    // their deployments.
-                    for dep in &deployments {
-                        dep.stop(Duration::ZERO).await;
+                let started = match &placement {
+                    Some(p) => {
+                        let remote = crate::remote::RemoteReplicas {
+                            placement: p.clone(),
+                            cpus: d.cpus,
+                            gpus: d.gpus,
+                            role: d.role.clone(),
+                            spec: weights.spec,
+                            params: weights.params,
+                        };
+                        Deployment::start_on(
+                            &system,
+                            &d.model,
+                            &d.version,
+                            factory,
+                            d.options(),
+                            remote,
+                        )
+                        .await
                     }
-                    return Err(e);
-                }
+                    None => {
+                        Deployment::start(&system, &d.model, &d.version, factory, d.options()).await
+                    }
+                };
+                deployments.push(started?);
             }
-        }
-        for d in config.deployments.iter().filter(|d| d.next.is_some()) {
-            let key = format!("{}:{}", d.model, d.version);
-            let started = match d.source() {
-                Some(ModelSource::Chain { next, preprocess }) => {
-                    match deployments
-                        .iter()
-                        .find(|t| format!("{}:{}", t.model(), t.version()) == next)
-                        .cloned()
-                    {
-                        Some(target) => {
-                            let first = crate::compose::affine(
-                                target.features(),
-                                preprocess.scale,
-                                preprocess.offset,
-                            );
-                            let factory = crate::compose::chain(
-                                first,
-                                target,
-                                tokio::runtime::Handle::current(),
-                            );
-                            Deployment::start(&system, &d.model, &d.version, factory, d.options())
-                                .await
+            for d in config.deployments.iter().filter(|d| d.next.is_some()) {
+                let key = format!("{}:{}", d.model, d.version);
+                let started = match d.source() {
+                    Some(ModelSource::Chain { next, preprocess }) => {
+                        match deployments
+                            .iter()
+                            .find(|t| format!("{}:{}", t.model(), t.version()) == next)
+                            .cloned()
+                        {
+                            Some(target) => {
+                                let first = crate::compose::affine(
+                                    target.features(),
+                                    preprocess.scale,
+                                    preprocess.offset,
+                                );
+                                let factory = crate::compose::chain(
+                                    first,
+                                    target,
+                                    tokio::runtime::Handle::current(),
+                                );
+                                Deployment::start(&system, &d.model, &d.version, factory, d.options())
+                                    .await
+                            }
+                            None => Err(StartError::Config(format!(
+                                "deployment {key}: next = {next} is not a deployment with a model"
+                            ))),
                         }
-                        None => Err(StartError::Config(format!(
-                            "deployment {key}: next = {next} is not a deployment with a model"
-                        ))),
                     }
-                }
-                _ => Err(StartError::Config(format!(
-                    "deployment {key}: `next` excludes `checkpoint` and `experiment`"
-                ))),
-            };
-            match started {
-                Ok(dep) => deployments.push(dep),
-                Err(e) => {
-                    for dep in &deployments {
-                        dep.stop(Duration::ZERO).await;
-                    }
-                    return Err(e);
-                }
+                    _ => Err(StartError::Config(format!(
+                        "deployment {key}: `next` excludes `checkpoint` and `experiment`"
+                    ))),
+                };
+                deployments.push(started?);
             }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = started {
+            // Those already started stop (with their replicas on other
+            // nodes).
+            for dep in &deployments {
+                dep.stop(Duration::ZERO).await;
+            }
+            return Err(e);
         }
         // In the config's order (the first version listed of a model takes
         // its unversioned requests).

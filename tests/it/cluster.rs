@@ -88,6 +88,15 @@ pub(crate) fn wait_status(
     panic!("{what}: not seen within {DEADLINE:?}; last status: {last:#?}");
 }
 
+/// Waits (bounded) until `seed`'s status shows `n` alive nodes.
+pub(crate) fn wait_alive(seed: &str, secret: Option<&Path>, n: usize) -> Value {
+    wait_status(seed, secret, &format!("{n} nodes alive"), |st| {
+        st["nodes"]
+            .as_array()
+            .is_some_and(|a| a.iter().filter(|x| x["state"] == "alive").count() == n)
+    })
+}
+
 /// A node in this test process, joined to the cluster through `seed`
 /// (a *client* node, which hosts no placed actors, when `client`).
 pub(crate) async fn test_node(

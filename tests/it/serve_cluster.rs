@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::cluster::{secret, start_node, wait_status};
+use crate::cluster::{secret, start_node, wait_alive, wait_status};
 use crate::{DEADLINE, Running, Scratch, manta};
 
 /// `max_ongoing_requests` of each replica.
@@ -98,11 +98,7 @@ fn replicas_run_on_nodes_and_a_sigkilled_nodes_replica_is_replaced_under_load() 
     let n1 = start_node(&tmp, "n1", Some(&s), &[], &one);
     let n2 = start_node(&tmp, "n2", Some(&s), &[&n1.gossip], &one);
     let n3 = start_node(&tmp, "n3", Some(&s), &[&n1.gossip], &one);
-    wait_status(&n1.gossip, Some(&s), "3 nodes", |st| {
-        st["nodes"]
-            .as_array()
-            .is_some_and(|a| a.iter().filter(|n| n["state"] == "alive").count() == 3)
-    });
+    wait_alive(&n1.gossip, Some(&s), 3);
     let spec = manta_ml::ModelSpec {
         inputs: 64,
         hidden: vec![32],
@@ -291,12 +287,15 @@ preprocess = {{ scale = 0.5 }}
                     break st;
                 }
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the replica count did not come back within {DEADLINE:?}; last stats: {:?}",
-                stats(&admin).await
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            // Looks again at the next answer (the load goes on on the
+            // surviving replica).
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(o)) => outcomes.push(o),
+                _ => panic!(
+                    "the replica count did not come back within {DEADLINE:?}; last stats: {:?}",
+                    stats(&admin).await
+                ),
+            }
         };
         let replaced_at = Instant::now();
         eprintln!(
@@ -405,11 +404,7 @@ fn a_deployment_at_zero_cold_starts_its_replica_on_a_node() {
     let s = secret(&tmp, "c.secret");
     let n1 = start_node(&tmp, "n1", Some(&s), &[], &[]);
     let n2 = start_node(&tmp, "n2", Some(&s), &[&n1.gossip], &[]);
-    wait_status(&n1.gossip, Some(&s), "2 nodes", |st| {
-        st["nodes"]
-            .as_array()
-            .is_some_and(|a| a.iter().filter(|n| n["state"] == "alive").count() == 2)
-    });
+    wait_alive(&n1.gossip, Some(&s), 2);
     let spec = manta_ml::ModelSpec {
         inputs: 64,
         hidden: vec![32],
@@ -464,24 +459,16 @@ autoscaling = { min_replicas = 0, max_replicas = 2, upscale_delay_s = 0, downsca
         .unwrap();
         (status, text, t.elapsed())
     };
+    // The first one may also wait for the server to hear of a node.
+    let (status, text, first) = rt.block_on(infer());
+    assert_eq!(status, 200, "{text}");
+    eprintln!("first request (joining included): {first:?}");
+    // Idle again (no downscale delay): the server retires the replica and
+    // says so.
+    serve.wait_for("replica drained and stopped");
+    let idle = rt.block_on(stats(&admin)).unwrap();
+    assert_eq!(idle["replicas"], 0, "back to zero: {idle}");
     let (status, text, cold, st) = rt.block_on(async {
-        // The first one may also wait for the server to hear of a node.
-        let (status, text, first) = infer().await;
-        assert_eq!(status, 200, "{text}");
-        // Idle again (no downscale delay): back to zero replicas.
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            let st = stats(&admin).await.unwrap();
-            if st["replicas"] == 0 {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "not back to zero within {DEADLINE:?}: {st}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        eprintln!("first request (joining included): {first:?}");
         let (status, text, cold) = infer().await;
         (status, text, cold, stats(&admin).await.unwrap())
     });
@@ -490,8 +477,17 @@ autoscaling = { min_replicas = 0, max_replicas = 2, upscale_delay_s = 0, downsca
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["outputs"][0]["shape"], serde_json::json!([1, 10]), "{v}");
     // Both starts went to a node (the server's log says where).
-    for _ in 0..2 {
-        let line = serve.wait_for("replica started on another node");
+    let started = "replica started on another node";
+    let mut starts: Vec<String> = serve
+        .seen
+        .iter()
+        .filter(|l| l.contains(started))
+        .cloned()
+        .collect();
+    while starts.len() < 2 {
+        starts.push(serve.wait_for(started));
+    }
+    for line in &starts {
         assert!(
             line.contains("node=n1") || line.contains("node=n2"),
             "{line}"

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::cluster::{actor_on, secret, start_node, test_node, wait_status, wait_view};
+use crate::cluster::{actor_on, secret, start_node, test_node, wait_alive, wait_status, wait_view};
 use crate::{Running, Scratch, manta};
 
 /// The example config with its paths pointed at the repository's data and a
@@ -124,11 +124,7 @@ fn training_on_a_cluster_survives_the_sigkill_of_a_workers_node() {
     let mut ps = start_node(&dir, "ps", Some(&s), &[], &["--role", "ps"]);
     let mut w1 = start_node(&dir, "w1", Some(&s), &[&ps.gossip], &["--role", "worker"]);
     let mut w2 = start_node(&dir, "w2", Some(&s), &[&ps.gossip], &["--role", "worker"]);
-    wait_status(&ps.gossip, Some(&s), "3 nodes", |st| {
-        st["nodes"]
-            .as_array()
-            .is_some_and(|a| a.iter().filter(|n| n["state"] == "alive").count() == 3)
-    });
+    wait_alive(&ps.gossip, Some(&s), 3);
     let cfg = example_config(
         &dir,
         "[placement.ps]\nrole = \"ps\"\n[placement.loaders]\nrole = \"ps\"\n[placement.workers]\nrole = \"worker\"\n",

@@ -234,36 +234,16 @@ fn started_on(line: &str) -> (u64, String, u64) {
     )
 }
 
-/// Waits (bounded) until `path` exists (the driver writes it).
-fn wait_file(path: &Path) {
-    let end = std::time::Instant::now() + crate::DEADLINE;
-    while !path.exists() {
-        assert!(
-            std::time::Instant::now() < end,
-            "{} not written within {:?}",
-            path.display(),
-            crate::DEADLINE
-        );
-        // A polling interval (the condition decides), short of spinning
-        // a core the nodes need.
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-}
-
 #[test]
 fn trials_run_on_two_nodes_and_a_sigkilled_nodes_trial_continues_on_the_other() {
-    use crate::cluster::{secret, start_node, wait_status};
+    use crate::cluster::{secret, start_node, wait_alive};
     let tmp = Scratch::new("tune-cluster");
     let s = secret(&tmp, "c.secret");
     // One CPU each: one trial per node at a time.
     let opt_in = ["--cpus", "1", "--allow-command-trials"];
     let n1 = start_node(&tmp, "n1", Some(&s), &[], &opt_in);
     let n2 = start_node(&tmp, "n2", Some(&s), &[&n1.gossip], &opt_in);
-    wait_status(&n1.gossip, Some(&s), "2 nodes", |st| {
-        st["nodes"]
-            .as_array()
-            .is_some_and(|a| a.iter().filter(|n| n["state"] == "alive").count() == 2)
-    });
+    wait_alive(&n1.gossip, Some(&s), 2);
     std::fs::write(tmp.0.join("trial.sh"), CLUSTER_TRIAL).unwrap();
     let config = tmp.file(
         "tune.toml",
@@ -296,6 +276,8 @@ cpus = 1.0
         .arg(&s)
         .arg("--config")
         .arg(&config);
+    // The driver logs each checkpoint it stores from another node.
+    cmd.env("RUST_LOG", "warn,manta_ml::tune::actors=debug");
     let mut driver = Running::start(cmd);
     let first = driver.wait_for("trial 0: attempt 0 started on");
     let (_, victim_name, from) = started_on(&first);
@@ -306,8 +288,14 @@ cpus = 1.0
         victim_name, other_name,
         "one trial per node: trials 0 and 1 run on different nodes"
     );
-    // Trial 0 has sent a checkpoint (its third) back to the driver.
-    wait_file(&exp.join("trials/00000/checkpoint-000003/state"));
+    // Trial 0 has sent a checkpoint (its third) back to the driver (the
+    // line may have gone by already).
+    let stored = "checkpoint from another node stored";
+    let third = |l: &String| l.contains(stored) && l.contains("trial=0 iteration=3");
+    if !driver.seen.iter().any(third) {
+        while !third(&driver.wait_for(stored)) {}
+    }
+    assert!(exp.join("trials/00000/checkpoint-000003/state").is_file());
     let (mut victim, survivor, survivor_name) = if victim_name == "n1" {
         (n1, n2, "n2")
     } else {

@@ -1426,6 +1426,7 @@ impl Controller {
                     .join(format!("checkpoint-{iteration:06}"));
                 transfer::unpack(&packed, &dir, limit)
                     .map_err(|e| fail(format!("trial {trial}: storing its checkpoint: {e}")))?;
+                tracing::debug!(trial, iteration, dir = %dir.display(), "checkpoint from another node stored");
                 Some(dir)
             }
         };

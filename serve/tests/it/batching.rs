@@ -212,7 +212,8 @@ async fn shutdown_drains_requests_in_flight_then_refuses() {
     assert!(after.is_err(), "still listening: {after:?}");
 }
 
-/// Records the thread of every call; sleeps `delay_us`; panics on `panic`.
+/// Records the thread of every call; computes for `delay_us`; panics on
+/// `panic`.
 struct Probe {
     threads: std::sync::Arc<std::sync::Mutex<Vec<std::thread::ThreadId>>>,
     delay_us: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -234,9 +235,11 @@ impl manta_serve::Model for Probe {
         if self.panic.load(std::sync::atomic::Ordering::Acquire) {
             panic!("boom in the model");
         }
-        let us = self.delay_us.load(std::sync::atomic::Ordering::Acquire);
-        if us > 0 {
-            std::thread::sleep(Duration::from_micros(us));
+        // A model that computes for `delay_us` (busy, as a model does).
+        let busy = Duration::from_micros(self.delay_us.load(std::sync::atomic::Ordering::Acquire));
+        let t = Instant::now();
+        while t.elapsed() < busy {
+            std::hint::spin_loop();
         }
         Ok((0..rows).map(|r| input[r * 2] + input[r * 2 + 1]).collect())
     }
