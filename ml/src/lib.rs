@@ -48,6 +48,7 @@ pub use job::{Env, Progress, RunningJob, TrainReport, train};
 pub use model::{Mlp, ModelSpec, ParamTensor};
 pub use optim::OptimizerConfig;
 pub use ps::Mode;
+pub use wire::{idle_f32_bytes, recycle_f32s};
 
 use manta_actors::{ActorError, Kind, KindRegistry};
 

@@ -157,6 +157,15 @@ pub struct Gradients {
     pub samples: u32,
 }
 
+impl Drop for Gradients {
+    /// The vectors go back to the decode pool ([`crate::recycle_f32s`]):
+    /// a worker's gradients, once encoded, hold the next parameters it
+    /// pulls; a shard's decoded push, once applied, the next push.
+    fn drop(&mut self) {
+        crate::wire::recycle_f32s(std::mem::take(&mut self.grads));
+    }
+}
+
 /// Messages of a parameter-server shard. Requests carry their typed reply.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum PsMsg {
@@ -578,14 +587,9 @@ impl ParamServer {
     /// Takes a worker's gradients computed on `version`: checked, then (sync)
     /// held until every worker has pushed for this version and applied as
     /// their average, or (async) applied unless too stale.
-    fn push(&mut self, g: Gradients) -> Result<Pushed, PushError> {
-        let Gradients {
-            worker,
-            version,
-            grads,
-            loss,
-            samples,
-        } = g;
+    fn push(&mut self, mut g: Gradients) -> Result<Pushed, PushError> {
+        let (worker, version, loss, samples) = (g.worker, g.version, g.loss, g.samples);
+        let grads = std::mem::take(&mut g.grads);
         if let Err(e) = self.admit(worker, "push") {
             self.rejected += 1;
             return Err(e);
@@ -635,7 +639,9 @@ impl ParamServer {
                 }
             }
             Mode::Async { .. } => {
-                self.apply(&grads)?;
+                let applied = self.apply(&grads);
+                crate::wire::recycle_f32s(grads);
+                applied?;
                 self.samples = self.samples.saturating_add(u64::from(samples));
                 self.last_loss = loss;
                 self.after_update();
@@ -686,6 +692,7 @@ impl ParamServer {
                         *a += v;
                     }
                 }
+                crate::wire::recycle_f32s(g);
             }
             loss_sum += l;
             samples = samples.saturating_add(u64::from(s));
@@ -697,7 +704,9 @@ impl ParamServer {
                 }
             }
         }
-        self.apply(&sum)?;
+        let applied = self.apply(&sum);
+        crate::wire::recycle_f32s(sum);
+        applied?;
         self.last_loss = loss_sum / n;
         self.samples = self.samples.saturating_add(samples);
         Ok(())

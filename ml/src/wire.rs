@@ -41,9 +41,12 @@ impl<'de> Visitor<'de> for F32Visitor {
         if b.len() % 4 != 0 {
             return Err(E::invalid_length(b.len(), &self));
         }
-        Ok(b.chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect())
+        let mut out = pool::POOL.take(b.len() / 4);
+        out.extend(
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        );
+        Ok(out)
     }
 
     fn visit_byte_buf<E: serde::de::Error>(self, b: Vec<u8>) -> Result<Vec<f32>, E> {
@@ -65,6 +68,112 @@ fn get<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f32>, D::Error> {
     } else {
         d.deserialize_bytes(F32Visitor)
     }
+}
+
+/// Buffers for decoded `f32` vectors, handed back once their values are
+/// used ([`recycle_f32s`]) and taken again by the next decode of a vector
+/// of about their size.
+///
+/// A large vector decoded into a fresh allocation costs more than the
+/// copy of its bytes: above glibc's mmap threshold (at most 32 MiB) every
+/// such `Vec` is a new mapping whose pages fault in, zeroed, as the decode
+/// writes them, and are unmapped when it is dropped (the 10M-parameter
+/// push + pull decodes 40 MB each way per step). The pool is bounded:
+/// at most [`POOL_BYTES`] bytes in at most [`POOL_BUFFERS`] buffers, each
+/// at least [`POOL_MIN_BYTES`] (smaller ones are cheap to allocate);
+/// beyond that a handed-back buffer is freed as usual.
+pub(crate) mod pool {
+    use std::sync::{Mutex, MutexGuard, PoisonError};
+
+    /// The most bytes of idle buffers kept per process.
+    pub const POOL_BYTES: usize = 128 << 20;
+    /// The most idle buffers kept.
+    pub const POOL_BUFFERS: usize = 64;
+    /// Buffers smaller than this are not kept.
+    pub const POOL_MIN_BYTES: usize = 256 << 10;
+
+    /// Idle buffers, within bounds.
+    pub(crate) struct Pool {
+        idle: Mutex<Vec<Vec<f32>>>,
+        max_bytes: usize,
+        max_buffers: usize,
+        min_bytes: usize,
+    }
+
+    /// The process's pool.
+    pub(crate) static POOL: Pool = Pool::new(POOL_BYTES, POOL_BUFFERS, POOL_MIN_BYTES);
+
+    impl Pool {
+        pub(crate) const fn new(max_bytes: usize, max_buffers: usize, min_bytes: usize) -> Self {
+            Pool {
+                idle: Mutex::new(Vec::new()),
+                max_bytes,
+                max_buffers,
+                min_bytes,
+            }
+        }
+
+        fn idle(&self) -> MutexGuard<'_, Vec<Vec<f32>>> {
+            // The list is valid whatever a panicking holder did to it.
+            self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+        }
+
+        /// An empty vector with room for `n` values: the smallest idle
+        /// buffer that holds them without being more than twice their
+        /// size, or a new one.
+        pub(crate) fn take(&self, n: usize) -> Vec<f32> {
+            if n.saturating_mul(4) >= self.min_bytes {
+                let mut idle = self.idle();
+                let best = idle
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| v.capacity() >= n && v.capacity() / 2 <= n)
+                    .min_by_key(|(_, v)| v.capacity())
+                    .map(|(i, _)| i);
+                if let Some(i) = best {
+                    let mut v = idle.swap_remove(i);
+                    v.clear();
+                    return v;
+                }
+            }
+            Vec::with_capacity(n)
+        }
+
+        /// Keeps `v`'s buffer for a later decode if there is room.
+        pub(crate) fn give(&self, v: Vec<f32>) {
+            let bytes = v.capacity() * 4;
+            if bytes < self.min_bytes {
+                return;
+            }
+            let mut idle = self.idle();
+            let held: usize = idle.iter().map(|v| v.capacity() * 4).sum();
+            if idle.len() < self.max_buffers && held + bytes <= self.max_bytes {
+                idle.push(v);
+            }
+        }
+
+        /// Bytes held idle now.
+        pub(crate) fn idle_bytes(&self) -> usize {
+            self.idle().iter().map(|v| v.capacity() * 4).sum()
+        }
+    }
+}
+
+/// Hands `f32` vectors whose values are no longer needed back to the
+/// decode pool: the next message decoded in this process that carries a
+/// vector of about the same size is written into one of them instead of
+/// fresh memory. Bounded (128 MiB, 64 buffers, only buffers of at least
+/// 256 KiB); what does not fit is freed. [`crate::Gradients`] hands its
+/// vectors back when it is dropped.
+pub fn recycle_f32s(vs: impl IntoIterator<Item = Vec<f32>>) {
+    for v in vs {
+        pool::POOL.give(v);
+    }
+}
+
+/// Bytes of `f32` buffers the decode pool holds idle in this process.
+pub fn idle_f32_bytes() -> usize {
+    pool::POOL.idle_bytes()
 }
 
 /// `#[serde(with = "crate::wire::f32s")]` for a `Vec<f32>`.
@@ -186,6 +295,67 @@ mod tests {
         let text = serde_json::to_string(&b).unwrap();
         assert!(text.starts_with("{\"one\":[1.5,"), "{text}");
         assert_eq!(serde_json::from_str::<Both>(&text).unwrap(), b);
+    }
+
+    #[test]
+    fn a_recycled_vector_holds_the_next_decode_of_about_its_size() {
+        #[derive(Debug, Serialize, Deserialize)]
+        struct One(#[serde(with = "super::f32s")] Vec<f32>);
+        // A size no other test of this binary decodes (1.5-3M values).
+        let n = 2_345_679;
+        let bytes = postcard::to_allocvec(&One(vec![0.5; n])).unwrap();
+        let first = postcard::from_bytes::<One>(&bytes).unwrap().0;
+        assert_eq!(first.len(), n);
+        let at = first.as_ptr();
+        let before = super::idle_f32_bytes();
+        super::recycle_f32s([first]);
+        assert!(super::idle_f32_bytes() >= before + n * 4);
+        // A little smaller: the same buffer, with the new values.
+        let smaller = postcard::to_allocvec(&One(vec![2.0; n - 1000])).unwrap();
+        let second = postcard::from_bytes::<One>(&smaller).unwrap().0;
+        assert_eq!(second.as_ptr(), at, "the recycled buffer was not reused");
+        assert_eq!(second.len(), n - 1000);
+        assert!(second.iter().all(|&x| x == 2.0));
+        // Dropped gradients hand their vectors back.
+        let at = second.as_ptr();
+        drop(crate::ps::Gradients {
+            worker: 0,
+            version: 0,
+            grads: vec![second],
+            loss: 0.0,
+            samples: 1,
+        });
+        let third = postcard::from_bytes::<One>(&bytes).unwrap().0;
+        assert_eq!(third.as_ptr(), at, "dropped gradients were not recycled");
+    }
+
+    #[test]
+    fn the_pool_keeps_within_its_bounds_and_fits_sizes() {
+        use super::pool::Pool;
+        // 1 MiB, 3 buffers, nothing under 4 KiB (1,024 values).
+        let pool = Pool::new(1 << 20, 3, 4096);
+        pool.give(Vec::with_capacity(1000));
+        assert_eq!(pool.idle_bytes(), 0, "small buffers are not kept");
+        for _ in 0..4 {
+            pool.give(Vec::with_capacity(16_384));
+        }
+        assert_eq!(pool.idle_bytes(), 3 * 65_536, "at most 3 buffers");
+        let pool = Pool::new(1 << 20, 64, 4096);
+        for _ in 0..5 {
+            pool.give(Vec::with_capacity(65_536));
+        }
+        assert_eq!(pool.idle_bytes(), 1 << 20, "at most 1 MiB");
+        // A vector under half a buffer's size gets a new one; one that
+        // fits gets an idle buffer; more than a buffer holds, a new one.
+        assert_eq!(pool.take(30_000).capacity(), 30_000);
+        assert_eq!(pool.take(40_000).capacity(), 65_536);
+        assert_eq!(pool.idle_bytes(), 3 * 262_144);
+        assert_eq!(pool.take(70_000).capacity(), 70_000);
+        // Best fit: the smaller of two that hold it.
+        let pool = Pool::new(1 << 20, 64, 4096);
+        pool.give(Vec::with_capacity(20_000));
+        pool.give(Vec::with_capacity(12_000));
+        assert_eq!(pool.take(10_000).capacity(), 12_000);
     }
 
     #[test]
