@@ -29,6 +29,12 @@ enum Sink {
     /// Puts, then answers the bytes received.
     PutAck(#[serde(with = "serde_bytes")] Vec<u8>, ReplyTo<u64>),
     Count(ReplyTo<u64>),
+    /// `PutAck` with a payload decoded as a slice of the buffer it arrived
+    /// in (`manta::actors::shared_bytes`), not copied into a fresh vector.
+    PutShared(
+        #[serde(with = "manta::actors::shared_bytes")] manta::actors::bytes::Bytes,
+        ReplyTo<u64>,
+    ),
 }
 
 impl Message for Sink {
@@ -54,6 +60,11 @@ impl Actor for Counter {
             }
             Sink::Count(r) => {
                 r.send(self.0);
+            }
+            Sink::PutShared(b, r) => {
+                self.0 += 1;
+                self.1 += b.len() as u64;
+                r.send(self.1);
             }
         }
         Ok(())
@@ -417,6 +428,7 @@ async fn remote_benches(dir: &Path, rows: &mut Vec<Row>) {
     for (size, count) in [(1usize << 20, 64usize), (16 << 20, 8)] {
         let data = vec![3u8; size];
         let (mut m_r, mut t_r, mut w_r, mut c_r) = (vec![], vec![], vec![], vec![]);
+        let mut s_r = vec![];
         for _ in 0..rounds() {
             // The messages exist before the clock starts, as the anchors'
             // buffer does: building a message is the caller's work, not
@@ -430,6 +442,15 @@ async fn remote_benches(dir: &Path, rows: &mut Vec<Row>) {
             }
             mark(&format!("manta {size} end"));
             m_r.push((size * count) as f64 / start.elapsed().as_secs_f64());
+            let msgs: Vec<manta::actors::bytes::Bytes> =
+                (0..count).map(|_| data.clone().into()).collect();
+            let start = Instant::now();
+            mark(&format!("shared {size} start"));
+            for m in msgs {
+                sink.ask(|r| Sink::PutShared(m, r), t).await.expect("put");
+            }
+            mark(&format!("shared {size} end"));
+            s_r.push((size * count) as f64 / start.elapsed().as_secs_f64());
             let start = Instant::now();
             for _ in 0..count {
                 wr.write_u32(size as u32).await.unwrap();
@@ -474,6 +495,20 @@ async fn remote_benches(dir: &Path, rows: &mut Vec<Row>) {
                 ratio(&m_r, &t_r),
                 ratio(&m_r, &c_r),
                 ratio(&m_r, &w_r)
+            ),
+        ));
+        rows.push(Row(
+            format!(
+                "… the same messages with a `shared_bytes` payload (decoded without a copy; {} rounds, medians)",
+                s_r.len()
+            ),
+            mib(mid(&s_r)),
+            mib(mid(&t_r)),
+            format!(
+                "{} of TCP; {} of AES-256-GCM records on bare TCP; {} of the `Vec<u8>` payload",
+                ratio(&s_r, &t_r),
+                ratio(&s_r, &c_r),
+                ratio(&s_r, &m_r)
             ),
         ));
         rows.push(Row(

@@ -297,8 +297,11 @@ impl<M: Message> ActorHandle<M> {
         };
         match answer {
             Answer::Value(r) => Ok(r),
-            Answer::Bytes(bytes, decode) => decode(bytes.bytes())
-                .map_err(|e| AskError::Decode(CodecError::new(std::any::type_name::<R>(), e))),
+            Answer::Bytes(bytes, decode) => match bytes.frame() {
+                Some(frame) => crate::shared_bytes::decode_sharing(frame, || decode(bytes.bytes())),
+                None => decode(bytes.bytes()),
+            }
+            .map_err(|e| AskError::Decode(CodecError::new(std::any::type_name::<R>(), e))),
             Answer::Failed(e) => Err(match e {
                 WireError::NoReply(r) => AskError::NoReply(r.or_else(|| self.local_exit())),
                 WireError::ActorGone(r) => AskError::NoReply(r.or_else(|| self.local_exit())),

@@ -63,6 +63,7 @@ mod kind;
 mod message;
 mod placement;
 pub mod reply;
+pub mod shared_bytes;
 mod system;
 
 pub use actor::{Actor, Context, panic_text};
@@ -95,12 +96,16 @@ pub mod wire {
     pub use crate::reply::{
         PendingReply, ReplyRegistry, ReplyRoute, WireBytes, decode_with, encode_with,
     };
+    pub use crate::shared_bytes::decode_sharing;
 }
 
 /// The ractor version Manta runs on (supervision plumbing, not application
 /// API).
 #[doc(hidden)]
 pub use ractor;
+
+/// The `bytes` crate, for [`shared_bytes`] payloads.
+pub use bytes;
 
 /// Everything most actor code needs.
 pub mod prelude {

@@ -62,6 +62,12 @@ use crate::handle::EncodeWire;
 pub trait WireBytes: Send {
     /// The postcard encoding of the reply.
     fn bytes(&self) -> &[u8];
+
+    /// The buffer [`WireBytes::bytes`] lies in, when the reply may keep
+    /// slices of it ([`crate::shared_bytes`] fields) instead of copies.
+    fn frame(&self) -> Option<&bytes::Bytes> {
+        None
+    }
 }
 
 impl WireBytes for Vec<u8> {

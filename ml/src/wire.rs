@@ -86,11 +86,11 @@ pub(crate) mod pool {
     use std::sync::{Mutex, MutexGuard, PoisonError};
 
     /// The most bytes of idle buffers kept per process.
-    pub const POOL_BYTES: usize = 128 << 20;
+    pub(crate) const POOL_BYTES: usize = 128 << 20;
     /// The most idle buffers kept.
-    pub const POOL_BUFFERS: usize = 64;
+    pub(crate) const POOL_BUFFERS: usize = 64;
     /// Buffers smaller than this are not kept.
-    pub const POOL_MIN_BYTES: usize = 256 << 10;
+    pub(crate) const POOL_MIN_BYTES: usize = 256 << 10;
 
     /// Idle buffers, within bounds.
     pub(crate) struct Pool {

@@ -97,6 +97,8 @@ impl Remoting {
         whole: Vec<u8>,
         start: usize,
     ) -> Result<(), &'static str> {
+        // Shared, so that `shared_bytes` payloads are slices of it.
+        let whole = bytes::Bytes::from(whole);
         let frame = whole.get(start..).unwrap_or_default();
         let reply = match postcard::from_bytes::<Frame>(frame) {
             Ok(Frame::Chunk { .. }) | Err(_) => return Err("undecodable large message"),
@@ -111,7 +113,7 @@ impl Remoting {
             }
             // Dispatch decodes the message out of the buffer.
             Ok(frame) => {
-                self.dispatch(peer, route, frame);
+                manta_actors::wire::decode_sharing(&whole, || self.dispatch(peer, route, frame));
                 None
             }
         };
@@ -125,15 +127,9 @@ impl Remoting {
             };
             self.answer(peer, id, Ok(Box::new(bytes)));
         } else {
-            self.keep(whole);
+            keep_shared(&self.inner.kept, whole);
         }
         Ok(())
-    }
-
-    /// Keeps a large message's buffer for the next one (at most
-    /// [`KEPT_BUFFERS`]; small or oversized buffers are dropped).
-    fn keep(&self, buf: Vec<u8>) {
-        keep_in(&self.inner.kept, buf);
     }
 
     fn bad(&self, peer: PeerId, what: &str) {
@@ -472,7 +468,7 @@ fn append(buf: &mut Vec<u8>, data: &[u8], declared: usize) {
 /// a fresh vector), which the ask hands back for the next large message
 /// once it has decoded the reply.
 pub(super) struct ReplyBytes {
-    buf: Vec<u8>,
+    buf: bytes::Bytes,
     range: std::ops::Range<usize>,
     /// Where the buffer goes back once the reply is decoded (large replies).
     pool: Option<Arc<Mutex<Vec<Vec<u8>>>>>,
@@ -482,7 +478,7 @@ impl ReplyBytes {
     pub(super) fn owned(buf: Vec<u8>) -> Self {
         let range = 0..buf.len();
         ReplyBytes {
-            buf,
+            buf: buf.into(),
             range,
             pool: None,
         }
@@ -494,13 +490,27 @@ impl WireBytes for ReplyBytes {
         // `range` lies within `buf` by construction (see `read_loop`).
         self.buf.get(self.range.clone()).unwrap_or_default()
     }
+
+    fn frame(&self) -> Option<&bytes::Bytes> {
+        Some(&self.buf)
+    }
 }
 
 impl Drop for ReplyBytes {
     fn drop(&mut self) {
         if let Some(pool) = &self.pool {
-            keep_in(pool, std::mem::take(&mut self.buf));
+            keep_shared(pool, std::mem::take(&mut self.buf));
         }
+    }
+}
+
+/// Keeps a large message's buffer for the next one unless the message's
+/// [`manta_actors::shared_bytes`] payloads still hold slices of it.
+fn keep_shared(pool: &Mutex<Vec<Vec<u8>>>, mut buf: bytes::Bytes) {
+    // Emptied first, so that taking the buffer back moves no bytes.
+    buf.truncate(0);
+    if let Ok(b) = buf.try_into_mut() {
+        keep_in(pool, Vec::from(b));
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use manta_actors::bytes::Bytes;
 use manta_actors::{Actor, ActorError, ActorSystem, AskError, Context, Message, ReplyTo};
 use manta_cluster::bulk::{LaneSecrets, RECORD_HEADER, RecordSealer, Side, lane_keys};
 use manta_cluster::{ClusterSecret, LaneUse, MAX_FRAME, Node, NodeConfig};
@@ -24,6 +25,33 @@ enum Load {
     Fetch(usize, u8, ReplyTo<ByteBuf>),
     /// Messages taken, out of order, bytes, checksum.
     Check(ReplyTo<(u64, u64, u64, u64)>),
+    /// Two payloads that arrive as slices of the message's buffer: kept
+    /// (not dropped), answered with their checksums and the distance from
+    /// the end of the first to the start of the second in memory.
+    Pair(
+        #[serde(with = "manta_actors::shared_bytes")] Bytes,
+        #[serde(with = "manta_actors::shared_bytes")] Bytes,
+        ReplyTo<(u64, u64, i64)>,
+    ),
+    /// The checksums of every payload kept by `Pair`, now.
+    Kept(ReplyTo<Vec<u64>>),
+    /// Answers a pair of `n`-byte payloads (shifts 1 and 2).
+    FetchPair(usize, ReplyTo<SharedPair>),
+}
+
+/// Two byte payloads decoded as slices of the buffer they arrived in.
+#[derive(Debug, Serialize, Deserialize)]
+struct SharedPair {
+    #[serde(with = "manta_actors::shared_bytes")]
+    a: Bytes,
+    #[serde(with = "manta_actors::shared_bytes")]
+    b: Bytes,
+}
+
+/// How far `b` starts after the end of `a` in memory: a few bytes (the
+/// length of `b`) when both are slices of one buffer.
+fn gap(a: &[u8], b: &[u8]) -> i64 {
+    b.as_ptr() as i64 - (a.as_ptr() as i64 + a.len() as i64)
 }
 
 impl Message for Load {
@@ -34,6 +62,7 @@ impl Message for Load {
 
 #[derive(Default)]
 struct Sink {
+    kept: Vec<Bytes>,
     next: u64,
     taken: u64,
     out_of_order: u64,
@@ -67,6 +96,20 @@ impl Actor for Sink {
             }
             Load::Check(r) => {
                 r.send((self.taken, self.out_of_order, self.bytes, self.sum));
+            }
+            Load::Pair(a, b, r) => {
+                r.send((checksum(&a), checksum(&b), gap(&a, &b)));
+                self.kept.push(a);
+                self.kept.push(b);
+            }
+            Load::Kept(r) => {
+                r.send(self.kept.iter().map(|b| checksum(b)).collect());
+            }
+            Load::FetchPair(n, r) => {
+                r.send(SharedPair {
+                    a: shifted(n, 1).into(),
+                    b: shifted(n, 2).into(),
+                });
             }
         }
         Ok(())
@@ -273,6 +316,60 @@ async fn large_messages_take_the_lane_whole_and_in_order_with_a_secret() {
         "{:?}",
         err.failure
     );
+}
+
+/// `shared_bytes` payloads of large messages are slices of the buffer
+/// the message arrived in, on the lane and on the mesh (reassembled from
+/// chunks), in messages and in replies; a kept payload is never
+/// overwritten by later messages (its buffer is not reused while a slice
+/// of it is held); small messages copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shared_byte_payloads_arrive_without_a_copy_and_stay_intact() {
+    // Node 0 has no lane: what node 1 sends it goes over the mesh, as
+    // chunks; node 2 sends node 1 on the lane.
+    let c = cluster("shared", 3, true, |i, cfg| cfg.bulk.enabled = i != 0).await;
+    c.lane_known(2, 1).await;
+    let mut expected = Vec::new();
+    for (from, to, how) in [(2, 1, "lane"), (1, 0, "mesh chunks")] {
+        let sink = c.sink(from, to);
+        for (i, n) in [(1usize, 4 << 20), (2, 16 << 20), (3, 1 << 20)] {
+            let (a, b) = (shifted(n, i as u8), shifted(n / 2, i as u8 + 100));
+            let want = (checksum(&a), checksum(&b));
+            let (ca, cb, g) = sink
+                .ask(|r| Load::Pair(a.into(), b.into(), r), DEADLINE)
+                .await
+                .unwrap();
+            assert_eq!((ca, cb), want, "{how}: pair {i} arrived changed");
+            assert!(
+                (1..=10).contains(&g),
+                "{how}: pair {i} was copied (second payload {g} bytes after the first)"
+            );
+            expected.push(want);
+        }
+        // Every kept payload is intact after the later messages.
+        let kept = sink.ask(Load::Kept, DEADLINE).await.unwrap();
+        let want: Vec<u64> = expected.iter().flat_map(|(a, b)| [*a, *b]).collect();
+        assert_eq!(kept, want, "{how}: a kept payload was overwritten");
+        expected.clear();
+        // A large reply: slices of the buffer it arrived in, at the asker.
+        let pair = sink
+            .ask(|r| Load::FetchPair(8 << 20, r), DEADLINE)
+            .await
+            .unwrap();
+        assert!(pair.a == shifted(8 << 20, 1) && pair.b == shifted(8 << 20, 2));
+        assert!(
+            (1..=10).contains(&gap(&pair.a, &pair.b)),
+            "{how}: the reply's payloads were copied"
+        );
+        // A small one: copies (nothing to share), the same contents.
+        let pair = sink
+            .ask(|r| Load::FetchPair(100, r), DEADLINE)
+            .await
+            .unwrap();
+        assert!(pair.a == shifted(100, 1) && pair.b == shifted(100, 2));
+    }
+    assert!(c.nodes[2].remoting().lane_messages() >= 3);
+    assert_eq!(c.nodes[0].remoting().lane_messages(), 0);
 }
 
 /// The encoded size of the frame a `Load::Put(seq, n bytes)` tell to
