@@ -378,6 +378,49 @@ impl postcard::ser_flavors::Flavor for FrameSink {
     }
 }
 
+/// Full record buffers of acknowledged lane messages, for the next
+/// messages' records: memory that is mapped and likely still in cache,
+/// instead of a fresh allocation per record. At most [`POOLED_RECORDS`].
+static RECORD_POOL: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+/// Record buffers kept for reuse (4 MiB of 64 KiB records).
+pub(super) const POOLED_RECORDS: usize = 64;
+
+fn record_pool() -> std::sync::MutexGuard<'static, Vec<Vec<u8>>> {
+    // A list of empty buffers: valid whatever a panicking holder did.
+    RECORD_POOL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// An empty buffer for a record of `size` plaintext bytes (with room for
+/// its header and tag): a pooled one for a full record.
+fn record_buffer(size: usize) -> Vec<u8> {
+    let cap = RECORD_HEADER + size + RECORD_TAG;
+    if size == LANE_RECORD {
+        if let Some(mut r) = record_pool().pop() {
+            r.clear();
+            return r;
+        }
+    }
+    Vec::with_capacity(cap)
+}
+
+/// Hands a lane message's record buffers back for later messages (full
+/// records only, while the pool has room; the most recently used are
+/// taken first).
+pub(super) fn recycle_records(records: &mut Vec<Vec<u8>>) {
+    let full = RECORD_HEADER + LANE_RECORD + RECORD_TAG;
+    let mut pool = record_pool();
+    for r in records.drain(..).rev() {
+        if pool.len() >= POOLED_RECORDS {
+            break;
+        }
+        if r.capacity() == full {
+            pool.push(r);
+        }
+    }
+}
+
 /// Cuts a lane message's plaintext into record buffers as it is written:
 /// each starts with [`RECORD_HEADER`] bytes for the record's length and
 /// has room for the tag, so it is sealed in place and written as it is.
@@ -404,8 +447,7 @@ impl Recorder {
                 None => 0,
             };
             if room == 0 {
-                let size = self.left.min(LANE_RECORD);
-                let mut r = Vec::with_capacity(RECORD_HEADER + size + RECORD_TAG);
+                let mut r = record_buffer(self.left.min(LANE_RECORD));
                 r.extend_from_slice(&[0; RECORD_HEADER]);
                 self.records.push(r);
                 continue;
@@ -784,6 +826,30 @@ mod tests {
                 other => panic!("decoded as {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn record_buffers_are_recycled_within_the_pool_bound_and_come_back_empty() {
+        let full = RECORD_HEADER + LANE_RECORD + RECORD_TAG;
+        let mut records: Vec<Vec<u8>> = (0..POOLED_RECORDS + 40)
+            .map(|_| {
+                let mut r = record_buffer(LANE_RECORD);
+                r.extend_from_slice(&[9; 100]);
+                r
+            })
+            .collect();
+        // A partial record is not kept.
+        records.push(Vec::with_capacity(RECORD_HEADER + 10 + RECORD_TAG));
+        recycle_records(&mut records);
+        assert!(records.is_empty());
+        assert!(record_pool().len() <= POOLED_RECORDS);
+        assert!(record_pool().iter().all(|r| r.capacity() == full));
+        let r = record_buffer(LANE_RECORD);
+        assert!(r.is_empty() && r.capacity() >= full);
+        assert_eq!(
+            record_buffer(10).capacity(),
+            RECORD_HEADER + 10 + RECORD_TAG
+        );
     }
 
     #[test]
