@@ -8,7 +8,10 @@
 //! in, when the transport decodes it from a buffer of its own (large
 //! messages: those on the bulk lane and those reassembled from chunks);
 //! elsewhere (small frames, another serde format) it is copied as usual.
-//! The slice keeps that buffer alive as long as the payload is held.
+//! The slice keeps that buffer alive as long as the payload is held, so a
+//! payload shares it only when it is at least a quarter of it
+//! ([`MIN_SHARE`]): a small field kept from a large message is copied and
+//! never pins more than four times its own size.
 //!
 //! ```
 //! use manta_actors::bytes::Bytes;
@@ -42,7 +45,12 @@ pub fn decode_sharing<T>(frame: &Bytes, decode: impl FnOnce() -> T) -> T {
     out
 }
 
-/// `bytes` as a slice of the frame being decoded, if it lies within it.
+/// A payload is a slice of its frame only if it is at least this share
+/// of it (one quarter); smaller ones are copied.
+pub const MIN_SHARE: usize = 4;
+
+/// `bytes` as a slice of the frame being decoded, if it lies within it
+/// and is at least a [`MIN_SHARE`]th of it.
 fn share(bytes: &[u8]) -> Option<Bytes> {
     FRAME.with(|f| {
         let f = f.borrow();
@@ -54,8 +62,9 @@ fn share(bytes: &[u8]) -> Option<Bytes> {
         let at = bytes.as_ptr() as usize;
         // `slice_ref` requires the slice to lie within the frame (it
         // panics otherwise): checked here first.
-        (at >= start && at + bytes.len() <= end && !bytes.is_empty())
-            .then(|| frame.slice_ref(bytes))
+        let inside = at >= start && at + bytes.len() <= end && !bytes.is_empty();
+        let large = bytes.len().saturating_mul(MIN_SHARE) >= frame.len();
+        (inside && large).then(|| frame.slice_ref(bytes))
     })
 }
 
@@ -150,6 +159,36 @@ mod tests {
         // the frame's buffer is unique again.
         drop(shared);
         assert!(frame.is_unique());
+    }
+
+    #[test]
+    fn a_payload_under_a_quarter_of_its_frame_is_copied_not_shared() {
+        #[derive(Debug, Serialize, Deserialize)]
+        struct Two {
+            #[serde(with = "super")]
+            small: Bytes,
+            big: Vec<u8>,
+        }
+        let two = Two {
+            small: Bytes::from(vec![1u8; 1000]),
+            big: vec![2u8; 100_000],
+        };
+        let frame = Bytes::from(postcard::to_allocvec(&two).unwrap());
+        let got: Two = decode_sharing(&frame, || postcard::from_bytes(&frame)).unwrap();
+        assert_eq!(got.small, two.small);
+        assert!(
+            !within(&got.small, &frame),
+            "a small payload pinned its frame"
+        );
+        // A quarter exactly is shared.
+        let two = Two {
+            small: Bytes::from(vec![1u8; 40_000]),
+            big: vec![2u8; 119_990],
+        };
+        let frame = Bytes::from(postcard::to_allocvec(&two).unwrap());
+        assert!(frame.len() <= 160_000);
+        let got: Two = decode_sharing(&frame, || postcard::from_bytes(&frame)).unwrap();
+        assert!(within(&got.small, &frame));
     }
 
     #[test]
