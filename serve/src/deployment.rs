@@ -1090,6 +1090,10 @@ impl Deployment {
                 s.load_gen.fetch_add(1, Ordering::AcqRel);
                 s.load.notify_one();
             }
+            // A slot taken is a change `wait_until` looks at (without this
+            // a waiter for "every request held" slept to its deadline when
+            // the last request took its slot without queueing).
+            s.changed.notify_waiters();
             return Ok(g);
         }
         // Every replica is full (or none runs): wait in the deployment's
@@ -1327,6 +1331,9 @@ async fn scale_up(s: &Shared, mut n: usize) {
         }
     }
     s.freed.notify_waiters();
+    // Replicas taken back from draining are a change too (no gauge change
+    // announces them).
+    s.changed.notify_waiters();
 }
 
 /// Marks the `n` least busy replicas draining.
