@@ -18,6 +18,10 @@ use super::frame::{Encoded, Frame, encode, records_to_mesh};
 use super::lane::{Inflight, LaneLink, LaneMsg, dec};
 use super::{BULK_QUEUE, CHUNK, PEER_QUEUE, PROTOCOL, Remoting, lock};
 
+/// Waits (ms) before each try to reopen an actor stream whose write
+/// failed while its peer stays a member.
+const STREAM_RETRIES_MS: [u64; 4] = [0, 20, 100, 400];
+
 pub(super) struct Link {
     tx: mpsc::Sender<Vec<u8>>,
     bulk: mpsc::Sender<(Vec<u8>, Option<String>)>,
@@ -292,6 +296,7 @@ impl Remoting {
             Err(e) => {
                 tracing::warn!(target: "manta::remote", %peer, error = %e, "cannot open actor stream");
                 self.remove_link(peer, writer_id);
+                self.fail_queued(peer, None, &mut rx);
                 return;
             }
         };
@@ -330,22 +335,80 @@ impl Remoting {
                 // what failed goes out again once, on a fresh stream, rather
                 // than leaving an ask to hang until its timeout.
                 tracing::warn!(target: "manta::remote", %peer, error = %e, "actor stream broken; opening a new one");
-                let retried = match control.open_stream(peer, PROTOCOL).await {
-                    Ok(fresh) => {
-                        stream = fresh;
-                        self.write_out(&mut stream, out).await
+                let mut retried = Err(e);
+                // A stream opened at once can land on the connection that
+                // is closing: a few tries, a little apart, while the peer
+                // is a member.
+                for wait_ms in STREAM_RETRIES_MS {
+                    if wait_ms > 0 {
+                        tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
                     }
-                    Err(e) => Err(std::io::Error::other(e)),
-                };
+                    if self.node_signal(peer).reason().is_some() {
+                        break;
+                    }
+                    retried = match control.open_stream(peer, PROTOCOL).await {
+                        Ok(fresh) => {
+                            stream = fresh;
+                            self.write_out(&mut stream, out).await
+                        }
+                        Err(e) => Err(std::io::Error::other(e)),
+                    };
+                    if retried.is_ok() {
+                        break;
+                    }
+                }
                 if let Err(e) = retried {
                     tracing::warn!(target: "manta::remote", %peer, error = %e, "actor stream lost");
-                    break;
+                    self.remove_link(peer, writer_id);
+                    // Nothing of it or of what is queued behind it goes
+                    // out: its asks fail now instead of at their timeout.
+                    let unsent = out.to_vec();
+                    self.fail_queued(peer, Some(&unsent), &mut rx);
+                    return;
                 }
                 self.inner.reopened.fetch_add(1, Ordering::Relaxed);
             }
             dec(&inflight, &done);
         }
         self.remove_link(peer, writer_id);
+    }
+
+    /// Fails the asks carried by small frames that will not be written to
+    /// `peer`: `out` (frames as on the stream: length, version, frame) and
+    /// every frame still queued in `rx`, which is closed.
+    fn fail_queued(&self, peer: PeerId, out: Option<&[u8]>, rx: &mut mpsc::Receiver<Vec<u8>>) {
+        rx.close();
+        let mut ids = Vec::new();
+        let mut collect = |mut bytes: &[u8]| {
+            while let Some(len) = bytes.get(..4) {
+                let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+                let Some(frame) = bytes.get(5..4 + len) else {
+                    break;
+                };
+                if let Ok(Frame::Request { replies, .. }) = postcard::from_bytes::<Frame>(frame) {
+                    ids.extend(replies);
+                }
+                bytes = &bytes[4 + len..];
+            }
+        };
+        if let Some(out) = out {
+            collect(out);
+        }
+        while let Ok(f) = rx.try_recv() {
+            collect(&f);
+        }
+        if ids.is_empty() {
+            return;
+        }
+        tracing::warn!(target: "manta::remote", %peer, asks = ids.len(), "asks failed: their frames could not be written");
+        for id in ids {
+            let waiting = lock(&self.inner.pending).remove(&id);
+            if let Some((_, w)) = waiting {
+                w.deliver(Err(WireError::NodeDown(format!(
+                    "{peer} (the actor stream to it was lost before the request was written)"
+                ))));
+            }
+        }
     }
 
     /// Removes `peer`'s link if writer `writer_id` still serves it.

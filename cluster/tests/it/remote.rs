@@ -173,6 +173,48 @@ async fn a_broken_actor_stream_is_replaced_and_the_failed_write_sent_again() {
     assert_eq!(p.b.remoting().reopened_streams(), 2);
 }
 
+/// A stream that cannot be replaced (every try to write fails, more than
+/// the writer's retries): the ask whose request was not written fails at
+/// once with `NodeDown` naming the lost stream, instead of waiting for its
+/// timeout; the next ask opens a new stream and is answered.
+#[tokio::test]
+async fn an_ask_whose_request_cannot_be_written_fails_at_once_not_at_its_timeout() {
+    let (p, sys_a) = pair("lost").await;
+    sys_a.spawn_named("tally", Counter(0)).await.unwrap();
+    published(&p.b, "tally").await;
+    let remote = p.b.where_is::<Cmd>("tally").unwrap();
+    assert_eq!(
+        remote.ask(|r| Cmd::AddGet(1, r), DEADLINE).await.unwrap(),
+        1
+    );
+    // The write and every retry fail.
+    p.b.remoting().fail_writes(0, 10);
+    let started = std::time::Instant::now();
+    let err = remote
+        .ask(|r| Cmd::AddGet(1, r), Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            manta_actors::AskError::NoReply(Some(manta_actors::ExitReason::NodeDown(why)))
+                if why.contains("actor stream to it was lost")
+        ),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "failed only after {:?}",
+        started.elapsed()
+    );
+    // The injected failures are used up; a new stream carries the next.
+    p.b.remoting().fail_writes(0, 0);
+    assert_eq!(
+        remote.ask(|r| Cmd::AddGet(1, r), DEADLINE).await.unwrap(),
+        2
+    );
+}
+
 /// Checks that the numbers it is told arrive in sequence.
 struct Sequence {
     next: u64,
