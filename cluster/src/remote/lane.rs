@@ -1072,14 +1072,10 @@ impl Remoting {
             _ => Vec::new(),
         };
         tracing::warn!(target: "manta::lane", %peer, asks = ids.len(), "a message written to a lane that died could not be sent again");
-        for id in ids {
-            let waiting = lock(&self.inner.pending).remove(&id);
-            if let Some((_, w)) = waiting {
-                w.deliver(Err(WireError::NodeDown(format!(
-                    "{peer} (its bulk lane died during the message and could not be reopened)"
-                ))));
-            }
-        }
+        self.fail_pending(
+            ids,
+            &format!("{peer} (its bulk lane died during the message and could not be reopened)"),
+        );
     }
 
     /// Issues a lane ticket for `peer` as a [`Frame::LaneOpen`] from it

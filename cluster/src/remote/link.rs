@@ -401,12 +401,19 @@ impl Remoting {
             return;
         }
         tracing::warn!(target: "manta::remote", %peer, asks = ids.len(), "asks failed: their frames could not be written");
+        self.fail_pending(
+            ids,
+            &format!("{peer} (the actor stream to it was lost before the request was written)"),
+        );
+    }
+
+    /// Answers the pending asks `ids` (those still waiting) with
+    /// `NodeDown(why)`.
+    pub(super) fn fail_pending(&self, ids: impl IntoIterator<Item = u64>, why: &str) {
         for id in ids {
             let waiting = lock(&self.inner.pending).remove(&id);
             if let Some((_, w)) = waiting {
-                w.deliver(Err(WireError::NodeDown(format!(
-                    "{peer} (the actor stream to it was lost before the request was written)"
-                ))));
+                w.deliver(Err(WireError::NodeDown(why.to_owned())));
             }
         }
     }
