@@ -339,6 +339,18 @@ impl Shared {
         held + queued
     }
 
+    /// The load moved (a slot taken or freed, a request queued or out of
+    /// the queue, a replica replaced): the autoscaler looks again (else a
+    /// change it did not see could leave requests waiting for the next
+    /// one), and so does every `wait_until`.
+    fn load_moved(&self) {
+        if self.options.autoscaling.is_some() {
+            self.load_gen.fetch_add(1, Ordering::AcqRel);
+            self.load.notify_one();
+        }
+        self.changed.notify_waiters();
+    }
+
     fn set_replica_gauge(&self, n: usize) {
         metrics::gauge!("manta_serve_replicas", self.labels.as_ref()).set(n as f64);
         self.changed.notify_waiters();
@@ -557,10 +569,7 @@ async fn replace_replica(shared: Weak<Shared>) {
                 };
                 s.set_replica_gauge(count);
                 s.freed.notify_waiters();
-                if s.options.autoscaling.is_some() {
-                    s.load_gen.fetch_add(1, Ordering::AcqRel);
-                    s.load.notify_one();
-                }
+                s.load_moved();
                 tracing::info!(deployment = %s.key, replicas = count, "replica replaced");
                 return;
             }
@@ -585,11 +594,7 @@ impl Drop for SlotGuard {
     fn drop(&mut self) {
         self.slot.in_flight.fetch_sub(1, Ordering::AcqRel);
         self.shared.freed.notify_waiters();
-        self.shared.changed.notify_waiters();
-        if self.shared.options.autoscaling.is_some() {
-            self.shared.load_gen.fetch_add(1, Ordering::AcqRel);
-            self.shared.load.notify_one();
-        }
+        self.shared.load_moved();
     }
 }
 
@@ -600,15 +605,11 @@ impl Drop for QueuedGuard<'_> {
     fn drop(&mut self) {
         let now = self.0.queued.fetch_sub(1, Ordering::AcqRel) - 1;
         metrics::gauge!("manta_serve_queue_depth", self.0.labels.as_ref()).set(now as f64);
-        // A stop waiting for the queue to empty looks again.
+        // A stop waiting for the queue to empty looks again; so does the
+        // autoscaler (a look while this request moved from the queue to
+        // its slot may have counted it twice).
         self.0.freed.notify_waiters();
-        self.0.changed.notify_waiters();
-        // The autoscaler too: a look while this request moved from the
-        // queue to its slot may have counted it twice.
-        if self.0.options.autoscaling.is_some() {
-            self.0.load_gen.fetch_add(1, Ordering::AcqRel);
-            self.0.load.notify_one();
-        }
+        self.0.load_moved();
     }
 }
 
@@ -1083,17 +1084,11 @@ impl Deployment {
             return Err(ServeError::Stopped(s.key.clone()));
         }
         if let Some(g) = self.try_pick() {
-            // The load grew without queueing: the autoscaler looks again
-            // (else replicas filled this way, and the requests queued
-            // behind them, would wait for the next slot to free).
-            if s.options.autoscaling.is_some() {
-                s.load_gen.fetch_add(1, Ordering::AcqRel);
-                s.load.notify_one();
-            }
-            // A slot taken is a change `wait_until` looks at (without this
-            // a waiter for "every request held" slept to its deadline when
-            // the last request took its slot without queueing).
-            s.changed.notify_waiters();
+            // The load grew without queueing (replicas filled this way,
+            // and the requests queued behind them, would otherwise wait
+            // for the next slot to free; a `wait_until` for "every request
+            // held" would sleep to its deadline).
+            s.load_moved();
             return Ok(g);
         }
         // Every replica is full (or none runs): wait in the deployment's
@@ -1107,11 +1102,7 @@ impl Deployment {
             });
         }
         metrics::gauge!("manta_serve_queue_depth", s.labels.as_ref()).set((before + 1) as f64);
-        if s.options.autoscaling.is_some() {
-            s.load_gen.fetch_add(1, Ordering::AcqRel);
-            s.load.notify_one();
-        }
-        s.changed.notify_waiters();
+        s.load_moved();
         loop {
             let freed = s.freed.notified();
             tokio::pin!(freed);

@@ -130,12 +130,7 @@ impl Replica {
             let t = Instant::now();
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.infer(&input, rows)))
                 .map(|out| (model, out, t.elapsed()))
-                .map_err(|p| {
-                    p.downcast_ref::<&str>()
-                        .map(|s| (*s).to_owned())
-                        .or_else(|| p.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "a panic".into())
-                })
+                .map_err(|p| manta_actors::panic_text(p.as_ref()))
         } else {
             tokio::task::spawn_blocking(move || {
                 let t = Instant::now();

@@ -439,9 +439,8 @@ impl Conn {
     /// Seals and writes `m`'s records in groups, each in one vectored
     /// write: 1, 1, 2, 2, then [`YIELD_EVERY`] records. The first records
     /// go out at once, so the receiver opens them while the rest are
-    /// sealed; then fewer, larger writes (1 MiB asks: 1.45-1.55x the
-    /// throughput of groups of 4 from the start, 16 MiB the same;
-    /// BENCHMARKS.md "Remote payloads").
+    /// sealed; then fewer, larger writes (chosen by measurement: BENCHMARKS.md
+    /// "Remote payloads").
     async fn write(&mut self, m: &mut LaneMsg, bulk: &Bulk) -> std::io::Result<()> {
         m.first = self.sealer.next_record();
         m.sealed = 0;

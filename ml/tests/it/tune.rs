@@ -428,10 +428,10 @@ async fn foreign_and_corrupt_stores_are_clear_errors() {
     assert!(e.contains("already holds an experiment"), "{e}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn digits_trials_train_report_and_restore_exactly() {
-    let tmp = tempfile::tempdir().unwrap();
-    let base = tmp.path().join("train.toml");
+/// `train.toml` in `dir`: the digits, scaled, one hidden layer of 32, 3
+/// epochs.
+fn small_digits_config(dir: &std::path::Path) -> std::path::PathBuf {
+    let base = dir.join("train.toml");
     std::fs::write(
         &base,
         format!(
@@ -440,6 +440,13 @@ async fn digits_trials_train_report_and_restore_exactly() {
         ),
     )
     .unwrap();
+    base
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digits_trials_train_report_and_restore_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = small_digits_config(tmp.path());
     let info = |attempt| TrialInfo {
         id: 0,
         params: [
@@ -493,15 +500,7 @@ async fn digits_trials_train_report_and_restore_exactly() {
 #[test]
 fn a_standardized_trial_checkpoint_serves_raw_features_with_its_test_accuracy() {
     let tmp = tempfile::tempdir().unwrap();
-    let base = tmp.path().join("train.toml");
-    std::fs::write(
-        &base,
-        format!(
-            "job = \"t\"\n[data]\npath = {:?}\nscale = 0.0625\n[model]\nhidden = [32]\n[training]\nepochs = 3\n",
-            crate::digits().path.display().to_string()
-        ),
-    )
-    .unwrap();
+    let base = small_digits_config(tmp.path());
     let train = manta_ml::TrainConfig::load(&base).unwrap();
     let trial = |standardize: bool| TrialInfo {
         id: 0,

@@ -47,19 +47,7 @@ async fn gauge_reaches(addr: std::net::SocketAddr, model: &str, want: f64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scales_from_zero_up_under_load_and_back_to_zero_without_dropping() {
     let (factory, gate, _batches) = common::gate(4, 0);
-    let options = DeploymentOptions {
-        max_ongoing_requests: 2,
-        max_queued_requests: 64,
-        autoscaling: Some(AutoscalingConfig {
-            target_ongoing_requests: 2.0,
-            min_replicas: 0,
-            max_replicas: 3,
-            initial_replicas: Some(0),
-            upscale_delay_s: 0.0,
-            downscale_delay_s: 0.0,
-        }),
-        ..DeploymentOptions::default()
-    };
+    let options = from_zero(3);
     let model = "autoscale-zero";
     let server = common::serve_one(model, factory, options).await;
     let addr = server.local_addr();
@@ -136,19 +124,7 @@ const BURST_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 async fn bursts_from_zero_are_all_answered_in_every_round() {
     let (factory, gate, mut batches) = common::gate(4, 0);
     let mut started = move || std::iter::from_fn(|| batches.try_recv().ok()).count();
-    let options = DeploymentOptions {
-        max_ongoing_requests: 2,
-        max_queued_requests: 64,
-        autoscaling: Some(AutoscalingConfig {
-            target_ongoing_requests: 2.0,
-            min_replicas: 0,
-            max_replicas: 10,
-            initial_replicas: Some(0),
-            upscale_delay_s: 0.0,
-            downscale_delay_s: 0.0,
-        }),
-        ..DeploymentOptions::default()
-    };
+    let options = from_zero(10);
     let model = "autoscale-burst";
     let server = common::serve_one(model, factory, options).await;
     let addr = server.local_addr();
@@ -210,6 +186,24 @@ async fn bursts_from_zero_are_all_answered_in_every_round() {
     assert_eq!(d.stats().ok, answered);
     assert_eq!(d.stats().failed, 0);
     assert!(server.shutdown().await, "drained");
+}
+
+/// Two requests per replica, target 2, at most `max_replicas`, starting
+/// at zero, no delays.
+fn from_zero(max_replicas: usize) -> DeploymentOptions {
+    DeploymentOptions {
+        max_ongoing_requests: 2,
+        max_queued_requests: 64,
+        autoscaling: Some(AutoscalingConfig {
+            target_ongoing_requests: 2.0,
+            min_replicas: 0,
+            max_replicas,
+            initial_replicas: Some(0),
+            upscale_delay_s: 0.0,
+            downscale_delay_s: 0.0,
+        }),
+        ..DeploymentOptions::default()
+    }
 }
 
 /// Waits (on the deployment's change events, bounded) until `cond`.
