@@ -12,7 +12,9 @@ use libp2p::PeerId;
 use manta_actors::wire::{EncodeWire, PendingReply, ReplyRegistry, ReplyRoute, WireBytes};
 use manta_actors::{CodecError, ExitReason, SpawnError, WireError};
 
-use super::frame::{Frame, encode_reply_value};
+use super::frame::{
+    Encoded, Frame, LAZY_MIN, LazyFrame, LazyReply, encode_lazy, encode_reply_value, few_pieces,
+};
 use super::reader::ReplyBytes;
 use super::{MAX_SPAWNS_PER_PEER, Pending, Remoting, SWEEP_MIN, lock};
 
@@ -292,7 +294,20 @@ impl ReplyRoute for PeerRoute {
         let sent = match answer {
             Ok(v) => match v.encoded_len() {
                 Ok(n) if n > VALUE_REPLY_MIN => {
-                    r.send_as(peer, None, |lane| encode_reply_value(id, &*v, lane))
+                    // Large and written in few pieces: the lane may produce
+                    // it as it writes it.
+                    let lazy = n >= LAZY_MIN && few_pieces(|out| v.encode_to(out));
+                    r.send_as(peer, None, |lane| match lane {
+                        Some(threshold) if lazy => {
+                            let src = LazyReply::new(id, v, n)?;
+                            if src.frame_len() >= threshold {
+                                Ok(Encoded::Lazy(Box::new(src)))
+                            } else {
+                                encode_lazy(&src, lane)
+                            }
+                        }
+                        _ => encode_reply_value(id, &*v, lane),
+                    })
                 }
                 Ok(n) => {
                     let mut out = Vec::with_capacity(n);

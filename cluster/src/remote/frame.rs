@@ -154,6 +154,167 @@ pub(super) enum Encoded {
     /// The records of one bulk-lane message, not yet sealed (see
     /// [`Recorder`]).
     Records(Vec<Vec<u8>>),
+    /// A bulk-lane message whose records are produced as the lane writes
+    /// them ([`LazyFrame`]).
+    Lazy(Box<dyn LazyFrame>),
+}
+
+/// Frames of at least this many bytes whose encoding takes at most
+/// [`LAZY_MAX_PIECES`] serializer calls go on the lane as a [`LazyFrame`]
+/// (the size chosen by measurement: BENCHMARKS.md, "Remote payloads").
+pub(super) const LAZY_MIN: usize = 1 << 20;
+/// Serializer calls above which a frame is encoded whole instead: each
+/// window of a lazy frame is a pass over the message up to that window, so
+/// the cost of the passes grows with the number of calls (a byte string
+/// or a vector of `f32` written as bytes is one call; a `Vec<u8>` without
+/// `serde_bytes` is one call per byte).
+pub(super) const LAZY_MAX_PIECES: usize = 1024;
+
+/// A frame held as the value it encodes until its bulk lane writes it:
+/// the lane produces its records a window at a time (a pass over the value
+/// up to the window's end, [`lazy_records`]), seals and writes them, and
+/// reuses their buffers for the next window. So a 40 MB message costs
+/// itself plus a window, not itself plus its 40 MB of records. The value
+/// is kept until the peer acknowledges it: a lane that dies produces it
+/// again from the start on the next one.
+pub(super) trait LazyFrame: Send {
+    /// Bytes of the frame's encoding.
+    fn frame_len(&self) -> usize;
+    /// The frame's encoding from its start, in order, in pieces; stops at
+    /// the first error `out` returns.
+    fn write_frame(
+        &self,
+        out: &mut dyn FnMut(&[u8]) -> Result<(), WireError>,
+    ) -> Result<(), WireError>;
+    /// The replies its request waits for (failed if it cannot be sent).
+    fn replies(&self) -> Vec<u64>;
+}
+
+/// Encodes `v` through `out` piece by piece (each serializer call is one
+/// piece); `out`'s own error is returned as it is.
+pub(super) fn pieces<T: Serialize + ?Sized>(
+    v: &T,
+    out: &mut dyn FnMut(&[u8]) -> Result<(), WireError>,
+) -> Result<(), WireError> {
+    struct Pieces<'a, 'b> {
+        out: &'a mut dyn FnMut(&[u8]) -> Result<(), WireError>,
+        failed: &'b mut Option<WireError>,
+    }
+    impl postcard::ser_flavors::Flavor for Pieces<'_, '_> {
+        type Output = ();
+        fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+            self.try_extend(&[data])
+        }
+        fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+            (self.out)(data).map_err(|e| {
+                *self.failed = Some(e);
+                postcard::Error::SerializeBufferFull
+            })
+        }
+        fn finalize(self) -> postcard::Result<()> {
+            Ok(())
+        }
+    }
+    let mut failed = None;
+    let r = postcard::serialize_with_flavor(
+        v,
+        Pieces {
+            out,
+            failed: &mut failed,
+        },
+    );
+    match (r, failed) {
+        (_, Some(e)) => Err(e),
+        (Ok(()), None) => Ok(()),
+        (Err(e), None) => Err(WireError::Encode(CodecError::new("frame", e))),
+    }
+}
+
+/// Whether `write` hands over at most [`LAZY_MAX_PIECES`] pieces (it is
+/// stopped at the first piece past that, so this costs little either way).
+pub(super) fn few_pieces(
+    write: impl FnOnce(&mut dyn FnMut(&[u8]) -> Result<(), WireError>) -> Result<(), WireError>,
+) -> bool {
+    let mut n = 0usize;
+    let r = write(&mut |_| {
+        n += 1;
+        if n > LAZY_MAX_PIECES {
+            return Err(WireError::Backpressure);
+        }
+        Ok(())
+    });
+    r.is_ok() && n <= LAZY_MAX_PIECES
+}
+
+/// Bytes of a lazy frame's lane message (head, length, version, frame).
+pub(super) fn lazy_total(src: &dyn LazyFrame) -> usize {
+    LANE_HEAD + 5 + src.frame_len()
+}
+
+/// The unsealed records `at..at + n` of the lane message of `src` (its
+/// message number `seq` and `barrier` in the head): a pass over the value
+/// that copies only the bytes of those records and stops after them. The
+/// last record's pass runs to the end and checks the frame's size.
+pub(super) fn lazy_records(
+    src: &dyn LazyFrame,
+    seq: u64,
+    barrier: u64,
+    at: usize,
+    n: usize,
+) -> Result<Vec<Vec<u8>>, WireError> {
+    let frame_len = src.frame_len();
+    let total = lazy_total(src);
+    let from = at * LANE_RECORD;
+    let to = ((at + n) * LANE_RECORD).min(total);
+    if from >= to {
+        return Ok(Vec::new());
+    }
+    let last = to == total;
+    let mut rec = Recorder::new(to - from);
+    let mut pos = 0usize;
+    let mut stopped = false;
+    let mut feed = |data: &[u8]| -> Result<(), WireError> {
+        let start = pos;
+        pos += data.len();
+        if pos > from && start < to {
+            let a = from.saturating_sub(start);
+            let b = (to - start).min(data.len());
+            rec.extend(&data[a..b]);
+        }
+        if !last && pos >= to {
+            // Past the window: stop the pass (not an error).
+            stopped = true;
+            return Err(WireError::Backpressure);
+        }
+        Ok(())
+    };
+    let mut head = [0u8; LANE_HEAD + 5];
+    head[..8].copy_from_slice(&seq.to_be_bytes());
+    head[8..16].copy_from_slice(&barrier.to_be_bytes());
+    head[16..20].copy_from_slice(&(frame_len as u32 + 1).to_be_bytes());
+    head[20] = FRAME_VERSION;
+    let mut r = feed(&head);
+    if r.is_ok() {
+        r = src.write_frame(&mut feed);
+    }
+    match r {
+        Err(_) if stopped => {}
+        Err(e) => return Err(e),
+        Ok(()) if pos != total => {
+            return Err(encode_error(postcard::Error::SerializeBufferFull));
+        }
+        Ok(()) => {}
+    }
+    rec.finish().map_err(encode_error)
+}
+
+/// A lazy frame encoded whole, for the mesh (or for the lane at once,
+/// `lane` as in [`encode`]).
+pub(super) fn encode_lazy(src: &dyn LazyFrame, lane: Option<usize>) -> Result<Encoded, WireError> {
+    use postcard::ser_flavors::Flavor;
+    let mut sink = FrameSink::new(src.frame_len(), lane)?;
+    src.write_frame(&mut |p| sink.try_extend(p).map_err(encode_error))?;
+    sink.finalize().map_err(encode_error)
 }
 
 /// Bytes of a lane message before its frame, in its first record: its
@@ -197,8 +358,18 @@ pub(super) fn encode_reply_value(
 ) -> Result<Encoded, WireError> {
     use postcard::ser_flavors::Flavor;
     let len = v.encoded_len()?;
-    // The frame up to the reply's bytes: that of an empty reply, less its
-    // one-byte length (0), plus the real length (at most 13 + 10 bytes).
+    let (buf, n) = reply_head(id, len)?;
+    let head = &buf[..n];
+    let mut sink = FrameSink::new(head.len() + len, lane)?;
+    sink.try_extend(head).map_err(encode_error)?;
+    v.encode_to(&mut |piece| sink.try_extend(piece).map_err(encode_error))?;
+    sink.finalize().map_err(encode_error)
+}
+
+/// The frame of the successful reply `id` of `len` bytes up to the reply's
+/// bytes: that of an empty reply, less its one-byte length (0), plus the
+/// real length (at most 13 + 10 bytes); and how many bytes of it are used.
+fn reply_head(id: u64, len: usize) -> Result<([u8; 40], usize), WireError> {
     let mut buf = [0u8; 40];
     let n = postcard::to_slice(&Frame::reply(id, Ok(Vec::new())), &mut buf)
         .map_err(encode_error)?
@@ -207,11 +378,47 @@ pub(super) fn encode_reply_value(
     let m = postcard::to_slice(&(len as u64), &mut buf[n..])
         .map_err(encode_error)?
         .len();
-    let head = &buf[..n + m];
-    let mut sink = FrameSink::new(head.len() + len, lane)?;
-    sink.try_extend(head).map_err(encode_error)?;
-    v.encode_to(&mut |piece| sink.try_extend(piece).map_err(encode_error))?;
-    sink.finalize().map_err(encode_error)
+    Ok((buf, n + m))
+}
+
+/// A successful reply that owns its value, for the lane to produce lazily
+/// ([`LazyFrame`]); encodes as [`encode_reply_value`] does.
+pub(super) struct LazyReply {
+    head: [u8; 40],
+    head_len: usize,
+    value: Box<dyn EncodeWire>,
+    len: usize,
+}
+
+impl LazyReply {
+    /// The reply `id` carrying `value`, whose encoding takes `len` bytes.
+    pub(super) fn new(id: u64, value: Box<dyn EncodeWire>, len: usize) -> Result<Self, WireError> {
+        let (head, head_len) = reply_head(id, len)?;
+        Ok(LazyReply {
+            head,
+            head_len,
+            value,
+            len,
+        })
+    }
+}
+
+impl LazyFrame for LazyReply {
+    fn frame_len(&self) -> usize {
+        self.head_len + self.len
+    }
+
+    fn write_frame(
+        &self,
+        out: &mut dyn FnMut(&[u8]) -> Result<(), WireError>,
+    ) -> Result<(), WireError> {
+        out(&self.head[..self.head_len])?;
+        self.value.encode_to(out)
+    }
+
+    fn replies(&self) -> Vec<u64> {
+        Vec::new()
+    }
 }
 
 /// A tell or ask as its sender writes it. It encodes exactly as the
@@ -234,15 +441,9 @@ pub(super) enum Outgoing<'a, B> {
 }
 
 impl<M: Serialize> Outgoing<'_, Inline<'_, M>> {
-    pub(super) fn target(&self) -> &str {
-        match self {
-            Outgoing::Tell { to, .. } | Outgoing::Request { to, .. } => to,
-        }
-    }
-
-    /// Encodes the frame. Its size comes from the message's size already
+    /// Bytes of the frame's encoding, from the message's size already
     /// measured, not from another pass over the message.
-    pub(super) fn encode(&self, lane: Option<usize>) -> Result<Encoded, WireError> {
+    pub(super) fn frame_len(&self) -> Result<usize, WireError> {
         let (head, len) = match self {
             Outgoing::Tell { to, ty, body } => (Outgoing::Tell { to, ty, body: () }, body.len),
             Outgoing::Request {
@@ -265,7 +466,68 @@ impl<M: Serialize> Outgoing<'_, Inline<'_, M>> {
         let head = postcard::experimental::serialized_size(&head).map_err(encode_error)?;
         let prefix =
             postcard::experimental::serialized_size(&(len as u64)).map_err(encode_error)?;
-        encode_sized(self, head + prefix + len, lane)
+        Ok(head + prefix + len)
+    }
+
+    /// Encodes the frame.
+    pub(super) fn encode(&self, lane: Option<usize>) -> Result<Encoded, WireError> {
+        encode_sized(self, self.frame_len()?, lane)
+    }
+}
+
+/// A tell or ask that owns its message, for the lane to produce lazily
+/// ([`LazyFrame`]). The message sits in a shared cell so that the sender
+/// can take it back if the send fails (the cell is only read here).
+pub(super) struct LazyOutgoing<M> {
+    pub(super) to: String,
+    pub(super) ty: &'static str,
+    pub(super) replies: Vec<u64>,
+    pub(super) msg: std::sync::Arc<std::sync::Mutex<Option<M>>>,
+    /// Bytes of the message's encoding and of the whole frame.
+    pub(super) len: usize,
+    pub(super) frame_len: usize,
+}
+
+impl<M: Serialize + Send> LazyFrame for LazyOutgoing<M> {
+    fn frame_len(&self) -> usize {
+        self.frame_len
+    }
+
+    fn write_frame(
+        &self,
+        out: &mut dyn FnMut(&[u8]) -> Result<(), WireError>,
+    ) -> Result<(), WireError> {
+        // Read-only use of the message: valid whatever a panicking holder did.
+        let cell = self
+            .msg
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(msg) = cell.as_ref() else {
+            return Err(WireError::Encode(CodecError::new(
+                self.ty,
+                "the message was taken back",
+            )));
+        };
+        let body = Inline { msg, len: self.len };
+        let (to, ty) = (self.to.as_str(), self.ty);
+        if self.replies.is_empty() {
+            pieces(&Outgoing::Tell { to, ty, body }, out)
+        } else {
+            let replies = self.replies.as_slice();
+            pieces(
+                &Outgoing::Request {
+                    replies,
+                    to,
+                    ty,
+                    body,
+                },
+                out,
+            )
+        }
+    }
+
+    fn replies(&self) -> Vec<u64> {
+        self.replies.clone()
     }
 }
 
@@ -275,7 +537,7 @@ impl<M: Serialize> Outgoing<'_, Inline<'_, M>> {
 /// receiver decodes the byte string as usual; the sender never builds it.
 pub(super) struct Inline<'a, M> {
     msg: &'a M,
-    len: usize,
+    pub(super) len: usize,
 }
 
 impl<'a, M: Serialize> Inline<'a, M> {
@@ -724,6 +986,16 @@ mod tests {
     /// The frame a typed send writes, reassembled from its chunks if large.
     fn written(e: Encoded) -> Vec<u8> {
         match e {
+            // Produced in windows of 3 records (a seam inside a window and
+            // between windows).
+            Encoded::Lazy(src) => {
+                let count = lazy_total(&*src).div_ceil(LANE_RECORD);
+                let mut records = Vec::new();
+                for at in (0..count).step_by(3) {
+                    records.extend(lazy_records(&*src, 0, 0, at, 3).unwrap());
+                }
+                written(Encoded::Records(records))
+            }
             Encoded::Small(b) => b[5..].to_vec(),
             Encoded::Chunks(chunks) => {
                 let mut whole = Vec::new();
@@ -861,7 +1133,7 @@ mod tests {
         .unwrap()
         {
             Encoded::Small(_) => 1,
-            Encoded::Records(_) => panic!("no lane"),
+            Encoded::Records(_) | Encoded::Lazy(_) => panic!("no lane"),
             Encoded::Chunks(c) => {
                 let pieces: Vec<usize> = c.iter().map(|c| c.len()).collect();
                 assert!(pieces[..pieces.len() - 1].iter().all(|l| *l == pieces[0]));
@@ -895,6 +1167,143 @@ mod tests {
                     .unwrap();
             let got = written(encode_reply_value(u64::MAX - 1, &msg, None).unwrap());
             assert!(got == want, "reply with a {blob}-byte blob");
+        }
+    }
+
+    /// All records of a lazy frame, produced in windows of 1, 2, 3, 1, …
+    /// records, numbered `seq` (barrier `seq + 1`).
+    fn produce(src: &dyn LazyFrame, seq: u64) -> Result<Vec<Vec<u8>>, WireError> {
+        let count = lazy_total(src).div_ceil(LANE_RECORD);
+        let (mut records, mut at, mut n) = (Vec::new(), 0, 1);
+        while at < count {
+            records.extend(lazy_records(src, seq, seq + 1, at, n)?);
+            at += n;
+            n = n % 3 + 1;
+        }
+        Ok(records)
+    }
+
+    fn lazy_tell(msg: Sample, replies: &[u64]) -> LazyOutgoing<Sample> {
+        let body = Inline::new(&msg).unwrap();
+        let len = body.len;
+        let frame_len = Outgoing::Request {
+            replies,
+            to: "sink",
+            ty: "t::Sample",
+            body,
+        }
+        .frame_len()
+        .unwrap();
+        LazyOutgoing {
+            to: "sink".into(),
+            ty: "t::Sample",
+            replies: replies.to_vec(),
+            msg: std::sync::Arc::new(std::sync::Mutex::new(Some(msg))),
+            len,
+            frame_len,
+        }
+    }
+
+    #[test]
+    fn a_lazy_message_or_reply_produces_the_records_of_its_whole_encoding() {
+        for blob in [
+            LANE_RECORD - 700,
+            LANE_RECORD,
+            3 * LANE_RECORD + 5,
+            LAZY_MIN,
+        ] {
+            let msg = sample(blob);
+            let eager = Outgoing::Request {
+                replies: &[7, 9],
+                to: "sink",
+                ty: "t::Sample",
+                body: Inline::new(&msg).unwrap(),
+            }
+            .encode(Some(0))
+            .unwrap();
+            let Encoded::Records(mut want) = eager else {
+                panic!("not lane records");
+            };
+            // The lane numbers a message in its head (`LaneMsg::new`).
+            want[0][RECORD_HEADER..RECORD_HEADER + 8].copy_from_slice(&5u64.to_be_bytes());
+            want[0][RECORD_HEADER + 8..RECORD_HEADER + 16].copy_from_slice(&6u64.to_be_bytes());
+            let src = lazy_tell(msg, &[7, 9]);
+            assert_eq!(src.replies(), vec![7, 9]);
+            let got = produce(&src, 5).unwrap();
+            assert_eq!(got.len(), want.len(), "{blob}-byte blob: records");
+            assert!(got == want, "{blob}-byte blob: lazy records differ");
+            assert!(
+                got.iter().all(|r| r.capacity() >= r.len() + RECORD_TAG),
+                "room for the tags"
+            );
+            // Encoded whole for the mesh, it is the frame of the message.
+            let mesh = written(encode_lazy(&src, None).unwrap());
+            assert!(mesh == written(Encoded::Records(want)), "{blob}: mesh frame");
+
+            let msg = sample(blob);
+            let n = encode_wire(&msg).unwrap().len();
+            let Encoded::Records(mut want) =
+                encode_reply_value(u64::MAX - 1, &msg, Some(0)).unwrap()
+            else {
+                panic!("not lane records");
+            };
+            want[0][RECORD_HEADER..RECORD_HEADER + 8].copy_from_slice(&2u64.to_be_bytes());
+            want[0][RECORD_HEADER + 8..RECORD_HEADER + 16].copy_from_slice(&3u64.to_be_bytes());
+            let src = LazyReply::new(u64::MAX - 1, Box::new(msg), n).unwrap();
+            assert!(src.replies().is_empty());
+            assert!(
+                produce(&src, 2).unwrap() == want,
+                "{blob}-byte reply: lazy records differ"
+            );
+        }
+    }
+
+    #[test]
+    fn only_values_written_in_few_pieces_are_produced_lazily() {
+        // A byte string is one piece; 300 numbers are 300.
+        assert!(few_pieces(|out| pieces(&sample(LAZY_MIN), out)));
+        // A `Vec<u8>` without `serde_bytes` is a piece per byte.
+        assert!(!few_pieces(|out| pieces(&vec![1u8; 5_000], out)));
+        assert!(few_pieces(|out| pieces(&vec![1u8; LAZY_MAX_PIECES - 1], out)));
+        // A value that does not encode is not lazy either.
+        assert!(!few_pieces(|_| Err(WireError::Backpressure)));
+    }
+
+    #[test]
+    fn a_lazy_message_taken_back_or_whose_encoding_changed_is_an_error() {
+        let src = lazy_tell(sample(3 * LANE_RECORD), &[]);
+        let taken = src.msg.lock().unwrap().take();
+        assert!(taken.is_some());
+        assert!(matches!(
+            lazy_records(&src, 1, 0, 0, 1),
+            Err(WireError::Encode(_))
+        ));
+
+        for grows in [true, false] {
+            let msg = Fickle(std::cell::Cell::new(3 * LANE_RECORD), grows);
+            let body = Inline::new(&msg).unwrap();
+            let (len, frame_len) = (
+                body.len,
+                Outgoing::Tell {
+                    to: "x",
+                    ty: "y",
+                    body,
+                }
+                .frame_len()
+                .unwrap(),
+            );
+            let src = LazyOutgoing {
+                to: "x".into(),
+                ty: "y",
+                replies: Vec::new(),
+                msg: std::sync::Arc::new(std::sync::Mutex::new(Some(msg))),
+                len,
+                frame_len,
+            };
+            assert!(
+                matches!(produce(&src, 1), Err(WireError::Encode(_))),
+                "grows {grows}"
+            );
         }
     }
 

@@ -13,7 +13,9 @@ use manta_actors::{
     WireError, message_type_name,
 };
 
-use super::frame::{Frame, Inline, Outgoing};
+use super::frame::{
+    Encoded, Frame, Inline, LAZY_MIN, LazyOutgoing, Outgoing, encode_lazy, few_pieces, pieces,
+};
 use super::{Remoting, lock};
 
 /// A named actor on another node.
@@ -34,30 +36,36 @@ impl<M: RemoteMessage> RemoteActor<M> for RemoteRef<M> {
         // (under this peer); the write pass writes the same ids.
         let (measured, replies) =
             manta_actors::wire::encode_with(Arc::clone(&self.replies), || Inline::new(&msg));
-        let sent = measured
-            .map_err(|e| WireError::Encode(CodecError::new(M::NAME, e)))
-            .and_then(|body| {
-                let ty = message_type_name::<M>();
-                if replies.is_empty() {
-                    let frame = Outgoing::Tell {
-                        to: &addr.name,
-                        ty,
-                        body,
-                    };
-                    addr.remoting
-                        .send_as(addr.peer, Some(frame.target()), |lane| frame.encode(lane))
+        let sent = match measured.map_err(|e| WireError::Encode(CodecError::new(M::NAME, e))) {
+            Err(e) => Err((e, msg)),
+            Ok(body) => {
+                let (len, to, ty) = (body.len, addr.name.as_str(), message_type_name::<M>());
+                let frame = if replies.is_empty() {
+                    Outgoing::Tell { to, ty, body }
                 } else {
-                    let frame = Outgoing::Request {
+                    Outgoing::Request {
                         replies: &replies,
-                        to: &addr.name,
+                        to,
                         ty,
                         body,
-                    };
-                    addr.remoting
-                        .send_as(addr.peer, Some(frame.target()), |lane| frame.encode(lane))
+                    }
+                };
+                match frame.frame_len() {
+                    Err(e) => Err((e, msg)),
+                    // Large and written in few pieces: the lane may produce
+                    // it as it writes it.
+                    Ok(size) if size >= LAZY_MIN && few_pieces(|out| pieces(&frame, out)) => {
+                        drop(frame);
+                        addr.send_lazy(msg, len, size, &replies)
+                    }
+                    Ok(_) => addr
+                        .remoting
+                        .send_as(addr.peer, Some(to), |lane| frame.encode(lane))
+                        .map_err(|e| (e, msg)),
                 }
-            });
-        sent.map_err(|e| {
+            }
+        };
+        sent.map_err(|(e, msg)| {
             // Nothing went out: forget the replies it would have had.
             let mut p = lock(&addr.remoting.inner.pending);
             for id in &replies {
@@ -159,6 +167,43 @@ pub(super) struct Addr {
 }
 
 impl Addr {
+    /// Sends `msg` (its encoding `len` bytes, its frame `size`) as a
+    /// [`LazyOutgoing`] if it goes on the peer's lane, encoded whole
+    /// otherwise; hands the message back if the send fails.
+    fn send_lazy<M: RemoteMessage>(
+        &self,
+        msg: M,
+        len: usize,
+        size: usize,
+        replies: &[u64],
+    ) -> Result<(), (WireError, M)> {
+        let cell = Arc::new(Mutex::new(Some(msg)));
+        let src = LazyOutgoing {
+            to: self.name.clone(),
+            ty: message_type_name::<M>(),
+            replies: replies.to_vec(),
+            msg: Arc::clone(&cell),
+            len,
+            frame_len: size,
+        };
+        let sent = self
+            .remoting
+            .send_as(self.peer, Some(&self.name), |lane| match lane {
+                Some(threshold) if size >= threshold => Ok(Encoded::Lazy(Box::new(src))),
+                _ => encode_lazy(&src, lane),
+            });
+        sent.map_err(|e| {
+            // Not queued: the lane never saw the message (or dropped it
+            // unread), so it is still in the cell.
+            let msg = lock(&cell).take();
+            match msg {
+                Some(msg) => (e, msg),
+                // The cell is filled above and only emptied here.
+                None => unreachable!("a lazily sent message was taken from its cell twice"),
+            }
+        })
+    }
+
     fn id(&self) -> ActorId {
         ActorId::Remote {
             node: self.peer.to_string(),

@@ -42,7 +42,8 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::frame::{
-    Encoded, Frame, LANE_HEAD, LaneGrant, Recorder, encode, records_to_mesh, recycle_records,
+    Encoded, Frame, LANE_HEAD, LANE_RECORD, LaneGrant, LazyFrame, Recorder, encode, encode_lazy,
+    lazy_records, lazy_total, records_to_mesh, recycle_records,
 };
 use super::{FRAME_VERSION, MAX_FRAME, Remoting, lock};
 use crate::bulk::{
@@ -347,13 +348,51 @@ impl Bulk {
     }
 }
 
+/// What a lane message carries: its records, encoded when it was sent, or
+/// the value itself, produced into records a window at a time as the lane
+/// writes it ([`LazyFrame`]).
+pub(super) enum LaneBody {
+    Records(Vec<Vec<u8>>),
+    Lazy(Box<dyn LazyFrame>),
+}
+
+impl LaneBody {
+    /// Records it takes.
+    fn record_count(&self) -> usize {
+        match self {
+            LaneBody::Records(r) => r.len(),
+            LaneBody::Lazy(src) => lazy_total(&**src).div_ceil(LANE_RECORD),
+        }
+    }
+
+    /// Bytes of its records (plaintext and record headers), what the
+    /// lane's in-flight bound counts.
+    pub(super) fn bytes(&self) -> usize {
+        match self {
+            LaneBody::Records(r) => r.iter().map(Vec::len).sum(),
+            LaneBody::Lazy(src) => lazy_total(&**src) + self.record_count() * RECORD_HEADER,
+        }
+    }
+
+    /// The message as a mesh frame (the lane could not take it).
+    pub(super) fn to_mesh(&self) -> Result<Encoded, WireError> {
+        match self {
+            LaneBody::Records(r) => records_to_mesh(r),
+            LaneBody::Lazy(src) => encode_lazy(&**src, None),
+        }
+    }
+}
+
 /// One message queued on (or written to) a peer's lane.
 pub(super) struct LaneMsg {
     pub(super) seq: u64,
-    pub(super) records: Vec<Vec<u8>>,
+    pub(super) body: LaneBody,
     pub(super) target: Option<String>,
     pub(super) bytes: usize,
-    /// Records sealed on the current connection, from nonce `first`.
+    /// The mesh barrier it waits for (0: none).
+    barrier: u64,
+    /// Records sealed on the current connection, from nonce `first`
+    /// (records kept in `body`; a lazy body keeps none).
     sealed: usize,
     first: u64,
     /// Whether any of it was written (on any connection).
@@ -361,24 +400,23 @@ pub(super) struct LaneMsg {
 }
 
 impl LaneMsg {
-    pub(super) fn new(
-        seq: u64,
-        mut records: Vec<Vec<u8>>,
-        target: Option<String>,
-        barrier: u64,
-    ) -> Self {
-        if let Some(r) = records.first_mut() {
-            if r.len() >= RECORD_HEADER + LANE_HEAD {
-                r[RECORD_HEADER..RECORD_HEADER + 8].copy_from_slice(&seq.to_be_bytes());
-                r[RECORD_HEADER + 8..RECORD_HEADER + 16].copy_from_slice(&barrier.to_be_bytes());
+    pub(super) fn new(seq: u64, mut body: LaneBody, target: Option<String>, barrier: u64) -> Self {
+        if let LaneBody::Records(records) = &mut body {
+            if let Some(r) = records.first_mut() {
+                if r.len() >= RECORD_HEADER + LANE_HEAD {
+                    r[RECORD_HEADER..RECORD_HEADER + 8].copy_from_slice(&seq.to_be_bytes());
+                    r[RECORD_HEADER + 8..RECORD_HEADER + 16]
+                        .copy_from_slice(&barrier.to_be_bytes());
+                }
             }
         }
-        let bytes = records.iter().map(Vec::len).sum();
+        let bytes = body.bytes();
         LaneMsg {
             seq,
-            records,
+            body,
             target,
             bytes,
+            barrier,
             sealed: 0,
             first: 0,
             written: false,
@@ -388,8 +426,19 @@ impl LaneMsg {
 
 impl Drop for LaneMsg {
     fn drop(&mut self) {
-        recycle_records(&mut self.records);
+        if let LaneBody::Records(records) = &mut self.body {
+            recycle_records(records);
+        }
     }
+}
+
+/// Why a lane message could not be written.
+enum WriteError {
+    /// The connection failed (the message is sent again on the next one).
+    Io(std::io::Error),
+    /// A lazy message's value did not encode; `partial` when part of it
+    /// was already written on this connection.
+    Produce { error: WireError, partial: bool },
 }
 
 /// The sending end of a peer's lane, held by its link.
@@ -441,12 +490,13 @@ impl Conn {
     /// go out at once, so the receiver opens them while the rest are
     /// sealed; then fewer, larger writes (chosen by measurement: BENCHMARKS.md
     /// "Remote payloads").
-    async fn write(&mut self, m: &mut LaneMsg, bulk: &Bulk) -> std::io::Result<()> {
+    async fn write(&mut self, m: &mut LaneMsg, bulk: &Bulk) -> Result<(), WriteError> {
         m.first = self.sealer.next_record();
         m.sealed = 0;
+        let count = m.body.record_count();
         let mut at = 0;
         let mut groups = 0u32;
-        while at < m.records.len() {
+        while at < count {
             if at > 0 {
                 // Sealing a large message is CPU work: let small messages'
                 // tasks on this core run in between.
@@ -454,34 +504,61 @@ impl Conn {
             }
             let size = (1usize << (groups / 2).min(8)).min(YIELD_EVERY);
             groups = groups.saturating_add(1);
-            let to = (at + size).min(m.records.len());
-            let group = &mut m.records[at..to];
-            for r in group.iter_mut() {
-                self.sealer.seal(r).map_err(std::io::Error::other)?;
-                m.sealed += 1;
-                m.written = true;
-            }
-            let bytes: u64 = group.iter().map(|r| r.len() as u64).sum();
-            if self.cut_after > 0 || bulk.tamper.load(Ordering::Relaxed) {
-                // The test hooks work record by record.
-                for r in group.iter() {
-                    self.write_hooked(r, bulk).await?;
-                }
-            } else {
-                let mut slices: Vec<std::io::IoSlice<'_>> =
-                    group.iter().map(|r| std::io::IoSlice::new(r)).collect();
-                let mut left = &mut slices[..];
-                while !left.is_empty() {
-                    let n = self.wr.write_vectored(left).await?;
-                    if n == 0 {
-                        return Err(std::io::ErrorKind::WriteZero.into());
+            let to = (at + size).min(count);
+            match &mut m.body {
+                LaneBody::Records(records) => {
+                    let group = &mut records[at..to];
+                    for r in group.iter_mut() {
+                        self.sealer.seal(r).map_err(sealing)?;
+                        m.sealed += 1;
+                        m.written = true;
                     }
-                    std::io::IoSlice::advance_slices(&mut left, n);
+                    self.write_group(group, bulk).await.map_err(WriteError::Io)?;
                 }
-                self.written += bytes;
+                LaneBody::Lazy(src) => {
+                    let mut group = lazy_records(&**src, m.seq, m.barrier, at, to - at)
+                        .map_err(|error| WriteError::Produce {
+                            error,
+                            partial: at > 0,
+                        })?;
+                    for r in group.iter_mut() {
+                        self.sealer.seal(r).map_err(sealing)?;
+                    }
+                    m.written = true;
+                    let wrote = self.write_group(&group, bulk).await;
+                    // Written (or lost with the connection): the buffers
+                    // serve the next window.
+                    recycle_records(&mut group);
+                    wrote.map_err(WriteError::Io)?;
+                }
             }
-            at += group.len();
+            at = to;
         }
+        Ok(())
+    }
+
+    /// Writes sealed records in one vectored write (record by record
+    /// through the test hooks when one is set).
+    async fn write_group(&mut self, group: &[Vec<u8>], bulk: &Bulk) -> std::io::Result<()> {
+        let bytes: u64 = group.iter().map(|r| r.len() as u64).sum();
+        if self.cut_after > 0 || bulk.tamper.load(Ordering::Relaxed) {
+            // The test hooks work record by record.
+            for r in group {
+                self.write_hooked(r, bulk).await?;
+            }
+            return Ok(());
+        }
+        let mut slices: Vec<std::io::IoSlice<'_>> =
+            group.iter().map(|r| std::io::IoSlice::new(r)).collect();
+        let mut left = &mut slices[..];
+        while !left.is_empty() {
+            let n = self.wr.write_vectored(left).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            std::io::IoSlice::advance_slices(&mut left, n);
+        }
+        self.written += bytes;
         Ok(())
     }
 
@@ -508,7 +585,10 @@ impl Conn {
     /// Back to plaintext: the records of `msgs` sealed on this connection.
     fn unseal(&self, msgs: &mut VecDeque<LaneMsg>) {
         for m in msgs.iter_mut() {
-            for (i, r) in m.records.iter_mut().take(m.sealed).enumerate() {
+            let LaneBody::Records(records) = &mut m.body else {
+                continue;
+            };
+            for (i, r) in records.iter_mut().take(m.sealed).enumerate() {
                 if let Err(e) = self.sealer.unseal(m.first + i as u64, r) {
                     // Sealed here a moment ago with this key: cannot fail.
                     tracing::error!(target: "manta::lane", error = %e, "cannot unseal a record to resend it");
@@ -517,6 +597,12 @@ impl Conn {
             m.sealed = 0;
         }
     }
+}
+
+/// A record that could not be sealed (the counter ran out): the connection
+/// ends, the next one has fresh keys.
+fn sealing(e: impl std::fmt::Display) -> WriteError {
+    WriteError::Io(std::io::Error::other(e.to_string()))
 }
 
 async fn read_record(
@@ -973,11 +1059,21 @@ impl Remoting {
                     },
                 };
                 let Some(mut m) = next else { continue };
-                let wrote = conn.write(&mut m, bulk).await;
-                unacked.push_back(m);
-                if let Err(e) = wrote {
-                    tracing::debug!(target: "manta::lane", %peer, error = %e, "lane write failed; reopening");
-                    break;
+                match conn.write(&mut m, bulk).await {
+                    Ok(()) => unacked.push_back(m),
+                    Err(WriteError::Io(e)) => {
+                        unacked.push_back(m);
+                        tracing::debug!(target: "manta::lane", %peer, error = %e, "lane write failed; reopening");
+                        break;
+                    }
+                    Err(WriteError::Produce { error, partial }) => {
+                        self.drop_unencodable(peer, m, &error, &bytes, &inflight);
+                        if partial {
+                            // The peer holds part of it: a new connection
+                            // discards that.
+                            break;
+                        }
+                    }
                 }
             }
             // The connection died: unseal what it sealed, to send it again.
@@ -1044,7 +1140,7 @@ impl Remoting {
                         continue;
                     }
                     let target = m.target.clone();
-                    if let Err(e) = link.queue_mesh_bulk(records_to_mesh(&m.records), target) {
+                    if let Err(e) = link.queue_mesh_bulk(m.body.to_mesh(), target) {
                         tracing::warn!(target: "manta::lane", %peer, error = %e, "a message for the lane could not go over the mesh either; dropped");
                     }
                 }
@@ -1061,20 +1157,36 @@ impl Remoting {
     /// Fails the asks a lane message carries (it may or may not have been
     /// handled: its lane died after it was written, and no new lane opened).
     fn fail_asks_of(&self, peer: PeerId, m: &LaneMsg) {
-        let mut plain = Vec::new();
-        for r in &m.records {
-            plain.extend_from_slice(r.get(RECORD_HEADER..).unwrap_or_default());
-        }
-        let frame = plain.get(LANE_HEAD + 5..).unwrap_or_default();
-        let ids = match postcard::from_bytes::<Frame>(frame) {
-            Ok(Frame::Request { replies, .. }) => replies,
-            _ => Vec::new(),
-        };
+        let ids = asks_of(m);
         tracing::warn!(target: "manta::lane", %peer, asks = ids.len(), "a message written to a lane that died could not be sent again");
         self.fail_pending(
             ids,
             &format!("{peer} (its bulk lane died during the message and could not be reopened)"),
         );
+    }
+
+    /// Lets go of a lazy lane message whose value did not encode (it
+    /// encoded when it was sent, so its encoding changed since): its asks
+    /// fail with the encoding error.
+    fn drop_unencodable(
+        &self,
+        peer: PeerId,
+        m: LaneMsg,
+        error: &WireError,
+        bytes: &AtomicUsize,
+        inflight: &Inflight,
+    ) {
+        bytes.fetch_sub(m.bytes, Ordering::Relaxed);
+        dec(inflight, &m.target);
+        let ids = asks_of(&m);
+        tracing::warn!(target: "manta::lane", %peer, %error, asks = ids.len(), "a message for the lane no longer encodes; dropped");
+        for id in ids {
+            let waiting = lock(&self.inner.pending).remove(&id);
+            if let Some((_, w)) = waiting {
+                w.deliver(Err(error.clone()));
+            }
+        }
+        self.inner.partials.moved.notify_waiters();
     }
 
     /// Issues a lane ticket for `peer` as a [`Frame::LaneOpen`] from it
@@ -1122,8 +1234,9 @@ impl Remoting {
 
     /// The records of whatever `e` is, for the lane (a message that must
     /// follow another on it).
-    pub(super) fn to_records(e: Encoded) -> Vec<Vec<u8>> {
-        match e {
+    pub(super) fn to_records(e: Encoded) -> LaneBody {
+        LaneBody::Records(match e {
+            Encoded::Lazy(src) => return LaneBody::Lazy(src),
             Encoded::Records(r) => r,
             Encoded::Small(b) => Recorder::of_small(&b),
             Encoded::Chunks(chunks) => {
@@ -1143,7 +1256,7 @@ impl Remoting {
                 stream.extend_from_slice(&frame);
                 Recorder::of_small(&stream)
             }
-        }
+        })
     }
 }
 
@@ -1164,6 +1277,24 @@ pub(super) fn lane_head(plain: &[u8]) -> Result<(u64, u64, usize), String> {
         return Err(format!("lane message of {len} bytes"));
     }
     Ok((u64::from_be_bytes(seq), u64::from_be_bytes(barrier), len))
+}
+
+/// The replies a lane message's request waits for.
+fn asks_of(m: &LaneMsg) -> Vec<u64> {
+    match &m.body {
+        LaneBody::Lazy(src) => src.replies(),
+        LaneBody::Records(records) => {
+            let mut plain = Vec::new();
+            for r in records {
+                plain.extend_from_slice(r.get(RECORD_HEADER..).unwrap_or_default());
+            }
+            let frame = plain.get(LANE_HEAD + 5..).unwrap_or_default();
+            match postcard::from_bytes::<Frame>(frame) {
+                Ok(Frame::Request { replies, .. }) => replies,
+                _ => Vec::new(),
+            }
+        }
+    }
 }
 
 fn rx_drain(rx: &mut mpsc::UnboundedReceiver<LaneMsg>) -> Vec<LaneMsg> {

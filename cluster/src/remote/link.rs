@@ -14,8 +14,8 @@ use libp2p::PeerId;
 use manta_actors::{ExitReason, WireError};
 use tokio::sync::mpsc;
 
-use super::frame::{Encoded, Frame, encode, records_to_mesh};
-use super::lane::{Inflight, LaneLink, LaneMsg, dec};
+use super::frame::{Encoded, Frame, encode, encode_lazy, records_to_mesh};
+use super::lane::{Inflight, LaneBody, LaneLink, LaneMsg, dec};
 use super::{BULK_QUEUE, CHUNK, PEER_QUEUE, PROTOCOL, Remoting, lock};
 
 /// Waits (ms) before each try to reopen an actor stream whose write
@@ -65,7 +65,7 @@ impl Link {
         let pieces = match encoded? {
             Encoded::Small(b) => vec![b],
             Encoded::Chunks(c) => c,
-            Encoded::Records(_) => {
+            Encoded::Records(_) | Encoded::Lazy(_) => {
                 return Err(WireError::Encode(manta_actors::CodecError::new(
                     "frame",
                     "lane records on the mesh",
@@ -166,9 +166,13 @@ impl Remoting {
             // A large message for the lane, unless the actor has messages
             // in the mesh's chunk queue (it goes behind them instead).
             Encoded::Records(records) if threshold.is_some() && on_mesh_bulk == 0 => {
-                self.queue_lane(peer, link, records, target, true)
+                self.queue_lane(peer, link, LaneBody::Records(records), target, true)
+            }
+            Encoded::Lazy(src) if threshold.is_some() && on_mesh_bulk == 0 => {
+                self.queue_lane(peer, link, LaneBody::Lazy(src), target, true)
             }
             Encoded::Records(records) => link.queue_mesh_bulk(records_to_mesh(&records), target),
+            Encoded::Lazy(src) => link.queue_mesh_bulk(encode_lazy(&*src, None), target),
             // Behind a large message to the same actor: it follows it on the
             // chunk queue and counts as in flight there until written, so a
             // small message sent after it cannot overtake it on the small
@@ -205,7 +209,7 @@ impl Remoting {
         &self,
         peer: PeerId,
         link: &mut Link,
-        records: Vec<Vec<u8>>,
+        body: LaneBody,
         target: Option<String>,
         first: bool,
     ) -> Result<(), WireError> {
@@ -218,7 +222,7 @@ impl Remoting {
             // Starting the lane needs the runtime; from a plain thread the
             // message goes over the mesh instead.
             let Ok(rt) = tokio::runtime::Handle::try_current() else {
-                return link.queue_mesh_bulk(records_to_mesh(&records), target);
+                return link.queue_mesh_bulk(body.to_mesh(), target);
             };
             let (tx, rx) = mpsc::unbounded_channel();
             let bytes = Arc::new(AtomicUsize::new(0));
@@ -245,7 +249,7 @@ impl Remoting {
         let Some(lane) = link.lane.as_mut() else {
             return Err(WireError::NodeDown(peer.to_string()));
         };
-        let size: usize = records.iter().map(Vec::len).sum();
+        let size = body.bytes();
         let used = lane.bytes.load(Ordering::Relaxed);
         if used > 0 && used + size > max {
             return Err(WireError::Backpressure);
@@ -269,7 +273,7 @@ impl Remoting {
             barrier = lane.last_barrier;
         }
         lane.next_seq += 1;
-        let msg = LaneMsg::new(seq, records, target.clone(), barrier);
+        let msg = LaneMsg::new(seq, body, target.clone(), barrier);
         lane.bytes.fetch_add(msg.bytes, Ordering::Relaxed);
         inc(&link.lane_inflight, &target);
         if lane.tx.send(msg).is_err() {
