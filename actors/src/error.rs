@@ -91,6 +91,12 @@ pub enum AskError<M> {
     /// The reply could not be decoded (remote actors only).
     #[error("reply could not be decoded")]
     Decode(#[source] CodecError),
+    /// The request or its reply could not be encoded on the way (remote
+    /// actors only): a reply value the replying node could not encode, or a
+    /// large request the bulk lane produces as it writes it whose encoding
+    /// changed after it was sent (then it was not handled).
+    #[error("could not be encoded on the way: {0}")]
+    Encode(CodecError),
     /// The request reached the actor's node but was refused there (no
     /// actor of that name, another message type, undecodable): the message
     /// is on the other node, so it cannot come back.

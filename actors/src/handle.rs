@@ -307,6 +307,7 @@ impl<M: Message> ActorHandle<M> {
                 WireError::ActorGone(r) => AskError::NoReply(r.or_else(|| self.local_exit())),
                 WireError::NodeDown(n) => AskError::NoReply(Some(ExitReason::NodeDown(n))),
                 WireError::Timeout(_) => AskError::Timeout(timeout),
+                WireError::Encode(c) => AskError::Encode(c),
                 other => AskError::Rejected(other),
             }),
         }

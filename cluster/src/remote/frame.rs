@@ -394,6 +394,12 @@ impl LazyReply {
     /// The reply `id` carrying `value`, whose encoding takes `len` bytes.
     pub(super) fn new(id: u64, value: Box<dyn EncodeWire>, len: usize) -> Result<Self, WireError> {
         let (head, head_len) = reply_head(id, len)?;
+        if head_len + len > MAX_FRAME {
+            return Err(WireError::TooLarge {
+                size: head_len + len,
+                limit: MAX_FRAME,
+            });
+        }
         Ok(LazyReply {
             head,
             head_len,
@@ -510,7 +516,7 @@ impl<M: Serialize + Send> LazyFrame for LazyOutgoing<M> {
         };
         let body = Inline { msg, len: self.len };
         let (to, ty) = (self.to.as_str(), self.ty);
-        if self.replies.is_empty() {
+        let written = if self.replies.is_empty() {
             pieces(&Outgoing::Tell { to, ty, body }, out)
         } else {
             let replies = self.replies.as_slice();
@@ -523,7 +529,12 @@ impl<M: Serialize + Send> LazyFrame for LazyOutgoing<M> {
                 },
                 out,
             )
-        }
+        };
+        // Named by the message's type, not "frame".
+        written.map_err(|e| match e {
+            WireError::Encode(c) => WireError::Encode(CodecError::new(ty, c.reason)),
+            other => other,
+        })
     }
 
     fn replies(&self) -> Vec<u64> {
@@ -1238,7 +1249,10 @@ mod tests {
             );
             // Encoded whole for the mesh, it is the frame of the message.
             let mesh = written(encode_lazy(&src, None).unwrap());
-            assert!(mesh == written(Encoded::Records(want)), "{blob}: mesh frame");
+            assert!(
+                mesh == written(Encoded::Records(want)),
+                "{blob}: mesh frame"
+            );
 
             let msg = sample(blob);
             let n = encode_wire(&msg).unwrap().len();
@@ -1264,7 +1278,10 @@ mod tests {
         assert!(few_pieces(|out| pieces(&sample(LAZY_MIN), out)));
         // A `Vec<u8>` without `serde_bytes` is a piece per byte.
         assert!(!few_pieces(|out| pieces(&vec![1u8; 5_000], out)));
-        assert!(few_pieces(|out| pieces(&vec![1u8; LAZY_MAX_PIECES - 1], out)));
+        assert!(few_pieces(|out| pieces(
+            &vec![1u8; LAZY_MAX_PIECES - 1],
+            out
+        )));
         // A value that does not encode is not lazy either.
         assert!(!few_pieces(|_| Err(WireError::Backpressure)));
     }

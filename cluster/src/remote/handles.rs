@@ -16,7 +16,7 @@ use manta_actors::{
 use super::frame::{
     Encoded, Frame, Inline, LAZY_MIN, LazyOutgoing, Outgoing, encode_lazy, few_pieces, pieces,
 };
-use super::{Remoting, lock};
+use super::{MAX_FRAME, Remoting, lock};
 
 /// A named actor on another node.
 pub struct RemoteRef<M> {
@@ -52,10 +52,13 @@ impl<M: RemoteMessage> RemoteActor<M> for RemoteRef<M> {
                 };
                 match frame.frame_len() {
                     Err(e) => Err((e, msg)),
-                    // Large and written in few pieces: the lane may produce
-                    // it as it writes it.
-                    Ok(size) if size >= LAZY_MIN && few_pieces(|out| pieces(&frame, out)) => {
-                        drop(frame);
+                    // Large (within the limit: the whole encoding says
+                    // what is over it) and written in few pieces: the lane
+                    // may produce it as it writes it.
+                    Ok(size)
+                        if (LAZY_MIN..=MAX_FRAME).contains(&size)
+                            && few_pieces(|out| pieces(&frame, out)) =>
+                    {
                         addr.send_lazy(msg, len, size, &replies)
                     }
                     Ok(_) => addr

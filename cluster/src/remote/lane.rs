@@ -155,6 +155,8 @@ pub(super) struct Bulk {
     pub(super) opened: AtomicU64,
     pub(super) resent: AtomicU64,
     pub(super) fallbacks: AtomicU64,
+    /// Lane messages acknowledged that were produced as written.
+    pub(super) lazy_acked: AtomicU64,
     /// Test hooks: tamper with the next record written; cut the next lane
     /// connection after this many bytes.
     tamper: std::sync::atomic::AtomicBool,
@@ -207,6 +209,7 @@ impl Bulk {
             opened: AtomicU64::new(0),
             resent: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),
+            lazy_acked: AtomicU64::new(0),
             tamper: std::sync::atomic::AtomicBool::new(false),
             cut_after: AtomicU64::new(0),
             acked: AtomicU64::new(0),
@@ -513,13 +516,17 @@ impl Conn {
                         m.sealed += 1;
                         m.written = true;
                     }
-                    self.write_group(group, bulk).await.map_err(WriteError::Io)?;
+                    self.write_group(group, bulk)
+                        .await
+                        .map_err(WriteError::Io)?;
                 }
                 LaneBody::Lazy(src) => {
-                    let mut group = lazy_records(&**src, m.seq, m.barrier, at, to - at)
-                        .map_err(|error| WriteError::Produce {
-                            error,
-                            partial: at > 0,
+                    let mut group =
+                        lazy_records(&**src, m.seq, m.barrier, at, to - at).map_err(|error| {
+                            WriteError::Produce {
+                                error,
+                                partial: at > 0,
+                            }
                         })?;
                     for r in group.iter_mut() {
                         self.sealer.seal(r).map_err(sealing)?;
@@ -1098,6 +1105,9 @@ impl Remoting {
                 dec(inflight, &m.target);
                 if let Some(b) = self.bulk() {
                     b.acked.fetch_add(1, Ordering::Relaxed);
+                    if matches!(m.body, LaneBody::Lazy(_)) {
+                        b.lazy_acked.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
         }

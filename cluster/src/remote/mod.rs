@@ -311,6 +311,16 @@ impl Remoting {
             .map_or(0, |b| b.acked.load(Ordering::Relaxed))
     }
 
+    /// Of [`Remoting::lane_messages`], those the lane produced as it wrote
+    /// them (held as their value, not as records: frames of at least 1 MiB
+    /// written in at most 1,024 serializer calls).
+    pub fn lane_lazy_messages(&self) -> u64 {
+        self.inner
+            .bulk
+            .get()
+            .map_or(0, |b| b.lazy_acked.load(Ordering::Relaxed))
+    }
+
     /// Stops the bulk lane: its listener and every lane connection close
     /// (the node is leaving or stopping).
     pub fn close_lanes(&self) {

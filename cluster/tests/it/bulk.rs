@@ -37,6 +37,41 @@ enum Load {
     Kept(ReplyTo<Vec<u64>>),
     /// Answers a pair of `n`-byte payloads (shifts 1 and 2).
     FetchPair(usize, ReplyTo<SharedPair>),
+    /// `PutGet` with a payload encoded a byte at a time (no
+    /// `serde_bytes`): too many serializer calls to be produced lazily, so
+    /// it goes on the lane as records encoded when it was sent.
+    PutBytewise(u64, Vec<u8>, ReplyTo<u64>),
+    /// `PutGet` with a payload that stops encoding after a few passes.
+    PutFlaky(u64, Flaky, ReplyTo<u64>),
+}
+
+/// A byte string that encodes `passes` times, then fails: a message whose
+/// encoding changes after it was sent (interior mutability).
+#[derive(Debug)]
+struct Flaky {
+    passes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    data: ByteBuf,
+}
+
+impl Serialize for Flaky {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use std::sync::atomic::Ordering;
+        let left = self.passes.load(Ordering::SeqCst);
+        if left == 0 {
+            return Err(serde::ser::Error::custom("flaky: no passes left"));
+        }
+        self.passes.store(left - 1, Ordering::SeqCst);
+        self.data.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Flaky {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Flaky {
+            passes: Default::default(),
+            data: ByteBuf::deserialize(d)?,
+        })
+    }
 }
 
 /// Two byte payloads decoded as slices of the buffer they arrived in.
@@ -88,6 +123,14 @@ impl Actor for Sink {
         match msg {
             Load::Put(n, b) => self.take(n, &b),
             Load::PutGet(n, b, r) => {
+                self.take(n, &b);
+                r.send(self.bytes);
+            }
+            Load::PutFlaky(n, b, r) => {
+                self.take(n, &b.data);
+                r.send(self.bytes);
+            }
+            Load::PutBytewise(n, b, r) => {
                 self.take(n, &b);
                 r.send(self.bytes);
             }
@@ -297,6 +340,14 @@ async fn large_messages_take_the_lane_whole_and_in_order_with_a_secret() {
         b.lane_messages()
     );
     assert!(a.lane_messages() >= 1, "the large reply went on a's lane");
+    // Byte strings of 1 MiB and more are produced as the lane writes them:
+    // the 1 and 16 MiB asks, the one near the limit, and the 16 MiB reply.
+    assert!(
+        b.lane_lazy_messages() >= 4,
+        "{} produced lazily",
+        b.lane_lazy_messages()
+    );
+    assert!(a.lane_lazy_messages() >= 1, "the large reply, lazily");
     assert_eq!(b.lane_use(c.peer(0)), LaneUse::Bulk);
     c.status_lane(1, 0, "bulk").await;
     assert_eq!((a.lane_bad_records(), b.lane_bad_records()), (0, 0));
@@ -685,24 +736,85 @@ async fn a_tampered_record_closes_the_lane_and_the_message_arrives_once() {
 }
 
 /// The lane's connection closed in the middle of a 16 MiB message: the
-/// message is sent again on a new lane and taken once.
+/// message is sent again on a new lane and taken once. Both kinds of lane
+/// message: one produced as written (a byte string: produced again from
+/// its value) and one encoded when sent (a byte-by-byte `Vec<u8>`: its
+/// records unsealed and sent again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lane_cut_in_the_middle_of_a_message_resends_it_without_a_duplicate() {
-    let c = cluster("cut", 2, true, |_, _| {}).await;
+    // Each from its own node: the cut is of a node's next new lane.
+    let c = cluster("cut", 3, true, |_, _| {}).await;
+    let (mut bytes, mut sum) = (0u64, 0u64);
+    for (i, lazy) in [(0u64, true), (1, false)] {
+        let from = i as usize + 1;
+        c.lane_known(from, 0).await;
+        let b = c.nodes[from].remoting();
+        let sink = c.sink(from, 0);
+        let (resent, opened, lazies) = (b.lane_resent(), b.lanes_opened(), b.lane_lazy_messages());
+        b.cut_next_lane_for_test(8 << 20);
+        let p = pattern(16 << 20);
+        let got = if lazy {
+            sink.ask(|r| Load::PutGet(i, ByteBuf::from(p.clone()), r), DEADLINE)
+                .await
+        } else {
+            sink.ask(|r| Load::PutBytewise(i, p.clone(), r), DEADLINE)
+                .await
+        }
+        .unwrap();
+        bytes += 16 << 20;
+        sum = sum.wrapping_add(checksum(&p));
+        assert_eq!(got, bytes, "lazy {lazy}");
+        assert!(b.lane_resent() > resent, "lazy {lazy}: not resent");
+        assert!(b.lanes_opened() > opened, "lazy {lazy}: not reopened");
+        assert_eq!(
+            b.lane_lazy_messages(),
+            lazies + u64::from(lazy),
+            "lazy {lazy}: produced as written or not"
+        );
+        // A small ask after it: still exactly one copy taken.
+        assert_eq!(check(&sink).await, (i + 1, 0, bytes, sum));
+    }
+    assert_eq!(c.nodes[0].remoting().partial_bytes(), 0);
+}
+
+/// A message produced as the lane writes it whose encoding fails after
+/// part of it was written (its value changed since it was sent): its ask
+/// ends at once with the encoding error, the peer discards the part it
+/// got, and the next message arrives whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lazy_message_that_stops_encoding_fails_its_ask_and_the_lane_goes_on() {
+    let c = cluster("flaky", 2, true, |_, _| {}).await;
     c.lane_known(1, 0).await;
     let b = c.nodes[1].remoting();
-    b.cut_next_lane_for_test(8 << 20);
     let sink = c.sink(1, 0);
-    let p = pattern(16 << 20);
+    // Passes: the size, the count of serializer calls, the first window.
+    let passes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(3));
+    let flaky = Flaky {
+        passes: std::sync::Arc::clone(&passes),
+        data: ByteBuf::from(pattern(4 << 20)),
+    };
+    let started = tokio::time::Instant::now();
+    let err = sink
+        .ask(|r| Load::PutFlaky(0, flaky, r), DEADLINE)
+        .await
+        .unwrap_err();
+    match &err {
+        AskError::Encode(c) => assert_eq!(c.type_name, "manta.test.Load"),
+        other => panic!("not the encoding error: {other}"),
+    }
+    assert!(
+        started.elapsed() < DEADLINE,
+        "failed at once, not at its timeout"
+    );
+    assert_eq!(b.lane_lazy_messages(), 0);
+    let p = pattern(2 << 20);
     let got = sink
         .ask(|r| Load::PutGet(0, ByteBuf::from(p.clone()), r), DEADLINE)
         .await
         .unwrap();
-    assert_eq!(got, 16 << 20);
-    assert!(b.lane_resent() >= 1, "resent: {}", b.lane_resent());
-    assert!(b.lanes_opened() >= 2);
-    // A small ask after it: still exactly one copy taken.
-    assert_eq!(check(&sink).await, (1, 0, 16 << 20, checksum(&p)));
+    assert_eq!(got, 2 << 20);
+    assert_eq!(check(&sink).await, (1, 0, 2 << 20, checksum(&p)));
+    assert!(b.lanes_opened() >= 2, "the cut lane was replaced");
     assert_eq!(c.nodes[0].remoting().partial_bytes(), 0);
 }
 
