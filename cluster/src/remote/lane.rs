@@ -66,8 +66,14 @@ const PENDING_HANDSHAKES: usize = 64;
 const BARRIER_WAIT: Duration = Duration::from_secs(10);
 /// How long the ticket exchange and the connection may take.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
-/// Records sealed or opened between two yields to the runtime (256 KiB).
+/// Records in one vectored write once a message is under way, and records
+/// a receiver opens between two yields to the runtime (256 KiB).
 const YIELD_EVERY: usize = 4;
+/// Records a sender seals and writes between two yields of its own (1
+/// MiB; it also waits whenever its socket is full). Fewer yields gave
+/// small asks a lower p50 while large messages stream, none at all a far
+/// higher p99: chosen by measurement (architecture 2.6a).
+const SEAL_YIELD: usize = 16;
 /// Room a lane message's buffer has beyond its length: reads of records
 /// land there before they are opened down into place.
 const READ_SLACK: usize = 64 * 1024;
@@ -489,7 +495,8 @@ impl Drop for Conn {
 
 impl Conn {
     /// Seals and writes `m`'s records in groups, each in one vectored
-    /// write: 1, 1, 2, 2, then [`YIELD_EVERY`] records. The first records
+    /// write: 1, 1, 2, 2, then [`YIELD_EVERY`] records, yielding every
+    /// [`SEAL_YIELD`] records. The first records
     /// go out at once, so the receiver opens them while the rest are
     /// sealed; then fewer, larger writes (chosen by measurement: BENCHMARKS.md
     /// "Remote payloads").
@@ -499,15 +506,18 @@ impl Conn {
         let count = m.body.record_count();
         let mut at = 0;
         let mut groups = 0u32;
+        let mut since_yield = 0;
         while at < count {
-            if at > 0 {
+            if since_yield >= SEAL_YIELD {
                 // Sealing a large message is CPU work: let small messages'
                 // tasks on this core run in between.
+                since_yield = 0;
                 tokio::task::yield_now().await;
             }
             let size = (1usize << (groups / 2).min(8)).min(YIELD_EVERY);
             groups = groups.saturating_add(1);
             let to = (at + size).min(count);
+            since_yield += to - at;
             match &mut m.body {
                 LaneBody::Records(records) => {
                     let group = &mut records[at..to];
