@@ -129,17 +129,26 @@ impl<T: serde::Serialize + Send> EncodeWire for T {
         &self,
         out: &mut dyn FnMut(&[u8]) -> Result<(), WireError>,
     ) -> Result<(), WireError> {
-        let mut failed = None;
-        let flavor = PiecesFlavor {
-            out,
-            failed: &mut failed,
-        };
-        match postcard::serialize_with_flavor(self, flavor) {
-            Ok(()) => Ok(()),
-            Err(e) => Err(failed.unwrap_or_else(|| {
-                WireError::Encode(CodecError::new(std::any::type_name::<T>(), e))
-            })),
-        }
+        encode_pieces(self, std::any::type_name::<T>(), out)
+    }
+}
+
+/// Encodes `v` (postcard) through `out` in pieces, one per serializer
+/// call, in order; stops at the first error `out` returns and returns it
+/// as it is (a postcard error is a [`CodecError`] for `type_name`).
+pub fn encode_pieces<T: serde::Serialize + ?Sized>(
+    v: &T,
+    type_name: &str,
+    out: &mut dyn FnMut(&[u8]) -> Result<(), WireError>,
+) -> Result<(), WireError> {
+    let mut failed = None;
+    let flavor = PiecesFlavor {
+        out,
+        failed: &mut failed,
+    };
+    match postcard::serialize_with_flavor(v, flavor) {
+        Ok(()) => Ok(()),
+        Err(e) => Err(failed.unwrap_or_else(|| WireError::Encode(CodecError::new(type_name, e)))),
     }
 }
 

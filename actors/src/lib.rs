@@ -91,7 +91,7 @@ pub use system::{ActorSystem, SpawnOptions};
 /// application code.
 #[doc(hidden)]
 pub mod wire {
-    pub use crate::handle::EncodeWire;
+    pub use crate::handle::{EncodeWire, encode_pieces};
     pub use crate::message::{Decode, decode, encode_wire};
     pub use crate::reply::{
         PendingReply, ReplyRegistry, ReplyRoute, WireBytes, decode_with, encode_with,

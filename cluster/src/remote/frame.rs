@@ -196,38 +196,7 @@ pub(super) fn pieces<T: Serialize + ?Sized>(
     v: &T,
     out: &mut dyn FnMut(&[u8]) -> Result<(), WireError>,
 ) -> Result<(), WireError> {
-    struct Pieces<'a, 'b> {
-        out: &'a mut dyn FnMut(&[u8]) -> Result<(), WireError>,
-        failed: &'b mut Option<WireError>,
-    }
-    impl postcard::ser_flavors::Flavor for Pieces<'_, '_> {
-        type Output = ();
-        fn try_push(&mut self, data: u8) -> postcard::Result<()> {
-            self.try_extend(&[data])
-        }
-        fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-            (self.out)(data).map_err(|e| {
-                *self.failed = Some(e);
-                postcard::Error::SerializeBufferFull
-            })
-        }
-        fn finalize(self) -> postcard::Result<()> {
-            Ok(())
-        }
-    }
-    let mut failed = None;
-    let r = postcard::serialize_with_flavor(
-        v,
-        Pieces {
-            out,
-            failed: &mut failed,
-        },
-    );
-    match (r, failed) {
-        (_, Some(e)) => Err(e),
-        (Ok(()), None) => Ok(()),
-        (Err(e), None) => Err(WireError::Encode(CodecError::new("frame", e))),
-    }
+    manta_actors::wire::encode_pieces(v, "frame", out)
 }
 
 /// Whether `write` hands over at most [`LAZY_MAX_PIECES`] pieces (it is
