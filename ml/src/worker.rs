@@ -84,6 +84,29 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// A worker that cannot reach its peers for this long fails (its supervisor
 /// decides what next).
 const GIVE_UP_AFTER: Duration = Duration::from_secs(90);
+/// A request still unanswered after this long is logged (once), so that a
+/// job that waits out [`REQUEST_TIMEOUT`] says on what.
+const SLOW_REQUEST: Duration = Duration::from_secs(10);
+
+/// Waits for `request`, warning once if it takes longer than
+/// [`SLOW_REQUEST`] (`what` names it: the request and the peer).
+async fn watched<F: std::future::Future>(
+    worker: u32,
+    what: impl FnOnce() -> String,
+    request: F,
+) -> F::Output {
+    let started = tokio::time::Instant::now();
+    let mut request = std::pin::pin!(request);
+    tokio::select! {
+        answer = &mut request => return answer,
+        () = tokio::time::sleep(SLOW_REQUEST) => {}
+    }
+    let what = what();
+    tracing::warn!(worker, waiting = ?started.elapsed(), "{what} still unanswered (times out after {REQUEST_TIMEOUT:?})");
+    let answer = request.await;
+    tracing::warn!(worker, took = ?started.elapsed(), "{what}: answered or failed");
+    answer
+}
 
 /// A training worker.
 pub struct Worker {
@@ -208,6 +231,8 @@ impl Held {
 /// batches per message was measured slower here: 93k-102k against 111k-118k
 /// samples/s with one worker, alternated runs.)
 struct Ahead {
+    /// The worker's index (for logs).
+    worker: u32,
     /// The loader's registered name (for errors).
     loader: String,
     batch: Option<Batch>,
@@ -217,8 +242,9 @@ struct Ahead {
 }
 
 impl Ahead {
-    fn new(loader: String, prefetch: u32, bpe: u32) -> Self {
+    fn new(worker: u32, loader: String, prefetch: u32, bpe: u32) -> Self {
         Self {
+            worker,
             loader,
             batch: None,
             prefetch,
@@ -250,16 +276,21 @@ impl Ahead {
         }
         self.batch = None;
         let grant = if self.granted { 1 } else { self.prefetch + 1 };
-        let reply = loader
-            .ask(
-                |reply| LoaderMsg::Take {
-                    at: Some(Cursor::of_step(step, self.bpe)),
-                    grant,
-                    reply,
-                },
-                REQUEST_TIMEOUT,
-            )
-            .await;
+        let take = loader.ask(
+            |reply| LoaderMsg::Take {
+                at: Some(Cursor::of_step(step, self.bpe)),
+                grant,
+                reply,
+            },
+            REQUEST_TIMEOUT,
+        );
+        let loader_name = &self.loader;
+        let reply = watched(
+            self.worker,
+            || format!("take of step {step} from loader {loader_name}"),
+            take,
+        )
+        .await;
         match reply {
             Ok(d) => {
                 self.granted = true;
@@ -293,7 +324,12 @@ impl Worker {
     /// A worker resolving its peers through `directory`.
     pub fn new(args: WorkerArgs, directory: Directory) -> Self {
         let owner = assign_shards(&args.model, args.ps.len() as u32);
-        let ahead = Ahead::new(args.loader.clone(), args.prefetch, args.batches_per_epoch);
+        let ahead = Ahead::new(
+            args.index,
+            args.loader.clone(),
+            args.prefetch,
+            args.batches_per_epoch,
+        );
         Self {
             args,
             directory,
@@ -356,15 +392,17 @@ impl Worker {
             Some(held) => held,
             None => {
                 let min_version = if sync { self.next } else { 0 };
-                let pulls = join_all(ps.iter().map(|p| {
-                    p.ask(
+                let pulls = join_all(ps.iter().enumerate().map(|(s, p)| {
+                    let pull = p.ask(
                         |reply| PsMsg::Pull {
                             worker: index,
                             min_version,
                             reply,
                         },
                         REQUEST_TIMEOUT,
-                    )
+                    );
+                    let what = move || format!("pull of version {min_version} from shard {s}");
+                    watched(index, what, pull)
                 }));
                 let guess = self.next;
                 let (pulls, filled) = futures::join!(pulls, self.ahead.fill_for(&loader, guess));
@@ -424,18 +462,25 @@ impl Worker {
         // parameters of the next step (sync: once every worker has pushed);
         // the next step's batch is taken meanwhile. Stale or malformed
         // pushes are counted by the parameter server.
-        let pushes = join_all(ps.iter().zip(per_shard).zip(&held.versions).map(
-            |((p, grads), &version)| {
-                let g = Gradients {
-                    worker: index,
-                    version,
-                    grads,
-                    loss,
-                    samples,
-                };
-                p.ask(|reply| PsMsg::PushPull(g, reply), REQUEST_TIMEOUT)
-            },
-        ));
+        let pushes = join_all(
+            ps.iter()
+                .zip(per_shard)
+                .zip(&held.versions)
+                .enumerate()
+                .map(|(s, ((p, grads), &version))| {
+                    let g = Gradients {
+                        worker: index,
+                        version,
+                        grads,
+                        loss,
+                        samples,
+                    };
+                    let push = p.ask(|reply| PsMsg::PushPull(g, reply), REQUEST_TIMEOUT);
+                    let what =
+                        move || format!("push of step {step} (version {version}) to shard {s}");
+                    watched(index, what, push)
+                }),
+        );
         let (replies, filled) = futures::join!(pushes, self.ahead.fill_for(&loader, step + 1));
         self.stats.steps += 1;
         self.next = step + 1;
@@ -551,5 +596,32 @@ impl Actor for Worker {
                 Ok(())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_request_is_named_once_and_still_answered() {
+        let named = std::cell::Cell::new(0);
+        let slow = async {
+            tokio::time::sleep(SLOW_REQUEST * 2).await;
+            7
+        };
+        let what = || {
+            named.set(named.get() + 1);
+            "pull".to_owned()
+        };
+        assert_eq!(watched(0, what, slow).await, 7);
+        assert_eq!(named.get(), 1, "named once, when it turned slow");
+        let fast = async { 8 };
+        let what = || {
+            named.set(named.get() + 1);
+            "push".to_owned()
+        };
+        assert_eq!(watched(0, what, fast).await, 8);
+        assert_eq!(named.get(), 1, "a prompt answer is not named");
     }
 }
