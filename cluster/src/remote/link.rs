@@ -54,6 +54,41 @@ fn inc(map: &Inflight, target: &Option<String>) {
     }
 }
 
+/// Appends the reply ids of the requests among `bytes` (small frames as
+/// on the stream: length, version, frame). Reads only a request's variant
+/// and ids, not the rest of it.
+fn request_ids(mut bytes: &[u8], ids: &mut Vec<u64>) {
+    while let Some(len) = bytes.get(..4) {
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let Some(frame) = bytes.get(5..4 + len) else {
+            break;
+        };
+        // `Frame::Request` is variant 1: its reply ids come first.
+        if frame.first() == Some(&1) {
+            if let Ok(((_, replies), _)) = postcard::take_from_bytes::<(u32, Vec<u64>)>(frame) {
+                ids.extend(replies);
+            }
+        }
+        bytes = &bytes[4 + len..];
+    }
+}
+
+/// Reply ids of asks written on one actor stream that may still be
+/// waiting, at most this many (the oldest are forgotten).
+const WRITTEN_ASKS: usize = 4096;
+
+/// Remembers the asks in `out`, just written on the current stream.
+fn note_written(written: &mut std::collections::VecDeque<u64>, out: &[u8]) {
+    let mut ids = Vec::new();
+    request_ids(out, &mut ids);
+    for id in ids {
+        if written.len() == WRITTEN_ASKS {
+            written.pop_front();
+        }
+        written.push_back(id);
+    }
+}
+
 impl Link {
     /// Queues a mesh frame in the chunk queue, behind the large messages
     /// there, counted in flight for `target` until written.
@@ -305,6 +340,8 @@ impl Remoting {
             }
         };
         let mut batch = Vec::with_capacity(64 * 1024);
+        // Asks written on the current stream (see `lost_with_stream`).
+        let mut written = std::collections::VecDeque::new();
         loop {
             // Small frames first; one chunk of a large message in between.
             let (first, done) = tokio::select! {
@@ -339,6 +376,7 @@ impl Remoting {
                 // what failed goes out again once, on a fresh stream, rather
                 // than leaving an ask to hang until its timeout.
                 tracing::warn!(target: "manta::remote", %peer, error = %e, "actor stream broken; opening a new one");
+                self.lost_with_stream(peer, &mut written, out);
                 let mut retried = Err(e);
                 // A stream opened at once can land on the connection that
                 // is closing: a few tries, a little apart, while the peer
@@ -372,9 +410,41 @@ impl Remoting {
                 }
                 self.inner.reopened.fetch_add(1, Ordering::Relaxed);
             }
+            note_written(&mut written, out);
             dec(&inflight, &done);
         }
         self.remove_link(peer, writer_id);
+    }
+
+    /// The stream to `peer` broke while writing `out` (which is written
+    /// again): the asks written on it before and still unanswered fail
+    /// with `NodeDown`. A write that returned `Ok` only handed its bytes to
+    /// the multiplexer; if the connection closed before they left, nothing
+    /// else would ever answer them (they may also have been handled: the
+    /// same uncertainty as a node going down).
+    fn lost_with_stream(
+        &self,
+        peer: PeerId,
+        written: &mut std::collections::VecDeque<u64>,
+        out: &[u8],
+    ) {
+        let mut again = Vec::new();
+        request_ids(out, &mut again);
+        let waiting: Vec<u64> = {
+            let pending = lock(&self.inner.pending);
+            written
+                .drain(..)
+                .filter(|id| !again.contains(id) && pending.contains_key(id))
+                .collect()
+        };
+        if waiting.is_empty() {
+            return;
+        }
+        tracing::warn!(target: "manta::remote", %peer, asks = waiting.len(), "asks failed: written on an actor stream that broke before they were answered");
+        self.fail_pending(
+            waiting,
+            &format!("{peer} (the actor stream that carried the request broke before the answer came; it may or may not have been handled)"),
+        );
     }
 
     /// Fails the asks carried by small frames that will not be written to
@@ -383,23 +453,11 @@ impl Remoting {
     fn fail_queued(&self, peer: PeerId, out: Option<&[u8]>, rx: &mut mpsc::Receiver<Vec<u8>>) {
         rx.close();
         let mut ids = Vec::new();
-        let mut collect = |mut bytes: &[u8]| {
-            while let Some(len) = bytes.get(..4) {
-                let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-                let Some(frame) = bytes.get(5..4 + len) else {
-                    break;
-                };
-                if let Ok(Frame::Request { replies, .. }) = postcard::from_bytes::<Frame>(frame) {
-                    ids.extend(replies);
-                }
-                bytes = &bytes[4 + len..];
-            }
-        };
         if let Some(out) = out {
-            collect(out);
+            request_ids(out, &mut ids);
         }
         while let Ok(f) = rx.try_recv() {
-            collect(&f);
+            request_ids(&f, &mut ids);
         }
         if ids.is_empty() {
             return;
@@ -447,5 +505,62 @@ impl Remoting {
         }
         stream.write_all(out).await?;
         stream.flush().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::*;
+
+    fn small(f: &Frame<'_>) -> Vec<u8> {
+        match encode(f, None) {
+            Ok(Encoded::Small(b)) => b,
+            _ => panic!("not a small frame"),
+        }
+    }
+
+    #[test]
+    fn request_ids_are_read_from_requests_only_as_a_full_decode_reads_them() {
+        let mut out = small(&Frame::Tell {
+            to: Cow::Borrowed("a"),
+            ty: Cow::Borrowed("t"),
+            body: Cow::Borrowed(&[1, 1, 1]),
+        });
+        out.extend(small(&Frame::Request {
+            replies: vec![7, u64::MAX, 300],
+            to: Cow::Borrowed("b"),
+            ty: Cow::Borrowed("t"),
+            body: Cow::Borrowed(&[2; 200]),
+        }));
+        out.extend(small(&Frame::reply(9, Ok(vec![1]))));
+        out.extend(small(&Frame::Request {
+            replies: vec![1],
+            to: Cow::Borrowed("c"),
+            ty: Cow::Borrowed("t"),
+            body: Cow::Borrowed(&[]),
+        }));
+        let mut ids = Vec::new();
+        request_ids(&out, &mut ids);
+        assert_eq!(ids, vec![7, u64::MAX, 300, 1]);
+        // A torn last frame is not read.
+        let mut ids = Vec::new();
+        request_ids(&out[..out.len() - 3], &mut ids);
+        assert_eq!(ids, vec![7, u64::MAX, 300]);
+    }
+
+    #[test]
+    fn the_asks_remembered_per_stream_are_bounded() {
+        let mut written = std::collections::VecDeque::new();
+        let frame = small(&Frame::Request {
+            replies: (0..WRITTEN_ASKS as u64 + 10).collect(),
+            to: Cow::Borrowed("b"),
+            ty: Cow::Borrowed("t"),
+            body: Cow::Borrowed(&[]),
+        });
+        note_written(&mut written, &frame);
+        assert_eq!(written.len(), WRITTEN_ASKS);
+        assert_eq!(written.front(), Some(&10), "the oldest are forgotten");
     }
 }

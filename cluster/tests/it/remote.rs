@@ -20,6 +20,25 @@ enum Cmd {
     Get(ReplyTo<i64>),
     Fail,
     FailAsked(ReplyTo<i64>),
+    /// Kept unanswered (by [`Holder`]).
+    Hold(ReplyTo<i64>),
+}
+
+/// Keeps the asks it gets with `Hold` unanswered; `Get` answers how many.
+struct Holder(Vec<ReplyTo<i64>>);
+
+impl Actor for Holder {
+    type Msg = Cmd;
+    async fn handle(&mut self, msg: Cmd, _: &mut Context<Cmd>) -> Result<(), ActorError> {
+        match msg {
+            Cmd::Hold(r) => self.0.push(r),
+            Cmd::Get(r) => {
+                r.send(self.0.len() as i64);
+            }
+            _ => return Err("holder: not a hold or a get".into()),
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, Message)]
@@ -40,7 +59,7 @@ impl Actor for Counter {
             Cmd::Get(r) => {
                 r.send(self.0);
             }
-            Cmd::Fail | Cmd::FailAsked(_) => return Err("told to fail".into()),
+            Cmd::Fail | Cmd::FailAsked(_) | Cmd::Hold(_) => return Err("told to fail".into()),
         }
         Ok(())
     }
@@ -171,6 +190,52 @@ async fn a_broken_actor_stream_is_replaced_and_the_failed_write_sent_again() {
     }
     assert_eq!(remote.ask(Cmd::Get, DEADLINE).await.unwrap(), 103);
     assert_eq!(p.b.remoting().reopened_streams(), 2);
+}
+
+/// An ask whose request went out on a stream that broke afterwards (a
+/// later write failed) ends at once with `NodeDown` naming the broken
+/// stream, not at its timeout: a write that returned only handed its bytes
+/// to the multiplexer, and a connection that closed under them would leave
+/// the ask unanswered for good. The failed write goes out again and is
+/// answered.
+#[tokio::test]
+async fn an_ask_written_on_a_stream_that_then_breaks_fails_at_once() {
+    let (p, sys_a) = pair("broken-after").await;
+    sys_a
+        .spawn_named("holder", Holder(Vec::new()))
+        .await
+        .unwrap();
+    published(&p.b, "holder").await;
+    let remote = p.b.where_is::<Cmd>("holder").unwrap();
+    assert_eq!(remote.ask(Cmd::Get, DEADLINE).await.unwrap(), 0);
+    let held = {
+        let remote = remote.clone();
+        tokio::spawn(async move { remote.ask(Cmd::Hold, Duration::from_secs(60)).await })
+    };
+    // Asks are handled in order: once one answers 1, the hold was written
+    // and is held.
+    let until = std::time::Instant::now() + DEADLINE;
+    while remote.ask(Cmd::Get, DEADLINE).await.unwrap() < 1 {
+        assert!(std::time::Instant::now() < until, "never held");
+    }
+    p.b.remoting().fail_writes(0, 1);
+    let started = std::time::Instant::now();
+    assert_eq!(remote.ask(Cmd::Get, DEADLINE).await.unwrap(), 1);
+    assert_eq!(p.b.remoting().reopened_streams(), 1);
+    let err = tokio::time::timeout(DEADLINE, held)
+        .await
+        .expect("the held ask ended")
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            manta_actors::AskError::NoReply(Some(manta_actors::ExitReason::NodeDown(why)))
+                if why.contains("broke before the answer came")
+        ),
+        "{err:?}"
+    );
+    assert!(started.elapsed() < DEADLINE, "at once, not at its timeout");
 }
 
 /// A stream that cannot be replaced (every try to write fails, more than
