@@ -294,11 +294,10 @@ impl ReplyRoute for PeerRoute {
         let sent = match answer {
             Ok(v) => match v.encoded_len() {
                 Ok(n) if n > VALUE_REPLY_MIN => {
-                    // Large and written in few pieces: the lane may produce
-                    // it as it writes it.
-                    let lazy = n >= LAZY_MIN && few_pieces(|out| v.encode_to(out));
                     r.send_as(peer, None, |lane| match lane {
-                        Some(threshold) if lazy => {
+                        // Large and written in few pieces: the lane may
+                        // produce it as it writes it.
+                        Some(threshold) if n >= LAZY_MIN && few_pieces(|out| v.encode_to(out)) => {
                             let src = LazyReply::new(id, v, n)?;
                             if src.frame_len() >= threshold {
                                 Ok(Encoded::Lazy(Box::new(src)))

@@ -57,7 +57,7 @@ fn inc(map: &Inflight, target: &Option<String>) {
 /// Appends the reply ids of the requests among `bytes` (small frames as
 /// on the stream: length, version, frame). Reads only a request's variant
 /// and ids, not the rest of it.
-fn request_ids(mut bytes: &[u8], ids: &mut Vec<u64>) {
+fn request_ids(mut bytes: &[u8], ids: &mut impl Extend<u64>) {
     while let Some(len) = bytes.get(..4) {
         let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
         let Some(frame) = bytes.get(5..4 + len) else {
@@ -79,13 +79,9 @@ const WRITTEN_ASKS: usize = 4096;
 
 /// Remembers the asks in `out`, just written on the current stream.
 fn note_written(written: &mut std::collections::VecDeque<u64>, out: &[u8]) {
-    let mut ids = Vec::new();
-    request_ids(out, &mut ids);
-    for id in ids {
-        if written.len() == WRITTEN_ASKS {
-            written.pop_front();
-        }
-        written.push_back(id);
+    request_ids(out, written);
+    if written.len() > WRITTEN_ASKS {
+        written.drain(..written.len() - WRITTEN_ASKS);
     }
 }
 
