@@ -1060,9 +1060,17 @@ impl Deployment {
                 deployment: s.key.clone(),
                 timeout,
             }),
-            Err(e) if handle.exit_reason().is_some() => {
+            // Gone, or its node's link lost the request in flight (the
+            // node may be dying before its monitor says so): a retry goes
+            // elsewhere. Only a replica known gone leaves the router.
+            Err(e)
+                if handle.exit_reason().is_some()
+                    || matches!(e, AskError::NoReply(Some(ExitReason::NodeDown(_)))) =>
+            {
                 let message = e.to_string();
-                replica_lost(s, &slot.slot, &message);
+                if handle.exit_reason().is_some() {
+                    replica_lost(s, &slot.slot, &message);
+                }
                 Err(ServeError::ReplicaLost {
                     deployment: s.key.clone(),
                     node: node.to_owned(),

@@ -37,9 +37,10 @@ pub enum ServeError {
         message: String,
     },
     /// The replica holding the request is gone (its node died, or it
-    /// stopped) before it answered: the router no longer uses it and the
-    /// deployment replaces it, so a retry goes elsewhere (HTTP 503 with
-    /// `Retry-After`, gRPC `UNAVAILABLE`).
+    /// stopped) before it answered, or the link to its node lost the
+    /// request in flight: a gone replica leaves the router and is replaced,
+    /// so a retry goes elsewhere (HTTP 503 with `Retry-After`, gRPC
+    /// `UNAVAILABLE`).
     #[error("deployment {deployment}: the replica on node {node} is gone: {message}")]
     ReplicaLost {
         /// `model:version`.
