@@ -9,18 +9,21 @@ use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use futures::AsyncWriteExt;
+use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::PeerId;
 use manta_actors::{ExitReason, WireError};
 use tokio::sync::mpsc;
 
 use super::frame::{Encoded, Frame, encode, encode_lazy, records_to_mesh};
 use super::lane::{Inflight, LaneBody, LaneLink, LaneMsg, dec};
-use super::{BULK_QUEUE, CHUNK, PEER_QUEUE, PROTOCOL, Remoting, lock};
+use super::{ACCEPTED, BULK_QUEUE, CHUNK, PEER_QUEUE, PROTOCOL, Remoting, lock};
 
-/// Waits (ms) before each try to reopen an actor stream whose write
-/// failed while its peer stays a member.
-const STREAM_RETRIES_MS: [u64; 4] = [0, 20, 100, 400];
+/// Waits (ms) before each try to open an actor stream: the first open,
+/// and reopening one that broke while its peer stays a member.
+const STREAM_RETRIES_MS: [u64; 5] = [0, 0, 20, 100, 400];
+
+/// How long a writer waits for the peer to accept a stream it opened.
+const ACCEPT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub(super) struct Link {
     tx: mpsc::Sender<Vec<u8>>,
@@ -326,7 +329,7 @@ impl Remoting {
         inflight: Inflight,
         writer_id: u64,
     ) {
-        let mut stream = match control.open_stream(peer, PROTOCOL).await {
+        let mut stream = match self.open_stream(peer, &mut control, &[], 0).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(target: "manta::remote", %peer, error = %e, "cannot open actor stream");
@@ -338,6 +341,11 @@ impl Remoting {
         let mut batch = Vec::with_capacity(64 * 1024);
         // Asks written on the current stream (see `lost_with_stream`).
         let mut written = std::collections::VecDeque::new();
+        // The peer writes nothing after its acceptance byte: a read that
+        // ends is the stream ending under this writer (reset by the peer,
+        // or its connection closed), seen at once rather than at the next
+        // write.
+        let mut probe = [0u8; 1];
         loop {
             // Small frames first; one chunk of a large message in between.
             let (first, done) = tokio::select! {
@@ -350,6 +358,28 @@ impl Remoting {
                     Some(c) => c,
                     None => break,
                 },
+                r = stream.read(&mut probe) => {
+                    let e = match r {
+                        Ok(0) => std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+                        Ok(_) => std::io::Error::other("the peer wrote on a one-way actor stream"),
+                        Err(e) => e,
+                    };
+                    tracing::warn!(target: "manta::remote", %peer, error = %e, "actor stream ended by the peer; opening a new one");
+                    self.lost_with_stream(peer, &mut written, &[]);
+                    match self.open_stream(peer, &mut control, &[], 1).await {
+                        Ok(fresh) => {
+                            stream = fresh;
+                            self.note_reopened();
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!(target: "manta::remote", %peer, error = %e, "actor stream lost");
+                            self.remove_link(peer, writer_id);
+                            self.fail_queued(peer, None, &mut rx);
+                            return;
+                        }
+                    }
+                }
             };
             // A chunk goes out as it is; small frames queued under load are
             // batched into one write, up to 256 KiB.
@@ -373,43 +403,99 @@ impl Remoting {
                 // than leaving an ask to hang until its timeout.
                 tracing::warn!(target: "manta::remote", %peer, error = %e, "actor stream broken; opening a new one");
                 self.lost_with_stream(peer, &mut written, out);
-                let mut retried = Err(e);
-                // A stream opened at once can land on the connection that
-                // is closing: a few tries, a little apart, while the peer
-                // is a member.
-                for wait_ms in STREAM_RETRIES_MS {
-                    if wait_ms > 0 {
-                        tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
-                    }
-                    if self.node_signal(peer).reason().is_some() {
-                        break;
-                    }
-                    retried = match control.open_stream(peer, PROTOCOL).await {
-                        Ok(fresh) => {
-                            stream = fresh;
-                            self.write_out(&mut stream, out).await
-                        }
-                        Err(e) => Err(std::io::Error::other(e)),
-                    };
-                    if retried.is_ok() {
-                        break;
+                match self.open_stream(peer, &mut control, out, 1).await {
+                    Ok(fresh) => stream = fresh,
+                    Err(e) => {
+                        tracing::warn!(target: "manta::remote", %peer, error = %e, "actor stream lost");
+                        self.remove_link(peer, writer_id);
+                        // Nothing of it or of what is queued behind it goes
+                        // out: its asks fail now instead of at their timeout.
+                        let unsent = out.to_vec();
+                        self.fail_queued(peer, Some(&unsent), &mut rx);
+                        return;
                     }
                 }
-                if let Err(e) = retried {
-                    tracing::warn!(target: "manta::remote", %peer, error = %e, "actor stream lost");
-                    self.remove_link(peer, writer_id);
-                    // Nothing of it or of what is queued behind it goes
-                    // out: its asks fail now instead of at their timeout.
-                    let unsent = out.to_vec();
-                    self.fail_queued(peer, Some(&unsent), &mut rx);
-                    return;
-                }
-                self.inner.reopened.fetch_add(1, Ordering::Relaxed);
+                self.note_reopened();
             }
             note_written(&mut written, out);
             dec(&inflight, &done);
         }
         self.remove_link(peer, writer_id);
+    }
+
+    /// Counts a stream replaced under a live peer (and wakes
+    /// `wait_counters`).
+    fn note_reopened(&self) {
+        self.inner.reopened.fetch_add(1, Ordering::Relaxed);
+        self.inner.partials.moved.notify_waiters();
+    }
+
+    /// Opens an actor stream to `peer` that the peer accepted, and writes
+    /// `out` on it, in a few tries a little apart while the peer is a
+    /// member (the first try waits `STREAM_RETRIES_MS[first]`: a stream
+    /// opened at once can land on a connection that is closing).
+    ///
+    /// Nothing is written before the peer's acceptance byte: libp2p-stream
+    /// drops an inbound stream that arrives while its accept queue (one
+    /// slot) is full, as when several nodes open streams to one node at
+    /// once. Such a stream is reset before any byte of it was read, so
+    /// trying again loses and repeats nothing.
+    async fn open_stream(
+        &self,
+        peer: PeerId,
+        control: &mut libp2p_stream::Control,
+        out: &[u8],
+        first: usize,
+    ) -> std::io::Result<libp2p::Stream> {
+        let mut last = std::io::Error::other("no try");
+        for (i, wait_ms) in STREAM_RETRIES_MS.iter().enumerate().skip(first) {
+            if *wait_ms > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(*wait_ms)).await;
+            }
+            if i > 0 && self.node_signal(peer).reason().is_some() {
+                break;
+            }
+            let mut stream = match control.open_stream(peer, PROTOCOL).await {
+                Ok(s) => s,
+                Err(e) => {
+                    last = std::io::Error::other(e);
+                    continue;
+                }
+            };
+            let mut ack = [0u8; 1];
+            match tokio::time::timeout(ACCEPT_WAIT, stream.read(&mut ack)).await {
+                Ok(Ok(1)) if ack[0] == ACCEPTED => {}
+                Ok(Ok(1)) => {
+                    last = std::io::Error::other(format!(
+                        "the peer answered {:#04x} where an actor stream's acceptance byte goes",
+                        ack[0]
+                    ));
+                    continue;
+                }
+                Ok(Ok(_)) => {
+                    last = std::io::Error::other("the peer dropped the stream before accepting it");
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    last = e;
+                    continue;
+                }
+                Err(_) => {
+                    last = std::io::Error::other(format!(
+                        "the peer did not accept the stream within {ACCEPT_WAIT:?}"
+                    ));
+                    continue;
+                }
+            }
+            if out.is_empty() {
+                return Ok(stream);
+            }
+            match self.write_out(&mut stream, out).await {
+                Ok(()) => return Ok(stream),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 
     /// The stream to `peer` broke while writing `out` (which is written

@@ -56,8 +56,12 @@ use link::Link;
 pub use handles::RemoteRef;
 pub use lane::{BulkSettings, LaneUse};
 
-/// The stream protocol of actor traffic.
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/manta/actors/1");
+/// The stream protocol of actor traffic. Version 2: the accepting node
+/// writes [`ACCEPTED`] before it reads, and nothing after.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/manta/actors/2");
+/// The one byte a node writes on an actor stream it accepted: the opener
+/// writes nothing before it (see `Remoting::open_stream`).
+pub(crate) const ACCEPTED: u8 = 0xA5;
 /// Frame format version.
 pub const FRAME_VERSION: u8 = 2;
 /// Largest frame accepted (bigger ones close the stream).
@@ -138,6 +142,10 @@ struct Inner {
     /// to let through first.
     failing_writes: AtomicU64,
     passing_writes: AtomicU64,
+    /// Inbound streams to drop unaccepted, and streams to end after their
+    /// next frame (tests of the writer's reopen path).
+    dropping_streams: AtomicU64,
+    ending_streams: AtomicU64,
     /// Reassembly buffers of large messages already handled, for the next
     /// ones: a fresh buffer costs a page fault per 4 KiB on the core that
     /// also decrypts the stream (on the bench machine, about 1 ms per MiB).
@@ -206,6 +214,8 @@ impl Remoting {
                 reopened: AtomicU64::new(0),
                 failing_writes: AtomicU64::new(0),
                 passing_writes: AtomicU64::new(0),
+                dropping_streams: AtomicU64::new(0),
+                ending_streams: AtomicU64::new(0),
                 kept: Arc::new(Mutex::new(Vec::new())),
                 sweep_at: AtomicU64::new(SWEEP_MIN),
                 partials: reader::Partials::new(limits),
@@ -406,13 +416,22 @@ impl Remoting {
     /// Opens a raw actor stream to `peer` for crafted frames: what a member
     /// that holds the secret but does not run Manta's writer can send.
     /// Feature `testing` only.
+    /// It returns once the peer accepted the stream (its acceptance byte
+    /// is read).
     #[cfg(feature = "testing")]
     pub async fn raw_stream_for_test(&self, peer: PeerId) -> std::io::Result<libp2p::Stream> {
+        use futures::AsyncReadExt;
         let mut control = lock(&self.inner.control).clone();
-        control
+        let mut stream = control
             .open_stream(peer, PROTOCOL)
             .await
-            .map_err(std::io::Error::other)
+            .map_err(std::io::Error::other)?;
+        let mut ack = [0u8; 1];
+        stream.read_exact(&mut ack).await?;
+        if ack[0] != ACCEPTED {
+            return Err(std::io::Error::other("not an acceptance byte"));
+        }
+        Ok(stream)
     }
 
     /// A chunk frame as it goes on the wire (length prefix included).
@@ -459,6 +478,29 @@ impl Remoting {
     pub fn fail_writes(&self, skip: u64, n: u64) {
         self.inner.passing_writes.store(skip, Ordering::Relaxed);
         self.inner.failing_writes.store(n, Ordering::Relaxed);
+    }
+
+    /// Drops the next `n` inbound actor streams without accepting them, as
+    /// libp2p-stream does with one that arrives while its accept queue is
+    /// full. Feature `testing` only.
+    #[cfg(feature = "testing")]
+    pub fn drop_inbound_streams(&self, n: u64) {
+        self.inner.dropping_streams.store(n, Ordering::Relaxed);
+    }
+
+    /// Inbound streams still to be dropped (see `drop_inbound_streams`).
+    /// Feature `testing` only.
+    #[cfg(feature = "testing")]
+    pub fn inbound_streams_to_drop(&self) -> u64 {
+        self.inner.dropping_streams.load(Ordering::Relaxed)
+    }
+
+    /// Ends the next `n` inbound actor streams after each one's next frame
+    /// (handled as usual), as a connection closing under them would.
+    /// Feature `testing` only.
+    #[cfg(feature = "testing")]
+    pub fn end_inbound_streams(&self, n: u64) {
+        self.inner.ending_streams.store(n, Ordering::Relaxed);
     }
 
     /// The node-down signal of `peer`'s current incarnation.

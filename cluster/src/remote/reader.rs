@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use futures::AsyncReadExt;
+use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::PeerId;
 use manta_actors::wire::WireBytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -18,12 +18,19 @@ use tokio::time::Instant;
 
 use super::frame::{CHUNK_VARIANT, ChunkRef, Frame, ReplyBody};
 use super::{
-    CHUNK, FRAME_VERSION, Inner, KEPT_BUFFERS, MAX_FRAME, MAX_PARTIAL, MAX_WIRE_FRAME,
+    ACCEPTED, CHUNK, FRAME_VERSION, Inner, KEPT_BUFFERS, MAX_FRAME, MAX_PARTIAL, MAX_WIRE_FRAME,
     RemoteLimits, Remoting, lock,
 };
 
 impl Remoting {
-    pub(super) async fn read_loop(self, peer: PeerId, stream: libp2p::Stream) {
+    pub(super) async fn read_loop(self, peer: PeerId, mut stream: libp2p::Stream) {
+        if take_one(&self.inner.dropping_streams) {
+            return;
+        }
+        // The opener writes nothing until it reads this.
+        if stream.write_all(&[ACCEPTED]).await.is_err() || stream.flush().await.is_err() {
+            return;
+        }
         let stream_no = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         self.read_frames(peer, stream_no, stream).await;
         self.inner.partials.stream_ended(peer, stream_no);
@@ -82,6 +89,9 @@ impl Remoting {
                     self.bad(peer, &format!("undecodable frame: {e}"));
                     return;
                 }
+            }
+            if take_one(&self.inner.ending_streams) {
+                return;
             }
         }
     }
@@ -699,4 +709,12 @@ mod tests {
             Err("the node's budget of partly received messages stayed taken")
         );
     }
+}
+
+/// Takes one from `n` if it is above zero (fault injection for tests;
+/// one relaxed load when none is asked for).
+fn take_one(n: &AtomicU64) -> bool {
+    n.load(Ordering::Relaxed) > 0
+        && n.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1))
+            .is_ok()
 }

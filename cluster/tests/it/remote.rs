@@ -24,7 +24,8 @@ enum Cmd {
     Hold(ReplyTo<i64>),
 }
 
-/// Keeps the asks it gets with `Hold` unanswered; `Get` answers how many.
+/// Keeps the asks it gets with `Hold` unanswered; `Get` answers how many;
+/// `Add` is ignored.
 struct Holder(Vec<ReplyTo<i64>>);
 
 impl Actor for Holder {
@@ -32,6 +33,7 @@ impl Actor for Holder {
     async fn handle(&mut self, msg: Cmd, _: &mut Context<Cmd>) -> Result<(), ActorError> {
         match msg {
             Cmd::Hold(r) => self.0.push(r),
+            Cmd::Add(_) => {}
             Cmd::Get(r) => {
                 r.send(self.0.len() as i64);
             }
@@ -236,6 +238,78 @@ async fn an_ask_written_on_a_stream_that_then_breaks_fails_at_once() {
         "{err:?}"
     );
     assert!(started.elapsed() < DEADLINE, "at once, not at its timeout");
+}
+
+/// An actor stream that the peer ends after a frame (as a connection that
+/// closes under it, or a reader that closes it, would), with no write
+/// after it: the writer, which also reads its one-way stream, sees the end
+/// at once, fails the ask it wrote there and that is still unanswered,
+/// and opens a new stream, which carries the next ask.
+#[tokio::test]
+async fn an_actor_stream_the_peer_ends_is_seen_at_once_without_a_further_write() {
+    let (p, sys_a) = pair("ended").await;
+    sys_a
+        .spawn_named("holder", Holder(Vec::new()))
+        .await
+        .unwrap();
+    published(&p.b, "holder").await;
+    let remote = p.b.where_is::<Cmd>("holder").unwrap();
+    let held = {
+        let remote = remote.clone();
+        tokio::spawn(async move { remote.ask(Cmd::Hold, Duration::from_secs(60)).await })
+    };
+    let until = std::time::Instant::now() + DEADLINE;
+    while remote.ask(Cmd::Get, DEADLINE).await.unwrap() < 1 {
+        assert!(std::time::Instant::now() < until, "never held");
+    }
+    // a handles b's next frame, a tell, then ends the stream it came on.
+    p.a.remoting().end_inbound_streams(1);
+    let started = std::time::Instant::now();
+    remote.tell(Cmd::Add(0)).unwrap();
+    let err = tokio::time::timeout(DEADLINE, held)
+        .await
+        .expect("the held ask ended without another write")
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            manta_actors::AskError::NoReply(Some(manta_actors::ExitReason::NodeDown(why)))
+                if why.contains("broke before the answer came")
+        ),
+        "{err:?}"
+    );
+    assert!(started.elapsed() < DEADLINE, "at once, not at its timeout");
+    assert!(
+        p.b.remoting()
+            .wait_counters(DEADLINE, |r| r.reopened_streams() == 1)
+            .await,
+        "the writer opened a new stream"
+    );
+    // The held ask is still held by the actor; the new stream carries this.
+    assert_eq!(remote.ask(Cmd::Get, DEADLINE).await.unwrap(), 1);
+}
+
+/// libp2p-stream drops an inbound stream that arrives while its accept
+/// queue (one slot) is full, as when several nodes open actor streams to
+/// one node at once. The opener writes nothing until the peer accepted
+/// the stream: it opens another, and no ask or tell is lost or repeated.
+#[tokio::test]
+async fn an_actor_stream_dropped_before_it_was_accepted_is_opened_again_and_nothing_is_lost() {
+    let (p, sys_a) = pair("dropped").await;
+    sys_a.spawn_named("tally", Counter(0)).await.unwrap();
+    published(&p.b, "tally").await;
+    p.a.remoting().drop_inbound_streams(2);
+    let remote = p.b.where_is::<Cmd>("tally").unwrap();
+    for _ in 0..10 {
+        remote.tell(Cmd::Add(1)).unwrap();
+    }
+    assert_eq!(
+        remote.ask(|r| Cmd::AddGet(1, r), DEADLINE).await.unwrap(),
+        11
+    );
+    assert_eq!(p.a.remoting().inbound_streams_to_drop(), 0);
+    assert_eq!(p.b.remoting().reopened_streams(), 0, "not a broken stream");
 }
 
 /// A stream that cannot be replaced (every try to write fails, more than
