@@ -537,6 +537,14 @@ fn keep_in(pool: &Mutex<Vec<Vec<u8>>>, mut buf: Vec<u8>) {
     }
 }
 
+/// Takes one from `n` if it is above zero (fault injection for tests;
+/// one relaxed load when none is asked for).
+fn take_one(n: &AtomicU64) -> bool {
+    n.load(Ordering::Relaxed) > 0
+        && n.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1))
+            .is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -709,12 +717,4 @@ mod tests {
             Err("the node's budget of partly received messages stayed taken")
         );
     }
-}
-
-/// Takes one from `n` if it is above zero (fault injection for tests;
-/// one relaxed load when none is asked for).
-fn take_one(n: &AtomicU64) -> bool {
-    n.load(Ordering::Relaxed) > 0
-        && n.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1))
-            .is_ok()
 }
