@@ -275,7 +275,29 @@ rate = { type = "grid", values = [0.01, 0.5, 0.8, 1.0] }
             .iter()
             .find(|r| r.trial == trial && r.iteration == it + 1)
             .unwrap();
-        assert_eq!(next.metrics.get("restored_x"), Some(&x), "trial {trial}");
+        assert_eq!(
+            next.metrics.get("restored_x"),
+            Some(&x),
+            "trial {trial}, copy {}; its results (iteration, score, restored_x): {:?}; every checkpoint: {:?}; events: {:?}",
+            path.display(),
+            results
+                .iter()
+                .filter(|r| r.trial == trial)
+                .map(|r| (
+                    r.iteration,
+                    r.metrics.get("score"),
+                    r.metrics.get("restored_x")
+                ))
+                .collect::<Vec<_>>(),
+            copies
+                .iter()
+                .map(|(p, b)| (
+                    p.display().to_string(),
+                    String::from_utf8_lossy(b).to_string()
+                ))
+                .collect::<Vec<_>>(),
+            log.iter().map(|e| format!("{e:?}")).collect::<Vec<_>>()
+        );
         // It restarted with the donor's rate × 0.8 or × 1.2 (in [0, 1]
         // for the grid's neighbours: a grid moves to a neighbouring value).
         let starts: Vec<&serde_json::Value> = log

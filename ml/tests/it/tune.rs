@@ -632,3 +632,60 @@ rate = { type = "loguniform", low = 0.01, high = 2.0 }
         .collect();
     assert_eq!(started, [(x, 4)], "only the interrupted trial ran");
 }
+
+/// Metrics and hyper-parameters come back from the store bit for bit:
+/// a trial continued from another's checkpoint, a resumed experiment and
+/// the config served from the best trial all read them from there. Values
+/// one ulp away from a short decimal are where a fast float parser is off.
+#[test]
+fn the_store_keeps_metrics_and_parameters_bit_for_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(
+        tmp.path(),
+        "max_trials = 1\n[trainable]\nkind = \"rust\"\nname = \"curve\"\n[space]\nrate = { type = \"uniform\", low = 0.0, high = 1.0 }\n",
+    );
+    let mut st = Store::create(tmp.path(), &cfg).unwrap();
+    let values = [
+        9.200000000000001,
+        10.200000000000001,
+        14.000000000000005,
+        0.1 + 0.2,
+        1.0 / 3.0,
+        f64::MIN_POSITIVE,
+        1e-300 * 3.0,
+        123456789.12345679,
+    ];
+    let mut params = manta_ml::tune::Params::new();
+    for (i, v) in values.iter().enumerate() {
+        params.insert(format!("p{i}"), serde_json::json!(v));
+    }
+    st.insert_trial(0, &params).unwrap();
+    for (i, v) in values.iter().enumerate() {
+        let metrics: Metrics = [("score".to_string(), *v), ("restored_x".to_string(), -*v)]
+            .into_iter()
+            .collect();
+        assert!(
+            st.insert_result(0, i as u64 + 1, Some(*v), &metrics)
+                .unwrap()
+        );
+    }
+    st.commit().unwrap();
+    drop(st);
+    let st = store(tmp.path());
+    let results = st.results().unwrap();
+    assert_eq!(results.len(), values.len());
+    for (r, v) in results.iter().zip(values) {
+        assert_eq!(r.metric.map(f64::to_bits), Some(v.to_bits()), "metric {v}");
+        assert_eq!(r.metrics["score"].to_bits(), v.to_bits(), "score {v}");
+        assert_eq!(
+            r.metrics["restored_x"].to_bits(),
+            (-v).to_bits(),
+            "restored_x {v}"
+        );
+    }
+    let trials = st.trials().unwrap();
+    for (i, v) in values.iter().enumerate() {
+        let got = trials[0].params[&format!("p{i}")].as_f64().unwrap();
+        assert_eq!(got.to_bits(), v.to_bits(), "parameter {v}");
+    }
+}
