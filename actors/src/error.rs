@@ -175,7 +175,7 @@ pub enum SpawnError {
         placement: Box<Placement>,
     },
     /// The spawn on another node failed there, or could not reach it.
-    #[error("on node {node}")]
+    #[error("on node {node}: {source}")]
     Remote {
         /// The node.
         node: String,

@@ -29,7 +29,10 @@ pub enum ExitReason {
     /// graceful stop that ran past its shutdown timeout).
     #[error("killed")]
     Killed,
-    /// The node the actor lived on is gone.
+    /// The node the actor lived on is gone, or the link that carried a
+    /// request to it broke before the answer came. The text starts with
+    /// the node's id; when a broken link (not the membership) saw it
+    /// first, what broke follows in parentheses.
     #[error("node down: {0}")]
     NodeDown(String),
 }

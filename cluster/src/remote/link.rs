@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::PeerId;
-use manta_actors::{ExitReason, WireError};
+use manta_actors::{ExitReason, ExitSignal, WireError};
 use tokio::sync::mpsc;
 
 use super::frame::{Encoded, Frame, encode, encode_lazy, records_to_mesh};
@@ -24,6 +24,10 @@ const STREAM_RETRIES_MS: [u64; 5] = [0, 0, 20, 100, 400];
 
 /// How long a writer waits for the peer to accept a stream it opened.
 const ACCEPT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Tries to open an actor stream that the peer dropped unaccepted, beside
+/// the tries of `STREAM_RETRIES_MS` (see `Remoting::open_stream`).
+const UNACCEPTED_TRIES: u64 = 32;
 
 pub(super) struct Link {
     tx: mpsc::Sender<Vec<u8>>,
@@ -329,7 +333,10 @@ impl Remoting {
         inflight: Inflight,
         writer_id: u64,
     ) {
-        let mut stream = match self.open_stream(peer, &mut control, &[], 0).await {
+        // The incarnation of the peer this writer serves: once it is down,
+        // nothing of this writer goes to a later one.
+        let signal = self.node_signal(peer);
+        let mut stream = match self.open_stream(peer, &mut control, &signal, &[], 0).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(target: "manta::remote", %peer, error = %e, "cannot open actor stream");
@@ -366,7 +373,7 @@ impl Remoting {
                     };
                     tracing::warn!(target: "manta::remote", %peer, error = %e, "actor stream ended by the peer; opening a new one");
                     self.lost_with_stream(peer, &mut written, &[]);
-                    match self.open_stream(peer, &mut control, &[], 1).await {
+                    match self.open_stream(peer, &mut control, &signal, &[], 1).await {
                         Ok(fresh) => {
                             stream = fresh;
                             self.note_reopened();
@@ -403,7 +410,7 @@ impl Remoting {
                 // than leaving an ask to hang until its timeout.
                 tracing::warn!(target: "manta::remote", %peer, error = %e, "actor stream broken; opening a new one");
                 self.lost_with_stream(peer, &mut written, out);
-                match self.open_stream(peer, &mut control, out, 1).await {
+                match self.open_stream(peer, &mut control, &signal, out, 1).await {
                     Ok(fresh) => stream = fresh,
                     Err(e) => {
                         tracing::warn!(target: "manta::remote", %peer, error = %e, "actor stream lost");
@@ -431,30 +438,53 @@ impl Remoting {
     }
 
     /// Opens an actor stream to `peer` that the peer accepted, and writes
-    /// `out` on it, in a few tries a little apart while the peer is a
-    /// member (the first try waits `STREAM_RETRIES_MS[first]`: a stream
-    /// opened at once can land on a connection that is closing).
+    /// `out` on it, in a few tries a little apart while the peer's node,
+    /// the incarnation `signal` belongs to, is up (the first try waits
+    /// `STREAM_RETRIES_MS[first]`: a stream opened at once can land on a
+    /// connection that is closing).
     ///
     /// Nothing is written before the peer's acceptance byte: libp2p-stream
     /// drops an inbound stream that arrives while its accept queue (one
     /// slot) is full, as when several nodes open streams to one node at
     /// once. Such a stream is reset before any byte of it was read, so
-    /// trying again loses and repeats nothing.
+    /// trying again loses and repeats nothing; those tries (up to
+    /// `UNACCEPTED_TRIES`, a millisecond more apart each time) do not
+    /// count against the others.
     async fn open_stream(
         &self,
         peer: PeerId,
         control: &mut libp2p_stream::Control,
+        signal: &ExitSignal,
         out: &[u8],
         first: usize,
     ) -> std::io::Result<libp2p::Stream> {
         let mut last = std::io::Error::other("no try");
-        for (i, wait_ms) in STREAM_RETRIES_MS.iter().enumerate().skip(first) {
-            if *wait_ms > 0 {
-                tokio::time::sleep(std::time::Duration::from_millis(*wait_ms)).await;
+        let mut step = first;
+        let mut unaccepted = 0u64;
+        let mut was_unaccepted = false;
+        let mut tries = 0u64;
+        loop {
+            let wait_ms = if was_unaccepted {
+                unaccepted
+            } else {
+                let Some(w) = STREAM_RETRIES_MS.get(step) else {
+                    break;
+                };
+                step += 1;
+                *w
+            };
+            if tries > 0 {
+                tracing::info!(target: "manta::remote", %peer, error = %last, "actor stream not opened; trying again");
             }
-            if i > 0 && self.node_signal(peer).reason().is_some() {
+            if wait_ms > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
+            }
+            if (tries > 0 || first > 0) && signal.reason().is_some() {
+                last = std::io::Error::other("its node went down");
                 break;
             }
+            tries += 1;
+            was_unaccepted = false;
             let mut stream = match control.open_stream(peer, PROTOCOL).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -474,6 +504,8 @@ impl Remoting {
                 }
                 Ok(Ok(_)) => {
                     last = std::io::Error::other("the peer dropped the stream before accepting it");
+                    unaccepted += 1;
+                    was_unaccepted = unaccepted <= UNACCEPTED_TRIES;
                     continue;
                 }
                 Ok(Err(e)) => {
@@ -486,6 +518,9 @@ impl Remoting {
                     ));
                     continue;
                 }
+            }
+            if tries > 1 {
+                tracing::info!(target: "manta::remote", %peer, tries, "actor stream accepted");
             }
             if out.is_empty() {
                 return Ok(stream);
