@@ -194,15 +194,12 @@ async fn a_broken_actor_stream_is_replaced_and_the_failed_write_sent_again() {
     assert_eq!(p.b.remoting().reopened_streams(), 2);
 }
 
-/// An ask whose request went out on a stream that broke afterwards (a
-/// later write failed) ends at once with `NodeDown` naming the broken
-/// stream, not at its timeout: a write that returned only handed its bytes
-/// to the multiplexer, and a connection that closed under them would leave
-/// the ask unanswered for good. The failed write goes out again and is
-/// answered.
-#[tokio::test]
-async fn an_ask_written_on_a_stream_that_then_breaks_fails_at_once() {
-    let (p, sys_a) = pair("broken-after").await;
+type HeldAsk = tokio::task::JoinHandle<Result<i64, manta_actors::AskError<Cmd>>>;
+
+/// Two nodes, a [`Holder`] on a, and an ask from b that it holds (written
+/// on b's stream to a and handled there, never answered).
+async fn held_ask(tag: &str) -> (Pair, manta_actors::ActorHandle<Cmd>, HeldAsk) {
+    let (p, sys_a) = pair(tag).await;
     sys_a
         .spawn_named("holder", Holder(Vec::new()))
         .await
@@ -220,10 +217,12 @@ async fn an_ask_written_on_a_stream_that_then_breaks_fails_at_once() {
     while remote.ask(Cmd::Get, DEADLINE).await.unwrap() < 1 {
         assert!(std::time::Instant::now() < until, "never held");
     }
-    p.b.remoting().fail_writes(0, 1);
-    let started = std::time::Instant::now();
-    assert_eq!(remote.ask(Cmd::Get, DEADLINE).await.unwrap(), 1);
-    assert_eq!(p.b.remoting().reopened_streams(), 1);
+    (p, remote, held)
+}
+
+/// The held ask ends within the deadline with `NodeDown` naming the
+/// stream that broke under it.
+async fn failed_with_its_stream(held: HeldAsk) {
     let err = tokio::time::timeout(DEADLINE, held)
         .await
         .expect("the held ask ended")
@@ -237,6 +236,22 @@ async fn an_ask_written_on_a_stream_that_then_breaks_fails_at_once() {
         ),
         "{err:?}"
     );
+}
+
+/// An ask whose request went out on a stream that broke afterwards (a
+/// later write failed) ends at once with `NodeDown` naming the broken
+/// stream, not at its timeout: a write that returned only handed its bytes
+/// to the multiplexer, and a connection that closed under them would leave
+/// the ask unanswered for good. The failed write goes out again and is
+/// answered.
+#[tokio::test]
+async fn an_ask_written_on_a_stream_that_then_breaks_fails_at_once() {
+    let (p, remote, held) = held_ask("broken-after").await;
+    p.b.remoting().fail_writes(0, 1);
+    let started = std::time::Instant::now();
+    assert_eq!(remote.ask(Cmd::Get, DEADLINE).await.unwrap(), 1);
+    assert_eq!(p.b.remoting().reopened_streams(), 1);
+    failed_with_its_stream(held).await;
     assert!(started.elapsed() < DEADLINE, "at once, not at its timeout");
 }
 
@@ -247,38 +262,12 @@ async fn an_ask_written_on_a_stream_that_then_breaks_fails_at_once() {
 /// and opens a new stream, which carries the next ask.
 #[tokio::test]
 async fn an_actor_stream_the_peer_ends_is_seen_at_once_without_a_further_write() {
-    let (p, sys_a) = pair("ended").await;
-    sys_a
-        .spawn_named("holder", Holder(Vec::new()))
-        .await
-        .unwrap();
-    published(&p.b, "holder").await;
-    let remote = p.b.where_is::<Cmd>("holder").unwrap();
-    let held = {
-        let remote = remote.clone();
-        tokio::spawn(async move { remote.ask(Cmd::Hold, Duration::from_secs(60)).await })
-    };
-    let until = std::time::Instant::now() + DEADLINE;
-    while remote.ask(Cmd::Get, DEADLINE).await.unwrap() < 1 {
-        assert!(std::time::Instant::now() < until, "never held");
-    }
+    let (p, remote, held) = held_ask("ended").await;
     // a handles b's next frame, a tell, then ends the stream it came on.
     p.a.remoting().end_inbound_streams(1);
     let started = std::time::Instant::now();
     remote.tell(Cmd::Add(0)).unwrap();
-    let err = tokio::time::timeout(DEADLINE, held)
-        .await
-        .expect("the held ask ended without another write")
-        .unwrap()
-        .unwrap_err();
-    assert!(
-        matches!(
-            &err,
-            manta_actors::AskError::NoReply(Some(manta_actors::ExitReason::NodeDown(why)))
-                if why.contains("broke before the answer came")
-        ),
-        "{err:?}"
-    );
+    failed_with_its_stream(held).await;
     assert!(started.elapsed() < DEADLINE, "at once, not at its timeout");
     assert!(
         p.b.remoting()
