@@ -14,7 +14,7 @@ use libp2p::PeerId;
 use manta_actors::{ExitReason, ExitSignal, WireError};
 use tokio::sync::mpsc;
 
-use super::frame::{Encoded, Frame, encode, encode_lazy, records_to_mesh};
+use super::frame::{CHUNK_VARIANT, ChunkRef, Encoded, Frame, encode, encode_lazy, records_to_mesh};
 use super::lane::{Inflight, LaneBody, LaneLink, LaneMsg, dec};
 use super::{ACCEPTED, BULK_QUEUE, CHUNK, PEER_QUEUE, PROTOCOL, Remoting, lock};
 
@@ -61,15 +61,22 @@ fn inc(map: &Inflight, target: &Option<String>) {
     }
 }
 
-/// Appends the reply ids of the requests among `bytes` (small frames as
-/// on the stream: length, version, frame). Reads only a request's variant
-/// and ids, not the rest of it.
+/// Appends the reply ids of the requests among `bytes` (frames as on the
+/// stream: length, version, frame), small ones and the first chunk of a
+/// large one (whose piece starts with the frame). Reads only a request's
+/// variant and ids, not the rest of it.
 fn request_ids(mut bytes: &[u8], ids: &mut impl Extend<u64>) {
     while let Some(len) = bytes.get(..4) {
         let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-        let Some(frame) = bytes.get(5..4 + len) else {
+        let Some(mut frame) = bytes.get(5..4 + len) else {
             break;
         };
+        if frame.first() == Some(&CHUNK_VARIANT) {
+            frame = match postcard::from_bytes::<ChunkRef<'_>>(&frame[1..]) {
+                Ok(c) if c.index == 0 => c.data,
+                _ => &[],
+            };
+        }
         // `Frame::Request` is variant 1: its reply ids come first.
         if frame.first() == Some(&1) {
             if let Ok(((_, replies), _)) = postcard::take_from_bytes::<(u32, Vec<u64>)>(frame) {
@@ -341,7 +348,7 @@ impl Remoting {
             Err(e) => {
                 tracing::warn!(target: "manta::remote", %peer, error = %e, "cannot open actor stream");
                 self.remove_link(peer, writer_id);
-                self.fail_queued(peer, None, &mut rx);
+                self.fail_queued(peer, None, &mut rx, &mut bulk);
                 return;
             }
         };
@@ -382,7 +389,7 @@ impl Remoting {
                         Err(e) => {
                             tracing::warn!(target: "manta::remote", %peer, error = %e, "actor stream lost");
                             self.remove_link(peer, writer_id);
-                            self.fail_queued(peer, None, &mut rx);
+                            self.fail_queued(peer, None, &mut rx, &mut bulk);
                             return;
                         }
                     }
@@ -418,7 +425,7 @@ impl Remoting {
                         // Nothing of it or of what is queued behind it goes
                         // out: its asks fail now instead of at their timeout.
                         let unsent = out.to_vec();
-                        self.fail_queued(peer, Some(&unsent), &mut rx);
+                        self.fail_queued(peer, Some(&unsent), &mut rx, &mut bulk);
                         return;
                     }
                 }
@@ -564,17 +571,28 @@ impl Remoting {
         );
     }
 
-    /// Fails the asks carried by small frames that will not be written to
+    /// Fails the asks carried by frames that will not be written to
     /// `peer`: `out` (frames as on the stream: length, version, frame) and
-    /// every frame still queued in `rx`, which is closed.
-    fn fail_queued(&self, peer: PeerId, out: Option<&[u8]>, rx: &mut mpsc::Receiver<Vec<u8>>) {
+    /// every frame still queued in `rx` and `bulk`, which are closed.
+    fn fail_queued(
+        &self,
+        peer: PeerId,
+        out: Option<&[u8]>,
+        rx: &mut mpsc::Receiver<Vec<u8>>,
+        bulk: &mut mpsc::Receiver<(Vec<u8>, Option<String>)>,
+    ) {
         rx.close();
+        bulk.close();
         let mut ids = Vec::new();
         if let Some(out) = out {
             request_ids(out, &mut ids);
         }
         while let Ok(f) = rx.try_recv() {
             request_ids(&f, &mut ids);
+        }
+        // Large asks not started yet: their first chunk is queued.
+        while let Ok((c, _)) = bulk.try_recv() {
+            request_ids(&c, &mut ids);
         }
         if ids.is_empty() {
             return;
@@ -665,6 +683,46 @@ mod tests {
         let mut ids = Vec::new();
         request_ids(&out[..out.len() - 3], &mut ids);
         assert_eq!(ids, vec![7, u64::MAX, 300]);
+    }
+
+    #[test]
+    fn a_large_requests_ids_are_read_from_its_first_chunk_only() {
+        let body = vec![3u8; 3 * CHUNK];
+        let chunks = match encode(
+            &Frame::Request {
+                replies: vec![42, 43],
+                to: Cow::Borrowed("big"),
+                ty: Cow::Borrowed("t"),
+                body: Cow::Borrowed(&body),
+            },
+            None,
+        ) {
+            Ok(Encoded::Chunks(c)) => c,
+            _ => panic!("not chunks"),
+        };
+        assert!(chunks.len() > 2);
+        let mut ids = Vec::new();
+        request_ids(&chunks[0], &mut ids);
+        assert_eq!(ids, vec![42, 43]);
+        // Later chunks name no request (their piece is the frame's middle).
+        for c in &chunks[1..] {
+            request_ids(c, &mut ids);
+        }
+        assert_eq!(ids, vec![42, 43]);
+        // A large tell's first chunk names none either.
+        let tell = match encode(
+            &Frame::Tell {
+                to: Cow::Borrowed("big"),
+                ty: Cow::Borrowed("t"),
+                body: Cow::Borrowed(&body),
+            },
+            None,
+        ) {
+            Ok(Encoded::Chunks(c)) => c,
+            _ => panic!("not chunks"),
+        };
+        request_ids(&tell[0], &mut ids);
+        assert_eq!(ids, vec![42, 43]);
     }
 
     #[test]

@@ -22,6 +22,8 @@ enum Cmd {
     FailAsked(ReplyTo<i64>),
     /// Kept unanswered (by [`Holder`]).
     Hold(ReplyTo<i64>),
+    /// The same, with a payload that makes it a large message.
+    HoldBytes(Vec<u8>, ReplyTo<i64>),
 }
 
 /// Keeps the asks it gets with `Hold` unanswered; `Get` answers how many;
@@ -32,7 +34,7 @@ impl Actor for Holder {
     type Msg = Cmd;
     async fn handle(&mut self, msg: Cmd, _: &mut Context<Cmd>) -> Result<(), ActorError> {
         match msg {
-            Cmd::Hold(r) => self.0.push(r),
+            Cmd::Hold(r) | Cmd::HoldBytes(_, r) => self.0.push(r),
             Cmd::Add(_) => {}
             Cmd::Get(r) => {
                 r.send(self.0.len() as i64);
@@ -61,7 +63,9 @@ impl Actor for Counter {
             Cmd::Get(r) => {
                 r.send(self.0);
             }
-            Cmd::Fail | Cmd::FailAsked(_) | Cmd::Hold(_) => return Err("told to fail".into()),
+            Cmd::Fail | Cmd::FailAsked(_) | Cmd::Hold(_) | Cmd::HoldBytes(..) => {
+                return Err("told to fail".into());
+            }
         }
         Ok(())
     }
@@ -199,7 +203,17 @@ type HeldAsk = tokio::task::JoinHandle<Result<i64, manta_actors::AskError<Cmd>>>
 /// Two nodes, a [`Holder`] on a, and an ask from b that it holds (written
 /// on b's stream to a and handled there, never answered).
 async fn held_ask(tag: &str) -> (Pair, manta_actors::ActorHandle<Cmd>, HeldAsk) {
-    let (p, sys_a) = pair(tag).await;
+    held_ask_with(tag, |_| {}, 0).await
+}
+
+/// [`held_ask`] with both configs changed by `change`; the held ask
+/// carries `payload` bytes (a large message when above the chunk size).
+async fn held_ask_with(
+    tag: &str,
+    change: impl Fn(&mut NodeConfig),
+    payload: usize,
+) -> (Pair, manta_actors::ActorHandle<Cmd>, HeldAsk) {
+    let (p, sys_a) = pair_with(tag, change).await;
     sys_a
         .spawn_named("holder", Holder(Vec::new()))
         .await
@@ -209,7 +223,11 @@ async fn held_ask(tag: &str) -> (Pair, manta_actors::ActorHandle<Cmd>, HeldAsk) 
     assert_eq!(remote.ask(Cmd::Get, DEADLINE).await.unwrap(), 0);
     let held = {
         let remote = remote.clone();
-        tokio::spawn(async move { remote.ask(Cmd::Hold, Duration::from_secs(60)).await })
+        let hold = move |r| match payload {
+            0 => Cmd::Hold(r),
+            n => Cmd::HoldBytes(vec![7; n], r),
+        };
+        tokio::spawn(async move { remote.ask(hold, Duration::from_secs(60)).await })
     };
     // Asks are handled in order: once one answers 1, the hold was written
     // and is held.
@@ -277,6 +295,72 @@ async fn an_actor_stream_the_peer_ends_is_seen_at_once_without_a_further_write()
     );
     // The held ask is still held by the actor; the new stream carries this.
     assert_eq!(remote.ask(Cmd::Get, DEADLINE).await.unwrap(), 1);
+}
+
+/// The same for a large ask that went out in chunks on the mesh stream
+/// (the lane off): the writer remembers its reply id from its first
+/// chunk, so it fails at once too instead of waiting out its timeout.
+#[tokio::test]
+async fn a_large_ask_in_chunks_on_a_stream_that_ends_fails_at_once() {
+    let (p, remote, held) =
+        held_ask_with("ended-large", |c| c.bulk.enabled = false, 256 * 1024).await;
+    p.a.remoting().end_inbound_streams(1);
+    let started = std::time::Instant::now();
+    remote.tell(Cmd::Add(0)).unwrap();
+    failed_with_its_stream(held).await;
+    assert!(started.elapsed() < DEADLINE, "at once, not at its timeout");
+    assert_eq!(remote.ask(Cmd::Get, DEADLINE).await.unwrap(), 1);
+}
+
+/// Large asks (chunks on the mesh, the lane off) whose stream cannot be
+/// replaced: the one being written and the one queued behind it both fail
+/// at once with `NodeDown`, not at their timeout.
+#[tokio::test]
+async fn large_asks_queued_on_a_stream_that_cannot_be_replaced_fail_at_once() {
+    let (p, sys_a) = pair_with("lost-large", |c| c.bulk.enabled = false).await;
+    sys_a
+        .spawn_named("holder", Holder(Vec::new()))
+        .await
+        .unwrap();
+    published(&p.b, "holder").await;
+    let remote = p.b.where_is::<Cmd>("holder").unwrap();
+    assert_eq!(remote.ask(Cmd::Get, DEADLINE).await.unwrap(), 0);
+    p.b.remoting().fail_writes(0, 100);
+    let started = std::time::Instant::now();
+    let asks: Vec<_> = (0..2)
+        .map(|_| {
+            let remote = remote.clone();
+            tokio::spawn(async move {
+                remote
+                    .ask(
+                        |r| Cmd::HoldBytes(vec![7; 256 * 1024], r),
+                        Duration::from_secs(60),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    for ask in asks {
+        let err = tokio::time::timeout(DEADLINE, ask)
+            .await
+            .expect("the large ask ended")
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                AskError::NoReply(Some(ExitReason::NodeDown(why)))
+                    if why.contains("actor stream to it was lost")
+            ),
+            "{err:?}"
+        );
+    }
+    assert!(
+        started.elapsed() < DEADLINE,
+        "at once, not at their timeout"
+    );
+    p.b.remoting().fail_writes(0, 0);
+    assert_eq!(remote.ask(Cmd::Get, DEADLINE).await.unwrap(), 0);
 }
 
 /// libp2p-stream drops an inbound stream that arrives while its accept
