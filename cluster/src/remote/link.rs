@@ -378,7 +378,9 @@ impl Remoting {
                         Ok(_) => std::io::Error::other("the peer wrote on a one-way actor stream"),
                         Err(e) => e,
                     };
-                    tracing::warn!(target: "manta::remote", %peer, error = %e, "actor stream ended by the peer; opening a new one");
+                    // A node that leaves ends its streams too: not a
+                    // warning by itself (asks lost with it warn below).
+                    tracing::info!(target: "manta::remote", %peer, error = %e, "actor stream ended by the peer; opening a new one");
                     self.lost_with_stream(peer, &mut written, &[]);
                     match self.open_stream(peer, &mut control, &signal, &[], 1).await {
                         Ok(fresh) => {
@@ -387,7 +389,7 @@ impl Remoting {
                             continue;
                         }
                         Err(e) => {
-                            tracing::warn!(target: "manta::remote", %peer, error = %e, "actor stream lost");
+                            tracing::info!(target: "manta::remote", %peer, error = %e, "actor stream not reopened; the link closes (the next message opens a new one)");
                             self.remove_link(peer, writer_id);
                             self.fail_queued(peer, None, &mut rx, &mut bulk);
                             return;
