@@ -687,21 +687,22 @@ mod tests {
         assert_eq!(ids, vec![7, u64::MAX, 300]);
     }
 
+    fn chunked(f: &Frame<'_>) -> Vec<Vec<u8>> {
+        match encode(f, None) {
+            Ok(Encoded::Chunks(c)) => c,
+            _ => panic!("not chunks"),
+        }
+    }
+
     #[test]
     fn a_large_requests_ids_are_read_from_its_first_chunk_only() {
         let body = vec![3u8; 3 * CHUNK];
-        let chunks = match encode(
-            &Frame::Request {
-                replies: vec![42, 43],
-                to: Cow::Borrowed("big"),
-                ty: Cow::Borrowed("t"),
-                body: Cow::Borrowed(&body),
-            },
-            None,
-        ) {
-            Ok(Encoded::Chunks(c)) => c,
-            _ => panic!("not chunks"),
-        };
+        let chunks = chunked(&Frame::Request {
+            replies: vec![42, 43],
+            to: Cow::Borrowed("big"),
+            ty: Cow::Borrowed("t"),
+            body: Cow::Borrowed(&body),
+        });
         assert!(chunks.len() > 2);
         let mut ids = Vec::new();
         request_ids(&chunks[0], &mut ids);
@@ -712,17 +713,11 @@ mod tests {
         }
         assert_eq!(ids, vec![42, 43]);
         // A large tell's first chunk names none either.
-        let tell = match encode(
-            &Frame::Tell {
-                to: Cow::Borrowed("big"),
-                ty: Cow::Borrowed("t"),
-                body: Cow::Borrowed(&body),
-            },
-            None,
-        ) {
-            Ok(Encoded::Chunks(c)) => c,
-            _ => panic!("not chunks"),
-        };
+        let tell = chunked(&Frame::Tell {
+            to: Cow::Borrowed("big"),
+            ty: Cow::Borrowed("t"),
+            body: Cow::Borrowed(&body),
+        });
         request_ids(&tell[0], &mut ids);
         assert_eq!(ids, vec![42, 43]);
     }
