@@ -206,13 +206,12 @@ async fn held_ask(tag: &str) -> (Pair, manta_actors::ActorHandle<Cmd>, HeldAsk) 
     held_ask_with(tag, |_| {}, 0).await
 }
 
-/// [`held_ask`] with both configs changed by `change`; the held ask
-/// carries `payload` bytes (a large message when above the chunk size).
-async fn held_ask_with(
+/// Two nodes (both configs changed by `change`), a [`Holder`] on a, and
+/// b's handle to it, which has answered once.
+async fn holder_pair(
     tag: &str,
     change: impl Fn(&mut NodeConfig),
-    payload: usize,
-) -> (Pair, manta_actors::ActorHandle<Cmd>, HeldAsk) {
+) -> (Pair, manta_actors::ActorHandle<Cmd>) {
     let (p, sys_a) = pair_with(tag, change).await;
     sys_a
         .spawn_named("holder", Holder(Vec::new()))
@@ -221,6 +220,17 @@ async fn held_ask_with(
     published(&p.b, "holder").await;
     let remote = p.b.where_is::<Cmd>("holder").unwrap();
     assert_eq!(remote.ask(Cmd::Get, DEADLINE).await.unwrap(), 0);
+    (p, remote)
+}
+
+/// [`held_ask`] with both configs changed by `change`; the held ask
+/// carries `payload` bytes (a large message when above the chunk size).
+async fn held_ask_with(
+    tag: &str,
+    change: impl Fn(&mut NodeConfig),
+    payload: usize,
+) -> (Pair, manta_actors::ActorHandle<Cmd>, HeldAsk) {
+    let (p, remote) = holder_pair(tag, change).await;
     let held = {
         let remote = remote.clone();
         let hold = move |r| match payload {
@@ -317,14 +327,7 @@ async fn a_large_ask_in_chunks_on_a_stream_that_ends_fails_at_once() {
 /// at once with `NodeDown`, not at their timeout.
 #[tokio::test]
 async fn large_asks_queued_on_a_stream_that_cannot_be_replaced_fail_at_once() {
-    let (p, sys_a) = pair_with("lost-large", |c| c.bulk.enabled = false).await;
-    sys_a
-        .spawn_named("holder", Holder(Vec::new()))
-        .await
-        .unwrap();
-    published(&p.b, "holder").await;
-    let remote = p.b.where_is::<Cmd>("holder").unwrap();
-    assert_eq!(remote.ask(Cmd::Get, DEADLINE).await.unwrap(), 0);
+    let (p, remote) = holder_pair("lost-large", |c| c.bulk.enabled = false).await;
     p.b.remoting().fail_writes(0, 100);
     let started = std::time::Instant::now();
     let asks: Vec<_> = (0..2)
