@@ -4,7 +4,7 @@
 //! deployment), and the autoscaler (replicas follow the requests in
 //! flight, down to zero).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -247,7 +247,20 @@ struct Slot {
     /// Scaling down: the router takes it only when no other has room, and
     /// it is retired once empty.
     draining: AtomicBool,
+    /// Requests to it that failed with a broken link (`NodeDown`) while
+    /// the replica was not yet known gone, each counted for up to
+    /// [`SUSPECT_HOLD`] or until the replica exits: while any counts, the
+    /// router sends it nothing (its node is most likely dying, and a slot
+    /// freed by such a failure must not take one more request there).
+    suspect: AtomicU32,
 }
+
+/// How long a request lost with its replica's link keeps the router away
+/// from that replica when the replica is not known gone: long enough for
+/// the membership to see a dead node (a closed connection is seen within
+/// milliseconds), short enough that a replica whose link merely broke
+/// and reopened is back in use soon.
+const SUSPECT_HOLD: Duration = Duration::from_secs(5);
 
 /// Counts of answered requests, for canary decisions.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -382,6 +395,7 @@ impl Shared {
             handle: ReplicaHandle::Local(handle),
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
+            suspect: AtomicU32::new(0),
         });
         // A replica whose model panicked stops: replaced like a lost one.
         self.watch(&slot, monitor, Box::new(|| ()));
@@ -466,6 +480,7 @@ impl Shared {
             },
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
+            suspect: AtomicU32::new(0),
         });
         let placement = r.placement.clone();
         let (cpus, gpus) = (r.cpus, r.gpus);
@@ -581,6 +596,25 @@ async fn replace_replica(shared: Weak<Shared>) {
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+/// A request to `slot`'s replica was lost with its link while the replica
+/// is not known gone: the router keeps away from it until it exits (and
+/// leaves the router) or [`SUSPECT_HOLD`] passes.
+fn suspect(s: &Shared, slot: &Arc<Slot>, handle: &ActorHandle<RemoteReplicaMsg>) {
+    slot.suspect.fetch_add(1, Ordering::AcqRel);
+    let monitor = handle.monitor();
+    let (slot, me) = (Arc::clone(slot), s.me.clone());
+    tokio::spawn(async move {
+        // Exited: the watcher drops it from the router.
+        let _ = tokio::time::timeout(SUSPECT_HOLD, monitor.wait()).await;
+        slot.suspect.fetch_sub(1, Ordering::AcqRel);
+        // Requests queued while it was avoided look again.
+        if let Some(s) = me.upgrade() {
+            s.freed.notify_waiters();
+            s.load_moved();
+        }
+    });
 }
 
 /// Holds one of a replica's `max_ongoing_requests` slots; frees it (and
@@ -1070,6 +1104,9 @@ impl Deployment {
                 let message = e.to_string();
                 if handle.exit_reason().is_some() {
                     replica_lost(s, &slot.slot, &message);
+                } else {
+                    // Before the slot frees (so no request takes it).
+                    suspect(s, &slot.slot, &handle);
                 }
                 Err(ServeError::ReplicaLost {
                     deployment: s.key.clone(),
@@ -1162,6 +1199,8 @@ impl Deployment {
             .filter(|&i| !slots[i].draining.load(Ordering::Acquire))
             .chain(live)
             .chain(draining)
+            // A replica whose link just lost a request takes none.
+            .filter(|&i| slots[i].suspect.load(Ordering::Acquire) == 0)
             .find(|&i| self.try_acquire(&slots[i]))
             .map(|i| {
                 s.changed.notify_waiters();

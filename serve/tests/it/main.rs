@@ -2,6 +2,7 @@
 
 mod autoscale;
 mod batching;
+mod cluster;
 mod common;
 mod config;
 mod grpc;
