@@ -300,13 +300,14 @@ impl GrpcInferenceService for Service {
         request: Request<ModelReadyRequest>,
     ) -> Result<Response<ModelReadyResponse>, Status> {
         let r = request.into_inner();
-        let (d, _) = self
-            .state
-            .resolve(&r.name, version_of(&r.version), false)
-            .map_err(lookup_status)?;
-        Ok(Response::new(ModelReadyResponse {
-            ready: d.is_ready(),
-        }))
+        // An unknown model or version is not ready (as Triton answers:
+        // clients such as tritonclient's `is_model_ready` expect `false`,
+        // not an error).
+        let ready = match self.state.resolve(&r.name, version_of(&r.version), false) {
+            Ok((d, _)) => d.is_ready(),
+            Err(_) => false,
+        };
+        Ok(Response::new(ModelReadyResponse { ready }))
     }
 
     async fn server_metadata(
@@ -342,7 +343,7 @@ impl GrpcInferenceService for Service {
         Ok(Response::new(ModelMetadataResponse {
             name: r.name,
             versions,
-            platform: "manta-burn".to_owned(),
+            platform: "manta_burn".to_owned(),
             inputs: tensors(inputs),
             outputs: tensors(outputs),
             properties: HashMap::new(),

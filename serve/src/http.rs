@@ -172,6 +172,7 @@ pub(crate) fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/v2", get(server_metadata))
+        .route("/v2/", get(server_metadata))
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
         .route("/v2/models/{name}", get(model_metadata))
@@ -191,7 +192,17 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .route("/metrics", get(render_metrics))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+}
+
+/// A known path with another method: 405 with the protocol's error body
+/// (axum's own answer has an empty body).
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
 }
 
 async fn not_found(req: Request) -> ApiError {
@@ -333,7 +344,7 @@ fn metadata(state: &AppInner, name: &str, version: Option<&str>) -> Result<Respo
         &ModelMetadata {
             name: name.to_owned(),
             versions,
-            platform: "manta-burn",
+            platform: "manta_burn",
             inputs,
             outputs,
         },

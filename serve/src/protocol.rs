@@ -23,9 +23,10 @@ pub const LOGITS: &str = "logits";
 /// Output: the index of each row's largest value (`INT64`, `[rows]`).
 pub const LABEL: &str = "label";
 
-/// `POST .../infer` body.
+/// `POST .../infer` body. Top-level keys it does not know are ignored:
+/// clients add their own (KServe's Python client sends `model_name`), and
+/// the protocol does not forbid them.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct InferRequest {
     /// Echoed in the response.
     #[serde(default)]
@@ -221,7 +222,7 @@ pub fn check(req: InferRequest, features: usize, binary: &[u8]) -> Result<Checke
                 ));
             }
             let mut values = Vec::with_capacity(expected.min(1 << 20));
-            flatten(data, &mut values, expected)?;
+            flatten(data, &input.shape, &mut values, expected)?;
             values
         }
         (Some(size), None) => {
@@ -245,7 +246,14 @@ pub fn check(req: InferRequest, features: usize, binary: &[u8]) -> Result<Checke
     check_count(&input.shape, expected, values.len())?;
     let all_binary = flag(req.parameters.as_ref(), "binary_data_output")?.unwrap_or(false);
     let (outputs, binary) = match &req.outputs {
+        // An empty list asks for every output too (as gRPC and Triton
+        // read it).
         None => {
+            let outputs = check_outputs(None::<std::iter::Empty<&str>>)?;
+            let binary = vec![all_binary; outputs.len()];
+            (outputs, binary)
+        }
+        Some(wanted) if wanted.is_empty() => {
             let outputs = check_outputs(None::<std::iter::Empty<&str>>)?;
             let binary = vec![all_binary; outputs.len()];
             (outputs, binary)
@@ -352,32 +360,89 @@ pub fn labels(values: &[f32], width: usize) -> Vec<i64> {
         .collect()
 }
 
-/// Appends the numbers of `data` (a number or nested arrays of them) in
-/// row-major order; stops counting past `limit` + 1 values.
-fn flatten(data: &Value, out: &mut Vec<f32>, limit: usize) -> Result<(), String> {
+/// Appends the numbers of `data` in row-major order: a flat array of
+/// numbers, or arrays nested as `shape` says (each level as long as its
+/// dimension: a ragged or wrongly nested array would cut the values into
+/// rows other than the client's, so it is refused). Stops counting past
+/// `limit` + 1 values.
+fn flatten(data: &Value, shape: &[i64], out: &mut Vec<f32>, limit: usize) -> Result<(), String> {
     match data {
-        Value::Number(n) => {
-            let Some(v) = n.as_f64() else {
-                return Err(format!("input '{INPUT}': {n} is not an FP32 value"));
-            };
-            if out.len() <= limit {
-                out.push(v as f32);
-            }
-            Ok(())
-        }
-        Value::Array(items) => {
+        Value::Array(items) if !items.iter().any(Value::is_array) => {
             for item in items {
-                flatten(item, out, limit)?;
+                push_number(item, out, limit)?;
                 if out.len() > limit {
                     break;
                 }
             }
             Ok(())
         }
-        other => Err(format!(
-            "input '{INPUT}': data holds {other}, not an FP32 number"
-        )),
+        Value::Array(_) => nested(data, shape, &mut Vec::new(), out, limit),
+        other => push_number(other, out, limit),
     }
+}
+
+/// [`flatten`] of nested arrays at the position `at` (indices so far).
+fn nested(
+    data: &Value,
+    shape: &[i64],
+    at: &mut Vec<usize>,
+    out: &mut Vec<f32>,
+    limit: usize,
+) -> Result<(), String> {
+    let Some(&dim) = shape.get(at.len()) else {
+        return match data {
+            Value::Array(_) => Err(format!(
+                "input '{INPUT}': data{} is an array, but shape {shape:?} has only {} dimensions",
+                index_text(at),
+                shape.len()
+            )),
+            other => push_number(other, out, limit),
+        };
+    };
+    let Value::Array(items) = data else {
+        return Err(format!(
+            "input '{INPUT}': data{} is {data}, but shape {shape:?} wants an array of {dim} there",
+            index_text(at)
+        ));
+    };
+    if items.len() as i64 != dim {
+        return Err(format!(
+            "input '{INPUT}': data{} holds {} items, but shape {shape:?} wants {dim} there",
+            index_text(at),
+            items.len()
+        ));
+    }
+    for (i, item) in items.iter().enumerate() {
+        at.push(i);
+        let r = nested(item, shape, at, out, limit);
+        at.pop();
+        r?;
+        if out.len() > limit {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// `[i][j]…` for error messages.
+fn index_text(at: &[usize]) -> String {
+    at.iter().map(|i| format!("[{i}]")).collect()
+}
+
+/// Appends one number (an error for anything else).
+fn push_number(v: &Value, out: &mut Vec<f32>, limit: usize) -> Result<(), String> {
+    let Value::Number(n) = v else {
+        return Err(format!(
+            "input '{INPUT}': data holds {v}, not an FP32 number"
+        ));
+    };
+    let Some(x) = n.as_f64() else {
+        return Err(format!("input '{INPUT}': {n} is not an FP32 value"));
+    };
+    if out.len() <= limit {
+        out.push(x as f32);
+    }
+    Ok(())
 }
 
 /// The response tensors for `values` (`rows` rows of `width`), and the

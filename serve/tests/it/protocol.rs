@@ -35,13 +35,17 @@ async fn health_and_metadata_endpoints_answer_with_the_protocol_fields() {
     let server = digits_server(dir.path(), 1 << 20).await;
     let base = format!("http://{}", server.local_addr());
 
-    let (s, _, v) = get(&format!("{base}/v2")).await;
-    assert_eq!(s, 200);
-    assert_eq!(v["name"], "manta");
-    assert!(
-        v["version"].is_string() && v["extensions"].is_array(),
-        "{v}"
-    );
+    // Server metadata, at `/v2` and at `/v2/` (the REST spec's OpenAPI
+    // file declares the latter).
+    for path in ["/v2", "/v2/"] {
+        let (s, _, v) = get(&format!("{base}{path}")).await;
+        assert_eq!(s, 200, "{path}");
+        assert_eq!(v["name"], "manta");
+        assert!(
+            v["version"].is_string() && v["extensions"].is_array(),
+            "{v}"
+        );
+    }
 
     let (s, _, v) = get(&format!("{base}/v2/health/live")).await;
     assert_eq!((s, &v["live"]), (200, &json!(true)));
@@ -93,6 +97,15 @@ async fn health_and_metadata_endpoints_answer_with_the_protocol_fields() {
     let (s, _, v) = get(&format!("{base}/v2/nothing")).await;
     assert_eq!(s, 404);
     assert!(v["error"].is_string(), "{v}");
+    // A known path with another method: 405, with the error body too.
+    let (s, _, v) = get(&format!("{base}/v2/models/digits/infer")).await;
+    assert_eq!(s, 405);
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("GET is not allowed on /v2/models/digits/infer")),
+        "{v}"
+    );
     assert!(server.shutdown().await);
 }
 
@@ -174,6 +187,22 @@ async fn infer_answers_the_checkpointed_mlp_with_id_and_requested_outputs() {
     assert_eq!(v["outputs"].as_array().map(Vec::len), Some(1));
     assert_eq!(v["outputs"][0]["name"], "label");
     assert_eq!(v["outputs"][0]["data"], json!([argmax(&want[..10])]));
+
+    // What KServe's Python client sends: a `model_name` key beside the
+    // protocol's (unknown top-level keys are ignored), and an empty
+    // `outputs` list, which asks for every output.
+    let body = json!({
+        "id": "kserve-1",
+        "model_name": "digits",
+        "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": rows[1]}],
+        "outputs": [],
+    });
+    let (s, _, v) = post(&format!("{base}/v2/models/digits/infer"), body.to_string()).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["id"], "kserve-1");
+    assert_eq!(v["outputs"][0]["name"], "logits");
+    assert_eq!(v["outputs"][1]["name"], "label");
+    assert_eq!(v["outputs"][1]["data"], json!([argmax(&want[10..])]));
     assert!(server.shutdown().await);
 }
 
@@ -374,6 +403,28 @@ async fn bad_requests_get_4xx_errors_naming_the_problem() {
         (tensor("input", json!([1, 64]), "FP32", json!(vec![0.0; 63])), 400, "needs 64 elements, data has 63"),
         (tensor("input", json!([1, 64]), "FP32", json!(vec![0.0; 65])), 400, "needs 64 elements"),
         (tensor("input", json!([1, 64]), "FP32", json!(["a"])), 400, "not an FP32 number"),
+        // Nested data must follow the shape: ragged rows (the right count
+        // in all) would cut the values into other rows than the client's.
+        (
+            tensor("input", json!([2, 64]), "FP32", json!([vec![0.0; 65], vec![0.0; 63]])),
+            400,
+            "data[0] holds 65 items, but shape [2, 64] wants 64 there",
+        ),
+        (
+            tensor("input", json!([2, 64]), "FP32", json!([vec![0.0; 64]])),
+            400,
+            "data holds 1 items, but shape [2, 64] wants 2 there",
+        ),
+        (
+            tensor("input", json!([1, 64]), "FP32", json!([vec![vec![0.0; 1]; 64]])),
+            400,
+            "data[0][0] is an array, but shape [1, 64] has only 2 dimensions",
+        ),
+        (
+            tensor("input", json!([2, 64]), "FP32", json!([vec![0.0; 64], 1.0])),
+            400,
+            "data[1] is 1.0, but shape [2, 64] wants an array of 64 there",
+        ),
         (
             json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": vec![0.0; 64]}],
                    "outputs": [{"name": "probs"}]}).to_string(),
