@@ -289,4 +289,23 @@ pub enum SpecError {
         /// How many children it was given.
         found: usize,
     },
+    /// The intensity period is zero: no two restarts would ever fall in
+    /// one window, so the intensity could never be exceeded (OTP requires
+    /// a period above zero).
+    #[error("supervisor `{supervisor}`: the restart intensity period must be longer than zero")]
+    ZeroPeriod {
+        /// The supervisor.
+        supervisor: String,
+    },
+    /// A child's shutdown timeout is zero (OTP requires it above zero;
+    /// `Shutdown::BrutalKill` stops a child at once).
+    #[error(
+        "supervisor `{supervisor}`: child `{child}` has a shutdown timeout of zero (use brutal_kill to stop it at once)"
+    )]
+    ZeroShutdown {
+        /// The supervisor.
+        supervisor: String,
+        /// The child.
+        child: String,
+    },
 }

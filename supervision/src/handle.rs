@@ -78,6 +78,11 @@ pub enum SupervisorError {
     /// The operation needs the child to be stopped.
     #[error("child `{0}` is running")]
     Running(String),
+    /// The child is waiting for a restart (a backoff delay, or a retry of
+    /// a failed start): it is neither running nor stopped (OTP's
+    /// `{error, restarting}`).
+    #[error("child `{0}` is waiting to restart")]
+    Restarting(String),
     /// Starting a child failed ([`source`](std::error::Error::source):
     /// the child's error, and its cause in turn).
     #[error("child `{child}` failed to start")]

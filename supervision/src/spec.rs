@@ -327,10 +327,22 @@ impl SupervisorSpec {
     }
 
     /// Checks the spec: unique child ids, one template for a dynamic
-    /// supervisor. Nested specs are checked too.
+    /// supervisor, a period and shutdown timeouts longer than zero. Nested
+    /// specs are checked too.
     pub fn validate(&self) -> Result<(), SpecError> {
+        if self.period.is_zero() {
+            return Err(SpecError::ZeroPeriod {
+                supervisor: self.name.clone(),
+            });
+        }
         let mut seen = std::collections::HashSet::new();
         for c in &self.children {
+            if c.shutdown == Shutdown::Timeout(Duration::ZERO) {
+                return Err(SpecError::ZeroShutdown {
+                    supervisor: self.name.clone(),
+                    child: c.id.clone(),
+                });
+            }
             if !seen.insert(c.id.as_str()) {
                 return Err(SpecError::DuplicateChild {
                     supervisor: self.name.clone(),

@@ -28,8 +28,10 @@ pub(crate) enum SupMsg {
     TerminateChild(String, Reply<()>),
     RestartChild(String, Reply<AnyHandle>),
     DeleteChild(String, Reply<()>),
-    /// Restart these children now (after a backoff delay or a failed start).
-    Restart(Vec<String>),
+    /// Restart these children now (after a backoff delay or a failed
+    /// start), if each still waits for *this* restart (the generation it
+    /// was marked with: a later restart of a larger group supersedes it).
+    Restart(Vec<String>, u64),
 }
 
 /// Starts supervisors.
@@ -147,6 +149,9 @@ struct Child {
     /// Restarts this child's own exits caused since it last ran for a whole
     /// period: the backoff exponent.
     backoff_n: u32,
+    /// The restart this child waits for (while `Restarting`): requests of
+    /// another generation are stale and leave it alone.
+    generation: u64,
 }
 
 impl Child {
@@ -158,6 +163,7 @@ impl Child {
             restarts: 0,
             started: None,
             backoff_n: 0,
+            generation: 0,
         }
     }
 }
@@ -175,6 +181,8 @@ pub(crate) struct SupState {
     events: EventBus,
     myself: ActorRef<SupMsg>,
     seq: u64,
+    /// The last restart generation handed out.
+    generation: u64,
 }
 
 /// Stops one child with its shutdown mode; returns the observed exit and
@@ -370,10 +378,43 @@ impl SupState {
         });
     }
 
-    /// Stops every running child, last started first.
+    /// Stops every running child, last started first. The children of a
+    /// `simple_one_for_one` supervisor are stopped all at once instead
+    /// (OTP: in parallel, in no defined order), so stopping N of them
+    /// takes one shutdown timeout, not N.
     async fn terminate_all(&mut self) {
-        for idx in (0..self.children.len()).rev() {
-            self.terminate_at(idx).await;
+        if !self.is_dynamic() {
+            for idx in (0..self.children.len()).rev() {
+                self.terminate_at(idx).await;
+            }
+            return;
+        }
+        // Listed (and reported) last started first, as static children.
+        let stopping: Vec<(String, AnyHandle, Shutdown)> = self
+            .children
+            .iter_mut()
+            .rev()
+            .filter_map(|c| {
+                c.state = ChildState::Terminated;
+                let h = c.handle.take()?;
+                Some((c.spec.id.clone(), h, c.spec.shutdown))
+            })
+            .collect();
+        let stopped = futures::future::join_all(
+            stopping
+                .iter()
+                .map(|(_, handle, mode)| shutdown_child(handle, *mode)),
+        )
+        .await;
+        for ((id, handle, _), (reason, forced)) in stopping.into_iter().zip(stopped) {
+            self.emit(SupervisorEvent::ChildTerminated {
+                supervisor: self.name.clone(),
+                at: SystemTime::now(),
+                child: id,
+                actor: handle.id(),
+                reason,
+                forced,
+            });
         }
     }
 
@@ -479,21 +520,8 @@ impl SupState {
         }
         // Temporary children stopped by the strategy are dropped, none is
         // restarted (OTP). The failed child is not temporary (it would not
-        // be restarted at all), so every temporary of the group goes; the
-        // indices shift as they do, which is why no index is compared here.
-        let mut j = first;
-        while j < self.children.len() {
-            if self.children[j].spec.restart == Restart::Temporary {
-                let dropped = self.children.remove(j);
-                self.emit(SupervisorEvent::ChildDropped {
-                    supervisor: self.name.clone(),
-                    at: SystemTime::now(),
-                    child: dropped.spec.id,
-                });
-            } else {
-                j += 1;
-            }
-        }
+        // be restarted at all), so every temporary of the group goes.
+        self.drop_temporaries(first);
         let group = self.children[first..]
             .iter()
             .map(|c| c.spec.id.clone())
@@ -511,11 +539,7 @@ impl SupState {
         ids: Vec<String>,
         failed: &str,
     ) -> Result<(), ActorProcessingErr> {
-        for id in &ids {
-            if let Some(i) = self.index_of(id) {
-                self.children[i].state = ChildState::Restarting;
-            }
-        }
+        let generation = self.mark_restarting(&ids);
         // Akka's rule: the exponent grows with every restart and starts over
         // only once the child has *run* for a whole period.
         let now = Instant::now();
@@ -545,29 +569,55 @@ impl SupState {
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
                     // The supervisor may be gone by then; nothing to restart.
-                    let _ = me.cast(SupMsg::Restart(ids));
+                    let _ = me.cast(SupMsg::Restart(ids, generation));
                 });
             }
             _ => {
                 // Restart in this very handler; a failed start is retried
                 // through the mailbox (and counted) by `restart_now`, and
                 // exceeding the intensity there fails the supervisor.
-                return self.restart_now(ids).await;
+                return self.restart_now(ids, generation).await;
             }
         }
         Ok(())
     }
 
-    /// Starts the children in `ids` that still wait for a restart, in order.
-    /// A failed start counts as a restart and is retried; exceeding the
+    /// Marks `ids` as waiting for one new restart generation (superseding
+    /// any restart they waited for before) and returns it.
+    fn mark_restarting(&mut self, ids: &[String]) -> u64 {
+        self.generation += 1;
+        for id in ids {
+            if let Some(i) = self.index_of(id) {
+                let c = &mut self.children[i];
+                c.state = ChildState::Restarting;
+                c.generation = self.generation;
+            }
+        }
+        self.generation
+    }
+
+    /// Starts the children in `ids` that still wait for this restart
+    /// (`generation`), in order. A request superseded by a later restart
+    /// of a larger group (a `rest_for_one` or `one_for_all` restart caused
+    /// by an earlier sibling meanwhile) starts nothing: that restart starts
+    /// them, in start order, after the sibling they depend on (OTP drops a
+    /// stale `try_again_restart` the same way). A failed start counts as a
+    /// restart and is retried through the mailbox: under `one_for_all`
+    /// every child is stopped and started again (as OTP does), otherwise
+    /// the failed child and those after it in `ids`. Exceeding the
     /// intensity escalates.
-    async fn restart_now(&mut self, ids: Vec<String>) -> Result<(), ActorProcessingErr> {
+    async fn restart_now(
+        &mut self,
+        ids: Vec<String>,
+        generation: u64,
+    ) -> Result<(), ActorProcessingErr> {
         let mut pending: VecDeque<String> = ids.into();
         while let Some(id) = pending.pop_front() {
             let Some(idx) = self.index_of(&id) else {
                 continue;
             };
-            if self.children[idx].state != ChildState::Restarting {
+            let c = &self.children[idx];
+            if c.state != ChildState::Restarting || c.generation != generation {
                 continue;
             }
             if let Err(e) = self.start_at(idx, true).await {
@@ -582,14 +632,42 @@ impl SupState {
                         .escalate(id, ExitReason::Failed(manta_actors::error_chain(&e)))
                         .await);
                 }
-                let mut retry = vec![id];
-                retry.extend(pending);
+                let retry: Vec<String> = if self.strategy == Strategy::OneForAll {
+                    for j in (0..self.children.len()).rev() {
+                        if self.children[j].handle.is_some() {
+                            self.terminate_at(j).await;
+                        }
+                    }
+                    self.drop_temporaries(0);
+                    self.children.iter().map(|c| c.spec.id.clone()).collect()
+                } else {
+                    std::iter::once(id).chain(pending).collect()
+                };
+                let generation = self.mark_restarting(&retry);
                 // Through the mailbox, so requests are served in between.
-                let _ = self.myself.cast(SupMsg::Restart(retry));
+                let _ = self.myself.cast(SupMsg::Restart(retry, generation));
                 return Ok(());
             }
         }
         Ok(())
+    }
+
+    /// Drops the temporary children from `first` on (stopped by a group
+    /// restart: OTP restarts none of them).
+    fn drop_temporaries(&mut self, first: usize) {
+        let mut j = first;
+        while j < self.children.len() {
+            if self.children[j].spec.restart == Restart::Temporary {
+                let dropped = self.children.remove(j);
+                self.emit(SupervisorEvent::ChildDropped {
+                    supervisor: self.name.clone(),
+                    at: SystemTime::now(),
+                    child: dropped.spec.id,
+                });
+            } else {
+                j += 1;
+            }
+        }
     }
 
     async fn start_dynamic(
@@ -651,7 +729,12 @@ impl SupState {
                     None => Err(SupervisorError::NotFound(id)),
                     Some(idx) => {
                         self.terminate_at(idx).await;
-                        if self.is_dynamic() {
+                        // A temporary child's spec goes with its process
+                        // (OTP: restart_child and delete_child have no
+                        // meaning for it); a dynamic child's too.
+                        if self.is_dynamic()
+                            || self.children[idx].spec.restart == Restart::Temporary
+                        {
                             self.children.remove(idx);
                         }
                         Ok(())
@@ -671,6 +754,9 @@ impl SupState {
                 } else {
                     match self.index_of(&id) {
                         None => Err(SupervisorError::NotFound(id)),
+                        Some(idx) if self.children[idx].state == ChildState::Restarting => {
+                            Err(SupervisorError::Restarting(id))
+                        }
                         Some(idx) if self.children[idx].state != ChildState::Terminated => {
                             Err(SupervisorError::Running(id))
                         }
@@ -682,7 +768,7 @@ impl SupState {
                 };
                 let _ = tx.send(r);
             }
-            SupMsg::Restart(ids) => return self.restart_now(ids).await,
+            SupMsg::Restart(ids, generation) => return self.restart_now(ids, generation).await,
         }
         Ok(())
     }
@@ -714,8 +800,10 @@ impl SupState {
         let idx = self
             .index_of(&id)
             .ok_or_else(|| SupervisorError::NotFound(id.clone()))?;
-        if self.children[idx].state != ChildState::Terminated {
-            return Err(SupervisorError::Running(id));
+        match self.children[idx].state {
+            ChildState::Terminated => {}
+            ChildState::Restarting => return Err(SupervisorError::Restarting(id)),
+            ChildState::Running => return Err(SupervisorError::Running(id)),
         }
         self.start_at(idx, false)
             .await
@@ -756,6 +844,7 @@ impl ractor::Actor for SupActor {
             events,
             myself,
             seq: 0,
+            generation: 0,
         };
         let mut failure = None;
         if st.is_dynamic() {

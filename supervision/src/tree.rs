@@ -422,6 +422,14 @@ impl<'s> Checker<'s> {
             "brutal_kill" => Some(Shutdown::BrutalKill),
             "infinity" => Some(Shutdown::Infinity),
             other => match parse_duration(other) {
+                Ok(d) if d.is_zero() => {
+                    self.error(
+                        v.span(),
+                        "shutdown must be longer than zero (\"brutal_kill\" stops a child at once)"
+                            .to_owned(),
+                    );
+                    None
+                }
                 Ok(d) => Some(Shutdown::Timeout(d)),
                 Err(e) => {
                     self.error(
@@ -728,6 +736,31 @@ impl<'s> Checker<'s> {
         };
         let what = format!("supervisor `{name}`");
         self.check_keys(&entries, SUPERVISOR_KEYS, &what);
+        match &id {
+            // The keys of a child entry mean nothing at the top level:
+            // refused rather than ignored.
+            None => {
+                for key in ["id", "restart", "shutdown", "register"] {
+                    if let Some(v) = get(key) {
+                        self.error(
+                            v.span(),
+                            format!("`{key}` is for a child entry; the root supervisor has none (it is named by `name`, or by the file name)"),
+                        );
+                    }
+                }
+            }
+            // A nested supervisor is named by its id.
+            Some(id) => {
+                if let Some(v) = get("name") {
+                    if self.string(v, "name").is_some_and(|n| &n != id) {
+                        self.error(
+                            v.span(),
+                            format!("a nested supervisor is named by its `id` (`{id}`): drop `name` or make it the same"),
+                        );
+                    }
+                }
+            }
+        }
         let mut spec = SupervisorSpec::new(name.clone());
         let before = self.errors.len();
         if let Some(v) = get("strategy") {

@@ -132,3 +132,100 @@ async fn invalid_specs_are_refused_before_starting() {
         )
     ));
 }
+
+/// A temporary child's spec goes with its process when it is terminated
+/// (OTP: "the child specification is deleted as soon as the process
+/// terminates"); restart_child and delete_child then find nothing.
+#[tokio::test]
+async fn terminating_a_temporary_child_deletes_its_spec() {
+    let spec = SupervisorSpec::new("sup")
+        .child(ChildSpec::worker("t", probe()).restart(Restart::Temporary))
+        .child(ChildSpec::worker("p", probe()));
+    let (sup, _rx) = crate::start(spec).await;
+    sup.terminate_child("t").await.unwrap();
+    let ids: Vec<String> = sup
+        .which_children()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(ids, ["p"]);
+    assert_eq!(sup.count_children().await.unwrap().specs, 1);
+    assert!(matches!(
+        sup.restart_child("t").await,
+        Err(SupervisorError::NotFound(id)) if id == "t"
+    ));
+    // A permanent one keeps its spec, stopped.
+    sup.terminate_child("p").await.unwrap();
+    let kids = sup.which_children().await.unwrap();
+    assert_eq!(
+        (kids[0].id.as_str(), kids[0].state),
+        ("p", ChildState::Terminated)
+    );
+    sup.shutdown().await;
+}
+
+/// restart_child and delete_child on a child waiting out its backoff:
+/// "waiting to restart" (OTP's `{error, restarting}`), not "running".
+#[tokio::test(start_paused = true)]
+async fn a_child_waiting_to_restart_is_neither_restarted_nor_deleted() {
+    let spec = SupervisorSpec::new("sup")
+        .intensity(5, Duration::from_secs(60))
+        .backoff(manta_supervision::Backoff {
+            min: Duration::from_secs(5),
+            max: Duration::from_secs(5),
+            random_factor: 0.0,
+        })
+        .child(ChildSpec::worker("w", probe()));
+    let (sup, mut rx) = crate::start(spec).await;
+    until(&mut rx, |e| short(e) == "start w #0").await;
+    let w = sup.which_children().await.unwrap()[0]
+        .handle
+        .clone()
+        .unwrap()
+        .downcast::<ProbeMsg>()
+        .unwrap();
+    w.tell(ProbeMsg::Exit(ExitKind::Failure)).unwrap();
+    until(&mut rx, |e| short(e) == "scheduled w").await;
+    for r in [
+        sup.restart_child("w").await.map(|_| ()),
+        sup.delete_child("w").await,
+    ] {
+        match r {
+            Err(e @ SupervisorError::Restarting(_)) => {
+                assert_eq!(e.to_string(), "child `w` is waiting to restart")
+            }
+            other => panic!("expected Restarting, got {other:?}"),
+        }
+    }
+    until(&mut rx, |e| short(e) == "start w #1").await;
+    sup.shutdown().await;
+}
+
+/// A period of zero would keep at most one restart in the window, so the
+/// intensity could never be exceeded; a shutdown timeout of zero is not
+/// a timeout (OTP requires both above zero).
+#[tokio::test]
+async fn a_zero_period_or_shutdown_timeout_is_refused() {
+    let system = ActorSystem::new();
+    let zero = SupervisorSpec::new("s")
+        .intensity(1, Duration::ZERO)
+        .child(ChildSpec::worker("a", probe()));
+    match Supervisor::start(&system, zero).await {
+        Err(SupervisorError::InvalidSpec(manta_supervision::SpecError::ZeroPeriod {
+            supervisor,
+        })) => assert_eq!(supervisor, "s"),
+        other => panic!("expected ZeroPeriod, got {other:?}"),
+    }
+    let zero = SupervisorSpec::new("s").child(
+        ChildSpec::worker("a", probe())
+            .shutdown(manta_supervision::Shutdown::Timeout(Duration::ZERO)),
+    );
+    let err = Supervisor::start(&system, zero).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("child `a` has a shutdown timeout of zero"),
+        "{err}"
+    );
+}

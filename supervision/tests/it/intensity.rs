@@ -200,3 +200,44 @@ async fn backoff_delays_grow_and_cap() {
     assert_eq!(*delay, Duration::from_millis(100));
     sup.shutdown().await;
 }
+
+/// `rest_for_one` with a backoff: b fails (b and c wait for their
+/// restart), then a, the child they depend on, fails before that restart
+/// is due. The later restart of the larger group supersedes the earlier
+/// one: a starts first, then b, then c (OTP drops a stale retry the same
+/// way). Before, b's own timer started b and c while a was still waiting.
+#[tokio::test(start_paused = true)]
+async fn a_later_group_restart_supersedes_an_earlier_pending_one() {
+    let spec = SupervisorSpec::new("sup")
+        .strategy(Strategy::RestForOne)
+        .intensity(10, Duration::from_secs(60))
+        .backoff(Backoff {
+            min: Duration::from_millis(200),
+            max: Duration::from_secs(1),
+            random_factor: 0.0,
+        })
+        .child(ChildSpec::worker("a", probe()))
+        .child(ChildSpec::worker("b", probe()))
+        .child(ChildSpec::worker("c", probe()));
+    let (sup, mut rx) = crate::start(spec).await;
+    started(&mut rx, "c", 0).await;
+    fail_child(&sup, "b").await;
+    until(&mut rx, |e| short(e) == "scheduled b,c").await;
+    tokio::time::advance(Duration::from_millis(50)).await;
+    fail_child(&sup, "a").await;
+    until(&mut rx, |e| short(e) == "scheduled a,b,c").await;
+    let mut starts = Vec::new();
+    while starts.len() < 3 {
+        let ev = crate::next(&mut rx).await;
+        if let SupervisorEvent::ChildStarted { child, .. } = &ev {
+            starts.push(child.clone());
+        }
+    }
+    assert_eq!(starts, ["a", "b", "c"], "in start order, a first");
+    let kids = sup.which_children().await.unwrap();
+    assert!(
+        kids.iter().all(|c| c.handle.is_some() && c.restarts == 1),
+        "each restarted once: {kids:?}"
+    );
+    sup.shutdown().await;
+}

@@ -422,3 +422,69 @@ strategy = "simple_one_for_one"
     assert_eq!(pool.which_children().await.unwrap().len(), 1);
     sup.shutdown().await;
 }
+
+/// Under `one_for_all`, a restart in which one child fails to start is
+/// tried again for the whole group: the children already started again are
+/// stopped and every child starts once more, in order (OTP's
+/// `try_again_restart` for one_for_all). Before, only the failed child and
+/// those after it were tried again.
+#[tokio::test]
+async fn a_failed_start_in_a_one_for_all_restart_restarts_the_whole_group() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let starts = Arc::new(AtomicU32::new(0));
+    let n = Arc::clone(&starts);
+    /// Fails its second start only.
+    struct Flaky(bool);
+    impl Actor for Flaky {
+        type Msg = ProbeMsg;
+        async fn started(&mut self, _: &mut Context<ProbeMsg>) -> Result<(), ActorError> {
+            if self.0 {
+                Ok(())
+            } else {
+                Err("cannot start this once".into())
+            }
+        }
+        async fn handle(
+            &mut self,
+            msg: ProbeMsg,
+            ctx: &mut Context<ProbeMsg>,
+        ) -> Result<(), ActorError> {
+            StartsOnce.handle(msg, ctx).await
+        }
+    }
+    let spec = SupervisorSpec::new("sup")
+        .strategy(Strategy::OneForAll)
+        .intensity(5, Duration::from_secs(5))
+        .child(ChildSpec::worker("a", probe()))
+        .child(ChildSpec::worker(
+            "b",
+            factory("flaky", move || {
+                Flaky(n.fetch_add(1, Ordering::SeqCst) != 1)
+            }),
+        ));
+    let (sup, mut rx) = crate::start(spec).await;
+    until(&mut rx, |e| short(e) == "start b #0").await;
+    let a = sup.which_children().await.unwrap()[0]
+        .handle
+        .clone()
+        .unwrap()
+        .downcast::<ProbeMsg>()
+        .unwrap();
+    a.tell(ProbeMsg::Exit(ExitKind::Failure)).unwrap();
+    let evs = until(&mut rx, |e| short(e) == "start b #1").await;
+    assert_eq!(
+        shorts(&evs),
+        [
+            "exit a restart",
+            "term b",
+            "start a #1",
+            "startfail b",
+            "term a",
+            "start a #2",
+            "start b #1"
+        ]
+    );
+    assert_eq!(starts.load(Ordering::SeqCst), 3);
+    sup.shutdown().await;
+}

@@ -182,3 +182,52 @@ fn columns_count_characters_after_multi_byte_text() {
     let v = errs[0].value.as_deref().unwrap();
     assert!(v.ends_with('…') && v.chars().count() == 61, "{v}");
 }
+
+/// The keys of a child entry at the top level, a nested supervisor's
+/// `name` other than its `id`, and a zero shutdown timeout are errors with
+/// their position, not silently ignored.
+#[test]
+fn keys_that_would_be_ignored_are_refused_with_their_position() {
+    let cases = [
+        (
+            "restart = \"sometimes\"\n",
+            (1, 11),
+            "`restart` is for a child entry",
+        ),
+        ("id = \"root\"\n", (1, 6), "`id` is for a child entry"),
+        (
+            "shutdown = \"1s\"\n",
+            (1, 12),
+            "`shutdown` is for a child entry",
+        ),
+        (
+            "register = \"r\"\n",
+            (1, 12),
+            "`register` is for a child entry",
+        ),
+        (
+            "[[children]]\nid = \"inner\"\nname = \"other\"\nstrategy = \"one_for_one\"\n",
+            (3, 8),
+            "named by its `id` (`inner`)",
+        ),
+        (
+            "[[children]]\nid = \"a\"\nkind = \"probe\"\nshutdown = \"0s\"\n",
+            (4, 12),
+            "shutdown must be longer than zero",
+        ),
+    ];
+    for (src, at, needle) in cases {
+        let errs = errors(src);
+        assert_eq!(errs.len(), 1, "{src}: {errs:#?}");
+        let e = &errs[0];
+        assert_eq!((e.line, e.column), at, "{src}: {e}");
+        assert!(e.message.contains(needle), "{src}: {e}");
+    }
+    // A nested supervisor's `name` equal to its id is fine.
+    load_str(
+        "[[children]]\nid = \"inner\"\nname = \"inner\"\nstrategy = \"one_for_one\"\n",
+        "ok.toml",
+        &kinds(),
+    )
+    .unwrap();
+}

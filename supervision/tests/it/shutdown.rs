@@ -204,3 +204,36 @@ async fn a_child_that_fails_to_start_fails_the_supervisor_start() {
     let evs = until(&mut rx, |e| short(e) == "term ok").await;
     assert_eq!(shorts(&evs), ["start ok #0", "startfail broken", "term ok"]);
 }
+
+/// A `simple_one_for_one` supervisor stops its children all at once (OTP:
+/// in parallel, order undefined): four children that ignore the graceful
+/// stop cost one shutdown timeout, not four.
+#[tokio::test(start_paused = true)]
+async fn dynamic_children_are_stopped_in_parallel() {
+    let spec = SupervisorSpec::new("pool")
+        .strategy(manta_supervision::Strategy::SimpleOneForOne)
+        .child(
+            ChildSpec::worker("conn", stuck_probe())
+                .shutdown(Shutdown::Timeout(Duration::from_secs(2))),
+        );
+    let (sup, mut rx) = crate::start(spec).await;
+    for _ in 0..4 {
+        sup.start_dynamic().await.unwrap();
+    }
+    let t0 = tokio::time::Instant::now();
+    sup.shutdown().await;
+    let waited = t0.elapsed();
+    let down = until(&mut rx, |e| {
+        matches!(e, SupervisorEvent::SupervisorStopped { .. })
+    })
+    .await;
+    let forced = shorts(&down)
+        .iter()
+        .filter(|s| s.starts_with("term conn-") && s.ends_with(" forced"))
+        .count();
+    assert_eq!(forced, 4, "{:?}", shorts(&down));
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(3),
+        "one timeout for all four: {waited:?}"
+    );
+}
