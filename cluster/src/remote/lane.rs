@@ -38,7 +38,7 @@ use manta_actors::wire::WireBytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::frame::{
@@ -58,8 +58,11 @@ const TICKET_TTL: Duration = Duration::from_secs(10);
 /// Tickets one peer may hold unused, and lanes it may have open here.
 const TICKETS_PER_PEER: usize = 4;
 const LANES_PER_PEER: usize = 4;
-/// Connections still to present their ticket, all sources together; more
-/// are closed at once (counted).
+/// Connections still to present their ticket, all sources together; one
+/// more closes the oldest of them (counted), so a stranger holding idle
+/// connections open cannot keep a member's lane out: a member presents its
+/// ticket at once, and the stranger would have to open this many
+/// connections within that round trip.
 const PENDING_HANDSHAKES: usize = 64;
 /// How long a lane message flagged for a barrier waits for it before it is
 /// handled anyway (the mesh stream broke, so the barrier was lost).
@@ -146,7 +149,7 @@ pub(super) struct Bulk {
     addrs: Mutex<HashMap<PeerId, SocketAddr>>,
     fallback: Mutex<HashMap<PeerId, Instant>>,
     tickets: Mutex<HashMap<[u8; 16], Ticket>>,
-    incoming: Mutex<HashMap<PeerId, usize>>,
+    pub(super) incoming: Mutex<HashMap<PeerId, usize>>,
     /// Lanes open from here, by peer (for status).
     outgoing: Mutex<HashMap<PeerId, usize>>,
     /// Per peer and sender session: the last lane message handled, and the
@@ -155,7 +158,10 @@ pub(super) struct Bulk {
     barriers: Mutex<HashMap<PeerId, Vec<(u64, u64)>>>,
     barrier_moved: Notify,
     warned: Mutex<HashSet<PeerId>>,
-    handshakes: Arc<Semaphore>,
+    /// Connections still to present their ticket, oldest first: each
+    /// closes when its sender is dropped (evicted by a newer one).
+    pending: Mutex<VecDeque<(u64, oneshot::Sender<()>)>>,
+    pending_seq: AtomicU64,
     pub(super) refused: AtomicU64,
     pub(super) bad_records: AtomicU64,
     pub(super) opened: AtomicU64,
@@ -209,7 +215,8 @@ impl Bulk {
             barriers: Mutex::new(HashMap::new()),
             barrier_moved: Notify::new(),
             warned: Mutex::new(HashSet::new()),
-            handshakes: Arc::new(Semaphore::new(PENDING_HANDSHAKES)),
+            pending: Mutex::new(VecDeque::new()),
+            pending_seq: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             bad_records: AtomicU64::new(0),
             opened: AtomicU64::new(0),
@@ -481,8 +488,11 @@ pub(super) fn dec(map: &Mutex<HashMap<String, usize>>, target: &Option<String>) 
 struct Conn {
     wr: OwnedWriteHalf,
     sealer: RecordSealer,
-    acks: mpsc::UnboundedReceiver<u64>,
+    /// The highest sequence number the peer acknowledged.
+    acks: watch::Receiver<u64>,
     reader: tokio::task::JoinHandle<()>,
+    /// A write that makes no progress for this long ends the connection.
+    stall: Duration,
     written: u64,
     cut_after: u64,
 }
@@ -569,7 +579,14 @@ impl Conn {
             group.iter().map(|r| std::io::IoSlice::new(r)).collect();
         let mut left = &mut slices[..];
         while !left.is_empty() {
-            let n = self.wr.write_vectored(left).await?;
+            let n = tokio::time::timeout(self.stall, self.wr.write_vectored(left))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("the peer read nothing of the lane for {:?}", self.stall),
+                    )
+                })??;
             if n == 0 {
                 return Err(std::io::ErrorKind::WriteZero.into());
             }
@@ -626,6 +643,7 @@ async fn read_record(
     rd: &mut OwnedReadHalf,
     opener: &mut RecordOpener,
     buf: &mut Vec<u8>,
+    stall: Duration,
 ) -> Result<Option<usize>, String> {
     let mut h = [0u8; RECORD_HEADER];
     match rd.read_exact(&mut h).await {
@@ -634,12 +652,35 @@ async fn read_record(
     }
     let len = opener.announced(h).map_err(|e| e.to_string())?;
     buf.resize(len + RECORD_TAG, 0);
-    if rd.read_exact(buf).await.is_err() {
-        return Ok(None);
+    // A record begun must end: a peer that announces one and stalls would
+    // hold its buffer (up to a megabyte) for as long as it likes.
+    match tokio::time::timeout(stall, rd.read_exact(buf)).await {
+        Err(_) => return Err(stalled(stall)),
+        Ok(Err(_)) => return Ok(None),
+        Ok(Ok(_)) => {}
     }
     let n = opener.open(h, buf).map_err(|e| e.to_string())?.len();
     buf.truncate(n);
     Ok(Some(n))
+}
+
+/// A connection still to present its ticket: leaves the pending list when
+/// it ends either way.
+struct PendingHandshake<'a> {
+    bulk: &'a Bulk,
+    id: u64,
+}
+
+impl Drop for PendingHandshake<'_> {
+    fn drop(&mut self) {
+        lock(&self.bulk.pending).retain(|(id, _)| *id != self.id);
+    }
+}
+
+/// The error of a lane on which a record or message begun got no byte for
+/// `stall`.
+fn stalled(stall: Duration) -> String {
+    format!("a lane message got no byte for {stall:?} (partial_expiry); closing the lane")
 }
 
 /// Deregisters a lane from a count when it ends.
@@ -710,21 +751,24 @@ impl Remoting {
                 }
             };
             let Some(bulk) = self.bulk() else { return };
-            match Arc::clone(&bulk.handshakes).try_acquire_owned() {
-                Ok(permit) => {
-                    let stopped = bulk.stopped();
-                    let me = self.clone();
-                    tokio::spawn(async move {
-                        tokio::select! {
-                            _ = stopped => {}
-                            _ = me.serve_lane(sock, from, permit) => {}
-                        }
-                    });
+            let (evict, evicted) = oneshot::channel();
+            let id = bulk.pending_seq.fetch_add(1, Ordering::Relaxed);
+            {
+                let mut pending = lock(&bulk.pending);
+                if pending.len() >= PENDING_HANDSHAKES {
+                    // The oldest goes (its task sees its sender dropped).
+                    pending.pop_front();
                 }
-                Err(_) => {
-                    self.refuse_lane(from, "too many connections presenting tickets");
-                }
+                pending.push_back((id, evict));
             }
+            let stopped = bulk.stopped();
+            let me = self.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = stopped => {}
+                    _ = me.serve_lane(sock, from, id, evicted) => {}
+                }
+            });
         }
     }
 
@@ -738,11 +782,23 @@ impl Remoting {
         self.inner.partials.moved.notify_waiters();
     }
 
-    async fn serve_lane(self, mut sock: TcpStream, from: SocketAddr, permit: OwnedSemaphorePermit) {
+    async fn serve_lane(
+        self,
+        mut sock: TcpStream,
+        from: SocketAddr,
+        id: u64,
+        evicted: oneshot::Receiver<()>,
+    ) {
         let Some(bulk) = self.bulk() else { return };
+        let handshake = PendingHandshake { bulk, id };
         let mut ticket = [0u8; 16];
-        let presented =
-            tokio::time::timeout(bulk.settings.ticket_deadline, sock.read_exact(&mut ticket)).await;
+        let presented = tokio::select! {
+            r = tokio::time::timeout(bulk.settings.ticket_deadline, sock.read_exact(&mut ticket)) => r,
+            _ = evicted => {
+                self.refuse_lane(from, "the oldest of too many connections presenting tickets");
+                return;
+            }
+        };
         if !matches!(presented, Ok(Ok(_))) {
             self.refuse_lane(from, "no ticket within the deadline");
             return;
@@ -751,9 +807,10 @@ impl Remoting {
             self.refuse_lane(from, "unknown, used or expired ticket");
             return;
         };
-        drop(permit);
+        drop(handshake);
         let peer = t.peer;
-        let _open = Counted::new(&bulk.incoming, peer);
+        let open = Counted::new(&bulk.incoming, peer);
+        self.inner.partials.moved.notify_waiters();
         let _ = sock.set_nodelay(true);
         let (sealer, opener) = match lane_keys(&t.secrets, Side::Listener) {
             Ok(k) => k,
@@ -763,11 +820,22 @@ impl Remoting {
             }
         };
         let (rd, wr) = sock.into_split();
-        if let Err(what) = self.receive(peer, t.session, rd, wr, opener, sealer).await {
+        // A member declared down (or gone) sends nothing more: its lanes
+        // close with it, as its mesh connection does.
+        let down = manta_actors::Monitor::new(&self.node_signal(peer));
+        let received = tokio::select! {
+            r = self.receive(peer, t.session, rd, wr, opener, sealer) => r,
+            _ = down.wait() => {
+                tracing::debug!(target: "manta::lane", %peer, "the peer is down: its lane closes");
+                Ok(())
+            }
+        };
+        drop(open);
+        if let Err(what) = received {
             bulk.bad_records.fetch_add(1, Ordering::Relaxed);
-            self.inner.partials.moved.notify_waiters();
             bulk.warn_once(peer, &what);
         }
+        self.inner.partials.moved.notify_waiters();
     }
 
     /// Reads, handles and acknowledges `peer`'s lane messages until the
@@ -785,9 +853,20 @@ impl Remoting {
             return Ok(());
         };
         let route = self.route(peer);
+        // The ticket is good: say so (acknowledgement 0, sealed with this
+        // lane's keys), so the dialer writes nothing on a connection this
+        // node did not take.
+        let mut accepted = Vec::with_capacity(RECORD_HEADER + 8 + RECORD_TAG);
+        accepted.extend_from_slice(&[0; RECORD_HEADER]);
+        accepted.extend_from_slice(&0u64.to_be_bytes());
+        sealer.seal(&mut accepted).map_err(|e| e.to_string())?;
+        if wr.write_all(&accepted).await.is_err() {
+            return Ok(());
+        }
         let mut first = Vec::new();
+        let stall = self.inner.partials.limits.partial_expiry;
         loop {
-            let Some(n) = read_record(&mut rd, &mut opener, &mut first).await? else {
+            let Some(n) = read_record(&mut rd, &mut opener, &mut first, stall).await? else {
                 return Ok(());
             };
             let (seq, barrier, len) = lane_head(&first[..n])?;
@@ -904,10 +983,15 @@ impl Remoting {
                 raw = plain;
             }
             let room = (whole.capacity() - whole.len()).min(want);
-            // Into the buffer's spare room (no zeroing pass first).
-            match (&mut *rd).take(room as u64).read_buf(&mut whole).await {
-                Ok(0) | Err(_) => return Ok(None),
-                Ok(_) => {}
+            // Into the buffer's spare room (no zeroing pass first). A
+            // message begun must keep coming: one that stalls would hold
+            // its admitted budget for as long as the connection lives.
+            let stall = self.inner.partials.limits.partial_expiry;
+            let mut limited = (&mut *rd).take(room as u64);
+            match tokio::time::timeout(stall, limited.read_buf(&mut whole)).await {
+                Err(_) => return Err(stalled(stall)),
+                Ok(Ok(0) | Err(_)) => return Ok(None),
+                Ok(Ok(_)) => {}
             }
         }
         whole.truncate(len);
@@ -951,14 +1035,38 @@ impl Remoting {
             .map_err(|e| format!("presenting the ticket to {addr}: {e}"))?;
         let (sealer, mut opener) = lane_keys(&secrets, Side::Dialer).map_err(|e| e.to_string())?;
         let (mut rd, wr) = sock.into_split();
-        let (ack_tx, acks) = mpsc::unbounded_channel();
+        // Nothing is written before the peer confirmed the ticket: a
+        // connection it refused (too many at once, the ticket gone) fails
+        // here, and the messages go on another lane or over the mesh, not
+        // into a socket nobody reads.
+        let mut buf = Vec::with_capacity(64);
+        let confirmed = tokio::time::timeout(
+            OPEN_TIMEOUT,
+            read_record(&mut rd, &mut opener, &mut buf, OPEN_TIMEOUT),
+        )
+        .await;
+        match confirmed {
+            Ok(Ok(Some(8))) if buf[..8] == [0; 8] => {}
+            Ok(Err(e)) => return Err(format!("the lane's confirmation from {addr}: {e}")),
+            Err(_) => {
+                return Err(format!(
+                    "{addr} did not confirm the lane within {OPEN_TIMEOUT:?}"
+                ));
+            }
+            Ok(_) => return Err(format!("{addr} did not take the lane's ticket")),
+        }
+        // Acknowledgements are cumulative (the peer handles a lane's
+        // messages in order): only the highest one is kept, so a peer that
+        // sends them faster than this end writes cannot grow a queue.
+        let (ack_tx, acks) = watch::channel(0u64);
+        let stall = self.inner.partials.limits.partial_expiry;
         let reader = tokio::spawn(async move {
-            let mut buf = Vec::with_capacity(64);
             loop {
-                match read_record(&mut rd, &mut opener, &mut buf).await {
+                match read_record(&mut rd, &mut opener, &mut buf, stall).await {
                     Ok(Some(8)) => {
                         let seq = u64::from_be_bytes(buf[..8].try_into().unwrap_or_default());
-                        if ack_tx.send(seq).is_err() {
+                        ack_tx.send_modify(|highest| *highest = (*highest).max(seq));
+                        if ack_tx.is_closed() {
                             return;
                         }
                     }
@@ -981,6 +1089,10 @@ impl Remoting {
             sealer,
             acks,
             reader,
+            // The peer may stop reading while it waits up to
+            // `partial_expiry` for room in its budget: twice that without
+            // progress means it stopped for good.
+            stall: 2 * stall,
             written: 0,
             cut_after: bulk.cut_after.swap(0, Ordering::Relaxed),
         })
@@ -1051,7 +1163,8 @@ impl Remoting {
                 todo.push_front(m);
             }
             loop {
-                while let Ok(n) = conn.acks.try_recv() {
+                if conn.acks.has_changed().unwrap_or(false) {
+                    let n = *conn.acks.borrow_and_update();
                     self.acked(n, &mut unacked, &bytes, &inflight);
                 }
                 let next = match todo.pop_front() {
@@ -1059,13 +1172,15 @@ impl Remoting {
                     None if !open && unacked.is_empty() => return,
                     None => tokio::select! {
                         biased;
-                        a = conn.acks.recv() => match a {
-                            Some(n) => {
-                                self.acked(n, &mut unacked, &bytes, &inflight);
-                                continue;
+                        a = conn.acks.changed() => {
+                            let n = *conn.acks.borrow_and_update();
+                            self.acked(n, &mut unacked, &bytes, &inflight);
+                            if a.is_err() {
+                                // The reader ended: the connection is gone.
+                                break;
                             }
-                            None => break,
-                        },
+                            continue;
+                        }
                         m = rx.recv(), if open => match m {
                             Some(m) => Some(m),
                             None => {

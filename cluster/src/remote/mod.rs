@@ -297,6 +297,15 @@ impl Remoting {
             .map_or(0, |b| b.bad_records.load(Ordering::Relaxed))
     }
 
+    /// Lane connections other nodes hold open to this node now (each
+    /// past its ticket).
+    pub fn lanes_in(&self) -> usize {
+        self.inner
+            .bulk
+            .get()
+            .map_or(0, |b| lock(&b.incoming).values().sum())
+    }
+
     /// Lane connections this node opened.
     pub fn lanes_opened(&self) -> u64 {
         self.inner

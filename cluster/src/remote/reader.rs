@@ -153,7 +153,7 @@ impl Remoting {
 /// the budgets of [`RemoteLimits`] (per peer, per node) and the expiry of
 /// partial messages that stopped receiving chunks.
 pub(super) struct Partials {
-    limits: RemoteLimits,
+    pub(super) limits: RemoteLimits,
     /// The node's budget in units of one chunk's declared size.
     budget: Arc<Semaphore>,
     units: u32,

@@ -564,13 +564,20 @@ async fn lane_socket(node: &Node) -> TcpStream {
         .unwrap()
 }
 
-/// Whether the node closed `s` (read end or error) within the deadline.
+/// Whether the node closed `s` (read end or error) within the deadline;
+/// what it wrote before (a lane's confirmation) is read and dropped.
 async fn closed_by_node(s: &mut TcpStream) -> bool {
     let mut buf = [0u8; 64];
-    matches!(
-        tokio::time::timeout(DEADLINE, s.read(&mut buf)).await,
-        Ok(Ok(0) | Err(_))
-    )
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
 }
 
 fn sealed(sealer: &mut RecordSealer, payload: &[u8]) -> Vec<u8> {
@@ -628,6 +635,12 @@ async fn strangers_on_the_lane_port_are_closed_and_change_nothing() {
     let secrets = r.issue_lane_ticket_for_test(c.peer(1), 42).unwrap();
     let mut first = lane_socket(a).await;
     first.write_all(&secrets.ticket).await.unwrap();
+    // The node took it: its confirmation (a sealed acknowledgement 0).
+    let mut confirmation = [0u8; RECORD_HEADER + 8 + 16];
+    tokio::time::timeout(DEADLINE, first.read_exact(&mut confirmation))
+        .await
+        .expect("confirmed in time")
+        .unwrap();
     let mut replayed = lane_socket(a).await;
     replayed.write_all(&secrets.ticket).await.unwrap();
     assert!(closed_by_node(&mut replayed).await, "replayed ticket");
@@ -697,6 +710,145 @@ async fn an_insider_cannot_hold_more_than_its_partial_budget_on_lanes() {
         r.wait_counters(DEADLINE, |r| r.partial_bytes() == 0).await,
         "released when the lane closed"
     );
+}
+
+/// A stranger keeps ~100 idle connections open to the lane port, opening
+/// a new one whenever the node closes one (more than the 64 the node lets
+/// wait for a ticket). Members' large asks still all arrive: a member's
+/// connection pushes out the oldest idle one, and a connection the node
+/// did not take is never written to (the dialer waits for the node's
+/// confirmation), so at worst the messages go over the mesh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stranger_holding_the_lane_port_cannot_make_large_asks_fail() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let c = cluster("lane-flood", 2, true, |_, _| {}).await;
+    let a = c.nodes[0].remoting();
+    let addr = a.bulk_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood = {
+        let stop = Arc::clone(&stop);
+        tokio::spawn(async move {
+            let mut socks: Vec<TcpStream> = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                // Up to 100 open, at most 20 new ones a round.
+                let mut opened = 0;
+                while socks.len() < 100 && opened < 20 {
+                    opened += 1;
+                    match TcpStream::connect(addr).await {
+                        Ok(s) => socks.push(s),
+                        Err(_) => break,
+                    }
+                }
+                // Those the node closed go; the loop opens new ones.
+                socks.retain(|s| {
+                    let mut b = [0u8; 1];
+                    match s.try_read(&mut b) {
+                        Ok(0) => false,
+                        Ok(_) => true,
+                        Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+                    }
+                });
+                // Pacing of the load, not a wait for an event.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    assert!(
+        a.wait_counters(DEADLINE, |r| r.lane_refused() >= 50).await,
+        "the flood is on: {} refused",
+        a.lane_refused()
+    );
+    c.lane_known(1, 0).await;
+    let sink = c.sink(1, 0);
+    let mut total = 0u64;
+    for i in 0..20u64 {
+        let p = pattern(2 << 20);
+        total += 2 << 20;
+        let got = sink
+            .ask(|r| Load::PutGet(i, ByteBuf::from(p), r), DEADLINE)
+            .await;
+        assert_eq!(got.map_err(|e| e.to_string()), Ok(total), "ask {i}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    flood.await.unwrap();
+}
+
+/// An insider with a valid ticket announces a 64 MiB message and goes
+/// silent (as a node that lost power mid-transfer would, sending no FIN):
+/// after `partial_expiry` without a byte the lane is closed and the budget
+/// it took is given back. A lane whose first record stops after its header
+/// is closed the same way (its record buffer held otherwise).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lane_message_that_stalls_is_dropped_and_its_lane_closed() {
+    let c = cluster("stall", 2, true, |_, c| {
+        c.limits.partial_expiry = Duration::from_millis(500);
+    })
+    .await;
+    let a = &c.nodes[0];
+    let r = a.remoting();
+    let s1 = r.issue_lane_ticket_for_test(c.peer(1), 1).unwrap();
+    let mut one = lane_socket(a).await;
+    one.write_all(&s1.ticket).await.unwrap();
+    one.write_all(&announce(&s1, 1, 64 << 20)).await.unwrap();
+    assert!(
+        r.wait_counters(DEADLINE, |r| r.partial_bytes() == 64 << 20)
+            .await,
+        "held {}",
+        r.partial_bytes()
+    );
+    assert!(closed_by_node(&mut one).await, "the stalled lane is closed");
+    assert!(
+        r.wait_counters(DEADLINE, |r| r.partial_bytes() == 0).await,
+        "the budget is given back: {}",
+        r.partial_bytes()
+    );
+    // A record header announcing a megabyte, then nothing.
+    let s2 = r.issue_lane_ticket_for_test(c.peer(1), 2).unwrap();
+    let mut two = lane_socket(a).await;
+    two.write_all(&s2.ticket).await.unwrap();
+    let record = announce(&s2, 1, 64 << 20);
+    two.write_all(&record[..RECORD_HEADER]).await.unwrap();
+    assert!(closed_by_node(&mut two).await, "a record begun must end");
+    assert!(
+        r.wait_counters(DEADLINE, |r| r.lane_bad_records() == 2)
+            .await,
+        "both counted: {}",
+        r.lane_bad_records()
+    );
+    // Members are unaffected.
+    c.lane_known(1, 0).await;
+    let p = pattern(2 << 20);
+    assert_eq!(
+        c.sink(1, 0)
+            .ask(|r| Load::PutGet(0, ByteBuf::from(p), r), DEADLINE)
+            .await
+            .unwrap(),
+        2 << 20
+    );
+}
+
+/// A lane's sender declared down (here SIGKILL-like: its node stops with
+/// no goodbye) sends nothing more: the lane it opened is closed with its
+/// mesh connection, so no frame from a node that is not a member reaches
+/// an actor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_lanes_of_a_node_declared_down_are_closed() {
+    let c = cluster("lane-down", 2, true, |_, _| {}).await;
+    let r = c.nodes[0].remoting();
+    let s1 = r.issue_lane_ticket_for_test(c.peer(1), 1).unwrap();
+    let mut held = lane_socket(&c.nodes[0]).await;
+    held.write_all(&s1.ticket).await.unwrap();
+    assert!(
+        r.wait_counters(DEADLINE, |r| r.lanes_in() == 1).await,
+        "the lane is open"
+    );
+    c.nodes[1].kill_for_test().await;
+    assert!(
+        closed_by_node(&mut held).await,
+        "the lane of a node declared down is closed"
+    );
+    assert!(r.wait_counters(DEADLINE, |r| r.lanes_in() == 0).await);
 }
 
 /// A record tampered with on the way closes the lane; the sender opens a
@@ -970,15 +1122,18 @@ async fn a_message_in_tiny_records_and_torn_writes_arrives_whole() {
         at = to;
         step = step * 7 % 65_521 + 1;
     }
-    // The acknowledgement: a record holding the message's number.
-    let mut h = [0u8; RECORD_HEADER];
-    tokio::time::timeout(DEADLINE, sock.read_exact(&mut h))
-        .await
-        .expect("ack in time")
-        .unwrap();
-    let mut ack = vec![0u8; opener.announced(h).unwrap() + 16];
-    sock.read_exact(&mut ack).await.unwrap();
-    assert_eq!(opener.open(h, &mut ack).unwrap(), 1u64.to_be_bytes());
+    // The lane's confirmation (acknowledgement 0: the ticket was taken),
+    // then the acknowledgement: a record holding the message's number.
+    for want in [0u64, 1] {
+        let mut h = [0u8; RECORD_HEADER];
+        tokio::time::timeout(DEADLINE, sock.read_exact(&mut h))
+            .await
+            .expect("ack in time")
+            .unwrap();
+        let mut ack = vec![0u8; opener.announced(h).unwrap() + 16];
+        sock.read_exact(&mut ack).await.unwrap();
+        assert_eq!(opener.open(h, &mut ack).unwrap(), want.to_be_bytes());
+    }
     assert_eq!(
         check(&c.sink(1, 0)).await,
         (1, 0, body.len() as u64, checksum(&body))
