@@ -149,7 +149,12 @@ fn transport(cfg: &MeshConfig) -> Result<Boxed<(PeerId, StreamMuxerBox)>, Cluste
             .upgrade(upgrade::Version::V1)
             .authenticate(noise)
             .multiplex(yamux::Config::default())
-            .timeout(timeout)
+            // pnet has no MAC: its nonces are 24 bytes anyone can send.
+            // What proves the secret is noise completing under the pnet
+            // key, so the whole handshake gets the deadline (a stranger
+            // that sent a nonce and went silent held its pending slot for
+            // 10 s before).
+            .timeout(deadline)
             .boxed(),
         None => tcp
             .upgrade(upgrade::Version::V1)

@@ -118,3 +118,44 @@ async fn garbage_on_the_p2p_port_is_refused_and_the_mesh_keeps_serving() {
     b.dial(a.peer_id(), a.listen_addr().clone());
     wait_connected(&a, b.peer_id()).await;
 }
+
+/// A stranger that sends a private-network nonce (24 bytes anyone can
+/// send: pnet has no MAC) and then nothing is closed at the deadline to
+/// prove the secret, not at the general 10 s upgrade timeout: the whole
+/// handshake, noise included, must finish within it.
+#[tokio::test]
+async fn a_stranger_that_sends_a_nonce_and_stalls_is_closed_at_the_secret_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = ClusterSecret::generate();
+    let a = mesh(Some(&s)).await;
+    let port = a
+        .listen_addr()
+        .iter()
+        .find_map(|p| match p {
+            libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+            _ => None,
+        })
+        .unwrap();
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    sock.write_all(&rand::random::<[u8; 24]>()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 256];
+    tokio::time::timeout(crate::DEADLINE, async {
+        loop {
+            match sock.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .expect("closed within the deadline");
+    let took = started.elapsed();
+    assert!(
+        took < manta_cluster::SECRET_DEADLINE + Duration::from_secs(2),
+        "closed after {took:?}, the deadline is {:?}",
+        manta_cluster::SECRET_DEADLINE
+    );
+}
