@@ -58,7 +58,16 @@ pub struct Node {
     system: ActorSystem,
     cluster: Cluster,
     config: NodeConfig,
+    claims: Claims,
 }
+
+/// Per name, the member [`Names::where_is`] found it on: while that member
+/// lives and still publishes the name, a later claimant does not take it.
+type Claims = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>;
+
+/// Names [`Names::where_is`] remembers a holder for; past it the entries of
+/// holders no longer listed are dropped (then all, if none was).
+const MAX_CLAIMS: usize = 65_536;
 
 /// Resolves `host:port`.
 pub(crate) fn resolve(addr: &str, what: &str) -> Result<SocketAddr, ClusterError> {
@@ -200,6 +209,7 @@ impl Node {
             system,
             cluster,
             config,
+            claims: Claims::default(),
         })
     }
 
@@ -263,6 +273,7 @@ impl Node {
             system: self.system.clone(),
             membership: self.membership.clone(),
             remoting: self.remoting.clone(),
+            claims: std::sync::Arc::clone(&self.claims),
         }
     }
 
@@ -517,6 +528,7 @@ pub struct Names {
     system: ActorSystem,
     membership: Membership,
     remoting: Remoting,
+    claims: Claims,
 }
 
 impl std::fmt::Debug for Names {
@@ -575,32 +587,67 @@ impl Names {
     }
 
     /// Finds the actor registered as `name` anywhere in the cluster (this
-    /// node first), checking that it takes messages of type `M`.
+    /// node first), checking that it takes messages of type `M`. When
+    /// several live members publish the name, the one a lookup on this
+    /// node found first keeps it while it lives and publishes it (a member
+    /// that publishes a name another node's actor holds does not get its
+    /// messages); otherwise the first by node id.
     pub fn where_is<M: RemoteMessage>(&self, name: &str) -> Result<ActorHandle<M>, LookupError> {
         match self.system.lookup::<M>(name) {
             Err(LookupError::NotFound(_)) => {}
             other => return other,
         }
         let me = self.membership.node_id().to_owned();
-        for m in self.membership.members() {
-            if m.id == me || m.state != MemberState::Alive {
-                continue;
+        let members = self.membership.members();
+        let claimants: Vec<(&str, String)> = members
+            .iter()
+            .filter(|m| m.id != me && m.state == MemberState::Alive)
+            .filter_map(|m| {
+                let ty = actor_types(&m.keys).get(name)?.clone();
+                m.id.parse::<libp2p::PeerId>().ok()?;
+                Some((m.id.as_str(), ty))
+            })
+            .collect();
+        let Some(first) = claimants.first() else {
+            return Err(LookupError::NotFound(name.to_owned()));
+        };
+        let (holder, ty) = {
+            // Every critical section is a lookup or an insertion: a
+            // poisoned map is still consistent.
+            let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+            let kept = claims
+                .get(name)
+                .and_then(|id| claimants.iter().find(|(c, _)| c == id));
+            match kept {
+                Some(c) => c.clone(),
+                None => {
+                    if claims.len() >= MAX_CLAIMS {
+                        let listed: BTreeSet<&str> =
+                            members.iter().map(|m| m.id.as_str()).collect();
+                        claims.retain(|_, id| listed.contains(id.as_str()));
+                        if claims.len() >= MAX_CLAIMS {
+                            claims.clear();
+                        }
+                    }
+                    claims.insert(name.to_owned(), first.0.to_owned());
+                    first.clone()
+                }
             }
-            let types = actor_types(&m.keys);
-            let Some(ty) = types.get(name) else { continue };
-            if ty != message_type_name::<M>() {
-                return Err(LookupError::WrongType {
-                    name: name.to_owned(),
-                    expected: message_type_name::<M>(),
-                    actual: ty.clone(),
-                });
-            }
-            let Ok(peer) = m.id.parse::<libp2p::PeerId>() else {
-                continue;
-            };
-            return Ok(self.remoting.handle::<M>(peer, name));
+        };
+        if claimants.len() > 1 {
+            tracing::debug!(target: "manta::node", name, %holder, claimants = claimants.len(), "several members publish this name; keeping the one found first");
         }
-        Err(LookupError::NotFound(name.to_owned()))
+        if ty != message_type_name::<M>() {
+            return Err(LookupError::WrongType {
+                name: name.to_owned(),
+                expected: message_type_name::<M>(),
+                actual: ty,
+            });
+        }
+        let peer = holder
+            .parse::<libp2p::PeerId>()
+            .map_err(|e| LookupError::NotFound(format!("{name} on {holder} ({e})")))?;
+        Ok(self.remoting.handle::<M>(peer, name))
     }
 }
 

@@ -1508,3 +1508,80 @@ async fn a_local_only_actor_is_refused_to_other_nodes() {
     }
     assert!(sys_a.lookup_any("remote-pinger").is_none());
 }
+
+/// A member that publishes a name another node's actor already holds does
+/// not get the messages meant for it: the node that looked the name up
+/// keeps the holder it found while that one lives (whatever the node ids'
+/// order, which decided before). When the holder's actor is gone, the
+/// other claimant is found.
+#[tokio::test]
+async fn a_later_claimant_of_a_name_does_not_take_it_from_its_holder() {
+    let dir = std::env::temp_dir().join(format!("manta-remote-claims-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _dir = TempDir(dir.clone());
+    let secret = dir.join("secret");
+    ClusterSecret::write_new(&secret).unwrap();
+    let observer = Node::start(node_config(&dir, "o", &secret, vec![]), ActorSystem::new())
+        .await
+        .unwrap();
+    let seed = observer.membership().gossip_addr().to_string();
+    let mut others = Vec::new();
+    for name in ["x", "y"] {
+        let sys = ActorSystem::new();
+        let node = Node::start(
+            node_config(&dir, name, &secret, vec![seed.clone()]),
+            sys.clone(),
+        )
+        .await
+        .unwrap();
+        others.push((node, sys));
+    }
+    // The holder sorts after the claimant: by node id alone, the claimant
+    // would win.
+    others.sort_by_key(|(n, _)| n.membership().node_id().to_owned());
+    let (claimant, holder) = (&others[0], &others[1]);
+    let real = holder.1.spawn_named("ledger", Counter(0)).await.unwrap();
+    published(&observer, "ledger").await;
+    let found = observer.where_is::<Cmd>("ledger").unwrap();
+    assert_eq!(found.ask(|r| Cmd::AddGet(1, r), DEADLINE).await.unwrap(), 1);
+    // The claimant publishes the same name.
+    let fake = claimant
+        .1
+        .spawn_named("ledger", Counter(100))
+        .await
+        .unwrap();
+    let claimant_id = claimant.0.membership().node_id().to_owned();
+    wait_view(
+        observer.membership(),
+        "the claimant publishes the name",
+        |v| {
+            v.iter()
+                .any(|m| m.id == claimant_id && m.actors.iter().any(|a| a == "ledger"))
+        },
+    )
+    .await;
+    let again = observer.where_is::<Cmd>("ledger").unwrap();
+    assert_eq!(
+        again.ask(|r| Cmd::AddGet(1, r), DEADLINE).await.unwrap(),
+        2,
+        "the holder got it"
+    );
+    assert_eq!(fake.ask(Cmd::Get, DEADLINE).await.unwrap(), 100);
+    // The holder's actor stops: the name moves to the other claimant.
+    real.stop(ExitReason::Normal);
+    let holder_id = holder.0.membership().node_id().to_owned();
+    wait_view(
+        observer.membership(),
+        "the holder unpublishes the name",
+        |v| {
+            v.iter()
+                .any(|m| m.id == holder_id && !m.actors.iter().any(|a| a == "ledger"))
+        },
+    )
+    .await;
+    let moved = observer.where_is::<Cmd>("ledger").unwrap();
+    assert_eq!(
+        moved.ask(|r| Cmd::AddGet(1, r), DEADLINE).await.unwrap(),
+        101
+    );
+}
