@@ -64,7 +64,7 @@ pub use node::{CLIENT_LABEL, Names, Node, ReadyLine};
 pub use place::{Cluster, Offer, PLACEMENT_WAIT, SPAWN_TIMEOUT, SpawnOn};
 pub use remote::{
     BULK_QUEUE, BulkSettings, CHUNK, FRAME_VERSION, LaneUse, MAX_FRAME, PEER_QUEUE, PROTOCOL,
-    RemoteLimits, RemoteRef, Remoting,
+    RemoteLimits, RemoteRef, Remoting, STREAMS_PER_PEER,
 };
 pub use secret::ClusterSecret;
 pub use status::{ClusterStatus, NodeStatus, query_status, query_status_in};

@@ -68,6 +68,11 @@ pub const FRAME_VERSION: u8 = 2;
 pub const MAX_FRAME: usize = 64 * 1024 * 1024;
 /// Frames queued per peer before senders see backpressure.
 pub const PEER_QUEUE: usize = 4096;
+/// Actor streams one peer may have open to this node at once (its writer
+/// needs one, and one more while a broken one is replaced); more are
+/// dropped before they are accepted, so a member cannot hold a receive
+/// buffer open per yamux stream it likes.
+pub const STREAMS_PER_PEER: usize = 16;
 /// Messages whose encoding exceeds this are cut into chunks of this size and
 /// sent on a separate lane, so they never stall small messages.
 pub const CHUNK: usize = 64 * 1024;
@@ -146,6 +151,10 @@ struct Inner {
     /// next frame (tests of the writer's reopen path).
     dropping_streams: AtomicU64,
     ending_streams: AtomicU64,
+    /// Actor streams open from each peer (at most [`STREAMS_PER_PEER`]).
+    inbound: Mutex<HashMap<PeerId, usize>>,
+    /// Actor streams dropped because their peer had too many open.
+    refused_streams: AtomicU64,
     /// Reassembly buffers of large messages already handled, for the next
     /// ones: a fresh buffer costs a page fault per 4 KiB on the core that
     /// also decrypts the stream (on the bench machine, about 1 ms per MiB).
@@ -216,6 +225,8 @@ impl Remoting {
                 passing_writes: AtomicU64::new(0),
                 dropping_streams: AtomicU64::new(0),
                 ending_streams: AtomicU64::new(0),
+                inbound: Mutex::new(HashMap::new()),
+                refused_streams: AtomicU64::new(0),
                 kept: Arc::new(Mutex::new(Vec::new())),
                 sweep_at: AtomicU64::new(SWEEP_MIN),
                 partials: reader::Partials::new(limits),
@@ -365,6 +376,12 @@ impl Remoting {
     /// `ActorSystem::set_remote_inbox_limit`).
     pub fn refused_tells(&self) -> u64 {
         self.inner.refused_tells.load(Ordering::Relaxed)
+    }
+
+    /// Actor streams dropped unaccepted because their peer already had
+    /// [`STREAMS_PER_PEER`] open here.
+    pub fn refused_streams(&self) -> u64 {
+        self.inner.refused_streams.load(Ordering::Relaxed)
     }
 
     /// Replies that came from a node other than the one asked (dropped).

@@ -19,14 +19,53 @@ use tokio::time::Instant;
 use super::frame::{CHUNK_VARIANT, ChunkRef, Frame, ReplyBody};
 use super::{
     ACCEPTED, CHUNK, FRAME_VERSION, Inner, KEPT_BUFFERS, MAX_FRAME, MAX_PARTIAL, MAX_WIRE_FRAME,
-    RemoteLimits, Remoting, lock,
+    RemoteLimits, Remoting, STREAMS_PER_PEER, lock,
 };
+
+/// Counts an open actor stream of a peer while it lives.
+struct OpenStream<'a> {
+    inner: &'a Inner,
+    peer: PeerId,
+}
+
+impl<'a> OpenStream<'a> {
+    /// `None` when `peer` has [`STREAMS_PER_PEER`] open already.
+    fn new(inner: &'a Inner, peer: PeerId) -> Option<Self> {
+        let mut open = lock(&inner.inbound);
+        let n = open.entry(peer).or_insert(0);
+        if *n >= STREAMS_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(OpenStream { inner, peer })
+    }
+}
+
+impl Drop for OpenStream<'_> {
+    fn drop(&mut self) {
+        let mut open = lock(&self.inner.inbound);
+        if let Some(n) = open.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.peer);
+            }
+        }
+    }
+}
 
 impl Remoting {
     pub(super) async fn read_loop(self, peer: PeerId, mut stream: libp2p::Stream) {
         if take_one(&self.inner.dropping_streams) {
             return;
         }
+        let Some(_open) = OpenStream::new(&self.inner, peer) else {
+            let n = self.inner.refused_streams.fetch_add(1, Ordering::Relaxed) + 1;
+            self.inner.partials.moved.notify_waiters();
+            if n <= 5 || n % 1000 == 0 {
+                tracing::warn!(target: "manta::remote", %peer, total = n, "actor stream dropped: the peer has {STREAMS_PER_PEER} open already");
+            }
+            return;
+        };
         // The opener writes nothing until it reads this.
         if stream.write_all(&[ACCEPTED]).await.is_err() || stream.flush().await.is_err() {
             return;
@@ -51,8 +90,16 @@ impl Remoting {
                 return;
             }
             buf.resize(len, 0);
-            if stream.read_exact(&mut buf).await.is_err() {
-                return;
+            // A frame begun must be finished: one that stalls holds its
+            // buffer (up to a chunk) for as long as the stream lives.
+            let stall = self.inner.partials.limits.partial_expiry;
+            match tokio::time::timeout(stall, stream.read_exact(&mut buf)).await {
+                Err(_) => {
+                    self.bad(peer, &format!("a frame got no byte for {stall:?}"));
+                    return;
+                }
+                Ok(Err(_)) => return,
+                Ok(Ok(())) => {}
             }
             if buf[0] != FRAME_VERSION {
                 self.bad(peer, &format!("frame version {}", buf[0]));

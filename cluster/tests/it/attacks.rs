@@ -433,3 +433,59 @@ async fn a_member_cannot_grow_a_slow_actors_mailbox_without_bound() {
         assert_eq!(r.unwrap(), LOAD);
     }
 }
+
+/// A member opening actor streams without end, each with a frame begun and
+/// never finished (a length announcing a whole chunk, one byte short): the
+/// node accepts at most `STREAMS_PER_PEER` of its streams at once (the rest
+/// are dropped unaccepted and counted), closes a frame that gets no byte
+/// for `partial_expiry`, and keeps serving the member's ordinary traffic.
+#[tokio::test]
+async fn a_member_cannot_hold_receive_buffers_on_streams_without_end() {
+    let (nodes, _dir) = cluster("streams", &["a", "m"], |c| {
+        // Long enough that no stalled frame is closed while the streams
+        // are being opened.
+        c.limits.partial_expiry = Duration::from_secs(3);
+    })
+    .await;
+    let (a, m) = (&nodes[0], &nodes[1]);
+    let holding = Arc::new(Notify::new());
+    a.system()
+        .spawn_named("holder", holder(&holding))
+        .await
+        .unwrap();
+    let peer = a.identity().peer_id();
+    let frame = (manta_cluster::CHUNK as u32 + 200).to_be_bytes();
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..manta_cluster::STREAMS_PER_PEER + 8 {
+        // Each try is one stream: accepted (acceptance byte read) or dropped.
+        match m.remoting().raw_stream_for_test(peer).await {
+            Ok(mut s) => {
+                s.write_all(&frame).await.unwrap();
+                s.write_all(&vec![1u8; manta_cluster::CHUNK]).await.unwrap();
+                s.flush().await.unwrap();
+                held.push(s);
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    assert!(
+        held.len() <= manta_cluster::STREAMS_PER_PEER,
+        "{} streams accepted",
+        held.len()
+    );
+    assert!(refused >= 8, "{refused} refused");
+    wait(a, "the streams over the bound counted", |r| {
+        r.refused_streams() >= 8
+    })
+    .await;
+    // Every stalled frame is closed after partial_expiry, freeing the
+    // member's streams.
+    wait(a, "the stalled frames closed", |r| {
+        r.bad_frames() >= held.len() as u64
+    })
+    .await;
+    // The member's ordinary traffic still reaches the node.
+    let h = m.remoting().handle::<Held>(peer, "holder");
+    assert_eq!(h.ask(Held::Get, DEADLINE).await.unwrap(), 1);
+}
