@@ -694,11 +694,8 @@ fn dataset() -> PathBuf {
 fn loader_args() -> LoaderArgs {
     LoaderArgs {
         dataset: DatasetSpec {
-            path: dataset(),
-            scale: 1.0,
-            test_fraction: 0.25,
-            split_seed: 0,
-            standardize: false,
+            test_fraction: Some(0.25),
+            ..DatasetSpec::new(dataset())
         },
         shard: 0,
         plan: ShardPlan {

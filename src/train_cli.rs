@@ -129,6 +129,8 @@ impl ProgressView {
                 epochs,
                 train_rows,
                 test_rows,
+                features,
+                classes,
                 workers,
                 params,
                 ..
@@ -136,7 +138,7 @@ impl ProgressView {
                 self.epochs = *epochs;
                 self.rows = *train_rows;
                 eprintln!(
-                    "training: {train_rows} train / {test_rows} test rows, {params} parameters, {workers} worker(s), {epochs} epochs"
+                    "training: {train_rows} train / {test_rows} test rows of {features} features, {classes} classes, {params} parameters, {workers} worker(s), {epochs} epochs"
                 );
                 if std::io::stderr().is_terminal() {
                     let bar =

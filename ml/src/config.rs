@@ -202,6 +202,12 @@ impl TrainConfig {
         let mut c: TrainConfig = toml::from_str(text)
             .map_err(|e| MlError::Config(format!("{source}: {}", e.to_string().trim_end())))?;
         c.data.path = absolute(base, &c.data.path);
+        for p in [&mut c.data.test_path, &mut c.data.validation_path]
+            .into_iter()
+            .flatten()
+        {
+            *p = absolute(base, p);
+        }
         if let Some(cp) = &mut c.checkpoint {
             cp.dir = absolute(base, &cp.dir);
         }
@@ -247,18 +253,9 @@ impl TrainConfig {
                 format!("layer sizes must be positive, got {:?}", self.model.hidden),
             );
         }
-        if !(self.data.test_fraction > 0.0 && self.data.test_fraction < 1.0) {
-            return bad(
-                "data.test_fraction",
-                format!("must be between 0 and 1, got {}", self.data.test_fraction),
-            );
-        }
-        if !(self.data.scale.is_finite() && self.data.scale != 0.0) {
-            return bad(
-                "data.scale",
-                format!("must be a non-zero number, got {}", self.data.scale),
-            );
-        }
+        self.data
+            .validate()
+            .map_err(|e| MlError::Config(e.to_string()))?;
         if self.job.is_empty() || self.job.contains(char::is_whitespace) {
             return bad(
                 "job",

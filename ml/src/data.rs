@@ -17,15 +17,27 @@ use crate::rng::SplitMix64;
 pub struct DatasetSpec {
     /// A CSV file, plain or gzip-compressed (detected from its first bytes).
     /// One row per line, no header, numbers only; the label is the last
-    /// column, an integer class `0..classes`.
+    /// column, an integer class `0..classes` (written `3` or `3.0`). With
+    /// `test_path`, this file holds the training rows only.
     pub path: PathBuf,
+    /// The test rows in a file of their own (same format and width):
+    /// no split is drawn, `path` is all training rows. Not with
+    /// `test_fraction`.
+    #[serde(default)]
+    pub test_path: Option<PathBuf>,
+    /// Validation rows in a file of their own, for the tuner's digits
+    /// trainable (instead of carving `validation_fraction` out of the
+    /// training rows); `manta train` does not use them.
+    #[serde(default)]
+    pub validation_path: Option<PathBuf>,
     /// Every feature is multiplied by this (the digits pixels are 0..16, so
     /// the example config uses 0.0625).
     #[serde(default = "one")]
     pub scale: f32,
-    /// Fraction of rows held out for testing, per class.
-    #[serde(default = "default_test_fraction")]
-    pub test_fraction: f64,
+    /// Fraction of rows held out for testing, per class (default 0.2;
+    /// see [`DatasetSpec::test_fraction`]). Not with `test_path`.
+    #[serde(default)]
+    pub test_fraction: Option<f64>,
     /// Seed of the train/test split.
     #[serde(default)]
     pub split_seed: u64,
@@ -41,20 +53,51 @@ fn one() -> f32 {
     1.0
 }
 
-fn default_test_fraction() -> f64 {
-    0.2
-}
+/// The test fraction when none is given.
+pub const DEFAULT_TEST_FRACTION: f64 = 0.2;
 
 impl DatasetSpec {
     /// A spec for `path` with the defaults (scale 1, 20% test, seed 0).
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
+            test_path: None,
+            validation_path: None,
             scale: 1.0,
-            test_fraction: default_test_fraction(),
+            test_fraction: None,
             split_seed: 0,
             standardize: false,
         }
+    }
+
+    /// The fraction of rows held out for testing (0.2 unless given).
+    pub fn test_fraction(&self) -> f64 {
+        self.test_fraction.unwrap_or(DEFAULT_TEST_FRACTION)
+    }
+
+    /// Checks the spec's own values; errors name the key.
+    pub fn validate(&self) -> Result<(), DataError> {
+        let bad = |key: &str, why: String| Err(DataError::Invalid(format!("data.{key}: {why}")));
+        if self.test_path.is_some() && self.test_fraction.is_some() {
+            return bad(
+                "test_fraction",
+                "not with data.test_path (the test rows are that file's)".into(),
+            );
+        }
+        let f = self.test_fraction();
+        if !(f > 0.0 && f < 1.0) {
+            return bad(
+                "test_fraction",
+                format!("must be between 0 and 1 (exclusive), got {f}"),
+            );
+        }
+        if !(self.scale.is_finite() && self.scale != 0.0) {
+            return bad(
+                "scale",
+                format!("must be a non-zero number, got {}", self.scale),
+            );
+        }
+        Ok(())
     }
 
     /// Loads the file and splits it (standardized when the spec says so).
@@ -68,8 +111,7 @@ impl DatasetSpec {
     pub fn load_split_with_stats(
         &self,
     ) -> Result<(Dataset, Dataset, Option<Standardization>), DataError> {
-        let data = Dataset::load_csv(&self.path, self.scale)?;
-        let (mut train, mut test) = data.stratified_split(self.test_fraction, self.split_seed)?;
+        let (mut train, mut test) = self.load_raw_split()?;
         if !self.standardize {
             return Ok((train, test, None));
         }
@@ -77,6 +119,53 @@ impl DatasetSpec {
         stats.apply(&mut train);
         stats.apply(&mut test);
         Ok((train, test, Some(stats)))
+    }
+}
+
+impl DatasetSpec {
+    /// The training and test rows, not standardized: `path` split by
+    /// `test_fraction`, or `path` and `test_path` as they are.
+    pub fn load_raw_split(&self) -> Result<(Dataset, Dataset), DataError> {
+        self.validate()?;
+        let data = Dataset::load_csv(&self.path, self.scale)?;
+        match &self.test_path {
+            None => data
+                .stratified_split(self.test_fraction(), self.split_seed)
+                .map_err(|e| in_file(e, &self.path)),
+            Some(test_path) => {
+                let test = Dataset::load_csv(test_path, self.scale)?;
+                let (train, test) = Dataset::matched(data, &self.path, test, test_path)?;
+                Ok((train, test))
+            }
+        }
+    }
+
+    /// The validation rows of `validation_path`, if given, matched to
+    /// `train` (same width; classes the larger of the two). `None` without
+    /// a file.
+    pub fn load_validation(
+        &self,
+        train: &mut Dataset,
+        test: &mut Dataset,
+    ) -> Result<Option<Dataset>, DataError> {
+        let Some(p) = &self.validation_path else {
+            return Ok(None);
+        };
+        let val = Dataset::load_csv(p, self.scale)?;
+        let (t, mut val) = Dataset::matched(train.clone(), &self.path, val, p)?;
+        *train = t;
+        test.classes = test.classes.max(val.classes);
+        train.classes = test.classes;
+        val.classes = test.classes;
+        Ok(Some(val))
+    }
+}
+
+/// `e` with the file it is about in front (split errors know no file).
+fn in_file(e: DataError, path: &Path) -> DataError {
+    match e {
+        DataError::Invalid(m) => DataError::Invalid(format!("{}: {m}", path.display())),
+        other => other,
     }
 }
 
@@ -226,6 +315,10 @@ impl Dataset {
         let mut features = Vec::new();
         let mut labels = Vec::new();
         let mut cols: Option<usize> = None;
+        // The first line of each class, for the warning about rare ones.
+        let mut label_lines: std::collections::BTreeMap<u32, usize> = Default::default();
+        // A byte-order mark (a file saved as "CSV UTF-8") is not data.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         for (n, line) in text.lines().enumerate() {
             let line_no = n + 1;
             let line = line.trim();
@@ -263,20 +356,46 @@ impl Dataset {
                         format!("column {}: `{f}` is not finite", c + 1),
                     ));
                 }
-                features.push(v * scale);
+                let scaled = v * scale;
+                if !scaled.is_finite() {
+                    return Err(bad(
+                        line_no,
+                        format!("column {}: `{f}` times scale {scale} is not finite", c + 1),
+                    ));
+                }
+                features.push(scaled);
             }
-            let label: u32 = label_field.parse().map_err(|_| {
-                bad(
-                    line_no,
-                    format!(
-                        "column {width} (the label): `{label_field}` is not a non-negative integer class"
-                    ),
-                )
-            })?;
+            // `3`, and `3.0` or `3e0` as numeric tools write whole numbers.
+            let label = label_field
+                .parse::<u32>()
+                .ok()
+                .or_else(|| {
+                    let x: f64 = label_field.parse().ok()?;
+                    (x.is_finite() && x >= 0.0 && x.fract() == 0.0 && x <= f64::from(u32::MAX))
+                        .then_some(x as u32)
+                })
+                .ok_or_else(|| {
+                    bad(
+                        line_no,
+                        format!(
+                            "column {width} (the label): `{label_field}` is not a non-negative integer class"
+                        ),
+                    )
+                })?;
             if label > 1_000_000 {
                 return Err(bad(line_no, format!("label {label} is implausibly large")));
             }
+            if labels.is_empty() && looks_like_an_index_header(&fields) {
+                return Err(bad(
+                    line_no,
+                    format!(
+                        "reads 0, 1, 2, ..., {}: a header line of column numbers (as pandas writes); the file must hold data rows only",
+                        fields.len() - 1
+                    ),
+                ));
+            }
             labels.push(label);
+            label_lines.entry(label).or_insert(line_no);
         }
         let Some(width) = cols else {
             return Err(DataError::Empty {
@@ -289,12 +408,50 @@ impl Dataset {
                 "{file}: needs at least 2 classes, found {classes}"
             )));
         }
+        // Rare classes are legal but often a mistake (a stray line, the
+        // label in another column): say so.
+        let mut count = vec![0usize; classes];
+        for &l in &labels {
+            count[l as usize] += 1;
+        }
+        for (class, &n) in count.iter().enumerate() {
+            if n < 2 && labels.len() >= 4 * classes {
+                let at = label_lines
+                    .get(&(class as u32))
+                    .map_or(String::new(), |l| format!(" (line {l})"));
+                tracing::warn!(target: "manta::data", file, class, rows = n, "class {class} has {n} row(s){at} of {} in {file}: is the label the last column, and every line a data row?", labels.len());
+            }
+        }
         Ok(Dataset {
             features,
             labels,
             cols: width - 1,
             classes,
         })
+    }
+
+    /// `train` (from `train_file`) and `other` (from `other_file`) as parts
+    /// of one dataset: the same width (an error naming both files
+    /// otherwise), and the same number of classes (the larger).
+    pub fn matched(
+        mut train: Dataset,
+        train_file: &Path,
+        mut other: Dataset,
+        other_file: &Path,
+    ) -> Result<(Dataset, Dataset), DataError> {
+        if train.cols != other.cols {
+            return Err(DataError::Invalid(format!(
+                "{} has {} features per row, {} has {}: the files must have the same columns",
+                other_file.display(),
+                other.cols,
+                train_file.display(),
+                train.cols
+            )));
+        }
+        let classes = train.classes.max(other.classes);
+        train.classes = classes;
+        other.classes = classes;
+        Ok((train, other))
     }
 
     /// A stratified split: each class keeps its share in both parts. The
@@ -355,6 +512,15 @@ impl Dataset {
         }
         Ok((self.select(&train), self.select(&test)))
     }
+}
+
+/// Whether a first row reads 0, 1, 2, ..., n (a header of column numbers).
+fn looks_like_an_index_header(fields: &[&str]) -> bool {
+    fields.len() > 2
+        && fields
+            .iter()
+            .enumerate()
+            .all(|(i, f)| f.parse::<f64>().ok() == Some(i as f64))
 }
 
 /// One batch of rows, as loaders serve it.

@@ -49,6 +49,10 @@ pub enum Progress {
         train_rows: usize,
         /// Test rows.
         test_rows: usize,
+        /// Features per row, as read from the data.
+        features: usize,
+        /// Classes (largest label + 1 over the data's files).
+        classes: usize,
         /// Model parameters.
         params: usize,
     },
@@ -105,6 +109,10 @@ pub struct TrainReport {
     pub train_rows: usize,
     /// Test rows.
     pub test_rows: usize,
+    /// Features per row, as read from the data.
+    pub features: usize,
+    /// Classes (largest label + 1 over the data's files).
+    pub classes: usize,
     /// Model parameters.
     pub params: usize,
     /// Pushes the parameter servers dropped (stale or malformed).
@@ -419,6 +427,8 @@ impl RunningJob {
             workers: t.workers,
             train_rows: self.train.len(),
             test_rows: self.test.len(),
+            features: self.model.inputs,
+            classes: self.model.classes,
             params: self.model.param_count(),
         });
         let started = Instant::now();
@@ -540,6 +550,8 @@ impl RunningJob {
             device: t.device.to_string(),
             train_rows: self.train.len(),
             test_rows: self.test.len(),
+            features: self.model.inputs,
+            classes: self.model.classes,
             params: self.model.param_count(),
             rejected_pushes: status.iter().map(|s| s.rejected).sum(),
             resumed_from,

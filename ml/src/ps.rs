@@ -1228,7 +1228,8 @@ pub struct SavedModel {
 /// Reads the newest checkpoint of every shard under `dir` and assembles the
 /// model's parameters. `dir` is a run's directory (holding `ps-I-of-N`
 /// sub-directories) or the configured checkpoint directory, in which case
-/// its newest `run-*` sub-directory is read. Each file is refused unread
+/// its newest `run-*` sub-directory with a checkpoint in every shard is
+/// read (a newer run stopped before its first save is passed over). Each file is refused unread
 /// when it is larger than `max_bytes`; the shards must agree on the model,
 /// the shard count and the version, and the parameters must fit the model.
 pub fn load_saved_model(dir: &Path, max_bytes: u64) -> Result<SavedModel, MlError> {
@@ -1253,12 +1254,31 @@ pub fn load_saved_model(dir: &Path, max_bytes: u64) -> Result<SavedModel, MlErro
     };
     let mut shard_dirs = subdirs(dir, "ps-")?;
     if shard_dirs.is_empty() {
-        let Some(run) = subdirs(dir, "run-")?.pop() else {
+        // The newest run with a checkpoint in every shard: a run stopped
+        // before its first save (Ctrl-C) leaves its directory empty, and
+        // the one before it still serves.
+        let runs = subdirs(dir, "run-")?;
+        let Some(newest) = runs.last().cloned() else {
             return Err(err(dir, "no ps-* or run-* directories".into()));
         };
-        shard_dirs = subdirs(&run, "ps-")?;
-        if shard_dirs.is_empty() {
-            return Err(err(&run, "no ps-* directories".into()));
+        let complete = |run: &PathBuf| -> Option<Vec<PathBuf>> {
+            let shards = subdirs(run, "ps-").ok()?;
+            (!shards.is_empty() && shards.iter().all(|d| !list_checkpoints(d).is_empty()))
+                .then_some(shards)
+        };
+        match runs.iter().rev().find_map(|r| complete(r).map(|s| (r, s))) {
+            Some((run, shards)) => {
+                if run != &newest {
+                    tracing::warn!(target: "manta::ps", newest = %newest.display(), serving = %run.display(), "the newest run has no complete checkpoint; loading the newest run that has one");
+                }
+                shard_dirs = shards;
+            }
+            None => {
+                return Err(err(
+                    &newest,
+                    "no run-* directory holds a checkpoint in every ps-* directory".into(),
+                ));
+            }
         }
     }
     // The run's input standardization, if it trained on standardized

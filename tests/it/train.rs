@@ -71,6 +71,11 @@ fn the_example_config_trains_digits_past_097_and_reports_json() {
             >= 1
     );
     assert_eq!(report["test_rows"], 360);
+    // The shape read from the data, in the report.
+    assert_eq!(
+        (report["features"].clone(), report["classes"].clone()),
+        (64.into(), 10.into())
+    );
     // Progress went to stderr, one line per epoch (not a terminal here).
     assert!(
         stderr.contains("epoch 1/40") && stderr.contains("epoch 40/40"),

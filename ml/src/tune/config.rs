@@ -395,6 +395,8 @@ impl TuneConfig {
                 "{source}: searcher.kind: `grid` needs at least one `type = \"grid\"` parameter in [space]"
             )));
         }
+        pbt_keeps_the_trials_data_and_shape(&scheduler, &space, &trainable)
+            .map_err(|e| TuneError::Config(format!("{source}: {e}")))?;
         Ok(TuneConfig {
             experiment,
             searcher,
@@ -420,6 +422,11 @@ impl TuneConfig {
                 "scheduler.hyperparams: `{h}` is not a parameter of [space]"
             )));
         }
+        c(pbt_keeps_the_trials_data_and_shape(
+            &self.scheduler,
+            &self.space,
+            &self.trainable,
+        ))?;
         c(self.stop.validate())?;
         c(self.trial.validate())
     }
@@ -460,6 +467,39 @@ fn validate_experiment(e: &ExperimentSpec) -> Result<(), String> {
         return Err("experiment.name: must not be empty".into());
     }
     Ok(())
+}
+
+/// Digits parameters PBT must not explore: a trial it changes restores
+/// another trial's checkpoint, and these change what that checkpoint means
+/// (its data split and input scaling, its layer shapes).
+const PBT_FIXED: [&str; 4] = ["split_seed", "standardize", "hidden", "layers"];
+
+/// PBT on the digits trainable explores none of [`PBT_FIXED`]: the
+/// weights a trial continues from would have been trained on rows that
+/// are now its validation rows, on inputs scaled otherwise, or would not
+/// fit its layers.
+fn pbt_keeps_the_trials_data_and_shape(
+    scheduler: &SchedulerSpec,
+    space: &SearchSpace,
+    trainable: &TrainableSpec,
+) -> Result<(), String> {
+    let (SchedulerSpec::Pbt { hyperparams, .. }, TrainableSpec::Digits { .. }) =
+        (scheduler, trainable)
+    else {
+        return Ok(());
+    };
+    let explored: Vec<&str> = if hyperparams.is_empty() {
+        space.0.keys().map(String::as_str).collect()
+    } else {
+        hyperparams.iter().map(String::as_str).collect()
+    };
+    match explored.iter().find(|k| PBT_FIXED.contains(k)) {
+        Some(k) => Err(format!(
+            "scheduler: PBT would change `{k}` in the middle of a trial, which continues from another trial's checkpoint; list the parameters it may explore in scheduler.hyperparams, without {}",
+            PBT_FIXED.join(", ")
+        )),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -566,5 +606,50 @@ lr = { type = "loguniform", low = 1e-4, high = 1e-2 }
             .unwrap_err()
             .to_string();
         assert!(e.contains("scheduler.perturbation_interval"), "{e}");
+    }
+
+    /// PBT on the digits trainable may not explore what changes the data a
+    /// checkpoint was trained on or its shape; a command trainable may.
+    #[test]
+    fn pbt_on_digits_refuses_to_explore_the_split_scaling_or_shape() {
+        let digits = GOOD
+            .replace(
+                "kind = \"asha\"\nmax_t = 9",
+                "kind = \"pbt\"\nperturbation_interval = 2",
+            )
+            .replace(
+                "kind = \"command\"\ncommand = [\"sh\", \"-c\", \"echo loss=1\"]",
+                "kind = \"digits\"\nconfig = \"train.toml\"",
+            );
+        let ok = TuneConfig::parse(&digits, "t.toml", Path::new("/"));
+        assert!(ok.is_ok(), "{ok:?}");
+        for key in ["split_seed", "standardize", "hidden", "layers"] {
+            let space = match key {
+                "standardize" => "{ type = \"choice\", values = [true, false] }",
+                _ => "{ type = \"int\", low = 1, high = 3 }",
+            };
+            let bad = format!("{digits}{key} = {space}\n");
+            let e = TuneConfig::parse(&bad, "t.toml", Path::new("/"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("PBT would change `{key}`")),
+                "{key}: {e}"
+            );
+            // Named out of what PBT explores: fine.
+            let listed = bad.replace(
+                "perturbation_interval = 2",
+                "perturbation_interval = 2\nhyperparams = [\"lr\"]",
+            );
+            let ok = TuneConfig::parse(&listed, "t.toml", Path::new("/"));
+            assert!(ok.is_ok(), "{key}: {ok:?}");
+        }
+        // A command trainable explores what it likes.
+        let command = GOOD.replace(
+            "kind = \"asha\"\nmax_t = 9",
+            "kind = \"pbt\"\nperturbation_interval = 2",
+        ) + "split_seed = { type = \"int\", low = 1, high = 3 }\n";
+        let ok = TuneConfig::parse(&command, "t.toml", Path::new("/"));
+        assert!(ok.is_ok(), "{ok:?}");
     }
 }

@@ -196,10 +196,17 @@ impl DigitsTrainable {
             standardize: false,
             ..c.data.clone()
         };
-        let (train_all, mut test) = raw.load_split().map_err(crate::MlError::from)?;
-        // No validation split (fraction 0): train on every training row
-        // (to check a chosen config); `val_accuracy` is then not reported.
-        let (mut train, mut val) = if validation_fraction > 0.0 {
+        let (mut train_all, mut test) = raw.load_split().map_err(crate::MlError::from)?;
+        // Validation rows from their own file (`data.validation_path`), or
+        // carved out of the training rows. No validation split (fraction
+        // 0): train on every training row (to check a chosen config);
+        // `val_accuracy` is then not reported.
+        let own = raw
+            .load_validation(&mut train_all, &mut test)
+            .map_err(crate::MlError::from)?;
+        let (mut train, mut val) = if let Some(val) = own {
+            (train_all, val)
+        } else if validation_fraction > 0.0 {
             train_all
                 .stratified_split(
                     validation_fraction,

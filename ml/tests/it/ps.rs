@@ -434,3 +434,31 @@ async fn counters_at_their_limit_refuse_the_update_instead_of_overflowing() {
         .unwrap();
     assert_eq!(*params, read(&v2).params);
 }
+
+/// Serving from a checkpoint directory whose newest run was stopped before
+/// its first save (an empty `run-*`, as Ctrl-C leaves it) reads the newest
+/// run that has a checkpoint in every shard; with none, the error names
+/// the directory.
+#[test]
+fn an_empty_newest_run_is_passed_over_for_the_newest_complete_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = manta_ml::ModelSpec {
+        inputs: 4,
+        hidden: vec![3],
+        classes: 2,
+    };
+    let params = spec.init(5);
+    manta_ml::ps::save_model(&tmp.path().join("run-0001"), &spec, &params, 9).unwrap();
+    std::fs::create_dir_all(tmp.path().join("run-0002")).unwrap();
+    std::fs::create_dir_all(tmp.path().join("run-0003/ps-0-of-1")).unwrap();
+    let saved = manta_ml::ps::load_saved_model(tmp.path(), 1 << 20).unwrap();
+    assert_eq!((saved.version, saved.params), (9, params));
+    std::fs::remove_dir_all(tmp.path().join("run-0001")).unwrap();
+    let e = manta_ml::ps::load_saved_model(tmp.path(), 1 << 20)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("run-0003") && e.contains("no run-* directory holds a checkpoint"),
+        "{e}"
+    );
+}
