@@ -92,8 +92,15 @@ impl Remoting {
             buf.resize(len, 0);
             // A frame begun must be finished: one that stalls holds its
             // buffer (up to a chunk) for as long as the stream lives.
+            // The timer only when the frame is not all there yet: most
+            // frames are, and a timer per frame costs small messages.
             let stall = self.inner.partials.limits.partial_expiry;
-            match tokio::time::timeout(stall, stream.read_exact(&mut buf)).await {
+            let mut read = std::pin::pin!(stream.read_exact(&mut buf));
+            let read = match futures::poll!(read.as_mut()) {
+                std::task::Poll::Ready(r) => Ok(r),
+                std::task::Poll::Pending => tokio::time::timeout(stall, read).await,
+            };
+            match read {
                 Err(_) => {
                     self.bad(peer, &format!("a frame got no byte for {stall:?}"));
                     return;

@@ -1198,6 +1198,15 @@ impl Controller {
             p.waiting = false;
         }
         while !self.halted && self.running < self.cfg.experiment.max_concurrent {
+            if self.queue.is_empty()
+                && (self.exhausted || self.trials.len() as u64 >= self.cfg.experiment.max_trials)
+            {
+                // No more trials: HyperBand brackets cut short complete
+                // their rungs with the trials they have (which may release
+                // paused trials into the queue).
+                self.scheduler.set_total_trials(self.trials.len() as u64);
+                self.apply_released()?;
+            }
             if !self.has_work() {
                 break;
             }
@@ -1219,16 +1228,6 @@ impl Controller {
             };
             if let Some(id) = self.queue.pop_front() {
                 self.launch(id, target, ctx).await?;
-                continue;
-            }
-            if self.exhausted || self.trials.len() as u64 >= self.cfg.experiment.max_trials {
-                // No more trials: HyperBand brackets cut short complete
-                // their rungs with the trials they have.
-                self.scheduler.set_total_trials(self.trials.len() as u64);
-                self.apply_released()?;
-                if self.queue.is_empty() {
-                    break;
-                }
                 continue;
             }
             let Some(params) = self.searcher.suggest() else {

@@ -521,3 +521,43 @@ rate = { type = "uniform", low = 0.0, high = 1.0 }
         assert!(coloured > 500, "{name}: {coloured} coloured pixels");
     }
 }
+
+/// HyperBand with `max_trials` that cuts the last bracket short (8 trials:
+/// the first bracket of R = 9, η = 3 wants 9): the short bracket completes
+/// its rungs with the trials it has, so no trial is left paused and the
+/// best of them reaches R. (A regression left every trial of such a
+/// bracket paused at its first rung.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hyperband_completes_a_bracket_that_max_trials_cuts_short() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(
+        tmp.path(),
+        r#"max_trials = 8
+max_concurrent = 3
+seed = 4
+checkpoint_every = 100
+[searcher]
+kind = "random"
+[scheduler]
+kind = "hyperband"
+max_t = 9
+reduction_factor = 3
+[trainable]
+kind = "rust"
+name = "walker"
+[space]
+rate = { type = "uniform", low = 0.0, high = 1.0 }
+"#,
+    );
+    let (_log, on) = events();
+    let s = run(cfg, &walkers(), false, on).await.unwrap();
+    let st = Store::open(tmp.path()).unwrap().0;
+    let trials = st.trials().unwrap();
+    assert_eq!(trials.len(), 8);
+    assert_eq!(s.trials.get("paused"), None, "{:?}", s.trials);
+    assert!(
+        trials.iter().any(|t| t.iteration == 9),
+        "one trial reached R: {:?}",
+        trials.iter().map(|t| t.iteration).collect::<Vec<_>>()
+    );
+}
