@@ -142,7 +142,8 @@ pub struct Best {
     pub trial: u64,
     /// Its hyper-parameters.
     pub config: Params,
-    /// Its best metric.
+    /// Its metric at its newest checkpoint (what serving deploys), or
+    /// its best result in an experiment without checkpoints.
     pub metric: f64,
     /// The iteration of that metric.
     pub iteration: Option<u64>,

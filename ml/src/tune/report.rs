@@ -105,15 +105,30 @@ pub fn trials_csv(trials: &[TrialRow]) -> String {
     out
 }
 
-/// The best trial of `trials` (by best metric).
+/// The best trial of `trials`: the one serving deploys
+/// ([`super::store::best_served`]: scored at its newest checkpoint), so
+/// `manta tune` and `manta serve --experiment` name the same trial; an
+/// experiment without checkpoints ranks trials by their best result.
 pub fn best(
     trials: &[TrialRow],
     mode: MetricMode,
     store: &Store,
 ) -> Result<Option<Best>, TuneError> {
+    if let Some(c) = super::store::best_served(store, mode)?
+        && let Some(t) = trials.iter().find(|t| t.id == c.trial)
+    {
+        return Ok(Some(Best {
+            trial: c.trial,
+            config: t.params.clone(),
+            metric: c.metric,
+            iteration: Some(c.iteration),
+            test_accuracy: c.metrics.get("test_accuracy").copied().or(t.test_accuracy),
+            checkpoint: Some(c.checkpoint.display().to_string()),
+        }));
+    }
     let Some(t) = trials
         .iter()
-        .filter(|t| t.best_metric.is_some())
+        .filter(|t| t.best_metric.is_some_and(|m| !m.is_nan()))
         .max_by(|a, b| {
             let s = |t: &TrialRow| mode.score(t.best_metric.unwrap_or(f64::NAN));
             s(a).total_cmp(&s(b)).then(b.id.cmp(&a.id))

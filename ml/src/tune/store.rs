@@ -61,10 +61,10 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::TuneError;
 use super::config::TuneConfig;
 use super::space::Params;
 use super::trainable::Metrics;
+use super::{MetricMode, TuneError};
 
 /// The file name of the store in the experiment directory.
 pub const FILE: &str = "experiment.db";
@@ -574,36 +574,111 @@ impl Store {
 pub struct BestCheckpoint {
     /// The trial id.
     pub trial: u64,
-    /// Its best value of the experiment's metric.
+    /// The experiment's metric at its newest checkpoint (the weights
+    /// deployed).
     pub metric: f64,
     /// The metric's name.
     pub metric_name: String,
-    /// Its state (`completed` or `stopped`).
+    /// Its state (`completed`, `stopped`, `terminated` or `paused`).
     pub state: String,
     /// The iteration of its newest checkpoint.
     pub iteration: u64,
     /// Its newest checkpoint directory.
     pub checkpoint: PathBuf,
-    /// Every metric of its last result.
+    /// Every metric of its result at that checkpoint's iteration.
     pub metrics: Metrics,
 }
 
-/// The best finished trial of the experiment in `dir` (completed or
-/// stopped by the scheduler, ranked on its best metric by the
-/// experiment's mode) and its newest checkpoint. Clear errors for a
-/// directory without a store, an experiment without a finished trial
-/// that reported the metric, or a best trial without a checkpoint.
+/// Trial states whose checkpoints serving may deploy: finished, stopped
+/// by the scheduler or by the experiment's time budget, or paused at a
+/// HyperBand rung (their checkpointed weights are whole).
+const SERVABLE: [&str; 4] = ["completed", "stopped", "terminated", "paused"];
+
+/// One trial as serving would take it: its newest checkpoint, scored by
+/// the experiment's metric in its result at that checkpoint's iteration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServedCandidate {
+    /// The trial id.
+    pub trial: u64,
+    /// Its state.
+    pub state: String,
+    /// Its newest checkpoint's iteration.
+    pub iteration: u64,
+    /// Its newest checkpoint directory.
+    pub checkpoint: PathBuf,
+    /// The experiment's metric at that iteration.
+    pub metric: f64,
+    /// Every metric of the result at that iteration.
+    pub metrics: Metrics,
+}
+
+/// The trial whose checkpoint serving deploys, by the rule `manta tune`'s
+/// summary also uses: every trial in a [`SERVABLE`] state is scored by the
+/// metric of its result at the iteration of its newest checkpoint (the
+/// weights that would be deployed, not a better iteration it did not
+/// keep), best by the experiment's mode, ties to the lower trial id; a
+/// NaN score never wins. `None` when no such trial has a checkpoint with
+/// a result reporting the metric.
+pub fn best_served(store: &Store, mode: MetricMode) -> Result<Option<ServedCandidate>, TuneError> {
+    let trials = store.trials()?;
+    let results = store.results()?;
+    let mut best: Option<ServedCandidate> = None;
+    for t in trials
+        .iter()
+        .filter(|t| SERVABLE.contains(&t.state.as_str()))
+    {
+        let Some((iteration, checkpoint)) = store.latest_checkpoint(t.id)? else {
+            continue;
+        };
+        let Some(r) = results
+            .iter()
+            .find(|r| r.trial == t.id && r.iteration == iteration)
+        else {
+            continue;
+        };
+        let Some(metric) = r.metric.filter(|m| !m.is_nan()) else {
+            continue;
+        };
+        if best
+            .as_ref()
+            .is_some_and(|b| mode.score(metric) <= mode.score(b.metric))
+        {
+            continue;
+        }
+        best = Some(ServedCandidate {
+            trial: t.id,
+            state: t.state.clone(),
+            iteration,
+            checkpoint,
+            metric,
+            metrics: r.metrics.clone(),
+        });
+    }
+    Ok(best)
+}
+
+/// The trial serving deploys from the experiment in `dir` and its newest
+/// checkpoint ([`best_served`]). Clear errors for a directory without a
+/// store, an experiment without a trial that reported the metric, or
+/// trials without a checkpoint.
 pub fn best_checkpoint(dir: &Path) -> Result<BestCheckpoint, TuneError> {
     let (store, config) = Store::open(dir)?;
     let mode = config.experiment.mode;
     let metric_name = config.experiment.metric.clone();
+    if let Some(c) = best_served(&store, mode)? {
+        return Ok(BestCheckpoint {
+            trial: c.trial,
+            metric: c.metric,
+            metric_name,
+            state: c.state,
+            iteration: c.iteration,
+            checkpoint: c.checkpoint,
+            metrics: c.metrics,
+        });
+    }
     let trials = store.trials()?;
-    let best = trials
-        .iter()
-        .filter(|t| t.state == "completed" || t.state == "stopped")
-        .filter_map(|t| t.best_metric.map(|m| (t, m)))
-        .max_by(|a, b| mode.score(a.1).total_cmp(&mode.score(b.1)));
-    let Some((trial, metric)) = best else {
+    let reported: Vec<&TrialRow> = trials.iter().filter(|t| t.best_metric.is_some()).collect();
+    if reported.is_empty() {
         return Err(TuneError::Config(format!(
             "{}: no completed trial reported `{metric_name}` yet ({} trials: {})",
             dir.display(),
@@ -614,28 +689,14 @@ pub fn best_checkpoint(dir: &Path) -> Result<BestCheckpoint, TuneError> {
                 .collect::<Vec<_>>()
                 .join(", ")
         )));
-    };
-    let Some((iteration, checkpoint)) = store.latest_checkpoint(trial.id)? else {
-        return Err(TuneError::Config(format!(
-            "{}: the best trial ({}, {metric_name} = {metric}) has no checkpoint (set experiment.checkpoint_every)",
-            dir.display(),
-            trial.id
-        )));
-    };
-    let metrics = store
-        .results()?
-        .into_iter()
-        .filter(|r| r.trial == trial.id)
-        .max_by_key(|r| r.iteration)
-        .map(|r| r.metrics)
-        .unwrap_or_default();
-    Ok(BestCheckpoint {
-        trial: trial.id,
-        metric,
-        metric_name,
-        state: trial.state.clone(),
-        iteration,
-        checkpoint,
-        metrics,
-    })
+    }
+    Err(TuneError::Config(format!(
+        "{}: every trial that reported `{metric_name}` ({}) has no checkpoint with a result at its iteration (set experiment.checkpoint_every)",
+        dir.display(),
+        reported
+            .iter()
+            .map(|t| format!("{} {}", t.id, t.state))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )))
 }

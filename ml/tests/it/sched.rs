@@ -561,3 +561,88 @@ rate = { type = "uniform", low = 0.0, high = 1.0 }
         trials.iter().map(|t| t.iteration).collect::<Vec<_>>()
     );
 }
+
+/// `rate` times a curve that peaks at iteration 3 and falls after
+/// (`peak`), or a flat `rate` (`flat`).
+struct Curve {
+    peak: bool,
+    rate: f64,
+    it: u64,
+}
+
+impl Trainable for Curve {
+    fn step(&mut self) -> Result<Metrics, TuneError> {
+        self.it += 1;
+        let shape = if !self.peak {
+            1.0
+        } else if self.it <= 3 {
+            self.it as f64
+        } else {
+            6.0 - self.it as f64
+        };
+        let mut m = Metrics::new();
+        m.insert("score".into(), self.rate * shape);
+        Ok(m)
+    }
+    fn save(&mut self, dir: &Path) -> Result<(), TuneError> {
+        let p = dir.join("state");
+        std::fs::write(&p, self.it.to_string()).map_err(|e| io(&p, e))
+    }
+    fn restore(&mut self, dir: &Path) -> Result<(), TuneError> {
+        let p = dir.join("state");
+        let s = std::fs::read_to_string(&p).map_err(|e| io(&p, e))?;
+        self.it = s.parse().map_err(|_| TuneError::Actor("bad it".into()))?;
+        Ok(())
+    }
+}
+
+/// The best trial is the one whose *deployed* weights score best: a trial
+/// whose score peaked (3) and fell back (1 at its last checkpoint) loses
+/// to a flat one (2), where ranking on best-ever results picked the
+/// peaked trial and deployed weights that scored 1. `manta tune`'s
+/// summary and serving's `best_checkpoint` name the same trial, with the
+/// score and iteration of the checkpoint served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_best_trial_is_scored_at_the_checkpoint_serving_deploys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(
+        tmp.path(),
+        r#"max_trials = 2
+max_concurrent = 2
+seed = 1
+checkpoint_every = 1
+[searcher]
+kind = "grid"
+[stop]
+max_iterations = 5
+[trainable]
+kind = "rust"
+name = "curve"
+[space]
+shape = { type = "grid", values = ["peak", "flat"] }
+"#,
+    );
+    let trainables = Trainables::new().with("curve", |info: &TrialInfo| {
+        let peak = info.params["shape"].as_str() == Some("peak");
+        Ok(Box::new(Curve {
+            peak,
+            rate: if peak { 1.0 } else { 2.0 },
+            it: 0,
+        }) as Box<dyn Trainable>)
+    });
+    let (_log, on) = events();
+    let s = run(cfg, &trainables, false, on).await.unwrap();
+    let best = s.best.expect("a best trial");
+    let served = manta_ml::tune::store::best_checkpoint(tmp.path()).unwrap();
+    let st = Store::open(tmp.path()).unwrap().0;
+    let flat = st
+        .trials()
+        .unwrap()
+        .into_iter()
+        .find(|t| t.params["shape"].as_str() == Some("flat"))
+        .unwrap()
+        .id;
+    assert_eq!((best.trial, served.trial), (flat, flat));
+    assert_eq!((served.metric, served.iteration), (2.0, 5));
+    assert_eq!((best.metric, best.iteration), (2.0, Some(5)));
+}
