@@ -975,6 +975,9 @@ struct Rec {
     /// Restarts after the trial's node died (they do not count against
     /// `max_failures`).
     lost: u64,
+    /// The metric names of its first result in this driver (to name them
+    /// when the trial ends without ever reporting the experiment's).
+    reported: Option<Vec<String>>,
 }
 
 /// Restarts after node deaths one trial gets at most.
@@ -1266,6 +1269,7 @@ impl Controller {
                     pauses: 0,
                     node: None,
                     lost: 0,
+                    reported: None,
                 },
             );
             self.launch(id, target, ctx).await?;
@@ -1432,6 +1436,11 @@ impl Controller {
         };
         let metric = metrics.get(&cfg.experiment.metric).copied();
         let fresh = iteration > rec.row.iteration;
+        if rec.reported.is_none() {
+            let mut keys: Vec<String> = metrics.keys().take(32).cloned().collect();
+            keys.sort_unstable();
+            rec.reported = Some(keys);
+        }
         if let Some(cp) = &checkpoint {
             rec.checkpoint = Some((iteration, cp.clone()));
         }
@@ -1575,6 +1584,24 @@ impl Controller {
                 }
             }
         };
+        if matches!(state, TrialState::Completed | TrialState::Stopped)
+            && rec.row.best_metric.is_none()
+            && let Some(keys) = &rec.reported
+        {
+            // It ran and reported, but never the experiment's metric (a
+            // misspelt name, most likely): an error that says so, not a
+            // silent unranked trial.
+            rec.row.error = Some(format!(
+                "it ended without reporting `{}` (the experiment's metric); its results have: {}",
+                self.cfg.experiment.metric,
+                if keys.is_empty() {
+                    "no metrics".to_owned()
+                } else {
+                    keys.join(", ")
+                }
+            ));
+            state = TrialState::Error;
+        }
         if state == TrialState::Paused {
             match rec.release.take() {
                 Some(Decision::Continue) => {
@@ -1876,6 +1903,7 @@ pub async fn run_on(
                     pauses,
                     node: None,
                     lost,
+                    reported: None,
                 },
             );
         }

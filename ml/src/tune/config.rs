@@ -395,6 +395,8 @@ impl TuneConfig {
                 "{source}: searcher.kind: `grid` needs at least one `type = \"grid\"` parameter in [space]"
             )));
         }
+        grid_fits(&searcher, &space, experiment.max_trials)
+            .map_err(|e| TuneError::Config(format!("{source}: {e}")))?;
         pbt_keeps_the_trials_data_and_shape(&scheduler, &space, &trainable)
             .map_err(|e| TuneError::Config(format!("{source}: {e}")))?;
         Ok(TuneConfig {
@@ -422,6 +424,11 @@ impl TuneConfig {
                 "scheduler.hyperparams: `{h}` is not a parameter of [space]"
             )));
         }
+        c(grid_fits(
+            &self.searcher,
+            &self.space,
+            self.experiment.max_trials,
+        ))?;
         c(pbt_keeps_the_trials_data_and_shape(
             &self.scheduler,
             &self.space,
@@ -465,6 +472,21 @@ fn validate_experiment(e: &ExperimentSpec) -> Result<(), String> {
     }
     if e.name.is_empty() {
         return Err("experiment.name: must not be empty".into());
+    }
+    Ok(())
+}
+
+/// A grid search runs every point of the grid: a grid larger than
+/// `max_trials` (default 10) would be cut silently, so it is an error.
+fn grid_fits(searcher: &SearcherSpec, space: &SearchSpace, max_trials: u64) -> Result<(), String> {
+    if *searcher != SearcherSpec::Grid {
+        return Ok(());
+    }
+    let (_, points) = space.grid();
+    if points > max_trials {
+        return Err(format!(
+            "experiment.max_trials: the grid has {points} points but max_trials is {max_trials}; set max_trials to at least {points} (every point runs once)"
+        ));
     }
     Ok(())
 }
@@ -606,6 +628,27 @@ lr = { type = "loguniform", low = 1e-4, high = 1e-2 }
             .unwrap_err()
             .to_string();
         assert!(e.contains("scheduler.perturbation_interval"), "{e}");
+    }
+
+    /// A grid larger than max_trials would be cut silently: an error.
+    #[test]
+    fn a_grid_larger_than_max_trials_is_refused() {
+        let grid = GOOD
+            .replace("kind = \"tpe\"", "kind = \"grid\"")
+            .replace(
+                "lr = { type = \"loguniform\", low = 1e-4, high = 1e-2 }",
+                "lr = { type = \"grid\", values = [1, 2, 3, 4] }\nb = { type = \"grid\", values = [1, 2, 3] }",
+            );
+        let e = TuneConfig::parse(&grid, "t.toml", Path::new("/"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("the grid has 12 points but max_trials is 10"),
+            "{e}"
+        );
+        let fits = grid.replace("[experiment]\n", "[experiment]\nmax_trials = 12\n");
+        let ok = TuneConfig::parse(&fits, "t.toml", Path::new("/"));
+        assert!(ok.is_ok(), "{ok:?}");
     }
 
     /// PBT on the digits trainable may not explore what changes the data a

@@ -548,14 +548,28 @@ impl Scheduler {
                 quantile_fraction,
                 ..
             } => {
+                let ended = &self.ended;
                 let st = &mut self.pbt;
+                // A NaN score ranks nowhere (it is never a donor).
+                if score.is_nan() {
+                    st.latest.remove(&trial);
+                    return Decision::Continue;
+                }
                 st.latest.insert(trial, score);
                 let last = st.last_perturbation.get(&trial).copied().unwrap_or(0);
                 if iteration < last + perturbation_interval {
                     return Decision::Continue;
                 }
                 st.last_perturbation.insert(trial, iteration);
-                let mut pop: Vec<(u64, f64)> = st.latest.iter().map(|(&t, &s)| (t, s)).collect();
+                // The population is the trials still running (as Ray's
+                // quantiles): a trial that ended, failed included, is no
+                // donor and takes no share of a quantile.
+                let mut pop: Vec<(u64, f64)> = st
+                    .latest
+                    .iter()
+                    .filter(|(t, _)| !ended.contains(t))
+                    .map(|(&t, &s)| (t, s))
+                    .collect();
                 pop.sort_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)));
                 // As Ray: ceil(n * q) trials per quantile, at most half.
                 let mut k = (pop.len() as f64 * quantile_fraction).ceil() as usize;
@@ -1084,6 +1098,34 @@ mod tests {
         // One trial alone never exploits.
         let mut s = pbt(0.25, 0.0);
         assert_eq!(s.on_result(0, 2, 0.0), C);
+    }
+
+    /// The population is the trials still running: a trial that ended
+    /// (here the two best, 6 and 7) is never a donor and takes no share of
+    /// a quantile, and a NaN score ranks nowhere (as Ray's PBT).
+    #[test]
+    fn pbt_ranks_only_running_trials_with_a_score() {
+        use Decision::Pause as P;
+        let mut s = pbt(0.25, 0.0);
+        for t in 0..8u64 {
+            s.on_result(t, 1, t as f64 / 10.0);
+        }
+        s.on_trial_end(6);
+        s.on_trial_end(7);
+        // Trial 5 reports NaN: out of the population.
+        s.on_result(5, 2, f64::NAN);
+        // Running with a score: 0..=4; the bottom quarter (ceil(5/4) = 2,
+        // at most half: 2) is 0 and 1, the top 3 and 4.
+        let mut paused = Vec::new();
+        for t in (0..5u64).rev() {
+            if s.on_result(t, 2, t as f64 / 10.0) == P {
+                paused.push(t);
+                let donor = s.take_exploit(t).expect("a donor");
+                assert!(donor == 3 || donor == 4, "donor {donor}");
+            }
+        }
+        paused.sort();
+        assert_eq!(paused, [0, 1]);
     }
 
     #[test]

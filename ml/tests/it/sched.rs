@@ -646,3 +646,41 @@ shape = { type = "grid", values = ["peak", "flat"] }
     assert_eq!((served.metric, served.iteration), (2.0, 5));
     assert_eq!((best.metric, best.iteration), (2.0, Some(5)));
 }
+
+/// A trial that ran and reported, but never the experiment's metric (here
+/// a misspelt `scor`), ends in error naming the metric and what it did
+/// report, not as a silent, unranked completed trial.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trial_that_never_reports_the_metric_ends_in_error_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[experiment]\ndir = {:?}\nmetric = \"scor\"\nmode = \"max\"\n{}",
+        tmp.path().display().to_string(),
+        r#"max_trials = 2
+max_concurrent = 2
+seed = 1
+[searcher]
+kind = "random"
+[stop]
+max_iterations = 3
+[trainable]
+kind = "rust"
+name = "walker"
+[space]
+rate = { type = "uniform", low = 0.0, high = 1.0 }
+"#
+    );
+    let cfg = TuneConfig::parse(&text, "test.toml", tmp.path()).unwrap();
+    let (_log, on) = events();
+    let s = run(cfg, &walkers(), false, on).await.unwrap();
+    assert_eq!(s.trials.get("error"), Some(&2), "{:?}", s.trials);
+    assert!(s.best.is_none());
+    let st = Store::open(tmp.path()).unwrap().0;
+    for t in st.trials().unwrap() {
+        let e = t.error.unwrap_or_default();
+        assert!(
+            e.contains("without reporting `scor`") && e.contains("score"),
+            "{e}"
+        );
+    }
+}
