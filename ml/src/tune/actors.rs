@@ -502,6 +502,26 @@ impl TrialActor {
                     .map_err(|e| fail(e.to_string()))?;
             }
             Launch::Command { argv, env } => {
+                // Restored from another directory (a PBT exploit's copy of
+                // a donor's checkpoint, in this process): that copy becomes
+                // the trial's checkpoint directory, the one the command is
+                // told to read (`MANTA_CHECKPOINT_DIR`). On another node
+                // `fetch_checkpoint` unpacked it there already.
+                let own = self.args.info.dir.join("checkpoint");
+                if self.args.remote.is_none()
+                    && let Some((_, from)) = self.args.restore.clone()
+                    && from != own
+                {
+                    tokio::task::spawn_blocking(move || {
+                        if own.exists() {
+                            std::fs::remove_dir_all(&own).map_err(|e| TuneError::io(&own, e))?;
+                        }
+                        copy_dir(&from, &own)
+                    })
+                    .await
+                    .map_err(|e| fail(format!("restoring the checkpoint panicked: {e}")))?
+                    .map_err(|e| fail(format!("restoring the checkpoint: {e}")))?;
+                }
                 let cmd = external::command(&argv, &env, &self.args.info, self.iteration)
                     .map_err(|e| fail(e.to_string()))?;
                 let (kill_tx, kill_rx) = oneshot::channel();

@@ -684,3 +684,73 @@ rate = { type = "uniform", low = 0.0, high = 1.0 }
         );
     }
 }
+
+/// PBT over a command trainable in this process: a trial that exploits
+/// another continues from the donor's checkpoint, which the command finds
+/// in its own `MANTA_CHECKPOINT_DIR` (before, the command was pointed at
+/// its own old checkpoint and got the donor's parameters on its own
+/// weights). The script's state is `x`, growing by `rate` per iteration;
+/// the first line after a restore reports the `x` it found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pbt_exploit_gives_a_command_the_donors_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let script = tmp.path().join("walk.sh");
+    std::fs::write(
+        &script,
+        r#"#!/bin/sh
+i=$MANTA_RESUME_ITERATION
+x=0
+restored=""
+if [ -f "$MANTA_CHECKPOINT_DIR/x" ]; then
+  x=$(cat "$MANTA_CHECKPOINT_DIR/x")
+  restored=" restored_x=$x"
+fi
+while [ $i -lt 6 ]; do
+  i=$((i+1))
+  x=$(awk "BEGIN { print $x + $MANTA_PARAM_RATE }")
+  echo "$x" > "$MANTA_CHECKPOINT_DIR/x"
+  echo "iteration=$i score=$x$restored"
+  restored=""
+done
+"#,
+    )
+    .unwrap();
+    let cfg = config(
+        tmp.path(),
+        &format!(
+            r#"max_trials = 2
+max_concurrent = 2
+seed = 3
+[searcher]
+kind = "grid"
+[scheduler]
+kind = "pbt"
+perturbation_interval = 2
+quantile_fraction = 0.5
+resample_probability = 0.0
+[trainable]
+kind = "command"
+command = ["sh", {:?}]
+[space]
+rate = {{ type = "grid", values = [1.0, 100.0] }}
+"#,
+            script.display().to_string()
+        ),
+    );
+    let (_log, on) = events();
+    let s = run(cfg, &Trainables::new(), false, on).await.unwrap();
+    assert_eq!(s.trials.get("completed"), Some(&2), "{:?}", s.trials);
+    let st = Store::open(tmp.path()).unwrap().0;
+    let restored: Vec<f64> = st
+        .results()
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| r.metrics.get("restored_x").copied())
+        .collect();
+    assert!(!restored.is_empty(), "no trial was restored");
+    // The slow trial's own x is at most 6; the donor's at least 100.
+    assert!(
+        restored.iter().all(|&x| x >= 100.0),
+        "restored from its own checkpoint: {restored:?}"
+    );
+}
