@@ -80,15 +80,13 @@ fn events() -> (Arc<Mutex<Vec<Event>>>, impl FnMut(&Event)) {
     (log, move |e: &Event| l.lock().unwrap().push(e.clone()))
 }
 
-/// R = 9, η = 3: brackets of 9 (rungs 1, 3, 9), 5 (3, 9) and 3 (9)
-/// trials. The score grows with the rate, so the promotions are known:
-/// the fastest third of each rung.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hyperband_runs_each_rung_to_completion_then_continues_the_top_third_from_checkpoints() {
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(
-        tmp.path(),
-        r#"max_trials = 17
+/// HyperBand (R = 9, η = 3) over walkers of random rates, `max_trials`
+/// of them, 3 at once.
+fn hyperband_walkers(dir: &Path, max_trials: u64) -> TuneConfig {
+    config(
+        dir,
+        &format!(
+            r#"max_trials = {max_trials}
 max_concurrent = 3
 seed = 4
 checkpoint_every = 100
@@ -102,9 +100,19 @@ reduction_factor = 3
 kind = "rust"
 name = "walker"
 [space]
-rate = { type = "uniform", low = 0.0, high = 1.0 }
-"#,
-    );
+rate = {{ type = "uniform", low = 0.0, high = 1.0 }}
+"#
+        ),
+    )
+}
+
+/// R = 9, η = 3: brackets of 9 (rungs 1, 3, 9), 5 (3, 9) and 3 (9)
+/// trials. The score grows with the rate, so the promotions are known:
+/// the fastest third of each rung.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hyperband_runs_each_rung_to_completion_then_continues_the_top_third_from_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = hyperband_walkers(tmp.path(), 17);
     let (log, on) = events();
     let s = run(cfg, &walkers(), false, on).await.unwrap();
     let st = Store::open(tmp.path()).unwrap().0;
@@ -530,25 +538,7 @@ rate = { type = "uniform", low = 0.0, high = 1.0 }
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hyperband_completes_a_bracket_that_max_trials_cuts_short() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(
-        tmp.path(),
-        r#"max_trials = 8
-max_concurrent = 3
-seed = 4
-checkpoint_every = 100
-[searcher]
-kind = "random"
-[scheduler]
-kind = "hyperband"
-max_t = 9
-reduction_factor = 3
-[trainable]
-kind = "rust"
-name = "walker"
-[space]
-rate = { type = "uniform", low = 0.0, high = 1.0 }
-"#,
-    );
+    let cfg = hyperband_walkers(tmp.path(), 8);
     let (_log, on) = events();
     let s = run(cfg, &walkers(), false, on).await.unwrap();
     let st = Store::open(tmp.path()).unwrap().0;

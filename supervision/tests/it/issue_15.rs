@@ -241,6 +241,28 @@ impl Actor for StartsOnce {
     }
 }
 
+/// Starts when built with `true`, fails its start otherwise; then as
+/// [`StartsOnce`].
+struct Gate(bool);
+
+impl Actor for Gate {
+    type Msg = ProbeMsg;
+    async fn started(&mut self, _: &mut Context<ProbeMsg>) -> Result<(), ActorError> {
+        if self.0 {
+            Ok(())
+        } else {
+            Err("cannot start this time".into())
+        }
+    }
+    async fn handle(
+        &mut self,
+        msg: ProbeMsg,
+        ctx: &mut Context<ProbeMsg>,
+    ) -> Result<(), ActorError> {
+        StartsOnce.handle(msg, ctx).await
+    }
+}
+
 /// Found while writing docs/architecture.md: without backoff, a restart
 /// that failed to start and exceeded the intensity terminated the children
 /// but the supervisor's failure was dropped, so it kept running with no
@@ -252,24 +274,6 @@ async fn a_failed_restart_over_the_intensity_fails_the_supervisor() {
     use std::sync::atomic::{AtomicU32, Ordering};
     let starts = Arc::new(AtomicU32::new(0));
     let n = Arc::clone(&starts);
-    struct Gate(bool);
-    impl Actor for Gate {
-        type Msg = ProbeMsg;
-        async fn started(&mut self, _: &mut Context<ProbeMsg>) -> Result<(), ActorError> {
-            if self.0 {
-                Ok(())
-            } else {
-                Err("cannot start again".into())
-            }
-        }
-        async fn handle(
-            &mut self,
-            msg: ProbeMsg,
-            ctx: &mut Context<ProbeMsg>,
-        ) -> Result<(), ActorError> {
-            StartsOnce.handle(msg, ctx).await
-        }
-    }
     let spec = SupervisorSpec::new("sup")
         .intensity(1, Duration::from_secs(5))
         .child(ChildSpec::worker(
@@ -434,34 +438,14 @@ async fn a_failed_start_in_a_one_for_all_restart_restarts_the_whole_group() {
     use std::sync::atomic::{AtomicU32, Ordering};
     let starts = Arc::new(AtomicU32::new(0));
     let n = Arc::clone(&starts);
-    /// Fails its second start only.
-    struct Flaky(bool);
-    impl Actor for Flaky {
-        type Msg = ProbeMsg;
-        async fn started(&mut self, _: &mut Context<ProbeMsg>) -> Result<(), ActorError> {
-            if self.0 {
-                Ok(())
-            } else {
-                Err("cannot start this once".into())
-            }
-        }
-        async fn handle(
-            &mut self,
-            msg: ProbeMsg,
-            ctx: &mut Context<ProbeMsg>,
-        ) -> Result<(), ActorError> {
-            StartsOnce.handle(msg, ctx).await
-        }
-    }
     let spec = SupervisorSpec::new("sup")
         .strategy(Strategy::OneForAll)
         .intensity(5, Duration::from_secs(5))
         .child(ChildSpec::worker("a", probe()))
         .child(ChildSpec::worker(
             "b",
-            factory("flaky", move || {
-                Flaky(n.fetch_add(1, Ordering::SeqCst) != 1)
-            }),
+            // Fails its second start only.
+            factory("flaky", move || Gate(n.fetch_add(1, Ordering::SeqCst) != 1)),
         ));
     let (sup, mut rx) = crate::start(spec).await;
     until(&mut rx, |e| short(e) == "start b #0").await;

@@ -8,6 +8,18 @@ use manta_supervision::{Backoff, MAX_DURATION};
 
 use crate::tree_files::kinds;
 
+/// Each source has exactly one error, at that line and column, whose
+/// message holds the needle.
+fn one_error_each(cases: &[(&str, (usize, usize), &str)]) {
+    for &(src, at, needle) in cases {
+        let errs = errors(src);
+        assert_eq!(errs.len(), 1, "{src}: {errs:#?}");
+        let e = &errs[0];
+        assert_eq!((e.line, e.column), at, "{src}: {e}");
+        assert!(e.message.contains(needle), "{src}: {e}");
+    }
+}
+
 fn errors(src: &str) -> Vec<TreeError> {
     match load_str(src, "deep.toml", &kinds()) {
         Ok(_) => panic!("accepted:\n{}", &src[..src.len().min(2000)]),
@@ -140,13 +152,7 @@ fn zero_and_overlong_durations_are_refused_with_their_position() {
             "longer than the limit of 8760h",
         ),
     ];
-    for (src, at, needle) in cases {
-        let errs = errors(src);
-        assert_eq!(errs.len(), 1, "{src}: {errs:#?}");
-        let e = &errs[0];
-        assert_eq!((e.line, e.column), at, "{src}: {e}");
-        assert!(e.message.contains(needle), "{src}: {e}");
-    }
+    one_error_each(&cases);
     // The longest one is fine.
     load_str("period = \"8760h\"\n", "ok.toml", &kinds()).unwrap();
 }
@@ -216,13 +222,7 @@ fn keys_that_would_be_ignored_are_refused_with_their_position() {
             "shutdown must be longer than zero",
         ),
     ];
-    for (src, at, needle) in cases {
-        let errs = errors(src);
-        assert_eq!(errs.len(), 1, "{src}: {errs:#?}");
-        let e = &errs[0];
-        assert_eq!((e.line, e.column), at, "{src}: {e}");
-        assert!(e.message.contains(needle), "{src}: {e}");
-    }
+    one_error_each(&cases);
     // A nested supervisor's `name` equal to its id is fine.
     load_str(
         "[[children]]\nid = \"inner\"\nname = \"inner\"\nstrategy = \"one_for_one\"\n",
