@@ -368,10 +368,15 @@ impl SupState {
         let mode = child.spec.shutdown;
         let id = child.spec.id.clone();
         let (reason, forced) = shutdown_child(&handle, mode).await;
+        self.terminated(id, &handle, reason, forced);
+    }
+
+    /// Reports a child stopped by this supervisor.
+    fn terminated(&self, child: String, handle: &AnyHandle, reason: ExitReason, forced: bool) {
         self.emit(SupervisorEvent::ChildTerminated {
             supervisor: self.name.clone(),
             at: SystemTime::now(),
-            child: id,
+            child,
             actor: handle.id(),
             reason,
             forced,
@@ -407,14 +412,7 @@ impl SupState {
         )
         .await;
         for ((id, handle, _), (reason, forced)) in stopping.into_iter().zip(stopped) {
-            self.emit(SupervisorEvent::ChildTerminated {
-                supervisor: self.name.clone(),
-                at: SystemTime::now(),
-                child: id,
-                actor: handle.id(),
-                reason,
-                forced,
-            });
+            self.terminated(id, &handle, reason, forced);
         }
     }
 
