@@ -435,3 +435,92 @@ cpus = 1.0
         "the command ran on a node that did not opt in"
     );
 }
+
+/// A trial interrupted by the driver's SIGKILL and relaunched by
+/// `--resume` has not failed: with `max_failures = 1`, a failure of the
+/// relaunched run is still retried (before, the resume counted as the one
+/// failure allowed, and the trial ended in `error`).
+#[test]
+fn a_resumed_trial_keeps_its_retries() {
+    let tmp = Scratch::new("tune-resume-retry");
+    std::fs::write(
+        tmp.0.join("trial.sh"),
+        r#"#!/bin/sh
+# The run after the first one (the relaunch by --resume) fails at once;
+# the others run.
+if [ -f "$MANTA_TRIAL_DIR/ran" ] && [ ! -f "$MANTA_TRIAL_DIR/failed" ]; then
+  touch "$MANTA_TRIAL_DIR/failed"
+  exit 3
+fi
+touch "$MANTA_TRIAL_DIR/ran"
+i=$MANTA_RESUME_ITERATION
+n=3
+[ "$MANTA_PARAM_K" = 2 ] && n=40
+while [ $i -lt $n ]; do
+  i=$((i+1))
+  sleep 0.05
+  echo "iteration=$i score=$((i * MANTA_PARAM_K))"
+done
+"#,
+    )
+    .unwrap();
+    let config = tmp.0.join("tune.toml");
+    std::fs::write(
+        &config,
+        r#"[experiment]
+dir = "exp"
+metric = "score"
+mode = "max"
+max_trials = 2
+max_concurrent = 2
+max_failures = 1
+commit_interval_ms = 20
+
+[searcher]
+kind = "grid"
+
+[trainable]
+kind = "command"
+command = ["sh", "./trial.sh"]
+
+[space]
+k = { type = "grid", values = [1, 2] }
+"#,
+    )
+    .unwrap();
+    let exp = tmp.0.join("exp");
+    let mut cmd = manta();
+    cmd.args(["tune", "--config"]).arg(&config);
+    let mut driver = Running::start(cmd);
+    driver.wait_for("trial 0: completed");
+    driver.child.kill().unwrap(); // SIGKILL
+    driver.child.wait().unwrap();
+    let (store, _) = Store::open(&exp).unwrap();
+    let running: Vec<u64> = store
+        .trials()
+        .unwrap()
+        .iter()
+        .filter(|t| t.state == "running")
+        .map(|t| t.id)
+        .collect();
+    drop(store);
+    assert_eq!(running, [1], "trial 1 was running at the kill");
+
+    let mut cmd = manta();
+    cmd.args(["tune", "--json", "--resume"]).arg(&exp);
+    let mut resumed = Running::start(cmd);
+    let status = resumed.wait_exit();
+    assert!(status.success(), "{}", resumed.output());
+    let (store, _) = Store::open(&exp).unwrap();
+    let t1 = store
+        .trials()
+        .unwrap()
+        .into_iter()
+        .find(|t| t.id == 1)
+        .unwrap();
+    assert_eq!(
+        (t1.state.as_str(), t1.attempts, t1.iteration),
+        ("completed", 3, 40),
+        "relaunched (2, failed), retried (3): {t1:?}"
+    );
+}

@@ -664,6 +664,21 @@ async fn read_record(
     Ok(Some(n))
 }
 
+/// A lane message's admitted share of the budgets, given back when
+/// dropped.
+struct AdmittedGuard {
+    inner: Arc<super::Inner>,
+    admitted: Option<super::reader::Admitted>,
+}
+
+impl Drop for AdmittedGuard {
+    fn drop(&mut self) {
+        if let Some(a) = self.admitted.take() {
+            self.inner.partials.release(a);
+        }
+    }
+}
+
 /// A connection still to present its ticket: leaves the pending list when
 /// it ends either way.
 struct PendingHandshake<'a> {
@@ -876,22 +891,21 @@ impl Remoting {
                 .admit(peer, len)
                 .await
                 .map_err(str::to_owned)?;
+            // Given back however this ends: returned, failed, or dropped
+            // with the lane when its peer is declared down.
+            let admitted = AdmittedGuard {
+                inner: Arc::clone(&self.inner),
+                admitted: Some(admitted),
+            };
             let got = self
                 .read_rest(&mut rd, &mut opener, &first[LANE_HEAD + 4..], len)
                 .await;
             let whole = match got {
                 Ok(Some(w)) => w,
-                Ok(None) => {
-                    self.inner.partials.release(admitted);
-                    return Ok(());
-                }
-                Err(e) => {
-                    self.inner.partials.release(admitted);
-                    return Err(e);
-                }
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(e),
             };
             if whole.first() != Some(&FRAME_VERSION) {
-                self.inner.partials.release(admitted);
                 return Err("lane message of another frame version".to_owned());
             }
             if barrier > 0 {
@@ -902,7 +916,7 @@ impl Remoting {
             } else {
                 Ok(())
             };
-            self.inner.partials.release(admitted);
+            drop(admitted);
             handled.map_err(str::to_owned)?;
             let mut ack = Vec::with_capacity(RECORD_HEADER + 8 + RECORD_TAG);
             ack.extend_from_slice(&[0; RECORD_HEADER]);

@@ -334,16 +334,22 @@ async fn large_messages_take_the_lane_whole_and_in_order_with_a_secret() {
     );
     let (a, b) = (c.nodes[0].remoting(), c.nodes[1].remoting());
     assert!(b.lanes_opened() >= 1 && a.lanes_opened() >= 1);
+    // A lane message counts once its acknowledgement is in, which may
+    // come after the answer the ask waited for.
     assert!(
-        b.lane_messages() >= 4,
+        b.wait_counters(DEADLINE, |r| r.lane_messages() >= 4).await,
         "{} lane messages",
         b.lane_messages()
     );
-    assert!(a.lane_messages() >= 1, "the large reply went on a's lane");
+    assert!(
+        a.wait_counters(DEADLINE, |r| r.lane_messages() >= 1).await,
+        "the large reply went on a's lane"
+    );
     // Byte strings of 1 MiB and more are produced as the lane writes them:
     // the 1 and 16 MiB asks, the one near the limit, and the 16 MiB reply.
     assert!(
-        b.lane_lazy_messages() >= 4,
+        b.wait_counters(DEADLINE, |r| r.lane_lazy_messages() >= 4)
+            .await,
         "{} produced lazily",
         b.lane_lazy_messages()
     );
@@ -419,7 +425,12 @@ async fn shared_byte_payloads_arrive_without_a_copy_and_stay_intact() {
             .unwrap();
         assert!(pair.a == shifted(100, 1) && pair.b == shifted(100, 2));
     }
-    assert!(c.nodes[2].remoting().lane_messages() >= 3);
+    assert!(
+        c.nodes[2]
+            .remoting()
+            .wait_counters(DEADLINE, |r| r.lane_messages() >= 3)
+            .await
+    );
     assert_eq!(c.nodes[0].remoting().lane_messages(), 0);
 }
 
@@ -554,7 +565,12 @@ async fn mixed_small_and_large_messages_to_one_actor_keep_their_order() {
         }
     }
     assert_eq!(check(&sink).await, (300, 0, bytes, sum));
-    assert!(c.nodes[1].remoting().lane_messages() > 0);
+    assert!(
+        c.nodes[1]
+            .remoting()
+            .wait_counters(DEADLINE, |r| r.lane_messages() > 0)
+            .await
+    );
 }
 
 /// Connects to `node`'s lane port.
@@ -675,7 +691,13 @@ async fn strangers_on_the_lane_port_are_closed_and_change_nothing() {
             .unwrap(),
         2 << 20
     );
-    assert!(c.nodes[1].remoting().lane_messages() >= 1);
+    assert!(
+        c.nodes[1]
+            .remoting()
+            .wait_counters(DEADLINE, |r| r.lane_messages() >= 1)
+            .await,
+        "the member's message went on the lane"
+    );
 }
 
 /// An insider with a valid ticket announces a 64 MiB message and stalls:

@@ -1899,17 +1899,22 @@ pub async fn run_on(
                 best = Some(b);
             }
             let hyperband = matches!(cfg.scheduler, SchedulerSpec::HyperBand { .. });
+            // Restarts after node deaths and HyperBand pauses are not
+            // failures: the counts survive the driver.
+            let (lost, mut pauses) = (row.node_losses, row.pauses);
             if state.is_final() {
                 scheduler.on_trial_end(row.id);
             } else if !(state == TrialState::Paused && hyperband) {
                 // Interrupted: continue from the checkpoint. (A trial
-                // paused at a HyperBand rung waits for the rung.)
+                // paused at a HyperBand rung waits for the rung.) The
+                // relaunch is not a failure either (as Ray counts only
+                // errors against `max_failures`).
+                if state == TrialState::Running {
+                    pauses += 1;
+                }
                 state = TrialState::Pending;
                 queue.push_back(row.id);
             }
-            // Restarts after node deaths and HyperBand pauses are not
-            // failures: the counts survive the driver.
-            let (lost, pauses) = (row.node_losses, row.pauses);
             trials.insert(
                 row.id,
                 Rec {

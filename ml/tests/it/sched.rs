@@ -688,6 +688,14 @@ async fn a_pbt_exploit_gives_a_command_the_donors_checkpoint() {
     std::fs::write(
         &script,
         r#"#!/bin/sh
+# Both trials run together (PBT ranks the running ones): each waits, at
+# most 10 s, until the other has started.
+touch "$BARRIER/started-$MANTA_TRIAL_ID"
+n=0
+while [ ! -f "$BARRIER/started-0" ] || [ ! -f "$BARRIER/started-1" ]; do
+  n=$((n+1)); [ $n -gt 1000 ] && break
+  sleep 0.01
+done
 i=$MANTA_RESUME_ITERATION
 x=0
 restored=""
@@ -695,7 +703,7 @@ if [ -f "$MANTA_CHECKPOINT_DIR/x" ]; then
   x=$(cat "$MANTA_CHECKPOINT_DIR/x")
   restored=" restored_x=$x"
 fi
-while [ $i -lt 6 ]; do
+while [ $i -lt 12 ]; do
   i=$((i+1))
   x=$(awk "BEGIN { print $x + $MANTA_PARAM_RATE }")
   echo "$x" > "$MANTA_CHECKPOINT_DIR/x"
@@ -721,10 +729,12 @@ resample_probability = 0.0
 [trainable]
 kind = "command"
 command = ["sh", {:?}]
+env = {{ BARRIER = {:?} }}
 [space]
 rate = {{ type = "grid", values = [1.0, 100.0] }}
 "#,
-            script.display().to_string()
+            script.display().to_string(),
+            tmp.path().display().to_string()
         ),
     );
     let (_log, on) = events();
@@ -738,7 +748,7 @@ rate = {{ type = "grid", values = [1.0, 100.0] }}
         .filter_map(|r| r.metrics.get("restored_x").copied())
         .collect();
     assert!(!restored.is_empty(), "no trial was restored");
-    // The slow trial's own x is at most 6; the donor's at least 100.
+    // The slow trial's own x is at most 12; the donor's at least 100.
     assert!(
         restored.iter().all(|&x| x >= 100.0),
         "restored from its own checkpoint: {restored:?}"
