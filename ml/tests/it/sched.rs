@@ -703,13 +703,24 @@ if [ -f "$MANTA_CHECKPOINT_DIR/x" ]; then
   x=$(cat "$MANTA_CHECKPOINT_DIR/x")
   restored=" restored_x=$x"
 fi
-while [ $i -lt 12 ]; do
+other=$((1 - MANTA_TRIAL_ID))
+while [ $i -lt 24 ]; do
   i=$((i+1))
   x=$(awk "BEGIN { print $x + $MANTA_PARAM_RATE }")
   echo "$x" > "$MANTA_CHECKPOINT_DIR/x"
   echo "iteration=$i score=$x$restored"
   restored=""
+  # Roughly in step with the other trial (waiting at most 2 s: a trial
+  # being exploited is stopped and started again meanwhile), so that PBT
+  # sees both running at its intervals.
+  touch "$BARRIER/it-$MANTA_TRIAL_ID-$i"
+  n=0
+  while [ ! -f "$BARRIER/it-$other-$i" ] && [ ! -f "$BARRIER/done-$other" ]; do
+    n=$((n+1)); [ $n -gt 200 ] && break
+    sleep 0.01
+  done
 done
+touch "$BARRIER/done-$MANTA_TRIAL_ID"
 "#,
     )
     .unwrap();
@@ -748,7 +759,7 @@ rate = {{ type = "grid", values = [1.0, 100.0] }}
         .filter_map(|r| r.metrics.get("restored_x").copied())
         .collect();
     assert!(!restored.is_empty(), "no trial was restored");
-    // The slow trial's own x is at most 12; the donor's at least 100.
+    // The slow trial's own x is at most 24; the donor's at least 100.
     assert!(
         restored.iter().all(|&x| x >= 100.0),
         "restored from its own checkpoint: {restored:?}"
