@@ -698,8 +698,9 @@ fn stalled(stall: Duration) -> String {
     format!("a lane message got no byte for {stall:?} (partial_expiry); closing the lane")
 }
 
-/// Deregisters a lane from a count when it ends.
-struct Counted<'a> {
+/// Counts a connection or stream of a peer in a per-peer map while it
+/// lives.
+pub(super) struct Counted<'a> {
     map: &'a Mutex<HashMap<PeerId, usize>>,
     peer: PeerId,
 }
@@ -708,6 +709,24 @@ impl<'a> Counted<'a> {
     fn new(map: &'a Mutex<HashMap<PeerId, usize>>, peer: PeerId) -> Self {
         *lock(map).entry(peer).or_insert(0) += 1;
         Counted { map, peer }
+    }
+
+    /// [`Counted::new`], unless `peer` has `max` counted already.
+    pub(super) fn within(
+        map: &'a Mutex<HashMap<PeerId, usize>>,
+        peer: PeerId,
+        max: usize,
+    ) -> Option<Self> {
+        let mut m = lock(map);
+        let n = m.entry(peer).or_insert(0);
+        if *n >= max {
+            if *n == 0 {
+                m.remove(&peer);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(Counted { map, peer })
     }
 }
 

@@ -22,43 +22,13 @@ use super::{
     RemoteLimits, Remoting, STREAMS_PER_PEER, lock,
 };
 
-/// Counts an open actor stream of a peer while it lives.
-struct OpenStream<'a> {
-    inner: &'a Inner,
-    peer: PeerId,
-}
-
-impl<'a> OpenStream<'a> {
-    /// `None` when `peer` has [`STREAMS_PER_PEER`] open already.
-    fn new(inner: &'a Inner, peer: PeerId) -> Option<Self> {
-        let mut open = lock(&inner.inbound);
-        let n = open.entry(peer).or_insert(0);
-        if *n >= STREAMS_PER_PEER {
-            return None;
-        }
-        *n += 1;
-        Some(OpenStream { inner, peer })
-    }
-}
-
-impl Drop for OpenStream<'_> {
-    fn drop(&mut self) {
-        let mut open = lock(&self.inner.inbound);
-        if let Some(n) = open.get_mut(&self.peer) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.peer);
-            }
-        }
-    }
-}
-
 impl Remoting {
     pub(super) async fn read_loop(self, peer: PeerId, mut stream: libp2p::Stream) {
         if take_one(&self.inner.dropping_streams) {
             return;
         }
-        let Some(_open) = OpenStream::new(&self.inner, peer) else {
+        let Some(_open) = super::lane::Counted::within(&self.inner.inbound, peer, STREAMS_PER_PEER)
+        else {
             let n = self.inner.refused_streams.fetch_add(1, Ordering::Relaxed) + 1;
             self.inner.partials.moved.notify_waiters();
             if n <= 5 || n % 1000 == 0 {

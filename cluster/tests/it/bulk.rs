@@ -742,40 +742,45 @@ async fn an_insider_cannot_hold_more_than_its_partial_budget_on_lanes() {
 /// confirmation), so at worst the messages go over the mesh.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stranger_holding_the_lane_port_cannot_make_large_asks_fail() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
     let c = cluster("lane-flood", 2, true, |_, _| {}).await;
     let a = c.nodes[0].remoting();
     let addr = a.bulk_addr().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let flood = {
-        let stop = Arc::clone(&stop);
-        tokio::spawn(async move {
-            let mut socks: Vec<TcpStream> = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                // Up to 100 open, at most 20 new ones a round.
-                let mut opened = 0;
-                while socks.len() < 100 && opened < 20 {
-                    opened += 1;
-                    match TcpStream::connect(addr).await {
-                        Ok(s) => socks.push(s),
-                        Err(_) => break,
-                    }
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let flood = tokio::spawn(async move {
+        let mut socks: Vec<TcpStream> = Vec::new();
+        while !*stopped.borrow() {
+            // Up to 100 open, at most 20 new ones a round.
+            let mut opened = 0;
+            while socks.len() < 100 && opened < 20 {
+                opened += 1;
+                match TcpStream::connect(addr).await {
+                    Ok(s) => socks.push(s),
+                    Err(_) => break,
                 }
-                // Those the node closed go; the loop opens new ones.
-                socks.retain(|s| {
-                    let mut b = [0u8; 1];
-                    match s.try_read(&mut b) {
-                        Ok(0) => false,
-                        Ok(_) => true,
-                        Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
-                    }
-                });
-                // Pacing of the load, not a wait for an event.
-                tokio::time::sleep(Duration::from_millis(10)).await;
             }
-        })
-    };
+            // Those the node closed go; the loop opens new ones.
+            socks.retain(|s| {
+                let mut b = [0u8; 1];
+                match s.try_read(&mut b) {
+                    Ok(0) => false,
+                    Ok(_) => true,
+                    Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+                }
+            });
+            if socks.is_empty() {
+                // Nothing could connect: wait for the end.
+                let _ = stopped.changed().await;
+                continue;
+            }
+            // Until the node closes one of them (pushed out by a newer
+            // one, or at the ticket deadline), or the test is done.
+            let closed = futures::future::select_all(socks.iter().map(|s| Box::pin(s.readable())));
+            tokio::select! {
+                _ = closed => {}
+                _ = stopped.changed() => {}
+            }
+        }
+    });
     assert!(
         a.wait_counters(DEADLINE, |r| r.lane_refused() >= 50).await,
         "the flood is on: {} refused",
@@ -792,7 +797,7 @@ async fn a_stranger_holding_the_lane_port_cannot_make_large_asks_fail() {
             .await;
         assert_eq!(got.map_err(|e| e.to_string()), Ok(total), "ask {i}");
     }
-    stop.store(true, Ordering::Relaxed);
+    stop.send_replace(true);
     flood.await.unwrap();
 }
 
